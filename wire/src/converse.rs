@@ -1,0 +1,580 @@
+//! A complete Converse answer as one normalized list of ConverseStream events.
+//!
+//! The simulator generates answers in this form, the proxy's response cache stores
+//! them in it, and both render them either as a Converse JSON body ([`assemble`]) or
+//! as event-stream frames ([`ConverseEvent::to_frame`]). A Converse JSON body turns
+//! back into events with [`split`], so a stream can be replayed from an answer that
+//! was fetched without streaming.
+//!
+//! Event payloads are kept as the exact JSON bytes received, so fields this crate
+//! does not know survive a replay.
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+use crate::eventstream::{event_frame, Frame, FrameKind};
+
+/// The event types of the ConverseStream union (its exceptions aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    MessageStart,
+    ContentBlockStart,
+    ContentBlockDelta,
+    ContentBlockStop,
+    MessageStop,
+    Metadata,
+}
+
+impl EventKind {
+    /// The `:event-type` header value.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::MessageStart => "messageStart",
+            EventKind::ContentBlockStart => "contentBlockStart",
+            EventKind::ContentBlockDelta => "contentBlockDelta",
+            EventKind::ContentBlockStop => "contentBlockStop",
+            EventKind::MessageStop => "messageStop",
+            EventKind::Metadata => "metadata",
+        }
+    }
+
+    /// Reads an `:event-type` header value.
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        Some(match name {
+            "messageStart" => EventKind::MessageStart,
+            "contentBlockStart" => EventKind::ContentBlockStart,
+            "contentBlockDelta" => EventKind::ContentBlockDelta,
+            "contentBlockStop" => EventKind::ContentBlockStop,
+            "messageStop" => EventKind::MessageStop,
+            "metadata" => EventKind::Metadata,
+            _ => return None,
+        })
+    }
+}
+
+/// One ConverseStream event: its type and its JSON payload as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConverseEvent {
+    pub kind: EventKind,
+    pub payload: Bytes,
+}
+
+/// Why events and a Converse body could not be turned into one another.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AssembleError {
+    #[error("event payload is not JSON: {0}")]
+    BadJson(String),
+    #[error("content of kind `{0}` cannot be converted between a stream and a body")]
+    Unsupported(String),
+    #[error("the answer is incomplete: {0}")]
+    Incomplete(&'static str),
+}
+
+impl ConverseEvent {
+    /// An event whose payload is `payload` serialized.
+    pub fn new(kind: EventKind, payload: &Value) -> Self {
+        ConverseEvent {
+            kind,
+            payload: Bytes::from(payload.to_string()),
+        }
+    }
+
+    /// The event as an event-stream frame.
+    pub fn to_frame(&self) -> Bytes {
+        event_frame(self.kind.name(), self.payload.clone())
+    }
+
+    /// The event a decoded frame carries; `None` for exceptions and event types
+    /// this crate does not know.
+    pub fn from_frame(frame: &Frame) -> Option<Self> {
+        match &frame.kind {
+            FrameKind::Event(name) => EventKind::from_name(name).map(|kind| ConverseEvent {
+                kind,
+                payload: frame.payload.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The payload parsed.
+    pub fn json(&self) -> Result<Value, AssembleError> {
+        serde_json::from_slice(&self.payload).map_err(|e| AssembleError::BadJson(e.to_string()))
+    }
+}
+
+/// Token usage as Bedrock reports it (`TokenUsage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_write_input_tokens: u64,
+}
+
+impl Usage {
+    /// Reads a `TokenUsage` object; missing members count as zero.
+    pub fn from_json(v: &Value) -> Usage {
+        let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+        Usage {
+            input_tokens: n("inputTokens"),
+            output_tokens: n("outputTokens"),
+            total_tokens: n("totalTokens"),
+            cache_read_input_tokens: n("cacheReadInputTokens"),
+            cache_write_input_tokens: n("cacheWriteInputTokens"),
+        }
+    }
+
+    /// The `TokenUsage` object; cache members only when non-zero, as Bedrock does.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("inputTokens".into(), self.input_tokens.into());
+        m.insert("outputTokens".into(), self.output_tokens.into());
+        m.insert("totalTokens".into(), self.total_tokens.into());
+        if self.cache_read_input_tokens > 0 {
+            m.insert(
+                "cacheReadInputTokens".into(),
+                self.cache_read_input_tokens.into(),
+            );
+        }
+        if self.cache_write_input_tokens > 0 {
+            m.insert(
+                "cacheWriteInputTokens".into(),
+                self.cache_write_input_tokens.into(),
+            );
+        }
+        Value::Object(m)
+    }
+}
+
+/// What the end of an answer says: why it stopped, what it cost, which tier served it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub stop_reason: Option<String>,
+    pub usage: Option<Usage>,
+    /// `performanceConfig.latency` of the answer: the tier that actually served it.
+    pub latency_tier: Option<String>,
+    pub latency_ms: Option<u64>,
+}
+
+impl Summary {
+    /// Reads one event into the summary (only `messageStop` and `metadata` matter).
+    pub fn observe(&mut self, event: &ConverseEvent) {
+        match event.kind {
+            EventKind::MessageStop => {
+                if let Ok(v) = event.json() {
+                    self.stop_reason = v["stopReason"].as_str().map(str::to_owned);
+                }
+            }
+            EventKind::Metadata => {
+                if let Ok(v) = event.json() {
+                    self.read_metadata(&v);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn read_metadata(&mut self, v: &Value) {
+        if v.get("usage").is_some() {
+            self.usage = Some(Usage::from_json(&v["usage"]));
+        }
+        self.latency_tier = v["performanceConfig"]["latency"]
+            .as_str()
+            .map(str::to_owned);
+        self.latency_ms = v["metrics"]["latencyMs"].as_u64();
+    }
+
+    /// The summary of a Converse JSON response body.
+    pub fn of_response(body: &Value) -> Summary {
+        let mut s = Summary {
+            stop_reason: body["stopReason"].as_str().map(str::to_owned),
+            ..Summary::default()
+        };
+        s.read_metadata(body);
+        s
+    }
+
+    /// Whether the answer reached its end: a stop reason and usage were seen.
+    pub fn is_complete(&self) -> bool {
+        self.stop_reason.is_some() && self.usage.is_some()
+    }
+}
+
+enum Block {
+    Text(String),
+    ToolUse {
+        start: Map<String, Value>,
+        input: String,
+    },
+    Reasoning {
+        text: String,
+        signature: Option<String>,
+        redacted: Option<String>,
+    },
+}
+
+impl Block {
+    fn into_json(self) -> Result<Value, AssembleError> {
+        Ok(match self {
+            Block::Text(text) => json!({ "text": text }),
+            Block::ToolUse { mut start, input } => {
+                let input: Value = if input.trim().is_empty() {
+                    json!({})
+                } else {
+                    serde_json::from_str(&input)
+                        .map_err(|e| AssembleError::BadJson(format!("tool input: {e}")))?
+                };
+                start.insert("input".into(), input);
+                json!({ "toolUse": start })
+            }
+            Block::Reasoning {
+                redacted: Some(redacted),
+                ..
+            } => json!({ "reasoningContent": { "redactedContent": redacted } }),
+            Block::Reasoning {
+                text, signature, ..
+            } => {
+                let mut r = Map::new();
+                r.insert("text".into(), text.into());
+                if let Some(sig) = signature {
+                    r.insert("signature".into(), sig.into());
+                }
+                json!({ "reasoningContent": { "reasoningText": r } })
+            }
+        })
+    }
+}
+
+fn index_of(v: &Value) -> u32 {
+    v["contentBlockIndex"]
+        .as_u64()
+        .and_then(|i| u32::try_from(i).ok())
+        .unwrap_or(0)
+}
+
+/// Builds the Converse response body of a complete answer.
+///
+/// Fails when the events are incomplete (no `messageStop` or `metadata`) or carry
+/// content without a body form this crate knows; callers then do not cache.
+pub fn assemble(events: &[ConverseEvent]) -> Result<Value, AssembleError> {
+    let mut role = Value::from("assistant");
+    let mut blocks: BTreeMap<u32, Block> = BTreeMap::new();
+    let mut stop: Option<Value> = None;
+    let mut metadata: Option<Value> = None;
+    for event in events {
+        let v = event.json()?;
+        match event.kind {
+            EventKind::MessageStart => role = v["role"].clone(),
+            EventKind::ContentBlockStart => {
+                let start = &v["start"];
+                match start.get("toolUse").and_then(Value::as_object) {
+                    Some(tool) => {
+                        blocks.insert(
+                            index_of(&v),
+                            Block::ToolUse {
+                                start: tool.clone(),
+                                input: String::new(),
+                            },
+                        );
+                    }
+                    None => {
+                        let kind = start
+                            .as_object()
+                            .and_then(|m| m.keys().next().cloned())
+                            .unwrap_or_default();
+                        return Err(AssembleError::Unsupported(kind));
+                    }
+                }
+            }
+            EventKind::ContentBlockDelta => {
+                let delta = &v["delta"];
+                let block = blocks.entry(index_of(&v));
+                if let Some(text) = delta.get("text").and_then(Value::as_str) {
+                    match block.or_insert_with(|| Block::Text(String::new())) {
+                        Block::Text(acc) => acc.push_str(text),
+                        _ => return Err(AssembleError::Unsupported("mixed text".into())),
+                    }
+                } else if let Some(tool) = delta.get("toolUse") {
+                    match block {
+                        std::collections::btree_map::Entry::Occupied(mut o) => match o.get_mut() {
+                            Block::ToolUse { input, .. } => {
+                                input.push_str(tool["input"].as_str().unwrap_or(""))
+                            }
+                            _ => return Err(AssembleError::Unsupported("mixed toolUse".into())),
+                        },
+                        std::collections::btree_map::Entry::Vacant(_) => {
+                            return Err(AssembleError::Incomplete("toolUse delta before its start"))
+                        }
+                    }
+                } else if let Some(r) = delta.get("reasoningContent") {
+                    let acc = block.or_insert_with(|| Block::Reasoning {
+                        text: String::new(),
+                        signature: None,
+                        redacted: None,
+                    });
+                    let Block::Reasoning {
+                        text,
+                        signature,
+                        redacted,
+                    } = acc
+                    else {
+                        return Err(AssembleError::Unsupported("mixed reasoning".into()));
+                    };
+                    if let Some(t) = r.get("text").and_then(Value::as_str) {
+                        text.push_str(t);
+                    }
+                    if let Some(s) = r.get("signature").and_then(Value::as_str) {
+                        *signature = Some(s.to_owned());
+                    }
+                    if let Some(d) = r.get("redactedContent").and_then(Value::as_str) {
+                        *redacted = Some(d.to_owned());
+                    }
+                } else {
+                    let kind = delta
+                        .as_object()
+                        .and_then(|m| m.keys().next().cloned())
+                        .unwrap_or_default();
+                    return Err(AssembleError::Unsupported(kind));
+                }
+            }
+            EventKind::ContentBlockStop => {}
+            EventKind::MessageStop => stop = Some(v),
+            EventKind::Metadata => metadata = Some(v),
+        }
+    }
+    let stop = stop.ok_or(AssembleError::Incomplete("no messageStop"))?;
+    let metadata = metadata.ok_or(AssembleError::Incomplete("no metadata"))?;
+    let content = blocks
+        .into_values()
+        .map(Block::into_json)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut body = Map::new();
+    body.insert(
+        "output".into(),
+        json!({ "message": { "role": role, "content": content } }),
+    );
+    body.insert("stopReason".into(), stop["stopReason"].clone());
+    body.insert("usage".into(), metadata["usage"].clone());
+    body.insert("metrics".into(), metadata["metrics"].clone());
+    if let Some(extra) = stop.get("additionalModelResponseFields") {
+        body.insert("additionalModelResponseFields".into(), extra.clone());
+    }
+    for key in ["trace", "performanceConfig", "serviceTier"] {
+        if let Some(v) = metadata.get(key) {
+            body.insert(key.into(), v.clone());
+        }
+    }
+    Ok(Value::Object(body))
+}
+
+/// Cuts text into stream deltas of about `target` bytes, at whitespace where it can.
+pub fn chunk_text(text: &str, target: usize) -> Vec<&str> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut last_space = None;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            last_space = Some(i + c.len_utf8());
+        }
+        let end = i + c.len_utf8();
+        if end - start >= target {
+            let cut = last_space.filter(|&s| s > start).unwrap_or(end);
+            chunks.push(&text[start..cut]);
+            start = cut;
+            last_space = None;
+        }
+    }
+    if start < text.len() {
+        chunks.push(&text[start..]);
+    }
+    chunks
+}
+
+/// Text deltas replayed from a body are cut to about this many bytes, roughly the
+/// size of the deltas Bedrock streams.
+const REPLAY_CHUNK_BYTES: usize = 24;
+
+/// The events of a Converse response body, in Bedrock's stream order.
+pub fn split(body: &Value) -> Result<Vec<ConverseEvent>, AssembleError> {
+    let message = &body["output"]["message"];
+    let content = message["content"]
+        .as_array()
+        .ok_or(AssembleError::Incomplete("no output.message.content"))?;
+    let stop_reason = body
+        .get("stopReason")
+        .ok_or(AssembleError::Incomplete("no stopReason"))?;
+    let mut events = vec![ConverseEvent::new(
+        EventKind::MessageStart,
+        &json!({ "role": message.get("role").cloned().unwrap_or("assistant".into()) }),
+    )];
+    let delta = |i: usize, d: Value| {
+        ConverseEvent::new(
+            EventKind::ContentBlockDelta,
+            &json!({ "contentBlockIndex": i, "delta": d }),
+        )
+    };
+    for (i, block) in content.iter().enumerate() {
+        if let Some(text) = block.get("text").and_then(Value::as_str) {
+            for chunk in chunk_text(text, REPLAY_CHUNK_BYTES) {
+                events.push(delta(i, json!({ "text": chunk })));
+            }
+        } else if let Some(tool) = block.get("toolUse").and_then(Value::as_object) {
+            let mut start = tool.clone();
+            let input = start.remove("input").unwrap_or(json!({}));
+            events.push(ConverseEvent::new(
+                EventKind::ContentBlockStart,
+                &json!({ "contentBlockIndex": i, "start": { "toolUse": start } }),
+            ));
+            events.push(delta(
+                i,
+                json!({ "toolUse": { "input": input.to_string() } }),
+            ));
+        } else if let Some(r) = block.get("reasoningContent") {
+            if let Some(redacted) = r.get("redactedContent") {
+                events.push(delta(
+                    i,
+                    json!({ "reasoningContent": { "redactedContent": redacted } }),
+                ));
+            } else {
+                let rt = &r["reasoningText"];
+                events.push(delta(
+                    i,
+                    json!({ "reasoningContent": { "text": rt["text"] } }),
+                ));
+                if let Some(sig) = rt.get("signature") {
+                    events.push(delta(
+                        i,
+                        json!({ "reasoningContent": { "signature": sig } }),
+                    ));
+                }
+            }
+        } else {
+            let kind = block
+                .as_object()
+                .and_then(|m| m.keys().next().cloned())
+                .unwrap_or_default();
+            return Err(AssembleError::Unsupported(kind));
+        }
+        events.push(ConverseEvent::new(
+            EventKind::ContentBlockStop,
+            &json!({ "contentBlockIndex": i }),
+        ));
+    }
+    let mut stop = Map::new();
+    stop.insert("stopReason".into(), stop_reason.clone());
+    if let Some(extra) = body.get("additionalModelResponseFields") {
+        stop.insert("additionalModelResponseFields".into(), extra.clone());
+    }
+    events.push(ConverseEvent::new(
+        EventKind::MessageStop,
+        &Value::Object(stop),
+    ));
+    let mut meta = Map::new();
+    meta.insert("usage".into(), body["usage"].clone());
+    meta.insert("metrics".into(), body["metrics"].clone());
+    for key in ["trace", "performanceConfig", "serviceTier"] {
+        if let Some(v) = body.get(key) {
+            meta.insert(key.into(), v.clone());
+        }
+    }
+    events.push(ConverseEvent::new(
+        EventKind::Metadata,
+        &Value::Object(meta),
+    ));
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventstream::decode;
+
+    fn sample_body() -> Value {
+        json!({
+            "output": {"message": {"role": "assistant", "content": [
+                {"text": "The weather in Paris is mild today, with light wind."},
+                {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris", "days": 2}}}
+            ]}},
+            "stopReason": "tool_use",
+            "usage": {"inputTokens": 12, "outputTokens": 30, "totalTokens": 42},
+            "metrics": {"latencyMs": 250},
+            "performanceConfig": {"latency": "optimized"}
+        })
+    }
+
+    #[test]
+    fn a_body_survives_split_then_assemble() {
+        let body = sample_body();
+        let events = split(&body).unwrap();
+        assert_eq!(events.first().unwrap().kind, EventKind::MessageStart);
+        assert_eq!(events.last().unwrap().kind, EventKind::Metadata);
+        assert!(
+            events
+                .iter()
+                .filter(|e| e.kind == EventKind::ContentBlockDelta)
+                .count()
+                > 2,
+            "text is replayed in several deltas"
+        );
+        assert_eq!(assemble(&events).unwrap(), body);
+    }
+
+    #[test]
+    fn events_survive_framing() {
+        let events = split(&sample_body()).unwrap();
+        for e in &events {
+            let back = ConverseEvent::from_frame(&decode(e.to_frame()).unwrap()).unwrap();
+            assert_eq!(&back, e);
+        }
+    }
+
+    #[test]
+    fn summary_reads_stop_usage_and_tier() {
+        let mut s = Summary::default();
+        for e in split(&sample_body()).unwrap() {
+            s.observe(&e);
+        }
+        assert!(s.is_complete());
+        assert_eq!(s.stop_reason.as_deref(), Some("tool_use"));
+        assert_eq!(s.latency_tier.as_deref(), Some("optimized"));
+        assert_eq!(s.usage.unwrap().total_tokens, 42);
+        assert_eq!(s, Summary::of_response(&sample_body()));
+    }
+
+    #[test]
+    fn incomplete_answers_do_not_assemble() {
+        let mut events = split(&sample_body()).unwrap();
+        events.pop();
+        assert_eq!(
+            assemble(&events),
+            Err(AssembleError::Incomplete("no metadata"))
+        );
+    }
+
+    #[test]
+    fn unknown_delta_kinds_are_refused_not_dropped() {
+        let events = vec![
+            ConverseEvent::new(EventKind::MessageStart, &json!({"role": "assistant"})),
+            ConverseEvent::new(
+                EventKind::ContentBlockDelta,
+                &json!({"contentBlockIndex": 0, "delta": {"citation": {}}}),
+            ),
+        ];
+        assert_eq!(
+            assemble(&events),
+            Err(AssembleError::Unsupported("citation".into()))
+        );
+    }
+
+    #[test]
+    fn chunking_keeps_every_byte() {
+        let text = "héllo wörld, this is a fairly long sentence without surprises";
+        let chunks = chunk_text(text, 8);
+        assert!(chunks.len() > 3);
+        assert_eq!(chunks.concat(), text);
+        assert_eq!(chunk_text("", 8), Vec::<&str>::new());
+    }
+}

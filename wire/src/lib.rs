@@ -1,0 +1,21 @@
+//! Wire formats shared by the proxy, the simulator and the benchmark tool.
+//!
+//! # Layout
+//! - [`eventstream`]: AWS event-stream frames: build them, cut a byte stream into
+//!   whole frames, read their headers.
+//! - [`converse`]: ConverseStream events as one normalized list, rendered as a
+//!   Converse JSON body or as frames, and built back from either.
+//! - [`canonical`]: canonical JSON (sorted keys, no whitespace, normalized numbers)
+//!   for hashing requests; cache markers left out.
+//! - [`tokens`]: the token estimator the simulator bills with and the proxy plans with.
+//! - [`error`]: Bedrock's error types, their statuses and bodies.
+//! - [`sigv4`]: checking an incoming SigV4 signature with `aws-sigv4`.
+//!
+//! Nothing here does I/O: these are pure functions over bytes, headers and JSON.
+
+pub mod canonical;
+pub mod converse;
+pub mod error;
+pub mod eventstream;
+pub mod sigv4;
+pub mod tokens;
