@@ -1,1 +1,189 @@
+//! bedrock-sim: a Bedrock Runtime simulator that the official SDKs cannot tell
+//! from Bedrock. It serves Converse, ConverseStream, InvokeModel,
+//! InvokeModelWithResponseStream and CountTokens on their real paths with the real
+//! JSON, event-stream frames, headers and errors; models latency (TTFT, output
+//! speed, standard vs optimized), Bedrock's prompt cache, the optimized-tier quota
+//! and scripted faults; and answers deterministically at temperature 0.
+//!
+//! # Layout
+//! - [`config`]: settings (TOML and flags).
+//! - [`catalog`]: the models, what they support and how fast they are.
+//! - [`auth`]: SigV4 and bearer credentials.
+//! - [`request`]: Bedrock's validation; any body format read into one `Prompt`.
+//! - [`faults`]: scripted failures.
+//! - [`prompt_cache`]: the prompt-cache model.
+//! - [`latency`]: the timing model.
+//! - [`generate`]: deterministic answers, tool calls included.
+//! - [`render`]: answers written as Converse, Anthropic or Llama, JSON or stream.
+//! - [`api`]: the five operations, in that order of stages.
+//! - [`control`]: `/_sim/*` endpoints for tests.
+//! - [`state`]: clock, request log, counters, quota.
+//! - [`error`]: error responses.
 
+pub mod api;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod faults;
+pub mod generate;
+pub mod latency;
+pub mod prompt_cache;
+pub mod render;
+pub mod request;
+pub mod state;
+
+use axum::Router;
+use bedrock_wire::serve::{serve, ServeOptions};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use catalog::Catalog;
+pub use config::SimConfig;
+pub use faults::{FaultKind, FaultRule};
+
+/// Everything the simulator's handlers share.
+#[derive(Debug)]
+pub struct SimState {
+    pub config: SimConfig,
+    pub catalog: Catalog,
+    pub clock: state::Clock,
+    pub log: state::RequestLog,
+    pub stats: state::Stats,
+    pub faults: faults::Faults,
+    pub quota: state::Quota,
+    pub prompt_cache: prompt_cache::PromptCache,
+}
+
+impl SimState {
+    /// Forgets requests, counters, faults, quota use and cached prefixes.
+    pub fn reset(&self) {
+        self.log.clear();
+        self.stats.reset();
+        self.faults.clear();
+        self.quota.reset();
+        self.prompt_cache.clear();
+    }
+}
+
+/// A simulated Bedrock Runtime.
+#[derive(Debug, Clone)]
+pub struct Simulator {
+    state: Arc<SimState>,
+}
+
+impl Simulator {
+    /// Builds a simulator; fails when the config or the catalog file is invalid.
+    pub fn new(config: SimConfig) -> Result<Simulator, String> {
+        config.validate()?;
+        let catalog = match &config.catalog {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading catalog {}: {e}", path.display()))?;
+                Catalog::parse(&text).map_err(|e| format!("catalog {}: {e}", path.display()))?
+            }
+            None => Catalog::parse(catalog::DEFAULT_CATALOG)?,
+        };
+        let log = state::RequestLog::new(config.request_log);
+        Ok(Simulator {
+            state: Arc::new(SimState {
+                config,
+                catalog,
+                clock: state::Clock::default(),
+                log,
+                stats: state::Stats::default(),
+                faults: faults::Faults::default(),
+                quota: state::Quota::default(),
+                prompt_cache: prompt_cache::PromptCache::default(),
+            }),
+        })
+    }
+
+    /// The shared state, for embedding and tests.
+    pub fn state(&self) -> &Arc<SimState> {
+        &self.state
+    }
+
+    /// Bedrock's API and the `/_sim/*` control endpoints.
+    pub fn router(&self) -> Router {
+        api::router(self.state.clone()).merge(self.control_router())
+    }
+
+    /// Only the `/_sim/*` control endpoints (the proxy mounts these on its admin
+    /// port in demo mode).
+    pub fn control_router(&self) -> Router {
+        control::router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let options = ServeOptions {
+            drain: Duration::from_secs(10),
+            ..ServeOptions::default()
+        };
+        serve(listener, self.router(), options, shutdown).await;
+    }
+
+    /// Starts serving on `addr` (port 0 picks a free one) in a background task.
+    pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<SimHandle> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let sim = self.clone();
+        let task = tokio::spawn(async move {
+            sim.serve(listener, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Ok(SimHandle {
+            addr,
+            sim: self,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+}
+
+/// A running simulator; dropping it stops the server.
+#[derive(Debug)]
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    pub sim: Simulator,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets open requests finish, and waits for the server.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -10,12 +10,15 @@
 //! - [`tokens`]: the token estimator the simulator bills with and the proxy plans with.
 //! - [`error`]: Bedrock's error types, their statuses and bodies.
 //! - [`sigv4`]: checking an incoming SigV4 signature with `aws-sigv4`.
+//! - [`serve`]: the HTTP accept loop both servers run (timeouts, graceful drain).
 //!
-//! Nothing here does I/O: these are pure functions over bytes, headers and JSON.
+//! Apart from [`serve`], nothing here does I/O: these are pure functions over
+//! bytes, headers and JSON.
 
 pub mod canonical;
 pub mod converse;
 pub mod error;
 pub mod eventstream;
+pub mod serve;
 pub mod sigv4;
 pub mod tokens;

@@ -1,0 +1,66 @@
+//! Who is calling: a SigV4-signed request (checked against configured key pairs
+//! when there are any) or a Bedrock API key sent as a bearer token. The identity
+//! returned scopes the prompt cache, as Bedrock's is scoped to the account.
+
+use axum::http::HeaderMap;
+use bedrock_wire::sigv4::{self, VerifyError};
+use sha2::{Digest, Sha256};
+use std::time::SystemTime;
+
+use crate::config::SimConfig;
+use crate::error::SimError;
+
+/// The caller's identity, or the error AWS would answer with.
+pub fn authenticate(
+    config: &SimConfig,
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<String, SimError> {
+    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return Err(SimError::missing_authentication());
+    };
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(SimError::missing_authentication());
+        }
+        if !config.bearer_tokens.is_empty() && !config.bearer_tokens.iter().any(|t| t == token) {
+            return Err(SimError::unrecognized_client());
+        }
+        let digest = Sha256::digest(token.as_bytes());
+        return Ok(format!("bearer:{}", hex::encode(&digest[..8])));
+    }
+    let auth = sigv4::parse_authorization(value).ok_or_else(|| SimError {
+        status: axum::http::StatusCode::FORBIDDEN,
+        type_name: "IncompleteSignatureException",
+        message: format!("Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters. Authorization={value}"),
+    })?;
+    if auth.service != "bedrock" {
+        return Err(SimError::invalid_signature(
+            "Credential should be scoped to correct service: 'bedrock'.",
+        ));
+    }
+    if !config.credentials.is_empty() {
+        let cred = config
+            .credentials
+            .iter()
+            .find(|c| c.access_key_id == auth.access_key_id)
+            .ok_or_else(SimError::unrecognized_client)?;
+        if auth.region != config.region {
+            return Err(SimError::invalid_signature(format!(
+                "Credential should be scoped to a valid region, not '{}'.",
+                auth.region
+            )));
+        }
+        sigv4::verify(&auth, &cred.secret_access_key, method, uri, headers, body, SystemTime::now())
+            .map_err(|e| match e {
+                VerifyError::Mismatch => SimError::invalid_signature(
+                    "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
+                ),
+                other => SimError::invalid_signature(other.to_string()),
+            })?;
+    }
+    Ok(format!("akid:{}", auth.access_key_id))
+}

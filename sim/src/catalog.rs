@@ -1,0 +1,171 @@
+//! The simulated Bedrock's model catalog: which model ids exist, what they support,
+//! and how fast they are. Parsed from TOML (`models.toml`, embedded by default).
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The catalog compiled into the binary.
+pub const DEFAULT_CATALOG: &str = include_str!("../models.toml");
+
+/// How a model answers InvokeModel bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Anthropic,
+    Meta,
+    Amazon,
+}
+
+/// Latency parameters of one tier.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Speed {
+    pub ttft_ms: f64,
+    pub prefill_us_per_token: f64,
+    pub tokens_per_s: f64,
+}
+
+/// One model, as the catalog describes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub id: String,
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    pub family: Family,
+    pub context_tokens: u32,
+    pub max_output_tokens: u32,
+    #[serde(default)]
+    pub prompt_cache: bool,
+    #[serde(default)]
+    pub cache_min_tokens: u32,
+    #[serde(default)]
+    pub cache_tools: bool,
+    #[serde(default)]
+    pub cache_ttl_1h: bool,
+    #[serde(default)]
+    pub optimized_regions: Vec<String>,
+    #[serde(default)]
+    pub optimized_max_tokens: Option<u32>,
+    pub standard: Speed,
+    #[serde(default)]
+    pub optimized: Option<Speed>,
+}
+
+/// Bedrock's limit on cache checkpoints per request.
+pub const MAX_CACHE_POINTS: usize = 4;
+
+impl Model {
+    /// The name Anthropic-native responses carry in `model` (the id without
+    /// provider prefix and version suffix).
+    pub fn short_name(&self) -> &str {
+        let name = self.id.split_once('.').map_or(self.id.as_str(), |(_, n)| n);
+        name.rsplit_once("-v").map_or(name, |(n, _)| n)
+    }
+}
+
+/// A model id as the caller wrote it, resolved.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub model: Arc<Model>,
+    /// Whether the caller named an inference profile (needed for optimized latency).
+    pub via_profile: bool,
+}
+
+/// All models, indexed by base id and profile id.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    by_id: HashMap<String, Resolved>,
+    models: Vec<Arc<Model>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    models: Vec<Model>,
+}
+
+impl Catalog {
+    /// Parses a catalog; errors name the offending key.
+    pub fn parse(text: &str) -> Result<Catalog, String> {
+        let file: CatalogFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut catalog = Catalog::default();
+        for model in file.models {
+            if model.optimized_regions.is_empty() != model.optimized.is_none() {
+                return Err(format!(
+                    "model {}: `optimized_regions` and `optimized` go together",
+                    model.id
+                ));
+            }
+            let model = Arc::new(model);
+            let ids = std::iter::once((model.id.clone(), false))
+                .chain(model.profiles.iter().map(|p| (p.clone(), true)));
+            for (id, via_profile) in ids {
+                let resolved = Resolved {
+                    model: model.clone(),
+                    via_profile,
+                };
+                if catalog.by_id.insert(id.clone(), resolved).is_some() {
+                    return Err(format!("model id {id} appears twice"));
+                }
+            }
+            catalog.models.push(model);
+        }
+        Ok(catalog)
+    }
+
+    /// The embedded default catalog.
+    pub fn embedded() -> Catalog {
+        // The embedded file is checked by a unit test; an empty catalog is the
+        // safe answer should it ever fail to parse.
+        Catalog::parse(DEFAULT_CATALOG).unwrap_or_default()
+    }
+
+    /// Resolves a model id, an inference profile id, or an ARN of either.
+    pub fn resolve(&self, model_id: &str) -> Option<Resolved> {
+        let id = if model_id.starts_with("arn:") {
+            model_id.rsplit('/').next().unwrap_or(model_id)
+        } else {
+            model_id
+        };
+        self.by_id.get(id).cloned()
+    }
+
+    /// Every model.
+    pub fn models(&self) -> &[Arc<Model>] {
+        &self.models
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_catalog_parses_and_resolves_every_spelling() {
+        let catalog = Catalog::parse(DEFAULT_CATALOG).unwrap();
+        assert!(catalog.models().len() >= 10);
+        let base = catalog
+            .resolve("anthropic.claude-3-5-haiku-20241022-v1:0")
+            .unwrap();
+        assert!(!base.via_profile);
+        let profile = catalog
+            .resolve("us.anthropic.claude-3-5-haiku-20241022-v1:0")
+            .unwrap();
+        assert!(profile.via_profile);
+        let arn = catalog
+            .resolve("arn:aws:bedrock:us-east-2:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0")
+            .unwrap();
+        assert_eq!(arn.model.id, base.model.id);
+        assert_eq!(base.model.short_name(), "claude-3-5-haiku-20241022");
+        assert!(catalog.resolve("anthropic.claude-99").is_none());
+    }
+
+    #[test]
+    fn bad_catalogs_name_the_problem() {
+        let err = Catalog::parse("[[models]]\nid = \"x\"\nfamily = \"anthropic\"\nbogus = 1\n")
+            .unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,99 @@
+//! The simulator's settings: TOML file, overridden by command-line flags.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A key pair whose SigV4 signatures the simulator verifies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticCredential {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// Everything that shapes the simulated Bedrock.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// Where the binary listens (the library takes a listener instead).
+    pub listen: SocketAddr,
+    /// The simulated AWS region; decides where latency-optimized inference works.
+    pub region: String,
+    /// Multiplies every simulated delay; 0 answers as fast as possible.
+    pub time_scale: f64,
+    /// Makes answers deterministic at any temperature.
+    pub seed: Option<u64>,
+    /// Random spread of each delay, as a fraction (0.1 = plus or minus 10%).
+    pub jitter: f64,
+    /// Latency-optimized requests per minute per model; past it, requests are
+    /// served standard, as Bedrock does past its quota. None: no quota.
+    pub optimized_rpm: Option<u32>,
+    /// Largest request body accepted (Bedrock's own limit is 25,000,000 bytes).
+    pub max_body_bytes: usize,
+    /// A catalog file replacing the embedded one.
+    pub catalog: Option<PathBuf>,
+    /// How many received requests `/_sim/requests` remembers.
+    pub request_log: usize,
+    /// When set, SigV4 requests must be signed with one of these key pairs.
+    pub credentials: Vec<StaticCredential>,
+    /// When set, bearer tokens must be one of these.
+    pub bearer_tokens: Vec<String>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            region: "us-east-2".into(),
+            time_scale: 1.0,
+            seed: None,
+            jitter: 0.1,
+            optimized_rpm: None,
+            max_body_bytes: 25_000_000,
+            catalog: None,
+            request_log: 1000,
+            credentials: Vec::new(),
+            bearer_tokens: Vec::new(),
+        }
+    }
+}
+
+impl SimConfig {
+    /// Parses a TOML config; unknown keys are errors that name the key.
+    pub fn parse(text: &str) -> Result<SimConfig, String> {
+        let config: SimConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.time_scale >= 0.0 && self.time_scale.is_finite()) {
+            return Err(format!(
+                "time_scale must be 0 or more, got {}",
+                self.time_scale
+            ));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(format!("jitter must be in [0, 1), got {}", self.jitter));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_unknown_keys() {
+        let c = SimConfig::parse("region = \"us-west-2\"\ntime_scale = 0\noptimized_rpm = 5\n")
+            .unwrap();
+        assert_eq!(c.region, "us-west-2");
+        assert_eq!(c.optimized_rpm, Some(5));
+        let err = SimConfig::parse("regoin = \"x\"").unwrap_err();
+        assert!(err.contains("regoin"), "{err}");
+        assert!(SimConfig::parse("time_scale = -1").is_err());
+    }
+}

@@ -1,0 +1,295 @@
+//! Scripted faults: rules added with `POST /_sim/faults` (or one-off, with the
+//! `x-sim-fault` request header) that make matching requests fail the way Bedrock
+//! fails: error responses, slow first bytes, exceptions in the middle of a
+//! stream, or a connection cut.
+
+use bedrock_wire::error::ErrorType;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::error::SimError;
+
+/// What goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    Throttle,
+    Unavailable,
+    Internal,
+    ModelNotReady,
+    ModelTimeout,
+    Validation,
+    SlowFirstByte,
+    MidstreamError,
+    ConnectionReset,
+}
+
+impl FaultKind {
+    fn parse(s: &str) -> Option<FaultKind> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// A fault rule: which requests it matches, what it does, how often.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRule {
+    /// Matches model ids containing this text (as the caller wrote the id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Matches the latency tier the request asked for: `standard` or `optimized`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<String>,
+    /// Matches one operation: `converse`, `converse-stream`, `invoke`,
+    /// `invoke-with-response-stream` or `count-tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    pub fault: FaultKind,
+    /// How many requests it fires for; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u32>,
+    /// Fires for this share of matching requests (0..=1); always when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f64>,
+    /// `slow-first-byte`: the delay in milliseconds (not scaled by time-scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
+    /// `midstream-error` and `connection-reset` on streams: events sent first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_events: Option<u32>,
+    /// `midstream-error`: the stream exception member, such as `throttlingException`
+    /// (default `modelStreamErrorException`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exception: Option<String>,
+    /// Overrides the error message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl FaultRule {
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(p) = self.probability {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("probability must be within [0, 1], got {p}"));
+            }
+        }
+        if let Some(l) = &self.latency {
+            if l != "standard" && l != "optimized" {
+                return Err(format!("latency must be standard or optimized, got {l}"));
+            }
+        }
+        if let Some(op) = &self.operation {
+            if crate::request::Operation::from_name(op).is_none() {
+                return Err(format!("unknown operation {op}"));
+            }
+        }
+        if let Some(e) = &self.exception {
+            if ErrorType::parse(e)
+                .and_then(ErrorType::stream_member)
+                .is_none()
+            {
+                return Err(format!("{e} is not a stream exception"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses the `x-sim-fault` header: `throttle`, `slow-first-byte=800`,
+    /// `midstream-error=3`, `midstream-error=3:throttlingException`,
+    /// `connection-reset=2`.
+    pub fn from_header(value: &str) -> Result<FaultRule, String> {
+        let (kind, arg) = value.trim().split_once('=').unwrap_or((value.trim(), ""));
+        let fault = FaultKind::parse(kind).ok_or_else(|| format!("unknown fault {kind}"))?;
+        let mut rule = FaultRule {
+            model: None,
+            latency: None,
+            operation: None,
+            fault,
+            times: Some(1),
+            probability: None,
+            ms: None,
+            after_events: None,
+            exception: None,
+            message: None,
+        };
+        let (num, exception) = arg.split_once(':').unwrap_or((arg, ""));
+        if !num.is_empty() {
+            let n: u64 = num
+                .parse()
+                .map_err(|_| format!("bad fault argument {num}"))?;
+            match fault {
+                FaultKind::SlowFirstByte => rule.ms = Some(n),
+                _ => rule.after_events = Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            }
+        }
+        if !exception.is_empty() {
+            rule.exception = Some(exception.to_owned());
+        }
+        rule.validate()?;
+        Ok(rule)
+    }
+
+    fn matches(&self, model_id: &str, tier: &str, operation: &str) -> bool {
+        self.model.as_deref().is_none_or(|m| model_id.contains(m))
+            && self.latency.as_deref().is_none_or(|l| l == tier)
+            && self.operation.as_deref().is_none_or(|o| o == operation)
+    }
+
+    /// The error response of an error fault; `None` for the timing faults.
+    pub fn error(&self) -> Option<SimError> {
+        let (kind, default) = match self.fault {
+            FaultKind::Throttle => (
+                ErrorType::Throttling,
+                "Too many requests, please wait before trying again.",
+            ),
+            FaultKind::Unavailable => (
+                ErrorType::ServiceUnavailable,
+                "Bedrock is unable to process your request.",
+            ),
+            FaultKind::Internal => (
+                ErrorType::InternalServer,
+                "The server encountered an internal error while processing the request.",
+            ),
+            FaultKind::ModelNotReady => (
+                ErrorType::ModelNotReady,
+                "Model is not ready to serve inference requests. Try again later.",
+            ),
+            FaultKind::ModelTimeout => (
+                ErrorType::ModelTimeout,
+                "Model has timed out in processing the request. Try your request again.",
+            ),
+            FaultKind::Validation => (
+                ErrorType::Validation,
+                "The request was rejected by a scripted validation fault.",
+            ),
+            _ => return None,
+        };
+        Some(SimError::modeled(
+            kind,
+            self.message.clone().unwrap_or_else(|| default.to_owned()),
+        ))
+    }
+
+    /// The stream exception member of a `midstream-error`.
+    pub fn stream_exception(&self) -> &str {
+        self.exception
+            .as_deref()
+            .unwrap_or("modelStreamErrorException")
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Installed {
+    id: u64,
+    #[serde(flatten)]
+    rule: FaultRule,
+    fired: u64,
+}
+
+/// The installed rules.
+#[derive(Debug, Default)]
+pub struct Faults {
+    next_id: AtomicU64,
+    rules: Mutex<Vec<Installed>>,
+}
+
+impl Faults {
+    /// Installs a rule and returns its id.
+    pub fn add(&self, rule: FaultRule) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Installed { id, rule, fired: 0 });
+        id
+    }
+
+    pub fn clear(&self) {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The installed rules, with how often each fired.
+    pub fn list(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.rules.lock().unwrap_or_else(|e| e.into_inner()))
+            .unwrap_or_default()
+    }
+
+    /// The first rule that matches and fires for this request, used up by one.
+    pub fn take(&self, model_id: &str, tier: &str, operation: &str) -> Option<FaultRule> {
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let index = rules.iter().position(|r| {
+            r.rule.matches(model_id, tier, operation)
+                && r.rule.probability.is_none_or(|p| fastrand::f64() < p)
+        })?;
+        let installed = &mut rules[index];
+        installed.fired += 1;
+        let rule = installed.rule.clone();
+        if let Some(times) = installed.rule.times.as_mut() {
+            *times = times.saturating_sub(1);
+            if *times == 0 {
+                rules.remove(index);
+            }
+        }
+        Some(rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(json: serde_json::Value) -> FaultRule {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn rules_match_and_are_used_up() {
+        let faults = Faults::default();
+        faults.add(rule(serde_json::json!({"model": "haiku", "latency": "optimized", "fault": "throttle", "times": 2})));
+        assert!(faults
+            .take("us.anthropic.claude-3-5-haiku", "standard", "converse")
+            .is_none());
+        assert!(faults
+            .take("us.meta.llama", "optimized", "converse")
+            .is_none());
+        for _ in 0..2 {
+            let r = faults
+                .take("us.anthropic.claude-3-5-haiku", "optimized", "converse")
+                .unwrap();
+            assert_eq!(r.fault, FaultKind::Throttle);
+        }
+        assert!(faults
+            .take("us.anthropic.claude-3-5-haiku", "optimized", "converse")
+            .is_none());
+    }
+
+    #[test]
+    fn headers_parse() {
+        let r = FaultRule::from_header("midstream-error=3:throttlingException").unwrap();
+        assert_eq!(r.fault, FaultKind::MidstreamError);
+        assert_eq!(r.after_events, Some(3));
+        assert_eq!(r.stream_exception(), "throttlingException");
+        assert_eq!(
+            FaultRule::from_header("slow-first-byte=250").unwrap().ms,
+            Some(250)
+        );
+        assert!(FaultRule::from_header("explode").is_err());
+        assert!(FaultRule::from_header("midstream-error=1:NotAThing").is_err());
+    }
+
+    #[test]
+    fn error_faults_carry_bedrock_statuses() {
+        let e = FaultRule::from_header("model-not-ready")
+            .unwrap()
+            .error()
+            .unwrap();
+        assert_eq!(e.status.as_u16(), 429);
+        assert_eq!(e.type_name, "ModelNotReadyException");
+        assert!(FaultRule::from_header("slow-first-byte=1")
+            .unwrap()
+            .error()
+            .is_none());
+    }
+}

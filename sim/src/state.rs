@@ -1,0 +1,294 @@
+//! What the simulator remembers between requests: its clock, the requests it
+//! received (for `/_sim/requests`), counters (for `/_sim/stats`) and the
+//! latency-optimized quota. Short critical sections under std mutexes: nothing
+//! here is held across an `.await`.
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The simulator's notion of now: real time plus whatever tests advanced it by,
+/// so prompt-cache TTLs can expire without waiting.
+#[derive(Debug)]
+pub struct Clock {
+    start: Instant,
+    offset_ms: AtomicU64,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock {
+            start: Instant::now(),
+            offset_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Clock {
+    /// Time since the simulator started, advances included.
+    pub fn now(&self) -> Duration {
+        self.start.elapsed() + Duration::from_millis(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.offset_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
+/// One request as the simulator received it; secrets removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoggedRequest {
+    pub seq: u64,
+    pub request_id: String,
+    pub operation: &'static str,
+    pub model_id: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    /// The body as JSON when it is JSON, else as a string.
+    pub body: Value,
+    pub at_ms: u64,
+}
+
+/// Headers never written to the request log.
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "x-amz-security-token",
+    "x-api-key",
+    "cookie",
+];
+
+impl LoggedRequest {
+    pub fn headers_without_secrets(headers: &axum::http::HeaderMap) -> BTreeMap<String, String> {
+        headers
+            .iter()
+            .filter(|(k, _)| !SECRET_HEADERS.contains(&k.as_str()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The last N requests received.
+#[derive(Debug)]
+pub struct RequestLog {
+    capacity: usize,
+    seq: AtomicU64,
+    entries: Mutex<VecDeque<LoggedRequest>>,
+}
+
+impl RequestLog {
+    pub fn new(capacity: usize) -> Self {
+        RequestLog {
+            capacity: capacity.max(1),
+            seq: AtomicU64::new(0),
+            entries: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn push(&self, entry: LoggedRequest) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() == self.capacity {
+            entries.pop_front();
+        }
+        entries.push_back(entry);
+    }
+
+    /// The newest `limit` requests, oldest first.
+    pub fn recent(&self, limit: usize) -> Vec<LoggedRequest> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = entries.len().saturating_sub(limit);
+        entries.iter().skip(skip).cloned().collect()
+    }
+
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// Counters behind `/_sim/stats`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    inner: Mutex<StatsInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatsInner {
+    requests: u64,
+    by_operation: BTreeMap<&'static str, u64>,
+    by_model: BTreeMap<String, u64>,
+    served_tier: BTreeMap<&'static str, u64>,
+    errors: BTreeMap<&'static str, u64>,
+    faults_fired: u64,
+    demoted_to_standard: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_read_input_tokens: u64,
+    cache_write_input_tokens: u64,
+}
+
+/// What one answered request adds to the counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Billed {
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub cache_read: u32,
+    pub cache_write: u32,
+}
+
+impl Stats {
+    fn with<R>(&self, f: impl FnOnce(&mut StatsInner) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn received(&self, operation: &'static str, model: &str) {
+        self.with(|s| {
+            s.requests += 1;
+            *s.by_operation.entry(operation).or_default() += 1;
+            *s.by_model.entry(model.to_owned()).or_default() += 1;
+        });
+    }
+
+    pub fn error(&self, type_name: &'static str) {
+        self.with(|s| *s.errors.entry(type_name).or_default() += 1);
+    }
+
+    pub fn fault_fired(&self) {
+        self.with(|s| s.faults_fired += 1);
+    }
+
+    pub fn demoted(&self) {
+        self.with(|s| s.demoted_to_standard += 1);
+    }
+
+    pub fn served(&self, tier: &'static str, billed: Billed) {
+        self.with(|s| {
+            *s.served_tier.entry(tier).or_default() += 1;
+            s.input_tokens += u64::from(billed.input_tokens);
+            s.output_tokens += u64::from(billed.output_tokens);
+            s.cache_read_input_tokens += u64::from(billed.cache_read);
+            s.cache_write_input_tokens += u64::from(billed.cache_write);
+        });
+    }
+
+    pub fn snapshot(&self) -> Value {
+        self.with(|s| {
+            let counts = |m: &BTreeMap<&'static str, u64>| {
+                Value::Object(
+                    m.iter()
+                        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                        .collect::<Map<_, _>>(),
+                )
+            };
+            json!({
+                "requests": s.requests,
+                "by_operation": counts(&s.by_operation),
+                "by_model": s.by_model,
+                "served_tier": counts(&s.served_tier),
+                "errors": counts(&s.errors),
+                "faults_fired": s.faults_fired,
+                "demoted_to_standard": s.demoted_to_standard,
+                "input_tokens": s.input_tokens,
+                "output_tokens": s.output_tokens,
+                "cache_read_input_tokens": s.cache_read_input_tokens,
+                "cache_write_input_tokens": s.cache_write_input_tokens,
+            })
+        })
+    }
+
+    pub fn reset(&self) {
+        self.with(|s| *s = StatsInner::default());
+    }
+}
+
+/// Latency-optimized requests per model over the last minute.
+#[derive(Debug, Default)]
+pub struct Quota {
+    recent: Mutex<HashMap<String, VecDeque<Duration>>>,
+}
+
+impl Quota {
+    /// Counts one optimized request at `now`; false when the model is over `per_minute`.
+    pub fn admit(&self, model: &str, per_minute: u32, now: Duration) -> bool {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let window = recent.entry(model.to_owned()).or_default();
+        while window
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) >= Duration::from_secs(60))
+        {
+            window.pop_front();
+        }
+        if window.len() >= per_minute as usize {
+            return false;
+        }
+        window.push_back(now);
+        true
+    }
+
+    pub fn reset(&self) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_admits_per_minute_then_recovers() {
+        let q = Quota::default();
+        let t0 = Duration::from_secs(100);
+        assert!(q.admit("m", 2, t0));
+        assert!(q.admit("m", 2, t0));
+        assert!(!q.admit("m", 2, t0 + Duration::from_secs(59)));
+        assert!(q.admit("other", 2, t0));
+        assert!(q.admit("m", 2, t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn the_log_keeps_the_newest() {
+        let log = RequestLog::new(2);
+        for i in 0..3 {
+            log.push(LoggedRequest {
+                seq: i,
+                request_id: String::new(),
+                operation: "converse",
+                model_id: String::new(),
+                path: String::new(),
+                headers: BTreeMap::new(),
+                body: Value::Null,
+                at_ms: 0,
+            });
+        }
+        let seqs: Vec<_> = log.recent(10).iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1, 2]);
+        assert_eq!(log.recent(1)[0].seq, 2);
+    }
+
+    #[test]
+    fn the_clock_advances() {
+        let c = Clock::default();
+        let before = c.now();
+        c.advance(Duration::from_secs(300));
+        assert!(c.now() >= before + Duration::from_secs(300));
+    }
+}
