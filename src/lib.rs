@@ -1,1 +1,1 @@
-
+//! bedrock-proxy (in progress).

@@ -1,1 +1,4 @@
-fn main() {}
+//! Placeholder until the proxy core lands.
+fn main() {
+    eprintln!("bedrock-proxy: not implemented yet; see bedrock-sim");
+}

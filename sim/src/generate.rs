@@ -156,7 +156,7 @@ impl Writer {
 }
 
 /// The tool the model calls, if it calls one.
-fn chosen_tool<'a>(prompt: &'a Prompt) -> Option<&'a ToolDef> {
+fn chosen_tool(prompt: &Prompt) -> Option<&ToolDef> {
     if prompt.tools.is_empty() || prompt.after_tool_result {
         return None;
     }

@@ -19,6 +19,7 @@
 //! - [`control`]: `/_sim/*` endpoints for tests.
 //! - [`state`]: clock, request log, counters, quota.
 //! - [`error`]: error responses.
+//! - `testing` (feature `testing`): SDK and raw HTTP clients for tests.
 
 pub mod api;
 pub mod auth;
@@ -33,6 +34,8 @@ pub mod prompt_cache;
 pub mod render;
 pub mod request;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use axum::Router;
 use bedrock_wire::serve::{serve, ServeOptions};

@@ -76,7 +76,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(addr = %listener.local_addr()?, %region, "bedrock-sim listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, %region, "bedrock-sim listening");
+    // The one line on stdout: scripts and tests read the address from it.
+    println!("bedrock-sim listening on http://{addr}");
     sim.serve(listener, shutdown_signal()).await;
     tracing::info!("bedrock-sim stopped");
     Ok(())

@@ -747,7 +747,7 @@ pub fn count_tokens(body: &Value, model: &Model) -> Result<u32, SimError> {
             .ok_or_else(|| {
                 SimError::validation("input.invokeModel.body must be base64-encoded JSON.")
             })?;
-        let parsed: Value = serde_json::from_slice(&raw).map_err(|e| SimError::malformed(e))?;
+        let parsed: Value = serde_json::from_slice(&raw).map_err(SimError::malformed)?;
         return anthropic(&parsed, model).map(|p| p.input_tokens);
     }
     Err(SimError::validation(
