@@ -1,1 +1,38 @@
-//! bedrock-proxy (in progress).
+//! bedrock-proxy: a caching, latency-optimizing reverse proxy for Amazon Bedrock.
+//! Applications point their SDK's endpoint at it and change nothing else.
+//!
+//! # Layout
+//! One module per pipeline stage, in the order a request meets them:
+//! - [`ingress`]: the APIs the proxy speaks (Bedrock Runtime paths), request
+//!   limits, and rendering answers and errors back in each API's shape.
+//! - [`auth`]: API keys and proxy-issued SigV4 keys to tenants and allowed routes.
+//! - [`route`]: model ids and aliases to routes and upstream model ids.
+//! - [`pipeline`]: the stages after routing, in order, for one call.
+//! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock.
+//! - [`stream`]: event streams relayed frame by frame, read as they pass.
+//! - [`error`]: the one error type and its Bedrock rendering.
+//! - [`metrics`]: Prometheus metrics with bounded labels.
+//!
+//! Around the pipeline:
+//! - [`config`]: the TOML file, validated into typed config.
+//! - [`app`]: shared state (the swappable runtime) and the API router.
+//! - [`admin`]: the admin listener (metrics, health, admin API).
+//! - [`server`]: listeners, background tasks, graceful shutdown.
+//! - [`demo`]: demo mode on the embedded simulator.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod ingress;
+pub mod metrics;
+pub mod pipeline;
+pub mod route;
+pub mod server;
+pub mod stream;
+pub mod upstream;
+
+pub use app::{app, AppState};
+pub use config::Config;

@@ -37,25 +37,12 @@ pub fn router(state: Arc<SimState>) -> Router {
         .with_state(state)
 }
 
-fn request_id() -> String {
-    let n = fastrand::u128(..);
-    let h = format!("{n:032x}");
-    format!(
-        "{}-{}-4{}-a{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
-}
-
 async fn handle(
     State(state): State<Arc<SimState>>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     request: Request,
 ) -> Response {
-    let id = request_id();
+    let id = bedrock_wire::new_request_id();
     let result = match path {
         Ok(Path((model_id, operation))) => serve(&state, &id, model_id, &operation, request).await,
         Err(e) => Err(SimError::validation(format!(

@@ -8,47 +8,10 @@ use bedrock_wire::tokens;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub use bedrock_wire::operation::Operation;
+
 use crate::catalog::{Model, MAX_CACHE_POINTS};
 use crate::error::SimError;
-
-/// The five operations the simulator serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    Converse,
-    ConverseStream,
-    Invoke,
-    InvokeStream,
-    CountTokens,
-}
-
-impl Operation {
-    /// The last path segment, which is also the name faults and stats use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Operation::Converse => "converse",
-            Operation::ConverseStream => "converse-stream",
-            Operation::Invoke => "invoke",
-            Operation::InvokeStream => "invoke-with-response-stream",
-            Operation::CountTokens => "count-tokens",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Operation> {
-        [
-            Operation::Converse,
-            Operation::ConverseStream,
-            Operation::Invoke,
-            Operation::InvokeStream,
-            Operation::CountTokens,
-        ]
-        .into_iter()
-        .find(|op| op.name() == name)
-    }
-
-    pub fn is_stream(self) -> bool {
-        matches!(self, Operation::ConverseStream | Operation::InvokeStream)
-    }
-}
 
 /// The body format of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

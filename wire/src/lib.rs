@@ -7,6 +7,7 @@
 //!   Converse JSON body or as frames, and built back from either.
 //! - [`canonical`]: canonical JSON (sorted keys, no whitespace, normalized numbers)
 //!   for hashing requests; cache markers left out.
+//! - [`operation`]: the five model operations and their path segments.
 //! - [`tokens`]: the token estimator the simulator bills with and the proxy plans with.
 //! - [`error`]: Bedrock's error types, their statuses and bodies.
 //! - [`sigv4`]: checking an incoming SigV4 signature with `aws-sigv4`.
@@ -19,6 +20,21 @@ pub mod canonical;
 pub mod converse;
 pub mod error;
 pub mod eventstream;
+pub mod operation;
 pub mod serve;
 pub mod sigv4;
 pub mod tokens;
+
+/// A request id in the format Bedrock uses (a random UUID v4). Not secret, so
+/// a fast non-cryptographic generator is enough.
+pub fn new_request_id() -> String {
+    let h = format!("{:032x}", fastrand::u128(..));
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}

@@ -1,0 +1,91 @@
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
+//! `/admin/*`, and in demo mode the embedded simulator's `/_sim/*` control
+//! endpoints. It binds to loopback unless configured otherwise; nothing here is
+//! served on the API port.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+use crate::app::AppState;
+use crate::config::UpstreamKind;
+
+/// The admin router.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/admin/config", get(config))
+        .with_state(state.clone());
+    if let Some(sim) = &state.simulator {
+        router = router.merge(sim.control_router());
+    }
+    router
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let readiness = state
+        .readiness
+        .read()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    let shutting_down = state.shutting_down.load(Ordering::Relaxed);
+    let mut problems = readiness.problems.clone();
+    if !readiness.credentials_checked {
+        problems.push("upstream credentials are still being resolved".into());
+    }
+    if shutting_down {
+        problems.push("shutting down".into());
+    }
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": problems.is_empty(), "problems": problems })),
+    )
+        .into_response()
+}
+
+async fn config(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let rt = state.runtime();
+    let c = &rt.config;
+    Json(json!({
+        "hash": c.hash,
+        "loaded_at": humantime::format_rfc3339_seconds(c.loaded_at).to_string(),
+        "summary": c.summary(),
+        "routes": c.routes.iter().map(|r| json!({
+            "name": r.name,
+            "aliases": r.aliases,
+            "models": r.models,
+            "catch_all": r.catch_all,
+            "upstream": r.upstream,
+            "upstream_model": r.upstream_model,
+        })).collect::<Vec<_>>(),
+        "upstreams": rt.upstreams.iter().map(|u| json!({
+            "name": &*u.name,
+            "kind": match u.config.kind { UpstreamKind::Bedrock => "bedrock", UpstreamKind::Simulator => "simulator" },
+            "region": u.config.region,
+            "endpoint": u.base_url(),
+            "auth": if u.config.bearer_token.is_some() { "bearer" } else { "sigv4" },
+        })).collect::<Vec<_>>(),
+    }))
+}

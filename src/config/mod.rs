@@ -1,0 +1,267 @@
+//! The proxy's configuration: one TOML file, parsed into raw serde structs that
+//! reject unknown keys, then validated into the typed [`Config`] the rest of the
+//! proxy uses. Parsing takes a `&str`; [`Config::load`] is the thin file wrapper.
+//! Every error names the key it is about (`routes[2].upstream: ...`).
+//!
+//! Secrets come from the environment: any string value may be written `${VAR}`
+//! (or `${VAR:-default}`) and is expanded at load time.
+
+mod raw;
+
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+pub use raw::RawConfig;
+
+/// Why a config could not be used: every problem found, each naming its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Who may call the API port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Every request carries a configured API key or a proxy-issued SigV4 key.
+    Keys,
+    /// Anyone on the listener may call; only allowed on a loopback address.
+    None,
+}
+
+/// The API listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub auth: AuthMode,
+}
+
+/// The admin listener (metrics, health, admin API).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// Protective limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_concurrent_requests: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    pub level: String,
+    /// Log prompts and completions (off by default: they are customer data).
+    pub log_bodies: bool,
+}
+
+/// Which service an upstream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// Amazon Bedrock, signed with AWS credentials or a Bedrock API key.
+    Bedrock,
+    /// bedrock-sim: at `endpoint`, or embedded in the proxy when none is given.
+    Simulator,
+}
+
+/// Deadlines for calls to one upstream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Until the response headers (and, for streams, the first event).
+    pub first_byte: Duration,
+    /// Longest silence between two events of a stream.
+    pub idle: Duration,
+    /// The whole call.
+    pub total: Duration,
+}
+
+/// One upstream Bedrock endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub kind: UpstreamKind,
+    pub region: String,
+    /// `https://bedrock-runtime.{region}.amazonaws.com` unless overridden.
+    pub endpoint: Option<String>,
+    pub profile: Option<String>,
+    pub bearer_token: Option<String>,
+    pub timeouts: Timeouts,
+}
+
+impl UpstreamConfig {
+    /// The endpoint to call; `None` for the embedded simulator.
+    pub fn endpoint_url(&self) -> Option<String> {
+        match (&self.endpoint, self.kind) {
+            (Some(e), _) => Some(e.trim_end_matches('/').to_owned()),
+            (None, UpstreamKind::Bedrock) => Some(format!(
+                "https://bedrock-runtime.{}.amazonaws.com",
+                self.region
+            )),
+            (None, UpstreamKind::Simulator) => None,
+        }
+    }
+}
+
+/// One route: the model ids and aliases it answers, and where it sends them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub aliases: Vec<String>,
+    /// Model ids (or inference profile ids) clients may call this route by.
+    pub models: Vec<String>,
+    /// Answers any model id no other route claims (`models = ["*"]`).
+    pub catch_all: bool,
+    pub upstream: String,
+    /// The model id sent upstream; when unset, the id the client used (or, for
+    /// an alias, the route's first model).
+    pub upstream_model: Option<String>,
+}
+
+/// Which routes a key may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAccess {
+    All,
+    Only(HashSet<String>),
+}
+
+impl RouteAccess {
+    pub fn allows(&self, route: &str) -> bool {
+        match self {
+            RouteAccess::All => true,
+            RouteAccess::Only(names) => names.contains(route),
+        }
+    }
+}
+
+/// How a key proves itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCredential {
+    /// An API key, stored as the SHA-256 of the key.
+    ApiKey { sha256: [u8; 32] },
+    /// A proxy-issued access key pair for SigV4-signing clients.
+    AccessKey { id: String, secret: String },
+}
+
+/// A client credential and what it may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyConfig {
+    pub tenant: String,
+    pub credential: KeyCredential,
+    pub routes: RouteAccess,
+    pub requests_per_minute: Option<u32>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub limits: Limits,
+    pub logging: LoggingConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub keys: Vec<KeyConfig>,
+    /// SHA-256 of the source text.
+    pub hash: String,
+    pub loaded_at: SystemTime,
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in `value`; `key` names the setting in errors.
+pub fn expand_env(key: &str, value: &str, errors: &mut Vec<String>) -> String {
+    expand_env_with(key, value, errors, |name| std::env::var(name).ok())
+}
+
+fn expand_env_with(
+    key: &str,
+    value: &str,
+    errors: &mut Vec<String>,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            errors.push(format!("{key}: unterminated ${{ in value"));
+            return out;
+        };
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        match (lookup(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => errors.push(format!("{key}: environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Parses a duration such as `250ms`, `30s`, `5m`; `key` names the setting in errors.
+pub fn parse_duration(key: &str, value: &str, errors: &mut Vec<String>) -> Duration {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) => d,
+        Err(e) => {
+            errors.push(format!(
+                "{key}: `{value}` is not a duration ({e}); write e.g. 250ms, 30s, 5m"
+            ));
+            Duration::ZERO
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a config.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        let mut config = raw.validate()?;
+        config.hash = hex::encode(Sha256::digest(text.as_bytes()));
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("reading {}: {e}", path.display())]))?;
+        Config::parse(&text)
+    }
+
+    /// A one-line description for logs and `check-config`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} upstream(s), {} route(s), {} key(s); api {} (auth {}), admin {}",
+            self.upstreams.len(),
+            self.routes.len(),
+            self.keys.len(),
+            self.server.listen,
+            match self.server.auth {
+                AuthMode::Keys => "keys",
+                AuthMode::None => "none",
+            },
+            self.admin.listen
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

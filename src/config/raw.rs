@@ -1,0 +1,392 @@
+//! The config file as written: serde structs that reject unknown keys, and
+//! `validate`, which checks them together and builds the typed [`Config`].
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use super::*;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    logging: RawLogging,
+    #[serde(default)]
+    upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    auth: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body_bytes: Option<usize>,
+    max_json_depth: Option<usize>,
+    max_concurrent_requests: Option<usize>,
+    header_read_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    format: Option<String>,
+    level: Option<String>,
+    log_bodies: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    kind: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+    profile: Option<String>,
+    bearer_token: Option<String>,
+    connect_timeout: Option<String>,
+    first_byte_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    total_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    upstream: Option<String>,
+    upstream_model: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    tenant: Option<String>,
+    key_sha256: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    routes: Option<Vec<String>>,
+    requests_per_minute: Option<u32>,
+}
+
+/// The largest JSON depth serde_json can parse.
+const SERDE_DEPTH_LIMIT: usize = 127;
+
+fn listen_addr(
+    key: &str,
+    value: Option<&str>,
+    default: &str,
+    errors: &mut Vec<String>,
+) -> SocketAddr {
+    let text = value.unwrap_or(default);
+    text.parse().unwrap_or_else(|_| {
+        errors.push(format!(
+            "{key}: `{text}` is not an address like 127.0.0.1:8080"
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+impl RawConfig {
+    /// Checks everything, collecting every problem, and builds the typed config.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+        let e = &mut errors;
+
+        let listen = listen_addr(
+            "server.listen",
+            self.server.listen.as_deref(),
+            "127.0.0.1:8080",
+            e,
+        );
+        let auth = match self.server.auth.as_deref().unwrap_or("keys") {
+            "keys" => AuthMode::Keys,
+            "none" => AuthMode::None,
+            other => {
+                e.push(format!("server.auth: `{other}` is not one of keys, none"));
+                AuthMode::Keys
+            }
+        };
+        if auth == AuthMode::None && !listen.ip().is_loopback() {
+            e.push(format!(
+                "server.auth: `none` is only allowed on a loopback address, not {listen}; configure [[keys]] instead"
+            ));
+        }
+        let admin = AdminConfig {
+            listen: listen_addr(
+                "admin.listen",
+                self.admin.listen.as_deref(),
+                "127.0.0.1:9090",
+                e,
+            ),
+        };
+
+        let l = self.limits;
+        let max_json_depth = l.max_json_depth.unwrap_or(64);
+        if max_json_depth == 0 || max_json_depth > SERDE_DEPTH_LIMIT {
+            e.push(format!(
+                "limits.max_json_depth: must be between 1 and {SERDE_DEPTH_LIMIT}"
+            ));
+        }
+        let limits = Limits {
+            max_body_bytes: l.max_body_bytes.unwrap_or(25_000_000),
+            max_json_depth,
+            max_concurrent_requests: l.max_concurrent_requests.unwrap_or(1024).max(1),
+            header_read_timeout: parse_duration(
+                "limits.header_read_timeout",
+                l.header_read_timeout.as_deref().unwrap_or("10s"),
+                e,
+            ),
+            shutdown_grace: parse_duration(
+                "limits.shutdown_grace",
+                l.shutdown_grace.as_deref().unwrap_or("30s"),
+                e,
+            ),
+        };
+
+        let logging = LoggingConfig {
+            format: match self.logging.format.as_deref().unwrap_or("text") {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    e.push(format!(
+                        "logging.format: `{other}` is not one of text, json"
+                    ));
+                    LogFormat::Text
+                }
+            },
+            level: self.logging.level.unwrap_or_else(|| "info".into()),
+            log_bodies: self.logging.log_bodies.unwrap_or(false),
+        };
+
+        let mut upstreams = BTreeMap::new();
+        if self.upstreams.is_empty() {
+            e.push("upstreams: at least one [upstreams.NAME] table is needed".into());
+        }
+        for (name, u) in self.upstreams {
+            let key = format!("upstreams.{name}");
+            let kind = match u.kind.as_deref().unwrap_or("bedrock") {
+                "bedrock" => UpstreamKind::Bedrock,
+                "simulator" => UpstreamKind::Simulator,
+                other => {
+                    e.push(format!(
+                        "{key}.kind: `{other}` is not one of bedrock, simulator"
+                    ));
+                    UpstreamKind::Bedrock
+                }
+            };
+            let endpoint = u
+                .endpoint
+                .map(|v| expand_env(&format!("{key}.endpoint"), &v, e));
+            if let Some(ep) = &endpoint {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                    e.push(format!(
+                        "{key}.endpoint: `{ep}` must start with http:// or https://"
+                    ));
+                }
+            }
+            let bearer_token = u
+                .bearer_token
+                .map(|v| expand_env(&format!("{key}.bearer_token"), &v, e))
+                .filter(|t| !t.is_empty());
+            let d = |field: &str, v: Option<String>, default: &str, e: &mut Vec<String>| {
+                parse_duration(
+                    &format!("{key}.{field}"),
+                    v.as_deref().unwrap_or(default),
+                    e,
+                )
+            };
+            let timeouts = Timeouts {
+                connect: d("connect_timeout", u.connect_timeout, "3s", e),
+                first_byte: d("first_byte_timeout", u.first_byte_timeout, "60s", e),
+                idle: d("idle_timeout", u.idle_timeout, "30s", e),
+                total: d("total_timeout", u.total_timeout, "10m", e),
+            };
+            upstreams.insert(
+                name.clone(),
+                UpstreamConfig {
+                    name,
+                    kind,
+                    region: u.region.unwrap_or_else(|| "us-east-2".into()),
+                    endpoint,
+                    profile: u.profile,
+                    bearer_token,
+                    timeouts,
+                },
+            );
+        }
+
+        let mut routes = Vec::new();
+        let mut claimed: HashMap<String, String> = HashMap::new();
+        let mut catch_all_route: Option<String> = None;
+        if self.routes.is_empty() {
+            e.push("routes: at least one [[routes]] entry is needed".into());
+        }
+        for (i, r) in self.routes.into_iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let name = r.name.unwrap_or_default();
+            if !is_name(&name) {
+                e.push(format!(
+                    "{key}.name: `{name}` must be non-empty letters, digits, - _ . :"
+                ));
+            }
+            let upstream = r.upstream.unwrap_or_default();
+            if !upstreams.contains_key(&upstream) {
+                e.push(format!("{key}.upstream: no upstream named `{upstream}`"));
+            }
+            if r.aliases.is_empty() && r.models.is_empty() {
+                e.push(format!("{key}: give at least one of aliases, models"));
+            }
+            let catch_all = r.models.iter().any(|m| m == "*");
+            if catch_all {
+                if let Some(other) = &catch_all_route {
+                    e.push(format!(
+                        "{key}.models: `*` is already claimed by route {other}"
+                    ));
+                }
+                catch_all_route = Some(name.clone());
+            }
+            for id in r
+                .aliases
+                .iter()
+                .chain(r.models.iter().filter(|m| *m != "*"))
+            {
+                if let Some(other) = claimed.insert(id.clone(), name.clone()) {
+                    e.push(format!("{key}: `{id}` is already claimed by route {other}"));
+                }
+            }
+            routes.push(RouteConfig {
+                name,
+                aliases: r.aliases,
+                models: r.models.into_iter().filter(|m| m != "*").collect(),
+                catch_all,
+                upstream,
+                upstream_model: r.upstream_model,
+            });
+        }
+        let mut names = HashSet::new();
+        for r in &routes {
+            if !names.insert(r.name.clone()) {
+                e.push(format!("routes: the name `{}` is used twice", r.name));
+            }
+        }
+
+        let mut keys = Vec::new();
+        let mut seen_credentials = HashSet::new();
+        for (i, k) in self.keys.into_iter().enumerate() {
+            let key = format!("keys[{i}]");
+            let tenant = k.tenant.unwrap_or_default();
+            if !is_name(&tenant) {
+                e.push(format!(
+                    "{key}.tenant: `{tenant}` must be non-empty letters, digits, - _ . :"
+                ));
+            }
+            let credential = match (k.key_sha256, k.access_key_id, k.secret_access_key) {
+                (Some(hash), None, None) => {
+                    let hash = expand_env(&format!("{key}.key_sha256"), &hash, e);
+                    let mut sha256 = [0u8; 32];
+                    if hex::decode_to_slice(hash.trim(), &mut sha256).is_err() {
+                        e.push(format!(
+                            "{key}.key_sha256: must be 64 hex characters (run `bedrock-proxy hash-key`)"
+                        ));
+                    }
+                    KeyCredential::ApiKey { sha256 }
+                }
+                (None, Some(id), Some(secret)) => {
+                    let secret = expand_env(&format!("{key}.secret_access_key"), &secret, e);
+                    if secret.is_empty() {
+                        e.push(format!("{key}.secret_access_key: must not be empty"));
+                    }
+                    KeyCredential::AccessKey { id, secret }
+                }
+                (None, Some(_), None) => {
+                    e.push(format!("{key}: access_key_id needs secret_access_key"));
+                    continue;
+                }
+                _ => {
+                    e.push(format!(
+                        "{key}: give either key_sha256, or access_key_id with secret_access_key"
+                    ));
+                    continue;
+                }
+            };
+            let id = match &credential {
+                KeyCredential::ApiKey { sha256 } => hex::encode(sha256),
+                KeyCredential::AccessKey { id, .. } => id.clone(),
+            };
+            if !seen_credentials.insert(id) {
+                e.push(format!("{key}: the same credential is configured twice"));
+            }
+            let route_names = k.routes.unwrap_or_else(|| vec!["*".into()]);
+            let routes_access = if route_names.iter().any(|r| r == "*") {
+                RouteAccess::All
+            } else {
+                for r in &route_names {
+                    if !names.contains(r) {
+                        e.push(format!("{key}.routes: no route named `{r}`"));
+                    }
+                }
+                RouteAccess::Only(route_names.into_iter().collect())
+            };
+            if k.requests_per_minute == Some(0) {
+                e.push(format!("{key}.requests_per_minute: must be at least 1"));
+            }
+            keys.push(KeyConfig {
+                tenant,
+                credential,
+                routes: routes_access,
+                requests_per_minute: k.requests_per_minute,
+            });
+        }
+        if auth == AuthMode::Keys && keys.is_empty() {
+            e.push("keys: server.auth is `keys` but no [[keys]] entry is configured; nobody could call the proxy".into());
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        Ok(Config {
+            server: ServerConfig { listen, auth },
+            admin,
+            limits,
+            logging,
+            upstreams,
+            routes,
+            keys,
+            hash: String::new(),
+            loaded_at: SystemTime::now(),
+        })
+    }
+}

@@ -1,0 +1,41 @@
+//! Demo mode: `bedrock-proxy` with no arguments. The simulator runs inside the
+//! proxy process, `config/demo.toml` (compiled in) routes to it, and the admin
+//! port also serves the simulator's control endpoints, so a user can script a
+//! fault and watch the proxy react, all without an AWS account.
+
+use bedrock_sim::{SimConfig, SimHandle, Simulator};
+use std::net::SocketAddr;
+
+/// The demo configuration, as shipped in `config/demo.toml`.
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+/// Starts the embedded simulator on a free loopback port, with its realistic
+/// latency model on.
+pub async fn start_simulator() -> std::io::Result<SimHandle> {
+    let sim = Simulator::new(SimConfig::default()).map_err(std::io::Error::other)?;
+    sim.spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// What demo mode prints once it listens: how to call it.
+pub fn banner(api: SocketAddr, admin: SocketAddr) -> String {
+    format!(
+        r#"
+Demo mode: Bedrock is simulated in this process (no AWS account needed).
+
+  boto3:
+    import boto3
+    brt = boto3.client("bedrock-runtime", endpoint_url="http://{api}", region_name="us-east-2",
+                       aws_access_key_id="demo", aws_secret_access_key="demo")
+    r = brt.converse(modelId="haiku", messages=[{{"role": "user", "content": [{{"text": "Hello"}}]}}])
+    print(r["output"]["message"]["content"][0]["text"])
+
+  curl:
+    curl -s http://{api}/model/haiku/converse -H 'content-type: application/json' \
+      -d '{{"messages":[{{"role":"user","content":[{{"text":"Hello"}}]}}]}}'
+
+  metrics:        curl -s http://{admin}/metrics
+  inject a fault: curl -s -X POST http://{admin}/_sim/faults -d '{{"model":"haiku","fault":"throttle","times":1}}'
+  what Bedrock received: curl -s http://{admin}/_sim/requests?limit=1
+"#
+    )
+}

@@ -1,0 +1,365 @@
+//! The proxy's one error type: a kind (which also labels metrics and selects
+//! fallback), a side (client, upstream, internal), a retryable flag, and, for
+//! upstream errors, the response exactly as received so it can pass through.
+//!
+//! [`ProxyError::status`] is the one place kinds become HTTP statuses; each ingress
+//! renders the body in its own API's shape (this module renders Bedrock's; the
+//! OpenAI and Anthropic shapes live with their ingress).
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bedrock_wire::error::{error_body, ErrorType};
+use bytes::Bytes;
+
+/// What went wrong, in the proxy's own terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request is invalid: bad JSON, too large, too deep, unknown route.
+    Validation,
+    /// Missing or wrong credentials, or a route the key may not use.
+    AccessDenied,
+    /// A local rate limit, or upstream throttling.
+    Throttled,
+    /// Overload, shutdown, or an upstream that is unavailable or unreachable.
+    Unavailable,
+    /// A deadline passed.
+    Timeout,
+    /// The upstream model is not ready yet.
+    ModelNotReady,
+    /// The upstream cannot do what was asked here (a latency tier, a feature).
+    Unsupported,
+    /// The model failed while answering.
+    ModelError,
+    /// An upstream quota that retrying will not fix.
+    QuotaExceeded,
+    /// The upstream resource does not exist.
+    NotFound,
+    /// A bug or an upstream internal error.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The label used in metrics and in `fallback_on`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Validation => "validation",
+            ErrorKind::AccessDenied => "access_denied",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::ModelNotReady => "model_not_ready",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::ModelError => "model_error",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// The Bedrock exception this kind is reported as.
+    pub fn bedrock_type(self) -> ErrorType {
+        match self {
+            ErrorKind::Validation | ErrorKind::Unsupported => ErrorType::Validation,
+            ErrorKind::AccessDenied => ErrorType::AccessDenied,
+            ErrorKind::Throttled => ErrorType::Throttling,
+            ErrorKind::Unavailable => ErrorType::ServiceUnavailable,
+            ErrorKind::Timeout => ErrorType::ModelTimeout,
+            ErrorKind::ModelNotReady => ErrorType::ModelNotReady,
+            ErrorKind::ModelError => ErrorType::ModelError,
+            ErrorKind::QuotaExceeded => ErrorType::ServiceQuotaExceeded,
+            ErrorKind::NotFound => ErrorType::ResourceNotFound,
+            ErrorKind::Internal => ErrorType::InternalServer,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Throttled
+                | ErrorKind::Unavailable
+                | ErrorKind::Timeout
+                | ErrorKind::ModelNotReady
+                | ErrorKind::Internal
+        )
+    }
+
+    fn from_bedrock(t: ErrorType) -> ErrorKind {
+        match t {
+            ErrorType::Validation | ErrorType::Conflict => ErrorKind::Validation,
+            ErrorType::AccessDenied => ErrorKind::AccessDenied,
+            ErrorType::Throttling => ErrorKind::Throttled,
+            ErrorType::ServiceUnavailable => ErrorKind::Unavailable,
+            ErrorType::ModelTimeout => ErrorKind::Timeout,
+            ErrorType::ModelNotReady => ErrorKind::ModelNotReady,
+            ErrorType::ModelError | ErrorType::ModelStreamError => ErrorKind::ModelError,
+            ErrorType::ServiceQuotaExceeded => ErrorKind::QuotaExceeded,
+            ErrorType::ResourceNotFound => ErrorKind::NotFound,
+            ErrorType::InternalServer => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Whose fault it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// An upstream error response, kept byte for byte.
+#[derive(Debug, Clone)]
+pub struct UpstreamFailure {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Headers of an upstream error worth passing on.
+const PASSED_ERROR_HEADERS: [&str; 3] = ["x-amzn-errortype", "x-amzn-requestid", "content-type"];
+
+/// The proxy's error.
+#[derive(Debug, Clone)]
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    pub side: Side,
+    pub retryable: bool,
+    pub message: String,
+    /// Set when this is an upstream error response, to pass it through.
+    pub upstream: Option<Box<UpstreamFailure>>,
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.label(), self.message)
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+impl ProxyError {
+    /// An error the proxy raises itself.
+    pub fn new(kind: ErrorKind, side: Side, message: impl Into<String>) -> Self {
+        ProxyError {
+            kind,
+            side,
+            retryable: kind.retryable() && side != Side::Client,
+            message: message.into(),
+            upstream: None,
+        }
+    }
+
+    /// The client sent something invalid.
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Validation, Side::Client, message)
+    }
+
+    /// The client may not do this.
+    pub fn access_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::AccessDenied, Side::Client, message)
+    }
+
+    /// The client is over a local limit.
+    pub fn throttled(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Throttled, Side::Client, message)
+    }
+
+    /// The proxy is overloaded or shutting down.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, Side::Internal, message)
+    }
+
+    /// A bug.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, Side::Internal, message)
+    }
+
+    /// The upstream could not be reached or broke the connection.
+    pub fn upstream_unreachable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, Side::Upstream, message)
+    }
+
+    /// An upstream deadline passed.
+    pub fn upstream_timeout(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Timeout, Side::Upstream, message)
+    }
+
+    /// An upstream error response, classified by its `x-amzn-ErrorType` (or
+    /// status) and kept for pass-through.
+    pub fn from_upstream(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Self {
+        let error_type = headers
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .and_then(ErrorType::parse);
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.get("message")
+                    .or_else(|| v.get("Message"))
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| format!("upstream answered {status}"));
+        let mut kind = match error_type {
+            Some(t) => ErrorKind::from_bedrock(t),
+            None => match status.as_u16() {
+                403 => ErrorKind::AccessDenied,
+                408 => ErrorKind::Timeout,
+                429 => ErrorKind::Throttled,
+                404 => ErrorKind::NotFound,
+                400..=499 => ErrorKind::Validation,
+                502..=504 => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
+        };
+        // Bedrock reports a tier or feature the model lacks as a ValidationException;
+        // fallback policies treat it apart from a malformed request.
+        let lower = message.to_ascii_lowercase();
+        if kind == ErrorKind::Validation
+            && (lower.contains("not supported")
+                || lower.contains("doesn't support")
+                || lower.contains("does not support"))
+        {
+            kind = ErrorKind::Unsupported;
+        }
+        let mut kept = HeaderMap::new();
+        for name in PASSED_ERROR_HEADERS {
+            if let Some(v) = headers.get(name) {
+                kept.insert(name, v.clone());
+            }
+        }
+        ProxyError {
+            kind,
+            side: Side::Upstream,
+            retryable: kind.retryable(),
+            message,
+            upstream: Some(Box::new(UpstreamFailure {
+                status,
+                headers: kept,
+                body,
+            })),
+        }
+    }
+
+    /// The HTTP status: the upstream's own for a passed-through error, else the
+    /// status of the Bedrock exception the kind maps to.
+    pub fn status(&self) -> StatusCode {
+        if let Some(up) = &self.upstream {
+            return up.status;
+        }
+        StatusCode::from_u16(self.kind.bedrock_type().status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The response a Bedrock client gets: upstream errors byte for byte, the
+    /// proxy's own as `x-amzn-ErrorType` plus `{"message": ...}`.
+    pub fn bedrock_response(&self, request_id: &str) -> Response {
+        let mut response = match &self.upstream {
+            Some(up) => {
+                let mut r = (up.status, up.body.clone()).into_response();
+                r.headers_mut().extend(up.headers.clone());
+                r
+            }
+            None => {
+                let error_type = self.kind.bedrock_type();
+                let mut r = (self.status(), error_body(&self.message)).into_response();
+                let h = r.headers_mut();
+                h.insert("content-type", HeaderValue::from_static("application/json"));
+                if let Ok(v) = HeaderValue::from_str(&error_type.header_value()) {
+                    h.insert("x-amzn-errortype", v);
+                }
+                r
+            }
+        };
+        if !response.headers().contains_key("x-amzn-requestid") {
+            if let Ok(v) = HeaderValue::from_str(request_id) {
+                response.headers_mut().insert("x-amzn-requestid", v);
+            }
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_errors_are_classified_and_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static(
+                "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            ),
+        );
+        headers.insert("x-amzn-requestid", HeaderValue::from_static("abc"));
+        headers.insert("x-other", HeaderValue::from_static("dropped"));
+        let e = ProxyError::from_upstream(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            Bytes::from_static(br#"{"message":"slow down"}"#),
+        );
+        assert_eq!(e.kind, ErrorKind::Throttled);
+        assert!(e.retryable);
+        assert_eq!(e.message, "slow down");
+        let r = e.bedrock_response("mine");
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["x-amzn-requestid"], "abc");
+        assert!(r.headers().get("x-other").is_none());
+    }
+
+    #[test]
+    fn unsupported_tiers_are_not_plain_validation_errors() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static("ValidationException"),
+        );
+        let e = ProxyError::from_upstream(
+            StatusCode::BAD_REQUEST,
+            &headers,
+            Bytes::from_static(
+                br#"{"message":"Latency-optimized inference is not supported for x"}"#,
+            ),
+        );
+        assert_eq!(e.kind, ErrorKind::Unsupported);
+        assert!(!e.retryable);
+    }
+
+    #[test]
+    fn own_errors_are_bedrock_shaped() {
+        for (e, status, ty) in [
+            (ProxyError::validation("bad"), 400, "ValidationException"),
+            (
+                ProxyError::access_denied("no"),
+                403,
+                "AccessDeniedException",
+            ),
+            (ProxyError::throttled("slow"), 429, "ThrottlingException"),
+            (
+                ProxyError::overloaded("busy"),
+                503,
+                "ServiceUnavailableException",
+            ),
+            (
+                ProxyError::upstream_timeout("late"),
+                408,
+                "ModelTimeoutException",
+            ),
+        ] {
+            let r = e.bedrock_response("rid");
+            assert_eq!(r.status(), status);
+            assert!(r.headers()["x-amzn-errortype"]
+                .to_str()
+                .unwrap()
+                .starts_with(ty));
+            assert_eq!(r.headers()["x-amzn-requestid"], "rid");
+        }
+        assert!(
+            !ProxyError::throttled("x").retryable,
+            "the client's own limit is not retried"
+        );
+    }
+}

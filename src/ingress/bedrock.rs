@@ -1,0 +1,162 @@
+//! The Bedrock Runtime paths (`/model/{modelId}/converse`, `/converse-stream`,
+//! `/invoke`, `/invoke-with-response-stream`, `/count-tokens`), so any AWS SDK
+//! pointed at the proxy works unchanged: same bytes in, same bytes, frames and
+//! errors out, plus the proxy's `x-proxy-*` headers.
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use bedrock_wire::operation::Operation;
+use tokio::time::Instant;
+
+use super::{parse_json, read_body, Finish};
+use crate::app::AppState;
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::pipeline::{self, Answer, Call};
+use crate::stream::to_bedrock_client;
+
+/// The Bedrock Runtime routes.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/model/{model_id}/{operation}", post(handle))
+}
+
+/// InvokeModel's request header members, passed to the upstream as sent.
+const FORWARDED: [&str; 9] = [
+    "content-type",
+    "accept",
+    "x-amzn-bedrock-accept",
+    "x-amzn-bedrock-trace",
+    "x-amzn-bedrock-guardrailidentifier",
+    "x-amzn-bedrock-guardrailversion",
+    "x-amzn-bedrock-performanceconfig-latency",
+    "x-amzn-bedrock-service-tier",
+    "x-amzn-bedrock-request-metadata",
+];
+
+async fn handle(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let mut finish = Finish::new(bedrock_wire::new_request_id(), started);
+    let result = match path {
+        Ok(Path((model_id, operation))) => match Operation::from_name(&operation) {
+            Some(op) => {
+                finish.op = op;
+                serve(&state, &mut finish, op, &model_id, request).await
+            }
+            None => Err(ProxyError::new(
+                ErrorKind::NotFound,
+                Side::Client,
+                format!(
+                    "Unknown operation `{operation}`: Bedrock Runtime's model operations are converse, converse-stream, invoke, invoke-with-response-stream and count-tokens."
+                ),
+            )),
+        },
+        Err(e) => Err(ProxyError::validation(format!("The request path is invalid: {e}"))),
+    };
+    match result {
+        Ok(response) => response,
+        Err(e) => {
+            let mut response = e.bedrock_response(&finish.request_id);
+            finish.headers(response.headers_mut(), None);
+            finish.error(&e);
+            response
+        }
+    }
+}
+
+async fn serve(
+    state: &AppState,
+    finish: &mut Finish,
+    op: Operation,
+    model_id: &str,
+    request: Request,
+) -> Result<Response, ProxyError> {
+    let rt = state.runtime();
+    let (parts, body) = request.into_parts();
+    let limits = &rt.config.limits;
+    let body = read_body(body, &parts.headers, limits).await?;
+    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let principal = rt
+        .auth
+        .authenticate(parts.method.as_str(), uri, &parts.headers, &body)?;
+    finish.tenant = Some(principal.tenant.clone());
+    let routed = rt.routes.resolve(model_id)?;
+    finish.route = Some(routed.route.name.clone());
+    principal.admit(&routed.route.name)?;
+
+    let is_json = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.contains("json"));
+    let json = match op {
+        Operation::Converse | Operation::ConverseStream | Operation::CountTokens => {
+            Some(parse_json(&body, limits.max_json_depth)?)
+        }
+        Operation::Invoke | Operation::InvokeStream if is_json => {
+            Some(parse_json(&body, limits.max_json_depth)?)
+        }
+        _ => None,
+    };
+    let forward = match op {
+        Operation::Invoke | Operation::InvokeStream => FORWARDED
+            .iter()
+            .filter_map(|name| {
+                let value = parts.headers.get(*name)?;
+                Some((HeaderName::from_static(name), value.clone()))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let call = Call {
+        request_id: finish.request_id.clone(),
+        op,
+        principal,
+        routed,
+        body,
+        json,
+        edited: false,
+        forward,
+        started: finish.started,
+    };
+    finish.requested_tier = call.requested_tier().map(str::to_owned);
+
+    let (answer, provenance) = pipeline::run(&rt, &call).await?;
+    finish.attempts = provenance.attempts;
+    Ok(match answer {
+        Answer::Whole {
+            mut headers,
+            body,
+            summary,
+        } => {
+            finish.headers(&mut headers, summary.latency_tier.as_deref());
+            finish.whole(&summary);
+            let mut response = Response::new(Body::from(body));
+            *response.headers_mut() = headers;
+            response
+        }
+        Answer::Stream {
+            mut headers,
+            frames,
+        } => {
+            let tier = headers
+                .get("x-amzn-bedrock-performanceconfig-latency")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            finish.headers(&mut headers, tier.as_deref());
+            let observer = finish.stream_observer();
+            let mut response =
+                Response::new(Body::from_stream(to_bedrock_client(frames, observer)));
+            *response.status_mut() = StatusCode::OK;
+            *response.headers_mut() = headers;
+            response
+        }
+    })
+}

@@ -1,0 +1,288 @@
+//! Ingress adapters: each API the proxy speaks, turned into one pipeline call and
+//! the pipeline's answer rendered back in that API's own shape, errors included.
+//!
+//! - [`bedrock`]: the Bedrock Runtime paths, byte for byte.
+//!
+//! This module holds what every adapter shares: reading the body within the
+//! size limit, and checking that JSON is UTF-8 and not nested too deep before
+//! it is parsed.
+
+pub mod bedrock;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue};
+use bedrock_wire::converse::Summary;
+use bedrock_wire::operation::Operation;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+use crate::config::Limits;
+use crate::error::ProxyError;
+use crate::metrics;
+use crate::stream::{RelayedFrame, StreamEnd, StreamObserver, StreamReader};
+
+/// Reads a request body, refusing it as soon as it passes `limits.max_body_bytes`.
+pub async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limits: &Limits,
+) -> Result<Bytes, ProxyError> {
+    let max = limits.max_body_bytes;
+    let too_large = || {
+        ProxyError::validation(format!(
+            "The request body is larger than this proxy's limit of {max} bytes."
+        ))
+    };
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ProxyError::validation(format!(
+            "The request body could not be read: {e}"
+        ))),
+    }
+}
+
+/// Whether JSON text nests arrays and objects deeper than `max` (strings and
+/// escapes are skipped, so brackets inside strings do not count).
+pub fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Parses a JSON request body: valid UTF-8, nested at most `max_depth`, an object.
+pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, ProxyError> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(ProxyError::validation(format!(
+            "Malformed input request: the body is not valid UTF-8 (invalid byte at offset {}), please reformat your input and try again.",
+            e.valid_up_to()
+        )));
+    }
+    if nesting_exceeds(bytes, max_depth) {
+        return Err(ProxyError::validation(format!(
+            "Malformed input request: JSON is nested deeper than this proxy's limit of {max_depth} levels."
+        )));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ProxyError::validation(format!(
+            "Malformed input request: {e}, please reformat your input and try again."
+        ))
+    })?;
+    if !value.is_object() {
+        return Err(ProxyError::validation(
+            "Malformed input request: the body must be a JSON object.",
+        ));
+    }
+    Ok(value)
+}
+
+/// Renders an error in the shape of the API `path` belongs to.
+pub fn render_error(path: &str, e: &ProxyError, request_id: &str) -> axum::response::Response {
+    let _ = path;
+    e.bedrock_response(request_id)
+}
+
+/// Per-request bookkeeping every ingress shares: the proxy's response headers,
+/// and the metrics and access-log line written once the answer is complete
+/// (for a stream, when it ends).
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub request_id: String,
+    pub started: Instant,
+    pub op: Operation,
+    pub route: Option<Arc<str>>,
+    pub tenant: Option<Arc<str>>,
+    pub attempts: u32,
+    pub requested_tier: Option<String>,
+}
+
+impl Finish {
+    pub fn new(request_id: String, started: Instant) -> Finish {
+        Finish {
+            request_id,
+            started,
+            op: Operation::Converse,
+            route: None,
+            tenant: None,
+            attempts: 0,
+            requested_tier: None,
+        }
+    }
+
+    fn route_label(&self) -> metrics::SharedString {
+        match &self.route {
+            Some(name) => metrics::route_label(name),
+            None => metrics::SharedString::const_str(metrics::UNROUTED),
+        }
+    }
+
+    /// Adds `x-proxy-route`, `x-proxy-attempts` and, for answers,
+    /// `x-proxy-latency-tier` (the tier that served the request when known, else
+    /// the one asked for, else `standard`).
+    pub fn headers(&self, headers: &mut HeaderMap, served_tier: Option<&str>) {
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        };
+        if let Some(route) = &self.route {
+            set("x-proxy-route", route);
+        }
+        set("x-proxy-attempts", &self.attempts.to_string());
+        set("x-request-id", &self.request_id);
+        if let Some(tier) = served_tier
+            .or(self.requested_tier.as_deref())
+            .or(Some("standard"))
+        {
+            if self.attempts > 0 {
+                set("x-proxy-latency-tier", tier);
+            }
+        }
+    }
+
+    fn log(&self, status: u16, outcome: &str, summary: Option<&Summary>) {
+        let usage = summary.and_then(|s| s.usage).unwrap_or_default();
+        tracing::info!(
+            target: "access",
+            request_id = %self.request_id,
+            tenant = self.tenant.as_deref().unwrap_or("-"),
+            route = self.route.as_deref().unwrap_or("-"),
+            operation = self.op.name(),
+            status,
+            outcome,
+            attempts = self.attempts,
+            tier = summary.and_then(|s| s.latency_tier.as_deref()).unwrap_or("-"),
+            input_tokens = usage.input_tokens,
+            output_tokens = usage.output_tokens,
+            cache_read_tokens = usage.cache_read_input_tokens,
+            cache_write_tokens = usage.cache_write_input_tokens,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+
+    /// A whole answer was sent.
+    pub fn whole(&self, summary: &Summary) {
+        let route = self.route_label();
+        if let Some(usage) = &summary.usage {
+            metrics::tokens(&route, usage);
+        }
+        metrics::request_done(&route, self.op, 200, self.started.elapsed());
+        self.log(200, "ok", Some(summary));
+    }
+
+    /// An error response was sent.
+    pub fn error(&self, e: &ProxyError) {
+        let status = e.status().as_u16();
+        if self.route.is_none() {
+            metrics::rejected(e.kind.label());
+        }
+        metrics::request_done(&self.route_label(), self.op, status, self.started.elapsed());
+        tracing::info!(target: "access", request_id = %self.request_id, error = %e, "request failed");
+        self.log(status, e.kind.label(), None);
+    }
+
+    /// The observer that finishes the books when a stream ends.
+    pub fn stream_observer(&self) -> FinishStream {
+        FinishStream {
+            finish: self.clone(),
+            reader: StreamReader::default(),
+        }
+    }
+}
+
+/// Reads a stream as it passes and writes metrics and the access log at its end.
+pub struct FinishStream {
+    finish: Finish,
+    pub reader: StreamReader,
+}
+
+impl StreamObserver for FinishStream {
+    fn frame(&mut self, frame: &RelayedFrame) {
+        self.reader.read(frame);
+    }
+
+    fn end(&mut self, end: StreamEnd) {
+        let route = self.finish.route_label();
+        let outcome = match &end {
+            StreamEnd::Complete => "complete",
+            StreamEnd::Failed(_) => "upstream_error",
+            StreamEnd::ClientGone => "client_gone",
+        };
+        if let StreamEnd::Failed(e) = &end {
+            metrics::upstream_error(&route, e.kind);
+        }
+        if let Some(usage) = &self.reader.summary.usage {
+            metrics::tokens(&route, usage);
+        }
+        metrics::stream_ended(&route, outcome);
+        metrics::request_done(&route, self.finish.op, 200, self.finish.started.elapsed());
+        self.finish.log(200, outcome, Some(&self.reader.summary));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        assert!(!nesting_exceeds(br#"{"a":[{"b":1}]}"#, 3));
+        assert!(nesting_exceeds(br#"{"a":[{"b":[1]}]}"#, 3));
+        assert!(!nesting_exceeds(br#"{"a":"[[[[[[[[\"[[["}"#, 1));
+        let deep = "[".repeat(5000) + &"]".repeat(5000);
+        assert!(nesting_exceeds(deep.as_bytes(), 64));
+    }
+
+    #[test]
+    fn bad_bodies_get_clear_messages() {
+        let e = parse_json(b"{\"a\": \"\xff\"}", 64).unwrap_err();
+        assert!(e.message.contains("UTF-8"), "{}", e.message);
+        let deep = "[".repeat(5000) + &"]".repeat(5000);
+        assert!(parse_json(deep.as_bytes(), 64)
+            .unwrap_err()
+            .message
+            .contains("nested deeper"));
+        assert!(parse_json(b"{oops", 64)
+            .unwrap_err()
+            .message
+            .contains("Malformed input request"));
+        assert!(parse_json(b"[1]", 64)
+            .unwrap_err()
+            .message
+            .contains("JSON object"));
+        assert!(parse_json(br#"{"messages":[]}"#, 64).is_ok());
+    }
+}

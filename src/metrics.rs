@@ -1,0 +1,152 @@
+//! Metrics, served as Prometheus text on the admin listener. Every label comes
+//! from a closed set: route names from the config (or `unrouted`), the five
+//! operations, status classes, error kinds, token kinds, tiers. Never a raw path,
+//! a request id or a model id a client typed.
+
+use bedrock_wire::converse::Usage;
+use bedrock_wire::operation::Operation;
+pub use metrics::SharedString;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::error::ErrorKind;
+
+pub const REQUESTS: &str = "bedrock_proxy_requests_total";
+pub const REQUEST_DURATION: &str = "bedrock_proxy_request_duration_seconds";
+pub const UPSTREAM_TTFT: &str = "bedrock_proxy_upstream_ttft_seconds";
+pub const TOKENS: &str = "bedrock_proxy_tokens_total";
+pub const UPSTREAM_ERRORS: &str = "bedrock_proxy_upstream_errors_total";
+pub const IN_FLIGHT: &str = "bedrock_proxy_in_flight_requests";
+pub const REJECTED: &str = "bedrock_proxy_rejected_total";
+pub const STREAMS: &str = "bedrock_proxy_streams_total";
+
+/// The label for requests no route claimed.
+pub const UNROUTED: &str = "unrouted";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle; later calls
+/// (a second proxy in the same test process) share it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only when another recorder is installed (an embedding
+            // application's); the handle then renders nothing, which is visible.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        REQUESTS,
+        "Requests answered, by route, operation and status class."
+    );
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time from request to the end of the response, by route and operation."
+    );
+    metrics::describe_histogram!(
+        UPSTREAM_TTFT,
+        metrics::Unit::Seconds,
+        "Time to the upstream's first byte (first event for streams), by route and operation."
+    );
+    metrics::describe_counter!(TOKENS, "Tokens billed by the upstream, by route and kind.");
+    metrics::describe_counter!(UPSTREAM_ERRORS, "Upstream errors, by route and error kind.");
+    metrics::describe_gauge!(IN_FLIGHT, "Requests being served now.");
+    metrics::describe_counter!(
+        REJECTED,
+        "Requests refused before reaching a route, by reason."
+    );
+    metrics::describe_counter!(STREAMS, "Streams ended, by route and outcome.");
+}
+
+/// The route label of a route name.
+pub fn route_label(name: &std::sync::Arc<str>) -> SharedString {
+    SharedString::from(name.clone())
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// One request answered.
+pub fn request_done(route: &SharedString, op: Operation, status: u16, elapsed: Duration) {
+    metrics::counter!(REQUESTS, "route" => route.clone(), "operation" => op.name(), "status" => status_class(status))
+        .increment(1);
+    metrics::histogram!(REQUEST_DURATION, "route" => route.clone(), "operation" => op.name())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Time to the upstream's first byte.
+pub fn upstream_ttft(route: &SharedString, op: Operation, elapsed: Duration) {
+    metrics::histogram!(UPSTREAM_TTFT, "route" => route.clone(), "operation" => op.name())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Tokens an upstream answer billed.
+pub fn tokens(route: &SharedString, usage: &Usage) {
+    for (kind, n) in [
+        ("input", usage.input_tokens),
+        ("output", usage.output_tokens),
+        ("cache_read", usage.cache_read_input_tokens),
+        ("cache_write", usage.cache_write_input_tokens),
+    ] {
+        if n > 0 {
+            metrics::counter!(TOKENS, "route" => route.clone(), "kind" => kind).increment(n);
+        }
+    }
+}
+
+/// An upstream error.
+pub fn upstream_error(route: &SharedString, kind: ErrorKind) {
+    metrics::counter!(UPSTREAM_ERRORS, "route" => route.clone(), "kind" => kind.label())
+        .increment(1);
+}
+
+/// A request refused before routing (auth, limits, bad input).
+pub fn rejected(reason: &'static str) {
+    metrics::counter!(REJECTED, "reason" => reason).increment(1);
+}
+
+/// How a stream ended: `complete`, `upstream_error` or `client_gone`.
+pub fn stream_ended(route: &SharedString, outcome: &'static str) {
+    metrics::counter!(STREAMS, "route" => route.clone(), "outcome" => outcome).increment(1);
+}
+
+/// Counts a request in flight for as long as it lives.
+#[derive(Debug)]
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> InFlight {
+        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}

@@ -1,0 +1,175 @@
+//! The route stage: a model id as the client wrote it (URL-decoded; an alias, a
+//! model or inference-profile id, or an ARN of one) to the route that serves it
+//! and the model id to send upstream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{Config, RouteConfig};
+use crate::error::ProxyError;
+
+/// A route, as the pipeline uses it.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub config: RouteConfig,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub route: Arc<Route>,
+    /// The model id to call upstream.
+    pub upstream_model: String,
+}
+
+/// All routes, indexed by every id and alias they answer.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+    by_alias: HashMap<String, usize>,
+    by_model: HashMap<String, usize>,
+    catch_all: Option<usize>,
+}
+
+/// The resource id of an ARN (`arn:aws:bedrock:...:inference-profile/ID` -> `ID`).
+fn arn_resource(id: &str) -> Option<&str> {
+    id.strip_prefix("arn:")
+        .and_then(|rest| rest.rsplit_once('/'))
+        .map(|(_, resource)| resource)
+}
+
+impl RouteTable {
+    pub fn new(config: &Config) -> RouteTable {
+        let mut table = RouteTable::default();
+        for (i, r) in config.routes.iter().enumerate() {
+            table.routes.push(Arc::new(Route {
+                name: Arc::from(r.name.as_str()),
+                config: r.clone(),
+            }));
+            for alias in &r.aliases {
+                table.by_alias.insert(alias.clone(), i);
+            }
+            for model in &r.models {
+                table.by_model.insert(model.clone(), i);
+            }
+            if r.catch_all {
+                table.catch_all = Some(i);
+            }
+        }
+        table
+    }
+
+    /// Every route, in config order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// The route by its name.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+
+    /// Routes a model id; the error is Bedrock's ValidationException wording.
+    pub fn resolve(&self, model_id: &str) -> Result<Routed, ProxyError> {
+        let routed = |i: usize, upstream_model: &str| {
+            let route = self.routes[i].clone();
+            let upstream_model = route
+                .config
+                .upstream_model
+                .clone()
+                .unwrap_or_else(|| upstream_model.to_owned());
+            Routed {
+                route,
+                upstream_model,
+            }
+        };
+        if let Some(&i) = self.by_alias.get(model_id) {
+            let first = self.routes[i]
+                .config
+                .models
+                .first()
+                .cloned()
+                .unwrap_or_else(|| model_id.to_owned());
+            return Ok(routed(i, &first));
+        }
+        if let Some(&i) = self.by_model.get(model_id) {
+            return Ok(routed(i, model_id));
+        }
+        if let Some(&i) = arn_resource(model_id).and_then(|id| self.by_model.get(id)) {
+            return Ok(routed(i, model_id));
+        }
+        if let Some(i) = self.catch_all {
+            return Ok(routed(i, model_id));
+        }
+        Err(ProxyError::validation(format!(
+            "The provided model identifier is invalid: no route of this proxy serves `{model_id}`."
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(extra: &str) -> RouteTable {
+        let config = Config::parse(&format!(
+            r#"
+            [server]
+            auth = "none"
+            [upstreams.sim]
+            kind = "simulator"
+            [[routes]]
+            name = "haiku"
+            aliases = ["haiku", "fast"]
+            models = ["us.anthropic.claude-3-5-haiku-20241022-v1:0", "anthropic.claude-3-5-haiku-20241022-v1:0"]
+            upstream = "sim"
+            [[routes]]
+            name = "pinned"
+            aliases = ["pinned"]
+            upstream = "sim"
+            upstream_model = "us.amazon.nova-pro-v1:0"
+            {extra}
+            "#
+        ))
+        .unwrap();
+        RouteTable::new(&config)
+    }
+
+    #[test]
+    fn aliases_ids_and_arns_resolve() {
+        let t = table("");
+        let alias = t.resolve("fast").unwrap();
+        assert_eq!(&*alias.route.name, "haiku");
+        assert_eq!(
+            alias.upstream_model,
+            "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+        );
+        let base = t
+            .resolve("anthropic.claude-3-5-haiku-20241022-v1:0")
+            .unwrap();
+        assert_eq!(
+            base.upstream_model, "anthropic.claude-3-5-haiku-20241022-v1:0",
+            "the client's id passes through"
+        );
+        let arn = "arn:aws:bedrock:us-east-2:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0";
+        let by_arn = t.resolve(arn).unwrap();
+        assert_eq!(&*by_arn.route.name, "haiku");
+        assert_eq!(by_arn.upstream_model, arn);
+        assert_eq!(
+            t.resolve("pinned").unwrap().upstream_model,
+            "us.amazon.nova-pro-v1:0"
+        );
+    }
+
+    #[test]
+    fn unknown_models_are_validation_errors_unless_a_catch_all_exists() {
+        let t = table("");
+        let err = t.resolve("meta.llama").unwrap_err();
+        assert!(err.message.contains("no route"));
+        let t = table("[[routes]]\nname = \"rest\"\nmodels = [\"*\"]\nupstream = \"sim\"\n");
+        let any = t.resolve("meta.llama").unwrap();
+        assert_eq!(&*any.route.name, "rest");
+        assert_eq!(any.upstream_model, "meta.llama");
+    }
+}

@@ -1,0 +1,220 @@
+//! Starting and stopping the proxy: bind the API and admin listeners, build the
+//! runtime, check upstream credentials in the background, serve until told to
+//! stop, then stop accepting and let in-flight requests (streams included)
+//! finish within `limits.shutdown_grace`.
+//!
+//! Every task started here is owned by [`ProxyHandle`] and awaited on shutdown.
+
+use bedrock_sim::SimHandle;
+use bedrock_wire::serve::{serve, ServeOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin;
+use crate::app::{app, AppState, Readiness, Runtime};
+use crate::config::Config;
+
+/// Listener overrides and the file to reload from.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Overrides `server.listen` (port 0 picks a free port).
+    pub listen: Option<SocketAddr>,
+    /// Overrides `admin.listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// The config file, when there is one (reloads read it again).
+    pub config_path: Option<PathBuf>,
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    pub api_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: AppState,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    simulator: Option<SimHandle>,
+}
+
+impl ProxyHandle {
+    /// `http://ADDR` of the API port.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+
+    /// `http://ADDR` of the admin port.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// The embedded simulator, in demo mode.
+    pub fn simulator(&self) -> Option<&SimHandle> {
+        self.simulator.as_ref()
+    }
+
+    /// A token that stops the proxy when cancelled (signal handlers use it).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period,
+    /// and waits for every task.
+    pub async fn shutdown(mut self) {
+        self.state.begin_shutdown();
+        self.stop.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        if let Some(sim) = self.simulator.take() {
+            sim.shutdown().await;
+        }
+    }
+
+    /// Runs until the stop token is cancelled, then shuts down.
+    pub async fn wait(self) {
+        self.stop.cancelled().await;
+        self.shutdown().await;
+    }
+}
+
+/// Starts the proxy with `config`. `simulator` is the embedded simulator of demo
+/// mode, which simulator upstreams without an endpoint call.
+pub async fn start(
+    config: Config,
+    simulator: Option<SimHandle>,
+    options: StartOptions,
+) -> Result<ProxyHandle, String> {
+    let embedded_url = simulator.as_ref().map(SimHandle::url);
+    let api_addr = options.listen.unwrap_or(config.server.listen);
+    let admin_addr = options.admin_listen.unwrap_or(config.admin.listen);
+    let serve_options = ServeOptions {
+        header_read_timeout: config.limits.header_read_timeout,
+        drain: config.limits.shutdown_grace,
+    };
+    let runtime = Runtime::build(config, embedded_url.as_deref(), None).await?;
+    let api_listener = TcpListener::bind(api_addr)
+        .await
+        .map_err(|e| format!("binding the API listener {api_addr}: {e}"))?;
+    let admin_listener = TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| format!("binding the admin listener {admin_addr}: {e}"))?;
+    let api_addr = api_listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+
+    let state = AppState::new(
+        runtime,
+        simulator.as_ref().map(|s| s.sim.clone()),
+        embedded_url,
+    );
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+
+    let s = stop.clone();
+    let router = app(state.clone());
+    tasks.push(tokio::spawn(async move {
+        serve(api_listener, router, serve_options, s.cancelled_owned()).await;
+    }));
+    let s = stop.clone();
+    let router = admin::router(state.clone());
+    tasks.push(tokio::spawn(async move {
+        serve(admin_listener, router, serve_options, s.cancelled_owned()).await;
+    }));
+    tasks.push(tokio::spawn(check_credentials(state.clone(), stop.clone())));
+    tasks.push(tokio::spawn(metrics_upkeep(state.clone(), stop.clone())));
+    let _ = options.config_path;
+
+    Ok(ProxyHandle {
+        api_addr,
+        admin_addr,
+        state,
+        stop,
+        tasks,
+        simulator,
+    })
+}
+
+/// Resolves every upstream's credentials once, for `/readyz`.
+async fn check_credentials(state: AppState, stop: CancellationToken) {
+    let rt = state.runtime();
+    let mut problems = Vec::new();
+    for upstream in rt.upstreams.iter() {
+        let check = tokio::time::timeout(Duration::from_secs(30), upstream.check_credentials());
+        let result = tokio::select! {
+            r = check => r,
+            () = stop.cancelled() => return,
+        };
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => problems.push(format!("upstream {}: credentials: {e}", upstream.name)),
+            Err(_) => problems.push(format!(
+                "upstream {}: credentials did not resolve within 30s",
+                upstream.name
+            )),
+        }
+    }
+    for p in &problems {
+        tracing::warn!("{p}");
+    }
+    if let Ok(mut r) = state.readiness.write() {
+        *r = Readiness {
+            credentials_checked: true,
+            problems,
+        };
+    }
+}
+
+/// Keeps the Prometheus recorder's histograms compact.
+async fn metrics_upkeep(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => state.metrics.run_upkeep(),
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Sets up logging once per process (later calls keep the first setup). Log
+/// lines are written by a background thread, so request handlers never block on
+/// stderr. Keep the returned guard alive to flush on exit.
+pub fn init_logging(
+    config: &crate::config::LoggingConfig,
+) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let _ = match config.format {
+        crate::config::LogFormat::Json => builder.json().try_init(),
+        crate::config::LogFormat::Text => builder.try_init(),
+    };
+    guard
+}

@@ -1,0 +1,417 @@
+//! The upstream stage's client: one [`Upstream`] per configured endpoint, each
+//! with its own connection pool (hyper, rustls, HTTP/2 where the server offers
+//! it), its credentials (`aws-config`'s default chain or a profile, signed with
+//! `aws-sigv4` for service `bedrock`; or a Bedrock API key as a bearer token) and
+//! its deadlines. Bodies go out as the bytes the pipeline hands over, so fields
+//! the proxy does not know survive untouched.
+//!
+//! Which upstream to call, and what to do when it fails, is the pipeline's
+//! business, not this module's.
+
+use aws_config::BehaviorVersion;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use bedrock_wire::operation::Operation;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+use crate::config::{Timeouts, UpstreamConfig, UpstreamKind};
+use crate::error::{ErrorKind, ProxyError, Side};
+
+/// What the AWS SDKs leave unescaped in a path segment.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The key pair the proxy signs with when calling a simulator.
+const SIMULATOR_ACCESS_KEY: &str = "AKIDBEDROCKPROXY";
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+enum Signer {
+    SigV4 {
+        credentials: SharedCredentialsProvider,
+        region: String,
+    },
+    Bearer(HeaderValue),
+}
+
+/// One upstream endpoint, ready to call.
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub config: UpstreamConfig,
+    base: String,
+    client: HttpClient,
+    signer: Signer,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An upstream's answer: status and headers, the body still to be read.
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Incoming,
+}
+
+fn http_client(connect_timeout: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
+        .map(|b| {
+            b.https_or_http()
+                .enable_all_versions()
+                .wrap_connector(http.clone())
+        })
+        .unwrap_or_else(|_| {
+            // The bundled provider always supports the default protocol versions;
+            // should it not, plain HTTP (simulators, VPC-local endpoints) still works.
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_webpki_roots()
+                .https_or_http()
+                .enable_all_versions()
+                .wrap_connector(http)
+        });
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https)
+}
+
+impl Upstream {
+    /// Builds an upstream. `embedded` is the URL of the in-process simulator,
+    /// used by simulator upstreams without an endpoint.
+    pub async fn build(
+        config: &UpstreamConfig,
+        embedded: Option<&str>,
+    ) -> Result<Upstream, String> {
+        let base = match (config.endpoint_url(), embedded) {
+            (Some(url), _) => url,
+            (None, Some(url)) => url.trim_end_matches('/').to_owned(),
+            (None, None) => {
+                return Err(format!(
+                    "upstreams.{}: a simulator upstream without `endpoint` needs the embedded simulator (demo mode)",
+                    config.name
+                ))
+            }
+        };
+        let signer = match (&config.bearer_token, config.kind) {
+            (Some(token), _) => Signer::Bearer(
+                HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    format!(
+                        "upstreams.{}.bearer_token: not a valid header value",
+                        config.name
+                    )
+                })?,
+            ),
+            (None, UpstreamKind::Simulator) => Signer::SigV4 {
+                credentials: SharedCredentialsProvider::new(Credentials::new(
+                    SIMULATOR_ACCESS_KEY,
+                    "bedrock-proxy-simulator",
+                    None,
+                    None,
+                    "bedrock-proxy",
+                )),
+                region: config.region.clone(),
+            },
+            (None, UpstreamKind::Bedrock) => {
+                let mut loader = aws_config::defaults(BehaviorVersion::latest())
+                    .region(aws_config::Region::new(config.region.clone()));
+                if let Some(profile) = &config.profile {
+                    loader = loader.profile_name(profile);
+                }
+                let sdk = loader.load().await;
+                let credentials = sdk.credentials_provider().ok_or_else(|| {
+                    format!(
+                        "upstreams.{}: no AWS credentials provider could be built",
+                        config.name
+                    )
+                })?;
+                Signer::SigV4 {
+                    credentials,
+                    region: config.region.clone(),
+                }
+            }
+        };
+        Ok(Upstream {
+            name: Arc::from(config.name.as_str()),
+            config: config.clone(),
+            base,
+            client: http_client(config.timeouts.connect),
+            signer,
+        })
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.config.timeouts
+    }
+
+    /// Resolves credentials once, to tell whether the upstream can be called.
+    pub async fn check_credentials(&self) -> Result<(), String> {
+        match &self.signer {
+            Signer::Bearer(_) => Ok(()),
+            Signer::SigV4 { credentials, .. } => credentials
+                .provide_credentials()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e}")),
+        }
+    }
+
+    /// The URL of `op` on `model_id`.
+    pub fn url(&self, op: Operation, model_id: &str) -> String {
+        format!(
+            "{}/model/{}/{}",
+            self.base,
+            utf8_percent_encode(model_id, PATH_SEGMENT),
+            op.name()
+        )
+    }
+
+    /// Sends one request and waits for the response headers, within the
+    /// first-byte timeout and `deadline`.
+    pub async fn send(
+        &self,
+        op: Operation,
+        model_id: &str,
+        body: Bytes,
+        headers: &[(HeaderName, HeaderValue)],
+        deadline: Instant,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let url = self.url(op, model_id);
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(&url)
+            .body(Full::new(body.clone()))
+            .map_err(|e| {
+                ProxyError::validation(format!("cannot build the upstream request: {e}"))
+            })?;
+        let h = request.headers_mut();
+        for (name, value) in headers {
+            h.insert(name.clone(), value.clone());
+        }
+        if !h.contains_key("content-type") {
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+        }
+        h.insert(
+            "accept",
+            HeaderValue::from_static(if op.is_stream() {
+                bedrock_wire::eventstream::CONTENT_TYPE
+            } else {
+                "application/json"
+            }),
+        );
+        self.authorize(&mut request, &url, &body).await?;
+
+        let first_byte = self
+            .config
+            .timeouts
+            .first_byte
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let response = match tokio::time::timeout(first_byte, self.client.request(request)).await {
+            Err(_) => {
+                return Err(ProxyError::upstream_timeout(format!(
+                    "upstream {} sent no response within {first_byte:?}",
+                    self.name
+                )))
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(ProxyError::upstream_unreachable(format!(
+                    "could not connect to upstream {}: {e}",
+                    self.name
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(ProxyError::upstream_unreachable(format!(
+                    "upstream {} broke the connection: {e}",
+                    self.name
+                )))
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (parts, body) = response.into_parts();
+        Ok(UpstreamResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    async fn authorize(
+        &self,
+        request: &mut Request<Full<Bytes>>,
+        url: &str,
+        body: &[u8],
+    ) -> Result<(), ProxyError> {
+        match &self.signer {
+            Signer::Bearer(value) => {
+                request.headers_mut().insert("authorization", value.clone());
+                Ok(())
+            }
+            Signer::SigV4 {
+                credentials,
+                region,
+            } => {
+                let creds = credentials
+                    .provide_credentials()
+                    .await
+                    .map_err(|e| ProxyError {
+                        retryable: false,
+                        ..ProxyError::new(
+                            ErrorKind::Unavailable,
+                            Side::Internal,
+                            format!(
+                                "the proxy has no AWS credentials for upstream {}: {e}",
+                                self.name
+                            ),
+                        )
+                    })?;
+                let identity: Identity = creds.into();
+                let params = v4::SigningParams::builder()
+                    .identity(&identity)
+                    .region(region)
+                    .name("bedrock")
+                    .time(SystemTime::now())
+                    .settings(SigningSettings::default())
+                    .build()
+                    .map_err(|e| ProxyError::internal(format!("signing parameters: {e}")))?
+                    .into();
+                let headers = request
+                    .headers()
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+                let signable =
+                    SignableRequest::new("POST", url, headers, SignableBody::Bytes(body)).map_err(
+                        |e| ProxyError::internal(format!("signing the upstream request: {e}")),
+                    )?;
+                let (instructions, _signature) = sign(signable, &params)
+                    .map_err(|e| {
+                        ProxyError::internal(format!("signing the upstream request: {e}"))
+                    })?
+                    .into_parts();
+                instructions.apply_to_request_http1x(request);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reads a whole (non-streamed) upstream body, within `deadline` and `limit`.
+pub async fn read_body(
+    body: Incoming,
+    limit: usize,
+    deadline: Instant,
+    upstream: &str,
+) -> Result<Bytes, ProxyError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout_at(deadline, limited.collect()).await {
+        Err(_) => Err(ProxyError::upstream_timeout(format!(
+            "upstream {upstream} did not finish its answer before the deadline"
+        ))),
+        Ok(Err(e)) => Err(ProxyError::upstream_unreachable(format!(
+            "upstream {upstream} broke off its answer: {e}"
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Response headers passed from the upstream to the client.
+pub fn passed_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in upstream {
+        let n = name.as_str();
+        if n == "content-type" || n == "x-amzn-requestid" || n.starts_with("x-amzn-bedrock-") {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The built upstreams, by name.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    by_name: BTreeMap<String, Arc<Upstream>>,
+}
+
+impl Upstreams {
+    /// Builds every configured upstream, reusing `previous` ones whose config is
+    /// unchanged (their pools and credential caches survive a reload).
+    pub async fn build(
+        configs: &BTreeMap<String, UpstreamConfig>,
+        embedded: Option<&str>,
+        previous: Option<&Upstreams>,
+    ) -> Result<Upstreams, String> {
+        let mut by_name = BTreeMap::new();
+        for (name, config) in configs {
+            let reused = previous
+                .and_then(|p| p.by_name.get(name))
+                .filter(|u| &u.config == config)
+                .cloned();
+            let upstream = match reused {
+                Some(u) => u,
+                None => Arc::new(Upstream::build(config, embedded).await?),
+            };
+            by_name.insert(name.clone(), upstream);
+        }
+        Ok(Upstreams { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.by_name.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_are_escaped_like_the_sdks_do() {
+        let encoded = utf8_percent_encode(
+            "arn:aws:bedrock:us-east-2:123:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0",
+            PATH_SEGMENT,
+        )
+        .to_string();
+        assert_eq!(
+            encoded,
+            "arn%3Aaws%3Abedrock%3Aus-east-2%3A123%3Ainference-profile%2Fus.anthropic.claude-3-5-haiku-20241022-v1%3A0"
+        );
+    }
+}
