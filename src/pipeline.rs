@@ -96,16 +96,22 @@ pub struct Provenance {
     pub attempts: u32,
 }
 
-/// Runs a call through the upstream stage.
-pub async fn run(rt: &Runtime, call: &Call) -> Result<(Answer, Provenance), ProxyError> {
+/// Runs a call through the upstream stage; `provenance` says what it took, also
+/// when it failed.
+pub async fn run(
+    rt: &Runtime,
+    call: &Call,
+    provenance: &mut Provenance,
+) -> Result<Answer, ProxyError> {
     let route_label = metrics::route_label(&call.routed.route.name);
+    provenance.attempts += 1;
     let result = attempt(rt, call).await;
     if let Err(e) = &result {
         if e.side == Side::Upstream {
             metrics::upstream_error(&route_label, e.kind);
         }
     }
-    result.map(|answer| (answer, Provenance { attempts: 1 }))
+    result
 }
 
 /// One attempt on the route's upstream.

@@ -73,7 +73,7 @@ struct Plan {
 }
 
 async fn serve(
-    state: &SimState,
+    state: &Arc<SimState>,
     request_id: &str,
     model_id: String,
     operation: &str,
@@ -300,7 +300,7 @@ fn header(headers: &mut HeaderMap, name: &'static str, value: impl ToString) {
     }
 }
 
-async fn respond(state: &SimState, plan: Plan) -> Result<Response, SimError> {
+async fn respond(state: &Arc<SimState>, plan: Plan) -> Result<Response, SimError> {
     let answer = generate::answer(&plan.prompt, plan.seed, plan.prompt.max_tokens.unwrap_or(1));
     let generation = plan.timing.ttft + plan.timing.tokens(answer.output_tokens);
     let billed = Billed {
@@ -451,7 +451,7 @@ async fn respond(state: &SimState, plan: Plan) -> Result<Response, SimError> {
     Ok((
         StatusCode::OK,
         headers,
-        paced_body(items, plan.timing, ending),
+        paced_body(items, plan.timing, ending, state.clone()),
     )
         .into_response())
 }
@@ -476,6 +476,17 @@ struct Pacer {
     sent: usize,
     first_token_pending: bool,
     ending: Ending,
+    finished: bool,
+    state: Arc<SimState>,
+}
+
+impl Drop for Pacer {
+    /// A reader that went away mid-stream stopped the generation; count it.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.stats.stream_cancelled();
+        }
+    }
 }
 
 impl Pacer {
@@ -496,30 +507,39 @@ impl Pacer {
 
 /// An event stream that sends each item after its delay; dropping it (a client
 /// that went away) stops the generation.
-fn paced_body(items: Vec<Paced>, timing: Timing, ending: Ending) -> Body {
+fn paced_body(items: Vec<Paced>, timing: Timing, ending: Ending, state: Arc<SimState>) -> Body {
     let pacer = Pacer {
         items: items.into_iter(),
         timing,
         sent: 0,
         first_token_pending: true,
         ending,
+        finished: false,
+        state,
     };
     let s = stream::unfold(Some(pacer), |state| async move {
         let mut p = state?;
         match &p.ending {
             Ending::Exception { after, frame } if p.sent >= *after => {
                 let frame = frame.clone();
+                p.finished = true;
                 return Some((Ok(frame), None));
             }
             Ending::Reset { after } if p.sent >= *after => {
-                return Some((
-                    Err(std::io::Error::other("connection reset by fault")),
-                    None,
-                ));
+                p.finished = true;
+                // Give the server a moment to flush the frames already sent, so
+                // the reader gets every whole frame before the cut, as from a
+                // real connection that dies mid-stream.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let reset = std::io::Error::other("connection reset by fault");
+                return Some((Err(reset), None));
             }
             _ => {}
         }
-        let item = p.items.next()?;
+        let Some(item) = p.items.next() else {
+            p.finished = true;
+            return None;
+        };
         let delay = p.delay(&item);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

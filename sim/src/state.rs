@@ -137,6 +137,7 @@ struct StatsInner {
     errors: BTreeMap<&'static str, u64>,
     faults_fired: u64,
     demoted_to_standard: u64,
+    streams_cancelled: u64,
     input_tokens: u64,
     output_tokens: u64,
     cache_read_input_tokens: u64,
@@ -177,6 +178,11 @@ impl Stats {
         self.with(|s| s.demoted_to_standard += 1);
     }
 
+    /// A stream whose reader went away before its end.
+    pub fn stream_cancelled(&self) {
+        self.with(|s| s.streams_cancelled += 1);
+    }
+
     pub fn served(&self, tier: &'static str, billed: Billed) {
         self.with(|s| {
             *s.served_tier.entry(tier).or_default() += 1;
@@ -204,6 +210,7 @@ impl Stats {
                 "errors": counts(&s.errors),
                 "faults_fired": s.faults_fired,
                 "demoted_to_standard": s.demoted_to_standard,
+                "streams_cancelled": s.streams_cancelled,
                 "input_tokens": s.input_tokens,
                 "output_tokens": s.output_tokens,
                 "cache_read_input_tokens": s.cache_read_input_tokens,

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::{parse_json, read_body, Finish};
 use crate::app::AppState;
 use crate::error::{ErrorKind, ProxyError, Side};
-use crate::pipeline::{self, Answer, Call};
+use crate::pipeline::{self, Answer, Call, Provenance};
 use crate::stream::to_bedrock_client;
 
 /// The Bedrock Runtime routes.
@@ -128,8 +128,10 @@ async fn serve(
     };
     finish.requested_tier = call.requested_tier().map(str::to_owned);
 
-    let (answer, provenance) = pipeline::run(&rt, &call).await?;
+    let mut provenance = Provenance::default();
+    let result = pipeline::run(&rt, &call, &mut provenance).await;
     finish.attempts = provenance.attempts;
+    let answer = result?;
     Ok(match answer {
         Answer::Whole {
             mut headers,
