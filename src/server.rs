@@ -32,6 +32,8 @@ pub struct StartOptions {
 /// A running proxy.
 pub struct ProxyHandle {
     pub api_addr: SocketAddr,
+    /// Whether the API port serves HTTPS.
+    pub tls: bool,
     pub admin_addr: SocketAddr,
     pub state: AppState,
     stop: CancellationToken,
@@ -40,9 +42,10 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
-    /// `http://ADDR` of the API port.
+    /// `http://ADDR` (or `https://`) of the API port.
     pub fn url(&self) -> String {
-        format!("http://{}", self.api_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.api_addr)
     }
 
     /// `http://ADDR` of the admin port.
@@ -90,9 +93,18 @@ pub async fn start(
     let embedded_url = simulator.as_ref().map(SimHandle::url);
     let api_addr = options.listen.unwrap_or(config.server.listen);
     let admin_addr = options.admin_listen.unwrap_or(config.admin.listen);
-    let serve_options = ServeOptions {
+    let admin_options = ServeOptions {
         header_read_timeout: config.limits.header_read_timeout,
         drain: config.limits.shutdown_grace,
+        tls: None,
+    };
+    let tls = match &config.server.tls {
+        Some(files) => Some(bedrock_wire::serve::load_tls(&files.cert, &files.key)?),
+        None => None,
+    };
+    let api_options = ServeOptions {
+        tls: tls.clone(),
+        ..admin_options.clone()
     };
     let runtime = Runtime::build(config, embedded_url.as_deref(), None).await?;
     let api_listener = TcpListener::bind(api_addr)
@@ -115,12 +127,12 @@ pub async fn start(
     let s = stop.clone();
     let router = app(state.clone());
     tasks.push(tokio::spawn(async move {
-        serve(api_listener, router, serve_options, s.cancelled_owned()).await;
+        serve(api_listener, router, api_options, s.cancelled_owned()).await;
     }));
     let s = stop.clone();
     let router = admin::router(state.clone());
     tasks.push(tokio::spawn(async move {
-        serve(admin_listener, router, serve_options, s.cancelled_owned()).await;
+        serve(admin_listener, router, admin_options, s.cancelled_owned()).await;
     }));
     tasks.push(tokio::spawn(check_credentials(state.clone(), stop.clone())));
     tasks.push(tokio::spawn(metrics_upkeep(state.clone(), stop.clone())));
@@ -128,6 +140,7 @@ pub async fn start(
 
     Ok(ProxyHandle {
         api_addr,
+        tls: tls.is_some(),
         admin_addr,
         state,
         stop,

@@ -35,6 +35,16 @@ pub enum AuthMode {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub auth: AuthMode,
+    /// PEM certificate chain and key: serve HTTPS (boto3 sends Bedrock API keys
+    /// only over HTTPS).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate and its key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// The admin listener (metrics, health, admin API).

@@ -32,6 +32,8 @@ pub struct RawConfig {
 struct RawServer {
     listen: Option<String>,
     auth: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +146,17 @@ impl RawConfig {
                 "server.auth: `none` is only allowed on a loopback address, not {listen}; configure [[keys]] instead"
             ));
         }
+        let tls = match (self.server.tls_cert, self.server.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: expand_env("server.tls_cert", &cert, e).into(),
+                key: expand_env("server.tls_key", &key, e).into(),
+            }),
+            (None, None) => None,
+            _ => {
+                e.push("server.tls_cert and server.tls_key go together".into());
+                None
+            }
+        };
         let admin = AdminConfig {
             listen: listen_addr(
                 "admin.listen",
@@ -378,7 +391,7 @@ impl RawConfig {
             return Err(ConfigError(errors));
         }
         Ok(Config {
-            server: ServerConfig { listen, auth },
+            server: ServerConfig { listen, auth, tls },
             admin,
             limits,
             logging,
