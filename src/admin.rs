@@ -3,7 +3,7 @@
 //! endpoints. It binds to loopback unless configured otherwise; nothing here is
 //! served on the API port.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +21,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/admin/config", get(config))
+        .route("/admin/cache", get(cache_stats).delete(cache_clear))
         .with_state(state.clone());
     if let Some(sim) = &state.simulator {
         router = router.merge(sim.control_router());
@@ -88,4 +89,27 @@ async fn config(State(state): State<AppState>) -> Json<serde_json::Value> {
             "auth": if u.config.bearer_token.is_some() { "bearer" } else { "sigv4" },
         })).collect::<Vec<_>>(),
     }))
+}
+
+async fn cache_stats(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.cache.describe().await)
+}
+
+#[derive(serde::Deserialize)]
+struct CacheScope {
+    tenant: Option<String>,
+    route: Option<String>,
+}
+
+/// `DELETE /admin/cache[?tenant=T][&route=R]`: clears both tiers.
+async fn cache_clear(
+    State(state): State<AppState>,
+    Query(scope): Query<CacheScope>,
+) -> Json<serde_json::Value> {
+    let (l1, l2) = state
+        .cache
+        .invalidate(scope.tenant.as_deref(), scope.route.as_deref())
+        .await;
+    tracing::info!(tenant = ?scope.tenant, route = ?scope.route, l1, l2, "response cache cleared");
+    Json(json!({ "removed_l1": l1, "removed_l2": l2 }))
 }

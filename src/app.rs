@@ -22,6 +22,8 @@ use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Auth;
+use crate::cache::ResponseCache;
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::ingress;
@@ -36,6 +38,7 @@ pub struct Runtime {
     pub auth: Auth,
     pub routes: RouteTable,
     pub upstreams: Upstreams,
+    pub catalog: Arc<Catalog>,
 }
 
 impl Runtime {
@@ -48,10 +51,21 @@ impl Runtime {
     ) -> Result<Runtime, String> {
         let upstreams =
             Upstreams::build(&config.upstreams, embedded, previous.map(|p| &p.upstreams)).await?;
+        let catalog = match &config.catalog_file {
+            Some(path) => {
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| format!("catalog.file {}: {e}", path.display()))?;
+                Catalog::parse(&text)
+                    .map_err(|e| format!("catalog.file {}: {e}", path.display()))?
+            }
+            None => Catalog::parse(crate::catalog::DEFAULT_CATALOG)?,
+        };
         Ok(Runtime {
             auth: Auth::new(&config),
             routes: RouteTable::new(&config),
             upstreams,
+            catalog: Arc::new(catalog),
             config: Arc::new(config),
         })
     }
@@ -67,6 +81,8 @@ pub struct Readiness {
 /// State shared by every request and the admin listener.
 pub struct Shared {
     runtime: ArcSwap<Runtime>,
+    /// The response cache: built once, it survives config reloads.
+    pub cache: Arc<ResponseCache>,
     pub metrics: PrometheusHandle,
     /// Requests in flight beyond this are shed with ServiceUnavailable.
     pub concurrency: Arc<Semaphore>,
@@ -90,14 +106,19 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// Shared state around `runtime`; background connections (the Redis tier)
+    /// stop with `stop`.
     pub fn new(
         runtime: Runtime,
         simulator: Option<bedrock_sim::Simulator>,
         embedded_url: Option<String>,
+        stop: tokio_util::sync::CancellationToken,
     ) -> AppState {
         let permits = runtime.config.limits.max_concurrent_requests;
+        let cache = Arc::new(ResponseCache::new(&runtime.config.cache, stop));
         AppState(Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
+            cache,
             metrics: metrics::install(),
             concurrency: Arc::new(Semaphore::new(permits)),
             shutting_down: AtomicBool::new(false),

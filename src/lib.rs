@@ -7,6 +7,7 @@
 //!   limits, and rendering answers and errors back in each API's shape.
 //! - [`auth`]: API keys and proxy-issued SigV4 keys to tenants and allowed routes.
 //! - [`route`]: model ids and aliases to routes and upstream model ids.
+//! - [`cache`]: the response cache (keys, L1 and Redis tiers, single-flight).
 //! - [`pipeline`]: the stages after routing, in order, for one call.
 //! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock.
 //! - [`stream`]: event streams relayed frame by frame, read as they pass.
@@ -15,6 +16,7 @@
 //!
 //! Around the pipeline:
 //! - [`config`]: the TOML file, validated into typed config.
+//! - [`catalog`]: what each model supports and costs.
 //! - [`app`]: shared state (the swappable runtime) and the API router.
 //! - [`admin`]: the admin listener (metrics, health, admin API).
 //! - [`server`]: listeners, background tasks, graceful shutdown.
@@ -23,6 +25,8 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod cache;
+pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -73,6 +73,35 @@ fn describe() {
         "Requests refused before reaching a route, by reason."
     );
     metrics::describe_counter!(STREAMS, "Streams ended, by route and outcome.");
+    metrics::describe_counter!(
+        CACHE_REQUESTS,
+        "Response-cache outcomes, by route, result and tier."
+    );
+    metrics::describe_gauge!(CACHE_ENTRIES, "Entries in the in-process response cache.");
+    metrics::describe_gauge!(
+        CACHE_BYTES,
+        "Bytes of answers in the in-process response cache."
+    );
+    metrics::describe_counter!(
+        CACHE_EVICTIONS,
+        "Entries evicted to stay within cache.max_bytes."
+    );
+    metrics::describe_counter!(
+        CACHE_FLIGHT_JOINS,
+        "Requests answered by another request's upstream call in flight."
+    );
+    metrics::describe_counter!(
+        CACHE_REDIS_ERRORS,
+        "Failed calls to the shared cache tier, by operation."
+    );
+    metrics::describe_counter!(
+        CACHE_TOKENS_SAVED,
+        "Tokens cache hits did not spend, by route and kind."
+    );
+    metrics::describe_gauge!(
+        CACHE_USD_SAVED,
+        "Estimated dollars cache hits saved (catalog prices), by route; only increases."
+    );
 }
 
 /// The route label of a route name.
@@ -148,5 +177,61 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         metrics::gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
+
+pub const CACHE_REQUESTS: &str = "bedrock_proxy_cache_requests_total";
+pub const CACHE_ENTRIES: &str = "bedrock_proxy_cache_entries";
+pub const CACHE_BYTES: &str = "bedrock_proxy_cache_bytes";
+pub const CACHE_EVICTIONS: &str = "bedrock_proxy_cache_evictions_total";
+pub const CACHE_FLIGHT_JOINS: &str = "bedrock_proxy_cache_single_flight_joins_total";
+pub const CACHE_REDIS_ERRORS: &str = "bedrock_proxy_cache_redis_errors_total";
+pub const CACHE_TOKENS_SAVED: &str = "bedrock_proxy_cache_tokens_saved_total";
+pub const CACHE_USD_SAVED: &str = "bedrock_proxy_cache_saved_usd";
+
+/// A cache lookup outcome: `result` is hit, miss or bypass; `tier` l1, l2,
+/// flight (another request's upstream call) or none.
+pub fn cache_request(route: &SharedString, result: &'static str, tier: &'static str) {
+    metrics::counter!(CACHE_REQUESTS, "route" => route.clone(), "result" => result, "tier" => tier)
+        .increment(1);
+}
+
+/// A request that joined another's upstream call.
+pub fn single_flight_join(route: &SharedString) {
+    metrics::counter!(CACHE_FLIGHT_JOINS, "route" => route.clone()).increment(1);
+}
+
+/// An entry evicted to stay within `max_bytes`.
+pub fn cache_evicted() {
+    metrics::counter!(CACHE_EVICTIONS).increment(1);
+}
+
+/// The in-process tier's size.
+pub fn cache_size(entries: u64, bytes: u64) {
+    metrics::gauge!(CACHE_ENTRIES).set(entries as f64);
+    metrics::gauge!(CACHE_BYTES).set(bytes as f64);
+}
+
+/// A failed Redis call (`connect`, `get`, `set`, `scan`, `del`, `decode`).
+pub fn redis_error(operation: &'static str) {
+    metrics::counter!(CACHE_REDIS_ERRORS, "operation" => operation).increment(1);
+}
+
+/// Tokens and dollars a cache hit saved (the original answer's usage and price).
+pub fn cache_saved(route: &SharedString, usage: &Usage, usd: f64) {
+    for (kind, n) in [
+        (
+            "input",
+            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens,
+        ),
+        ("output", usage.output_tokens),
+    ] {
+        if n > 0 {
+            metrics::counter!(CACHE_TOKENS_SAVED, "route" => route.clone(), "kind" => kind)
+                .increment(n);
+        }
+    }
+    if usd > 0.0 {
+        metrics::gauge!(CACHE_USD_SAVED, "route" => route.clone()).increment(usd);
     }
 }

@@ -1,6 +1,11 @@
 //! The pipeline: one [`Call`] (whatever API it came in through) flows through the
-//! stages after auth and routing: upstream attempt, then the answer as a whole
-//! body or as a stream of frames whose first frame has already arrived.
+//! stages after auth and routing, in order:
+//!
+//! 1. response cache: lookup (L1, then L2), or join an identical call in flight;
+//! 2. upstream: the call itself, in a task of its own when the answer may be
+//!    cached (so identical requests can share it), else on the request's task;
+//! 3. the answer, as a whole body or as a stream of frames whose first frame has
+//!    arrived; complete, successful answers are stored by the task that fetched them.
 //!
 //! Ingress adapters build the `Call` and render the [`Answer`]; stages that edit
 //! the request (prompt-cache and latency planners) edit `Call::json`.
@@ -18,10 +23,16 @@ use tokio::time::Instant;
 
 use crate::app::Runtime;
 use crate::auth::Principal;
+use crate::cache::flight::{Flight, Head, Joined, Role};
+use crate::cache::key::is_deterministic;
+use crate::cache::{
+    cache_key, CacheKey, CacheStatus, Directives, Entry, Family, KeyParts, ResponseCache, Tier,
+};
+use crate::config::{CacheMode, Replay, RouteCacheConfig, NEVER_CACHED_STOP_REASONS};
 use crate::error::{ProxyError, Side};
 use crate::metrics;
 use crate::route::Routed;
-use crate::stream::{self, FrameStream};
+use crate::stream::{self, FrameStream, StreamReader};
 use crate::upstream::{passed_headers, read_body};
 
 /// Largest upstream answer read into memory (streams are never read whole).
@@ -92,13 +103,308 @@ pub enum Answer {
 /// Where an answer came from, for response headers and logs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Provenance {
-    /// Upstream attempts made (0 for answers that needed none).
+    /// Upstream attempts made for this answer (0 for cache hits).
     pub attempts: u32,
+    pub cache: CacheStatus,
 }
 
-/// Runs a call through the upstream stage; `provenance` says what it took, also
-/// when it failed.
+/// How a cacheable call is cached.
+struct Cacheable {
+    key: CacheKey,
+    namespace: std::sync::Arc<str>,
+    policy: RouteCacheConfig,
+    lookup: bool,
+}
+
+fn family(op: Operation) -> Option<Family> {
+    match op {
+        Operation::Converse | Operation::ConverseStream => Some(Family::Converse),
+        Operation::Invoke => Some(Family::Invoke),
+        Operation::InvokeStream => Some(Family::InvokeStream),
+        Operation::CountTokens => None,
+    }
+}
+
+/// Whether and how `call` is cached: the route's mode, the temperature, the
+/// request's `Cache-Control`.
+fn cacheable(call: &Call, directives: &Directives) -> Option<Cacheable> {
+    let policy = &call.routed.route.config.cache;
+    let family = family(call.op)?;
+    let allowed = match policy.mode {
+        CacheMode::Off => false,
+        CacheMode::Always => true,
+        CacheMode::Deterministic => is_deterministic(call.json.as_ref()),
+    };
+    if !allowed || directives.no_store {
+        return None;
+    }
+    let namespace: std::sync::Arc<str> = if policy.shared {
+        std::sync::Arc::from("shared")
+    } else {
+        call.principal.tenant.clone()
+    };
+    let headers: Vec<(&str, &[u8])> = call
+        .forward
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    let key = cache_key(&KeyParts {
+        namespace: &namespace,
+        route: &call.routed.route.name,
+        upstream_model: &call.routed.upstream_model,
+        family,
+        json: call.json.as_ref(),
+        raw: &call.body,
+        headers: &headers,
+    });
+    Some(Cacheable {
+        key,
+        namespace,
+        policy: policy.clone(),
+        lookup: !directives.no_cache,
+    })
+}
+
+/// An answer from a stored entry, as a body or a stream.
+fn from_entry(entry: &Entry, op: Operation, replay: Replay) -> Option<Answer> {
+    if op.is_stream() {
+        let frames = entry.frames();
+        if frames.is_empty() {
+            return None;
+        }
+        Some(Answer::Stream {
+            headers: entry.headers(true),
+            frames: stream::replay(frames, replay == Replay::Paced),
+        })
+    } else {
+        Some(Answer::Whole {
+            headers: entry.headers(false),
+            body: entry.body()?,
+            summary: entry.summary.clone(),
+        })
+    }
+}
+
+/// Followers of failed flights try again this many times before giving up.
+const FLIGHT_RETRIES: usize = 3;
+
+/// Runs a call through the cache and upstream stages; `provenance` says what it
+/// took, also when it failed.
 pub async fn run(
+    cache: &Arc<ResponseCache>,
+    rt: &Arc<Runtime>,
+    call: Call,
+    directives: &Directives,
+    provenance: &mut Provenance,
+) -> Result<Answer, ProxyError> {
+    let route_label = metrics::route_label(&call.routed.route.name);
+    let Some(c) = cacheable(&call, directives) else {
+        provenance.cache = CacheStatus::Bypass;
+        cache.count(CacheStatus::Bypass);
+        metrics::cache_request(&route_label, "bypass", "none");
+        return upstream(rt, &call, provenance).await;
+    };
+
+    if c.lookup {
+        let found = cache
+            .get(
+                &c.key,
+                &c.namespace,
+                &call.routed.route.name,
+                directives.max_age,
+            )
+            .await;
+        if let Some((entry, tier)) = found {
+            if let Some(answer) = from_entry(&entry, call.op, c.policy.replay) {
+                provenance.cache = CacheStatus::Hit {
+                    tier,
+                    age: entry.age(),
+                };
+                cache.count(provenance.cache);
+                metrics::cache_request(&route_label, "hit", tier.label());
+                return Ok(answer);
+            }
+        }
+    }
+
+    let call = Arc::new(call);
+    let mut last_error = None;
+    for _ in 0..FLIGHT_RETRIES {
+        let role = if c.lookup {
+            cache.flights.join_or_start(c.key)
+        } else {
+            // `no-cache`: a call of its own, stored at the end, shared with nobody.
+            let (flight, rx) = Flight::new();
+            Role::Leader(flight, rx)
+        };
+        match role {
+            Role::Leader(flight, rx) => {
+                provenance.cache = CacheStatus::Miss;
+                cache.count(CacheStatus::Miss);
+                metrics::cache_request(&route_label, "miss", "none");
+                tokio::spawn(fly(
+                    cache.clone(),
+                    rt.clone(),
+                    call.clone(),
+                    flight.clone(),
+                    c.key,
+                    c.namespace.clone(),
+                    c.policy.clone(),
+                    c.lookup,
+                ));
+                return match flight.join(rx).await {
+                    Joined::Answer { answer, attempts } => {
+                        provenance.attempts = attempts;
+                        Ok(answer)
+                    }
+                    Joined::Failed { error, attempts } => {
+                        provenance.attempts = attempts;
+                        Err(error)
+                    }
+                };
+            }
+            Role::Follower(flight, rx) => {
+                metrics::single_flight_join(&route_label);
+                match flight.join(rx).await {
+                    Joined::Answer { answer, .. } => {
+                        provenance.cache = CacheStatus::Hit {
+                            tier: Tier::Flight,
+                            age: std::time::Duration::ZERO,
+                        };
+                        cache.count(provenance.cache);
+                        metrics::cache_request(&route_label, "hit", Tier::Flight.label());
+                        return Ok(answer);
+                    }
+                    // Another request's call failed: try on our own.
+                    Joined::Failed { error, .. } => last_error = Some(error),
+                }
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ProxyError::internal("no answer after retrying")))
+}
+
+/// Whether a finished answer may be stored.
+fn storable(policy: &RouteCacheConfig, stop_reason: Option<&str>) -> bool {
+    stop_reason.is_some_and(|reason| {
+        policy.stop_reasons.iter().any(|r| r == reason)
+            && !NEVER_CACHED_STOP_REASONS.contains(&reason)
+    })
+}
+
+/// The upstream call of a flight: publishes the answer as it arrives, stores it
+/// when complete, and stops if every subscriber went away.
+#[allow(clippy::too_many_arguments)]
+async fn fly(
+    cache: Arc<ResponseCache>,
+    rt: Arc<Runtime>,
+    call: Arc<Call>,
+    flight: Arc<Flight>,
+    key: CacheKey,
+    namespace: Arc<str>,
+    policy: RouteCacheConfig,
+    registered: bool,
+) {
+    let forget = || {
+        if registered {
+            cache.flights.remove(&key, &flight);
+        }
+    };
+    let mut provenance = Provenance::default();
+    let result = tokio::select! {
+        r = upstream(&rt, &call, &mut provenance) => r,
+        () = flight.abandoned() => {
+            forget();
+            flight.finish(Err(ProxyError::overloaded("every client of this call went away")));
+            return;
+        }
+    };
+    flight.set_attempts(provenance.attempts);
+    let tenant = call.principal.tenant.clone();
+    let route = call.routed.route.name.clone();
+    let model = call.routed.upstream_model.as_str();
+    match result {
+        Err(e) => {
+            forget();
+            flight.finish(Err(e));
+        }
+        Ok(Answer::Whole {
+            headers,
+            body,
+            summary,
+        }) => {
+            flight.start(Head::Whole {
+                headers: headers.clone(),
+                body: body.clone(),
+                summary: summary.clone(),
+            });
+            if storable(&policy, summary.stop_reason.as_deref()) {
+                let entry = match call.op {
+                    Operation::Converse => {
+                        Entry::from_converse_body(tenant, route, model, policy.ttl, &body).ok()
+                    }
+                    _ => Some(Entry::from_invoke(
+                        tenant, route, model, policy.ttl, &headers, body, summary,
+                    )),
+                };
+                if let Some(entry) = entry {
+                    cache.store(key, &namespace, entry).await;
+                }
+            }
+            forget();
+            flight.finish(Ok(()));
+        }
+        Ok(Answer::Stream {
+            headers,
+            mut frames,
+        }) => {
+            flight.start(Head::Stream {
+                headers: headers.clone(),
+            });
+            let mut reader = StreamReader::recording();
+            let mut upstream_exception = false;
+            let end = loop {
+                let next = tokio::select! {
+                    n = frames.next() => n,
+                    () = flight.abandoned() => break Err(ProxyError::overloaded("every client of this call went away")),
+                };
+                match next {
+                    Some(Ok(frame)) => {
+                        upstream_exception |= matches!(frame.frame.kind, FrameKind::Exception(_));
+                        reader.read(&frame);
+                        flight.push(frame);
+                    }
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(()),
+                }
+            };
+            drop(frames);
+            let complete = end.is_ok() && !upstream_exception;
+            if complete && storable(&policy, reader.summary.stop_reason.as_deref()) {
+                let summary = reader.summary.clone();
+                let offsets = std::mem::take(&mut reader.offsets_ms);
+                let entry = match (reader.events.take(), reader.chunks.take()) {
+                    (Some(events), _) if summary.is_complete() => Entry::from_converse_events(
+                        tenant, route, model, policy.ttl, events, offsets, summary,
+                    )
+                    .ok(),
+                    (_, Some(chunks)) => Some(Entry::from_invoke_stream(
+                        tenant, route, model, policy.ttl, &headers, chunks, offsets, summary,
+                    )),
+                    _ => None,
+                };
+                if let Some(entry) = entry {
+                    cache.store(key, &namespace, entry).await;
+                }
+            }
+            forget();
+            flight.finish(end);
+        }
+    }
+}
+
+/// Calls the route's upstream (the latency and fallback policies live here).
+async fn upstream(
     rt: &Runtime,
     call: &Call,
     provenance: &mut Provenance,

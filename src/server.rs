@@ -116,12 +116,13 @@ pub async fn start(
     let api_addr = api_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
+    let stop = CancellationToken::new();
     let state = AppState::new(
         runtime,
         simulator.as_ref().map(|s| s.sim.clone()),
         embedded_url,
+        stop.clone(),
     );
-    let stop = CancellationToken::new();
     let mut tasks = Vec::new();
 
     let s = stop.clone();
@@ -179,12 +180,15 @@ async fn check_credentials(state: AppState, stop: CancellationToken) {
     }
 }
 
-/// Keeps the Prometheus recorder's histograms compact.
+/// Keeps the Prometheus recorder's histograms compact and the cache gauges current.
 async fn metrics_upkeep(state: AppState, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
-            _ = tick.tick() => state.metrics.run_upkeep(),
+            _ = tick.tick() => {
+                state.metrics.run_upkeep();
+                state.cache.upkeep().await;
+            }
             () = stop.cancelled() => return,
         }
     }

@@ -119,6 +119,19 @@ pub fn frames(
     }))
 }
 
+/// Replays stored frames: all at once, or `paced` at their original offsets.
+pub fn replay(frames: Vec<(RelayedFrame, Duration)>, paced: bool) -> FrameStream {
+    let start = Instant::now();
+    Box::pin(
+        stream::iter(frames).then(move |(frame, offset)| async move {
+            if paced && !offset.is_zero() {
+                tokio::time::sleep_until(start + offset).await;
+            }
+            Ok(frame)
+        }),
+    )
+}
+
 /// A stream with its first frame already read (so the caller knows the
 /// upstream really started answering before committing to it).
 pub fn prepend(first: RelayedFrame, rest: FrameStream) -> FrameStream {
@@ -238,16 +251,25 @@ pub struct StreamReader {
     pub events: Option<Vec<ConverseEvent>>,
     /// The raw chunk payloads of an invoke stream, kept when it may be cached.
     pub chunks: Option<Vec<Bytes>>,
+    /// When each kept event or chunk arrived, in ms after the first.
+    pub offsets_ms: Vec<u32>,
+    first: Option<Instant>,
 }
 
 impl StreamReader {
     /// A reader that also keeps the events or chunks (for the response cache).
     pub fn recording() -> Self {
         StreamReader {
-            summary: Summary::default(),
             events: Some(Vec::new()),
             chunks: Some(Vec::new()),
+            ..StreamReader::default()
         }
+    }
+
+    fn offset(&mut self) -> u32 {
+        let now = Instant::now();
+        let first = *self.first.get_or_insert(now);
+        u32::try_from(now.duration_since(first).as_millis()).unwrap_or(u32::MAX)
     }
 
     pub fn read(&mut self, f: &RelayedFrame) {
@@ -255,6 +277,10 @@ impl StreamReader {
             return;
         };
         if name == "chunk" {
+            if self.chunks.is_some() {
+                let offset = self.offset();
+                self.offsets_ms.push(offset);
+            }
             if let Some(chunks) = self.chunks.as_mut() {
                 chunks.push(f.frame.payload.clone());
             }
@@ -265,6 +291,10 @@ impl StreamReader {
         self.chunks = None;
         if let Some(event) = ConverseEvent::from_frame(&f.frame) {
             self.summary.observe(&event);
+            if self.events.is_some() {
+                let offset = self.offset();
+                self.offsets_ms.push(offset);
+            }
             if let Some(events) = self.events.as_mut() {
                 events.push(event);
             }

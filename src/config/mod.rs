@@ -127,6 +127,89 @@ impl UpstreamConfig {
     }
 }
 
+/// The shared cache tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// One URL (`redis://`, or `rediss://` for TLS), or a cluster's seed nodes.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub key_prefix: String,
+    /// The longest an entry lives in Redis (a route's own TTL may be shorter).
+    pub ttl: Duration,
+    /// Each Redis call's deadline; past it the tier is skipped.
+    pub timeout: Duration,
+    /// Values at least this large are LZ4-compressed.
+    pub compress_min_bytes: usize,
+}
+
+/// The response cache's tiers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// The in-process tier's capacity, in bytes of stored answers.
+    pub max_bytes: u64,
+    pub redis: Option<RedisConfig>,
+}
+
+/// When a route's answers are cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    Off,
+    /// Only requests with temperature explicitly 0.
+    Deterministic,
+    /// Every request (the operator accepts reuse of sampled answers).
+    Always,
+}
+
+/// How a cached stream is replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// All events at once.
+    Instant,
+    /// With the original gaps between events.
+    Paced,
+}
+
+/// A route's response-cache policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteCacheConfig {
+    pub mode: CacheMode,
+    pub ttl: Duration,
+    /// Share entries across tenants (by default each tenant has its own).
+    pub shared: bool,
+    pub replay: Replay,
+    /// Stop reasons whose answers are stored.
+    pub stop_reasons: Vec<String>,
+}
+
+impl Default for RouteCacheConfig {
+    fn default() -> Self {
+        RouteCacheConfig {
+            mode: CacheMode::Off,
+            ttl: Duration::from_secs(3600),
+            shared: false,
+            replay: Replay::Instant,
+            stop_reasons: DEFAULT_CACHED_STOP_REASONS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// Answers that ended like this are complete and worth reusing.
+pub const DEFAULT_CACHED_STOP_REASONS: &[&str] = &[
+    "end_turn",
+    "stop_sequence",
+    "max_tokens",
+    "tool_use",
+    "stop",
+    "length",
+];
+
+/// Stop reasons never cached, whatever a route says: a guardrail or a content
+/// filter stepped in, so the answer is not the model's.
+pub const NEVER_CACHED_STOP_REASONS: &[&str] = &["guardrail_intervened", "content_filtered"];
+
 /// One route: the model ids and aliases it answers, and where it sends them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
@@ -140,6 +223,7 @@ pub struct RouteConfig {
     /// The model id sent upstream; when unset, the id the client used (or, for
     /// an alias, the route's first model).
     pub upstream_model: Option<String>,
+    pub cache: RouteCacheConfig,
 }
 
 /// Which routes a key may use.
@@ -186,6 +270,9 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub keys: Vec<KeyConfig>,
+    pub cache: CacheConfig,
+    /// A model catalog file replacing the embedded one.
+    pub catalog_file: Option<std::path::PathBuf>,
     /// SHA-256 of the source text.
     pub hash: String,
     pub loaded_at: SystemTime,

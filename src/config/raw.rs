@@ -25,6 +25,45 @@ pub struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     keys: Vec<RawKey>,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    catalog: RawCatalog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_bytes: Option<u64>,
+    redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Option<String>,
+    urls: Option<Vec<String>>,
+    cluster: Option<bool>,
+    key_prefix: Option<String>,
+    ttl: Option<String>,
+    timeout: Option<String>,
+    compress_min_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouteCache {
+    mode: Option<String>,
+    ttl: Option<String>,
+    shared: Option<bool>,
+    replay: Option<String>,
+    stop_reasons: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +123,8 @@ struct RawRoute {
     models: Vec<String>,
     upstream: Option<String>,
     upstream_model: Option<String>,
+    #[serde(default)]
+    cache: Option<RawRouteCache>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,6 +341,7 @@ impl RawConfig {
                     e.push(format!("{key}: `{id}` is already claimed by route {other}"));
                 }
             }
+            let cache = route_cache(&key, r.cache, e);
             routes.push(RouteConfig {
                 name,
                 aliases: r.aliases,
@@ -307,6 +349,7 @@ impl RawConfig {
                 catch_all,
                 upstream,
                 upstream_model: r.upstream_model,
+                cache,
             });
         }
         let mut names = HashSet::new();
@@ -387,6 +430,12 @@ impl RawConfig {
             e.push("keys: server.auth is `keys` but no [[keys]] entry is configured; nobody could call the proxy".into());
         }
 
+        let cache = cache_config(self.cache, e);
+        let catalog_file = self
+            .catalog
+            .file
+            .map(|f| std::path::PathBuf::from(expand_env("catalog.file", &f, e)));
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -398,8 +447,108 @@ impl RawConfig {
             upstreams,
             routes,
             keys,
+            cache,
+            catalog_file,
             hash: String::new(),
             loaded_at: SystemTime::now(),
         })
+    }
+}
+
+fn route_cache(
+    route_key: &str,
+    raw: Option<RawRouteCache>,
+    e: &mut Vec<String>,
+) -> RouteCacheConfig {
+    let Some(raw) = raw else {
+        return RouteCacheConfig::default();
+    };
+    let key = format!("{route_key}.cache");
+    let defaults = RouteCacheConfig::default();
+    let mode = match raw.mode.as_deref().unwrap_or("deterministic") {
+        "off" => CacheMode::Off,
+        "deterministic" => CacheMode::Deterministic,
+        "always" => CacheMode::Always,
+        other => {
+            e.push(format!(
+                "{key}.mode: `{other}` is not one of off, deterministic, always"
+            ));
+            CacheMode::Off
+        }
+    };
+    let replay = match raw.replay.as_deref().unwrap_or("instant") {
+        "instant" => Replay::Instant,
+        "paced" => Replay::Paced,
+        other => {
+            e.push(format!(
+                "{key}.replay: `{other}` is not one of instant, paced"
+            ));
+            Replay::Instant
+        }
+    };
+    let stop_reasons = raw.stop_reasons.unwrap_or(defaults.stop_reasons);
+    for reason in &stop_reasons {
+        if NEVER_CACHED_STOP_REASONS.contains(&reason.as_str()) {
+            e.push(format!(
+                "{key}.stop_reasons: `{reason}` answers are never cached"
+            ));
+        }
+    }
+    let ttl = match raw.ttl {
+        Some(t) => parse_duration(&format!("{key}.ttl"), &t, e),
+        None => defaults.ttl,
+    };
+    if ttl.is_zero() {
+        e.push(format!("{key}.ttl: must be more than 0"));
+    }
+    RouteCacheConfig {
+        mode,
+        ttl,
+        shared: raw.shared.unwrap_or(false),
+        replay,
+        stop_reasons,
+    }
+}
+
+fn cache_config(raw: RawCache, e: &mut Vec<String>) -> CacheConfig {
+    let redis = raw.redis.map(|r| {
+        let mut urls: Vec<String> = r.urls.unwrap_or_default();
+        if let Some(u) = r.url {
+            urls.insert(0, u);
+        }
+        let urls: Vec<String> = urls
+            .iter()
+            .map(|u| expand_env("cache.redis.url", u, e))
+            .collect();
+        if urls.is_empty() {
+            e.push("cache.redis: give `url` (or `urls` for a cluster)".into());
+        }
+        for u in &urls {
+            if !(u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("valkey://")
+                || u.starts_with("valkeys://"))
+            {
+                e.push(format!(
+                    "cache.redis.url: `{u}` must start with redis:// or rediss://"
+                ));
+            }
+        }
+        RedisConfig {
+            urls,
+            cluster: r.cluster.unwrap_or(false),
+            key_prefix: r.key_prefix.unwrap_or_else(|| "bedrock-proxy:".into()),
+            ttl: parse_duration("cache.redis.ttl", r.ttl.as_deref().unwrap_or("24h"), e),
+            timeout: parse_duration(
+                "cache.redis.timeout",
+                r.timeout.as_deref().unwrap_or("100ms"),
+                e,
+            ),
+            compress_min_bytes: r.compress_min_bytes.unwrap_or(2048),
+        }
+    });
+    CacheConfig {
+        max_bytes: raw.max_bytes.unwrap_or(256 * 1024 * 1024),
+        redis,
     }
 }

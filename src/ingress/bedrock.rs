@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::{parse_json, read_body, Finish};
 use crate::app::AppState;
+use crate::cache::Directives;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::pipeline::{self, Answer, Call, Provenance};
 use crate::stream::to_bedrock_client;
@@ -127,10 +128,16 @@ async fn serve(
         started: finish.started,
     };
     finish.requested_tier = call.requested_tier().map(str::to_owned);
+    finish.model = rt
+        .catalog
+        .get(&call.routed.upstream_model)
+        .map(|l| l.model.clone());
 
+    let directives = Directives::from_headers(&parts.headers);
     let mut provenance = Provenance::default();
-    let result = pipeline::run(&rt, &call, &mut provenance).await;
+    let result = pipeline::run(&state.cache, &rt, call, &directives, &mut provenance).await;
     finish.attempts = provenance.attempts;
+    finish.cache = provenance.cache;
     let answer = result?;
     Ok(match answer {
         Answer::Whole {

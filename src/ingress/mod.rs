@@ -19,6 +19,8 @@ use serde_json::Value;
 use std::sync::Arc;
 use tokio::time::Instant;
 
+use crate::cache::CacheStatus;
+use crate::catalog::ModelInfo;
 use crate::config::Limits;
 use crate::error::ProxyError;
 use crate::metrics;
@@ -127,6 +129,9 @@ pub struct Finish {
     pub tenant: Option<Arc<str>>,
     pub attempts: u32,
     pub requested_tier: Option<String>,
+    pub cache: CacheStatus,
+    /// The upstream model's catalog entry (prices, for what a cache hit saved).
+    pub model: Option<Arc<ModelInfo>>,
 }
 
 impl Finish {
@@ -139,6 +144,8 @@ impl Finish {
             tenant: None,
             attempts: 0,
             requested_tier: None,
+            cache: CacheStatus::Bypass,
+            model: None,
         }
     }
 
@@ -163,13 +170,32 @@ impl Finish {
         }
         set("x-proxy-attempts", &self.attempts.to_string());
         set("x-request-id", &self.request_id);
+        set("x-cache", self.cache.header());
+        if let CacheStatus::Hit { age, .. } = self.cache {
+            set("age", &age.as_secs().to_string());
+        }
+        let answered = self.attempts > 0 || self.cache.is_hit();
         if let Some(tier) = served_tier
             .or(self.requested_tier.as_deref())
             .or(Some("standard"))
         {
-            if self.attempts > 0 {
+            if answered {
                 set("x-proxy-latency-tier", tier);
             }
+        }
+    }
+
+    /// Counts what an answer cost: billed tokens for upstream answers, tokens
+    /// and dollars saved for cache hits (at the original answer's price).
+    fn account(&self, route: &metrics::SharedString, summary: &Summary) {
+        let Some(usage) = &summary.usage else { return };
+        if self.cache.is_hit() {
+            let usd = self.model.as_ref().map_or(0.0, |m| {
+                m.price_for(summary.latency_tier.as_deref()).cost(usage)
+            });
+            metrics::cache_saved(route, usage, usd);
+        } else {
+            metrics::tokens(route, usage);
         }
     }
 
@@ -182,6 +208,7 @@ impl Finish {
             route = self.route.as_deref().unwrap_or("-"),
             operation = self.op.name(),
             status,
+            cache = self.cache.header(),
             outcome,
             attempts = self.attempts,
             tier = summary.and_then(|s| s.latency_tier.as_deref()).unwrap_or("-"),
@@ -196,9 +223,7 @@ impl Finish {
     /// A whole answer was sent.
     pub fn whole(&self, summary: &Summary) {
         let route = self.route_label();
-        if let Some(usage) = &summary.usage {
-            metrics::tokens(&route, usage);
-        }
+        self.account(&route, summary);
         metrics::request_done(&route, self.op, 200, self.started.elapsed());
         self.log(200, "ok", Some(summary));
     }
@@ -244,9 +269,7 @@ impl StreamObserver for FinishStream {
         if let StreamEnd::Failed(e) = &end {
             metrics::upstream_error(&route, e.kind);
         }
-        if let Some(usage) = &self.reader.summary.usage {
-            metrics::tokens(&route, usage);
-        }
+        self.finish.account(&route, &self.reader.summary);
         metrics::stream_ended(&route, outcome);
         metrics::request_done(&route, self.finish.op, 200, self.finish.started.elapsed());
         self.finish.log(200, outcome, Some(&self.reader.summary));

@@ -1,0 +1,616 @@
+//! A stored answer: the complete response as normalized events (Converse), or
+//! the native body or chunks (InvokeModel), with the original timing of each
+//! event for paced replay and what the answer cost. Entries are immutable and
+//! shared (`Arc`) between the cache and every hit being served.
+//!
+//! A hit reports the original answer's `usage` (the tokens Bedrock billed when
+//! it was made) so clients see what the answer is worth, not zero.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use bedrock_wire::converse::{assemble, split, ConverseEvent, EventKind, Summary, Usage};
+use bedrock_wire::eventstream::{event_frame, Frame, FrameKind};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::stream::RelayedFrame;
+
+/// What an entry holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// A Converse answer: its events, each event's offset from the first (ms),
+    /// and the assembled JSON body.
+    Converse {
+        events: Vec<ConverseEvent>,
+        offsets_ms: Vec<u32>,
+        body: Bytes,
+    },
+    /// An InvokeModel answer: its `x-amzn-bedrock-*` and content-type headers and body.
+    Invoke {
+        headers: Vec<(String, Bytes)>,
+        body: Bytes,
+    },
+    /// An InvokeModelWithResponseStream answer: headers and chunk payloads.
+    InvokeStream {
+        headers: Vec<(String, Bytes)>,
+        chunks: Vec<Bytes>,
+        offsets_ms: Vec<u32>,
+    },
+}
+
+/// One cached answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// When it was stored (ms since the Unix epoch).
+    pub created_ms: u64,
+    pub ttl: Duration,
+    pub tenant: Arc<str>,
+    pub route: Arc<str>,
+    /// The upstream model that answered (for prices).
+    pub model: String,
+    pub summary: Summary,
+    pub content: Content,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Why an answer cannot be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("the answer cannot be cached: {0}")]
+    Unsupported(String),
+    #[error("a stored entry is corrupt: {0}")]
+    Corrupt(&'static str),
+}
+
+/// Headers kept with invoke answers.
+fn kept_headers(headers: &HeaderMap) -> Vec<(String, Bytes)> {
+    headers
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.as_str();
+            n == "content-type"
+                || (n.starts_with("x-amzn-bedrock-") && n != "x-amzn-bedrock-invocation-latency")
+        })
+        .map(|(n, v)| (n.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+        .collect()
+}
+
+impl Entry {
+    fn new(
+        tenant: Arc<str>,
+        route: Arc<str>,
+        model: &str,
+        ttl: Duration,
+        summary: Summary,
+        content: Content,
+    ) -> Entry {
+        Entry {
+            created_ms: now_ms(),
+            ttl,
+            tenant,
+            route,
+            model: model.to_owned(),
+            summary,
+            content,
+        }
+    }
+
+    /// An entry from a whole Converse body.
+    pub fn from_converse_body(
+        tenant: Arc<str>,
+        route: Arc<str>,
+        model: &str,
+        ttl: Duration,
+        body: &Bytes,
+    ) -> Result<Entry, EntryError> {
+        let json: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| EntryError::Unsupported(e.to_string()))?;
+        let events = split(&json).map_err(|e| EntryError::Unsupported(e.to_string()))?;
+        let summary = Summary::of_response(&json);
+        let offsets_ms = vec![0; events.len()];
+        let content = Content::Converse {
+            events,
+            offsets_ms,
+            body: body.clone(),
+        };
+        Ok(Entry::new(tenant, route, model, ttl, summary, content))
+    }
+
+    /// An entry from a complete ConverseStream, with each event's arrival offset.
+    pub fn from_converse_events(
+        tenant: Arc<str>,
+        route: Arc<str>,
+        model: &str,
+        ttl: Duration,
+        events: Vec<ConverseEvent>,
+        offsets_ms: Vec<u32>,
+        summary: Summary,
+    ) -> Result<Entry, EntryError> {
+        let body = assemble(&events).map_err(|e| EntryError::Unsupported(e.to_string()))?;
+        let content = Content::Converse {
+            events,
+            offsets_ms,
+            body: Bytes::from(body.to_string()),
+        };
+        Ok(Entry::new(tenant, route, model, ttl, summary, content))
+    }
+
+    /// An entry from a whole InvokeModel answer.
+    pub fn from_invoke(
+        tenant: Arc<str>,
+        route: Arc<str>,
+        model: &str,
+        ttl: Duration,
+        headers: &HeaderMap,
+        body: Bytes,
+        summary: Summary,
+    ) -> Entry {
+        let content = Content::Invoke {
+            headers: kept_headers(headers),
+            body,
+        };
+        Entry::new(tenant, route, model, ttl, summary, content)
+    }
+
+    /// An entry from a complete InvokeModelWithResponseStream answer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_invoke_stream(
+        tenant: Arc<str>,
+        route: Arc<str>,
+        model: &str,
+        ttl: Duration,
+        headers: &HeaderMap,
+        chunks: Vec<Bytes>,
+        offsets_ms: Vec<u32>,
+        summary: Summary,
+    ) -> Entry {
+        let content = Content::InvokeStream {
+            headers: kept_headers(headers),
+            chunks,
+            offsets_ms,
+        };
+        Entry::new(tenant, route, model, ttl, summary, content)
+    }
+
+    /// Age of the entry.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.created_ms))
+    }
+
+    /// Time left before it expires.
+    pub fn remaining(&self) -> Duration {
+        self.ttl.saturating_sub(self.age())
+    }
+
+    /// Approximate memory held, for the byte-weighted L1 tier.
+    pub fn weight(&self) -> u32 {
+        const PER_ITEM: usize = 48;
+        let strings = self.tenant.len() + self.route.len() + self.model.len() + 256;
+        let content = match &self.content {
+            Content::Converse { events, body, .. } => {
+                body.len()
+                    + events
+                        .iter()
+                        .map(|e| e.payload.len() + PER_ITEM + 4)
+                        .sum::<usize>()
+            }
+            Content::Invoke { headers, body } => {
+                body.len()
+                    + headers
+                        .iter()
+                        .map(|(n, v)| n.len() + v.len() + PER_ITEM)
+                        .sum::<usize>()
+            }
+            Content::InvokeStream {
+                headers, chunks, ..
+            } => {
+                chunks.iter().map(|c| c.len() + PER_ITEM + 4).sum::<usize>()
+                    + headers
+                        .iter()
+                        .map(|(n, v)| n.len() + v.len() + PER_ITEM)
+                        .sum::<usize>()
+            }
+        };
+        u32::try_from(strings + content).unwrap_or(u32::MAX)
+    }
+
+    /// The headers a hit answers with.
+    pub fn headers(&self, streaming: bool) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        let kept = match &self.content {
+            Content::Invoke { headers, .. } | Content::InvokeStream { headers, .. } => {
+                headers.as_slice()
+            }
+            Content::Converse { .. } => &[],
+        };
+        for (name, value) in kept {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                out.insert(n, v);
+            }
+        }
+        if let Content::Converse { .. } = self.content {
+            out.insert(
+                "content-type",
+                HeaderValue::from_static(if streaming {
+                    bedrock_wire::eventstream::CONTENT_TYPE
+                } else {
+                    "application/json"
+                }),
+            );
+        }
+        out
+    }
+
+    /// The whole body a non-streamed hit answers with.
+    pub fn body(&self) -> Option<Bytes> {
+        match &self.content {
+            Content::Converse { body, .. } | Content::Invoke { body, .. } => Some(body.clone()),
+            Content::InvokeStream { .. } => None,
+        }
+    }
+
+    /// The frames a streamed hit replays, each with its original offset.
+    pub fn frames(&self) -> Vec<(RelayedFrame, Duration)> {
+        let offset =
+            |v: &[u32], i: usize| Duration::from_millis(u64::from(v.get(i).copied().unwrap_or(0)));
+        match &self.content {
+            Content::Converse {
+                events, offsets_ms, ..
+            } => events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let frame = RelayedFrame {
+                        raw: e.to_frame(),
+                        frame: Frame {
+                            kind: FrameKind::Event(e.kind.name().to_owned()),
+                            payload: e.payload.clone(),
+                        },
+                    };
+                    (frame, offset(offsets_ms, i))
+                })
+                .collect(),
+            Content::InvokeStream {
+                chunks, offsets_ms, ..
+            } => chunks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let frame = RelayedFrame {
+                        raw: event_frame("chunk", c.clone()),
+                        frame: Frame {
+                            kind: FrameKind::Event("chunk".into()),
+                            payload: c.clone(),
+                        },
+                    };
+                    (frame, offset(offsets_ms, i))
+                })
+                .collect(),
+            Content::Invoke { .. } => Vec::new(),
+        }
+    }
+
+    /// Encodes the entry for the shared tier.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(self.weight() as usize));
+        w.0.extend_from_slice(MAGIC);
+        w.u64(self.created_ms);
+        w.u64(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
+        w.bytes(self.tenant.as_bytes());
+        w.bytes(self.route.as_bytes());
+        w.bytes(self.model.as_bytes());
+        w.opt_str(self.summary.stop_reason.as_deref());
+        w.opt_str(self.summary.latency_tier.as_deref());
+        w.u64(self.summary.latency_ms.unwrap_or(u64::MAX));
+        match &self.summary.usage {
+            Some(u) => {
+                w.u8(1);
+                for n in [
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.total_tokens,
+                    u.cache_read_input_tokens,
+                    u.cache_write_input_tokens,
+                ] {
+                    w.u64(n);
+                }
+            }
+            None => w.u8(0),
+        }
+        match &self.content {
+            Content::Converse {
+                events,
+                offsets_ms,
+                body,
+            } => {
+                w.u8(0);
+                w.u32(events.len() as u32);
+                for (i, e) in events.iter().enumerate() {
+                    w.u8(event_index(e.kind));
+                    w.u32(offsets_ms.get(i).copied().unwrap_or(0));
+                    w.bytes(&e.payload);
+                }
+                w.bytes(body);
+            }
+            Content::Invoke { headers, body } => {
+                w.u8(1);
+                w.headers(headers);
+                w.bytes(body);
+            }
+            Content::InvokeStream {
+                headers,
+                chunks,
+                offsets_ms,
+            } => {
+                w.u8(2);
+                w.headers(headers);
+                w.u32(chunks.len() as u32);
+                for (i, c) in chunks.iter().enumerate() {
+                    w.u32(offsets_ms.get(i).copied().unwrap_or(0));
+                    w.bytes(c);
+                }
+            }
+        }
+        w.0
+    }
+
+    /// Decodes an entry written by [`Entry::encode`].
+    pub fn decode(data: &[u8]) -> Result<Entry, EntryError> {
+        let mut r = Reader(Bytes::copy_from_slice(data));
+        if r.take(MAGIC.len())?.as_ref() != MAGIC {
+            return Err(EntryError::Corrupt("bad magic"));
+        }
+        let created_ms = r.u64()?;
+        let ttl = Duration::from_millis(r.u64()?);
+        let tenant: Arc<str> = Arc::from(r.string()?);
+        let route: Arc<str> = Arc::from(r.string()?);
+        let model = r.string()?;
+        let stop_reason = r.opt_string()?;
+        let latency_tier = r.opt_string()?;
+        let latency_ms = Some(r.u64()?).filter(|v| *v != u64::MAX);
+        let usage = match r.u8()? {
+            0 => None,
+            _ => Some(Usage {
+                input_tokens: r.u64()?,
+                output_tokens: r.u64()?,
+                total_tokens: r.u64()?,
+                cache_read_input_tokens: r.u64()?,
+                cache_write_input_tokens: r.u64()?,
+            }),
+        };
+        let content = match r.u8()? {
+            0 => {
+                let n = r.u32()? as usize;
+                let mut events = Vec::with_capacity(n.min(1 << 16));
+                let mut offsets_ms = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    let kind = event_kind(r.u8()?)?;
+                    offsets_ms.push(r.u32()?);
+                    events.push(ConverseEvent {
+                        kind,
+                        payload: r.bytes()?,
+                    });
+                }
+                Content::Converse {
+                    events,
+                    offsets_ms,
+                    body: r.bytes()?,
+                }
+            }
+            1 => Content::Invoke {
+                headers: r.headers()?,
+                body: r.bytes()?,
+            },
+            2 => {
+                let headers = r.headers()?;
+                let n = r.u32()? as usize;
+                let mut chunks = Vec::with_capacity(n.min(1 << 16));
+                let mut offsets_ms = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    offsets_ms.push(r.u32()?);
+                    chunks.push(r.bytes()?);
+                }
+                Content::InvokeStream {
+                    headers,
+                    chunks,
+                    offsets_ms,
+                }
+            }
+            _ => return Err(EntryError::Corrupt("unknown content kind")),
+        };
+        Ok(Entry {
+            created_ms,
+            ttl,
+            tenant,
+            route,
+            model,
+            summary: Summary {
+                stop_reason,
+                usage,
+                latency_tier,
+                latency_ms,
+            },
+            content,
+        })
+    }
+}
+
+const MAGIC: &[u8] = b"BPCE1";
+
+const EVENT_KINDS: [EventKind; 6] = [
+    EventKind::MessageStart,
+    EventKind::ContentBlockStart,
+    EventKind::ContentBlockDelta,
+    EventKind::ContentBlockStop,
+    EventKind::MessageStop,
+    EventKind::Metadata,
+];
+
+fn event_index(kind: EventKind) -> u8 {
+    EVENT_KINDS.iter().position(|k| *k == kind).unwrap_or(0) as u8
+}
+
+fn event_kind(i: u8) -> Result<EventKind, EntryError> {
+    EVENT_KINDS
+        .get(usize::from(i))
+        .copied()
+        .ok_or(EntryError::Corrupt("unknown event kind"))
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(u32::try_from(b.len()).unwrap_or(u32::MAX));
+        self.0.extend_from_slice(b);
+    }
+    fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.u8(1);
+                self.bytes(s.as_bytes());
+            }
+            None => self.u8(0),
+        }
+    }
+    fn headers(&mut self, headers: &[(String, Bytes)]) {
+        self.u32(headers.len() as u32);
+        for (n, v) in headers {
+            self.bytes(n.as_bytes());
+            self.bytes(v);
+        }
+    }
+}
+
+struct Reader(Bytes);
+
+impl Reader {
+    fn take(&mut self, n: usize) -> Result<Bytes, EntryError> {
+        if self.0.len() < n {
+            return Err(EntryError::Corrupt("truncated"));
+        }
+        Ok(self.0.split_to(n))
+    }
+    fn u8(&mut self) -> Result<u8, EntryError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, EntryError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, EntryError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<Bytes, EntryError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, EntryError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| EntryError::Corrupt("not UTF-8"))
+    }
+    fn opt_string(&mut self) -> Result<Option<String>, EntryError> {
+        match self.u8()? {
+            0 => Ok(None),
+            _ => self.string().map(Some),
+        }
+    }
+    fn headers(&mut self) -> Result<Vec<(String, Bytes)>, EntryError> {
+        let n = self.u32()? as usize;
+        let mut out = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            out.push((self.string()?, self.bytes()?));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn converse_entry() -> Entry {
+        let body = json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": "Paris is the capital of France."}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 10, "outputTokens": 8, "totalTokens": 18},
+            "metrics": {"latencyMs": 120}
+        });
+        Entry::from_converse_body(
+            Arc::from("t"),
+            Arc::from("haiku"),
+            "m",
+            Duration::from_secs(60),
+            &Bytes::from(body.to_string()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn entries_survive_encoding() {
+        let e = converse_entry();
+        assert_eq!(Entry::decode(&e.encode()).unwrap(), e);
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert(
+            "x-amzn-bedrock-output-token-count",
+            HeaderValue::from_static("5"),
+        );
+        headers.insert("x-amzn-requestid", HeaderValue::from_static("not kept"));
+        let i = Entry::from_invoke_stream(
+            Arc::from("t"),
+            Arc::from("r"),
+            "m",
+            Duration::from_secs(5),
+            &headers,
+            vec![Bytes::from_static(b"{\"bytes\":\"e30=\"}")],
+            vec![7],
+            Summary::default(),
+        );
+        let back = Entry::decode(&i.encode()).unwrap();
+        assert_eq!(back, i);
+        assert!(back.headers(true).get("x-amzn-requestid").is_none());
+        assert_eq!(back.headers(true)["x-amzn-bedrock-output-token-count"], "5");
+    }
+
+    #[test]
+    fn corrupt_entries_are_errors() {
+        let data = converse_entry().encode();
+        assert!(Entry::decode(&data[..data.len() - 3]).is_err());
+        assert!(Entry::decode(b"nope").is_err());
+    }
+
+    #[test]
+    fn a_converse_entry_replays_as_body_and_frames() {
+        let e = converse_entry();
+        let body: serde_json::Value = serde_json::from_slice(&e.body().unwrap()).unwrap();
+        assert_eq!(
+            body["output"]["message"]["content"][0]["text"],
+            "Paris is the capital of France."
+        );
+        let frames = e.frames();
+        assert!(frames.len() >= 5);
+        assert!(e.weight() as usize > e.body().unwrap().len());
+        assert_eq!(e.summary.usage.unwrap().total_tokens, 18);
+    }
+}

@@ -1,0 +1,313 @@
+//! The response cache: repeated requests answered from memory, or from a shared
+//! Redis tier, instead of Bedrock.
+//!
+//! - [`key`]: what a request's key is made of, and what is left out and why.
+//! - [`entry`]: what is stored, and how a hit is rendered as a body or a stream.
+//! - [`flight`]: single-flight, so identical concurrent misses cost one call.
+//! - [`redis`]: the shared tier.
+//!
+//! Lookups go L1 (moka, weighted by bytes, per-entry TTL) then L2 (Redis), whose
+//! hits are copied into L1. Stores happen off the response path, in the task
+//! that made the upstream call, and only for complete, successful answers.
+
+pub mod entry;
+pub mod flight;
+pub mod key;
+pub mod redis;
+
+use axum::http::HeaderMap;
+use moka::notification::RemovalCause;
+use moka::Expiry;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CacheConfig;
+use crate::metrics;
+pub use entry::Entry;
+pub use flight::Flights;
+pub use key::{cache_key, CacheKey, Family, KeyParts};
+
+/// Where a hit came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// This process's memory.
+    L1,
+    /// The shared Redis tier.
+    L2,
+    /// Another request's upstream call, in flight.
+    Flight,
+}
+
+impl Tier {
+    pub fn label(self) -> &'static str {
+        match self {
+            Tier::L1 => "l1",
+            Tier::L2 => "l2",
+            Tier::Flight => "flight",
+        }
+    }
+}
+
+/// What the cache did for a request (`x-cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheStatus {
+    /// Not cacheable (route mode, temperature, `no-store`, operation).
+    #[default]
+    Bypass,
+    /// Looked up (or `no-cache`), not found: answered by its own upstream call.
+    Miss,
+    Hit {
+        tier: Tier,
+        age: Duration,
+    },
+}
+
+impl CacheStatus {
+    /// The `x-cache` header value.
+    pub fn header(self) -> &'static str {
+        match self {
+            CacheStatus::Bypass => "bypass",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Hit { .. } => "hit",
+        }
+    }
+
+    pub fn is_hit(self) -> bool {
+        matches!(self, CacheStatus::Hit { .. })
+    }
+}
+
+/// A request's `Cache-Control`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directives {
+    /// Skip the lookup, still store.
+    pub no_cache: bool,
+    /// Neither look up nor store.
+    pub no_store: bool,
+    /// Accept only entries at most this old.
+    pub max_age: Option<Duration>,
+}
+
+impl Directives {
+    /// Reads `Cache-Control` (`no-cache`, `no-store`, `max-age=N`; others ignored).
+    pub fn from_headers(headers: &HeaderMap) -> Directives {
+        let mut d = Directives::default();
+        for value in headers.get_all("cache-control") {
+            let Ok(text) = value.to_str() else { continue };
+            for part in text.split(',').map(str::trim) {
+                let lower = part.to_ascii_lowercase();
+                if lower == "no-cache" {
+                    d.no_cache = true;
+                } else if lower == "no-store" {
+                    d.no_store = true;
+                } else if let Some(n) = lower.strip_prefix("max-age=") {
+                    if let Ok(secs) = n.trim_matches('"').parse::<u64>() {
+                        d.max_age = Some(Duration::from_secs(secs));
+                    }
+                }
+            }
+        }
+        d
+    }
+}
+
+struct EntryExpiry;
+
+impl Expiry<CacheKey, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Entry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.remaining())
+    }
+}
+
+/// The cache, shared by every request and surviving config reloads.
+pub struct ResponseCache {
+    l1: moka::future::Cache<CacheKey, Arc<Entry>>,
+    l2: Option<Arc<redis::RedisTier>>,
+    pub flights: Flights,
+    max_bytes: u64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypasses: AtomicU64,
+    evictions: Arc<AtomicU64>,
+}
+
+impl ResponseCache {
+    /// Builds the tiers; the Redis tier connects in the background until `stop`.
+    pub fn new(config: &CacheConfig, stop: CancellationToken) -> ResponseCache {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counted = evictions.clone();
+        let l1 = moka::future::Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|_k: &CacheKey, v: &Arc<Entry>| v.weight())
+            .expire_after(EntryExpiry)
+            .support_invalidation_closures()
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    metrics::cache_evicted();
+                }
+            })
+            .build();
+        ResponseCache {
+            l1,
+            l2: config
+                .redis
+                .clone()
+                .map(|r| redis::RedisTier::start(r, stop)),
+            flights: Flights::default(),
+            max_bytes: config.max_bytes,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            bypasses: AtomicU64::new(0),
+            evictions,
+        }
+    }
+
+    /// The Redis key of an entry (`{namespace}:{route}:{hash}` under the prefix).
+    fn redis_key(l2: &redis::RedisTier, namespace: &str, route: &str, key: &CacheKey) -> String {
+        l2.key(namespace, route, &key.hex())
+    }
+
+    /// Looks a key up in L1, then L2; `max_age` rejects older entries.
+    pub async fn get(
+        &self,
+        key: &CacheKey,
+        namespace: &str,
+        route: &str,
+        max_age: Option<Duration>,
+    ) -> Option<(Arc<Entry>, Tier)> {
+        let fresh = |e: &Entry| max_age.is_none_or(|m| e.age() <= m) && !e.remaining().is_zero();
+        if let Some(entry) = self.l1.get(key).await {
+            if fresh(&entry) {
+                return Some((entry, Tier::L1));
+            }
+        }
+        let l2 = self.l2.as_ref()?;
+        let data = l2.get(&Self::redis_key(l2, namespace, route, key)).await?;
+        let entry = match Entry::decode(&data) {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a corrupt shared-cache entry");
+                return None;
+            }
+        };
+        if !fresh(&entry) {
+            return None;
+        }
+        self.l1.insert(*key, entry.clone()).await;
+        Some((entry, Tier::L2))
+    }
+
+    /// Stores an entry in L1, and in L2 in the background.
+    pub async fn store(&self, key: CacheKey, namespace: &str, entry: Entry) {
+        let entry = Arc::new(entry);
+        if let Some(l2) = &self.l2 {
+            let l2 = l2.clone();
+            let redis_key = Self::redis_key(&l2, namespace, &entry.route, &key);
+            let encoded = entry.encode();
+            let ttl = entry.ttl;
+            tokio::spawn(async move { l2.set(&redis_key, &encoded, ttl).await });
+        }
+        self.l1.insert(key, entry).await;
+    }
+
+    /// Counts a lookup outcome for the hit ratio.
+    pub fn count(&self, status: CacheStatus) {
+        let counter = match status {
+            CacheStatus::Hit { .. } => &self.hits,
+            CacheStatus::Miss => &self.misses,
+            CacheStatus::Bypass => &self.bypasses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Removes entries: all, or those of a tenant and/or a route, in both tiers.
+    /// Returns (L1 entries, L2 keys) removed.
+    pub async fn invalidate(&self, tenant: Option<&str>, route: Option<&str>) -> (u64, u64) {
+        let before = self.l1.entry_count();
+        match (tenant, route) {
+            (None, None) => self.l1.invalidate_all(),
+            _ => {
+                let (t, r) = (tenant.map(str::to_owned), route.map(str::to_owned));
+                let predicate = move |_: &CacheKey, e: &Arc<Entry>| {
+                    t.as_deref().is_none_or(|t| &*e.tenant == t)
+                        && r.as_deref().is_none_or(|r| &*e.route == r)
+                };
+                if let Err(e) = self.l1.invalidate_entries_if(predicate) {
+                    tracing::warn!(error = %e, "could not invalidate cache entries");
+                }
+            }
+        }
+        self.l1.run_pending_tasks().await;
+        let removed_l1 = before.saturating_sub(self.l1.entry_count());
+        let removed_l2 = match &self.l2 {
+            Some(l2) => {
+                let pattern = format!("{}:{}:*", tenant.unwrap_or("*"), route.unwrap_or("*"));
+                l2.delete_matching(&pattern).await
+            }
+            None => 0,
+        };
+        (removed_l1, removed_l2)
+    }
+
+    /// Refreshes the size gauges (called periodically).
+    pub async fn upkeep(&self) {
+        self.l1.run_pending_tasks().await;
+        metrics::cache_size(self.l1.entry_count(), self.l1.weighted_size());
+    }
+
+    /// What `GET /admin/cache` shows.
+    pub async fn describe(&self) -> Value {
+        self.l1.run_pending_tasks().await;
+        let hits = self.hits.load(Ordering::Relaxed);
+        let misses = self.misses.load(Ordering::Relaxed);
+        let lookups = hits + misses;
+        json!({
+            "entries": self.l1.entry_count(),
+            "bytes": self.l1.weighted_size(),
+            "max_bytes": self.max_bytes,
+            "hits": hits,
+            "misses": misses,
+            "bypasses": self.bypasses.load(Ordering::Relaxed),
+            "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
+            "evictions": self.evictions.load(Ordering::Relaxed),
+            "in_flight": self.flights.len(),
+            "redis": self.l2.as_ref().map(|l2| json!({
+                "connected": l2.connected(),
+                "errors": l2.errors(),
+            })),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn cache_control_directives() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cache-control",
+            HeaderValue::from_static("No-Cache, max-age=30"),
+        );
+        let d = Directives::from_headers(&h);
+        assert!(d.no_cache && !d.no_store);
+        assert_eq!(d.max_age, Some(Duration::from_secs(30)));
+        h.insert("cache-control", HeaderValue::from_static("no-store"));
+        assert!(Directives::from_headers(&h).no_store);
+        assert_eq!(
+            Directives::from_headers(&HeaderMap::new()),
+            Directives::default()
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! The model catalog: what each Bedrock model supports (prompt caching and its
+//! limits, latency-optimized regions) and what it costs. One catalog serves the
+//! whole proxy; `config/models.toml` is compiled in and `[catalog] file` replaces it.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bedrock_wire::converse::Usage;
+
+/// The catalog compiled into the binary.
+pub const DEFAULT_CATALOG: &str = include_str!("../config/models.toml");
+
+/// Bedrock's limit on cache checkpoints per request.
+pub const BEDROCK_MAX_CACHE_POINTS: u32 = 4;
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    /// Writing a prefix to the prompt cache (defaults to `input`).
+    #[serde(default)]
+    pub cache_write: Option<f64>,
+    /// Reading a cached prefix (defaults to `input`).
+    #[serde(default)]
+    pub cache_read: Option<f64>,
+}
+
+impl Price {
+    pub fn cache_write(&self) -> f64 {
+        self.cache_write.unwrap_or(self.input)
+    }
+
+    pub fn cache_read(&self) -> f64 {
+        self.cache_read.unwrap_or(self.input)
+    }
+
+    /// What `usage` costs, in USD.
+    pub fn cost(&self, usage: &Usage) -> f64 {
+        (usage.input_tokens as f64 * self.input
+            + usage.output_tokens as f64 * self.output
+            + usage.cache_write_input_tokens as f64 * self.cache_write()
+            + usage.cache_read_input_tokens as f64 * self.cache_read())
+            / 1_000_000.0
+    }
+
+    /// What `usage` would have cost without the prompt cache: every cached token
+    /// billed as plain input.
+    pub fn cost_uncached(&self, usage: &Usage) -> f64 {
+        ((usage.input_tokens + usage.cache_write_input_tokens + usage.cache_read_input_tokens)
+            as f64
+            * self.input
+            + usage.output_tokens as f64 * self.output)
+            / 1_000_000.0
+    }
+}
+
+/// One model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    pub id: String,
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    #[serde(default)]
+    pub prompt_cache: bool,
+    #[serde(default)]
+    pub cache_min_tokens: u32,
+    #[serde(default = "default_max_points")]
+    pub max_cache_points: u32,
+    #[serde(default)]
+    pub cache_tools: bool,
+    #[serde(default)]
+    pub cache_ttl_1h: bool,
+    #[serde(default)]
+    pub optimized_regions: Vec<String>,
+    #[serde(default)]
+    pub optimized_max_tokens: Option<u32>,
+    pub price: Price,
+    #[serde(default)]
+    pub price_optimized: Option<Price>,
+}
+
+fn default_max_points() -> u32 {
+    BEDROCK_MAX_CACHE_POINTS
+}
+
+impl ModelInfo {
+    /// The price of a tier (`optimized` falls back to standard prices when the
+    /// catalog gives none).
+    pub fn price_for(&self, tier: Option<&str>) -> Price {
+        match tier {
+            Some("optimized") => self.price_optimized.unwrap_or(self.price),
+            _ => self.price,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    models: Vec<ModelInfo>,
+}
+
+/// A model as the catalog knows it under one id.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub model: Arc<ModelInfo>,
+    /// Whether the id is an inference profile (latency-optimized inference is only
+    /// served through profiles).
+    pub via_profile: bool,
+}
+
+/// Every model, by base id and profile id.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    by_id: HashMap<String, Lookup>,
+    len: usize,
+}
+
+impl Catalog {
+    /// Parses a catalog; errors name the offending key.
+    pub fn parse(text: &str) -> Result<Catalog, String> {
+        let file: CatalogFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut catalog = Catalog::default();
+        for model in file.models {
+            if model.max_cache_points > BEDROCK_MAX_CACHE_POINTS {
+                return Err(format!(
+                    "model {}: max_cache_points is at most {BEDROCK_MAX_CACHE_POINTS}",
+                    model.id
+                ));
+            }
+            let model = Arc::new(model);
+            let ids = std::iter::once((model.id.clone(), false))
+                .chain(model.profiles.iter().map(|p| (p.clone(), true)));
+            for (id, via_profile) in ids {
+                let lookup = Lookup {
+                    model: model.clone(),
+                    via_profile,
+                };
+                if catalog.by_id.insert(id.clone(), lookup).is_some() {
+                    return Err(format!("model id {id} appears twice"));
+                }
+            }
+            catalog.len += 1;
+        }
+        Ok(catalog)
+    }
+
+    /// The embedded catalog (checked by a unit test).
+    pub fn embedded() -> Catalog {
+        Catalog::parse(DEFAULT_CATALOG).unwrap_or_default()
+    }
+
+    /// Looks up a model id, profile id, or an ARN of either.
+    pub fn get(&self, model_id: &str) -> Option<&Lookup> {
+        self.by_id.get(model_id).or_else(|| {
+            let resource = model_id.strip_prefix("arn:")?.rsplit_once('/')?.1;
+            self.by_id.get(resource)
+        })
+    }
+
+    /// How many models it describes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_catalog_parses() {
+        let c = Catalog::parse(DEFAULT_CATALOG).unwrap();
+        assert!(c.len() >= 11);
+        let haiku = c
+            .get("us.anthropic.claude-3-5-haiku-20241022-v1:0")
+            .unwrap();
+        assert!(haiku.via_profile && haiku.model.prompt_cache);
+        assert_eq!(haiku.model.cache_min_tokens, 2048);
+        assert_eq!(haiku.model.max_cache_points, 4);
+        let arn = c
+            .get("arn:aws:bedrock:us-east-2::foundation-model/anthropic.claude-3-5-haiku-20241022-v1:0")
+            .unwrap();
+        assert!(!arn.via_profile);
+        assert!(c.get("anthropic.unknown").is_none());
+    }
+
+    #[test]
+    fn prices_cost_usage() {
+        let p = Price {
+            input: 1.0,
+            output: 5.0,
+            cache_write: Some(1.25),
+            cache_read: Some(0.1),
+        };
+        let usage = Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 1_000_000,
+            total_tokens: 0,
+            cache_read_input_tokens: 1_000_000,
+            cache_write_input_tokens: 1_000_000,
+        };
+        assert!((p.cost(&usage) - 7.35).abs() < 1e-9);
+        assert!((p.cost_uncached(&usage) - 8.0).abs() < 1e-9);
+    }
+}
