@@ -9,6 +9,15 @@ root=$(pwd)
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "System packages (redis-server for the shared-cache tests)"
+if ! command -v redis-server >/dev/null 2>&1; then
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+fi
+redis-server --version
+
 step "Python clients (.venv)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -149,6 +149,15 @@ async fn serve(
         &body,
         &parts.headers,
     )?;
+    let plan = match plan {
+        Planned::Answer(plan) => *plan,
+        Planned::Fail { error, after } => {
+            if !after.is_zero() {
+                tokio::time::sleep(after).await;
+            }
+            return Err(error);
+        }
+    };
     let slow = plan
         .fault
         .as_ref()
@@ -189,7 +198,7 @@ fn plan(
     resolved: &Resolved,
     body: &Value,
     headers: &HeaderMap,
-) -> Result<Plan, SimError> {
+) -> Result<Planned, SimError> {
     let model = resolved.model.clone();
     let (mut prompt, report_tier) = match op {
         Operation::Converse | Operation::ConverseStream => (
@@ -231,7 +240,8 @@ fn plan(
 
     let fault = take_fault(state, headers, model_id, prompt.tier, op)?;
     if let Some(error) = fault.as_ref().and_then(FaultRule::error) {
-        return Err(error);
+        let after = Duration::from_millis(fault.as_ref().and_then(|f| f.ms).unwrap_or(0));
+        return Ok(Planned::Fail { error, after });
     }
 
     let max_tokens = prompt.max_tokens.unwrap_or(model.max_output_tokens);
@@ -276,7 +286,7 @@ fn plan(
         fastrand::u64(..)
     };
     prompt.max_tokens = Some(max_tokens);
-    Ok(Plan {
+    Ok(Planned::Answer(Box::new(Plan {
         op,
         model,
         prompt,
@@ -286,7 +296,13 @@ fn plan(
         cache,
         timing,
         seed,
-    })
+    })))
+}
+
+/// What a request will get: an answer, or a scripted error (after a delay).
+enum Planned {
+    Answer(Box<Plan>),
+    Fail { error: SimError, after: Duration },
 }
 
 fn json_response(body: Value, mut headers: HeaderMap) -> Response {

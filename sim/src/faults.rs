@@ -52,7 +52,8 @@ pub struct FaultRule {
     /// Fires for this share of matching requests (0..=1); always when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probability: Option<f64>,
-    /// `slow-first-byte`: the delay in milliseconds (not scaled by time-scale).
+    /// `slow-first-byte`: the delay in milliseconds; error faults: how long the
+    /// error takes to come back. Not scaled by time-scale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ms: Option<u64>,
     /// `midstream-error` and `connection-reset` on streams: events sent first.

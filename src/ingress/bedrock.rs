@@ -92,17 +92,25 @@ async fn serve(
     finish.route = Some(routed.route.name.clone());
     principal.admit(&routed.route.name)?;
 
-    let is_json = parts
+    // InvokeModel bodies are model-native. A body declared JSON must parse; the
+    // AWS SDKs send JSON bodies as application/octet-stream unless told
+    // otherwise, so those are read as JSON when they are, and passed through
+    // untouched when they are not.
+    let content_type = parts
         .headers
         .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|ct| ct.contains("json"));
+        .and_then(|v| v.to_str().ok());
+    let declared_json = content_type.is_none_or(|ct| ct.contains("json"));
+    let looks_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let json = match op {
         Operation::Converse | Operation::ConverseStream | Operation::CountTokens => {
             Some(parse_json(&body, limits.max_json_depth)?)
         }
-        Operation::Invoke | Operation::InvokeStream if is_json => {
+        Operation::Invoke | Operation::InvokeStream if declared_json => {
             Some(parse_json(&body, limits.max_json_depth)?)
+        }
+        Operation::Invoke | Operation::InvokeStream if looks_json => {
+            parse_json(&body, limits.max_json_depth).ok()
         }
         _ => None,
     };

@@ -66,6 +66,17 @@ impl Stack {
 /// uses [`KEY_B`] on `haiku` only. `extra` is appended (more tables, or keys of
 /// the tables above when `sections` replaces them).
 pub fn config_text(sim_url: &str, upstream_extra: &str, extra: &str) -> String {
+    config_with_route(sim_url, upstream_extra, "", extra)
+}
+
+/// [`config_text`] with `haiku_extra` inside the `haiku` route's table (inline
+/// settings such as `cache = { mode = "deterministic" }`).
+pub fn config_with_route(
+    sim_url: &str,
+    upstream_extra: &str,
+    haiku_extra: &str,
+    extra: &str,
+) -> String {
     let key_b = bedrock_proxy::auth::hash_key(KEY_B);
     format!(
         r#"
@@ -85,6 +96,7 @@ name = "haiku"
 aliases = ["haiku"]
 models = ["{HAIKU}", "{HAIKU_BASE}"]
 upstream = "sim"
+{haiku_extra}
 [[routes]]
 name = "llama"
 aliases = ["llama"]
@@ -105,11 +117,37 @@ routes = ["haiku"]
 
 /// A simulator with `sim_config` and a proxy configured by [`config_text`].
 pub async fn stack_with(sim_config: SimConfig, upstream_extra: &str, extra: &str) -> Stack {
+    stack_full(sim_config, upstream_extra, "", extra).await
+}
+
+/// A simulator and a proxy configured by [`config_with_route`].
+pub async fn stack_full(
+    sim_config: SimConfig,
+    upstream_extra: &str,
+    haiku_extra: &str,
+    extra: &str,
+) -> Stack {
     let sim = bedrock_sim::testing::spawn(sim_config).await;
-    let config = Config::parse(&config_text(&sim.url(), upstream_extra, extra))
-        .unwrap_or_else(|e| panic!("test config: {e}"));
+    let proxy = proxy_for(&sim.url(), upstream_extra, haiku_extra, extra).await;
+    Stack { sim, proxy }
+}
+
+/// A proxy in front of the simulator at `sim_url`.
+pub async fn proxy_for(
+    sim_url: &str,
+    upstream_extra: &str,
+    haiku_extra: &str,
+    extra: &str,
+) -> ProxyHandle {
+    let config = Config::parse(&config_with_route(
+        sim_url,
+        upstream_extra,
+        haiku_extra,
+        extra,
+    ))
+    .unwrap_or_else(|e| panic!("test config: {e}"));
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let proxy = start(
+    start(
         config,
         None,
         StartOptions {
@@ -119,8 +157,7 @@ pub async fn stack_with(sim_config: SimConfig, upstream_extra: &str, extra: &str
         },
     )
     .await
-    .expect("proxy starts");
-    Stack { sim, proxy }
+    .expect("proxy starts")
 }
 
 /// A fast simulator (no simulated delays) behind a proxy.
@@ -154,4 +191,87 @@ pub async fn post_b(url: &str, body: impl Into<bytes::Bytes>) -> RawResponse {
 /// A minimal Converse body.
 pub fn converse_body(text: &str) -> serde_json::Value {
     serde_json::json!({"messages": [{"role": "user", "content": [{"text": text}]}]})
+}
+
+/// A `redis-server` child process on a free loopback port, without persistence;
+/// killed (by its PID) when dropped. The test command installs redis-server.
+pub struct RedisServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port).await
+    }
+
+    /// Starts (or restarts) on a given port.
+    pub async fn start_on(port: u16) -> RedisServer {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        let server = RedisServer { child, port };
+        for _ in 0..200 {
+            if server.ping().await {
+                return server;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    async fn ping(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        let mut buf = [0u8; 7];
+        conn.write_all(b"PING\r\n").await.is_ok()
+            && conn.read_exact(&mut buf).await.is_ok()
+            && &buf == b"+PONG\r\n"
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as if it crashed).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a metric line with all of `labels`, or 0.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|lab| l.contains(lab)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }

@@ -162,3 +162,27 @@ def test_sigterm_lets_a_stream_finish(tmp_path):
     finally:
         proxy.stop()
         sim.stop()
+
+
+def test_demo_mode_answers_repeats_from_the_cache(demo):
+    api, admin = demo.urls["bedrock-proxy"], demo.urls["admin"]
+    client = bedrock_client(api)
+    ask = dict(modelId="nova-micro", messages=user("What is a cache?"),
+               inferenceConfig={"temperature": 0, "maxTokens": 64})
+    first = client.converse(**ask)
+    second = client.converse(**ask)
+    assert first["ResponseMetadata"]["HTTPHeaders"]["x-cache"] == "miss"
+    assert second["ResponseMetadata"]["HTTPHeaders"]["x-cache"] == "hit"
+    assert second["output"] == first["output"]
+    assert second["usage"] == first["usage"]
+
+    # A streaming request is served from the same entry, as a valid event stream.
+    stream = client.converse_stream(**ask)
+    assert stream["ResponseMetadata"]["HTTPHeaders"]["x-cache"] == "hit"
+    text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in stream["stream"] if "contentBlockDelta" in e)
+    assert text == first["output"]["message"]["content"][0]["text"]
+
+    status, stats = http_json("GET", f"{admin}/admin/cache")
+    assert status == 200 and stats["entries"] >= 1 and stats["hits"] >= 2
+    status, received = http_json("GET", f"{admin}/_sim/requests")
+    assert sum(1 for r in received["requests"] if r["body"]["messages"] == ask["messages"]) == 1

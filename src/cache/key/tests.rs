@@ -104,7 +104,8 @@ fn equivalent_requests_share_a_key() {
 #[test]
 fn every_answer_changing_difference_misses() {
     let a = key_of(&base());
-    let changes: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Change = Box<dyn Fn(&mut Value)>;
+    let changes: Vec<(&str, Change)> = vec![
         (
             "message text",
             Box::new(|v| {
