@@ -628,3 +628,54 @@ async fn a_failed_leader_does_not_poison_its_followers() {
     assert_eq!(calls(&s), 2, "the followers shared one retry");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn two_proxies_share_entries_through_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let sim = bedrock_sim::testing::spawn(fast()).await;
+    let a = proxy_for(&sim.url(), "", CACHED, &cluster.config()).await;
+    let b = proxy_for(&sim.url(), "", CACHED, &cluster.config()).await;
+    for admin in [a.admin_url(), b.admin_url()] {
+        let mut connected = false;
+        for _ in 0..100 {
+            let d = raw("GET", &format!("{admin}/admin/cache"), &[], "")
+                .await
+                .unwrap()
+                .json();
+            if d["redis"]["connected"] == true {
+                connected = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(connected, "connected to the cluster");
+    }
+    // Several keys, so they land on different nodes' slots.
+    for i in 0..6 {
+        let body = deterministic(&format!("Cluster question {i}")).to_string();
+        assert_eq!(
+            post_b(&format!("{}/model/haiku/converse", a.url()), body.clone())
+                .await
+                .header("x-cache"),
+            Some("miss")
+        );
+        let mut hit = false;
+        for _ in 0..50 {
+            let r = post_b(&format!("{}/model/haiku/converse", b.url()), body.clone()).await;
+            if r.header("x-cache") == Some("hit") {
+                hit = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(hit, "proxy B found question {i} in the cluster");
+    }
+    assert_eq!(
+        sim.sim.state().log.recent(100).len(),
+        6,
+        "each question went upstream once"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
+}
