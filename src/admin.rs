@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/admin/config", get(config))
         .route("/admin/cache", get(cache_stats).delete(cache_clear))
+        .route("/admin/prefixes", get(prefixes))
         .with_state(state.clone());
     if let Some(sim) = &state.simulator {
         router = router.merge(sim.control_router());
@@ -112,4 +113,12 @@ async fn cache_clear(
         .await;
     tracing::info!(tenant = ?scope.tenant, route = ?scope.route, l1, l2, "response cache cleared");
     Json(json!({ "removed_l1": l1, "removed_l2": l2 }))
+}
+
+/// `GET /admin/prefixes`: the prompt prefixes seen most, for the prompt-cache planner.
+async fn prefixes(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "remembered": state.prefixes.len(),
+        "top": state.prefixes.top(50),
+    }))
 }

@@ -83,6 +83,8 @@ pub struct Shared {
     runtime: ArcSwap<Runtime>,
     /// The response cache: built once, it survives config reloads.
     pub cache: Arc<ResponseCache>,
+    /// Which prompt prefixes repeat (for the prompt-cache planner); survives reloads.
+    pub prefixes: Arc<crate::prompt_cache::PrefixRegistry>,
     pub metrics: PrometheusHandle,
     /// Requests in flight beyond this are shed with ServiceUnavailable.
     pub concurrency: Arc<Semaphore>,
@@ -115,10 +117,21 @@ impl AppState {
         stop: tokio_util::sync::CancellationToken,
     ) -> AppState {
         let permits = runtime.config.limits.max_concurrent_requests;
-        let cache = Arc::new(ResponseCache::new(&runtime.config.cache, stop));
+        let redis = runtime
+            .config
+            .cache
+            .redis
+            .clone()
+            .map(|r| crate::cache::redis::RedisTier::start(r, stop));
+        let cache = Arc::new(ResponseCache::new(&runtime.config.cache, redis.clone()));
+        let prefixes = Arc::new(crate::prompt_cache::PrefixRegistry::new(
+            runtime.config.prompt_cache.max_prefixes,
+            redis,
+        ));
         AppState(Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             cache,
+            prefixes,
             metrics: metrics::install(),
             concurrency: Arc::new(Semaphore::new(permits)),
             shutting_down: AtomicBool::new(false),

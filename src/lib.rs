@@ -8,6 +8,7 @@
 //! - [`auth`]: API keys and proxy-issued SigV4 keys to tenants and allowed routes.
 //! - [`route`]: model ids and aliases to routes and upstream model ids.
 //! - [`cache`]: the response cache (keys, L1 and Redis tiers, single-flight).
+//! - [`prompt_cache`]: Bedrock prompt caching for unmarked prompts (registry, planner).
 //! - [`pipeline`]: the stages after routing, in order, for one call.
 //! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock.
 //! - [`stream`]: event streams relayed frame by frame, read as they pass.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod ingress;
 pub mod metrics;
 pub mod pipeline;
+pub mod prompt_cache;
 pub mod route;
 pub mod server;
 pub mod stream;

@@ -102,6 +102,22 @@ fn describe() {
         CACHE_USD_SAVED,
         "Estimated dollars cache hits saved (catalog prices), by route; only increases."
     );
+    metrics::describe_counter!(
+        PROMPT_CACHE_POINTS,
+        "cachePoint blocks the planner added, by route and position."
+    );
+    metrics::describe_counter!(
+        PROMPT_CACHE_SKIPPED,
+        "Positions the planner left alone, by route, position and reason."
+    );
+    metrics::describe_counter!(
+        PROMPT_CACHE_TOKENS,
+        "Bedrock prompt-cache tokens read and written, by route and model."
+    );
+    metrics::describe_gauge!(
+        PROMPT_CACHE_USD_SAVED,
+        "Estimated net dollars Bedrock's prompt cache saved versus no caching, by route."
+    );
 }
 
 /// The route label of a route name.
@@ -234,4 +250,37 @@ pub fn cache_saved(route: &SharedString, usage: &Usage, usd: f64) {
     if usd > 0.0 {
         metrics::gauge!(CACHE_USD_SAVED, "route" => route.clone()).increment(usd);
     }
+}
+
+pub const PROMPT_CACHE_POINTS: &str = "bedrock_proxy_prompt_cache_points_injected_total";
+pub const PROMPT_CACHE_SKIPPED: &str = "bedrock_proxy_prompt_cache_skipped_total";
+pub const PROMPT_CACHE_TOKENS: &str = "bedrock_proxy_prompt_cache_tokens_total";
+pub const PROMPT_CACHE_USD_SAVED: &str = "bedrock_proxy_prompt_cache_saved_usd";
+
+/// A cachePoint the planner added, by position (`tools`, `system`, `conversation`).
+pub fn prompt_cache_injected(route: &SharedString, position: &'static str) {
+    metrics::counter!(PROMPT_CACHE_POINTS, "route" => route.clone(), "position" => position)
+        .increment(1);
+}
+
+/// A position the planner left alone, and why.
+pub fn prompt_cache_skipped(route: &SharedString, position: &'static str, reason: &'static str) {
+    metrics::counter!(PROMPT_CACHE_SKIPPED, "route" => route.clone(), "position" => position, "reason" => reason)
+        .increment(1);
+}
+
+/// Bedrock's prompt-cache reads and writes, and the net dollars they saved
+/// against the same tokens billed as plain input (negative while writes dominate).
+pub fn prompt_cache_usage(route: &SharedString, model: &str, usage: &Usage, usd_saved: f64) {
+    let model = SharedString::from(model.to_owned());
+    for (kind, n) in [
+        ("read", usage.cache_read_input_tokens),
+        ("write", usage.cache_write_input_tokens),
+    ] {
+        if n > 0 {
+            metrics::counter!(PROMPT_CACHE_TOKENS, "route" => route.clone(), "model" => model.clone(), "kind" => kind)
+                .increment(n);
+        }
+    }
+    metrics::gauge!(PROMPT_CACHE_USD_SAVED, "route" => route.clone()).increment(usd_saved);
 }

@@ -21,16 +21,16 @@ use serde_json::Value;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use crate::app::Runtime;
+use crate::app::{AppState, Runtime};
 use crate::auth::Principal;
 use crate::cache::flight::{Flight, Head, Joined, Role};
 use crate::cache::key::is_deterministic;
-use crate::cache::{
-    cache_key, CacheKey, CacheStatus, Directives, Entry, Family, KeyParts, ResponseCache, Tier,
-};
+use crate::cache::{cache_key, CacheKey, CacheStatus, Directives, Entry, Family, KeyParts, Tier};
 use crate::config::{CacheMode, Replay, RouteCacheConfig, NEVER_CACHED_STOP_REASONS};
+use crate::config::{CachePosition, PromptCacheMode};
 use crate::error::{ProxyError, Side};
 use crate::metrics;
+use crate::prompt_cache::{self, PrefixRegistry, Sightings};
 use crate::route::Routed;
 use crate::stream::{self, FrameStream, StreamReader};
 use crate::upstream::{passed_headers, read_body};
@@ -106,6 +106,8 @@ pub struct Provenance {
     /// Upstream attempts made for this answer (0 for cache hits).
     pub attempts: u32,
     pub cache: CacheStatus,
+    /// cachePoint blocks the planner added to the attempt that answered.
+    pub cache_points: u32,
 }
 
 /// How a cacheable call is cached.
@@ -191,18 +193,19 @@ const FLIGHT_RETRIES: usize = 3;
 /// Runs a call through the cache and upstream stages; `provenance` says what it
 /// took, also when it failed.
 pub async fn run(
-    cache: &Arc<ResponseCache>,
+    state: &AppState,
     rt: &Arc<Runtime>,
     call: Call,
     directives: &Directives,
     provenance: &mut Provenance,
 ) -> Result<Answer, ProxyError> {
+    let cache = &state.cache;
     let route_label = metrics::route_label(&call.routed.route.name);
     let Some(c) = cacheable(&call, directives) else {
         provenance.cache = CacheStatus::Bypass;
         cache.count(CacheStatus::Bypass);
         metrics::cache_request(&route_label, "bypass", "none");
-        return upstream(rt, &call, provenance).await;
+        return upstream(rt, &state.prefixes, &call, provenance).await;
     };
 
     if c.lookup {
@@ -243,7 +246,7 @@ pub async fn run(
                 cache.count(CacheStatus::Miss);
                 metrics::cache_request(&route_label, "miss", "none");
                 tokio::spawn(fly(
-                    cache.clone(),
+                    state.clone(),
                     rt.clone(),
                     call.clone(),
                     flight.clone(),
@@ -253,12 +256,24 @@ pub async fn run(
                     c.lookup,
                 ));
                 return match flight.join(rx).await {
-                    Joined::Answer { answer, attempts } => {
-                        provenance.attempts = attempts;
+                    Joined::Answer {
+                        answer,
+                        provenance: p,
+                    } => {
+                        *provenance = Provenance {
+                            cache: CacheStatus::Miss,
+                            ..p
+                        };
                         Ok(answer)
                     }
-                    Joined::Failed { error, attempts } => {
-                        provenance.attempts = attempts;
+                    Joined::Failed {
+                        error,
+                        provenance: p,
+                    } => {
+                        *provenance = Provenance {
+                            cache: CacheStatus::Miss,
+                            ..p
+                        };
                         Err(error)
                     }
                 };
@@ -296,7 +311,7 @@ fn storable(policy: &RouteCacheConfig, stop_reason: Option<&str>) -> bool {
 /// when complete, and stops if every subscriber went away.
 #[allow(clippy::too_many_arguments)]
 async fn fly(
-    cache: Arc<ResponseCache>,
+    state: AppState,
     rt: Arc<Runtime>,
     call: Arc<Call>,
     flight: Arc<Flight>,
@@ -305,6 +320,7 @@ async fn fly(
     policy: RouteCacheConfig,
     registered: bool,
 ) {
+    let cache = &state.cache;
     let forget = || {
         if registered {
             cache.flights.remove(&key, &flight);
@@ -312,14 +328,14 @@ async fn fly(
     };
     let mut provenance = Provenance::default();
     let result = tokio::select! {
-        r = upstream(&rt, &call, &mut provenance) => r,
+        r = upstream(&rt, &state.prefixes, &call, &mut provenance) => r,
         () = flight.abandoned() => {
             forget();
             flight.finish(Err(ProxyError::overloaded("every client of this call went away")));
             return;
         }
     };
-    flight.set_attempts(provenance.attempts);
+    flight.set_provenance(provenance);
     let tenant = call.principal.tenant.clone();
     let route = call.routed.route.name.clone();
     let model = call.routed.upstream_model.as_str();
@@ -403,15 +419,110 @@ async fn fly(
     }
 }
 
+/// The body format the prompt-cache planner can mark in this call, if any.
+fn plannable(call: &Call) -> Option<(&Value, prompt_cache::Format)> {
+    let json = call.json.as_ref()?;
+    let format = match call.op {
+        Operation::Converse | Operation::ConverseStream => prompt_cache::Format::Converse,
+        Operation::Invoke | Operation::InvokeStream => prompt_cache::Format::of_invoke_body(json)?,
+        Operation::CountTokens => return None,
+    };
+    Some((json, format))
+}
+
+/// Records one sighting of the call's fixed prefixes (system prompt, tool
+/// definitions) in the registry; only `auto` routes need the counts, and only
+/// prefixes long enough for the model's prompt cache are worth tracking.
+async fn observe_prefixes(rt: &Runtime, registry: &PrefixRegistry, call: &Call) -> Sightings {
+    let policy = &call.routed.route.config.prompt_cache;
+    let mut sightings = Sightings::default();
+    if policy.mode != PromptCacheMode::Auto {
+        return sightings;
+    }
+    let Some((json, format)) = plannable(call) else {
+        return sightings;
+    };
+    let model_id = &call.routed.upstream_model;
+    let Some(model) = rt
+        .catalog
+        .get(model_id)
+        .map(|l| l.model.clone())
+        .filter(|m| m.prompt_cache)
+    else {
+        return sightings;
+    };
+    let sizes = prompt_cache::Prefixes::of(json, format);
+    for (section, tokens) in [
+        (CachePosition::Tools, sizes.tools_end),
+        (CachePosition::System, sizes.system_end),
+    ] {
+        if !policy.positions.contains(&section) || tokens < model.cache_min_tokens {
+            continue;
+        }
+        let Some(digest) = prompt_cache::registry::section_digest(json, format, section) else {
+            continue;
+        };
+        let seen = registry
+            .observe(
+                &call.principal.tenant,
+                &model.id,
+                section,
+                &digest,
+                tokens,
+                policy.window,
+            )
+            .await;
+        match section {
+            CachePosition::Tools => sightings.tools = Some(seen),
+            _ => sightings.system = Some(seen),
+        }
+    }
+    sightings
+}
+
+/// The body for one attempt on `model_id`: the client's, with the prompt-cache
+/// planner's points for that model when it adds any.
+fn prepare_body(
+    rt: &Runtime,
+    call: &Call,
+    model_id: &str,
+    sightings: Sightings,
+) -> (Bytes, prompt_cache::Plan) {
+    let policy = &call.routed.route.config.prompt_cache;
+    let Some((json, format)) = plannable(call).filter(|_| policy.mode != PromptCacheMode::Off)
+    else {
+        return (call.upstream_body(), prompt_cache::Plan::default());
+    };
+    let mut body = json.clone();
+    let model = rt.catalog.get(model_id).map(|l| l.model.clone());
+    let plan = prompt_cache::plan(&mut body, format, model.as_deref(), policy, sightings);
+    let route_label = metrics::route_label(&call.routed.route.name);
+    for position in &plan.injected {
+        metrics::prompt_cache_injected(&route_label, position.label());
+    }
+    for (position, reason) in &plan.skipped {
+        metrics::prompt_cache_skipped(&route_label, position.label(), reason.label());
+    }
+    if plan.injected.is_empty() {
+        (call.upstream_body(), plan)
+    } else {
+        (Bytes::from(body.to_string()), plan)
+    }
+}
+
 /// Calls the route's upstream (the latency and fallback policies live here).
 async fn upstream(
     rt: &Runtime,
+    registry: &PrefixRegistry,
     call: &Call,
     provenance: &mut Provenance,
 ) -> Result<Answer, ProxyError> {
     let route_label = metrics::route_label(&call.routed.route.name);
+    let sightings = observe_prefixes(rt, registry, call).await;
     provenance.attempts += 1;
-    let result = attempt(rt, call).await;
+    let (body, plan) = prepare_body(rt, call, &call.routed.upstream_model, sightings);
+    provenance.cache_points = plan.injected.len() as u32;
+    let result = attempt(rt, call, body).await;
     if let Err(e) = &result {
         if e.side == Side::Upstream {
             metrics::upstream_error(&route_label, e.kind);
@@ -421,7 +532,7 @@ async fn upstream(
 }
 
 /// One attempt on the route's upstream.
-async fn attempt(rt: &Runtime, call: &Call) -> Result<Answer, ProxyError> {
+async fn attempt(rt: &Runtime, call: &Call, body: Bytes) -> Result<Answer, ProxyError> {
     let route = &call.routed.route;
     let upstream = rt.upstreams.get(&route.config.upstream).ok_or_else(|| {
         ProxyError::internal(format!("route {} names a missing upstream", route.name))
@@ -433,7 +544,7 @@ async fn attempt(rt: &Runtime, call: &Call) -> Result<Answer, ProxyError> {
         .send(
             call.op,
             &call.routed.upstream_model,
-            call.upstream_body(),
+            body,
             &call.forward,
             deadline,
         )

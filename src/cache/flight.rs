@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::key::CacheKey;
 use crate::error::ProxyError;
-use crate::pipeline::Answer;
+use crate::pipeline::{Answer, Provenance};
 use crate::stream::{FrameStream, RelayedFrame};
 
 /// How an answer starts.
@@ -43,7 +43,7 @@ struct State {
     head: Option<Head>,
     frames: Vec<RelayedFrame>,
     end: Option<Result<(), ProxyError>>,
-    attempts: u32,
+    provenance: Provenance,
 }
 
 /// One upstream call and everyone waiting for it.
@@ -56,12 +56,12 @@ pub struct Flight {
 pub enum Joined {
     Answer {
         answer: Answer,
-        attempts: u32,
+        provenance: Provenance,
     },
     /// The flight failed before answering.
     Failed {
         error: ProxyError,
-        attempts: u32,
+        provenance: Provenance,
     },
 }
 
@@ -99,8 +99,9 @@ impl Flight {
         self.changes.closed().await;
     }
 
-    pub fn set_attempts(&self, attempts: u32) {
-        self.with(|s| s.attempts = attempts);
+    /// What the upstream call took (attempts, cache points...).
+    pub fn set_provenance(&self, provenance: Provenance) {
+        self.with(|s| s.provenance = provenance);
     }
 
     pub fn start(&self, head: Head) {
@@ -121,11 +122,11 @@ impl Flight {
         loop {
             rx.borrow_and_update();
             let ready = self.read(|s| match (&s.head, &s.end) {
-                (Some(head), _) => Some(Ok((head.clone(), s.attempts))),
-                (None, Some(Err(e))) => Some(Err((e.clone(), s.attempts))),
+                (Some(head), _) => Some(Ok((head.clone(), s.provenance))),
+                (None, Some(Err(e))) => Some(Err((e.clone(), s.provenance))),
                 (None, Some(Ok(()))) => Some(Err((
                     ProxyError::internal("the upstream call ended without an answer"),
-                    s.attempts,
+                    s.provenance,
                 ))),
                 (None, None) => None,
             });
@@ -136,7 +137,7 @@ impl Flight {
                         body,
                         summary,
                     },
-                    attempts,
+                    provenance,
                 ))) => {
                     return Joined::Answer {
                         answer: Answer::Whole {
@@ -144,25 +145,25 @@ impl Flight {
                             body,
                             summary,
                         },
-                        attempts,
+                        provenance,
                     }
                 }
-                Some(Ok((Head::Stream { headers }, attempts))) => {
+                Some(Ok((Head::Stream { headers }, provenance))) => {
                     return Joined::Answer {
                         answer: Answer::Stream {
                             headers,
                             frames: self.frames(rx),
                         },
-                        attempts,
+                        provenance,
                     }
                 }
-                Some(Err((error, attempts))) => return Joined::Failed { error, attempts },
+                Some(Err((error, provenance))) => return Joined::Failed { error, provenance },
                 None => {}
             }
             if rx.changed().await.is_err() {
                 return Joined::Failed {
                     error: ProxyError::internal("the upstream call was dropped"),
-                    attempts: 0,
+                    provenance: Provenance::default(),
                 };
             }
         }

@@ -22,7 +22,6 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::CacheConfig;
 use crate::metrics;
@@ -140,8 +139,8 @@ pub struct ResponseCache {
 }
 
 impl ResponseCache {
-    /// Builds the tiers; the Redis tier connects in the background until `stop`.
-    pub fn new(config: &CacheConfig, stop: CancellationToken) -> ResponseCache {
+    /// Builds the tiers around `l2`, the shared Redis tier when configured.
+    pub fn new(config: &CacheConfig, l2: Option<Arc<redis::RedisTier>>) -> ResponseCache {
         let evictions = Arc::new(AtomicU64::new(0));
         let counted = evictions.clone();
         let l1 = moka::future::Cache::builder()
@@ -158,10 +157,7 @@ impl ResponseCache {
             .build();
         ResponseCache {
             l1,
-            l2: config
-                .redis
-                .clone()
-                .map(|r| redis::RedisTier::start(r, stop)),
+            l2,
             flights: Flights::default(),
             max_bytes: config.max_bytes,
             hits: AtomicU64::new(0),

@@ -193,6 +193,37 @@ impl RedisTier {
             .await;
     }
 
+    /// Increments a counter and (re)sets its expiry, atomically; the new count,
+    /// or `None` when Redis is unavailable. Used by the prefix registry so every
+    /// replica counts the same sightings.
+    pub async fn incr_with_ttl(&self, key: &str, ttl: Duration) -> Option<u64> {
+        let conn = self.conn.load_full()?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let key = format!("{}{key}", self.config.key_prefix);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .incr(&key, 1u64)
+            .pexpire(&key, i64::try_from(ms).unwrap_or(i64::MAX))
+            .ignore();
+        let call = async {
+            match &*conn {
+                Conn::Single(c) => pipe.query_async::<(u64,)>(&mut c.clone()).await,
+                Conn::Cluster(c) => pipe.query_async::<(u64,)>(&mut c.clone()).await,
+            }
+        };
+        match tokio::time::timeout(self.config.timeout, call).await {
+            Ok(Ok((n,))) => Some(n),
+            Ok(Err(e)) => {
+                self.failed("incr", &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed("incr", "timed out");
+                None
+            }
+        }
+    }
+
     /// Deletes every key matching `{prefix}{pattern}` (a SCAN glob); on a cluster,
     /// each key's node is found by its hash slot. Returns how many were removed.
     pub async fn delete_matching(&self, pattern: &str) -> u64 {

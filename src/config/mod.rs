@@ -210,6 +210,74 @@ pub const DEFAULT_CACHED_STOP_REASONS: &[&str] = &[
 /// filter stepped in, so the answer is not the model's.
 pub const NEVER_CACHED_STOP_REASONS: &[&str] = &["guardrail_intervened", "content_filtered"];
 
+/// Where the prompt-cache planner may put cachePoint blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CachePosition {
+    /// After the tool definitions.
+    Tools,
+    /// After the system prompt.
+    System,
+    /// At the end of a multi-turn conversation, so the next turn reads it.
+    Conversation,
+}
+
+impl CachePosition {
+    pub fn label(self) -> &'static str {
+        match self {
+            CachePosition::Tools => "tools",
+            CachePosition::System => "system",
+            CachePosition::Conversation => "conversation",
+        }
+    }
+}
+
+/// When the planner injects cache points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptCacheMode {
+    Off,
+    /// Where expected reuse repays the cache-write premium.
+    Auto,
+    /// Wherever the prefix reaches the model's minimum.
+    Always,
+}
+
+/// A route's prompt-cache policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptCacheConfig {
+    pub mode: PromptCacheMode,
+    /// Sightings of a prefix within `window` before `auto` caches it (when
+    /// writing costs more than reading it back saves on one use).
+    pub min_repeats: u32,
+    /// A prefix not seen for this long is forgotten.
+    pub window: Duration,
+    /// Request the 1-hour cache TTL (where the model offers it) instead of 5 minutes.
+    pub ttl_1h: bool,
+    pub positions: Vec<CachePosition>,
+}
+
+impl Default for PromptCacheConfig {
+    fn default() -> Self {
+        PromptCacheConfig {
+            mode: PromptCacheMode::Off,
+            min_repeats: 2,
+            window: Duration::from_secs(600),
+            ttl_1h: false,
+            positions: vec![
+                CachePosition::Tools,
+                CachePosition::System,
+                CachePosition::Conversation,
+            ],
+        }
+    }
+}
+
+/// The prefix registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptCacheGlobal {
+    /// Prefixes remembered at most (least recently seen go first).
+    pub max_prefixes: u64,
+}
+
 /// One route: the model ids and aliases it answers, and where it sends them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
@@ -224,6 +292,7 @@ pub struct RouteConfig {
     /// an alias, the route's first model).
     pub upstream_model: Option<String>,
     pub cache: RouteCacheConfig,
+    pub prompt_cache: PromptCacheConfig,
 }
 
 /// Which routes a key may use.
@@ -271,6 +340,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub keys: Vec<KeyConfig>,
     pub cache: CacheConfig,
+    pub prompt_cache: PromptCacheGlobal,
     /// A model catalog file replacing the embedded one.
     pub catalog_file: Option<std::path::PathBuf>,
     /// SHA-256 of the source text.

@@ -29,6 +29,24 @@ pub struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     catalog: RawCatalog,
+    #[serde(default)]
+    prompt_cache: RawPromptCacheGlobal,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPromptCacheGlobal {
+    max_prefixes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPromptCache {
+    mode: Option<String>,
+    min_repeats: Option<u32>,
+    window: Option<String>,
+    ttl: Option<String>,
+    positions: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +143,8 @@ struct RawRoute {
     upstream_model: Option<String>,
     #[serde(default)]
     cache: Option<RawRouteCache>,
+    #[serde(default)]
+    prompt_cache: Option<RawPromptCache>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -342,6 +362,7 @@ impl RawConfig {
                 }
             }
             let cache = route_cache(&key, r.cache, e);
+            let prompt_cache = route_prompt_cache(&key, r.prompt_cache, e);
             routes.push(RouteConfig {
                 name,
                 aliases: r.aliases,
@@ -350,6 +371,7 @@ impl RawConfig {
                 upstream,
                 upstream_model: r.upstream_model,
                 cache,
+                prompt_cache,
             });
         }
         let mut names = HashSet::new();
@@ -448,6 +470,9 @@ impl RawConfig {
             routes,
             keys,
             cache,
+            prompt_cache: PromptCacheGlobal {
+                max_prefixes: self.prompt_cache.max_prefixes.unwrap_or(100_000).max(1),
+            },
             catalog_file,
             hash: String::new(),
             loaded_at: SystemTime::now(),
@@ -550,5 +575,67 @@ fn cache_config(raw: RawCache, e: &mut Vec<String>) -> CacheConfig {
     CacheConfig {
         max_bytes: raw.max_bytes.unwrap_or(256 * 1024 * 1024),
         redis,
+    }
+}
+
+fn route_prompt_cache(
+    route_key: &str,
+    raw: Option<RawPromptCache>,
+    e: &mut Vec<String>,
+) -> PromptCacheConfig {
+    let Some(raw) = raw else {
+        return PromptCacheConfig::default();
+    };
+    let key = format!("{route_key}.prompt_cache");
+    let defaults = PromptCacheConfig::default();
+    let mode = match raw.mode.as_deref().unwrap_or("auto") {
+        "off" => PromptCacheMode::Off,
+        "auto" => PromptCacheMode::Auto,
+        "always" => PromptCacheMode::Always,
+        other => {
+            e.push(format!(
+                "{key}.mode: `{other}` is not one of off, auto, always"
+            ));
+            PromptCacheMode::Off
+        }
+    };
+    let ttl_1h = match raw.ttl.as_deref().unwrap_or("5m") {
+        "5m" => false,
+        "1h" => true,
+        other => {
+            e.push(format!("{key}.ttl: `{other}` is not one of 5m, 1h"));
+            false
+        }
+    };
+    let positions = match raw.positions {
+        None => defaults.positions,
+        Some(list) => list
+            .iter()
+            .filter_map(|p| match p.as_str() {
+                "tools" => Some(CachePosition::Tools),
+                "system" => Some(CachePosition::System),
+                "conversation" => Some(CachePosition::Conversation),
+                other => {
+                    e.push(format!(
+                        "{key}.positions: `{other}` is not one of tools, system, conversation"
+                    ));
+                    None
+                }
+            })
+            .collect(),
+    };
+    let min_repeats = raw.min_repeats.unwrap_or(defaults.min_repeats);
+    if min_repeats == 0 {
+        e.push(format!("{key}.min_repeats: must be at least 1"));
+    }
+    PromptCacheConfig {
+        mode,
+        min_repeats,
+        window: match raw.window {
+            Some(w) => parse_duration(&format!("{key}.window"), &w, e),
+            None => defaults.window,
+        },
+        ttl_1h,
+        positions,
     }
 }

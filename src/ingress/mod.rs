@@ -130,6 +130,8 @@ pub struct Finish {
     pub attempts: u32,
     pub requested_tier: Option<String>,
     pub cache: CacheStatus,
+    /// cachePoint blocks the prompt-cache planner added.
+    pub cache_points: u32,
     /// The upstream model's catalog entry (prices, for what a cache hit saved).
     pub model: Option<Arc<ModelInfo>>,
 }
@@ -145,6 +147,7 @@ impl Finish {
             attempts: 0,
             requested_tier: None,
             cache: CacheStatus::Bypass,
+            cache_points: 0,
             model: None,
         }
     }
@@ -171,6 +174,9 @@ impl Finish {
         set("x-proxy-attempts", &self.attempts.to_string());
         set("x-request-id", &self.request_id);
         set("x-cache", self.cache.header());
+        if self.attempts > 0 {
+            set("x-proxy-cache-points", &self.cache_points.to_string());
+        }
         if let CacheStatus::Hit { age, .. } = self.cache {
             set("age", &age.as_secs().to_string());
         }
@@ -196,6 +202,19 @@ impl Finish {
             metrics::cache_saved(route, usage, usd);
         } else {
             metrics::tokens(route, usage);
+            if usage.cache_read_input_tokens + usage.cache_write_input_tokens > 0 {
+                let (label, saved) = match &self.model {
+                    Some(m) => {
+                        let price = m.price_for(summary.latency_tier.as_deref());
+                        (
+                            m.id.as_str(),
+                            price.cost_uncached(usage) - price.cost(usage),
+                        )
+                    }
+                    None => ("unknown", 0.0),
+                };
+                metrics::prompt_cache_usage(route, label, usage, saved);
+            }
         }
     }
 
