@@ -23,6 +23,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/config", get(config))
         .route("/admin/cache", get(cache_stats).delete(cache_clear))
         .route("/admin/prefixes", get(prefixes))
+        .route("/admin/reload", axum::routing::post(reload))
+        .route("/admin/breakers", get(breakers))
         .with_state(state.clone());
     if let Some(sim) = &state.simulator {
         router = router.merge(sim.control_router());
@@ -121,4 +123,42 @@ async fn prefixes(State(state): State<AppState>) -> Json<serde_json::Value> {
         "remembered": state.prefixes.len(),
         "top": state.prefixes.top(50),
     }))
+}
+
+/// `POST /admin/reload`: reloads the config file now.
+async fn reload(State(state): State<AppState>) -> Response {
+    let path = state.config_path.read().ok().and_then(|p| p.clone());
+    let Some(path) = path else {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({ "reloaded": false, "error": "running on the built-in demo config; start with --config FILE to reload" })),
+        )
+            .into_response();
+    };
+    match crate::reload::reload(&state, &path).await {
+        Ok(hash) => Json(json!({ "reloaded": true, "hash": hash })).into_response(),
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "reloaded": false, "error": error })),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /admin/breakers`: each upstream target's circuit breaker.
+async fn breakers(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let states: Vec<_> = state
+        .breakers
+        .states()
+        .into_iter()
+        .map(|(target, s)| {
+            let state = match s {
+                crate::upstream::breaker::State::Closed => "closed",
+                crate::upstream::breaker::State::HalfOpen => "half_open",
+                crate::upstream::breaker::State::Open => "open",
+            };
+            json!({ "target": target, "state": state })
+        })
+        .collect();
+    Json(json!({ "breakers": states }))
 }

@@ -85,6 +85,10 @@ pub struct Shared {
     pub cache: Arc<ResponseCache>,
     /// Which prompt prefixes repeat (for the prompt-cache planner); survives reloads.
     pub prefixes: Arc<crate::prompt_cache::PrefixRegistry>,
+    /// Circuit breakers per upstream target; survive reloads.
+    pub breakers: crate::upstream::breaker::Breakers,
+    /// The config file reloads read (none in built-in demo mode).
+    pub config_path: RwLock<Option<std::path::PathBuf>>,
     pub metrics: PrometheusHandle,
     /// Requests in flight beyond this are shed with ServiceUnavailable.
     pub concurrency: Arc<Semaphore>,
@@ -132,6 +136,8 @@ impl AppState {
             runtime: ArcSwap::from_pointee(runtime),
             cache,
             prefixes,
+            breakers: crate::upstream::breaker::Breakers::default(),
+            config_path: RwLock::new(None),
             metrics: metrics::install(),
             concurrency: Arc::new(Semaphore::new(permits)),
             shutting_down: AtomicBool::new(false),

@@ -9,8 +9,10 @@
 //! - [`route`]: model ids and aliases to routes and upstream model ids.
 //! - [`cache`]: the response cache (keys, L1 and Redis tiers, single-flight).
 //! - [`prompt_cache`]: Bedrock prompt caching for unmarked prompts (registry, planner).
+//! - [`latency`]: which latency tier each attempt asks for.
 //! - [`pipeline`]: the stages after routing, in order, for one call.
-//! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock.
+//! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock; fallback
+//!   chains, retries, circuit breakers and hedging.
 //! - [`stream`]: event streams relayed frame by frame, read as they pass.
 //! - [`error`]: the one error type and its Bedrock rendering.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
@@ -21,6 +23,7 @@
 //! - [`app`]: shared state (the swappable runtime) and the API router.
 //! - [`admin`]: the admin listener (metrics, health, admin API).
 //! - [`server`]: listeners, background tasks, graceful shutdown.
+//! - [`reload`]: live config reload (file watch, SIGHUP, admin API).
 //! - [`demo`]: demo mode on the embedded simulator.
 
 pub mod admin;
@@ -32,9 +35,11 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod ingress;
+pub mod latency;
 pub mod metrics;
 pub mod pipeline;
 pub mod prompt_cache;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod stream;

@@ -80,13 +80,13 @@ async fn run(
         None => Config::parse(demo::DEMO_CONFIG).context("the built-in demo config")?,
     };
     let _log_guard = init_logging(&config.logging);
-    let simulator = match path {
-        Some(_) => None,
-        None => Some(
+    let simulator = match config.needs_embedded_simulator() {
+        true => Some(
             demo::start_simulator()
                 .await
                 .context("starting the embedded simulator")?,
         ),
+        false => None,
     };
     let demo_mode = simulator.is_some();
     let options = StartOptions {

@@ -7,7 +7,7 @@ use bedrock_wire::converse::Usage;
 use bedrock_wire::operation::Operation;
 pub use metrics::SharedString;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::error::ErrorKind;
@@ -283,4 +283,75 @@ pub fn prompt_cache_usage(route: &SharedString, model: &str, usage: &Usage, usd_
         }
     }
     metrics::gauge!(PROMPT_CACHE_USD_SAVED, "route" => route.clone()).increment(usd_saved);
+}
+
+pub const ATTEMPTS: &str = "bedrock_proxy_upstream_attempts_total";
+pub const FALLBACKS: &str = "bedrock_proxy_fallbacks_total";
+pub const BREAKER_STATE: &str = "bedrock_proxy_breaker_state";
+pub const HEDGES: &str = "bedrock_proxy_hedges_total";
+pub const LATENCY_DOWNGRADES: &str = "bedrock_proxy_latency_downgrades_total";
+pub const SERVED_TIER: &str = "bedrock_proxy_served_tier_total";
+pub const TTFT: &str = "bedrock_proxy_ttft_seconds";
+pub const OUTPUT_TOKENS_PER_SECOND: &str = "bedrock_proxy_output_tokens_per_second";
+pub const CONFIG_RELOADS: &str = "bedrock_proxy_config_reloads_total";
+pub const CONFIG_RELOAD_FAILURES: &str = "config_reload_failures_total";
+
+/// One upstream attempt on a target (`primary`, `fallback1`, ...): `ok` or the error kind.
+pub fn attempt(route: &SharedString, target: &Arc<str>, outcome: &'static str) {
+    metrics::counter!(ATTEMPTS, "route" => route.clone(), "target" => route_label(target), "outcome" => outcome)
+        .increment(1);
+}
+
+/// A move from one target to the next, and why.
+pub fn fallback(route: &SharedString, from: &str, to: &str, reason: &'static str) {
+    metrics::counter!(FALLBACKS, "route" => route.clone(), "from" => from.to_owned(), "to" => to.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// A target's breaker: 0 closed, 1 half-open, 2 open.
+pub fn breaker_state(
+    route: &SharedString,
+    target: &Arc<str>,
+    state: crate::upstream::breaker::State,
+) {
+    metrics::gauge!(BREAKER_STATE, "route" => route.clone(), "target" => route_label(target))
+        .set(state.gauge());
+}
+
+/// A hedge `fired`, or `won` (the hedged attempt answered first).
+pub fn hedge(route: &SharedString, outcome: &'static str) {
+    metrics::counter!(HEDGES, "route" => route.clone(), "outcome" => outcome).increment(1);
+}
+
+/// `optimized` wanted where the catalog says it cannot work; standard was sent.
+pub fn latency_downgrade(route: &SharedString, target: &Arc<str>, reason: &'static str) {
+    metrics::counter!(LATENCY_DOWNGRADES, "route" => route.clone(), "target" => route_label(target), "reason" => reason)
+        .increment(1);
+}
+
+/// The tier Bedrock says served an answer, its time to first byte (from the
+/// client's request) and its output speed.
+pub fn served(
+    route: &SharedString,
+    tier: &'static str,
+    ttft: Option<Duration>,
+    output_tokens_per_s: Option<f64>,
+) {
+    metrics::counter!(SERVED_TIER, "route" => route.clone(), "tier" => tier).increment(1);
+    if let Some(t) = ttft {
+        metrics::histogram!(TTFT, "route" => route.clone(), "tier" => tier).record(t.as_secs_f64());
+    }
+    if let Some(tps) = output_tokens_per_s {
+        metrics::histogram!(OUTPUT_TOKENS_PER_SECOND, "route" => route.clone(), "tier" => tier)
+            .record(tps);
+    }
+}
+
+/// A config reload: applied, or refused (the running config stays).
+pub fn config_reload(ok: bool) {
+    if ok {
+        metrics::counter!(CONFIG_RELOADS).increment(1);
+    } else {
+        metrics::counter!(CONFIG_RELOAD_FAILURES).increment(1);
+    }
 }

@@ -12,7 +12,6 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bedrock_wire::converse::{Summary, Usage};
-use bedrock_wire::error::ErrorType;
 use bedrock_wire::eventstream::FrameKind;
 use bedrock_wire::operation::Operation;
 use bytes::Bytes;
@@ -29,16 +28,12 @@ use crate::cache::{cache_key, CacheKey, CacheStatus, Directives, Entry, Family, 
 use crate::config::{CacheMode, Replay, RouteCacheConfig, NEVER_CACHED_STOP_REASONS};
 use crate::config::{CachePosition, PromptCacheMode};
 use crate::error::{ProxyError, Side};
+use crate::latency;
 use crate::metrics;
 use crate::prompt_cache::{self, PrefixRegistry, Sightings};
 use crate::route::Routed;
 use crate::stream::{self, FrameStream, StreamReader};
-use crate::upstream::{passed_headers, read_body};
-
-/// Largest upstream answer read into memory (streams are never read whole).
-const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
-/// Largest upstream error body kept.
-const MAX_ERROR_BYTES: usize = 1024 * 1024;
+use crate::upstream::fallback::{self, Attempted, Chain, Prepared, Target};
 
 /// One request on its way through the pipeline.
 #[derive(Debug)]
@@ -101,13 +96,17 @@ pub enum Answer {
 }
 
 /// Where an answer came from, for response headers and logs.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Provenance {
     /// Upstream attempts made for this answer (0 for cache hits).
     pub attempts: u32,
     pub cache: CacheStatus,
     /// cachePoint blocks the planner added to the attempt that answered.
     pub cache_points: u32,
+    /// The tier the answering attempt asked for.
+    pub tier_sent: Option<&'static str>,
+    /// The target that answered (`primary`, `fallback1`, ...).
+    pub target: Option<Arc<str>>,
 }
 
 /// How a cacheable call is cached.
@@ -205,7 +204,7 @@ pub async fn run(
         provenance.cache = CacheStatus::Bypass;
         cache.count(CacheStatus::Bypass);
         metrics::cache_request(&route_label, "bypass", "none");
-        return upstream(rt, &state.prefixes, &call, provenance).await;
+        return upstream(state, rt, &call, provenance).await;
     };
 
     if c.lookup {
@@ -328,7 +327,7 @@ async fn fly(
     };
     let mut provenance = Provenance::default();
     let result = tokio::select! {
-        r = upstream(&rt, &state.prefixes, &call, &mut provenance) => r,
+        r = upstream(&state, &rt, &call, &mut provenance) => r,
         () = flight.abandoned() => {
             forget();
             flight.finish(Err(ProxyError::overloaded("every client of this call went away")));
@@ -480,142 +479,111 @@ async fn observe_prefixes(rt: &Runtime, registry: &PrefixRegistry, call: &Call) 
     sightings
 }
 
-/// The body for one attempt on `model_id`: the client's, with the prompt-cache
-/// planner's points for that model when it adds any.
-fn prepare_body(
-    rt: &Runtime,
-    call: &Call,
-    model_id: &str,
-    sightings: Sightings,
-) -> (Bytes, prompt_cache::Plan) {
-    let policy = &call.routed.route.config.prompt_cache;
-    let Some((json, format)) = plannable(call).filter(|_| policy.mode != PromptCacheMode::Off)
-    else {
-        return (call.upstream_body(), prompt_cache::Plan::default());
+/// The body and headers of one attempt on `target`: the client's request with
+/// the prompt-cache planner's points for the target's model and the latency
+/// planner's tier for its model and region. When neither changes anything, the
+/// client's bytes go out untouched.
+fn prepare(rt: &Runtime, call: &Call, target: &Target, sightings: Sightings) -> Prepared {
+    let route = &call.routed.route;
+    let route_label = metrics::route_label(&route.name);
+    let lookup = rt.catalog.get(&target.model);
+    let mut headers = call.forward.clone();
+    let tier = latency::plan(
+        target.latency,
+        call.requested_tier(),
+        lookup,
+        &target.upstream.config.region,
+    );
+    if let Some(reason) = tier.downgraded {
+        metrics::latency_downgrade(&route_label, &target.label, reason.label());
+    }
+
+    let mut edited: Option<Value> = None;
+    let mut cache_points = 0;
+    let policy = &route.config.prompt_cache;
+    if let Some((json, format)) = plannable(call).filter(|_| policy.mode != PromptCacheMode::Off) {
+        let mut body = json.clone();
+        let model = lookup.map(|l| l.model.clone());
+        let plan = prompt_cache::plan(&mut body, format, model.as_deref(), policy, sightings);
+        for position in &plan.injected {
+            metrics::prompt_cache_injected(&route_label, position.label());
+        }
+        for (position, reason) in &plan.skipped {
+            metrics::prompt_cache_skipped(&route_label, position.label(), reason.label());
+        }
+        cache_points = plan.injected.len() as u32;
+        if cache_points > 0 {
+            edited = Some(body);
+        }
+    }
+
+    if let Some(send) = tier.send {
+        match call.op {
+            Operation::Converse | Operation::ConverseStream => {
+                if call.requested_tier() != Some(send) {
+                    if edited.is_none() {
+                        edited = call.json.clone();
+                    }
+                    if let Some(json) = edited.as_mut() {
+                        latency::apply_converse(json, send);
+                    }
+                }
+            }
+            Operation::Invoke | Operation::InvokeStream => {
+                latency::apply_invoke(&mut headers, send)
+            }
+            Operation::CountTokens => {}
+        }
+    }
+    let body = match edited {
+        Some(json) => Bytes::from(json.to_string()),
+        None => call.upstream_body(),
     };
-    let mut body = json.clone();
-    let model = rt.catalog.get(model_id).map(|l| l.model.clone());
-    let plan = prompt_cache::plan(&mut body, format, model.as_deref(), policy, sightings);
-    let route_label = metrics::route_label(&call.routed.route.name);
-    for position in &plan.injected {
-        metrics::prompt_cache_injected(&route_label, position.label());
-    }
-    for (position, reason) in &plan.skipped {
-        metrics::prompt_cache_skipped(&route_label, position.label(), reason.label());
-    }
-    if plan.injected.is_empty() {
-        (call.upstream_body(), plan)
-    } else {
-        (Bytes::from(body.to_string()), plan)
+    Prepared {
+        body,
+        headers,
+        tier: tier.send.or_else(|| match call.requested_tier() {
+            Some("optimized") => Some("optimized"),
+            Some("standard") => Some("standard"),
+            _ => None,
+        }),
+        cache_points,
     }
 }
 
-/// Calls the route's upstream (the latency and fallback policies live here).
+/// Calls the route's targets: the latency, fallback and prompt-cache policies
+/// apply per attempt.
 async fn upstream(
+    state: &AppState,
     rt: &Runtime,
-    registry: &PrefixRegistry,
     call: &Call,
     provenance: &mut Provenance,
 ) -> Result<Answer, ProxyError> {
-    let route_label = metrics::route_label(&call.routed.route.name);
-    let sightings = observe_prefixes(rt, registry, call).await;
-    provenance.attempts += 1;
-    let (body, plan) = prepare_body(rt, call, &call.routed.upstream_model, sightings);
-    provenance.cache_points = plan.injected.len() as u32;
-    let result = attempt(rt, call, body).await;
+    let route = &call.routed.route;
+    let route_label = metrics::route_label(&route.name);
+    let sightings = observe_prefixes(rt, &state.prefixes, call).await;
+    let targets = fallback::targets(rt, route, &call.routed.upstream_model)?;
+    let prepare = |target: &Target| prepare(rt, call, target, sightings);
+    let chain = Chain {
+        route: &route.name,
+        op: call.op,
+        resilience: &route.config.resilience,
+        breakers: &state.breakers,
+        started: call.started,
+        prepare: &prepare,
+    };
+    let mut done = Attempted::default();
+    let result = chain.run(&targets, &mut done).await;
+    provenance.attempts += done.attempts;
+    provenance.cache_points = done.cache_points;
+    provenance.tier_sent = done.tier;
+    provenance.target = done.target;
     if let Err(e) = &result {
         if e.side == Side::Upstream {
             metrics::upstream_error(&route_label, e.kind);
         }
     }
     result
-}
-
-/// One attempt on the route's upstream.
-async fn attempt(rt: &Runtime, call: &Call, body: Bytes) -> Result<Answer, ProxyError> {
-    let route = &call.routed.route;
-    let upstream = rt.upstreams.get(&route.config.upstream).ok_or_else(|| {
-        ProxyError::internal(format!("route {} names a missing upstream", route.name))
-    })?;
-    let timeouts = upstream.timeouts();
-    let deadline = call.started + timeouts.total;
-    let sent = Instant::now();
-    let response = upstream
-        .send(
-            call.op,
-            &call.routed.upstream_model,
-            body,
-            &call.forward,
-            deadline,
-        )
-        .await?;
-    if !response.status.is_success() {
-        let body = read_body(response.body, MAX_ERROR_BYTES, deadline, &upstream.name).await?;
-        return Err(ProxyError::from_upstream(
-            response.status,
-            &response.headers,
-            body,
-        ));
-    }
-    let headers = passed_headers(&response.headers);
-    let label = metrics::route_label(&route.name);
-
-    if call.op.is_stream() {
-        let mut frames = stream::frames(
-            response.body,
-            timeouts.idle,
-            deadline,
-            upstream.name.clone(),
-        );
-        let wait = timeouts
-            .first_byte
-            .min(deadline.saturating_duration_since(Instant::now()));
-        let first = match tokio::time::timeout(wait, frames.next()).await {
-            Err(_) => {
-                return Err(ProxyError::upstream_timeout(format!(
-                    "upstream {} sent no event within {wait:?}",
-                    upstream.name
-                )))
-            }
-            Ok(None) => {
-                return Err(ProxyError::upstream_unreachable(format!(
-                    "upstream {} closed the stream without any event",
-                    upstream.name
-                )))
-            }
-            Ok(Some(first)) => first?,
-        };
-        metrics::upstream_ttft(&label, call.op, sent.elapsed());
-        if let FrameKind::Exception(kind) = &first.frame.kind {
-            // Nothing has reached the client yet: report it as the error response
-            // Bedrock would have sent had it failed a moment earlier.
-            let error_type = ErrorType::parse(kind).unwrap_or(ErrorType::InternalServer);
-            let mut h = HeaderMap::new();
-            if let Ok(v) = HeaderValue::from_str(error_type.name()) {
-                h.insert("x-amzn-errortype", v);
-            }
-            let status = axum::http::StatusCode::from_u16(error_type.status())
-                .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-            return Err(ProxyError::from_upstream(
-                status,
-                &h,
-                first.frame.payload.clone(),
-            ));
-        }
-        return Ok(Answer::Stream {
-            headers,
-            frames: stream::prepend(first, frames),
-        });
-    }
-
-    let body = read_body(response.body, MAX_RESPONSE_BYTES, deadline, &upstream.name).await?;
-    metrics::upstream_ttft(&label, call.op, sent.elapsed());
-    let summary = summarize(call.op, &headers, &body);
-    Ok(Answer::Whole {
-        headers,
-        body,
-        summary,
-    })
 }
 
 /// What a whole answer says about itself: from the Converse body, or from

@@ -137,7 +137,12 @@ pub async fn start(
     }));
     tasks.push(tokio::spawn(check_credentials(state.clone(), stop.clone())));
     tasks.push(tokio::spawn(metrics_upkeep(state.clone(), stop.clone())));
-    let _ = options.config_path;
+    if let Some(path) = options.config_path.clone() {
+        tasks.push(crate::reload::watch(state.clone(), path, stop.clone()));
+    }
+    if let Ok(mut p) = state.config_path.write() {
+        *p = options.config_path;
+    }
 
     Ok(ProxyHandle {
         api_addr,

@@ -122,11 +122,11 @@ impl Flight {
         loop {
             rx.borrow_and_update();
             let ready = self.read(|s| match (&s.head, &s.end) {
-                (Some(head), _) => Some(Ok((head.clone(), s.provenance))),
-                (None, Some(Err(e))) => Some(Err((e.clone(), s.provenance))),
+                (Some(head), _) => Some(Ok((head.clone(), s.provenance.clone()))),
+                (None, Some(Err(e))) => Some(Err((e.clone(), s.provenance.clone()))),
                 (None, Some(Ok(()))) => Some(Err((
                     ProxyError::internal("the upstream call ended without an answer"),
-                    s.provenance,
+                    s.provenance.clone(),
                 ))),
                 (None, None) => None,
             });

@@ -271,6 +271,101 @@ impl Default for PromptCacheConfig {
     }
 }
 
+/// Which latency tier a route asks Bedrock for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyPolicy {
+    /// Latency-optimized wherever the catalog says it works, standard elsewhere.
+    Optimized,
+    Standard,
+    /// Whatever the request asked (unless the catalog says it cannot work).
+    Client,
+}
+
+/// One step of a fallback chain: what changes from the route's primary target.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FallbackTarget {
+    pub upstream: Option<String>,
+    pub model: Option<String>,
+    pub latency: Option<LatencyPolicy>,
+}
+
+/// When a target is taken out of rotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub consecutive_failures: u32,
+    /// Failure share over `window` that opens it (with at least `min_requests`).
+    pub error_rate: f64,
+    pub window: Duration,
+    pub min_requests: u32,
+    /// How long it stays open before one probe request is let through.
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            consecutive_failures: 5,
+            error_rate: 0.5,
+            window: Duration::from_secs(30),
+            min_requests: 20,
+            open_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A route's latency and resilience policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResilienceConfig {
+    pub latency: LatencyPolicy,
+    pub fallback: Vec<FallbackTarget>,
+    /// Error kinds (`ErrorKind::label`) that move on to a retry or the next target.
+    pub fallback_on: Vec<String>,
+    /// Retries on the same target before moving on.
+    pub retries: u32,
+    /// Base and cap of the jittered exponential backoff between retries.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// One deadline for every attempt together; default: the upstream's total timeout.
+    pub deadline: Option<Duration>,
+    /// Per attempt, until the response headers (or a stream's first event);
+    /// default: the upstream's `first_byte_timeout`.
+    pub first_byte_timeout: Option<Duration>,
+    /// Start the next target when the current one sent nothing for this long.
+    pub hedge_after: Option<Duration>,
+    pub breaker: BreakerConfig,
+}
+
+/// Error kinds that fall back unless a route says otherwise.
+pub const DEFAULT_FALLBACK_ON: &[&str] = &[
+    "throttled",
+    "unavailable",
+    "timeout",
+    "unsupported",
+    "model_not_ready",
+    "internal",
+];
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        ResilienceConfig {
+            latency: LatencyPolicy::Client,
+            fallback: Vec::new(),
+            fallback_on: DEFAULT_FALLBACK_ON
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            retries: 0,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            deadline: None,
+            first_byte_timeout: None,
+            hedge_after: None,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
 /// The prefix registry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptCacheGlobal {
@@ -293,6 +388,7 @@ pub struct RouteConfig {
     pub upstream_model: Option<String>,
     pub cache: RouteCacheConfig,
     pub prompt_cache: PromptCacheConfig,
+    pub resilience: ResilienceConfig,
 }
 
 /// Which routes a key may use.
@@ -411,6 +507,14 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(vec![format!("reading {}: {e}", path.display())]))?;
         Config::parse(&text)
+    }
+
+    /// Whether a simulator upstream has no endpoint, so the proxy must run the
+    /// simulator in its own process.
+    pub fn needs_embedded_simulator(&self) -> bool {
+        self.upstreams
+            .values()
+            .any(|u| u.kind == UpstreamKind::Simulator && u.endpoint.is_none())
     }
 
     /// A one-line description for logs and `check-config`.

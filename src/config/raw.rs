@@ -145,6 +145,35 @@ struct RawRoute {
     cache: Option<RawRouteCache>,
     #[serde(default)]
     prompt_cache: Option<RawPromptCache>,
+    latency: Option<String>,
+    #[serde(default)]
+    fallback: Vec<RawFallback>,
+    fallback_on: Option<Vec<String>>,
+    retries: Option<u32>,
+    backoff: Option<String>,
+    max_backoff: Option<String>,
+    deadline: Option<String>,
+    first_byte_timeout: Option<String>,
+    hedge_after: Option<String>,
+    breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    upstream: Option<String>,
+    model: Option<String>,
+    latency: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    consecutive_failures: Option<u32>,
+    error_rate: Option<f64>,
+    window: Option<String>,
+    min_requests: Option<u32>,
+    open_for: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,8 +357,9 @@ impl RawConfig {
         if self.routes.is_empty() {
             e.push("routes: at least one [[routes]] entry is needed".into());
         }
-        for (i, r) in self.routes.into_iter().enumerate() {
+        for (i, mut r) in self.routes.into_iter().enumerate() {
             let key = format!("routes[{i}]");
+            let resilience = route_resilience(&key, &mut r, &upstreams, e);
             let name = r.name.unwrap_or_default();
             if !is_name(&name) {
                 e.push(format!(
@@ -372,6 +402,7 @@ impl RawConfig {
                 upstream_model: r.upstream_model,
                 cache,
                 prompt_cache,
+                resilience,
             });
         }
         let mut names = HashSet::new();
@@ -637,5 +668,113 @@ fn route_prompt_cache(
         },
         ttl_1h,
         positions,
+    }
+}
+
+fn latency_policy(key: &str, value: &str, e: &mut Vec<String>) -> LatencyPolicy {
+    match value {
+        "optimized" => LatencyPolicy::Optimized,
+        "standard" => LatencyPolicy::Standard,
+        "client" => LatencyPolicy::Client,
+        other => {
+            e.push(format!(
+                "{key}: `{other}` is not one of optimized, standard, client"
+            ));
+            LatencyPolicy::Client
+        }
+    }
+}
+
+/// The error kinds `fallback_on` may name.
+const FALLBACK_KINDS: &[&str] = &[
+    "throttled",
+    "unavailable",
+    "timeout",
+    "unsupported",
+    "model_not_ready",
+    "internal",
+    "model_error",
+    "quota_exceeded",
+];
+
+fn route_resilience(
+    route_key: &str,
+    r: &mut RawRoute,
+    upstreams: &BTreeMap<String, UpstreamConfig>,
+    e: &mut Vec<String>,
+) -> ResilienceConfig {
+    let defaults = ResilienceConfig::default();
+    let latency = match r.latency.take() {
+        Some(v) => latency_policy(&format!("{route_key}.latency"), &v, e),
+        None => defaults.latency,
+    };
+    let fallback = std::mem::take(&mut r.fallback)
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let key = format!("{route_key}.fallback[{i}]");
+            if f.upstream.is_none() && f.model.is_none() && f.latency.is_none() {
+                e.push(format!(
+                    "{key}: give at least one of upstream, model, latency"
+                ));
+            }
+            if let Some(u) = &f.upstream {
+                if !upstreams.contains_key(u) {
+                    e.push(format!("{key}.upstream: no upstream named `{u}`"));
+                }
+            }
+            FallbackTarget {
+                upstream: f.upstream,
+                model: f.model,
+                latency: f
+                    .latency
+                    .map(|l| latency_policy(&format!("{key}.latency"), &l, e)),
+            }
+        })
+        .collect();
+    let fallback_on = match r.fallback_on.take() {
+        Some(list) => {
+            for kind in &list {
+                if !FALLBACK_KINDS.contains(&kind.as_str()) {
+                    e.push(format!(
+                        "{route_key}.fallback_on: `{kind}` is not one of {}",
+                        FALLBACK_KINDS.join(", ")
+                    ));
+                }
+            }
+            list
+        }
+        None => defaults.fallback_on,
+    };
+    let duration = |field: &str, v: Option<String>, e: &mut Vec<String>| {
+        v.map(|v| parse_duration(&format!("{route_key}.{field}"), &v, e))
+    };
+    let b = r.breaker.take().unwrap_or_default();
+    let bd = BreakerConfig::default();
+    let breaker = BreakerConfig {
+        consecutive_failures: b
+            .consecutive_failures
+            .unwrap_or(bd.consecutive_failures)
+            .max(1),
+        error_rate: b.error_rate.unwrap_or(bd.error_rate),
+        window: duration("breaker.window", b.window, e).unwrap_or(bd.window),
+        min_requests: b.min_requests.unwrap_or(bd.min_requests).max(1),
+        open_for: duration("breaker.open_for", b.open_for, e).unwrap_or(bd.open_for),
+    };
+    if !(0.0..=1.0).contains(&breaker.error_rate) || breaker.error_rate == 0.0 {
+        e.push(format!("{route_key}.breaker.error_rate: must be in (0, 1]"));
+    }
+    ResilienceConfig {
+        latency,
+        fallback,
+        fallback_on,
+        retries: r.retries.take().unwrap_or(defaults.retries),
+        backoff: duration("backoff", r.backoff.take(), e).unwrap_or(defaults.backoff),
+        max_backoff: duration("max_backoff", r.max_backoff.take(), e)
+            .unwrap_or(defaults.max_backoff),
+        deadline: duration("deadline", r.deadline.take(), e),
+        first_byte_timeout: duration("first_byte_timeout", r.first_byte_timeout.take(), e),
+        hedge_after: duration("hedge_after", r.hedge_after.take(), e),
+        breaker,
     }
 }

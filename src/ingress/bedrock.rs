@@ -144,9 +144,7 @@ async fn serve(
     let directives = Directives::from_headers(&parts.headers);
     let mut provenance = Provenance::default();
     let result = pipeline::run(state, &rt, call, &directives, &mut provenance).await;
-    finish.attempts = provenance.attempts;
-    finish.cache = provenance.cache;
-    finish.cache_points = provenance.cache_points;
+    finish.record(&provenance);
     let answer = result?;
     Ok(match answer {
         Answer::Whole {

@@ -132,6 +132,10 @@ pub struct Finish {
     pub cache: CacheStatus,
     /// cachePoint blocks the prompt-cache planner added.
     pub cache_points: u32,
+    /// The target that answered.
+    pub target: Option<Arc<str>>,
+    /// When the answer's first byte was ready to send.
+    pub answered_at: Option<Instant>,
     /// The upstream model's catalog entry (prices, for what a cache hit saved).
     pub model: Option<Arc<ModelInfo>>,
 }
@@ -148,6 +152,8 @@ impl Finish {
             requested_tier: None,
             cache: CacheStatus::Bypass,
             cache_points: 0,
+            target: None,
+            answered_at: None,
             model: None,
         }
     }
@@ -191,6 +197,47 @@ impl Finish {
         }
     }
 
+    /// Takes in what the pipeline did: attempts, cache outcome, the tier the
+    /// answering attempt asked for.
+    pub fn record(&mut self, provenance: &crate::pipeline::Provenance) {
+        self.attempts = provenance.attempts;
+        self.cache = provenance.cache;
+        self.cache_points = provenance.cache_points;
+        self.target = provenance.target.clone();
+        if let Some(tier) = provenance.tier_sent {
+            self.requested_tier = Some(tier.to_owned());
+        }
+        self.answered_at = Some(Instant::now());
+    }
+
+    /// Records the tier that served an upstream answer with its TTFT and output
+    /// speed (streams: tokens over the time after the first byte; whole answers:
+    /// tokens over the whole request, AWS's definition).
+    fn served(&self, route: &metrics::SharedString, summary: &Summary, streamed: bool) {
+        if self.cache.is_hit() || self.attempts == 0 {
+            return;
+        }
+        let tier = match summary
+            .latency_tier
+            .as_deref()
+            .or(self.requested_tier.as_deref())
+        {
+            Some("optimized") => "optimized",
+            _ => "standard",
+        };
+        let ttft = self.answered_at.map(|t| t.duration_since(self.started));
+        let output = summary.usage.map_or(0, |u| u.output_tokens) as f64;
+        let span = if streamed {
+            self.answered_at.map(|t| t.elapsed())
+        } else {
+            Some(self.started.elapsed())
+        };
+        let tps = span
+            .filter(|d| !d.is_zero() && output > 0.0)
+            .map(|d| output / d.as_secs_f64());
+        metrics::served(route, tier, ttft, tps);
+    }
+
     /// Counts what an answer cost: billed tokens for upstream answers, tokens
     /// and dollars saved for cache hits (at the original answer's price).
     fn account(&self, route: &metrics::SharedString, summary: &Summary) {
@@ -230,6 +277,7 @@ impl Finish {
             cache = self.cache.header(),
             outcome,
             attempts = self.attempts,
+            target = self.target.as_deref().unwrap_or("-"),
             tier = summary.and_then(|s| s.latency_tier.as_deref()).unwrap_or("-"),
             input_tokens = usage.input_tokens,
             output_tokens = usage.output_tokens,
@@ -243,6 +291,7 @@ impl Finish {
     pub fn whole(&self, summary: &Summary) {
         let route = self.route_label();
         self.account(&route, summary);
+        self.served(&route, summary, false);
         metrics::request_done(&route, self.op, 200, self.started.elapsed());
         self.log(200, "ok", Some(summary));
     }
@@ -289,6 +338,9 @@ impl StreamObserver for FinishStream {
             metrics::upstream_error(&route, e.kind);
         }
         self.finish.account(&route, &self.reader.summary);
+        if matches!(end, StreamEnd::Complete) {
+            self.finish.served(&route, &self.reader.summary, true);
+        }
         metrics::stream_ended(&route, outcome);
         metrics::request_done(&route, self.finish.op, 200, self.finish.started.elapsed());
         self.finish.log(200, outcome, Some(&self.reader.summary));

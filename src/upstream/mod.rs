@@ -29,6 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
+pub mod breaker;
+pub mod fallback;
+
 use crate::config::{Timeouts, UpstreamConfig, UpstreamKind};
 use crate::error::{ErrorKind, ProxyError, Side};
 
@@ -209,6 +212,7 @@ impl Upstream {
         model_id: &str,
         body: Bytes,
         headers: &[(HeaderName, HeaderValue)],
+        first_byte: Duration,
         deadline: Instant,
     ) -> Result<UpstreamResponse, ProxyError> {
         let url = self.url(op, model_id);
@@ -236,11 +240,7 @@ impl Upstream {
         );
         self.authorize(&mut request, &url, &body).await?;
 
-        let first_byte = self
-            .config
-            .timeouts
-            .first_byte
-            .min(deadline.saturating_duration_since(Instant::now()));
+        let first_byte = first_byte.min(deadline.saturating_duration_since(Instant::now()));
         let response = match tokio::time::timeout(first_byte, self.client.request(request)).await {
             Err(_) => {
                 return Err(ProxyError::upstream_timeout(format!(

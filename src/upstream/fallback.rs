@@ -1,0 +1,496 @@
+//! Upstream attempts for one call: the route's fallback chain (its primary
+//! target, then each `fallback` entry: same model at standard latency, another
+//! upstream or region, another model), retries on the same target with jittered
+//! exponential backoff, all under one deadline, with a first-byte timeout per
+//! attempt, circuit breakers that take failing targets out of the chain, and
+//! optional hedging (a second target started when the first has sent nothing for
+//! `hedge_after`; the first to answer wins, the other is cancelled).
+//!
+//! An attempt's answer starts with its first byte (for streams, its first event),
+//! so a stream falls back only before anything reached the client. The client's
+//! own invalid request is never retried: only error kinds in `fallback_on` move on.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use bedrock_wire::error::ErrorType;
+use bedrock_wire::eventstream::FrameKind;
+use bedrock_wire::operation::Operation;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use super::breaker::Breakers;
+use super::{passed_headers, read_body, Upstream};
+use crate::app::Runtime;
+use crate::config::{LatencyPolicy, ResilienceConfig};
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::metrics;
+use crate::pipeline::{summarize, Answer};
+use crate::stream;
+
+/// Largest upstream answer read into memory (streams are never read whole).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest upstream error body kept.
+const MAX_ERROR_BYTES: usize = 1024 * 1024;
+
+/// One place a call can be answered.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `primary`, `fallback1`, ...: the label in metrics and logs.
+    pub label: Arc<str>,
+    pub upstream: Arc<Upstream>,
+    pub model: String,
+    pub latency: LatencyPolicy,
+}
+
+impl Target {
+    /// The breaker key: the same upstream, model and tier share a breaker
+    /// whichever route uses them.
+    fn breaker_key(&self, tier: Option<&str>) -> String {
+        format!(
+            "{}|{}|{}",
+            self.upstream.name,
+            self.model,
+            tier.unwrap_or("-")
+        )
+    }
+}
+
+/// A route's targets, primary first.
+pub fn targets(
+    rt: &Runtime,
+    route: &crate::route::Route,
+    primary_model: &str,
+) -> Result<Vec<Target>, ProxyError> {
+    let config = &route.config;
+    let lookup = |name: &str| {
+        rt.upstreams.get(name).cloned().ok_or_else(|| {
+            ProxyError::internal(format!(
+                "route {} names a missing upstream {name}",
+                route.name
+            ))
+        })
+    };
+    let primary = Target {
+        label: Arc::from("primary"),
+        upstream: lookup(&config.upstream)?,
+        model: primary_model.to_owned(),
+        latency: config.resilience.latency,
+    };
+    let mut all = vec![primary.clone()];
+    for (i, f) in config.resilience.fallback.iter().enumerate() {
+        all.push(Target {
+            label: Arc::from(format!("fallback{}", i + 1)),
+            upstream: match &f.upstream {
+                Some(name) => lookup(name)?,
+                None => primary.upstream.clone(),
+            },
+            model: f.model.clone().unwrap_or_else(|| primary.model.clone()),
+            latency: f.latency.unwrap_or(primary.latency),
+        });
+    }
+    Ok(all)
+}
+
+/// The body and headers of one attempt, planned for its target.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub body: Bytes,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The tier asked for (`None`: as the client sent it).
+    pub tier: Option<&'static str>,
+    pub cache_points: u32,
+}
+
+/// What the chain tells the pipeline about the attempt that answered.
+#[derive(Debug, Clone, Default)]
+pub struct Attempted {
+    pub attempts: u32,
+    pub target: Option<Arc<str>>,
+    pub tier: Option<&'static str>,
+    pub cache_points: u32,
+    /// When the first byte of the answer arrived.
+    pub first_byte: Option<Instant>,
+}
+
+/// What a chain needs besides its targets.
+pub struct Chain<'a> {
+    pub route: &'a Arc<str>,
+    pub op: Operation,
+    pub resilience: &'a ResilienceConfig,
+    pub breakers: &'a Breakers,
+    pub started: Instant,
+    /// Plans the body for a target (prompt-cache points, latency tier).
+    pub prepare: &'a (dyn Fn(&Target) -> Prepared + Sync),
+}
+
+fn counts_against_breaker(e: &ProxyError) -> bool {
+    e.side == Side::Upstream
+        && matches!(
+            e.kind,
+            ErrorKind::Throttled
+                | ErrorKind::Unavailable
+                | ErrorKind::Timeout
+                | ErrorKind::Internal
+                | ErrorKind::ModelNotReady
+                | ErrorKind::ModelError
+        )
+}
+
+/// Jittered exponential backoff: a random delay in [½, 1] × min(max, base × 2^n).
+fn backoff(resilience: &ResilienceConfig, retry: u32) -> Duration {
+    let exp = resilience
+        .backoff
+        .saturating_mul(1u32.checked_shl(retry.min(16)).unwrap_or(u32::MAX))
+        .min(resilience.max_backoff);
+    exp.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+impl Chain<'_> {
+    fn falls_back(&self, e: &ProxyError) -> bool {
+        e.side != Side::Client
+            && self
+                .resilience
+                .fallback_on
+                .iter()
+                .any(|k| k == e.kind.label())
+    }
+
+    fn deadline(&self, primary: &Target) -> Instant {
+        self.started
+            + self
+                .resilience
+                .deadline
+                .unwrap_or(primary.upstream.timeouts().total)
+    }
+
+    fn first_byte(&self, target: &Target, deadline: Instant) -> Duration {
+        self.resilience
+            .first_byte_timeout
+            .unwrap_or(target.upstream.timeouts().first_byte)
+            .min(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    fn settle(&self, target: &Target, tier: Option<&str>, result: &Result<Answer, ProxyError>) {
+        let breaker = self.breakers.get(&target.breaker_key(tier));
+        let mut b = breaker.lock().unwrap_or_else(|e| e.into_inner());
+        let route = metrics::route_label(self.route);
+        let now = Instant::now();
+        match result {
+            Ok(_) => {
+                b.success(now, &self.resilience.breaker);
+                metrics::attempt(&route, &target.label, "ok");
+            }
+            Err(e) => {
+                if counts_against_breaker(e) && b.failure(now, &self.resilience.breaker) {
+                    tracing::warn!(route = %self.route, target = %target.label, error = %e, "circuit breaker opened");
+                }
+                metrics::attempt(&route, &target.label, e.kind.label());
+            }
+        }
+        metrics::breaker_state(&route, &target.label, b.state());
+    }
+
+    /// Whether the target's breaker lets a request through now.
+    fn admits(&self, target: &Target, tier: Option<&str>) -> bool {
+        let breaker = self.breakers.get(&target.breaker_key(tier));
+        let mut b = breaker.lock().unwrap_or_else(|e| e.into_inner());
+        let allowed = b.allow(Instant::now());
+        metrics::breaker_state(&metrics::route_label(self.route), &target.label, b.state());
+        allowed
+    }
+
+    /// One attempt, planned and settled, with its record.
+    async fn try_target(
+        &self,
+        target: &Target,
+        prepared: Prepared,
+        deadline: Instant,
+    ) -> (Result<Answer, ProxyError>, Attempted) {
+        let mut record = Attempted {
+            attempts: 1,
+            ..Attempted::default()
+        };
+        let tier = prepared.tier;
+        let cache_points = prepared.cache_points;
+        let first_byte = self.first_byte(target, deadline);
+        let result = attempt(target, self.op, prepared, first_byte, deadline, self.route).await;
+        self.settle(target, tier, &result);
+        if result.is_ok() {
+            record.target = Some(target.label.clone());
+            record.tier = tier;
+            record.cache_points = cache_points;
+            record.first_byte = Some(Instant::now());
+        }
+        (result, record)
+    }
+
+    /// Runs the chain over `targets` (primary first).
+    pub async fn run(
+        &self,
+        targets: &[Target],
+        done: &mut Attempted,
+    ) -> Result<Answer, ProxyError> {
+        let Some(primary) = targets.first() else {
+            return Err(ProxyError::internal("a route without targets"));
+        };
+        let deadline = self.deadline(primary);
+        let route = metrics::route_label(self.route);
+        let mut last_error: Option<ProxyError> = None;
+        let mut hedged = false;
+        let mut i = 0;
+        while i < targets.len() {
+            let target = &targets[i];
+            let prepared = (self.prepare)(target);
+            if !self.admits(target, prepared.tier) {
+                let next = targets.get(i + 1).map_or("none", |t| &*t.label);
+                metrics::fallback(&route, &target.label, next, "breaker_open");
+                last_error.get_or_insert_with(|| {
+                    ProxyError::new(
+                        ErrorKind::Unavailable,
+                        Side::Upstream,
+                        format!(
+                            "every target of route {} is out of rotation (circuit breakers open)",
+                            self.route
+                        ),
+                    )
+                });
+                i += 1;
+                continue;
+            }
+            if let (Some(after), false) = (self.resilience.hedge_after, hedged) {
+                if let Some(j) = (i + 1..targets.len()).find(|&j| {
+                    let p = (self.prepare)(&targets[j]);
+                    self.admits(&targets[j], p.tier)
+                }) {
+                    hedged = true;
+                    match self
+                        .hedge(target, prepared, &targets[j], after, deadline, done)
+                        .await
+                    {
+                        Ok(answer) => return Ok(answer),
+                        Err(e) if !self.falls_back(&e) => return Err(e),
+                        Err(e) => {
+                            last_error = Some(e);
+                            i = j + 1;
+                            continue;
+                        }
+                    }
+                }
+            }
+            let mut prepared = Some(prepared);
+            let mut retry = 0;
+            let error = loop {
+                if Instant::now() >= deadline {
+                    break last_error.take().unwrap_or_else(|| self.deadline_error());
+                }
+                let p = prepared.take().unwrap_or_else(|| (self.prepare)(target));
+                let (result, record) = self.try_target(target, p, deadline).await;
+                absorb(done, record);
+                match result {
+                    Ok(answer) => return Ok(answer),
+                    Err(e) if !self.falls_back(&e) => return Err(e),
+                    Err(e) if e.retryable && retry < self.resilience.retries => {
+                        let pause = backoff(self.resilience, retry)
+                            .min(deadline.saturating_duration_since(Instant::now()));
+                        retry += 1;
+                        tokio::time::sleep(pause).await;
+                        last_error = Some(e);
+                    }
+                    Err(e) => break e,
+                }
+            };
+            if let Some(next) = targets.get(i + 1) {
+                metrics::fallback(&route, &target.label, &next.label, error.kind.label());
+                tracing::info!(route = %self.route, from = %target.label, to = %next.label, error = %error, "falling back");
+            }
+            last_error = Some(error);
+            i += 1;
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Err(last_error.unwrap_or_else(|| self.deadline_error()))
+    }
+
+    fn deadline_error(&self) -> ProxyError {
+        ProxyError::upstream_timeout(format!(
+            "no target of route {} answered before the deadline",
+            self.route
+        ))
+    }
+
+    /// Starts `first`; if it has not answered after `after`, starts `second` too
+    /// and takes whichever answers first, cancelling the other.
+    async fn hedge(
+        &self,
+        first: &Target,
+        prepared: Prepared,
+        second: &Target,
+        after: Duration,
+        deadline: Instant,
+        done: &mut Attempted,
+    ) -> Result<Answer, ProxyError> {
+        let route = metrics::route_label(self.route);
+        let a = self.try_target(first, prepared, deadline);
+        tokio::pin!(a);
+        tokio::select! {
+            (result, record) = &mut a => {
+                absorb(done, record);
+                return result;
+            }
+            () = tokio::time::sleep(after) => {}
+        }
+        metrics::hedge(&route, "fired");
+        let b = self.try_target(second, (self.prepare)(second), deadline);
+        tokio::pin!(b);
+        // The first to answer wins; if one fails, wait for the other. Leaving
+        // this function drops the loser, which cancels its upstream call.
+        let ((result, record), other) = tokio::select! {
+            (result, record) = &mut a => match result {
+                Ok(answer) => ((Ok(answer), record), None),
+                Err(_) => (b.await, Some(record)),
+            },
+            (result, record) = &mut b => match result {
+                Ok(answer) => {
+                    metrics::hedge(&route, "won");
+                    ((Ok(answer), record), None)
+                }
+                Err(_) => (a.await, Some(record)),
+            },
+        };
+        // The attempt still in flight when the winner answered counts too.
+        if other.is_none() {
+            done.attempts += 1;
+        }
+        if let Some(failed) = other {
+            absorb(done, failed);
+        }
+        absorb(done, record);
+        result
+    }
+}
+
+/// Adds one attempt record to the call's, keeping the answering target's details.
+fn absorb(into: &mut Attempted, from: Attempted) {
+    into.attempts += from.attempts;
+    if from.target.is_some() {
+        into.target = from.target;
+        into.tier = from.tier;
+        into.cache_points = from.cache_points;
+        into.first_byte = from.first_byte;
+    }
+}
+
+/// One attempt on a target: the request, then the response headers and (for
+/// streams) the first event, within `first_byte`; the rest of a whole answer
+/// within `deadline`.
+async fn attempt(
+    target: &Target,
+    op: Operation,
+    prepared: Prepared,
+    first_byte: Duration,
+    deadline: Instant,
+    route: &Arc<str>,
+) -> Result<Answer, ProxyError> {
+    let upstream = &target.upstream;
+    let sent = Instant::now();
+    let response = upstream
+        .send(
+            op,
+            &target.model,
+            prepared.body,
+            &prepared.headers,
+            first_byte,
+            deadline,
+        )
+        .await?;
+    if !response.status.is_success() {
+        let body = read_body(response.body, MAX_ERROR_BYTES, deadline, &upstream.name).await?;
+        return Err(ProxyError::from_upstream(
+            response.status,
+            &response.headers,
+            body,
+        ));
+    }
+    let headers = passed_headers(&response.headers);
+    let label = metrics::route_label(route);
+
+    if op.is_stream() {
+        let mut frames = stream::frames(
+            response.body,
+            upstream.timeouts().idle,
+            deadline,
+            upstream.name.clone(),
+        );
+        let wait = first_byte.saturating_sub(sent.elapsed());
+        let first = match tokio::time::timeout(wait, frames.next()).await {
+            Err(_) => {
+                return Err(ProxyError::upstream_timeout(format!(
+                    "upstream {} sent no event within {first_byte:?}",
+                    upstream.name
+                )))
+            }
+            Ok(None) => {
+                return Err(ProxyError::upstream_unreachable(format!(
+                    "upstream {} closed the stream without any event",
+                    upstream.name
+                )))
+            }
+            Ok(Some(first)) => first?,
+        };
+        metrics::upstream_ttft(&label, op, sent.elapsed());
+        if let FrameKind::Exception(kind) = &first.frame.kind {
+            // Nothing has reached the client yet: treat it as the error response
+            // Bedrock would have sent had it failed a moment earlier.
+            let error_type = ErrorType::parse(kind).unwrap_or(ErrorType::InternalServer);
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(error_type.name()) {
+                h.insert("x-amzn-errortype", v);
+            }
+            let status = StatusCode::from_u16(error_type.status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Err(ProxyError::from_upstream(
+                status,
+                &h,
+                first.frame.payload.clone(),
+            ));
+        }
+        return Ok(Answer::Stream {
+            headers,
+            frames: stream::prepend(first, frames),
+        });
+    }
+
+    let body = read_body(response.body, MAX_RESPONSE_BYTES, deadline, &upstream.name).await?;
+    metrics::upstream_ttft(&label, op, sent.elapsed());
+    let summary = summarize(op, &headers, &body);
+    Ok(Answer::Whole {
+        headers,
+        body,
+        summary,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_exponential_and_capped() {
+        let r = ResilienceConfig {
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            ..ResilienceConfig::default()
+        };
+        for retry in 0..8 {
+            let d = backoff(&r, retry);
+            let cap = Duration::from_millis(100 * (1 << retry)).min(Duration::from_millis(1000));
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "retry {retry}: {d:?} vs cap {cap:?}"
+            );
+        }
+    }
+}
