@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import textwrap
+import time
 
 import pytest
 from botocore.exceptions import ClientError
@@ -186,3 +187,54 @@ def test_demo_mode_answers_repeats_from_the_cache(demo):
     assert status == 200 and stats["entries"] >= 1 and stats["hits"] >= 2
     status, received = http_json("GET", f"{admin}/_sim/requests")
     assert sum(1 for r in received["requests"] if r["body"]["messages"] == ask["messages"]) == 1
+
+
+def test_sighup_reloads_the_config(tmp_path):
+    """The config path is a symlink into another directory, so the file watcher
+    (which watches the link's directory) does not see the edit: only SIGHUP does."""
+    sim = start_sim("--time-scale", "0")
+    real = tmp_path / "real" / "proxy.toml"
+    real.parent.mkdir()
+    link = tmp_path / "etc" / "proxy.toml"
+    link.parent.mkdir()
+    link.symlink_to(real)
+
+    def write(model):
+        real.write_text(textwrap.dedent(f"""
+            [server]
+            listen = "127.0.0.1:0"
+            auth = "none"
+            [admin]
+            listen = "127.0.0.1:0"
+            [upstreams.sim]
+            kind = "simulator"
+            endpoint = "{sim.url}"
+            [[routes]]
+            name = "main"
+            aliases = ["main"]
+            upstream = "sim"
+            upstream_model = "{model}"
+        """))
+
+    write(HAIKU)
+    proxy = Server([str(BIN_DIR / "bedrock-proxy"), "--config", str(link)])
+    try:
+        admin = proxy.urls["admin"]
+        before = http_json("GET", f"{admin}/admin/config")[1]["hash"]
+        write("us.amazon.nova-micro-v1:0")
+        time.sleep(0.6)
+        assert http_json("GET", f"{admin}/admin/config")[1]["hash"] == before
+        proxy.proc.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if http_json("GET", f"{admin}/admin/config")[1]["hash"] != before:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("SIGHUP did not reload the config")
+        client = bedrock_client(proxy.url)
+        client.converse(modelId="main", messages=user("hi"))
+        received = http_json("GET", f"{sim.url}/_sim/requests?limit=1")[1]["requests"]
+        assert received[0]["model_id"] == "us.amazon.nova-micro-v1:0"
+    finally:
+        proxy.stop()
+        sim.stop()
