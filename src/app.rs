@@ -166,6 +166,8 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(ingress::bedrock::routes())
+        .merge(ingress::openai::routes())
+        .merge(ingress::anthropic::routes())
         .fallback(unknown_path)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)

@@ -29,9 +29,14 @@ Demo mode: Bedrock is simulated in this process (no AWS account needed).
     r = brt.converse(modelId="haiku", messages=[{{"role": "user", "content": [{{"text": "Hello"}}]}}])
     print(r["output"]["message"]["content"][0]["text"])
 
+  OpenAI SDK:     OpenAI(base_url="http://{api}/v1", api_key="demo").chat.completions.create(model="haiku", ...)
+  Anthropic SDK:  Anthropic(base_url="http://{api}", api_key="demo").messages.create(model="haiku", ...)
+
   curl:
     curl -s http://{api}/model/haiku/converse -H 'content-type: application/json' \
       -d '{{"messages":[{{"role":"user","content":[{{"text":"Hello"}}]}}]}}'
+    curl -s http://{api}/v1/chat/completions -H 'content-type: application/json' \
+      -d '{{"model":"haiku","messages":[{{"role":"user","content":"Hello"}}]}}'
 
   metrics:        curl -s http://{admin}/metrics
   inject a fault: curl -s -X POST http://{admin}/_sim/faults -d '{{"model":"haiku","fault":"throttle","times":1}}'

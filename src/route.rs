@@ -99,6 +99,15 @@ impl RouteTable {
         if let Some(&i) = arn_resource(model_id).and_then(|id| self.by_model.get(id)) {
             return Ok(routed(i, model_id));
         }
+        if let Some(i) = self.routes.iter().position(|r| &*r.name == model_id) {
+            let first = self.routes[i]
+                .config
+                .models
+                .first()
+                .cloned()
+                .unwrap_or_else(|| model_id.to_owned());
+            return Ok(routed(i, &first));
+        }
         if let Some(i) = self.catch_all {
             return Ok(routed(i, model_id));
         }

@@ -230,6 +230,84 @@ pub fn to_bedrock_client(
     })
 }
 
+/// Renders a ConverseStream as another API's server-sent events.
+pub trait SseWriter: Send + 'static {
+    /// The events one Converse event becomes.
+    fn event(&mut self, event: &ConverseEvent) -> Vec<Bytes>;
+    /// The event that reports a failure mid-stream (the stream then ends).
+    fn failed(&mut self, error: &ProxyError) -> Bytes;
+    /// What a complete stream ends with.
+    fn done(&mut self) -> Vec<Bytes>;
+}
+
+/// The client's side of a translated stream: each upstream frame rendered by
+/// `writer` as it arrives; a failure (an upstream exception frame, a cut) becomes
+/// the writer's error event and the end of the stream.
+pub fn to_sse_client(
+    frames: FrameStream,
+    observer: impl StreamObserver,
+    writer: impl SseWriter,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    let ending = Ending {
+        observer,
+        ended: false,
+    };
+    let state = (
+        frames,
+        ending,
+        writer,
+        std::collections::VecDeque::<Bytes>::new(),
+        false,
+    );
+    stream::unfold(
+        state,
+        |(mut frames, mut ending, mut writer, mut queue, mut finished)| async move {
+            loop {
+                if let Some(chunk) = queue.pop_front() {
+                    return Some((Ok(chunk), (frames, ending, writer, queue, finished)));
+                }
+                if finished {
+                    return None;
+                }
+                match frames.next().await {
+                    Some(Ok(f)) => {
+                        ending.observer.frame(&f);
+                        match &f.frame.kind {
+                            FrameKind::Exception(kind) => {
+                                let error = ProxyError::new(
+                                    bedrock_wire::error::ErrorType::parse(kind)
+                                        .map(exception_kind)
+                                        .unwrap_or(ErrorKind::Internal),
+                                    crate::error::Side::Upstream,
+                                    String::from_utf8_lossy(&f.frame.payload).into_owned(),
+                                );
+                                queue.push_back(writer.failed(&error));
+                                ending.end(StreamEnd::Failed(error));
+                                finished = true;
+                            }
+                            _ => {
+                                if let Some(event) = ConverseEvent::from_frame(&f.frame) {
+                                    queue.extend(writer.event(&event));
+                                }
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        queue.push_back(writer.failed(&e));
+                        ending.end(StreamEnd::Failed(e));
+                        finished = true;
+                    }
+                    None => {
+                        queue.extend(writer.done());
+                        ending.end(StreamEnd::Complete);
+                        finished = true;
+                    }
+                }
+            }
+        },
+    )
+}
+
 fn exception_kind(t: bedrock_wire::error::ErrorType) -> ErrorKind {
     use bedrock_wire::error::ErrorType as T;
     match t {

@@ -13,11 +13,10 @@ use axum::Router;
 use bedrock_wire::operation::Operation;
 use tokio::time::Instant;
 
-use super::{parse_json, read_body, Finish};
+use super::{parse_json, receive, route, run, Finish};
 use crate::app::AppState;
-use crate::cache::Directives;
 use crate::error::{ErrorKind, ProxyError, Side};
-use crate::pipeline::{self, Answer, Call, Provenance};
+use crate::pipeline::{Answer, Call};
 use crate::stream::to_bedrock_client;
 
 /// The Bedrock Runtime routes.
@@ -81,21 +80,14 @@ async fn serve(
 ) -> Result<Response, ProxyError> {
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
-    let limits = &rt.config.limits;
-    let body = read_body(body, &parts.headers, limits).await?;
-    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let principal = rt
-        .auth
-        .authenticate(parts.method.as_str(), uri, &parts.headers, &body)?;
-    finish.tenant = Some(principal.tenant.clone());
-    let routed = rt.routes.resolve(model_id)?;
-    finish.route = Some(routed.route.name.clone());
-    principal.admit(&routed.route.name)?;
+    let (body, principal) = receive(&rt, &parts, body, finish).await?;
+    let routed = route(&rt, &principal, model_id, finish)?;
 
     // InvokeModel bodies are model-native. A body declared JSON must parse; the
     // AWS SDKs send JSON bodies as application/octet-stream unless told
     // otherwise, so those are read as JSON when they are, and passed through
     // untouched when they are not.
+    let limits = &rt.config.limits;
     let content_type = parts
         .headers
         .get("content-type")
@@ -135,18 +127,7 @@ async fn serve(
         forward,
         started: finish.started,
     };
-    finish.requested_tier = call.requested_tier().map(str::to_owned);
-    finish.model = rt
-        .catalog
-        .get(&call.routed.upstream_model)
-        .map(|l| l.model.clone());
-
-    let directives = Directives::from_headers(&parts.headers);
-    let mut provenance = Provenance::default();
-    let result = pipeline::run(state, &rt, call, &directives, &mut provenance).await;
-    finish.record(&provenance);
-    let answer = result?;
-    Ok(match answer {
+    Ok(match run(state, &rt, call, &parts.headers, finish).await? {
         Answer::Whole {
             mut headers,
             body,

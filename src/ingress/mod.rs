@@ -2,12 +2,16 @@
 //! the pipeline's answer rendered back in that API's own shape, errors included.
 //!
 //! - [`bedrock`]: the Bedrock Runtime paths, byte for byte.
+//! - [`openai`]: the OpenAI Chat Completions API (`/v1/chat/completions`, `/v1/models`).
+//! - [`anthropic`]: the Anthropic Messages API (`/v1/messages`).
 //!
 //! This module holds what every adapter shares: reading the body within the
 //! size limit, and checking that JSON is UTF-8 and not nested too deep before
 //! it is parsed.
 
+pub mod anthropic;
 pub mod bedrock;
+pub mod openai;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue};
@@ -19,12 +23,17 @@ use serde_json::Value;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use crate::cache::CacheStatus;
+use crate::app::{AppState, Runtime};
+use crate::auth::Principal;
+use crate::cache::{CacheStatus, Directives};
 use crate::catalog::ModelInfo;
 use crate::config::Limits;
 use crate::error::ProxyError;
 use crate::metrics;
+use crate::pipeline::{self, Answer, Call, Provenance};
+use crate::route::Routed;
 use crate::stream::{RelayedFrame, StreamEnd, StreamObserver, StreamReader};
+use axum::http::request::Parts;
 
 /// Reads a request body, refusing it as soon as it passes `limits.max_body_bytes`.
 pub async fn read_body(
@@ -111,10 +120,66 @@ pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, ProxyError> {
     Ok(value)
 }
 
+/// What every ingress does first: read the body within the size limit and
+/// authenticate the caller (SigV4 needs the body), recording the tenant.
+pub async fn receive(
+    rt: &Runtime,
+    parts: &Parts,
+    body: Body,
+    finish: &mut Finish,
+) -> Result<(Bytes, Arc<Principal>), ProxyError> {
+    let body = read_body(body, &parts.headers, &rt.config.limits).await?;
+    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let principal = rt
+        .auth
+        .authenticate(parts.method.as_str(), uri, &parts.headers, &body)?;
+    finish.tenant = Some(principal.tenant.clone());
+    Ok((body, principal))
+}
+
+/// Routes a model id for an authenticated caller and checks the caller may use
+/// the route (and is within its rate limit).
+pub fn route(
+    rt: &Runtime,
+    principal: &Principal,
+    model_id: &str,
+    finish: &mut Finish,
+) -> Result<Routed, ProxyError> {
+    let routed = rt.routes.resolve(model_id)?;
+    finish.route = Some(routed.route.name.clone());
+    principal.admit(&routed.route.name)?;
+    finish.model = rt
+        .catalog
+        .get(&routed.upstream_model)
+        .map(|l| l.model.clone());
+    Ok(routed)
+}
+
+/// Runs a call through the pipeline, recording what it took in `finish`.
+pub async fn run(
+    state: &AppState,
+    rt: &Arc<Runtime>,
+    call: Call,
+    headers: &HeaderMap,
+    finish: &mut Finish,
+) -> Result<Answer, ProxyError> {
+    finish.requested_tier = call.requested_tier().map(str::to_owned);
+    let directives = Directives::from_headers(headers);
+    let mut provenance = Provenance::default();
+    let result = pipeline::run(state, rt, call, &directives, &mut provenance).await;
+    finish.record(&provenance);
+    result
+}
+
 /// Renders an error in the shape of the API `path` belongs to.
 pub fn render_error(path: &str, e: &ProxyError, request_id: &str) -> axum::response::Response {
-    let _ = path;
-    e.bedrock_response(request_id)
+    if path.starts_with("/v1/messages") {
+        anthropic::error_response(e, request_id)
+    } else if path.starts_with("/v1/") {
+        openai::error_response(e, request_id)
+    } else {
+        e.bedrock_response(request_id)
+    }
 }
 
 /// Per-request bookkeeping every ingress shares: the proxy's response headers,

@@ -1,0 +1,165 @@
+//! The Anthropic-compatible API: `POST /v1/messages` (JSON and server-sent
+//! events), over the same pipeline as Bedrock's own paths. `model` is a route
+//! alias; keys are the same API keys (`x-api-key`); `cache_control` markers
+//! become Bedrock cache points. Errors are Anthropic error objects.
+
+pub mod translate;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use bedrock_wire::converse::ConverseEvent;
+use bedrock_wire::operation::Operation;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::{parse_json, receive, route, run, Finish};
+use crate::app::AppState;
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::pipeline::{Answer, Call};
+use crate::stream::{to_sse_client, SseWriter};
+use translate::EventWriter;
+
+/// The Anthropic routes.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/messages", post(messages))
+}
+
+/// Anthropic's error status and type for a proxy error.
+fn status_and_type(e: &ProxyError) -> (u16, &'static str) {
+    let auth_problem =
+        e.message.starts_with("Missing credentials") || e.message.contains("not valid");
+    match e.kind {
+        ErrorKind::Validation if e.message.contains("larger than") => (413, "request_too_large"),
+        ErrorKind::Validation | ErrorKind::Unsupported => (400, "invalid_request_error"),
+        ErrorKind::AccessDenied if auth_problem => (401, "authentication_error"),
+        ErrorKind::AccessDenied => (403, "permission_error"),
+        ErrorKind::NotFound => (404, "not_found_error"),
+        ErrorKind::Throttled | ErrorKind::QuotaExceeded => (429, "rate_limit_error"),
+        ErrorKind::Unavailable | ErrorKind::ModelNotReady => (529, "overloaded_error"),
+        ErrorKind::Timeout | ErrorKind::ModelError | ErrorKind::Internal => (500, "api_error"),
+    }
+}
+
+/// Anthropic's error object for a proxy error.
+pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
+    let (status, kind) = status_and_type(e);
+    let body = json!({ "type": "error", "error": { "type": kind, "message": e.message } });
+    let mut response = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(body),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("request-id", v);
+    }
+    response
+}
+
+async fn messages(State(state): State<AppState>, request: Request) -> Response {
+    let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    match serve(&state, &mut finish, request).await {
+        Ok(response) => response,
+        Err(e) => {
+            let mut response = error_response(&e, &finish.request_id);
+            finish.headers(response.headers_mut(), None);
+            finish.error(&e);
+            response
+        }
+    }
+}
+
+struct AnthropicEvents(EventWriter);
+
+impl SseWriter for AnthropicEvents {
+    fn event(&mut self, event: &ConverseEvent) -> Vec<Bytes> {
+        self.0.event(event)
+    }
+
+    fn failed(&mut self, error: &ProxyError) -> Bytes {
+        EventWriter::error(status_and_type(error).1, &error.message)
+    }
+
+    fn done(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
+}
+
+async fn serve(
+    state: &AppState,
+    finish: &mut Finish,
+    request: Request,
+) -> Result<Response, ProxyError> {
+    let rt = state.runtime();
+    let (parts, body) = request.into_parts();
+    let (body, principal) = receive(&rt, &parts, body, finish).await?;
+    if !parts.headers.contains_key("anthropic-version") {
+        return Err(ProxyError::validation(
+            "anthropic-version: header is required",
+        ));
+    }
+    let json = parse_json(&body, rt.config.limits.max_json_depth)?;
+    let t = translate::request(&json)?;
+    let routed = route(&rt, &principal, &t.model, finish).map_err(|e| {
+        if e.kind == ErrorKind::Validation {
+            ProxyError::new(
+                ErrorKind::NotFound,
+                Side::Client,
+                format!("model: {}", t.model),
+            )
+        } else {
+            e
+        }
+    })?;
+    let op = if t.stream {
+        Operation::ConverseStream
+    } else {
+        Operation::Converse
+    };
+    finish.op = op;
+    let call = Call {
+        request_id: finish.request_id.clone(),
+        op,
+        principal,
+        routed,
+        body: Bytes::from(t.converse.to_string()),
+        json: Some(t.converse),
+        edited: false,
+        forward: Vec::new(),
+        started: finish.started,
+    };
+    let id = format!("msg_bdrk_{}", finish.request_id.replace('-', ""));
+    Ok(match run(state, &rt, call, &parts.headers, finish).await? {
+        Answer::Whole { body, summary, .. } => {
+            let converse: Value = serde_json::from_slice(&body).map_err(|e| {
+                ProxyError::internal(format!("the upstream answer is not JSON: {e}"))
+            })?;
+            let message = translate::response(&converse, &t.model, &id);
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", HeaderValue::from_static("application/json"));
+            finish.headers(&mut headers, summary.latency_tier.as_deref());
+            finish.whole(&summary);
+            let mut response = Response::new(Body::from(message.to_string()));
+            *response.headers_mut() = headers;
+            response
+        }
+        Answer::Stream { frames, .. } => {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "content-type",
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+            finish.headers(&mut headers, None);
+            let writer = AnthropicEvents(EventWriter::new(id, t.model.clone()));
+            let body = Body::from_stream(to_sse_client(frames, finish.stream_observer(), writer));
+            let mut response = Response::new(body);
+            *response.headers_mut() = headers;
+            response
+        }
+    })
+}
