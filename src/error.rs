@@ -39,6 +39,30 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Validation,
+        ErrorKind::AccessDenied,
+        ErrorKind::Throttled,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::ModelNotReady,
+        ErrorKind::Unsupported,
+        ErrorKind::ModelError,
+        ErrorKind::QuotaExceeded,
+        ErrorKind::NotFound,
+        ErrorKind::Internal,
+    ];
+
+    /// Whether a fallback chain may move on after this kind of error: the
+    /// upstream's failures, not the client's own mistakes.
+    pub fn can_fall_back(self) -> bool {
+        !matches!(
+            self,
+            ErrorKind::Validation | ErrorKind::AccessDenied | ErrorKind::NotFound
+        )
+    }
+
     /// The label used in metrics and in `fallback_on`.
     pub fn label(self) -> &'static str {
         match self {

@@ -2,8 +2,9 @@
 //! file, or make an API key.
 
 use anyhow::Context;
-use bedrock_proxy::server::{init_logging, shutdown_signal, start, StartOptions};
+use bedrock_proxy::server::{init_logging, start, StartOptions};
 use bedrock_proxy::{auth, demo, Config};
+use bedrock_wire::serve::shutdown_signal;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;

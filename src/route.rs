@@ -84,14 +84,17 @@ impl RouteTable {
                 upstream_model,
             }
         };
-        if let Some(&i) = self.by_alias.get(model_id) {
-            let first = self.routes[i]
+        // An alias or a route name stands for the route's first model.
+        let first_model = |i: usize| {
+            self.routes[i]
                 .config
                 .models
                 .first()
                 .cloned()
-                .unwrap_or_else(|| model_id.to_owned());
-            return Ok(routed(i, &first));
+                .unwrap_or_else(|| model_id.to_owned())
+        };
+        if let Some(&i) = self.by_alias.get(model_id) {
+            return Ok(routed(i, &first_model(i)));
         }
         if let Some(&i) = self.by_model.get(model_id) {
             return Ok(routed(i, model_id));
@@ -100,13 +103,7 @@ impl RouteTable {
             return Ok(routed(i, model_id));
         }
         if let Some(i) = self.routes.iter().position(|r| &*r.name == model_id) {
-            let first = self.routes[i]
-                .config
-                .models
-                .first()
-                .cloned()
-                .unwrap_or_else(|| model_id.to_owned());
-            return Ok(routed(i, &first));
+            return Ok(routed(i, &first_model(i)));
         }
         if let Some(i) = self.catch_all {
             return Ok(routed(i, model_id));

@@ -16,18 +16,11 @@ use common::*;
 use serde_json::json;
 use std::time::Duration;
 
+/// A rule that fires once.
 fn fault(kind: FaultKind) -> FaultRule {
     FaultRule {
-        model: None,
-        latency: None,
-        operation: None,
-        fault: kind,
         times: Some(1),
-        probability: None,
-        ms: None,
-        after_events: None,
-        exception: None,
-        message: None,
+        ..FaultRule::new(kind)
     }
 }
 

@@ -25,26 +25,11 @@ fn fast() -> SimConfig {
     }
 }
 
-fn fault(kind: FaultKind) -> FaultRule {
-    FaultRule {
-        model: None,
-        latency: None,
-        operation: None,
-        fault: kind,
-        times: None,
-        probability: None,
-        ms: None,
-        after_events: None,
-        exception: None,
-        message: None,
-    }
-}
-
 fn on_optimized(kind: FaultKind, times: Option<u32>) -> FaultRule {
     FaultRule {
         latency: Some("optimized".into()),
         times,
-        ..fault(kind)
+        ..FaultRule::new(kind)
     }
 }
 
@@ -360,7 +345,7 @@ async fn the_deadline_bounds_every_attempt_together() {
     let s = stack_full(fast(), "", &policy, "").await;
     s.sim.sim.state().faults.add(FaultRule {
         ms: Some(2000),
-        ..fault(FaultKind::SlowFirstByte)
+        ..FaultRule::new(FaultKind::SlowFirstByte)
     });
     let r = converse(&s, "late").await;
     assert_eq!(r.status, 408);
@@ -409,9 +394,12 @@ async fn fallback_reaches_another_region_and_another_model() {
     // Haiku down in both regions: the chain ends on another model.
     s.sim.sim.state().faults.add(FaultRule {
         model: Some("haiku".into()),
-        ..fault(FaultKind::Unavailable)
+        ..FaultRule::new(FaultKind::Unavailable)
     });
-    west.sim.state().faults.add(fault(FaultKind::Unavailable));
+    west.sim
+        .state()
+        .faults
+        .add(FaultRule::new(FaultKind::Unavailable));
     let out = client
         .converse()
         .model_id("resilient")

@@ -242,16 +242,9 @@ async fn a_stream_cut_mid_way_is_never_stored() {
             .send()
     };
     s.sim.sim.state().faults.add(FaultRule {
-        model: None,
-        latency: None,
-        operation: None,
-        fault: FaultKind::MidstreamError,
         times: Some(1),
-        probability: None,
-        ms: None,
         after_events: Some(3),
-        exception: None,
-        message: None,
+        ..FaultRule::new(FaultKind::MidstreamError)
     });
     let mut broken = ask().await.unwrap();
     let mut failed = false;
@@ -596,16 +589,9 @@ async fn a_failed_leader_does_not_poison_its_followers() {
     // The first upstream call is throttled, slowly enough that every other
     // request has joined it before it fails.
     s.sim.sim.state().faults.add(FaultRule {
-        model: None,
-        latency: None,
-        operation: None,
-        fault: FaultKind::Throttle,
         times: Some(1),
-        probability: None,
         ms: Some(300),
-        after_events: None,
-        exception: None,
-        message: None,
+        ..FaultRule::new(FaultKind::Throttle)
     });
     let url = s.op_url("haiku", "converse");
     let body = deterministic("Poison?").to_string();

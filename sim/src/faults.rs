@@ -69,6 +69,22 @@ pub struct FaultRule {
 }
 
 impl FaultRule {
+    /// A rule for `fault` matching every request, without limits.
+    pub fn new(fault: FaultKind) -> FaultRule {
+        FaultRule {
+            model: None,
+            latency: None,
+            operation: None,
+            fault,
+            times: None,
+            probability: None,
+            ms: None,
+            after_events: None,
+            exception: None,
+            message: None,
+        }
+    }
+
     /// Checks values serde cannot.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(p) = self.probability {
@@ -104,16 +120,8 @@ impl FaultRule {
         let (kind, arg) = value.trim().split_once('=').unwrap_or((value.trim(), ""));
         let fault = FaultKind::parse(kind).ok_or_else(|| format!("unknown fault {kind}"))?;
         let mut rule = FaultRule {
-            model: None,
-            latency: None,
-            operation: None,
-            fault,
             times: Some(1),
-            probability: None,
-            ms: None,
-            after_events: None,
-            exception: None,
-            message: None,
+            ..FaultRule::new(fault)
         };
         let (num, exception) = arg.split_once(':').unwrap_or((arg, ""));
         if !num.is_empty() {

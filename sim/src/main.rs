@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use bedrock_sim::{SimConfig, Simulator};
+use bedrock_wire::serve::shutdown_signal;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,25 +84,4 @@ async fn main() -> anyhow::Result<()> {
     sim.serve(listener, shutdown_signal()).await;
     tracing::info!("bedrock-sim stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

@@ -29,18 +29,11 @@ fn temp0(max_tokens: i32) -> InferenceConfiguration {
         .build()
 }
 
+/// A rule that fires once.
 fn rule(fault: FaultKind) -> FaultRule {
     FaultRule {
-        model: None,
-        latency: None,
-        operation: None,
-        fault,
         times: Some(1),
-        probability: None,
-        ms: None,
-        after_events: None,
-        exception: None,
-        message: None,
+        ..FaultRule::new(fault)
     }
 }
 

@@ -65,16 +65,22 @@ fn converse_excluded() -> Vec<&'static str> {
         .collect()
 }
 
-/// InvokeModel request headers that change the answer (the body format, the
-/// guardrail, whether a trace is returned); the latency-tier, service-tier and
-/// request-metadata headers do not.
-pub const INVOKE_KEYED_HEADERS: &[&str] = &[
-    "content-type",
-    "accept",
-    "x-amzn-bedrock-accept",
-    "x-amzn-bedrock-trace",
-    "x-amzn-bedrock-guardrailidentifier",
-    "x-amzn-bedrock-guardrailversion",
+/// InvokeModel request headers left out of the key, and why; every other header
+/// the Bedrock ingress forwards (the body format, the guardrail, the trace flag)
+/// changes the answer and is hashed.
+pub const INVOKE_HEADERS_OUT: &[(&str, &str)] = &[
+    (
+        "x-amzn-bedrock-performanceconfig-latency",
+        "the latency tier changes speed and price, not the answer",
+    ),
+    (
+        "x-amzn-bedrock-service-tier",
+        "the service tier changes queueing and price, not the answer",
+    ),
+    (
+        "x-amzn-bedrock-request-metadata",
+        "tags for logs and billing; the model never sees them",
+    ),
 ];
 
 /// Which operations share entries.
@@ -122,7 +128,7 @@ pub struct KeyParts<'a> {
     pub json: Option<&'a Value>,
     /// The raw body (hashed as is when it is not JSON).
     pub raw: &'a [u8],
-    /// InvokeModel headers, `(name, value)`.
+    /// InvokeModel headers, `(name, value)`, lowercase names.
     pub headers: &'a [(&'a str, &'a [u8])],
 }
 
@@ -151,12 +157,19 @@ pub fn cache_key(parts: &KeyParts<'_>) -> CacheKey {
     field(&mut h, parts.route.as_bytes());
     field(&mut h, parts.upstream_model.as_bytes());
     field(&mut h, parts.family.name().as_bytes());
-    for name in INVOKE_KEYED_HEADERS {
-        let value = parts
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map_or(&b""[..], |(_, v)| v);
+    let mut headers: Vec<&(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            !INVOKE_HEADERS_OUT
+                .iter()
+                .any(|(out, _)| n.eq_ignore_ascii_case(out))
+        })
+        .collect();
+    headers.sort_unstable();
+    field(&mut h, &(headers.len() as u64).to_be_bytes());
+    for (name, value) in headers {
+        field(&mut h, name.as_bytes());
         field(&mut h, value);
     }
     match (parts.json, parts.family) {

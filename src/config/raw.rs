@@ -685,18 +685,6 @@ fn latency_policy(key: &str, value: &str, e: &mut Vec<String>) -> LatencyPolicy 
     }
 }
 
-/// The error kinds `fallback_on` may name.
-const FALLBACK_KINDS: &[&str] = &[
-    "throttled",
-    "unavailable",
-    "timeout",
-    "unsupported",
-    "model_not_ready",
-    "internal",
-    "model_error",
-    "quota_exceeded",
-];
-
 fn route_resilience(
     route_key: &str,
     r: &mut RawRoute,
@@ -734,11 +722,16 @@ fn route_resilience(
         .collect();
     let fallback_on = match r.fallback_on.take() {
         Some(list) => {
+            let allowed: Vec<&str> = crate::error::ErrorKind::ALL
+                .into_iter()
+                .filter(|k| k.can_fall_back())
+                .map(|k| k.label())
+                .collect();
             for kind in &list {
-                if !FALLBACK_KINDS.contains(&kind.as_str()) {
+                if !allowed.contains(&kind.as_str()) {
                     e.push(format!(
                         "{route_key}.fallback_on: `{kind}` is not one of {}",
-                        FALLBACK_KINDS.join(", ")
+                        allowed.join(", ")
                     ));
                 }
             }

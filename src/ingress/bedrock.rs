@@ -13,7 +13,7 @@ use axum::Router;
 use bedrock_wire::operation::Operation;
 use tokio::time::Instant;
 
-use super::{parse_json, receive, route, run, Finish};
+use super::{failed, parse_json, receive, route, run, Finish};
 use crate::app::AppState;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::pipeline::{Answer, Call};
@@ -24,8 +24,9 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/model/{model_id}/{operation}", post(handle))
 }
 
-/// InvokeModel's request header members, passed to the upstream as sent.
-const FORWARDED: [&str; 9] = [
+/// InvokeModel's request header members, passed to the upstream as sent (and,
+/// but for those `cache::key::INVOKE_HEADERS_OUT` names, part of the cache key).
+pub const FORWARDED: [&str; 9] = [
     "content-type",
     "accept",
     "x-amzn-bedrock-accept",
@@ -62,12 +63,7 @@ async fn handle(
     };
     match result {
         Ok(response) => response,
-        Err(e) => {
-            let mut response = e.bedrock_response(&finish.request_id);
-            finish.headers(response.headers_mut(), None);
-            finish.error(&e);
-            response
-        }
+        Err(e) => failed(&finish, &e, |e, id| e.bedrock_response(id)),
     }
 }
 

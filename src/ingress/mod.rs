@@ -171,6 +171,56 @@ pub async fn run(
     result
 }
 
+/// The response to a failed request, in the shape `render` makes, with the
+/// proxy's headers; the books are closed on it.
+pub fn failed(
+    finish: &Finish,
+    e: &ProxyError,
+    render: fn(&ProxyError, &str) -> axum::response::Response,
+) -> axum::response::Response {
+    let mut response = render(e, &finish.request_id);
+    finish.headers(response.headers_mut(), None);
+    finish.error(e);
+    response
+}
+
+/// The Converse JSON of a whole answer (for the adapters that translate it).
+pub fn converse_json(body: &[u8]) -> Result<Value, ProxyError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ProxyError::internal(format!("the upstream answer is not JSON: {e}")))
+}
+
+/// A translated whole answer as a JSON response, with the proxy's headers; the
+/// books are closed on it.
+pub fn json_answer(finish: &Finish, body: &Value, summary: &Summary) -> axum::response::Response {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    finish.headers(&mut headers, summary.latency_tier.as_deref());
+    finish.whole(summary);
+    let mut response = axum::response::Response::new(Body::from(body.to_string()));
+    *response.headers_mut() = headers;
+    response
+}
+
+/// A translated stream as server-sent events; the books are closed when it ends.
+pub fn sse_answer(
+    finish: &Finish,
+    frames: crate::stream::FrameStream,
+    writer: impl crate::stream::SseWriter,
+) -> axum::response::Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    finish.headers(&mut headers, None);
+    let body = crate::stream::to_sse_client(frames, finish.stream_observer(), writer);
+    let mut response = axum::response::Response::new(Body::from_stream(body));
+    *response.headers_mut() = headers;
+    response
+}
+
 /// Renders an error in the shape of the API `path` belongs to.
 pub fn render_error(path: &str, e: &ProxyError, request_id: &str) -> axum::response::Response {
     if path.starts_with("/v1/messages") {

@@ -181,52 +181,33 @@ impl Prefixes {
     }
 }
 
-/// The client's own markers, and whether each position already ends with one.
+/// The client's own markers, and whether each position (tools, system,
+/// conversation tail) already ends with one.
 fn client_marks(body: &Value, format: Format) -> (u32, [bool; 3]) {
+    let (tools, marked): (&[Value], fn(&Value) -> bool) = match format {
+        Format::Converse => (
+            body.get("toolConfig")
+                .map_or(&[][..], |t| array(t, "tools")),
+            is_point,
+        ),
+        Format::Anthropic => (array(body, "tools"), has_control),
+    };
+    let system = array(body, "system");
     let messages = array(body, "messages");
-    match format {
-        Format::Converse => {
-            let tools = body
-                .get("toolConfig")
-                .map_or(&[][..], |t| array(t, "tools"));
-            let system = array(body, "system");
-            let mut count = tools.iter().filter(|v| is_point(v)).count()
-                + system.iter().filter(|v| is_point(v)).count();
-            for m in messages {
-                count += array(m, "content").iter().filter(|v| is_point(v)).count();
-            }
-            let tail = messages
-                .last()
-                .is_some_and(|m| array(m, "content").last().is_some_and(is_point));
-            let ends = [
-                tools.last().is_some_and(is_point),
-                system.last().is_some_and(is_point),
-                tail,
-            ];
-            (count as u32, ends)
-        }
-        Format::Anthropic => {
-            let tools = array(body, "tools");
-            let system = array(body, "system");
-            let mut count = tools.iter().filter(|v| has_control(v)).count()
-                + system.iter().filter(|v| has_control(v)).count();
-            for m in messages {
-                count += array(m, "content")
-                    .iter()
-                    .filter(|v| has_control(v))
-                    .count();
-            }
-            let tail = messages
-                .last()
-                .is_some_and(|m| array(m, "content").last().is_some_and(has_control));
-            let ends = [
-                tools.last().is_some_and(has_control),
-                system.last().is_some_and(has_control),
-                tail,
-            ];
-            (count as u32, ends)
-        }
-    }
+    let count = tools.iter().filter(|v| marked(v)).count()
+        + system.iter().filter(|v| marked(v)).count()
+        + messages
+            .iter()
+            .map(|m| array(m, "content").iter().filter(|v| marked(v)).count())
+            .sum::<usize>();
+    let ends = [
+        tools.last().is_some_and(marked),
+        system.last().is_some_and(marked),
+        messages
+            .last()
+            .is_some_and(|m| array(m, "content").last().is_some_and(marked)),
+    ];
+    (count as u32, ends)
 }
 
 fn index(position: CachePosition) -> usize {

@@ -281,3 +281,31 @@ fn determinism_means_temperature_zero() {
     )));
     assert!(!is_deterministic(None));
 }
+
+/// Every header member of the InvokeModel operations is forwarded, and whether
+/// it is in the key follows from INVOKE_HEADERS_OUT.
+#[test]
+fn every_invoke_header_member_is_forwarded() {
+    let model: Value = serde_json::from_str(include_str!(
+        "../../../reference/bedrock-runtime-service-2.json"
+    ))
+    .unwrap();
+    for shape in ["InvokeModelRequest", "InvokeModelWithResponseStreamRequest"] {
+        for (name, member) in model["shapes"][shape]["members"].as_object().unwrap() {
+            if member["location"] != "header" {
+                continue;
+            }
+            let header = member["locationName"]
+                .as_str()
+                .unwrap()
+                .to_ascii_lowercase();
+            assert!(
+                crate::ingress::bedrock::FORWARDED.contains(&header.as_str()),
+                "{shape}.{name} ({header}) is not forwarded by the Bedrock ingress"
+            );
+        }
+    }
+    for (out, _) in INVOKE_HEADERS_OUT {
+        assert!(crate::ingress::bedrock::FORWARDED.contains(out));
+    }
+}

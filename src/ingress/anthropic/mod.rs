@@ -5,23 +5,24 @@
 
 pub mod translate;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use bedrock_wire::converse::ConverseEvent;
 use bedrock_wire::operation::Operation;
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::time::Instant;
 
-use super::{parse_json, receive, route, run, Finish};
+use super::{
+    converse_json, failed, json_answer, parse_json, receive, route, run, sse_answer, Finish,
+};
 use crate::app::AppState;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::pipeline::{Answer, Call};
-use crate::stream::{to_sse_client, SseWriter};
+use crate::stream::SseWriter;
 use translate::EventWriter;
 
 /// The Anthropic routes.
@@ -64,12 +65,7 @@ async fn messages(State(state): State<AppState>, request: Request) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
     match serve(&state, &mut finish, request).await {
         Ok(response) => response,
-        Err(e) => {
-            let mut response = error_response(&e, &finish.request_id);
-            finish.headers(response.headers_mut(), None);
-            finish.error(&e);
-            response
-        }
+        Err(e) => failed(&finish, &e, error_response),
     }
 }
 
@@ -135,31 +131,17 @@ async fn serve(
     let id = format!("msg_bdrk_{}", finish.request_id.replace('-', ""));
     Ok(match run(state, &rt, call, &parts.headers, finish).await? {
         Answer::Whole { body, summary, .. } => {
-            let converse: Value = serde_json::from_slice(&body).map_err(|e| {
-                ProxyError::internal(format!("the upstream answer is not JSON: {e}"))
-            })?;
-            let message = translate::response(&converse, &t.model, &id);
-            let mut headers = HeaderMap::new();
-            headers.insert("content-type", HeaderValue::from_static("application/json"));
-            finish.headers(&mut headers, summary.latency_tier.as_deref());
-            finish.whole(&summary);
-            let mut response = Response::new(Body::from(message.to_string()));
-            *response.headers_mut() = headers;
-            response
+            let converse = converse_json(&body)?;
+            json_answer(
+                finish,
+                &translate::response(&converse, &t.model, &id),
+                &summary,
+            )
         }
-        Answer::Stream { frames, .. } => {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                "content-type",
-                HeaderValue::from_static("text/event-stream"),
-            );
-            headers.insert("cache-control", HeaderValue::from_static("no-cache"));
-            finish.headers(&mut headers, None);
-            let writer = AnthropicEvents(EventWriter::new(id, t.model.clone()));
-            let body = Body::from_stream(to_sse_client(frames, finish.stream_observer(), writer));
-            let mut response = Response::new(body);
-            *response.headers_mut() = headers;
-            response
-        }
+        Answer::Stream { frames, .. } => sse_answer(
+            finish,
+            frames,
+            AnthropicEvents(EventWriter::new(id, t.model.clone())),
+        ),
     })
 }

@@ -5,9 +5,8 @@
 
 pub mod translate;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,11 +17,13 @@ use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
-use super::{parse_json, receive, route, run, Finish};
+use super::{
+    converse_json, failed, json_answer, parse_json, receive, route, run, sse_answer, Finish,
+};
 use crate::app::AppState;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::pipeline::{Answer, Call};
-use crate::stream::{to_sse_client, SseWriter};
+use crate::stream::SseWriter;
 use translate::ChunkWriter;
 
 /// The OpenAI routes.
@@ -74,12 +75,7 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
     match serve(&state, &mut finish, request).await {
         Ok(response) => response,
-        Err(e) => {
-            let mut response = error_response(&e, &finish.request_id);
-            finish.headers(response.headers_mut(), None);
-            finish.error(&e);
-            response
-        }
+        Err(e) => failed(&finish, &e, error_response),
     }
 }
 
@@ -154,37 +150,23 @@ async fn serve(
     let created = now_secs();
     Ok(match run(state, &rt, call, &parts.headers, finish).await? {
         Answer::Whole { body, summary, .. } => {
-            let converse: Value = serde_json::from_slice(&body).map_err(|e| {
-                ProxyError::internal(format!("the upstream answer is not JSON: {e}"))
-            })?;
-            let completion = translate::response(&converse, &t.model, &id, created);
-            let mut headers = HeaderMap::new();
-            headers.insert("content-type", HeaderValue::from_static("application/json"));
-            finish.headers(&mut headers, summary.latency_tier.as_deref());
-            finish.whole(&summary);
-            let mut response = Response::new(Body::from(completion.to_string()));
-            *response.headers_mut() = headers;
-            response
+            let converse = converse_json(&body)?;
+            json_answer(
+                finish,
+                &translate::response(&converse, &t.model, &id, created),
+                &summary,
+            )
         }
-        Answer::Stream { frames, .. } => {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                "content-type",
-                HeaderValue::from_static("text/event-stream"),
-            );
-            headers.insert("cache-control", HeaderValue::from_static("no-cache"));
-            finish.headers(&mut headers, None);
-            let writer = OpenAiChunks(ChunkWriter::new(
+        Answer::Stream { frames, .. } => sse_answer(
+            finish,
+            frames,
+            OpenAiChunks(ChunkWriter::new(
                 id,
                 t.model.clone(),
                 created,
                 t.include_usage,
-            ));
-            let body = Body::from_stream(to_sse_client(frames, finish.stream_observer(), writer));
-            let mut response = Response::new(body);
-            *response.headers_mut() = headers;
-            response
-        }
+            )),
+        ),
     })
 }
 
