@@ -30,7 +30,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cache;
-pub mod catalog;
+pub use bedrock_wire::catalog;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -11,19 +11,12 @@
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use bedrock_wire::client::{http_client, model_path, sign_bedrock, HttpClient};
 use bedrock_wire::operation::Operation;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,17 +28,8 @@ pub mod fallback;
 use crate::config::{Timeouts, UpstreamConfig, UpstreamKind};
 use crate::error::{ErrorKind, ProxyError, Side};
 
-/// What the AWS SDKs leave unescaped in a path segment.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
 /// The key pair the proxy signs with when calling a simulator.
 const SIMULATOR_ACCESS_KEY: &str = "AKIDBEDROCKPROXY";
-
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 enum Signer {
     SigV4 {
@@ -78,35 +62,6 @@ pub struct UpstreamResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Incoming,
-}
-
-fn http_client(connect_timeout: Duration) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
-        .map(|b| {
-            b.https_or_http()
-                .enable_all_versions()
-                .wrap_connector(http.clone())
-        })
-        .unwrap_or_else(|_| {
-            // The bundled provider always supports the default protocol versions;
-            // should it not, plain HTTP (simulators, VPC-local endpoints) still works.
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_webpki_roots()
-                .https_or_http()
-                .enable_all_versions()
-                .wrap_connector(http)
-        });
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https)
 }
 
 impl Upstream {
@@ -168,7 +123,7 @@ impl Upstream {
             name: Arc::from(config.name.as_str()),
             config: config.clone(),
             base,
-            client: http_client(config.timeouts.connect),
+            client: http_client(config.timeouts.connect, 256, true),
             signer,
         })
     }
@@ -196,12 +151,7 @@ impl Upstream {
 
     /// The URL of `op` on `model_id`.
     pub fn url(&self, op: Operation, model_id: &str) -> String {
-        format!(
-            "{}/model/{}/{}",
-            self.base,
-            utf8_percent_encode(model_id, PATH_SEGMENT),
-            op.name()
-        )
+        format!("{}{}", self.base, model_path(model_id, op.name()))
     }
 
     /// Sends one request and waits for the response headers, within the
@@ -299,31 +249,8 @@ impl Upstream {
                             ),
                         )
                     })?;
-                let identity: Identity = creds.into();
-                let params = v4::SigningParams::builder()
-                    .identity(&identity)
-                    .region(region)
-                    .name("bedrock")
-                    .time(SystemTime::now())
-                    .settings(SigningSettings::default())
-                    .build()
-                    .map_err(|e| ProxyError::internal(format!("signing parameters: {e}")))?
-                    .into();
-                let headers = request
-                    .headers()
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-                let signable =
-                    SignableRequest::new("POST", url, headers, SignableBody::Bytes(body)).map_err(
-                        |e| ProxyError::internal(format!("signing the upstream request: {e}")),
-                    )?;
-                let (instructions, _signature) = sign(signable, &params)
-                    .map_err(|e| {
-                        ProxyError::internal(format!("signing the upstream request: {e}"))
-                    })?
-                    .into_parts();
-                instructions.apply_to_request_http1x(request);
-                Ok(())
+                sign_bedrock(request, url, body, creds, region, SystemTime::now())
+                    .map_err(|e| ProxyError::internal(format!("signing the upstream request: {e}")))
             }
         }
     }
@@ -395,23 +322,5 @@ impl Upstreams {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.by_name.values()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_ids_are_escaped_like_the_sdks_do() {
-        let encoded = utf8_percent_encode(
-            "arn:aws:bedrock:us-east-2:123:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0",
-            PATH_SEGMENT,
-        )
-        .to_string();
-        assert_eq!(
-            encoded,
-            "arn%3Aaws%3Abedrock%3Aus-east-2%3A123%3Ainference-profile%2Fus.anthropic.claude-3-5-haiku-20241022-v1%3A0"
-        );
     }
 }

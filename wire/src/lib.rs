@@ -8,15 +8,19 @@
 //! - [`canonical`]: canonical JSON (sorted keys, no whitespace, normalized numbers)
 //!   for hashing requests; cache markers left out.
 //! - [`operation`]: the five model operations and their path segments.
+//! - [`catalog`]: what each Bedrock model supports and costs (`config/models.toml`).
 //! - [`tokens`]: the token estimator the simulator bills with and the proxy plans with.
 //! - [`error`]: Bedrock's error types, their statuses and bodies.
 //! - [`sigv4`]: checking an incoming SigV4 signature with `aws-sigv4`.
 //! - [`serve`]: the HTTP accept loop both servers run (timeouts, graceful drain).
+//! - [`client`]: outbound HTTPS to Bedrock and SigV4 signing (proxy and benchmark).
 //!
-//! Apart from [`serve`], nothing here does I/O: these are pure functions over
-//! bytes, headers and JSON.
+//! Apart from [`serve`], [`client`] and reading a catalog file, nothing here does
+//! I/O: these are pure functions over bytes, headers and JSON.
 
 pub mod canonical;
+pub mod catalog;
+pub mod client;
 pub mod converse;
 pub mod error;
 pub mod eventstream;

@@ -6,10 +6,10 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bedrock_wire::converse::Usage;
+use crate::converse::Usage;
 
 /// The catalog compiled into the binary.
-pub const DEFAULT_CATALOG: &str = include_str!("../config/models.toml");
+pub const DEFAULT_CATALOG: &str = include_str!("../../config/models.toml");
 
 /// Bedrock's limit on cache checkpoints per request.
 pub const BEDROCK_MAX_CACHE_POINTS: u32 = 4;
@@ -114,7 +114,7 @@ pub struct Lookup {
 }
 
 /// Every model, by base id and profile id.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Catalog {
     by_id: HashMap<String, Lookup>,
     len: usize,
@@ -152,6 +152,12 @@ impl Catalog {
     /// The embedded catalog (checked by a unit test).
     pub fn embedded() -> Catalog {
         Catalog::parse(DEFAULT_CATALOG).unwrap_or_default()
+    }
+
+    /// Reads a catalog file; errors name the file and the offending key.
+    pub fn read(path: &std::path::Path) -> Result<Catalog, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Catalog::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Looks up a model id, profile id, or an ARN of either.

@@ -1,0 +1,703 @@
+//! The `workload` subcommand: synthetic application traffic for the prompt-cache
+//! benchmark. A few long system prompts shared by many multi-turn conversations
+//! (each turn resends the conversation so far), plus exact repeats of earlier
+//! requests; measured per target in TTFT, billed tokens and dollars.
+//!
+//! The text is generated here, deterministically from a seed, so two runs (or
+//! two targets) send the same requests; prices come from `catalog`.
+
+use bedrock_wire::converse::Usage;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::client::{self, Api, Auth, AuthOptions, BenchClient, CallResult};
+use crate::error::BenchError;
+use crate::stats::Distribution;
+use crate::table::{num, Table};
+use bedrock_wire::catalog::{Catalog, ModelInfo};
+
+/// Common English words the generated text is drawn from: the simulator and
+/// Bedrock bill about one token per 4 bytes of such text.
+const WORDS: &[&str] = &[
+    "the", "of", "and", "to", "in", "is", "you", "that", "it", "for", "was", "on", "are", "as",
+    "with", "they", "be", "at", "one", "have", "this", "from", "by", "word", "but", "not", "what",
+    "all", "were", "when", "we", "there", "can", "use", "each", "which", "she", "do", "how",
+    "their", "if", "will", "way", "about", "many", "then", "them", "write", "would", "like", "so",
+    "these", "her", "long", "make", "thing", "see", "him", "two", "has", "look", "more", "day",
+    "could", "go", "come", "did", "number", "sound", "most", "people", "over", "know", "water",
+    "than", "call", "first", "who", "may", "down", "side", "been", "now", "find", "any", "new",
+    "work", "part", "take", "get", "place", "made", "live", "where", "after", "back", "little",
+    "only", "round", "year", "came", "show", "every", "good", "give", "our", "under", "name",
+    "very", "through", "just", "form", "sentence", "great", "think", "say", "help", "low", "line",
+    "differ", "turn", "cause", "much", "mean", "before", "move", "right", "boy", "old", "too",
+    "same", "tell", "does", "set", "three", "want", "air", "well", "also", "play", "small", "end",
+    "put", "home", "read", "hand", "port", "large", "spell", "add", "even", "land", "here", "must",
+    "big", "high", "such", "follow", "act", "why", "ask", "men", "change", "went", "light", "kind",
+    "off", "need", "house", "picture", "try", "us", "again", "animal", "point", "mother", "world",
+    "near", "build", "self", "earth", "father", "customer", "order", "account", "policy", "refund",
+    "shipping", "invoice", "support", "product", "service", "request", "answer", "question",
+    "detail",
+];
+
+fn sentence(rng: &mut fastrand::Rng, out: &mut String) {
+    let n = rng.usize(6..=16);
+    for i in 0..n {
+        let w = WORDS[rng.usize(..WORDS.len())];
+        if i == 0 {
+            let mut c = w.chars();
+            if let Some(first) = c.next() {
+                out.extend(first.to_uppercase());
+                out.push_str(c.as_str());
+            }
+        } else {
+            out.push(' ');
+            out.push_str(w);
+        }
+        if i + 1 < n && rng.u8(..12) == 0 {
+            out.push(',');
+        }
+    }
+    out.push('.');
+}
+
+/// English-like text of at least `bytes` bytes, the same for the same seed.
+pub fn english_text(seed: u64, bytes: usize) -> String {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut out = String::with_capacity(bytes + 128);
+    while out.len() < bytes {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        sentence(&mut rng, &mut out);
+    }
+    out
+}
+
+/// Mixes seeds so that nearby inputs give unrelated streams.
+fn mix(a: u64, b: u64) -> u64 {
+    let mut x = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 29)
+}
+
+/// System prompt `k`: about `tokens` tokens (4 bytes each).
+pub fn system_prompt(seed: u64, k: usize, tokens: usize) -> String {
+    let head = format!(
+        "You are assistant number {} of the Example Company help desk. Follow the policies below and answer briefly. ",
+        k + 1
+    );
+    let rest = (tokens * 4).saturating_sub(head.len());
+    head + &english_text(mix(seed, 1_000 + k as u64), rest)
+}
+
+/// The user message of turn `turn` of conversation `conversation`.
+pub fn user_message(seed: u64, conversation: usize, turn: usize) -> String {
+    let mut rng = fastrand::Rng::with_seed(mix(seed, ((conversation as u64) << 20) | turn as u64));
+    let mut text = format!("Conversation {} turn {}: ", conversation + 1, turn + 1);
+    sentence(&mut rng, &mut text);
+    text.push(' ');
+    sentence(&mut rng, &mut text);
+    text.pop();
+    text.push('?');
+    text
+}
+
+/// How many exact repeats go with `originals` requests so that they are a
+/// share `share` of all requests.
+pub fn repeat_count(originals: u64, share: f64) -> u64 {
+    if share <= 0.0 {
+        return 0;
+    }
+    (originals as f64 * share / (1.0 - share)).round() as u64
+}
+
+/// How to run the workload.
+#[derive(Debug, Clone)]
+pub struct WorkloadOptions {
+    /// One base URL, or two to compare (run one after the other, A first).
+    pub targets: Vec<String>,
+    pub model: String,
+    pub conversations: usize,
+    pub system_prompts: usize,
+    pub system_tokens: usize,
+    pub turns: usize,
+    /// Share of all requests that are exact repeats of an earlier one.
+    pub repeat_share: f64,
+    pub concurrency: usize,
+    pub max_tokens: u32,
+    pub seed: u64,
+    pub auth: AuthOptions,
+    pub region: String,
+    pub catalog: Catalog,
+    pub timeout: Duration,
+    pub progress: bool,
+}
+
+/// Token counts summed from answers' `usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TokenTotals {
+    pub input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_write_input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl TokenTotals {
+    fn add(&mut self, u: &Usage) {
+        self.input_tokens += u.input_tokens;
+        self.cache_read_input_tokens += u.cache_read_input_tokens;
+        self.cache_write_input_tokens += u.cache_write_input_tokens;
+        self.output_tokens += u.output_tokens;
+    }
+}
+
+/// Dollars, when the model has a price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Cost {
+    pub billed_usd: f64,
+    /// The billed tokens with every cache read and write priced as input.
+    pub without_caching_usd: f64,
+    /// What the answers served from the proxy's cache would have cost upstream.
+    pub proxy_cache_usd: f64,
+}
+
+/// One target's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadTargetReport {
+    pub label: String,
+    pub url: String,
+    pub requests: u64,
+    pub repeats: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub elapsed_s: f64,
+    pub ttft_ms: Option<Distribution>,
+    pub total_ms: Option<Distribution>,
+    /// Usage of answers that reached Bedrock (not a response-cache hit).
+    pub billed: TokenTotals,
+    /// Answers from the gateway's response cache, and the usage they reported.
+    pub proxy_cache_hits: u64,
+    pub proxy_cache: TokenTotals,
+    pub cost: Option<Cost>,
+}
+
+/// The run (`workload.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadReport {
+    pub model: String,
+    pub priced_as: Option<String>,
+    pub conversations: usize,
+    pub system_prompts: usize,
+    pub system_tokens: usize,
+    pub turns: usize,
+    pub repeat_share: f64,
+    pub concurrency: usize,
+    pub targets: Vec<WorkloadTargetReport>,
+    /// (B - A) / A of TTFT p50, with two targets.
+    pub ttft_p50_change: Option<f64>,
+    /// (B - A) / A of the billed cost, with two targets.
+    pub cost_change: Option<f64>,
+}
+
+#[derive(Debug)]
+struct Record {
+    result: CallResult,
+    repeat: bool,
+}
+
+/// Which requests are followed by exact repeats: `slots[c * turns + t]` is how
+/// many repeats follow turn `t` of conversation `c`. Chosen from the seed
+/// alone, so every target (and every run) repeats the same requests whatever
+/// order concurrent conversations finish in.
+pub fn repeat_slots(seed: u64, originals: usize, repeats: u64) -> Vec<u32> {
+    let mut order: Vec<usize> = (0..originals).collect();
+    fastrand::Rng::with_seed(mix(seed, 0x5EED)).shuffle(&mut order);
+    let mut slots = vec![0u32; originals];
+    let n = originals.max(1) as u64;
+    for (k, &slot) in order.iter().enumerate() {
+        let k = k as u64;
+        // Spread `repeats` over the slots as evenly as integers allow.
+        slots[slot] = ((k + 1) * repeats / n - k * repeats / n) as u32;
+    }
+    slots
+}
+
+/// What one target's workers share.
+struct Run {
+    client: BenchClient,
+    url: String,
+    options: Arc<WorkloadOptions>,
+    systems: Arc<Vec<String>>,
+    slots: Arc<Vec<u32>>,
+    next_conversation: AtomicUsize,
+    /// Every call's result. A std mutex: held for a push, never across an await.
+    records: Mutex<Vec<Record>>,
+    progress: ProgressBar,
+}
+
+impl Run {
+    async fn call(&self, body: bytes::Bytes, repeat: bool) -> CallResult {
+        let result = self
+            .client
+            .call(
+                Api::ConverseStream,
+                &self.url,
+                &self.options.region,
+                body,
+                Instant::now(),
+            )
+            .await;
+        if let Ok(mut records) = self.records.lock() {
+            records.push(Record {
+                result: result.clone(),
+                repeat,
+            });
+        }
+        self.progress.inc(1);
+        result
+    }
+
+    /// Sends the repeats due after turn `turn` of conversation `c`: each an
+    /// earlier answered request of the same conversation, picked by the seed.
+    async fn repeats_after(&self, c: usize, turn: usize, answered: &[bytes::Bytes]) {
+        let slot = c * self.options.turns + turn;
+        let due = self.slots.get(slot).copied().unwrap_or(0);
+        if answered.is_empty() {
+            return;
+        }
+        for i in 0..due {
+            let mut rng = fastrand::Rng::with_seed(mix(
+                self.options.seed,
+                (slot as u64) << 16 | u64::from(i),
+            ));
+            let body = answered[rng.usize(..answered.len())].clone();
+            self.call(body, true).await;
+        }
+    }
+
+    async fn conversation(&self, c: usize) {
+        let o = &self.options;
+        let system = &self.systems[c % self.systems.len()];
+        let mut messages: Vec<Value> = Vec::new();
+        let mut answered: Vec<bytes::Bytes> = Vec::new();
+        for turn in 0..o.turns {
+            messages.push(json!({
+                "role": "user",
+                "content": [{ "text": user_message(o.seed, c, turn) }],
+            }));
+            let body = json!({
+                "system": [{ "text": system }],
+                "messages": messages,
+                "inferenceConfig": { "maxTokens": o.max_tokens, "temperature": 0 },
+            });
+            let body = bytes::Bytes::from(body.to_string());
+            let result = self.call(body.clone(), false).await;
+            let ok = result.is_ok() && !result.text.trim().is_empty();
+            if ok {
+                answered.push(body);
+            }
+            self.repeats_after(c, turn, &answered).await;
+            if !ok {
+                // The next turn would need the answer this one did not give.
+                return;
+            }
+            messages.push(json!({
+                "role": "assistant",
+                "content": [{ "text": result.text }],
+            }));
+        }
+    }
+}
+
+fn check(options: &WorkloadOptions) -> Result<(), BenchError> {
+    if options.targets.is_empty() || options.targets.len() > 2 {
+        return Err(BenchError::Options("one target, or two to compare".into()));
+    }
+    for t in &options.targets {
+        client::check_base_url(t)?;
+    }
+    if options.conversations == 0
+        || options.system_prompts == 0
+        || options.turns == 0
+        || options.concurrency == 0
+    {
+        return Err(BenchError::Options(
+            "--conversations, --system-prompts, --turns and --concurrency must be at least 1"
+                .into(),
+        ));
+    }
+    if !(0.0..1.0).contains(&options.repeat_share) {
+        return Err(BenchError::Options(
+            "--repeat-share must be at least 0 and below 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn run_target(
+    label: &str,
+    url: &str,
+    options: &Arc<WorkloadOptions>,
+    systems: &Arc<Vec<String>>,
+    client: &BenchClient,
+    price: Option<&ModelInfo>,
+) -> WorkloadTargetReport {
+    let originals_total = (options.conversations * options.turns) as u64;
+    let repeats_total = repeat_count(originals_total, options.repeat_share);
+    let progress = if options.progress {
+        let bar = ProgressBar::new(originals_total + repeats_total);
+        if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} requests") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(format!("{label} {url}"));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let run = Arc::new(Run {
+        client: client.clone(),
+        url: client::bedrock_url(url, &options.model, true),
+        options: options.clone(),
+        systems: systems.clone(),
+        slots: Arc::new(repeat_slots(
+            options.seed,
+            originals_total as usize,
+            repeats_total,
+        )),
+        next_conversation: AtomicUsize::new(0),
+        records: Mutex::new(Vec::new()),
+        progress,
+    });
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..options.concurrency.min(options.conversations) {
+        let run = run.clone();
+        workers.spawn(async move {
+            loop {
+                let c = run.next_conversation.fetch_add(1, Ordering::Relaxed);
+                if c >= run.options.conversations {
+                    break;
+                }
+                run.conversation(c).await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let elapsed_s = started.elapsed().as_secs_f64();
+    run.progress.finish_and_clear();
+
+    let records = run
+        .records
+        .lock()
+        .map(|mut r| std::mem::take(&mut *r))
+        .unwrap_or_default();
+    summarize(label, url, &records, elapsed_s, price)
+}
+
+fn summarize(
+    label: &str,
+    url: &str,
+    records: &[Record],
+    elapsed_s: f64,
+    price: Option<&ModelInfo>,
+) -> WorkloadTargetReport {
+    let mut errors = BTreeMap::new();
+    let mut billed = TokenTotals::default();
+    let mut proxy_cache = TokenTotals::default();
+    let mut hits = 0;
+    let mut cost = price.map(|_| Cost::default());
+    for r in records {
+        if let Some(code) = &r.result.error {
+            *errors.entry(code.clone()).or_insert(0) += 1;
+        }
+        if r.result.cache_hit {
+            hits += 1;
+        }
+        let Some(usage) = &r.result.usage else {
+            continue;
+        };
+        let tier_price = price.map(|p| p.price_for(r.result.served_tier.as_deref()));
+        if r.result.cache_hit {
+            proxy_cache.add(usage);
+            if let (Some(c), Some(p)) = (cost.as_mut(), tier_price) {
+                c.proxy_cache_usd += p.cost(usage);
+            }
+        } else {
+            billed.add(usage);
+            if let (Some(c), Some(p)) = (cost.as_mut(), tier_price) {
+                c.billed_usd += p.cost(usage);
+                c.without_caching_usd += p.cost_uncached(usage);
+            }
+        }
+    }
+    let ok = || records.iter().filter(|r| r.result.is_ok());
+    WorkloadTargetReport {
+        label: label.to_owned(),
+        url: url.to_owned(),
+        requests: records.len() as u64,
+        repeats: records.iter().filter(|r| r.repeat).count() as u64,
+        errors,
+        elapsed_s,
+        ttft_ms: Distribution::of(
+            ok().filter_map(|r| r.result.ttft.map(|t| t.as_secs_f64() * 1000.0)),
+        ),
+        total_ms: Distribution::of(ok().map(|r| r.result.total.as_secs_f64() * 1000.0)),
+        billed,
+        proxy_cache_hits: hits,
+        proxy_cache,
+        cost,
+    }
+}
+
+fn change(a: f64, b: f64) -> Option<f64> {
+    (a > 0.0).then(|| (b - a) / a)
+}
+
+/// Runs the workload on each target in turn (A first) and reports.
+pub async fn run(options: WorkloadOptions) -> Result<WorkloadReport, BenchError> {
+    check(&options)?;
+    let auth = Auth::bedrock(&options.auth, true, &options.region).await?;
+    let client = BenchClient::new(auth, options.timeout, options.concurrency);
+    let systems: Arc<Vec<String>> = Arc::new(
+        (0..options.system_prompts)
+            .map(|k| system_prompt(options.seed, k, options.system_tokens))
+            .collect(),
+    );
+    let options = Arc::new(options);
+    let price = options.catalog.get(&options.model).map(|l| l.model.clone());
+    let mut targets = Vec::new();
+    for (i, url) in options.targets.iter().enumerate() {
+        let label = if options.targets.len() == 1 {
+            "target"
+        } else {
+            ["A", "B"][i]
+        };
+        targets.push(run_target(label, url, &options, &systems, &client, price.as_deref()).await);
+    }
+    let (ttft_p50_change, cost_change) = match targets.as_slice() {
+        [a, b] => (
+            a.ttft_ms
+                .zip(b.ttft_ms)
+                .and_then(|(a, b)| change(a.p50, b.p50)),
+            a.cost
+                .zip(b.cost)
+                .and_then(|(a, b)| change(a.billed_usd, b.billed_usd)),
+        ),
+        _ => (None, None),
+    };
+    Ok(WorkloadReport {
+        model: options.model.clone(),
+        priced_as: price.map(|p| p.id.clone()),
+        conversations: options.conversations,
+        system_prompts: options.system_prompts,
+        system_tokens: options.system_tokens,
+        turns: options.turns,
+        repeat_share: options.repeat_share,
+        concurrency: options.concurrency,
+        targets,
+        ttft_p50_change,
+        cost_change,
+    })
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{:+.1}%", x * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The terminal report: one column per target.
+pub fn render(report: &WorkloadReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "model {} ({}), {} conversations x {} turns, {} system prompts of ~{} tokens, {:.0}% repeats, {} workers",
+        report.model,
+        report
+            .priced_as
+            .as_deref()
+            .map(|id| format!("priced as {id}"))
+            .unwrap_or_else(|| "no price in the catalog".into()),
+        report.conversations,
+        report.turns,
+        report.system_prompts,
+        report.system_tokens,
+        report.repeat_share * 100.0,
+        report.concurrency,
+    );
+    let mut header = vec![String::new()];
+    header.extend(
+        report
+            .targets
+            .iter()
+            .map(|t| format!("{} {}", t.label, t.url)),
+    );
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = Table::new(&header_refs);
+    let row = |t: &mut Table, name: &str, f: &dyn Fn(&WorkloadTargetReport) -> String| {
+        let mut r = vec![name.to_owned()];
+        r.extend(report.targets.iter().map(f));
+        t.row(r);
+    };
+    let dist = |d: Option<Distribution>, f: fn(&Distribution) -> f64| num(d.as_ref().map(f), 1);
+    let usd = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
+    row(&mut t, "requests", &|r| r.requests.to_string());
+    row(&mut t, "  of which repeats", &|r| r.repeats.to_string());
+    row(&mut t, "errors", &|r| {
+        r.errors.values().sum::<u64>().to_string()
+    });
+    row(&mut t, "elapsed s", &|r| format!("{:.1}", r.elapsed_s));
+    row(&mut t, "TTFT p50 ms", &|r| dist(r.ttft_ms, |d| d.p50));
+    row(&mut t, "TTFT p90 ms", &|r| dist(r.ttft_ms, |d| d.p90));
+    row(&mut t, "TTFT p99 ms", &|r| dist(r.ttft_ms, |d| d.p99));
+    row(&mut t, "total p50 ms", &|r| dist(r.total_ms, |d| d.p50));
+    row(&mut t, "billed input tokens", &|r| {
+        r.billed.input_tokens.to_string()
+    });
+    row(&mut t, "billed cache read tokens", &|r| {
+        r.billed.cache_read_input_tokens.to_string()
+    });
+    row(&mut t, "billed cache write tokens", &|r| {
+        r.billed.cache_write_input_tokens.to_string()
+    });
+    row(&mut t, "billed output tokens", &|r| {
+        r.billed.output_tokens.to_string()
+    });
+    row(&mut t, "cost USD", &|r| usd(r.cost.map(|c| c.billed_usd)));
+    row(&mut t, "cost without caching USD", &|r| {
+        usd(r.cost.map(|c| c.without_caching_usd))
+    });
+    row(&mut t, "served from proxy cache (hits)", &|r| {
+        r.proxy_cache_hits.to_string()
+    });
+    row(&mut t, "  their input+cached tokens", &|r| {
+        (r.proxy_cache.input_tokens
+            + r.proxy_cache.cache_read_input_tokens
+            + r.proxy_cache.cache_write_input_tokens)
+            .to_string()
+    });
+    row(&mut t, "  their output tokens", &|r| {
+        r.proxy_cache.output_tokens.to_string()
+    });
+    row(&mut t, "  their upstream cost USD", &|r| {
+        usd(r.cost.map(|c| c.proxy_cache_usd))
+    });
+    out.push_str(&t.render());
+    for target in &report.targets {
+        if !target.errors.is_empty() {
+            let list: Vec<String> = target
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(out, "errors {}: {}", target.label, list.join(", "));
+        }
+    }
+    if report.targets.len() == 2 {
+        let _ = writeln!(
+            out,
+            "B vs A: TTFT p50 {}, cost {}",
+            pct(report.ttft_p50_change),
+            pct(report.cost_change)
+        );
+    }
+    out
+}
+
+/// Writes `workload.json` into `dir`.
+pub fn write_json(report: &WorkloadReport, dir: &Path) -> Result<(), BenchError> {
+    std::fs::create_dir_all(dir).map_err(|e| BenchError::io(dir, e))?;
+    let path = dir.join("workload.json");
+    let text = serde_json::to_string_pretty(report)
+        .map_err(|e| BenchError::Options(format!("workload.json: {e}")))?;
+    std::fs::write(&path, text + "\n").map_err(|e| BenchError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_deterministic_and_about_four_bytes_a_token() {
+        let a = system_prompt(7, 0, 3000);
+        assert_eq!(a, system_prompt(7, 0, 3000));
+        assert_ne!(a, system_prompt(7, 1, 3000));
+        assert_ne!(a, system_prompt(8, 0, 3000));
+        let tokens = bedrock_wire::tokens::text(&a);
+        assert!((2900..=3100).contains(&tokens), "{tokens}");
+        assert!(a.is_ascii());
+        assert_ne!(user_message(1, 0, 0), user_message(1, 0, 1));
+        assert!(user_message(1, 2, 0).starts_with("Conversation 3 turn 1: "));
+    }
+
+    #[test]
+    fn repeats_are_the_asked_share_of_all_requests() {
+        assert_eq!(repeat_count(120, 0.2), 30);
+        assert_eq!(repeat_count(120, 0.0), 0);
+        assert_eq!(repeat_count(10, 0.5), 10);
+        let slots = repeat_slots(3, 120, 30);
+        assert_eq!(slots.iter().map(|&n| u64::from(n)).sum::<u64>(), 30);
+        assert_eq!(slots, repeat_slots(3, 120, 30), "the seed decides");
+        assert!(slots.iter().all(|&n| n <= 1));
+        let many = repeat_slots(3, 10, 25);
+        assert_eq!(many.iter().map(|&n| u64::from(n)).sum::<u64>(), 25);
+        assert!(many.iter().all(|&n| (2..=3).contains(&n)));
+    }
+
+    fn record(usage: Usage, hit: bool, tier: Option<&str>) -> Record {
+        Record {
+            result: CallResult {
+                status: Some(200),
+                ttft: Some(Duration::from_millis(100)),
+                total: Duration::from_millis(300),
+                usage: Some(usage),
+                served_tier: tier.map(str::to_owned),
+                cache_hit: hit,
+                ..CallResult::default()
+            },
+            repeat: hit,
+        }
+    }
+
+    #[test]
+    fn proxy_cache_hits_are_not_billed() {
+        let catalog = Catalog::embedded();
+        let haiku = catalog
+            .get("us.anthropic.claude-3-5-haiku-20241022-v1:0")
+            .map(|l| l.model.clone());
+        let usage = Usage {
+            input_tokens: 100,
+            output_tokens: 50,
+            total_tokens: 0,
+            cache_read_input_tokens: 3000,
+            cache_write_input_tokens: 0,
+        };
+        let records = vec![
+            record(usage, false, None),
+            record(usage, true, None),
+            record(usage, false, Some("optimized")),
+        ];
+        let r = summarize("A", "u", &records, 1.0, haiku.as_deref());
+        assert_eq!(r.billed.cache_read_input_tokens, 6000);
+        assert_eq!(r.proxy_cache.cache_read_input_tokens, 3000);
+        assert_eq!(r.proxy_cache_hits, 1);
+        assert_eq!(r.repeats, 1);
+        let cost = r.cost.unwrap();
+        // Standard: (100*0.8 + 50*4 + 3000*0.08)/1e6; optimized: (100*1 + 50*5 + 3000*0.1)/1e6.
+        let standard = (80.0 + 200.0 + 240.0) / 1e6;
+        let optimized = (100.0 + 250.0 + 300.0) / 1e6;
+        assert!((cost.billed_usd - (standard + optimized)).abs() < 1e-12);
+        assert!((cost.proxy_cache_usd - standard).abs() < 1e-12);
+        let uncached = (3100.0 * 0.8 + 200.0) / 1e6 + (3100.0 * 1.0 + 250.0) / 1e6;
+        assert!((cost.without_caching_usd - uncached).abs() < 1e-12);
+        assert!(summarize("A", "u", &records, 1.0, None).cost.is_none());
+    }
+}
