@@ -590,9 +590,7 @@ async fn upstream(
 /// InvokeModel's `x-amzn-bedrock-*` headers.
 pub fn summarize(op: Operation, headers: &HeaderMap, body: &[u8]) -> Summary {
     match op {
-        Operation::Converse => serde_json::from_slice::<Value>(body)
-            .map(|v| Summary::of_response(&v))
-            .unwrap_or_default(),
+        Operation::Converse => Summary::of_response_bytes(body),
         Operation::Invoke => {
             let n = |name: &str| {
                 headers

@@ -205,12 +205,17 @@ async fn metrics_upkeep(state: AppState, stop: CancellationToken) {
 pub fn init_logging(
     config: &crate::config::LoggingConfig,
 ) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // The writer thread flushes whenever it has drained its queue, so a burst of
+    // lines goes out in a few writes instead of one per line.
+    let (writer, guard) =
+        tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     let _ = match config.format {
         crate::config::LogFormat::Json => builder.json().try_init(),

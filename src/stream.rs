@@ -13,6 +13,7 @@ use bedrock_wire::converse::{ConverseEvent, Summary, Usage};
 use bedrock_wire::eventstream::{decode, exception_frame, Frame, FrameKind, FrameSplitter};
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -188,46 +189,141 @@ pub fn exception_member(kind: ErrorKind) -> &'static str {
     }
 }
 
+/// Frames that are ready together are sent to the client in one write, at
+/// most this many at a time; a frame that arrives alone goes out alone, at once.
+const MAX_BATCH: usize = 64;
+
+/// How a client-side stream renders what the upstream sends.
+trait Render: Send + 'static {
+    /// Appends what `item` becomes to `out` (`None`: the upstream ended);
+    /// returns whether the client's stream ends with it.
+    fn render(
+        &mut self,
+        item: Option<Result<RelayedFrame, ProxyError>>,
+        out: &mut Vec<Bytes>,
+    ) -> bool;
+}
+
+/// The error an upstream exception frame reports.
+fn frame_error(kind: &str, payload: &[u8]) -> ProxyError {
+    ProxyError::new(
+        bedrock_wire::error::ErrorType::parse(kind)
+            .map(exception_kind)
+            .unwrap_or(ErrorKind::Internal),
+        crate::error::Side::Upstream,
+        String::from_utf8_lossy(payload).into_owned(),
+    )
+}
+
+/// Yields that may come back empty while a batch is gathered.
+const LINGER_YIELDS: u32 = 3;
+
+/// Drives `render` over `frames`. The first frame goes to the client the moment
+/// it arrives. After it, frames that arrive in a burst are sent as one chunk:
+/// hyper hands an upstream body over one HTTP chunk at a time, each after a
+/// hop through the upstream connection's task, so once a frame is in, the
+/// relay yields to let that task run and takes whatever it delivered, until
+/// yields have come back empty [`LINGER_YIELDS`] times. A burst of frames read in one go
+/// (measured: a 35-frame answer) then costs a handful of writes to the client
+/// instead of one per frame, and about half the CPU; a frame that comes alone
+/// waits a few task switches (microseconds).
+fn relay(
+    frames: FrameStream,
+    render: impl Render,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    let batches = frames.ready_chunks(MAX_BATCH);
+    stream::unfold(Some((batches, render, true)), |state| async move {
+        let (mut batches, mut render, first) = state?;
+        let mut out = Vec::new();
+        loop {
+            let take = |batch: Option<Vec<_>>, render: &mut _, out: &mut Vec<Bytes>| match batch {
+                None => Render::render(render, None, out),
+                Some(batch) => batch
+                    .into_iter()
+                    .any(|item| Render::render(render, Some(item), out)),
+            };
+            let mut finished = take(batches.next().await, &mut render, &mut out);
+            let mut misses = 0;
+            while !first && !finished && out.len() < MAX_BATCH && misses < LINGER_YIELDS {
+                tokio::task::yield_now().await;
+                match batches.next().now_or_never() {
+                    Some(batch) => finished = take(batch, &mut render, &mut out),
+                    None => misses += 1,
+                }
+            }
+            let chunk = match out.len() {
+                0 if finished => return None,
+                0 => continue,
+                1 => out.pop().unwrap_or_default(),
+                _ => {
+                    let mut all = bytes::BytesMut::with_capacity(out.iter().map(Bytes::len).sum());
+                    for part in &out {
+                        all.extend_from_slice(part);
+                    }
+                    all.freeze()
+                }
+            };
+            let next = (!finished).then_some((batches, render, false));
+            return Some((Ok(chunk), next));
+        }
+    })
+}
+
+/// Renders a Bedrock event stream as it came.
+struct BedrockRender<O: StreamObserver> {
+    ending: Ending<O>,
+}
+
+impl<O: StreamObserver> Render for BedrockRender<O> {
+    fn render(
+        &mut self,
+        item: Option<Result<RelayedFrame, ProxyError>>,
+        out: &mut Vec<Bytes>,
+    ) -> bool {
+        match item {
+            Some(Ok(f)) => {
+                self.ending.observer.frame(&f);
+                let failed = match &f.frame.kind {
+                    FrameKind::Exception(kind) => Some(frame_error(kind, &f.frame.payload)),
+                    _ => None,
+                };
+                out.push(f.raw);
+                match failed {
+                    Some(error) => {
+                        self.ending.end(StreamEnd::Failed(error));
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Some(Err(e)) => {
+                out.push(exception_frame(exception_member(e.kind), &e.message));
+                self.ending.end(StreamEnd::Failed(e));
+                true
+            }
+            None => {
+                self.ending.end(StreamEnd::Complete);
+                true
+            }
+        }
+    }
+}
+
 /// The client's side of a Bedrock event stream: the upstream's frames byte for
 /// byte; a failure becomes one exception frame and the end of the stream.
 pub fn to_bedrock_client(
     frames: FrameStream,
     observer: impl StreamObserver,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-    let ending = Ending {
-        observer,
-        ended: false,
-    };
-    stream::unfold(Some((frames, ending)), |state| async move {
-        let (mut frames, mut ending) = state?;
-        match frames.next().await {
-            Some(Ok(f)) => {
-                ending.observer.frame(&f);
-                if let FrameKind::Exception(kind) = &f.frame.kind {
-                    let message = String::from_utf8_lossy(&f.frame.payload).into_owned();
-                    let error = ProxyError::new(
-                        bedrock_wire::error::ErrorType::parse(kind)
-                            .map(exception_kind)
-                            .unwrap_or(ErrorKind::Internal),
-                        crate::error::Side::Upstream,
-                        message,
-                    );
-                    ending.end(StreamEnd::Failed(error));
-                    return Some((Ok(f.raw), None));
-                }
-                Some((Ok(f.raw), Some((frames, ending))))
-            }
-            Some(Err(e)) => {
-                let frame = exception_frame(exception_member(e.kind), &e.message);
-                ending.end(StreamEnd::Failed(e));
-                Some((Ok(frame), None))
-            }
-            None => {
-                ending.end(StreamEnd::Complete);
-                None
-            }
-        }
-    })
+    relay(
+        frames,
+        BedrockRender {
+            ending: Ending {
+                observer,
+                ended: false,
+            },
+        },
+    )
 }
 
 /// Renders a ConverseStream as another API's server-sent events.
@@ -240,6 +336,46 @@ pub trait SseWriter: Send + 'static {
     fn done(&mut self) -> Vec<Bytes>;
 }
 
+/// Renders a ConverseStream through an [`SseWriter`].
+struct SseRender<O: StreamObserver, W: SseWriter> {
+    ending: Ending<O>,
+    writer: W,
+}
+
+impl<O: StreamObserver, W: SseWriter> Render for SseRender<O, W> {
+    fn render(
+        &mut self,
+        item: Option<Result<RelayedFrame, ProxyError>>,
+        out: &mut Vec<Bytes>,
+    ) -> bool {
+        match item {
+            Some(Ok(f)) => {
+                self.ending.observer.frame(&f);
+                if let FrameKind::Exception(kind) = &f.frame.kind {
+                    let error = frame_error(kind, &f.frame.payload);
+                    out.push(self.writer.failed(&error));
+                    self.ending.end(StreamEnd::Failed(error));
+                    return true;
+                }
+                if let Some(event) = ConverseEvent::from_frame(&f.frame) {
+                    out.extend(self.writer.event(&event));
+                }
+                false
+            }
+            Some(Err(e)) => {
+                out.push(self.writer.failed(&e));
+                self.ending.end(StreamEnd::Failed(e));
+                true
+            }
+            None => {
+                out.extend(self.writer.done());
+                self.ending.end(StreamEnd::Complete);
+                true
+            }
+        }
+    }
+}
+
 /// The client's side of a translated stream: each upstream frame rendered by
 /// `writer` as it arrives; a failure (an upstream exception frame, a cut) becomes
 /// the writer's error event and the end of the stream.
@@ -248,62 +384,14 @@ pub fn to_sse_client(
     observer: impl StreamObserver,
     writer: impl SseWriter,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-    let ending = Ending {
-        observer,
-        ended: false,
-    };
-    let state = (
+    relay(
         frames,
-        ending,
-        writer,
-        std::collections::VecDeque::<Bytes>::new(),
-        false,
-    );
-    stream::unfold(
-        state,
-        |(mut frames, mut ending, mut writer, mut queue, mut finished)| async move {
-            loop {
-                if let Some(chunk) = queue.pop_front() {
-                    return Some((Ok(chunk), (frames, ending, writer, queue, finished)));
-                }
-                if finished {
-                    return None;
-                }
-                match frames.next().await {
-                    Some(Ok(f)) => {
-                        ending.observer.frame(&f);
-                        match &f.frame.kind {
-                            FrameKind::Exception(kind) => {
-                                let error = ProxyError::new(
-                                    bedrock_wire::error::ErrorType::parse(kind)
-                                        .map(exception_kind)
-                                        .unwrap_or(ErrorKind::Internal),
-                                    crate::error::Side::Upstream,
-                                    String::from_utf8_lossy(&f.frame.payload).into_owned(),
-                                );
-                                queue.push_back(writer.failed(&error));
-                                ending.end(StreamEnd::Failed(error));
-                                finished = true;
-                            }
-                            _ => {
-                                if let Some(event) = ConverseEvent::from_frame(&f.frame) {
-                                    queue.extend(writer.event(&event));
-                                }
-                            }
-                        }
-                    }
-                    Some(Err(e)) => {
-                        queue.push_back(writer.failed(&e));
-                        ending.end(StreamEnd::Failed(e));
-                        finished = true;
-                    }
-                    None => {
-                        queue.extend(writer.done());
-                        ending.end(StreamEnd::Complete);
-                        finished = true;
-                    }
-                }
-            }
+        SseRender {
+            ending: Ending {
+                observer,
+                ended: false,
+            },
+            writer,
         },
     )
 }
@@ -412,5 +500,83 @@ fn read_invoke_chunk(payload: &[u8], summary: &mut Summary) {
         };
         summary.usage = Some(usage);
         summary.latency_ms = metrics["invocationLatency"].as_u64();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bedrock_wire::eventstream::event_frame;
+
+    fn frame(i: usize) -> RelayedFrame {
+        let raw = event_frame(
+            "contentBlockDelta",
+            format!(r#"{{"contentBlockIndex":0,"delta":{{"text":"part {i} "}}}}"#),
+        );
+        RelayedFrame {
+            frame: decode(raw.clone()).unwrap(),
+            raw,
+        }
+    }
+
+    struct Ended(Arc<std::sync::Mutex<Option<String>>>);
+
+    impl StreamObserver for Ended {
+        fn frame(&mut self, _: &RelayedFrame) {}
+        fn end(&mut self, end: StreamEnd) {
+            *self.0.lock().unwrap() = Some(format!("{end:?}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_ready_together_go_out_in_fewer_writes_byte_for_byte() {
+        let frames: Vec<_> = (0..40).map(frame).collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.raw.to_vec()).collect();
+        let upstream = replay(
+            frames.into_iter().map(|f| (f, Duration::ZERO)).collect(),
+            false,
+        );
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let chunks: Vec<Bytes> = to_bedrock_client(upstream, Ended(ended.clone()))
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        let sent: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+        assert_eq!(sent, expected, "every frame, in order, unchanged");
+        assert!(chunks.len() < 10, "{} writes for 40 frames", chunks.len());
+        assert_eq!(ended.lock().unwrap().as_deref(), Some("Complete"));
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_comes_alone_is_sent_without_waiting_for_more() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let upstream: FrameStream = Box::pin(stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let mut client = Box::pin(to_bedrock_client(upstream, Ended(ended.clone())));
+        for i in 0..3 {
+            tx.send(Ok(frame(i))).unwrap();
+            let chunk = tokio::time::timeout(Duration::from_secs(1), client.next())
+                .await
+                .expect("a lone frame is not held back")
+                .unwrap()
+                .unwrap();
+            assert_eq!(chunk, frame(i).raw);
+        }
+        tx.send(Err(ProxyError::upstream_timeout("went silent")))
+            .unwrap();
+        let last = client.next().await.unwrap().unwrap();
+        let exception = decode(last).unwrap();
+        assert!(
+            matches!(exception.kind, FrameKind::Exception(ref k) if k == "modelStreamErrorException")
+        );
+        assert!(client.next().await.is_none());
+        assert!(ended
+            .lock()
+            .unwrap()
+            .as_deref()
+            .unwrap()
+            .starts_with("Failed"));
     }
 }

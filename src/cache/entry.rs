@@ -38,6 +38,85 @@ pub enum Content {
     },
 }
 
+impl Content {
+    /// The same content in one buffer of its own size, every part a slice of it.
+    /// Bodies and payloads read from a connection are slices of the
+    /// connection's read buffer (8 KiB and up): stored as they are, each small
+    /// answer would keep a whole buffer alive, and an answer's dozens of small
+    /// event payloads would each be an allocation of their own, fragmenting
+    /// the heap as entries come and go.
+    fn compacted(self) -> Content {
+        match self {
+            Content::Converse {
+                events,
+                offsets_ms,
+                body,
+            } => {
+                let (kinds, payloads): (Vec<_>, Vec<_>) =
+                    events.into_iter().map(|e| (e.kind, e.payload)).unzip();
+                let (body, payloads) = pack(body, payloads);
+                Content::Converse {
+                    events: kinds
+                        .into_iter()
+                        .zip(payloads)
+                        .map(|(kind, payload)| ConverseEvent { kind, payload })
+                        .collect(),
+                    offsets_ms,
+                    body,
+                }
+            }
+            Content::Invoke { headers, body } => Content::Invoke {
+                headers,
+                body: Bytes::copy_from_slice(&body),
+            },
+            Content::InvokeStream {
+                headers,
+                chunks,
+                offsets_ms,
+            } => Content::InvokeStream {
+                headers,
+                chunks: pack(Bytes::new(), chunks).1,
+                offsets_ms,
+            },
+        }
+    }
+}
+
+/// Copies `first` and `parts` into one allocation and returns slices of it.
+fn pack(first: Bytes, parts: Vec<Bytes>) -> (Bytes, Vec<Bytes>) {
+    let total = first.len() + parts.iter().map(Bytes::len).sum::<usize>();
+    let mut buffer = bytes::BytesMut::with_capacity(total);
+    buffer.extend_from_slice(&first);
+    for part in &parts {
+        buffer.extend_from_slice(part);
+    }
+    let buffer = buffer.freeze();
+    let mut at = first.len();
+    let parts = parts
+        .iter()
+        .map(|part| {
+            let slice = buffer.slice(at..at + part.len());
+            at += part.len();
+            slice
+        })
+        .collect();
+    (buffer.slice(..first.len()), parts)
+}
+
+impl Content {
+    /// Bytes held besides the buffer: the part lists and their offsets.
+    fn overhead(&self) -> usize {
+        let part = std::mem::size_of::<ConverseEvent>() + std::mem::size_of::<u32>();
+        match self {
+            Content::Converse { events, .. } => events.len() * part,
+            Content::Invoke { headers, .. } => headers.len() * 64,
+            Content::InvokeStream {
+                headers, chunks, ..
+            } => headers.len() * 64 + chunks.len() * part,
+        }
+    }
+}
+
 /// One cached answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -96,7 +175,7 @@ impl Entry {
             route,
             model: model.to_owned(),
             summary,
-            content,
+            content: content.compacted(),
         }
     }
 
@@ -189,34 +268,32 @@ impl Entry {
 
     /// Approximate memory held, for the byte-weighted L1 tier.
     pub fn weight(&self) -> u32 {
-        const PER_ITEM: usize = 48;
-        let strings = self.tenant.len() + self.route.len() + self.model.len() + 256;
-        let content = match &self.content {
+        // The entry itself, its key and the cache's bookkeeping for it.
+        const PER_ENTRY: usize = std::mem::size_of::<Entry>() + 256;
+        let strings = self.tenant.len() + self.route.len() + self.model.len();
+        let bytes = match &self.content {
             Content::Converse { events, body, .. } => {
-                body.len()
-                    + events
-                        .iter()
-                        .map(|e| e.payload.len() + PER_ITEM + 4)
-                        .sum::<usize>()
+                body.len() + events.iter().map(|e| e.payload.len()).sum::<usize>()
             }
             Content::Invoke { headers, body } => {
                 body.len()
                     + headers
                         .iter()
-                        .map(|(n, v)| n.len() + v.len() + PER_ITEM)
+                        .map(|(n, v)| n.len() + v.len())
                         .sum::<usize>()
             }
             Content::InvokeStream {
                 headers, chunks, ..
             } => {
-                chunks.iter().map(|c| c.len() + PER_ITEM + 4).sum::<usize>()
+                chunks.iter().map(Bytes::len).sum::<usize>()
                     + headers
                         .iter()
-                        .map(|(n, v)| n.len() + v.len() + PER_ITEM)
+                        .map(|(n, v)| n.len() + v.len())
                         .sum::<usize>()
             }
         };
-        u32::try_from(strings + content).unwrap_or(u32::MAX)
+        let total = PER_ENTRY + strings + bytes + self.content.overhead();
+        u32::try_from(total).unwrap_or(u32::MAX)
     }
 
     /// The headers a hit answers with.
@@ -564,6 +641,45 @@ mod tests {
             &Bytes::from(body.to_string()),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn entries_do_not_pin_the_buffer_they_were_read_from() {
+        // An answer read off a connection is a slice of a larger read buffer.
+        let answer = converse_entry().body().unwrap();
+        let mut buffer = vec![b' '; 64 * 1024];
+        buffer[..answer.len()].copy_from_slice(&answer);
+        let read = Bytes::from(buffer);
+        let body = read.slice(..answer.len());
+        let range = read.as_ptr_range();
+        let e = Entry::from_converse_body(
+            Arc::from("t"),
+            Arc::from("haiku"),
+            "m",
+            Duration::from_secs(60),
+            &body,
+        )
+        .unwrap();
+        let stored = e.body().unwrap();
+        assert_eq!(stored, body);
+        assert!(
+            !range.contains(&stored.as_ptr()),
+            "the body shares the read buffer"
+        );
+        let chunks = Entry::from_invoke_stream(
+            Arc::from("t"),
+            Arc::from("r"),
+            "m",
+            Duration::from_secs(60),
+            &HeaderMap::new(),
+            vec![read.slice(10..20)],
+            vec![0],
+            Summary::default(),
+        );
+        let Content::InvokeStream { chunks, .. } = &chunks.content else {
+            panic!("not an invoke stream")
+        };
+        assert!(!range.contains(&chunks[0].as_ptr()));
     }
 
     #[test]

@@ -148,6 +148,38 @@ impl Usage {
     }
 }
 
+/// The members of a Converse body, or of a `messageStop` or `metadata` event,
+/// that a [`Summary`] keeps; serde skips the rest without allocating it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Tail {
+    stop_reason: Option<String>,
+    usage: Option<TailUsage>,
+    performance_config: Option<TailPerformance>,
+    metrics: Option<TailMetrics>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct TailUsage {
+    input_tokens: u64,
+    output_tokens: u64,
+    total_tokens: u64,
+    cache_read_input_tokens: u64,
+    cache_write_input_tokens: u64,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct TailPerformance {
+    latency: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TailMetrics {
+    latency_ms: Option<u64>,
+}
+
 /// What the end of an answer says: why it stopped, what it cost, which tier served it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -163,37 +195,56 @@ impl Summary {
     pub fn observe(&mut self, event: &ConverseEvent) {
         match event.kind {
             EventKind::MessageStop => {
-                if let Ok(v) = event.json() {
-                    self.stop_reason = v["stopReason"].as_str().map(str::to_owned);
+                if let Ok(tail) = serde_json::from_slice::<Tail>(&event.payload) {
+                    self.stop_reason = tail.stop_reason;
                 }
             }
             EventKind::Metadata => {
-                if let Ok(v) = event.json() {
-                    self.read_metadata(&v);
+                if let Ok(tail) = serde_json::from_slice::<Tail>(&event.payload) {
+                    self.read_tail(tail);
                 }
             }
             _ => {}
         }
     }
 
-    fn read_metadata(&mut self, v: &Value) {
-        if v.get("usage").is_some() {
-            self.usage = Some(Usage::from_json(&v["usage"]));
-        }
-        self.latency_tier = v["performanceConfig"]["latency"]
-            .as_str()
-            .map(str::to_owned);
-        self.latency_ms = v["metrics"]["latencyMs"].as_u64();
+    /// The summary of a Converse JSON response body, read without building the
+    /// whole document (the content is skipped, not allocated); an unreadable
+    /// body gives an empty summary.
+    pub fn of_response_bytes(body: &[u8]) -> Summary {
+        serde_json::from_slice(body)
+            .map(Summary::from_tail)
+            .unwrap_or_default()
     }
 
-    /// The summary of a Converse JSON response body.
-    pub fn of_response(body: &Value) -> Summary {
+    fn from_tail(mut tail: Tail) -> Summary {
         let mut s = Summary {
-            stop_reason: body["stopReason"].as_str().map(str::to_owned),
+            stop_reason: tail.stop_reason.take(),
             ..Summary::default()
         };
-        s.read_metadata(body);
+        s.read_tail(tail);
         s
+    }
+
+    fn read_tail(&mut self, tail: Tail) {
+        if let Some(u) = tail.usage {
+            self.usage = Some(Usage {
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                total_tokens: u.total_tokens,
+                cache_read_input_tokens: u.cache_read_input_tokens,
+                cache_write_input_tokens: u.cache_write_input_tokens,
+            });
+        }
+        self.latency_tier = tail.performance_config.and_then(|p| p.latency);
+        self.latency_ms = tail.metrics.and_then(|m| m.latency_ms);
+    }
+
+    /// The summary of a parsed Converse JSON response body.
+    pub fn of_response(body: &Value) -> Summary {
+        <Tail as serde::Deserialize>::deserialize(body)
+            .map(Summary::from_tail)
+            .unwrap_or_default()
     }
 
     /// Whether the answer reached its end: a stop reason and usage were seen.
