@@ -9,6 +9,8 @@
 # With `cache`, LiteLLM's response cache is on (in memory, `type: local`), for
 # cache-hit throughput comparisons. Run setup.sh first.
 #
+# LITELLM_WORKERS sets its worker processes (default 1, LiteLLM's own default).
+#
 # LiteLLM refuses to start without a master key; clients send it as a bearer
 # token (`bedrock-bench load --api-key sk-bedrock-bench`). Set
 # LITELLM_MASTER_KEY to choose another.
@@ -63,4 +65,5 @@ echo "LiteLLM config: $config" >&2
 export LITELLM_MASTER_KEY="${LITELLM_MASTER_KEY:-sk-bedrock-bench}"
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 export LITELLM_TELEMETRY=False
-exec "$litellm" --config "$config" --host 127.0.0.1 --port "$port"
+exec "$litellm" --config "$config" --host 127.0.0.1 --port "$port" \
+    --num_workers "${LITELLM_WORKERS:-1}"

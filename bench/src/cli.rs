@@ -7,6 +7,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::baseline::{self, Baseline, CONVERSE_ANSWER};
 use crate::client::AuthOptions;
 use crate::error::BenchError;
 use crate::load::{self, Arrival, Format, LoadOptions, Stop};
@@ -31,6 +32,22 @@ pub enum Command {
     Load(LoadArgs),
     /// Multi-turn conversations over shared system prompts: TTFT, tokens, cost.
     Workload(WorkloadArgs),
+    /// Serve a yardstick for the report: a static axum server, or a bare forwarder.
+    Baseline(BaselineArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("kind").required(true).args(["static_body", "forward"])))]
+pub struct BaselineArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18090")]
+    pub listen: std::net::SocketAddr,
+    /// Answer every request with this JSON file (`-` for a built-in Converse answer).
+    #[arg(long = "static", value_name = "FILE")]
+    pub static_body: Option<String>,
+    /// Forward every request to this base URL, nothing else.
+    #[arg(long, value_name = "URL")]
+    pub forward: Option<String>,
 }
 
 /// Credentials and signing, shared by every subcommand.
@@ -212,6 +229,20 @@ pub async fn run(cli: Cli) -> Result<(), BenchError> {
                 "wrote {}/{{results.csv,summary.json,report.html}}",
                 a.out.display()
             );
+        }
+        Command::Baseline(a) => {
+            let baseline = match (a.forward, a.static_body.as_deref()) {
+                (Some(url), _) => Baseline::Forward(url),
+                (None, None | Some("-")) => {
+                    Baseline::Static(bytes::Bytes::from_static(CONVERSE_ANSWER.as_bytes()))
+                }
+                (None, Some(path)) => Baseline::Static(
+                    std::fs::read(path)
+                        .map_err(|e| BenchError::io(path, e))?
+                        .into(),
+                ),
+            };
+            baseline::run(a.listen, baseline).await?;
         }
         Command::Load(a) => {
             let arrival = match (a.rate, a.concurrency) {

@@ -30,6 +30,9 @@ pub enum BenchError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A baseline server could not start.
+    #[error("{0}")]
+    Listen(String),
     /// A histogram could not be built or merged.
     #[error("histogram: {0}")]
     Histogram(String),

@@ -6,6 +6,7 @@
 //! - [`latency`]: AWS's latency benchmark (JSONL prompts, per-call TTFT and OTPS).
 //! - [`load`]: closed- and open-loop load, one target or two compared.
 //! - [`workload`]: synthetic multi-turn traffic for the prompt-cache benchmark.
+//! - [`baseline`]: a static axum server and a bare forwarder, the report's yardsticks.
 //! - [`client`]: the one HTTP client (pool, SigV4 or bearer, timing).
 //! - [`response`]: event streams, SSE and JSON bodies read into outcomes.
 //! - [`stats`]: percentiles, distributions and HDR histograms.
@@ -13,6 +14,7 @@
 //! - [`table`]: terminal tables.
 //! - [`error`]: what stops a run.
 
+pub mod baseline;
 pub mod cli;
 pub mod client;
 pub mod error;

@@ -180,3 +180,56 @@ async fn workload_sends_conversations_and_repeats() {
     assert!((cost.billed_usd - cost.without_caching_usd).abs() < 1e-12);
     assert_eq!(t.proxy_cache_hits, 0);
 }
+
+/// Serves a baseline on an ephemeral port for the length of the test.
+async fn baseline(kind: bedrock_bench::baseline::Baseline) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(bedrock_wire::serve::serve(
+        listener,
+        bedrock_bench::baseline::router(kind),
+        Default::default(),
+        std::future::pending(),
+    ));
+    url
+}
+
+#[tokio::test]
+async fn the_static_baseline_answers_like_a_converse_call() {
+    use bedrock_bench::baseline::{Baseline, CONVERSE_ANSWER};
+    let url = baseline(Baseline::Static(CONVERSE_ANSWER.into())).await;
+    let report = load::run(load_options(vec![url], false)).await.unwrap();
+    let t = &report.targets[0];
+    assert_eq!(t.ok, 40, "errors: {:?}", t.errors);
+    assert_eq!(
+        t.output_tokens,
+        40 * 24,
+        "the built-in answer's usage is read"
+    );
+}
+
+#[tokio::test]
+async fn the_forward_baseline_passes_requests_and_streams_through() {
+    let sim = simulator().await;
+    let url = baseline(bedrock_bench::baseline::Baseline::Forward(sim.url())).await;
+    let report = load::run(LoadOptions {
+        auth: AuthOptions {
+            api_key: Some("bench-key".into()),
+            ..AuthOptions::default()
+        },
+        ..load_options(vec![url], true)
+    })
+    .await
+    .unwrap();
+    let t = &report.targets[0];
+    assert_eq!(t.ok, 40, "errors: {:?}", t.errors);
+    assert!(
+        t.ttft_ms.is_some(),
+        "event-stream frames arrive through the forwarder"
+    );
+    let stats = sim.sim.state().stats.snapshot();
+    assert_eq!(
+        stats["by_operation"]["converse-stream"], 45,
+        "the simulator saw the 40 calls and 5 warmups: {stats}"
+    );
+}

@@ -1,0 +1,98 @@
+//! Baseline servers for the performance report: what the machine allows before
+//! any proxy logic runs.
+//!
+//! - [`Baseline::Static`]: an axum server answering every POST with one fixed
+//!   body. A cache hit does at least this much work, so its requests/s are the
+//!   ceiling cache-hit throughput is compared with.
+//! - [`Baseline::Forward`]: the least a reverse proxy can do (hyper in, the body
+//!   read whole, hyper out to the same upstream, the answer streamed back; no
+//!   auth, parsing, logging or metrics). Its added latency is the floor
+//!   pass-through overhead is compared with on the same machine.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bedrock_wire::client::{http_client, HttpClient};
+use bedrock_wire::serve::{serve, ServeOptions};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+use crate::error::BenchError;
+
+/// A Converse answer of the size the simulator sends for the load test's prompt.
+pub const CONVERSE_ANSWER: &str = r#"{"output":{"message":{"role":"assistant","content":[{"text":"The sea keeps its own slow time, folding light and salt into waves that arrive, retreat and arrive again."}]}},"stopReason":"end_turn","usage":{"inputTokens":14,"outputTokens":24,"totalTokens":38},"metrics":{"latencyMs":212}}"#;
+
+/// Which baseline to serve.
+#[derive(Debug, Clone)]
+pub enum Baseline {
+    /// Every POST answered with this JSON body.
+    Static(Bytes),
+    /// Every request forwarded to this base URL.
+    Forward(String),
+}
+
+#[derive(Clone)]
+struct Forward {
+    base: Arc<str>,
+    client: HttpClient,
+}
+
+async fn answer_static(State(body): State<Bytes>) -> Response {
+    (
+        [("content-type", HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+async fn forward(State(f): State<Forward>, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match format!("{}{path}", f.base).parse::<Uri>() {
+        Ok(uri) => uri,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    parts.headers.remove("host");
+    let outbound = http::Request::from_parts(parts, Full::new(body));
+    match f.client.request(outbound).await {
+        Ok(response) => response.map(Body::new),
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+/// The router of a baseline.
+pub fn router(baseline: Baseline) -> Router {
+    match baseline {
+        Baseline::Static(body) => Router::new().fallback(answer_static).with_state(body),
+        Baseline::Forward(base) => Router::new().fallback(forward).with_state(Forward {
+            base: Arc::from(base.trim_end_matches('/')),
+            client: http_client(Duration::from_secs(5), 256, false),
+        }),
+    }
+}
+
+/// Serves a baseline on `listen` until Ctrl-C or SIGTERM.
+pub async fn run(listen: SocketAddr, baseline: Baseline) -> Result<(), BenchError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| BenchError::Listen(format!("cannot listen on {listen}: {e}")))?;
+    eprintln!("baseline listening on http://{listen}");
+    serve(
+        listener,
+        router(baseline),
+        ServeOptions::default(),
+        bedrock_wire::serve::shutdown_signal(),
+    )
+    .await;
+    Ok(())
+}
