@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::app::{AppState, Runtime};
 use crate::auth::Principal;
-use crate::cache::flight::{Flight, Head, Joined, Role};
+use crate::cache::flight::{Flight, FlightKey, Head, Joined, Role};
 use crate::cache::key::is_deterministic;
 use crate::cache::{cache_key, CacheKey, CacheStatus, Directives, Entry, Family, KeyParts, Tier};
 use crate::config::{CacheMode, Replay, RouteCacheConfig, NEVER_CACHED_STOP_REASONS};
@@ -33,7 +33,7 @@ use crate::metrics;
 use crate::prompt_cache::{self, PrefixRegistry, Sightings};
 use crate::route::Routed;
 use crate::stream::{self, FrameStream, StreamReader};
-use crate::upstream::fallback::{self, Attempted, Chain, Prepared, Target};
+use crate::upstream::fallback::{self, Attempted, Chain, PlanNotes, Prepared, Target};
 
 /// One request on its way through the pipeline.
 #[derive(Debug)]
@@ -107,6 +107,8 @@ pub struct Provenance {
     pub tier_sent: Option<&'static str>,
     /// The target that answered (`primary`, `fallback1`, ...).
     pub target: Option<Arc<str>>,
+    /// The answering target is a fallback to another model than the route's.
+    pub other_model: bool,
 }
 
 /// How a cacheable call is cached.
@@ -229,11 +231,15 @@ pub async fn run(
         }
     }
 
+    let flight_key = FlightKey {
+        key: c.key,
+        streamed: call.op.is_stream(),
+    };
     let call = Arc::new(call);
     let mut last_error = None;
     for _ in 0..FLIGHT_RETRIES {
         let role = if c.lookup {
-            cache.flights.join_or_start(c.key)
+            cache.flights.join_or_start(flight_key)
         } else {
             // `no-cache`: a call of its own, stored at the end, shared with nobody.
             let (flight, rx) = Flight::new();
@@ -249,7 +255,7 @@ pub async fn run(
                     rt.clone(),
                     call.clone(),
                     flight.clone(),
-                    c.key,
+                    flight_key,
                     c.namespace.clone(),
                     c.policy.clone(),
                     c.lookup,
@@ -314,15 +320,16 @@ async fn fly(
     rt: Arc<Runtime>,
     call: Arc<Call>,
     flight: Arc<Flight>,
-    key: CacheKey,
+    flight_key: FlightKey,
     namespace: Arc<str>,
     policy: RouteCacheConfig,
     registered: bool,
 ) {
     let cache = &state.cache;
+    let key = flight_key.key;
     let forget = || {
         if registered {
-            cache.flights.remove(&key, &flight);
+            cache.flights.remove(&flight_key, &flight);
         }
     };
     let mut provenance = Provenance::default();
@@ -334,6 +341,9 @@ async fn fly(
             return;
         }
     };
+    // Another model's answer (a fallback target) is served, never stored: the
+    // entry would answer for the route's own model for its whole TTL.
+    let may_store = !provenance.other_model;
     flight.set_provenance(provenance);
     let tenant = call.principal.tenant.clone();
     let route = call.routed.route.name.clone();
@@ -353,7 +363,7 @@ async fn fly(
                 body: body.clone(),
                 summary: summary.clone(),
             });
-            if storable(&policy, summary.stop_reason.as_deref()) {
+            if may_store && storable(&policy, summary.stop_reason.as_deref()) {
                 let entry = match call.op {
                     Operation::Converse => {
                         Entry::from_converse_body(tenant, route, model, policy.ttl, &body).ok()
@@ -395,7 +405,7 @@ async fn fly(
             };
             drop(frames);
             let complete = end.is_ok() && !upstream_exception;
-            if complete && storable(&policy, reader.summary.stop_reason.as_deref()) {
+            if may_store && complete && storable(&policy, reader.summary.stop_reason.as_deref()) {
                 let summary = reader.summary.clone();
                 let offsets = std::mem::take(&mut reader.offsets_ms);
                 let entry = match (reader.events.take(), reader.chunks.take()) {
@@ -482,10 +492,11 @@ async fn observe_prefixes(rt: &Runtime, registry: &PrefixRegistry, call: &Call) 
 /// The body and headers of one attempt on `target`: the client's request with
 /// the prompt-cache planner's points for the target's model and the latency
 /// planner's tier for its model and region. When neither changes anything, the
-/// client's bytes go out untouched.
+/// client's bytes go out untouched. What the planners decided is counted when the
+/// attempt is sent, not here: the chain also plans targets it may not try.
 fn prepare(rt: &Runtime, call: &Call, target: &Target, sightings: Sightings) -> Prepared {
     let route = &call.routed.route;
-    let route_label = metrics::route_label(&route.name);
+    let mut notes = PlanNotes::default();
     let lookup = rt.catalog.get(&target.model);
     let mut headers = call.forward.clone();
     let tier = latency::plan(
@@ -494,9 +505,7 @@ fn prepare(rt: &Runtime, call: &Call, target: &Target, sightings: Sightings) -> 
         lookup,
         &target.upstream.config.region,
     );
-    if let Some(reason) = tier.downgraded {
-        metrics::latency_downgrade(&route_label, &target.label, reason.label());
-    }
+    notes.downgraded = tier.downgraded.map(|reason| reason.label());
 
     let mut edited: Option<Value> = None;
     let mut cache_points = 0;
@@ -505,12 +514,12 @@ fn prepare(rt: &Runtime, call: &Call, target: &Target, sightings: Sightings) -> 
         let mut body = json.clone();
         let model = lookup.map(|l| l.model.clone());
         let plan = prompt_cache::plan(&mut body, format, model.as_deref(), policy, sightings);
-        for position in &plan.injected {
-            metrics::prompt_cache_injected(&route_label, position.label());
-        }
-        for (position, reason) in &plan.skipped {
-            metrics::prompt_cache_skipped(&route_label, position.label(), reason.label());
-        }
+        notes.injected = plan.injected.iter().map(|p| p.label()).collect();
+        notes.skipped = plan
+            .skipped
+            .iter()
+            .map(|(p, reason)| (p.label(), reason.label()))
+            .collect();
         cache_points = plan.injected.len() as u32;
         if cache_points > 0 {
             edited = Some(body);
@@ -548,6 +557,7 @@ fn prepare(rt: &Runtime, call: &Call, target: &Target, sightings: Sightings) -> 
             _ => None,
         }),
         cache_points,
+        notes,
     }
 }
 
@@ -577,6 +587,11 @@ async fn upstream(
     provenance.attempts += done.attempts;
     provenance.cache_points = done.cache_points;
     provenance.tier_sent = done.tier;
+    provenance.other_model = done
+        .target
+        .as_ref()
+        .and_then(|label| targets.iter().find(|t| &t.label == label))
+        .is_some_and(|t| t.model != call.routed.upstream_model);
     provenance.target = done.target;
     if let Err(e) = &result {
         if e.side == Side::Upstream {

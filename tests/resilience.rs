@@ -340,6 +340,45 @@ async fn a_hedge_beats_a_slow_first_byte() {
 }
 
 #[tokio::test]
+async fn a_hedged_route_still_retries_and_falls_back_when_its_target_fails_fast() {
+    // The hedge never fires (the throttle comes at once), so the failure is an
+    // ordinary attempt: retried on its target, then the fallback serves it.
+    let policy =
+        format!("{OPTIMIZED_WITH_FALLBACK}\nhedge_after = \"3s\"\nretries = 1\nbackoff = \"1ms\"");
+    let s = stack_full(fast(), "", &policy, "").await;
+    s.sim
+        .sim
+        .state()
+        .faults
+        .add(on_optimized(FaultKind::Throttle, Some(1)));
+    let r = converse(&s, "retried").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-proxy-attempts"), Some("2"), "one retry");
+    assert_eq!(r.header("x-proxy-latency-tier"), Some("optimized"));
+
+    s.sim
+        .sim
+        .state()
+        .faults
+        .add(on_optimized(FaultKind::Throttle, Some(2)));
+    let r = converse(&s, "fell back").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.header("x-proxy-attempts"),
+        Some("3"),
+        "two tries, then standard"
+    );
+    assert_eq!(r.header("x-proxy-latency-tier"), Some("standard"));
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(&m, "bedrock_proxy_hedges_total", &["route=\"haiku\""]),
+        0.0,
+        "no hedge fired: {m}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_deadline_bounds_every_attempt_together() {
     let policy = format!("{OPTIMIZED_WITH_FALLBACK}\ndeadline = \"300ms\"\nretries = 5");
     let s = stack_full(fast(), "", &policy, "").await;

@@ -174,6 +174,83 @@ async fn the_rust_sdk_gets_identical_answers_from_hits_streams_included() {
 }
 
 #[tokio::test]
+async fn another_models_answer_from_a_fallback_is_served_but_not_stored() {
+    let route = format!(
+        "{CACHED}\nupstream_model = \"us.anthropic.claude-3-5-haiku-20241022-v1:0\"\n\
+         fallback = [{{ model = \"us.amazon.nova-pro-v1:0\" }}]"
+    );
+    let s = stack_full(fast(), "", &route, "").await;
+    s.sim.sim.state().faults.add(FaultRule {
+        model: Some("haiku".into()),
+        times: Some(1),
+        ..FaultRule::new(FaultKind::Unavailable)
+    });
+    let url = s.op_url("haiku", "converse");
+    let body = deterministic("Who answers?").to_string();
+    let first = post_b(&url, body.clone()).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        s.upstream_requests().pop().unwrap().model_id,
+        "us.amazon.nova-pro-v1:0",
+        "the fallback model answered"
+    );
+    let second = post_b(&url, body.clone()).await;
+    assert_eq!(
+        second.header("x-cache"),
+        Some("miss"),
+        "Nova's answer was not kept for Haiku's key"
+    );
+    assert_eq!(
+        s.upstream_requests().pop().unwrap().model_id,
+        "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+    );
+    let third = post_b(&url, body).await;
+    assert_eq!(
+        third.header("x-cache"),
+        Some("hit"),
+        "Haiku's own answer is"
+    );
+    assert_eq!(text_of_body(&third), text_of_body(&second));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_streaming_and_whole_requests_each_get_their_own_shape() {
+    // Converse and ConverseStream share cache entries, but one in flight cannot
+    // answer the other: a whole request gets JSON, a streaming one a stream.
+    let sim = SimConfig {
+        time_scale: 0.2,
+        jitter: 0.0,
+        ..SimConfig::default()
+    };
+    let s = stack_full(sim, "", CACHED, "").await;
+    let body = deterministic("Both shapes at once").to_string();
+    let tasks: Vec<_> = ["converse-stream", "converse", "converse-stream", "converse"]
+        .into_iter()
+        .map(|op| {
+            let (url, body) = (s.op_url("haiku", op), body.clone());
+            tokio::spawn(async move { (op, post_b(&url, body).await) })
+        })
+        .collect();
+    for t in tasks {
+        let (op, r) = t.await.unwrap();
+        assert_eq!(r.status, 200, "{op}");
+        let content_type = r.header("content-type").unwrap_or_default();
+        if op == "converse" {
+            assert_eq!(content_type, "application/json", "{op}");
+            assert_eq!(r.json()["stopReason"], "end_turn");
+        } else {
+            assert_eq!(content_type, "application/vnd.amazon.eventstream", "{op}");
+            assert!(!r.body.starts_with(b"{"), "{op}: frames, not JSON");
+        }
+    }
+    assert!(calls(&s) <= 2, "at most one upstream call per shape");
+    let again = post_b(&s.op_url("haiku", "converse"), body).await;
+    assert_eq!(again.header("x-cache"), Some("hit"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn sixteen_identical_concurrent_requests_cost_one_upstream_call() {
     let sim = SimConfig {
         time_scale: 0.2,

@@ -215,9 +215,19 @@ enum Next {
 
 const SHARDS: usize = 16;
 
+/// What a flight is shared by: the cache key and whether the answer streams.
+/// Converse and ConverseStream share cache entries, but a flight hands its
+/// followers the leader's answer as it comes (a body or a stream), so only
+/// requests that want the same shape may join it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlightKey {
+    pub key: CacheKey,
+    pub streamed: bool,
+}
+
 /// The flights in progress, by key; sharded so unrelated misses do not contend.
 pub struct Flights {
-    shards: Vec<Mutex<HashMap<CacheKey, Arc<Flight>>>>,
+    shards: Vec<Mutex<HashMap<FlightKey, Arc<Flight>>>>,
 }
 
 impl Default for Flights {
@@ -235,12 +245,12 @@ pub enum Role {
 }
 
 impl Flights {
-    fn shard(&self, key: &CacheKey) -> &Mutex<HashMap<CacheKey, Arc<Flight>>> {
-        &self.shards[usize::from(key.0[0]) % SHARDS]
+    fn shard(&self, key: &FlightKey) -> &Mutex<HashMap<FlightKey, Arc<Flight>>> {
+        &self.shards[usize::from(key.key.0[0]) % SHARDS]
     }
 
     /// Joins the flight for `key`, or starts one.
-    pub fn join_or_start(&self, key: CacheKey) -> Role {
+    pub fn join_or_start(&self, key: FlightKey) -> Role {
         let mut map = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
         if let Some(flight) = map.get(&key) {
             let rx = flight.subscribe();
@@ -252,7 +262,7 @@ impl Flights {
     }
 
     /// Forgets the flight for `key` (if it is still `flight`).
-    pub fn remove(&self, key: &CacheKey, flight: &Arc<Flight>) {
+    pub fn remove(&self, key: &FlightKey, flight: &Arc<Flight>) {
         let mut map = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         if map.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             map.remove(key);
@@ -289,7 +299,10 @@ mod tests {
     #[tokio::test]
     async fn followers_get_every_frame_live() {
         let flights = Flights::default();
-        let key = CacheKey([7; 32]);
+        let key = FlightKey {
+            key: CacheKey([7; 32]),
+            streamed: false,
+        };
         let Role::Leader(flight, leader_rx) = flights.join_or_start(key) else {
             panic!("first is leader")
         };

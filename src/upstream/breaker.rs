@@ -80,6 +80,26 @@ impl Breaker {
         }
     }
 
+    /// Whether [`Breaker::allow`] would let a request through now, without
+    /// taking the half-open probe.
+    pub fn would_allow(&self, now: Instant) -> bool {
+        match self.state {
+            State::Closed => true,
+            State::Open => now >= self.open_until,
+            State::HalfOpen => !self.probe_in_flight,
+        }
+    }
+
+    /// An admitted request ended without an outcome (cancelled: a hedge that
+    /// lost, a client that went away). If it was the half-open probe, the
+    /// next request may probe instead, so the breaker cannot stay half-open
+    /// for good.
+    pub fn abandon(&mut self) {
+        if self.state == State::HalfOpen {
+            self.probe_in_flight = false;
+        }
+    }
+
     fn roll_window(&mut self, now: Instant, config: &BreakerConfig) {
         if now.duration_since(self.window_start) >= config.window {
             self.window_start = now;
@@ -213,6 +233,31 @@ mod tests {
         assert_eq!(b.state(), State::Open);
         assert!(!b.allow(later + Duration::from_secs(1)));
         assert!(b.open_for(later) > Duration::from_secs(4));
+    }
+
+    #[test]
+    fn looking_does_not_take_the_probe_and_a_cancelled_probe_frees_it() {
+        let c = config();
+        let t0 = Instant::now();
+        let mut b = Breaker::new(t0);
+        for _ in 0..3 {
+            b.failure(t0, &c);
+        }
+        let later = t0 + Duration::from_secs(6);
+        assert!(b.would_allow(later));
+        assert!(b.would_allow(later), "asking twice takes nothing");
+        assert!(b.allow(later), "the probe");
+        assert!(!b.would_allow(later) && !b.allow(later));
+        b.abandon();
+        assert_eq!(b.state(), State::HalfOpen);
+        assert!(
+            b.allow(later),
+            "the cancelled probe's place goes to the next request"
+        );
+        b.success(later, &c);
+        assert_eq!(b.state(), State::Closed);
+        b.abandon();
+        assert!(b.allow(later), "abandoning while closed changes nothing");
     }
 
     #[test]

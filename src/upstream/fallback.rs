@@ -101,6 +101,33 @@ pub struct Prepared {
     /// The tier asked for (`None`: as the client sent it).
     pub tier: Option<&'static str>,
     pub cache_points: u32,
+    pub notes: PlanNotes,
+}
+
+/// What planning an attempt decided, counted in metrics when the attempt is
+/// sent (a target may be planned and then not tried).
+#[derive(Debug, Clone, Default)]
+pub struct PlanNotes {
+    /// Why the latency tier asked for was not sent.
+    pub downgraded: Option<&'static str>,
+    /// Positions where cachePoint blocks were added.
+    pub injected: Vec<&'static str>,
+    /// Positions left without one, and why.
+    pub skipped: Vec<(&'static str, &'static str)>,
+}
+
+impl PlanNotes {
+    fn count(&self, route: &metrics::SharedString, target: &Arc<str>) {
+        if let Some(reason) = self.downgraded {
+            metrics::latency_downgrade(route, target, reason);
+        }
+        for position in &self.injected {
+            metrics::prompt_cache_injected(route, position);
+        }
+        for (position, reason) in &self.skipped {
+            metrics::prompt_cache_skipped(route, position, reason);
+        }
+    }
 }
 
 /// What the chain tells the pipeline about the attempt that answered.
@@ -172,8 +199,8 @@ impl Chain<'_> {
             .min(deadline.saturating_duration_since(Instant::now()))
     }
 
-    fn settle(&self, target: &Target, tier: Option<&str>, result: &Result<Answer, ProxyError>) {
-        let breaker = self.breakers.get(&target.breaker_key(tier));
+    fn settle(&self, target: &Target, key: &str, result: &Result<Answer, ProxyError>) {
+        let breaker = self.breakers.get(key);
         let mut b = breaker.lock().unwrap_or_else(|e| e.into_inner());
         let route = metrics::route_label(self.route);
         let now = Instant::now();
@@ -201,7 +228,17 @@ impl Chain<'_> {
         allowed
     }
 
-    /// One attempt, planned and settled, with its record.
+    /// Whether the target's breaker would let a request through now, without
+    /// taking a half-open probe.
+    fn would_admit(&self, target: &Target, tier: Option<&str>) -> bool {
+        let breaker = self.breakers.get(&target.breaker_key(tier));
+        let b = breaker.lock().unwrap_or_else(|e| e.into_inner());
+        b.would_allow(Instant::now())
+    }
+
+    /// One attempt (already admitted by its breaker), settled, with its record.
+    /// Dropped before it ends (a hedge that lost, a client that went away), it
+    /// gives its breaker's half-open probe back.
     async fn try_target(
         &self,
         target: &Target,
@@ -214,9 +251,18 @@ impl Chain<'_> {
         };
         let tier = prepared.tier;
         let cache_points = prepared.cache_points;
+        prepared
+            .notes
+            .count(&metrics::route_label(self.route), &target.label);
         let first_byte = self.first_byte(target, deadline);
+        let mut unsettled = Unsettled {
+            breakers: self.breakers,
+            key: Some(target.breaker_key(tier)),
+        };
         let result = attempt(target, self.op, prepared, first_byte, deadline, self.route).await;
-        self.settle(target, tier, &result);
+        if let Some(key) = unsettled.key.take() {
+            self.settle(target, &key, &result);
+        }
         if result.is_ok() {
             record.target = Some(target.label.clone());
             record.tier = tier;
@@ -226,7 +272,9 @@ impl Chain<'_> {
         (result, record)
     }
 
-    /// Runs the chain over `targets` (primary first).
+    /// Runs the chain over `targets` (primary first): each target tried with
+    /// its retries, then the next. With `hedge_after`, the first attempt on a
+    /// target races the next admitted target once it has been silent that long.
     pub async fn run(
         &self,
         targets: &[Target],
@@ -259,35 +307,41 @@ impl Chain<'_> {
                 i += 1;
                 continue;
             }
-            if let (Some(after), false) = (self.resilience.hedge_after, hedged) {
-                if let Some(j) = (i + 1..targets.len()).find(|&j| {
-                    let p = (self.prepare)(&targets[j]);
-                    self.admits(&targets[j], p.tier)
-                }) {
-                    hedged = true;
-                    match self
-                        .hedge(target, prepared, &targets[j], after, deadline, done)
-                        .await
-                    {
-                        Ok(answer) => return Ok(answer),
-                        Err(e) if !self.falls_back(&e) => return Err(e),
-                        Err(e) => {
-                            last_error = Some(e);
-                            i = j + 1;
-                            continue;
-                        }
-                    }
-                }
-            }
-            let mut prepared = Some(prepared);
             let mut retry = 0;
+            let mut tried = false;
             let error = loop {
                 if Instant::now() >= deadline {
                     break last_error.take().unwrap_or_else(|| self.deadline_error());
                 }
-                let p = prepared.take().unwrap_or_else(|| (self.prepare)(target));
-                let (result, record) = self.try_target(target, p, deadline).await;
-                absorb(done, record);
+                let p = prepared.clone();
+                let hedge = match (self.resilience.hedge_after, hedged || tried) {
+                    (Some(after), false) => self.hedge_partner(targets, i).map(|j| (after, j)),
+                    _ => None,
+                };
+                tried = true;
+                let result = match hedge {
+                    Some((after, j)) => {
+                        match self
+                            .hedge(target, p, &targets[j], after, deadline, done)
+                            .await
+                        {
+                            Hedged::Alone(result) => result,
+                            Hedged::Raced(Ok(answer)) => return Ok(answer),
+                            Hedged::Raced(Err(e)) if !self.falls_back(&e) => return Err(e),
+                            Hedged::Raced(Err(e)) => {
+                                // Both targets have had their attempt; go on after the second.
+                                hedged = true;
+                                i = j;
+                                break e;
+                            }
+                        }
+                    }
+                    None => {
+                        let (result, record) = self.try_target(target, p, deadline).await;
+                        absorb(done, record);
+                        result
+                    }
+                };
                 match result {
                     Ok(answer) => return Ok(answer),
                     Err(e) if !self.falls_back(&e) => return Err(e),
@@ -301,6 +355,7 @@ impl Chain<'_> {
                     Err(e) => break e,
                 }
             };
+            let target = &targets[i];
             if let Some(next) = targets.get(i + 1) {
                 metrics::fallback(&route, &target.label, &next.label, error.kind.label());
                 tracing::info!(route = %self.route, from = %target.label, to = %next.label, error = %error, "falling back");
@@ -314,6 +369,15 @@ impl Chain<'_> {
         Err(last_error.unwrap_or_else(|| self.deadline_error()))
     }
 
+    /// The target a hedge on `targets[i]` would start: the next one whose
+    /// breaker would let it through (asked without taking a probe).
+    fn hedge_partner(&self, targets: &[Target], i: usize) -> Option<usize> {
+        (i + 1..targets.len()).find(|&j| {
+            let tier = (self.prepare)(&targets[j]).tier;
+            self.would_admit(&targets[j], tier)
+        })
+    }
+
     fn deadline_error(&self) -> ProxyError {
         ProxyError::upstream_timeout(format!(
             "no target of route {} answered before the deadline",
@@ -322,7 +386,10 @@ impl Chain<'_> {
     }
 
     /// Starts `first`; if it has not answered after `after`, starts `second` too
-    /// and takes whichever answers first, cancelling the other.
+    /// (if its breaker still admits it) and takes whichever answers first,
+    /// cancelling the other. An answer or failure of `first` before `after` is
+    /// [`Hedged::Alone`]: an ordinary attempt, retried and fallen back from as
+    /// usual.
     async fn hedge(
         &self,
         first: &Target,
@@ -331,19 +398,25 @@ impl Chain<'_> {
         after: Duration,
         deadline: Instant,
         done: &mut Attempted,
-    ) -> Result<Answer, ProxyError> {
+    ) -> Hedged {
         let route = metrics::route_label(self.route);
         let a = self.try_target(first, prepared, deadline);
         tokio::pin!(a);
         tokio::select! {
             (result, record) = &mut a => {
                 absorb(done, record);
-                return result;
+                return Hedged::Alone(result);
             }
             () = tokio::time::sleep(after) => {}
         }
+        let second_prepared = (self.prepare)(second);
+        if !self.admits(second, second_prepared.tier) {
+            let (result, record) = a.await;
+            absorb(done, record);
+            return Hedged::Alone(result);
+        }
         metrics::hedge(&route, "fired");
-        let b = self.try_target(second, (self.prepare)(second), deadline);
+        let b = self.try_target(second, second_prepared, deadline);
         tokio::pin!(b);
         // The first to answer wins; if one fails, wait for the other. Leaving
         // this function drops the loser, which cancels its upstream call.
@@ -368,7 +441,32 @@ impl Chain<'_> {
             absorb(done, failed);
         }
         absorb(done, record);
-        result
+        Hedged::Raced(result)
+    }
+}
+
+/// How a hedged attempt ended.
+enum Hedged {
+    /// The first target answered or failed before the hedge fired (or the
+    /// second could not be started): one ordinary attempt.
+    Alone(Result<Answer, ProxyError>),
+    /// Both ran; the winner's answer, or the last failure.
+    Raced(Result<Answer, ProxyError>),
+}
+
+/// An admitted attempt that has not settled: dropped like that, it gives its
+/// breaker's half-open probe back ([`super::breaker::Breaker::abandon`]).
+struct Unsettled<'a> {
+    breakers: &'a Breakers,
+    key: Option<String>,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let breaker = self.breakers.get(&key);
+            breaker.lock().unwrap_or_else(|e| e.into_inner()).abandon();
+        }
     }
 }
 

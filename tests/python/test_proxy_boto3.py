@@ -96,8 +96,15 @@ def test_demo_mode_runs_an_unchanged_boto3_app(demo):
     assert client.count_tokens(modelId="haiku", input={"converse": {"messages": user("Hello")}})["inputTokens"] > 0
 
     # Demo mode exposes the embedded simulator's control plane on the admin port.
+    # A throttled call is the proxy's to absorb: the demo route retries it (and
+    # would fall back to standard), so the app just gets its answer.
     assert http_json("POST", f"{admin}/_sim/faults", {"model": "haiku", "fault": "throttle", "times": 1})[0] == 201
-    with pytest.raises(client.exceptions.ThrottlingException):
+    answer = client.converse(modelId="haiku", messages=user("Hello"))
+    assert answer["stopReason"] == "end_turn"
+    assert answer["ResponseMetadata"]["HTTPHeaders"]["x-proxy-attempts"] == "2"
+    # An error the route does not fall back on reaches the app typed, as Bedrock's would.
+    assert http_json("POST", f"{admin}/_sim/faults", {"model": "haiku", "fault": "validation", "times": 1})[0] == 201
+    with pytest.raises(client.exceptions.ValidationException):
         client.converse(modelId="haiku", messages=user("Hello"))
     status, log = http_json("GET", f"{admin}/_sim/requests?limit=1")
     assert log["requests"][0]["model_id"] == HAIKU
