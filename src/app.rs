@@ -14,7 +14,9 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -169,6 +171,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ingress::openai::routes())
         .merge(ingress::anthropic::routes())
         .fallback(unknown_path)
+        .method_not_allowed_fallback(unknown_path)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -204,7 +207,22 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
         return ingress::render_error(&path, &e, &bedrock_wire::new_request_id());
     };
     let in_flight = InFlight::start();
-    let response = next.run(request).await;
+    // A bug that panics in a handler answers this request with an error in its
+    // API's shape (and is logged) instead of dropping the connection.
+    let response = match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(path = %path, panic = %what, "a request handler panicked");
+            metrics::rejected("internal_error");
+            let e = ProxyError::internal("The proxy failed on this request; it has been logged.");
+            ingress::render_error(&path, &e, &bedrock_wire::new_request_id())
+        }
+    };
     let (mut parts, body) = response.into_parts();
     if !parts.headers.contains_key("x-amzn-requestid") {
         if let Some(id) = parts.headers.get("x-request-id").cloned() {

@@ -104,21 +104,21 @@ impl Auth {
         }
     }
 
-    /// The caller of a request. `uri` is the path and query as received (for
-    /// SigV4); `body` the whole body (SigV4 signs its hash).
-    pub fn authenticate(
-        &self,
-        method: &str,
-        uri: &str,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<Arc<Principal>, ProxyError> {
+    /// What the headers alone decide, before the body is read: the caller of
+    /// an API key (or of `auth = "none"`), `None` for a SigV4 request from a
+    /// known access key (its signature covers the body: see
+    /// [`Auth::authenticate`]), or the refusal. Unauthenticated callers are
+    /// turned away without the proxy buffering their bodies.
+    pub fn admit_headers(&self, headers: &HeaderMap) -> Result<Option<Arc<Principal>>, ProxyError> {
         if self.mode == AuthMode::None {
-            return Ok(self.anonymous.clone());
+            return Ok(Some(self.anonymous.clone()));
         }
         let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
         let api_key = match authorization {
-            Some(v) if v.starts_with("AWS4-") => return self.sigv4(v, method, uri, headers, body),
+            Some(v) if v.starts_with("AWS4-") => {
+                self.access_key(v)?;
+                return Ok(None);
+            }
             Some(v) => v.strip_prefix("Bearer ").map(str::trim),
             None => None,
         }
@@ -130,29 +130,47 @@ impl Auth {
         self.api_keys
             .get(&digest)
             .cloned()
+            .map(Some)
             .ok_or_else(|| ProxyError::access_denied("The API key is not valid for this proxy."))
     }
 
-    fn sigv4(
+    /// The caller of a request, with its body: [`Auth::admit_headers`], then
+    /// for SigV4 the signature checked over method, path, headers and body.
+    pub fn authenticate(
         &self,
-        value: &str,
         method: &str,
         uri: &str,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Arc<Principal>, ProxyError> {
+        if let Some(principal) = self.admit_headers(headers)? {
+            return Ok(principal);
+        }
+        let value = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let (auth, (secret, principal)) = self.access_key(value)?;
+        sigv4::verify(&auth, secret, method, uri, headers, body, SystemTime::now())
+            .map_err(|e| ProxyError::access_denied(format!("SigV4 verification failed: {e}.")))?;
+        Ok(principal.clone())
+    }
+
+    /// The parsed SigV4 header and the secret and caller of its access key.
+    fn access_key<'h>(
+        &self,
+        value: &'h str,
+    ) -> Result<(sigv4::Authorization<'h>, &(String, Arc<Principal>)), ProxyError> {
         let auth = sigv4::parse_authorization(value).ok_or_else(|| {
             ProxyError::access_denied("The Authorization header is not a valid SigV4 header.")
         })?;
-        let (secret, principal) = self.access_keys.get(auth.access_key_id).ok_or_else(|| {
+        let entry = self.access_keys.get(auth.access_key_id).ok_or_else(|| {
             ProxyError::access_denied(format!(
                 "The access key {} is not issued by this proxy.",
                 auth.access_key_id
             ))
         })?;
-        sigv4::verify(&auth, secret, method, uri, headers, body, SystemTime::now())
-            .map_err(|e| ProxyError::access_denied(format!("SigV4 verification failed: {e}.")))?;
-        Ok(principal.clone())
+        Ok((auth, entry))
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::app::{app, AppState, Readiness, Runtime};
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 
 /// Listener overrides and the file to reload from.
 #[derive(Debug, Clone, Default)]
@@ -93,6 +93,11 @@ pub async fn start(
     let embedded_url = simulator.as_ref().map(SimHandle::url);
     let api_addr = options.listen.unwrap_or(config.server.listen);
     let admin_addr = options.admin_listen.unwrap_or(config.admin.listen);
+    if config.server.auth == AuthMode::None && !api_addr.ip().is_loopback() {
+        return Err(format!(
+            "server.auth = \"none\" is only allowed on a loopback address, not {api_addr}; configure [[keys]] to listen there"
+        ));
+    }
     let admin_options = ServeOptions {
         header_read_timeout: config.limits.header_read_timeout,
         drain: config.limits.shutdown_grace,

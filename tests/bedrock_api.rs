@@ -702,3 +702,80 @@ async fn shutdown_lets_an_in_flight_stream_finish() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn no_auth_is_refused_beyond_loopback_from_the_command_line_too() {
+    // Demo mode has `auth = "none"`; `--listen 0.0.0.0:...` must not turn it
+    // into an open proxy.
+    let demo = || bedrock_proxy::Config::parse(bedrock_proxy::demo::DEMO_CONFIG).unwrap();
+    let refused = bedrock_proxy::server::start(
+        demo(),
+        None,
+        bedrock_proxy::server::StartOptions {
+            listen: Some("0.0.0.0:0".parse().unwrap()),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let Err(e) = refused else {
+        panic!("an unauthenticated proxy started on every interface")
+    };
+    assert!(e.contains("loopback"), "{e}");
+
+    let sim = bedrock_proxy::demo::start_simulator().await.unwrap();
+    let on_loopback = bedrock_proxy::server::start(
+        demo(),
+        Some(sim),
+        bedrock_proxy::server::StartOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("loopback is fine");
+    on_loopback.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_method_on_a_bedrock_path_gets_a_bedrock_error_not_an_empty_405() {
+    let s = stack().await;
+    let r = raw("GET", &s.op_url("haiku", "converse"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(error_type(&r), "ResourceNotFoundException");
+    let message = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("GET /model/haiku/converse"), "{message}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_caller_without_a_valid_key_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = stack().await;
+    let addr = s.url().trim_start_matches("http://").to_owned();
+    for auth in ["", "authorization: Bearer not-a-key\r\n"] {
+        // Announce a 20 MB body and send none of it: the refusal must not wait.
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /model/haiku/converse HTTP/1.1\r\nhost: {addr}\r\n{auth}\
+             content-type: application/json\r\ncontent-length: 20000000\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut answer))
+            .await
+            .expect("refused without waiting for the body")
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("x-amzn-errortype: accessdeniedexception"),
+            "{text}"
+        );
+    }
+    s.shutdown().await;
+}

@@ -123,5 +123,5 @@ fn the_shipped_configs_are_valid() {
         c.upstreams["bedrock"].endpoint_url().unwrap(),
         "https://bedrock-runtime.us-east-2.amazonaws.com"
     );
-    assert_eq!(c.keys.len(), 3);
+    assert_eq!(c.keys.len(), 2);
 }
