@@ -19,4 +19,5 @@ USER nonroot
 EXPOSE 8080 9090
 ENTRYPOINT ["/usr/local/bin/bedrock-proxy"]
 # Inside a container the admin port must listen beyond loopback to be scraped.
+# There /metrics and the probes stay open; /admin/* needs admin.token_sha256.
 CMD ["--config", "/etc/bedrock-proxy/bedrock.toml", "--admin-listen", "0.0.0.0:9090"]

@@ -9,17 +9,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use std::sync::atomic::Ordering;
 
 use crate::app::AppState;
 use crate::config::UpstreamKind;
 
-/// The admin router.
-pub fn router(state: AppState) -> Router {
-    let mut router = Router::new()
+/// The admin router. `/metrics`, `/healthz` and `/readyz` are open (scrapers
+/// and probes); `/admin/*` and `/_sim/*` change or reveal the proxy's state, so
+/// they need `Authorization: Bearer <token>` when `admin.token_sha256` is set,
+/// and without it are served only when the listener is on loopback
+/// (`exposed` false).
+pub fn router(state: AppState, token_sha256: Option<[u8; 32]>, exposed: bool) -> Router {
+    let open = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .with_state(state.clone());
+    let mut guarded = Router::new()
         .route("/admin/config", get(config))
         .route("/admin/cache", get(cache_stats).delete(cache_clear))
         .route("/admin/prefixes", get(prefixes))
@@ -27,9 +34,52 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/breakers", get(breakers))
         .with_state(state.clone());
     if let Some(sim) = &state.simulator {
-        router = router.merge(sim.control_router());
+        guarded = guarded.merge(sim.control_router());
     }
-    router
+    let access = match (token_sha256, exposed) {
+        (Some(hash), _) => Access::Token(hash),
+        (None, false) => return open.merge(guarded),
+        (None, true) => {
+            tracing::warn!("the admin listener is not on loopback and admin.token_sha256 is not set: /admin/* is off");
+            Access::Closed
+        }
+    };
+    open.merge(guarded.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            match access.check(request.headers()) {
+                Ok(()) => next.run(request).await,
+                Err(message) => {
+                    (StatusCode::FORBIDDEN, Json(json!({ "message": message }))).into_response()
+                }
+            }
+        },
+    )))
+}
+
+/// Who may use the guarded admin endpoints.
+#[derive(Clone, Copy)]
+enum Access {
+    Token([u8; 32]),
+    Closed,
+}
+
+impl Access {
+    fn check(self, headers: &axum::http::HeaderMap) -> Result<(), &'static str> {
+        let Access::Token(expected) = self else {
+            return Err("admin endpoints are off on a non-loopback listener; set admin.token_sha256 to use them");
+        };
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or("admin endpoints need Authorization: Bearer <admin token>")?;
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        if digest == expected {
+            Ok(())
+        } else {
+            Err("the admin token is not valid")
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -111,6 +111,7 @@ pub async fn start(
         tls: tls.clone(),
         ..admin_options.clone()
     };
+    let admin_token = config.admin.token_sha256;
     let runtime = Runtime::build(config, embedded_url.as_deref(), None).await?;
     let api_listener = TcpListener::bind(api_addr)
         .await
@@ -136,7 +137,7 @@ pub async fn start(
         serve(api_listener, router, api_options, s.cancelled_owned()).await;
     }));
     let s = stop.clone();
-    let router = admin::router(state.clone());
+    let router = admin::router(state.clone(), admin_token, !admin_addr.ip().is_loopback());
     tasks.push(tokio::spawn(async move {
         serve(admin_listener, router, admin_options, s.cancelled_owned()).await;
     }));

@@ -779,3 +779,43 @@ async fn a_caller_without_a_valid_key_is_refused_before_its_body_is_read() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn admin_endpoints_beyond_loopback_need_the_admin_token() {
+    use tower::ServiceExt;
+    let s = stack().await;
+    let state = s.proxy.state.clone();
+    let token_hash: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(b"admin-secret").into()
+    };
+    let call = |router: axum::Router, path: &'static str, token: Option<&'static str>| async move {
+        let mut request = axum::http::Request::builder().method("GET").uri(path);
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        let response = router
+            .oneshot(request.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        response.status().as_u16()
+    };
+    // An exposed listener without a token: probes and metrics only.
+    let closed = || bedrock_proxy::admin::router(state.clone(), None, true);
+    assert_eq!(call(closed(), "/metrics", None).await, 200);
+    assert_eq!(call(closed(), "/healthz", None).await, 200);
+    assert_eq!(call(closed(), "/admin/config", None).await, 403);
+    // With a token: /admin/* for whoever has it.
+    let guarded = || bedrock_proxy::admin::router(state.clone(), Some(token_hash), true);
+    assert_eq!(call(guarded(), "/healthz", None).await, 200);
+    assert_eq!(call(guarded(), "/admin/cache", None).await, 403);
+    assert_eq!(call(guarded(), "/admin/cache", Some("wrong")).await, 403);
+    assert_eq!(
+        call(guarded(), "/admin/cache", Some("admin-secret")).await,
+        200
+    );
+    // Loopback without a token: open, as before.
+    let local = bedrock_proxy::admin::router(state.clone(), None, false);
+    assert_eq!(call(local, "/admin/cache", None).await, 200);
+    s.shutdown().await;
+}

@@ -51,6 +51,9 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// SHA-256 of the bearer token `/admin/*` (and `/_sim/*`) require. Without
+    /// one they are served only on a loopback admin listener.
+    pub token_sha256: Option<[u8; 32]>,
 }
 
 /// Protective limits.

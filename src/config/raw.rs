@@ -97,6 +97,7 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    token_sha256: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +248,17 @@ impl RawConfig {
                 None
             }
         };
+        let token_sha256 = self.admin.token_sha256.map(|hash| {
+            let hash = expand_env("admin.token_sha256", &hash, e);
+            let mut sha256 = [0u8; 32];
+            if hex::decode_to_slice(hash.trim(), &mut sha256).is_err() {
+                e.push(
+                    "admin.token_sha256: must be 64 hex characters (run `bedrock-proxy hash-key`)"
+                        .into(),
+                );
+            }
+            sha256
+        });
         let admin = AdminConfig {
             listen: listen_addr(
                 "admin.listen",
@@ -254,6 +266,7 @@ impl RawConfig {
                 "127.0.0.1:9090",
                 e,
             ),
+            token_sha256,
         };
 
         let l = self.limits;
