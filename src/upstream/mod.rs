@@ -180,14 +180,14 @@ impl Upstream {
         if !h.contains_key("content-type") {
             h.insert("content-type", HeaderValue::from_static("application/json"));
         }
-        h.insert(
-            "accept",
-            HeaderValue::from_static(if op.is_stream() {
+        // InvokeModel's `Accept` is an API member (the answer's type): the
+        // client's passes through; without one, what the operation answers in.
+        h.entry("accept")
+            .or_insert(HeaderValue::from_static(if op.is_stream() {
                 bedrock_wire::eventstream::CONTENT_TYPE
             } else {
                 "application/json"
-            }),
-        );
+            }));
         self.authorize(&mut request, &url, &body).await?;
 
         let first_byte = first_byte.min(deadline.saturating_duration_since(Instant::now()));

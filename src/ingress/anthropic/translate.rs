@@ -150,7 +150,7 @@ pub fn request(body: &Value) -> Result<Translated, ProxyError> {
         .ok_or_else(|| invalid("messages", "Field required"))?;
 
     let mut converse = Map::new();
-    let mut messages = Vec::with_capacity(raw.len());
+    let mut messages: Vec<Value> = Vec::with_capacity(raw.len());
     for (i, m) in raw.iter().enumerate() {
         let role = match m["role"].as_str() {
             Some(r @ ("user" | "assistant")) => r,
@@ -162,7 +162,16 @@ pub fn request(body: &Value) -> Result<Translated, ProxyError> {
             }
         };
         let content = blocks(&m["content"], &format!("messages.{i}.content"), true)?;
-        messages.push(json!({ "role": role, "content": content }));
+        // The Messages API merges consecutive turns of one role; Converse
+        // requires roles to alternate, so they are merged here.
+        match messages.last_mut() {
+            Some(last) if last["role"] == role => {
+                if let Some(Value::Array(earlier)) = last.get_mut("content") {
+                    earlier.extend(content);
+                }
+            }
+            _ => messages.push(json!({ "role": role, "content": content })),
+        }
     }
     converse.insert("messages".into(), Value::Array(messages));
     match obj.get("system") {

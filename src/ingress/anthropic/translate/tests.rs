@@ -117,3 +117,31 @@ fn responses_and_streams_speak_messages() {
     assert_eq!(delta["delta"]["stop_reason"], "end_turn");
     assert_eq!(delta["usage"]["cache_read_input_tokens"], 2000);
 }
+
+#[test]
+fn consecutive_turns_of_one_role_are_merged_as_the_messages_api_does() {
+    let t = request(&json!({
+        "model": "haiku", "max_tokens": 50,
+        "messages": [
+            {"role": "user", "content": "First part."},
+            {"role": "user", "content": [{"type": "text", "text": "Second part."}]},
+            {"role": "assistant", "content": "Noted."},
+            {"role": "user", "content": "Go on."}
+        ]
+    }))
+    .unwrap();
+    let messages = t.converse["messages"].as_array().unwrap();
+    let roles: Vec<_> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["user", "assistant", "user"],
+        "roles alternate for Converse"
+    );
+    assert_eq!(
+        messages[0]["content"],
+        json!([{"text": "First part."}, {"text": "Second part."}])
+    );
+}
