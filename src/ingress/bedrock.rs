@@ -3,6 +3,7 @@
 //! pointed at the proxy works unchanged: same bytes in, same bytes, frames and
 //! errors out, plus the proxy's `x-proxy-*` headers.
 
+use crate::ingress::request_span;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
@@ -12,6 +13,7 @@ use axum::routing::post;
 use axum::Router;
 use bedrock_wire::operation::Operation;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{failed, parse_json, receive, route, run, Finish};
 use crate::app::AppState;
@@ -49,7 +51,10 @@ async fn handle(
         Ok(Path((model_id, operation))) => match Operation::from_name(&operation) {
             Some(op) => {
                 finish.op = op;
-                serve(&state, &mut finish, op, &model_id, request).await
+                let span = request_span(&finish.request_id, op.name());
+                serve(&state, &mut finish, op, &model_id, request)
+                    .instrument(span)
+                    .await
             }
             None => Err(ProxyError::new(
                 ErrorKind::NotFound,

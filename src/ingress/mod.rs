@@ -228,6 +228,12 @@ pub fn sse_answer(
     response
 }
 
+/// The span a request's work runs in: what the pipeline logs on the way
+/// (fallbacks, breakers, cache tiers) carries the request id and operation.
+pub fn request_span(request_id: &str, operation: &str) -> tracing::Span {
+    tracing::info_span!("request", request_id, operation)
+}
+
 /// Renders an error in the shape of the API `path` belongs to.
 pub fn render_error(path: &str, e: &ProxyError, request_id: &str) -> axum::response::Response {
     if path.starts_with("/v1/messages") {

@@ -5,6 +5,7 @@
 
 pub mod translate;
 
+use crate::ingress::request_span;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +16,7 @@ use bedrock_wire::operation::Operation;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{
     converse_json, failed, json_answer, parse_json, receive, route, run, sse_answer, Finish,
@@ -63,7 +65,8 @@ pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
 
 async fn messages(State(state): State<AppState>, request: Request) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
-    match serve(&state, &mut finish, request).await {
+    let span = request_span(&finish.request_id, "messages");
+    match serve(&state, &mut finish, request).instrument(span).await {
         Ok(response) => response,
         Err(e) => failed(&finish, &e, error_response),
     }

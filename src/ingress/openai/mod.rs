@@ -5,6 +5,7 @@
 
 pub mod translate;
 
+use crate::ingress::request_span;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{
     converse_json, failed, json_answer, parse_json, receive, route, run, sse_answer, Finish,
@@ -73,7 +75,8 @@ fn now_secs() -> u64 {
 
 async fn chat(State(state): State<AppState>, request: Request) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
-    match serve(&state, &mut finish, request).await {
+    let span = request_span(&finish.request_id, "chat.completions");
+    match serve(&state, &mut finish, request).instrument(span).await {
         Ok(response) => response,
         Err(e) => failed(&finish, &e, error_response),
     }
