@@ -219,15 +219,20 @@ mod tests {
         assert!(b.allow(later));
     }
 
-    #[test]
-    fn a_failed_probe_reopens() {
-        let c = config();
+    /// A breaker opened by three failures, and a moment past its `open_for`.
+    fn opened(c: &BreakerConfig) -> (Breaker, Instant) {
         let t0 = Instant::now();
         let mut b = Breaker::new(t0);
         for _ in 0..3 {
-            b.failure(t0, &c);
+            b.failure(t0, c);
         }
-        let later = t0 + Duration::from_secs(6);
+        (b, t0 + Duration::from_secs(6))
+    }
+
+    #[test]
+    fn a_failed_probe_reopens() {
+        let c = config();
+        let (mut b, later) = opened(&c);
         assert!(b.allow(later));
         b.failure(later, &c);
         assert_eq!(b.state(), State::Open);
@@ -238,12 +243,7 @@ mod tests {
     #[test]
     fn looking_does_not_take_the_probe_and_a_cancelled_probe_frees_it() {
         let c = config();
-        let t0 = Instant::now();
-        let mut b = Breaker::new(t0);
-        for _ in 0..3 {
-            b.failure(t0, &c);
-        }
-        let later = t0 + Duration::from_secs(6);
+        let (mut b, later) = opened(&c);
         assert!(b.would_allow(later));
         assert!(b.would_allow(later), "asking twice takes nothing");
         assert!(b.allow(later), "the probe");
