@@ -1,8 +1,8 @@
 //! The simulated Bedrock's model catalog: which model ids exist, what they support,
 //! and how fast they are. Parsed from TOML (`models.toml`, embedded by default).
 
+use bedrock_wire::catalog::{Lookup, ModelIds};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The catalog compiled into the binary.
@@ -65,18 +65,14 @@ impl Model {
     }
 }
 
-/// A model id as the caller wrote it, resolved.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    pub model: Arc<Model>,
-    /// Whether the caller named an inference profile (needed for optimized latency).
-    pub via_profile: bool,
-}
+/// A model id as the caller wrote it, resolved (`via_profile`: the caller named
+/// an inference profile, which optimized latency needs).
+pub type Resolved = Lookup<Model>;
 
 /// All models, indexed by base id and profile id.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
-    by_id: HashMap<String, Resolved>,
+    ids: ModelIds<Model>,
     models: Vec<Arc<Model>>,
 }
 
@@ -99,17 +95,7 @@ impl Catalog {
                 ));
             }
             let model = Arc::new(model);
-            let ids = std::iter::once((model.id.clone(), false))
-                .chain(model.profiles.iter().map(|p| (p.clone(), true)));
-            for (id, via_profile) in ids {
-                let resolved = Resolved {
-                    model: model.clone(),
-                    via_profile,
-                };
-                if catalog.by_id.insert(id.clone(), resolved).is_some() {
-                    return Err(format!("model id {id} appears twice"));
-                }
-            }
+            catalog.ids.add(&model, &model.id, &model.profiles)?;
             catalog.models.push(model);
         }
         Ok(catalog)
@@ -124,12 +110,7 @@ impl Catalog {
 
     /// Resolves a model id, an inference profile id, or an ARN of either.
     pub fn resolve(&self, model_id: &str) -> Option<Resolved> {
-        let id = if model_id.starts_with("arn:") {
-            model_id.rsplit('/').next().unwrap_or(model_id)
-        } else {
-            model_id
-        };
-        self.by_id.get(id).cloned()
+        self.ids.get(model_id).cloned()
     }
 
     /// Every model.

@@ -28,7 +28,7 @@ use crate::auth::Principal;
 use crate::cache::{CacheStatus, Directives};
 use crate::catalog::ModelInfo;
 use crate::config::Limits;
-use crate::error::ProxyError;
+use crate::error::{ErrorKind, ProxyError, Side};
 use crate::metrics;
 use crate::pipeline::{self, Answer, Call, Provenance};
 use crate::route::Routed;
@@ -160,6 +160,44 @@ pub fn route(
         .get(&routed.upstream_model)
         .map(|l| l.model.clone());
     Ok(routed)
+}
+
+/// The Converse call a request of another API (OpenAI, Anthropic) becomes:
+/// routed by the model it names (one no route serves is `NotFound`, told as
+/// `unknown(model)`), sending the translated body, streamed or not.
+pub fn translated_call(
+    rt: &Runtime,
+    principal: Arc<Principal>,
+    finish: &mut Finish,
+    model: &str,
+    converse: Value,
+    stream: bool,
+    unknown: fn(&str) -> String,
+) -> Result<Call, ProxyError> {
+    let routed = route(rt, &principal, model, finish).map_err(|e| {
+        if e.kind == ErrorKind::Validation {
+            ProxyError::new(ErrorKind::NotFound, Side::Client, unknown(model))
+        } else {
+            e
+        }
+    })?;
+    let op = if stream {
+        Operation::ConverseStream
+    } else {
+        Operation::Converse
+    };
+    finish.op = op;
+    Ok(Call {
+        request_id: finish.request_id.clone(),
+        op,
+        principal,
+        routed,
+        body: Bytes::from(converse.to_string()),
+        json: Some(converse),
+        edited: false,
+        forward: Vec::new(),
+        started: finish.started,
+    })
 }
 
 /// Runs a call through the pipeline, recording what it took in `finish`.

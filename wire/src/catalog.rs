@@ -104,19 +104,78 @@ struct CatalogFile {
     models: Vec<ModelInfo>,
 }
 
-/// A model as the catalog knows it under one id.
-#[derive(Debug, Clone)]
-pub struct Lookup {
-    pub model: Arc<ModelInfo>,
+/// A model as a catalog knows it under one id.
+#[derive(Debug)]
+pub struct Lookup<M = ModelInfo> {
+    pub model: Arc<M>,
     /// Whether the id is an inference profile (latency-optimized inference is only
     /// served through profiles).
     pub via_profile: bool,
 }
 
+impl<M> Clone for Lookup<M> {
+    fn clone(&self) -> Self {
+        Lookup {
+            model: self.model.clone(),
+            via_profile: self.via_profile,
+        }
+    }
+}
+
+/// Models by every id that names them: the base model id and each inference
+/// profile id; an ARN of either finds the same model. The proxy's catalog and
+/// the simulator's (whose models carry other fields) both index with it.
+#[derive(Debug)]
+pub struct ModelIds<M> {
+    by_id: HashMap<String, Lookup<M>>,
+}
+
+impl<M> Default for ModelIds<M> {
+    fn default() -> Self {
+        ModelIds {
+            by_id: HashMap::new(),
+        }
+    }
+}
+
+impl<M> Clone for ModelIds<M> {
+    fn clone(&self) -> Self {
+        ModelIds {
+            by_id: self.by_id.clone(),
+        }
+    }
+}
+
+impl<M> ModelIds<M> {
+    /// Adds `model` under its base `id` and its `profiles`; an id that is
+    /// already taken is an error.
+    pub fn add(&mut self, model: &Arc<M>, id: &str, profiles: &[String]) -> Result<(), String> {
+        let ids = std::iter::once((id, false)).chain(profiles.iter().map(|p| (p.as_str(), true)));
+        for (id, via_profile) in ids {
+            let lookup = Lookup {
+                model: model.clone(),
+                via_profile,
+            };
+            if self.by_id.insert(id.to_owned(), lookup).is_some() {
+                return Err(format!("model id {id} appears twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks up a model id, profile id, or an ARN of either.
+    pub fn get(&self, model_id: &str) -> Option<&Lookup<M>> {
+        self.by_id.get(model_id).or_else(|| {
+            let resource = model_id.strip_prefix("arn:")?.rsplit_once('/')?.1;
+            self.by_id.get(resource)
+        })
+    }
+}
+
 /// Every model, by base id and profile id.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
-    by_id: HashMap<String, Lookup>,
+    ids: ModelIds<ModelInfo>,
     len: usize,
 }
 
@@ -133,17 +192,7 @@ impl Catalog {
                 ));
             }
             let model = Arc::new(model);
-            let ids = std::iter::once((model.id.clone(), false))
-                .chain(model.profiles.iter().map(|p| (p.clone(), true)));
-            for (id, via_profile) in ids {
-                let lookup = Lookup {
-                    model: model.clone(),
-                    via_profile,
-                };
-                if catalog.by_id.insert(id.clone(), lookup).is_some() {
-                    return Err(format!("model id {id} appears twice"));
-                }
-            }
+            catalog.ids.add(&model, &model.id, &model.profiles)?;
             catalog.len += 1;
         }
         Ok(catalog)
@@ -162,10 +211,7 @@ impl Catalog {
 
     /// Looks up a model id, profile id, or an ARN of either.
     pub fn get(&self, model_id: &str) -> Option<&Lookup> {
-        self.by_id.get(model_id).or_else(|| {
-            let resource = model_id.strip_prefix("arn:")?.rsplit_once('/')?.1;
-            self.by_id.get(resource)
-        })
+        self.ids.get(model_id)
     }
 
     /// How many models it describes.

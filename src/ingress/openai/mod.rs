@@ -5,14 +5,12 @@
 
 pub mod translate;
 
-use crate::ingress::request_span;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bedrock_wire::converse::ConverseEvent;
-use bedrock_wire::operation::Operation;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,11 +18,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{
-    converse_json, failed, json_answer, parse_json, receive, route, run, sse_answer, Finish,
+    converse_json, failed, json_answer, parse_json, receive, request_span, run, sse_answer,
+    translated_call, Finish,
 };
 use crate::app::AppState;
-use crate::error::{ErrorKind, ProxyError, Side};
-use crate::pipeline::{Answer, Call};
+use crate::error::{ErrorKind, ProxyError};
+use crate::pipeline::Answer;
 use crate::stream::SseWriter;
 use translate::ChunkWriter;
 
@@ -118,37 +117,15 @@ async fn serve(
     let (body, principal) = receive(&rt, &parts, body, finish).await?;
     let json = parse_json(&body, rt.config.limits.max_json_depth)?;
     let t = translate::request(&json)?;
-    let routed = route(&rt, &principal, &t.model, finish).map_err(|e| {
-        if e.kind == ErrorKind::Validation {
-            ProxyError::new(
-                ErrorKind::NotFound,
-                Side::Client,
-                format!(
-                    "The model `{}` does not exist or you do not have access to it.",
-                    t.model
-                ),
-            )
-        } else {
-            e
-        }
-    })?;
-    let op = if t.stream {
-        Operation::ConverseStream
-    } else {
-        Operation::Converse
-    };
-    finish.op = op;
-    let call = Call {
-        request_id: finish.request_id.clone(),
-        op,
+    let call = translated_call(
+        &rt,
         principal,
-        routed,
-        body: Bytes::from(t.converse.to_string()),
-        json: Some(t.converse),
-        edited: false,
-        forward: Vec::new(),
-        started: finish.started,
-    };
+        finish,
+        &t.model,
+        t.converse,
+        t.stream,
+        |model| format!("The model `{model}` does not exist or you do not have access to it."),
+    )?;
     let id = format!("chatcmpl-{}", finish.request_id);
     let created = now_secs();
     Ok(match run(state, &rt, call, &parts.headers, finish).await? {
