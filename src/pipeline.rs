@@ -7,8 +7,9 @@
 //! 3. the answer, as a whole body or as a stream of frames whose first frame has
 //!    arrived; complete, successful answers are stored by the task that fetched them.
 //!
-//! Ingress adapters build the `Call` and render the [`Answer`]; stages that edit
-//! the request (prompt-cache and latency planners) edit `Call::json`.
+//! Ingress adapters build the `Call` and render the [`Answer`]; the planners
+//! that edit the request (prompt cache, latency tier) do so per upstream
+//! attempt ([`prepare`]), leaving the `Call` as the client sent it.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bedrock_wire::converse::{Summary, Usage};
@@ -46,23 +47,12 @@ pub struct Call {
     pub body: Bytes,
     /// The body parsed, when it is JSON.
     pub json: Option<Value>,
-    /// Set by a stage that edited `json`; the upstream then gets `json` re-serialized
-    /// instead of the client's bytes.
-    pub edited: bool,
     /// Request headers passed to the upstream (InvokeModel's header members).
     pub forward: Vec<(HeaderName, HeaderValue)>,
     pub started: Instant,
 }
 
 impl Call {
-    /// The body to send upstream: the client's bytes, or the edited JSON.
-    pub fn upstream_body(&self) -> Bytes {
-        match (&self.json, self.edited) {
-            (Some(json), true) => Bytes::from(json.to_string()),
-            _ => self.body.clone(),
-        }
-    }
-
     /// The latency tier the request asks for (`performanceConfig.latency`, or
     /// InvokeModel's header).
     pub fn requested_tier(&self) -> Option<&str> {
@@ -115,7 +105,6 @@ pub struct Provenance {
 struct Cacheable {
     key: CacheKey,
     namespace: std::sync::Arc<str>,
-    policy: RouteCacheConfig,
     lookup: bool,
 }
 
@@ -141,8 +130,9 @@ fn cacheable(call: &Call, directives: &Directives) -> Option<Cacheable> {
     if !allowed || directives.no_store {
         return None;
     }
+    static SHARED: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("shared"));
     let namespace: std::sync::Arc<str> = if policy.shared {
-        std::sync::Arc::from("shared")
+        SHARED.clone()
     } else {
         call.principal.tenant.clone()
     };
@@ -163,7 +153,6 @@ fn cacheable(call: &Call, directives: &Directives) -> Option<Cacheable> {
     Some(Cacheable {
         key,
         namespace,
-        policy: policy.clone(),
         lookup: !directives.no_cache,
     })
 }
@@ -219,7 +208,8 @@ pub async fn run(
             )
             .await;
         if let Some((entry, tier)) = found {
-            if let Some(answer) = from_entry(&entry, call.op, c.policy.replay) {
+            if let Some(answer) = from_entry(&entry, call.op, call.routed.route.config.cache.replay)
+            {
                 provenance.cache = CacheStatus::Hit {
                     tier,
                     age: entry.age(),
@@ -257,7 +247,6 @@ pub async fn run(
                     flight.clone(),
                     flight_key,
                     c.namespace.clone(),
-                    c.policy.clone(),
                     c.lookup,
                 ));
                 return match flight.join(rx).await {
@@ -314,7 +303,6 @@ fn storable(policy: &RouteCacheConfig, stop_reason: Option<&str>) -> bool {
 
 /// The upstream call of a flight: publishes the answer as it arrives, stores it
 /// when complete, and stops if every subscriber went away.
-#[allow(clippy::too_many_arguments)]
 async fn fly(
     state: AppState,
     rt: Arc<Runtime>,
@@ -322,10 +310,10 @@ async fn fly(
     flight: Arc<Flight>,
     flight_key: FlightKey,
     namespace: Arc<str>,
-    policy: RouteCacheConfig,
     registered: bool,
 ) {
     let cache = &state.cache;
+    let policy = &call.routed.route.config.cache;
     let key = flight_key.key;
     let forget = || {
         if registered {
@@ -363,7 +351,7 @@ async fn fly(
                 body: body.clone(),
                 summary: summary.clone(),
             });
-            if may_store && storable(&policy, summary.stop_reason.as_deref()) {
+            if may_store && storable(policy, summary.stop_reason.as_deref()) {
                 let entry = match call.op {
                     Operation::Converse => {
                         Entry::from_converse_body(tenant, route, model, policy.ttl, &body).ok()
@@ -405,7 +393,7 @@ async fn fly(
             };
             drop(frames);
             let complete = end.is_ok() && !upstream_exception;
-            if may_store && complete && storable(&policy, reader.summary.stop_reason.as_deref()) {
+            if may_store && complete && storable(policy, reader.summary.stop_reason.as_deref()) {
                 let summary = reader.summary.clone();
                 let offsets = std::mem::take(&mut reader.offsets_ms);
                 let entry = match (reader.events.take(), reader.chunks.take()) {
@@ -546,7 +534,7 @@ fn prepare(rt: &Runtime, call: &Call, target: &Target, sightings: Sightings) -> 
     }
     let body = match edited {
         Some(json) => Bytes::from(json.to_string()),
-        None => call.upstream_body(),
+        None => call.body.clone(),
     };
     Prepared {
         body,
@@ -616,11 +604,19 @@ pub fn summarize(op: Operation, headers: &HeaderMap, body: &[u8]) -> Summary {
             };
             let input = n("x-amzn-bedrock-input-token-count");
             let output = n("x-amzn-bedrock-output-token-count");
-            let stop_reason = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-                v["stop_reason"]
-                    .as_str()
-                    .or(v["stopReason"].as_str())
-                    .map(str::to_owned)
+            // Only the stop reason is read; the rest of the body is skipped, not built.
+            #[derive(serde::Deserialize)]
+            struct Stop {
+                stop_reason: Option<Value>,
+                #[serde(rename = "stopReason")]
+                stop_reason_camel: Option<Value>,
+            }
+            let stop_reason = serde_json::from_slice::<Stop>(body).ok().and_then(|v| {
+                let text = |v: Option<Value>| match v {
+                    Some(Value::String(s)) => Some(s),
+                    _ => None,
+                };
+                text(v.stop_reason).or_else(|| text(v.stop_reason_camel))
             });
             Summary {
                 stop_reason,

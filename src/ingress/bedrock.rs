@@ -124,7 +124,6 @@ async fn serve(
         routed,
         body,
         json,
-        edited: false,
         forward,
         started: finish.started,
     };

@@ -194,7 +194,6 @@ pub fn translated_call(
         routed,
         body: Bytes::from(converse.to_string()),
         json: Some(converse),
-        edited: false,
         forward: Vec::new(),
         started: finish.started,
     })

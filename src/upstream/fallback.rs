@@ -16,11 +16,11 @@ use bedrock_wire::eventstream::FrameKind;
 use bedrock_wire::operation::Operation;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use super::breaker::Breakers;
+use super::breaker::{Breaker, Breakers};
 use super::{passed_headers, read_body, Upstream};
 use crate::app::Runtime;
 use crate::config::{LatencyPolicy, ResilienceConfig};
@@ -199,8 +199,24 @@ impl Chain<'_> {
             .min(deadline.saturating_duration_since(Instant::now()))
     }
 
-    fn settle(&self, target: &Target, key: &str, result: &Result<Answer, ProxyError>) {
-        let breaker = self.breakers.get(key);
+    /// The attempt body and the breaker of `targets[i]`, planned the first time
+    /// they are needed in this call and reused after (retries, hedging).
+    fn planned(&self, plans: &mut [Option<Planned>], targets: &[Target], i: usize) -> Planned {
+        plans[i]
+            .get_or_insert_with(|| {
+                let prepared = (self.prepare)(&targets[i]);
+                let breaker = self.breakers.get(&targets[i].breaker_key(prepared.tier));
+                Planned { prepared, breaker }
+            })
+            .clone()
+    }
+
+    fn settle(
+        &self,
+        target: &Target,
+        breaker: &Mutex<Breaker>,
+        result: &Result<Answer, ProxyError>,
+    ) {
         let mut b = breaker.lock().unwrap_or_else(|e| e.into_inner());
         let route = metrics::route_label(self.route);
         let now = Instant::now();
@@ -220,20 +236,11 @@ impl Chain<'_> {
     }
 
     /// Whether the target's breaker lets a request through now.
-    fn admits(&self, target: &Target, tier: Option<&str>) -> bool {
-        let breaker = self.breakers.get(&target.breaker_key(tier));
+    fn admits(&self, target: &Target, breaker: &Mutex<Breaker>) -> bool {
         let mut b = breaker.lock().unwrap_or_else(|e| e.into_inner());
         let allowed = b.allow(Instant::now());
         metrics::breaker_state(&metrics::route_label(self.route), &target.label, b.state());
         allowed
-    }
-
-    /// Whether the target's breaker would let a request through now, without
-    /// taking a half-open probe.
-    fn would_admit(&self, target: &Target, tier: Option<&str>) -> bool {
-        let breaker = self.breakers.get(&target.breaker_key(tier));
-        let b = breaker.lock().unwrap_or_else(|e| e.into_inner());
-        b.would_allow(Instant::now())
     }
 
     /// One attempt (already admitted by its breaker), settled, with its record.
@@ -242,9 +249,10 @@ impl Chain<'_> {
     async fn try_target(
         &self,
         target: &Target,
-        prepared: Prepared,
+        planned: Planned,
         deadline: Instant,
     ) -> (Result<Answer, ProxyError>, Attempted) {
+        let Planned { prepared, breaker } = planned;
         let mut record = Attempted {
             attempts: 1,
             ..Attempted::default()
@@ -255,13 +263,10 @@ impl Chain<'_> {
             .notes
             .count(&metrics::route_label(self.route), &target.label);
         let first_byte = self.first_byte(target, deadline);
-        let mut unsettled = Unsettled {
-            breakers: self.breakers,
-            key: Some(target.breaker_key(tier)),
-        };
+        let mut unsettled = Unsettled(Some(breaker));
         let result = attempt(target, self.op, prepared, first_byte, deadline, self.route).await;
-        if let Some(key) = unsettled.key.take() {
-            self.settle(target, &key, &result);
+        if let Some(breaker) = unsettled.0.take() {
+            self.settle(target, &breaker, &result);
         }
         if result.is_ok() {
             record.target = Some(target.label.clone());
@@ -287,11 +292,12 @@ impl Chain<'_> {
         let route = metrics::route_label(self.route);
         let mut last_error: Option<ProxyError> = None;
         let mut hedged = false;
+        let mut plans: Vec<Option<Planned>> = vec![None; targets.len()];
         let mut i = 0;
         while i < targets.len() {
             let target = &targets[i];
-            let prepared = (self.prepare)(target);
-            if !self.admits(target, prepared.tier) {
+            let planned = self.planned(&mut plans, targets, i);
+            if !self.admits(target, &planned.breaker) {
                 let next = targets.get(i + 1).map_or("none", |t| &*t.label);
                 metrics::fallback(&route, &target.label, next, "breaker_open");
                 last_error.get_or_insert_with(|| {
@@ -313,18 +319,18 @@ impl Chain<'_> {
                 if Instant::now() >= deadline {
                     break last_error.take().unwrap_or_else(|| self.deadline_error());
                 }
-                let p = prepared.clone();
+                let p = planned.clone();
                 let hedge = match (self.resilience.hedge_after, hedged || tried) {
-                    (Some(after), false) => self.hedge_partner(targets, i).map(|j| (after, j)),
+                    (Some(after), false) => self
+                        .hedge_partner(&mut plans, targets, i)
+                        .map(|(j, partner)| (after, j, partner)),
                     _ => None,
                 };
                 tried = true;
                 let result = match hedge {
-                    Some((after, j)) => {
-                        match self
-                            .hedge(target, p, &targets[j], after, deadline, done)
-                            .await
-                        {
+                    Some((after, j, partner)) => {
+                        let second = (&targets[j], partner);
+                        match self.hedge(target, p, second, after, deadline, done).await {
                             Hedged::Alone(result) => result,
                             Hedged::Raced(Ok(answer)) => return Ok(answer),
                             Hedged::Raced(Err(e)) if !self.falls_back(&e) => return Err(e),
@@ -371,10 +377,20 @@ impl Chain<'_> {
 
     /// The target a hedge on `targets[i]` would start: the next one whose
     /// breaker would let it through (asked without taking a probe).
-    fn hedge_partner(&self, targets: &[Target], i: usize) -> Option<usize> {
-        (i + 1..targets.len()).find(|&j| {
-            let tier = (self.prepare)(&targets[j]).tier;
-            self.would_admit(&targets[j], tier)
+    fn hedge_partner(
+        &self,
+        plans: &mut [Option<Planned>],
+        targets: &[Target],
+        i: usize,
+    ) -> Option<(usize, Planned)> {
+        (i + 1..targets.len()).find_map(|j| {
+            let planned = self.planned(plans, targets, j);
+            let open = planned
+                .breaker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .would_allow(Instant::now());
+            open.then_some((j, planned))
         })
     }
 
@@ -393,14 +409,14 @@ impl Chain<'_> {
     async fn hedge(
         &self,
         first: &Target,
-        prepared: Prepared,
-        second: &Target,
+        planned: Planned,
+        (second, second_planned): (&Target, Planned),
         after: Duration,
         deadline: Instant,
         done: &mut Attempted,
     ) -> Hedged {
         let route = metrics::route_label(self.route);
-        let a = self.try_target(first, prepared, deadline);
+        let a = self.try_target(first, planned, deadline);
         tokio::pin!(a);
         tokio::select! {
             (result, record) = &mut a => {
@@ -409,14 +425,13 @@ impl Chain<'_> {
             }
             () = tokio::time::sleep(after) => {}
         }
-        let second_prepared = (self.prepare)(second);
-        if !self.admits(second, second_prepared.tier) {
+        if !self.admits(second, &second_planned.breaker) {
             let (result, record) = a.await;
             absorb(done, record);
             return Hedged::Alone(result);
         }
         metrics::hedge(&route, "fired");
-        let b = self.try_target(second, second_prepared, deadline);
+        let b = self.try_target(second, second_planned, deadline);
         tokio::pin!(b);
         // The first to answer wins; if one fails, wait for the other. Leaving
         // this function drops the loser, which cancels its upstream call.
@@ -454,17 +469,20 @@ enum Hedged {
     Raced(Result<Answer, ProxyError>),
 }
 
-/// An admitted attempt that has not settled: dropped like that, it gives its
-/// breaker's half-open probe back ([`super::breaker::Breaker::abandon`]).
-struct Unsettled<'a> {
-    breakers: &'a Breakers,
-    key: Option<String>,
+/// What an attempt on one target sends, and the breaker it answers to.
+#[derive(Clone)]
+struct Planned {
+    prepared: Prepared,
+    breaker: Arc<Mutex<Breaker>>,
 }
 
-impl Drop for Unsettled<'_> {
+/// An admitted attempt that has not settled: dropped like that, it gives its
+/// breaker's half-open probe back ([`Breaker::abandon`]).
+struct Unsettled(Option<Arc<Mutex<Breaker>>>);
+
+impl Drop for Unsettled {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            let breaker = self.breakers.get(&key);
+        if let Some(breaker) = self.0.take() {
             breaker.lock().unwrap_or_else(|e| e.into_inner()).abandon();
         }
     }
