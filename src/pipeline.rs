@@ -31,7 +31,7 @@ use crate::config::{CachePosition, PromptCacheMode};
 use crate::error::{ProxyError, Side};
 use crate::latency;
 use crate::metrics;
-use crate::prompt_cache::{self, PrefixRegistry, Sightings};
+use crate::prompt_cache::{self, PrefixRegistry, Prefixes, Sightings};
 use crate::route::Routed;
 use crate::stream::{self, FrameStream, StreamReader};
 use crate::upstream::fallback::{self, Attempted, Chain, PlanNotes, Prepared, Target};
@@ -430,13 +430,18 @@ fn plannable(call: &Call) -> Option<(&Value, prompt_cache::Format)> {
 /// Records one sighting of the call's fixed prefixes (system prompt, tool
 /// definitions) in the registry; only `auto` routes need the counts, and only
 /// prefixes long enough for the model's prompt cache are worth tracking.
-async fn observe_prefixes(rt: &Runtime, registry: &PrefixRegistry, call: &Call) -> Sightings {
+async fn observe_prefixes(
+    rt: &Runtime,
+    registry: &PrefixRegistry,
+    call: &Call,
+    prefixes: Option<Prefixes>,
+) -> Sightings {
     let policy = &call.routed.route.config.prompt_cache;
     let mut sightings = Sightings::default();
     if policy.mode != PromptCacheMode::Auto {
         return sightings;
     }
-    let Some((json, format)) = plannable(call) else {
+    let (Some((json, format)), Some(sizes)) = (plannable(call), prefixes) else {
         return sightings;
     };
     let model_id = &call.routed.upstream_model;
@@ -448,7 +453,6 @@ async fn observe_prefixes(rt: &Runtime, registry: &PrefixRegistry, call: &Call) 
     else {
         return sightings;
     };
-    let sizes = prompt_cache::Prefixes::of(json, format);
     for (section, tokens) in [
         (CachePosition::Tools, sizes.tools_end),
         (CachePosition::System, sizes.system_end),
@@ -482,7 +486,13 @@ async fn observe_prefixes(rt: &Runtime, registry: &PrefixRegistry, call: &Call) 
 /// planner's tier for its model and region. When neither changes anything, the
 /// client's bytes go out untouched. What the planners decided is counted when the
 /// attempt is sent, not here: the chain also plans targets it may not try.
-fn prepare(rt: &Runtime, call: &Call, target: &Target, sightings: Sightings) -> Prepared {
+fn prepare(
+    rt: &Runtime,
+    call: &Call,
+    target: &Target,
+    sightings: Sightings,
+    prefixes: Option<Prefixes>,
+) -> Prepared {
     let route = &call.routed.route;
     let mut notes = PlanNotes::default();
     let lookup = rt.catalog.get(&target.model);
@@ -498,10 +508,10 @@ fn prepare(rt: &Runtime, call: &Call, target: &Target, sightings: Sightings) -> 
     let mut edited: Option<Value> = None;
     let mut cache_points = 0;
     let policy = &route.config.prompt_cache;
-    if let Some((json, format)) = plannable(call).filter(|_| policy.mode != PromptCacheMode::Off) {
-        let mut body = json.clone();
+    if let (Some((json, format)), Some(prefixes)) = (plannable(call), prefixes) {
         let model = lookup.map(|l| l.model.clone());
-        let plan = prompt_cache::plan(&mut body, format, model.as_deref(), policy, sightings);
+        let plan =
+            prompt_cache::decide(json, format, model.as_deref(), policy, sightings, prefixes);
         notes.injected = plan.injected.iter().map(|p| p.label()).collect();
         notes.skipped = plan
             .skipped
@@ -510,6 +520,8 @@ fn prepare(rt: &Runtime, call: &Call, target: &Target, sightings: Sightings) -> 
             .collect();
         cache_points = plan.injected.len() as u32;
         if cache_points > 0 {
+            let mut body = json.clone();
+            prompt_cache::apply(&mut body, format, &plan);
             edited = Some(body);
         }
     }
@@ -559,9 +571,14 @@ async fn upstream(
 ) -> Result<Answer, ProxyError> {
     let route = &call.routed.route;
     let route_label = metrics::route_label(&route.name);
-    let sightings = observe_prefixes(rt, &state.prefixes, call).await;
+    // The client's section sizes, measured once for the registry and every
+    // target's plan (routes with prompt caching on only).
+    let prefixes = plannable(call)
+        .filter(|_| route.config.prompt_cache.mode != PromptCacheMode::Off)
+        .map(|(json, format)| Prefixes::of(json, format));
+    let sightings = observe_prefixes(rt, &state.prefixes, call, prefixes).await;
     let targets = fallback::targets(rt, route, &call.routed.upstream_model)?;
-    let prepare = |target: &Target| prepare(rt, call, target, sightings);
+    let prepare = |target: &Target| prepare(rt, call, target, sightings, prefixes);
     let chain = Chain {
         route: &route.name,
         op: call.op,

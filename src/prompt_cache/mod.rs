@@ -69,6 +69,8 @@ impl Skip {
 pub struct Plan {
     pub injected: Vec<CachePosition>,
     pub skipped: Vec<(CachePosition, Skip)>,
+    /// The injected points ask for the 1-hour TTL.
+    pub ttl_1h: bool,
 }
 
 /// How often the registry has seen a request's fixed prefixes (this sighting
@@ -228,19 +230,21 @@ pub fn sightings_needed(model: &ModelInfo, policy: &PromptCacheConfig) -> u64 {
     }
 }
 
-/// Decides where to put cache points and puts them into `body`.
-pub fn plan(
-    body: &mut Value,
+/// Decides where cache points go in `body`, whose section sizes are
+/// `prefixes` ([`Prefixes::of`] the same body); [`apply`] puts them there. The
+/// body is only read, so a request is copied only when something is injected.
+pub fn decide(
+    body: &Value,
     format: Format,
     model: Option<&ModelInfo>,
     policy: &PromptCacheConfig,
     sightings: Sightings,
+    prefixes: Prefixes,
 ) -> Plan {
     let mut plan = Plan::default();
     if policy.mode == PromptCacheMode::Off {
         return plan;
     }
-    let prefixes = Prefixes::of(body, format);
     let wanted: Vec<CachePosition> = [
         CachePosition::System,
         CachePosition::Conversation,
@@ -292,17 +296,21 @@ pub fn plan(
     if plan.injected.is_empty() {
         return plan;
     }
-    let ttl_1h = policy.ttl_1h && model.cache_ttl_1h;
+    plan.ttl_1h = policy.ttl_1h && model.cache_ttl_1h;
     if policy.ttl_1h && !model.cache_ttl_1h {
         plan.skipped.push((plan.injected[0], Skip::TtlUnavailable));
     }
+    plan
+}
+
+/// Puts the cache points `plan` decided into `body`.
+pub fn apply(body: &mut Value, format: Format, plan: &Plan) {
     for position in &plan.injected {
         match format {
-            Format::Converse => mark_converse(body, *position, ttl_1h),
-            Format::Anthropic => mark_anthropic(body, *position, ttl_1h),
+            Format::Converse => mark_converse(body, *position, plan.ttl_1h),
+            Format::Anthropic => mark_anthropic(body, *position, plan.ttl_1h),
         }
     }
-    plan
 }
 
 fn cache_point(ttl_1h: bool) -> Value {

@@ -55,6 +55,20 @@ fn strip_points(v: &mut Value) {
     }
 }
 
+/// Decides and applies, as the pipeline does for one attempt.
+fn plan(
+    body: &mut Value,
+    format: Format,
+    model: Option<&ModelInfo>,
+    policy: &PromptCacheConfig,
+    sightings: Sightings,
+) -> Plan {
+    let prefixes = Prefixes::of(body, format);
+    let plan = decide(body, format, model, policy, sightings, prefixes);
+    apply(body, format, &plan);
+    plan
+}
+
 #[test]
 fn a_long_repeated_system_prompt_gets_a_point_and_nothing_else_changes() {
     let original = request(3000, 1);
