@@ -274,7 +274,7 @@ pub async fn run(cli: Cli) -> Result<(), BenchError> {
             .await?;
             print!("{}", load::render(&report));
             if let Some(dir) = &a.out {
-                load::write_json(&report, dir)?;
+                crate::write_json(&report, dir, "load.json")?;
                 eprintln!("wrote {}/load.json", dir.display());
             }
         }
@@ -309,7 +309,7 @@ pub async fn run(cli: Cli) -> Result<(), BenchError> {
             .await?;
             print!("{}", workload::render(&report));
             if let Some(dir) = &a.out {
-                workload::write_json(&report, dir)?;
+                crate::write_json(&report, dir, "workload.json")?;
                 eprintln!("wrote {}/workload.json", dir.display());
             }
         }

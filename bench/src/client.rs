@@ -10,8 +10,10 @@
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
+pub use bedrock_wire::client::bedrock_runtime_endpoint;
 use bedrock_wire::client::{http_client, model_path, sign_bedrock, HttpClient};
 use bedrock_wire::converse::Usage;
+use bedrock_wire::operation::Operation;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
@@ -143,17 +145,12 @@ impl Api {
     }
 }
 
-/// Bedrock Runtime's public endpoint in `region`.
-pub fn bedrock_runtime_endpoint(region: &str) -> String {
-    format!("https://bedrock-runtime.{region}.amazonaws.com")
-}
-
 /// The URL of Converse (or ConverseStream) on `model` under `base`.
 pub fn bedrock_url(base: &str, model: &str, stream: bool) -> String {
     let operation = if stream {
-        "converse-stream"
+        Operation::ConverseStream
     } else {
-        "converse"
+        Operation::Converse
     };
     format!(
         "{}{}",
@@ -165,6 +162,23 @@ pub fn bedrock_url(base: &str, model: &str, stream: bool) -> String {
 /// The URL of OpenAI's chat completions under `base`.
 pub fn openai_url(base: &str) -> String {
     format!("{}/v1/chat/completions", base.trim_end_matches('/'))
+}
+
+/// Checks a run's targets: one, or two to compare, each a base URL.
+pub fn check_targets(targets: &[String]) -> Result<(), BenchError> {
+    if targets.is_empty() || targets.len() > 2 {
+        return Err(BenchError::Options("one target, or two to compare".into()));
+    }
+    targets.iter().try_for_each(|t| check_base_url(t))
+}
+
+/// How a report names target `i` of `n`: `target` alone, else `A` and `B`.
+pub fn target_label(i: usize, n: usize) -> &'static str {
+    if n == 1 {
+        "target"
+    } else {
+        ["A", "B"][i]
+    }
 }
 
 /// Checks that `url` is an absolute http(s) URL, so a typo fails before the run.

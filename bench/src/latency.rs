@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use crate::client::{self, Api, Auth, AuthOptions, BenchClient, CallResult};
 use crate::error::BenchError;
 use crate::report;
-use crate::stats::Distribution;
-use crate::table::{num, Table};
+use crate::stats::{count_codes, Distribution};
+use crate::table::{code_list, num, Table};
 
 /// Bedrock's two latency tiers (`performanceConfig.latency`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -304,12 +304,7 @@ pub fn summarize(calls: &[CallRecord]) -> Vec<GroupSummary> {
                 .filter(|c| c.model_id == model_id && c.inference_profile == tier)
                 .collect();
             let ok: Vec<&&CallRecord> = group.iter().filter(|c| c.error.is_none()).collect();
-            let mut errors_by_code = BTreeMap::new();
-            for c in &group {
-                if let Some(e) = &c.error {
-                    *errors_by_code.entry(e.clone()).or_insert(0) += 1;
-                }
-            }
+            let errors_by_code = count_codes(group.iter().filter_map(|c| c.error.as_deref()));
             let mut served = BTreeMap::new();
             for c in &ok {
                 if let Some(t) = &c.served_tier {
@@ -446,18 +441,13 @@ pub async fn run(options: LatencyOptions) -> Result<LatencyRun, BenchError> {
     progress.finish_and_clear();
     calls.sort_by_key(|c| c.seq);
 
-    let mut errors_by_code = BTreeMap::new();
-    for c in &calls {
-        if let Some(e) = &c.error {
-            *errors_by_code.entry(e.clone()).or_insert(0) += 1;
-        }
-    }
+    let errors_by_code = count_codes(calls.iter().filter_map(|c| c.error.as_deref()));
     let (options, _, _, _) = &*shared;
     Ok(LatencyRun {
         endpoint: options
             .endpoint
             .clone()
-            .unwrap_or_else(|| "https://bedrock-runtime.{region}.amazonaws.com".into()),
+            .unwrap_or_else(|| client::bedrock_runtime_endpoint("{region}")),
         calls_total: calls.len(),
         errors_total: errors_by_code.values().sum(),
         errors_by_code,
@@ -513,14 +503,7 @@ pub fn render_table(run: &LatencyRun) -> String {
         if run.errors_by_code.is_empty() {
             String::new()
         } else {
-            format!(
-                ": {}",
-                run.errors_by_code
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!(": {}", code_list(&run.errors_by_code))
         }
     );
     out
@@ -577,9 +560,7 @@ pub fn write_outputs(run: &LatencyRun, dir: &Path) -> Result<(), BenchError> {
         std::fs::write(&path, text).map_err(|e| BenchError::io(path, e))
     };
     write("results.csv", render_csv(&run.calls))?;
-    let summary = serde_json::to_string_pretty(run)
-        .map_err(|e| BenchError::Options(format!("summary.json: {e}")))?;
-    write("summary.json", summary + "\n")?;
+    crate::write_json(run, dir, "summary.json")?;
     write("report.html", report::latency_html(run))?;
     Ok(())
 }

@@ -27,3 +27,16 @@ pub mod table;
 pub mod workload;
 
 pub use error::BenchError;
+
+/// Writes `value` as pretty-printed JSON to `dir/name`, creating `dir`.
+pub fn write_json<T: serde::Serialize>(
+    value: &T,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<(), BenchError> {
+    std::fs::create_dir_all(dir).map_err(|e| BenchError::io(dir, e))?;
+    let path = dir.join(name);
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| BenchError::Options(format!("{name}: {e}")))?;
+    std::fs::write(&path, text + "\n").map_err(|e| BenchError::io(path, e))
+}

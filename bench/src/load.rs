@@ -10,7 +10,6 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +19,7 @@ use tokio::time::Instant;
 use crate::client::{self, Api, Auth, AuthOptions, BenchClient, CallResult};
 use crate::error::BenchError;
 use crate::stats::{LatencyHistogram, LatencySummary};
-use crate::table::{num, Table};
+use crate::table::{code_list, num, Table};
 
 /// The API spoken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -313,12 +312,7 @@ fn deltas(a: &TargetReport, b: &TargetReport) -> Vec<Delta> {
 }
 
 fn check(options: &LoadOptions) -> Result<(), BenchError> {
-    if options.targets.is_empty() || options.targets.len() > 2 {
-        return Err(BenchError::Options("one target, or two to compare".into()));
-    }
-    for t in &options.targets {
-        client::check_base_url(t)?;
-    }
+    client::check_targets(&options.targets)?;
     match options.arrival {
         Arrival::Closed { concurrency: 0 } => {
             return Err(BenchError::Options(
@@ -411,11 +405,7 @@ pub async fn run(options: LoadOptions) -> Result<LoadReport, BenchError> {
         .iter()
         .enumerate()
         .map(|(i, s)| TargetReport {
-            label: if plan.urls.len() == 1 {
-                "target".into()
-            } else {
-                ["A", "B"][i].into()
-            },
+            label: client::target_label(i, plan.urls.len()).into(),
             url: plan.options.targets[i].clone(),
             requests: s.requests,
             ok: s.ok,
@@ -519,12 +509,12 @@ pub fn render(report: &LoadReport) -> String {
     out.push_str(&t.render());
     for target in &report.targets {
         if !target.errors.is_empty() {
-            let list: Vec<String> = target
-                .errors
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect();
-            let _ = writeln!(out, "errors {}: {}", target.label, list.join(", "));
+            let _ = writeln!(
+                out,
+                "errors {}: {}",
+                target.label,
+                code_list(&target.errors)
+            );
         }
         if target.cache_hits > 0 {
             let _ = writeln!(
@@ -549,15 +539,6 @@ pub fn render(report: &LoadReport) -> String {
         out.push_str(&t.render());
     }
     out
-}
-
-/// Writes `load.json` into `dir`.
-pub fn write_json(report: &LoadReport, dir: &Path) -> Result<(), BenchError> {
-    std::fs::create_dir_all(dir).map_err(|e| BenchError::io(dir, e))?;
-    let path = dir.join("load.json");
-    let text = serde_json::to_string_pretty(report)
-        .map_err(|e| BenchError::Options(format!("load.json: {e}")))?;
-    std::fs::write(&path, text + "\n").map_err(|e| BenchError::io(path, e))
 }
 
 #[cfg(test)]

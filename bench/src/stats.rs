@@ -4,6 +4,7 @@
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::error::BenchError;
@@ -21,6 +22,15 @@ pub struct Distribution {
     pub p90: f64,
     pub p99: f64,
     pub max: f64,
+}
+
+/// How often each error code occurs.
+pub fn count_codes<'a>(codes: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for code in codes {
+        *counts.entry(code.to_owned()).or_insert(0) += 1;
+    }
+    counts
 }
 
 /// The `q` quantile (0..=1) of sorted samples, interpolating linearly between

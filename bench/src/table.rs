@@ -87,6 +87,15 @@ fn is_numeric(cell: &str) -> bool {
     cell == "-" || (!t.is_empty() && t.replace(',', "").parse::<f64>().is_ok())
 }
 
+/// Error counts as `code n, code n`.
+pub fn code_list<N: std::fmt::Display>(counts: &std::collections::BTreeMap<String, N>) -> String {
+    counts
+        .iter()
+        .map(|(code, n)| format!("{code} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A number with `decimals` digits, or `-` when absent or not finite.
 pub fn num(v: Option<f64>, decimals: usize) -> String {
     match v {

@@ -12,7 +12,6 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,8 +20,8 @@ use tokio::time::Instant;
 
 use crate::client::{self, Api, Auth, AuthOptions, BenchClient, CallResult};
 use crate::error::BenchError;
-use crate::stats::Distribution;
-use crate::table::{num, Table};
+use crate::stats::{count_codes, Distribution};
+use crate::table::{code_list, num, Table};
 use bedrock_wire::catalog::{Catalog, ModelInfo};
 
 /// Common English words the generated text is drawn from: the simulator and
@@ -178,7 +177,7 @@ pub struct WorkloadTargetReport {
     pub url: String,
     pub requests: u64,
     pub repeats: u64,
-    pub errors: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, usize>,
     pub elapsed_s: f64,
     pub ttft_ms: Option<Distribution>,
     pub total_ms: Option<Distribution>,
@@ -319,12 +318,7 @@ impl Run {
 }
 
 fn check(options: &WorkloadOptions) -> Result<(), BenchError> {
-    if options.targets.is_empty() || options.targets.len() > 2 {
-        return Err(BenchError::Options("one target, or two to compare".into()));
-    }
-    for t in &options.targets {
-        client::check_base_url(t)?;
-    }
+    client::check_targets(&options.targets)?;
     if options.conversations == 0
         || options.system_prompts == 0
         || options.turns == 0
@@ -410,15 +404,12 @@ fn summarize(
     elapsed_s: f64,
     price: Option<&ModelInfo>,
 ) -> WorkloadTargetReport {
-    let mut errors = BTreeMap::new();
+    let errors = count_codes(records.iter().filter_map(|r| r.result.error.as_deref()));
     let mut billed = TokenTotals::default();
     let mut proxy_cache = TokenTotals::default();
     let mut hits = 0;
     let mut cost = price.map(|_| Cost::default());
     for r in records {
-        if let Some(code) = &r.result.error {
-            *errors.entry(code.clone()).or_insert(0) += 1;
-        }
         if r.result.cache_hit {
             hits += 1;
         }
@@ -476,11 +467,7 @@ pub async fn run(options: WorkloadOptions) -> Result<WorkloadReport, BenchError>
     let price = options.catalog.get(&options.model).map(|l| l.model.clone());
     let mut targets = Vec::new();
     for (i, url) in options.targets.iter().enumerate() {
-        let label = if options.targets.len() == 1 {
-            "target"
-        } else {
-            ["A", "B"][i]
-        };
+        let label = client::target_label(i, options.targets.len());
         targets.push(run_target(label, url, &options, &systems, &client, price.as_deref()).await);
     }
     let (ttft_p50_change, cost_change) = match targets.as_slice() {
@@ -552,7 +539,7 @@ pub fn render(report: &WorkloadReport) -> String {
     row(&mut t, "requests", &|r| r.requests.to_string());
     row(&mut t, "  of which repeats", &|r| r.repeats.to_string());
     row(&mut t, "errors", &|r| {
-        r.errors.values().sum::<u64>().to_string()
+        r.errors.values().sum::<usize>().to_string()
     });
     row(&mut t, "elapsed s", &|r| format!("{:.1}", r.elapsed_s));
     row(&mut t, "TTFT p50 ms", &|r| dist(r.ttft_ms, |d| d.p50));
@@ -593,12 +580,12 @@ pub fn render(report: &WorkloadReport) -> String {
     out.push_str(&t.render());
     for target in &report.targets {
         if !target.errors.is_empty() {
-            let list: Vec<String> = target
-                .errors
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect();
-            let _ = writeln!(out, "errors {}: {}", target.label, list.join(", "));
+            let _ = writeln!(
+                out,
+                "errors {}: {}",
+                target.label,
+                code_list(&target.errors)
+            );
         }
     }
     if report.targets.len() == 2 {
@@ -610,15 +597,6 @@ pub fn render(report: &WorkloadReport) -> String {
         );
     }
     out
-}
-
-/// Writes `workload.json` into `dir`.
-pub fn write_json(report: &WorkloadReport, dir: &Path) -> Result<(), BenchError> {
-    std::fs::create_dir_all(dir).map_err(|e| BenchError::io(dir, e))?;
-    let path = dir.join("workload.json");
-    let text = serde_json::to_string_pretty(report)
-        .map_err(|e| BenchError::Options(format!("workload.json: {e}")))?;
-    std::fs::write(&path, text + "\n").map_err(|e| BenchError::io(path, e))
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ async fn load_open_loop_compare_alternates_targets() {
     }
     assert_eq!(report.comparison.len(), 3);
     let dir = std::env::temp_dir().join(format!("bench-load-{}", std::process::id()));
-    load::write_json(&report, &dir).unwrap();
+    bedrock_bench::write_json(&report, &dir, "load.json").unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("load.json")).unwrap()).unwrap();
     assert_eq!(json["targets"][1]["requests"], 20);

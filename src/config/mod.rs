@@ -121,10 +121,9 @@ impl UpstreamConfig {
     pub fn endpoint_url(&self) -> Option<String> {
         match (&self.endpoint, self.kind) {
             (Some(e), _) => Some(e.trim_end_matches('/').to_owned()),
-            (None, UpstreamKind::Bedrock) => Some(format!(
-                "https://bedrock-runtime.{}.amazonaws.com",
-                self.region
-            )),
+            (None, UpstreamKind::Bedrock) => {
+                Some(bedrock_wire::client::bedrock_runtime_endpoint(&self.region))
+            }
             (None, UpstreamKind::Simulator) => None,
         }
     }

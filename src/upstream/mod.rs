@@ -151,7 +151,7 @@ impl Upstream {
 
     /// The URL of `op` on `model_id`.
     pub fn url(&self, op: Operation, model_id: &str) -> String {
-        format!("{}{}", self.base, model_path(model_id, op.name()))
+        format!("{}{}", self.base, model_path(model_id, op))
     }
 
     /// Sends one request and waits for the response headers, within the

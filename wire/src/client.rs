@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::time::{Duration, SystemTime};
 
+use crate::operation::Operation;
+
 /// What the AWS SDKs leave unescaped in a path segment.
 const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -57,11 +59,17 @@ pub fn http_client(connect_timeout: Duration, max_idle_per_host: usize, http2: b
 
 /// `/model/{modelId}/{operation}`, the model id escaped as the SDKs do (an ARN's
 /// `:` and `/` included).
-pub fn model_path(model_id: &str, operation: &str) -> String {
+pub fn model_path(model_id: &str, operation: Operation) -> String {
     format!(
-        "/model/{}/{operation}",
-        utf8_percent_encode(model_id, PATH_SEGMENT)
+        "/model/{}/{}",
+        utf8_percent_encode(model_id, PATH_SEGMENT),
+        operation.name()
     )
+}
+
+/// Bedrock Runtime's public endpoint in `region`.
+pub fn bedrock_runtime_endpoint(region: &str) -> String {
+    format!("https://bedrock-runtime.{region}.amazonaws.com")
 }
 
 /// Signs `request` (going to `url`, carrying `body`) with SigV4 for service
@@ -108,7 +116,7 @@ mod tests {
         assert_eq!(
             model_path(
                 "arn:aws:bedrock:us-east-2:123:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0",
-                "converse"
+                Operation::Converse
             ),
             "/model/arn%3Aaws%3Abedrock%3Aus-east-2%3A123%3Ainference-profile%2Fus.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse"
         );
@@ -118,7 +126,7 @@ mod tests {
     fn a_signed_request_verifies() {
         let url = format!(
             "http://127.0.0.1:9/{}",
-            &model_path("m.x:0", "converse")[1..]
+            &model_path("m.x:0", Operation::Converse)[1..]
         );
         let body = br#"{"messages":[]}"#;
         let mut request = Request::post(&url)

@@ -103,8 +103,9 @@ impl ConverseEvent {
     }
 }
 
-/// Token usage as Bedrock reports it (`TokenUsage`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Token usage as Bedrock reports it (`TokenUsage`; missing members are zero).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -154,19 +155,9 @@ impl Usage {
 #[serde(rename_all = "camelCase")]
 struct Tail {
     stop_reason: Option<String>,
-    usage: Option<TailUsage>,
+    usage: Option<Usage>,
     performance_config: Option<TailPerformance>,
     metrics: Option<TailMetrics>,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct TailUsage {
-    input_tokens: u64,
-    output_tokens: u64,
-    total_tokens: u64,
-    cache_read_input_tokens: u64,
-    cache_write_input_tokens: u64,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -227,14 +218,8 @@ impl Summary {
     }
 
     fn read_tail(&mut self, tail: Tail) {
-        if let Some(u) = tail.usage {
-            self.usage = Some(Usage {
-                input_tokens: u.input_tokens,
-                output_tokens: u.output_tokens,
-                total_tokens: u.total_tokens,
-                cache_read_input_tokens: u.cache_read_input_tokens,
-                cache_write_input_tokens: u.cache_write_input_tokens,
-            });
+        if tail.usage.is_some() {
+            self.usage = tail.usage;
         }
         self.latency_tier = tail.performance_config.and_then(|p| p.latency);
         self.latency_ms = tail.metrics.and_then(|m| m.latency_ms);
