@@ -105,20 +105,20 @@ impl Auth {
     }
 
     /// What the headers alone decide, before the body is read: the caller of
-    /// an API key (or of `auth = "none"`), `None` for a SigV4 request from a
-    /// known access key (its signature covers the body: see
-    /// [`Auth::authenticate`]), or the refusal. Unauthenticated callers are
+    /// an API key (or of `auth = "none"`), a SigV4 request from a known access
+    /// key whose signature is checked once the body is in
+    /// ([`Admission::caller`]), or the refusal. Unauthenticated callers are
     /// turned away without the proxy buffering their bodies.
-    pub fn admit_headers(&self, headers: &HeaderMap) -> Result<Option<Arc<Principal>>, ProxyError> {
+    pub fn admit_headers<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+    ) -> Result<Admission<'a>, ProxyError> {
         if self.mode == AuthMode::None {
-            return Ok(Some(self.anonymous.clone()));
+            return Ok(Admission::Caller(self.anonymous.clone()));
         }
         let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
         let api_key = match authorization {
-            Some(v) if v.starts_with("AWS4-") => {
-                self.access_key(v)?;
-                return Ok(None);
-            }
+            Some(v) if v.starts_with("AWS4-") => return self.access_key(v),
             Some(v) => v.strip_prefix("Bearer ").map(str::trim),
             None => None,
         }
@@ -130,12 +130,12 @@ impl Auth {
         self.api_keys
             .get(&digest)
             .cloned()
-            .map(Some)
+            .map(Admission::Caller)
             .ok_or_else(|| ProxyError::access_denied("The API key is not valid for this proxy."))
     }
 
     /// The caller of a request, with its body: [`Auth::admit_headers`], then
-    /// for SigV4 the signature checked over method, path, headers and body.
+    /// [`Admission::caller`].
     pub fn authenticate(
         &self,
         method: &str,
@@ -143,34 +143,65 @@ impl Auth {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Arc<Principal>, ProxyError> {
-        if let Some(principal) = self.admit_headers(headers)? {
-            return Ok(principal);
-        }
-        let value = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let (auth, (secret, principal)) = self.access_key(value)?;
-        sigv4::verify(&auth, secret, method, uri, headers, body, SystemTime::now())
-            .map_err(|e| ProxyError::access_denied(format!("SigV4 verification failed: {e}.")))?;
-        Ok(principal.clone())
+        self.admit_headers(headers)?
+            .caller(method, uri, headers, body)
     }
 
-    /// The parsed SigV4 header and the secret and caller of its access key.
-    fn access_key<'h>(
-        &self,
-        value: &'h str,
-    ) -> Result<(sigv4::Authorization<'h>, &(String, Arc<Principal>)), ProxyError> {
+    /// A SigV4 header, parsed, with its access key's secret and caller.
+    fn access_key<'a>(&'a self, value: &'a str) -> Result<Admission<'a>, ProxyError> {
         let auth = sigv4::parse_authorization(value).ok_or_else(|| {
             ProxyError::access_denied("The Authorization header is not a valid SigV4 header.")
         })?;
-        let entry = self.access_keys.get(auth.access_key_id).ok_or_else(|| {
+        let (secret, principal) = self.access_keys.get(auth.access_key_id).ok_or_else(|| {
             ProxyError::access_denied(format!(
                 "The access key {} is not issued by this proxy.",
                 auth.access_key_id
             ))
         })?;
-        Ok((auth, entry))
+        Ok(Admission::Signed {
+            auth,
+            secret,
+            principal,
+        })
+    }
+}
+
+/// What a request's headers admitted it as.
+pub enum Admission<'a> {
+    /// Its caller is known.
+    Caller(Arc<Principal>),
+    /// Signed with SigV4 by a known access key; the signature is still to check.
+    Signed {
+        auth: sigv4::Authorization<'a>,
+        secret: &'a str,
+        principal: &'a Arc<Principal>,
+    },
+}
+
+impl Admission<'_> {
+    /// The caller, once the body is in: for SigV4, after the signature is
+    /// checked over method, path (`uri`, as received), headers and body.
+    pub fn caller(
+        self,
+        method: &str,
+        uri: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Arc<Principal>, ProxyError> {
+        match self {
+            Admission::Caller(principal) => Ok(principal),
+            Admission::Signed {
+                auth,
+                secret,
+                principal,
+            } => {
+                sigv4::verify(&auth, secret, method, uri, headers, body, SystemTime::now())
+                    .map_err(|e| {
+                        ProxyError::access_denied(format!("SigV4 verification failed: {e}."))
+                    })?;
+                Ok(principal.clone())
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! model or inference-profile id, or an ARN of one) to the route that serves it
 //! and the model id to send upstream.
 
+use bedrock_wire::catalog::arn_resource;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -30,13 +31,6 @@ pub struct RouteTable {
     by_alias: HashMap<String, usize>,
     by_model: HashMap<String, usize>,
     catch_all: Option<usize>,
-}
-
-/// The resource id of an ARN (`arn:aws:bedrock:...:inference-profile/ID` -> `ID`).
-fn arn_resource(id: &str) -> Option<&str> {
-    id.strip_prefix("arn:")
-        .and_then(|rest| rest.rsplit_once('/'))
-        .map(|(_, resource)| resource)
 }
 
 impl RouteTable {

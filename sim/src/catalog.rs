@@ -54,7 +54,7 @@ pub struct Model {
 }
 
 /// Bedrock's limit on cache checkpoints per request.
-pub const MAX_CACHE_POINTS: usize = 4;
+pub const MAX_CACHE_POINTS: usize = bedrock_wire::catalog::BEDROCK_MAX_CACHE_POINTS as usize;
 
 impl Model {
     /// The name Anthropic-native responses carry in `model` (the id without

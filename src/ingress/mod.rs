@@ -130,16 +130,10 @@ pub async fn receive(
 ) -> Result<(Bytes, Arc<Principal>), ProxyError> {
     // The headers are checked first, so that a caller without a valid key is
     // refused before the proxy buffers (up to max_body_bytes of) its body.
-    let admitted = rt.auth.admit_headers(&parts.headers)?;
+    let admission = rt.auth.admit_headers(&parts.headers)?;
     let body = read_body(body, &parts.headers, &rt.config.limits).await?;
-    let principal = match admitted {
-        Some(principal) => principal,
-        None => {
-            let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            rt.auth
-                .authenticate(parts.method.as_str(), uri, &parts.headers, &body)?
-        }
-    };
+    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let principal = admission.caller(parts.method.as_str(), uri, &parts.headers, &body)?;
     finish.tenant = Some(principal.tenant.clone());
     Ok((body, principal))
 }

@@ -104,6 +104,13 @@ struct CatalogFile {
     models: Vec<ModelInfo>,
 }
 
+/// The resource id of an ARN (`arn:aws:bedrock:...:inference-profile/ID` -> `ID`).
+pub fn arn_resource(id: &str) -> Option<&str> {
+    id.strip_prefix("arn:")?
+        .rsplit_once('/')
+        .map(|(_, resource)| resource)
+}
+
 /// A model as a catalog knows it under one id.
 #[derive(Debug)]
 pub struct Lookup<M = ModelInfo> {
@@ -165,10 +172,9 @@ impl<M> ModelIds<M> {
 
     /// Looks up a model id, profile id, or an ARN of either.
     pub fn get(&self, model_id: &str) -> Option<&Lookup<M>> {
-        self.by_id.get(model_id).or_else(|| {
-            let resource = model_id.strip_prefix("arn:")?.rsplit_once('/')?.1;
-            self.by_id.get(resource)
-        })
+        self.by_id
+            .get(model_id)
+            .or_else(|| self.by_id.get(arn_resource(model_id)?))
     }
 }
 
