@@ -22,22 +22,7 @@ use crate::report;
 use crate::stats::{count_codes, Distribution};
 use crate::table::{code_list, num, Table};
 
-/// Bedrock's two latency tiers (`performanceConfig.latency`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Standard,
-    Optimized,
-}
-
-impl Tier {
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Standard => "standard",
-            Tier::Optimized => "optimized",
-        }
-    }
-}
+pub use bedrock_wire::tier::LatencyTier as Tier;
 
 /// One line of the input file.
 #[derive(Debug, Clone, PartialEq)]

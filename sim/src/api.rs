@@ -217,10 +217,10 @@ fn plan(
                 }
             };
             let header = headers
-                .get("x-amzn-bedrock-performanceconfig-latency")
+                .get(bedrock_wire::tier::LATENCY_HEADER)
                 .and_then(|v| v.to_str().ok());
             if let Some(tier) = header {
-                prompt.tier = Tier::parse(tier, "performanceConfigLatency")?;
+                prompt.tier = request::parse_tier(tier, "performanceConfigLatency")?;
             }
             (prompt, header.is_some())
         }
@@ -393,11 +393,7 @@ async fn respond(state: &Arc<SimState>, plan: Plan) -> Result<Response, SimError
                     meta.cache_write,
                 );
                 if let Some(tier) = meta.tier {
-                    header(
-                        &mut headers,
-                        "x-amzn-bedrock-performanceconfig-latency",
-                        tier,
-                    );
+                    header(&mut headers, bedrock_wire::tier::LATENCY_HEADER, tier);
                 }
                 let body = match plan.prompt.format {
                     request::Format::Llama => render::llama_body(&answer, &meta),
@@ -457,11 +453,7 @@ async fn respond(state: &Arc<SimState>, plan: Plan) -> Result<Response, SimError
             HeaderValue::from_static("application/json"),
         );
         if let Some(tier) = meta.tier {
-            header(
-                &mut headers,
-                "x-amzn-bedrock-performanceconfig-latency",
-                tier,
-            );
+            header(&mut headers, bedrock_wire::tier::LATENCY_HEADER, tier);
         }
     }
     Ok((

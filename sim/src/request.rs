@@ -21,33 +21,17 @@ pub enum Format {
     Llama,
 }
 
-/// A latency tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    Standard,
-    Optimized,
-}
+pub use bedrock_wire::tier::LatencyTier as Tier;
 
-impl Tier {
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Standard => "standard",
-            Tier::Optimized => "optimized",
-        }
-    }
-
-    /// Reads `standard` / `optimized`; `field` names the member in the error.
-    pub fn parse(value: &str, field: &str) -> Result<Tier, SimError> {
-        match value {
-            "standard" => Ok(Tier::Standard),
-            "optimized" => Ok(Tier::Optimized),
-            other => Err(constraint(
-                other,
-                field,
-                "Member must satisfy enum value set: [standard, optimized]",
-            )),
-        }
-    }
+/// Reads `standard` / `optimized`; `field` names the member in the error.
+pub fn parse_tier(value: &str, field: &str) -> Result<Tier, SimError> {
+    Tier::parse(value).ok_or_else(|| {
+        constraint(
+            value,
+            field,
+            "Member must satisfy enum value set: [standard, optimized]",
+        )
+    })
 }
 
 /// How the caller constrained tool use.
@@ -354,7 +338,7 @@ pub fn converse(body: &Value, model: &Model) -> Result<Prompt, SimError> {
     let stop_sequences =
         stop_sequences(&inference["stopSequences"], "inferenceConfig.stopSequences")?;
     let tier = match obj.get("performanceConfig").map(|p| &p["latency"]) {
-        Some(Value::String(s)) => Tier::parse(s, "performanceConfig.latency")?,
+        Some(Value::String(s)) => parse_tier(s, "performanceConfig.latency")?,
         _ => Tier::Standard,
     };
 

@@ -8,6 +8,7 @@
 //! - [`canonical`]: canonical JSON (sorted keys, no whitespace, normalized numbers)
 //!   for hashing requests; cache markers left out.
 //! - [`operation`]: the five model operations and their path segments.
+//! - [`tier`]: the latency and service tiers, parsed and named in one place.
 //! - [`catalog`]: what each Bedrock model supports and costs (`config/models.toml`).
 //! - [`tokens`]: the token estimator the simulator bills with and the proxy plans with.
 //! - [`error`]: Bedrock's error types, their statuses and bodies.
@@ -27,6 +28,7 @@ pub mod eventstream;
 pub mod operation;
 pub mod serve;
 pub mod sigv4;
+pub mod tier;
 pub mod tokens;
 
 /// A request id in the format Bedrock uses (a random UUID v4). Not secret, so
