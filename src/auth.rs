@@ -124,14 +124,14 @@ impl Auth {
         }
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
         let Some(key) = api_key.filter(|k| !k.is_empty()) else {
-            return Err(ProxyError::access_denied(MISSING));
+            return Err(ProxyError::unauthenticated(MISSING));
         };
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         self.api_keys
             .get(&digest)
             .cloned()
             .map(Admission::Caller)
-            .ok_or_else(|| ProxyError::access_denied("The API key is not valid for this proxy."))
+            .ok_or_else(|| ProxyError::unauthenticated("The API key is not valid for this proxy."))
     }
 
     /// The caller of a request, with its body: [`Auth::admit_headers`], then
@@ -150,10 +150,10 @@ impl Auth {
     /// A SigV4 header, parsed, with its access key's secret and caller.
     fn access_key<'a>(&'a self, value: &'a str) -> Result<Admission<'a>, ProxyError> {
         let auth = sigv4::parse_authorization(value).ok_or_else(|| {
-            ProxyError::access_denied("The Authorization header is not a valid SigV4 header.")
+            ProxyError::unauthenticated("The Authorization header is not a valid SigV4 header.")
         })?;
         let (secret, principal) = self.access_keys.get(auth.access_key_id).ok_or_else(|| {
-            ProxyError::access_denied(format!(
+            ProxyError::unauthenticated(format!(
                 "The access key {} is not issued by this proxy.",
                 auth.access_key_id
             ))
@@ -197,7 +197,7 @@ impl Admission<'_> {
             } => {
                 sigv4::verify(&auth, secret, method, uri, headers, body, SystemTime::now())
                     .map_err(|e| {
-                        ProxyError::access_denied(format!("SigV4 verification failed: {e}."))
+                        ProxyError::unauthenticated(format!("SigV4 verification failed: {e}."))
                     })?;
                 Ok(principal.clone())
             }

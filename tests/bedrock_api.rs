@@ -721,7 +721,7 @@ async fn no_auth_is_refused_beyond_loopback_from_the_command_line_too() {
     let Err(e) = refused else {
         panic!("an unauthenticated proxy started on every interface")
     };
-    assert!(e.contains("loopback"), "{e}");
+    assert!(e.to_string().contains("loopback"), "{e}");
 
     let sim = bedrock_proxy::demo::start_simulator().await.unwrap();
     let on_loopback = bedrock_proxy::server::start(

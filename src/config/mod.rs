@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime};
 
 pub use raw::RawConfig;
 
+use crate::error::ErrorKind;
+
 /// Why a config could not be used: every problem found, each naming its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid config:\n  - {}", .0.join("\n  - "))]
@@ -321,8 +323,8 @@ impl Default for BreakerConfig {
 pub struct ResilienceConfig {
     pub latency: LatencyPolicy,
     pub fallback: Vec<FallbackTarget>,
-    /// Error kinds (`ErrorKind::label`) that move on to a retry or the next target.
-    pub fallback_on: Vec<String>,
+    /// Error kinds that move on to a retry or the next target.
+    pub fallback_on: Vec<ErrorKind>,
     /// Retries on the same target before moving on.
     pub retries: u32,
     /// Base and cap of the jittered exponential backoff between retries.
@@ -339,13 +341,13 @@ pub struct ResilienceConfig {
 }
 
 /// Error kinds that fall back unless a route says otherwise.
-pub const DEFAULT_FALLBACK_ON: &[&str] = &[
-    "throttled",
-    "unavailable",
-    "timeout",
-    "unsupported",
-    "model_not_ready",
-    "internal",
+pub const DEFAULT_FALLBACK_ON: &[ErrorKind] = &[
+    ErrorKind::Throttled,
+    ErrorKind::Unavailable,
+    ErrorKind::Timeout,
+    ErrorKind::Unsupported,
+    ErrorKind::ModelNotReady,
+    ErrorKind::Internal,
 ];
 
 impl Default for ResilienceConfig {
@@ -353,10 +355,7 @@ impl Default for ResilienceConfig {
         ResilienceConfig {
             latency: LatencyPolicy::Client,
             fallback: Vec::new(),
-            fallback_on: DEFAULT_FALLBACK_ON
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
+            fallback_on: DEFAULT_FALLBACK_ON.to_vec(),
             retries: 0,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),

@@ -740,15 +740,17 @@ fn route_resilience(
                 .filter(|k| k.can_fall_back())
                 .map(|k| k.label())
                 .collect();
-            for kind in &list {
-                if !allowed.contains(&kind.as_str()) {
-                    e.push(format!(
-                        "{route_key}.fallback_on: `{kind}` is not one of {}",
+            let mut kinds = Vec::with_capacity(list.len());
+            for label in &list {
+                match crate::error::ErrorKind::parse(label).filter(|k| k.can_fall_back()) {
+                    Some(kind) => kinds.push(kind),
+                    None => e.push(format!(
+                        "{route_key}.fallback_on: `{label}` is not one of {}",
                         allowed.join(", ")
-                    ));
+                    )),
                 }
             }
-            list
+            kinds
         }
         None => defaults.fallback_on,
     };

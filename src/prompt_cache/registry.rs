@@ -15,11 +15,12 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::Format;
-use crate::cache::redis::RedisTier;
 use crate::config::CachePosition;
+use crate::shared::RedisTier;
+use crate::support::now_ms;
 use bedrock_wire::canonical;
 
 /// What the registry knows about one prefix.
@@ -59,12 +60,6 @@ impl Expiry<[u8; 32], Arc<PrefixStats>> for IdleWindow {
     ) -> Option<Duration> {
         Some(v.window)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The registry.

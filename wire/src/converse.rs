@@ -14,6 +14,8 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 use crate::eventstream::{event_frame, Frame, FrameKind};
+use crate::operation::Operation;
+use crate::tier::{LatencyTier, LATENCY_HEADER};
 
 /// The event types of the ConverseStream union (its exceptions aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -162,7 +164,7 @@ struct Tail {
 
 #[derive(Debug, Default, serde::Deserialize)]
 struct TailPerformance {
-    latency: Option<String>,
+    latency: Option<LatencyTier>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -177,7 +179,7 @@ pub struct Summary {
     pub stop_reason: Option<String>,
     pub usage: Option<Usage>,
     /// `performanceConfig.latency` of the answer: the tier that actually served it.
-    pub latency_tier: Option<String>,
+    pub latency_tier: Option<LatencyTier>,
     pub latency_ms: Option<u64>,
 }
 
@@ -230,6 +232,56 @@ impl Summary {
         <Tail as serde::Deserialize>::deserialize(body)
             .map(Summary::from_tail)
             .unwrap_or_default()
+    }
+
+    /// What a whole answer of `op` says about itself: from the Converse body, or
+    /// from InvokeModel's `x-amzn-bedrock-*` headers and its body's stop reason
+    /// (Anthropic's `stop_reason`, or `stopReason`); other operations say nothing.
+    pub fn of_answer(op: Operation, headers: &http::HeaderMap, body: &[u8]) -> Summary {
+        match op {
+            Operation::Converse => Summary::of_response_bytes(body),
+            Operation::Invoke => {
+                let n = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                let input = n("x-amzn-bedrock-input-token-count");
+                let output = n("x-amzn-bedrock-output-token-count");
+                // Only the stop reason is read; the rest of the body is skipped, not built.
+                #[derive(serde::Deserialize)]
+                struct Stop {
+                    stop_reason: Option<Value>,
+                    #[serde(rename = "stopReason")]
+                    stop_reason_camel: Option<Value>,
+                }
+                let stop_reason = serde_json::from_slice::<Stop>(body).ok().and_then(|v| {
+                    let text = |v: Option<Value>| match v {
+                        Some(Value::String(s)) => Some(s),
+                        _ => None,
+                    };
+                    text(v.stop_reason).or_else(|| text(v.stop_reason_camel))
+                });
+                Summary {
+                    stop_reason,
+                    usage: Some(Usage {
+                        input_tokens: input,
+                        output_tokens: output,
+                        total_tokens: input + output,
+                        cache_read_input_tokens: n("x-amzn-bedrock-cache-read-input-token-count"),
+                        cache_write_input_tokens: n("x-amzn-bedrock-cache-write-input-token-count"),
+                    }),
+                    latency_tier: headers
+                        .get(LATENCY_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(LatencyTier::parse),
+                    latency_ms: Some(n("x-amzn-bedrock-invocation-latency")),
+                }
+            }
+            _ => Summary::default(),
+        }
     }
 
     /// Whether the answer reached its end: a stop reason and usage were seen.
@@ -575,7 +627,7 @@ mod tests {
         }
         assert!(s.is_complete());
         assert_eq!(s.stop_reason.as_deref(), Some("tool_use"));
-        assert_eq!(s.latency_tier.as_deref(), Some("optimized"));
+        assert_eq!(s.latency_tier, Some(LatencyTier::Optimized));
         assert_eq!(s.usage.unwrap().total_tokens, 42);
         assert_eq!(s, Summary::of_response(&sample_body()));
     }

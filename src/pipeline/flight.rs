@@ -20,10 +20,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-use super::key::CacheKey;
+use crate::answer::{Answer, Record};
+use crate::cache::CacheKey;
 use crate::error::ProxyError;
-use crate::pipeline::{Answer, Provenance};
 use crate::stream::{FrameStream, RelayedFrame};
+use crate::support;
 
 /// How an answer starts.
 #[derive(Clone)]
@@ -43,7 +44,7 @@ struct State {
     head: Option<Head>,
     frames: Vec<RelayedFrame>,
     end: Option<Result<(), ProxyError>>,
-    provenance: Provenance,
+    record: Record,
 }
 
 /// One upstream call and everyone waiting for it.
@@ -56,12 +57,12 @@ pub struct Flight {
 pub enum Joined {
     Answer {
         answer: Answer,
-        provenance: Provenance,
+        record: Record,
     },
     /// The flight failed before answering.
     Failed {
         error: ProxyError,
-        provenance: Provenance,
+        record: Record,
     },
 }
 
@@ -81,13 +82,13 @@ impl Flight {
 
     /// Short critical sections only; never held across an await.
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let result = f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        let result = f(&mut support::lock(&self.state));
         self.changes.send_modify(|v| *v += 1);
         result
     }
 
     fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        f(&self.state.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&support::lock(&self.state))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -100,8 +101,8 @@ impl Flight {
     }
 
     /// What the upstream call took (attempts, cache points...).
-    pub fn set_provenance(&self, provenance: Provenance) {
-        self.with(|s| s.provenance = provenance);
+    pub fn set_record(&self, record: Record) {
+        self.with(|s| s.record = record);
     }
 
     pub fn start(&self, head: Head) {
@@ -122,11 +123,11 @@ impl Flight {
         loop {
             rx.borrow_and_update();
             let ready = self.read(|s| match (&s.head, &s.end) {
-                (Some(head), _) => Some(Ok((head.clone(), s.provenance.clone()))),
-                (None, Some(Err(e))) => Some(Err((e.clone(), s.provenance.clone()))),
+                (Some(head), _) => Some(Ok((head.clone(), s.record.clone()))),
+                (None, Some(Err(e))) => Some(Err((e.clone(), s.record.clone()))),
                 (None, Some(Ok(()))) => Some(Err((
                     ProxyError::internal("the upstream call ended without an answer"),
-                    s.provenance.clone(),
+                    s.record.clone(),
                 ))),
                 (None, None) => None,
             });
@@ -137,7 +138,7 @@ impl Flight {
                         body,
                         summary,
                     },
-                    provenance,
+                    record,
                 ))) => {
                     return Joined::Answer {
                         answer: Answer::Whole {
@@ -145,25 +146,25 @@ impl Flight {
                             body,
                             summary,
                         },
-                        provenance,
+                        record,
                     }
                 }
-                Some(Ok((Head::Stream { headers }, provenance))) => {
+                Some(Ok((Head::Stream { headers }, record))) => {
                     return Joined::Answer {
                         answer: Answer::Stream {
                             headers,
                             frames: self.frames(rx),
                         },
-                        provenance,
+                        record,
                     }
                 }
-                Some(Err((error, provenance))) => return Joined::Failed { error, provenance },
+                Some(Err((error, record))) => return Joined::Failed { error, record },
                 None => {}
             }
             if rx.changed().await.is_err() {
                 return Joined::Failed {
                     error: ProxyError::internal("the upstream call was dropped"),
-                    provenance: Provenance::default(),
+                    record: Record::default(),
                 };
             }
         }
@@ -251,7 +252,7 @@ impl Flights {
 
     /// Joins the flight for `key`, or starts one.
     pub fn join_or_start(&self, key: FlightKey) -> Role {
-        let mut map = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = support::lock(self.shard(&key));
         if let Some(flight) = map.get(&key) {
             let rx = flight.subscribe();
             return Role::Follower(flight.clone(), rx);
@@ -263,7 +264,7 @@ impl Flights {
 
     /// Forgets the flight for `key` (if it is still `flight`).
     pub fn remove(&self, key: &FlightKey, flight: &Arc<Flight>) {
-        let mut map = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = support::lock(self.shard(key));
         if map.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             map.remove(key);
         }

@@ -1,11 +1,13 @@
-//! The shared tier: Redis, Valkey or ElastiCache (`redis://`, TLS with
-//! `rediss://`, cluster mode with `cluster = true`), so replicas answer from each
-//! other's entries. Every call has a short timeout; when the server is down or
-//! slow, lookups miss and writes are dropped, errors are counted and logged at
-//! most once every 10 seconds, and the connection comes back by itself.
+//! The shared tier: one connection to Redis, Valkey or ElastiCache (`redis://`,
+//! TLS with `rediss://`, cluster mode with `cluster = true`) that every stage
+//! keeping state across replicas uses: the response cache's entries, the
+//! prompt-prefix registry's sighting counts. Every call has a short timeout;
+//! when the server is down or slow, lookups miss and writes are dropped, errors
+//! are counted and logged at most once every 10 seconds, and the connection
+//! comes back by itself.
 //!
-//! Keys are `{prefix}{namespace}:{route}:{hash}` so an operator can clear a
-//! tenant or a route; values are encoded entries, LZ4-compressed above a size.
+//! Every key starts with the configured prefix. Values are bytes,
+//! LZ4-compressed above a size; what they mean is the caller's business.
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -27,7 +29,7 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
-/// The Redis tier.
+/// The connection to the shared tier, and its error count.
 pub struct RedisTier {
     config: RedisConfig,
     conn: arc_swap::ArcSwapOption<Conn>,
@@ -122,7 +124,8 @@ impl RedisTier {
         self.conn.load().is_some()
     }
 
-    /// The Redis key of an entry.
+    /// The Redis key of a response-cache entry: `{prefix}{namespace}:{route}:{hash}`,
+    /// so an operator can clear a tenant or a route.
     pub fn key(&self, namespace: &str, route: &str, hash: &str) -> String {
         format!("{}{namespace}:{route}:{hash}", self.config.key_prefix)
     }

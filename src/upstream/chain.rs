@@ -11,23 +11,25 @@
 //! own invalid request is never retried: only error kinds in `fallback_on` move on.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use bedrock_wire::converse::Summary;
 use bedrock_wire::error::ErrorType;
 use bedrock_wire::eventstream::FrameKind;
 use bedrock_wire::operation::Operation;
+use bedrock_wire::tier::LatencyTier;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use super::breaker::{Breaker, Breakers};
-use super::{passed_headers, read_body, Upstream};
-use crate::app::Runtime;
+use super::breaker::{Breaker, BreakerKey, Breakers};
+use super::{passed_headers, read_body, Upstream, Upstreams};
+use crate::answer::{Answer, Record};
 use crate::config::{LatencyPolicy, ResilienceConfig};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::metrics;
-use crate::pipeline::{summarize, Answer};
 use crate::stream;
+use crate::support;
 
 /// Largest upstream answer read into memory (streams are never read whole).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -40,32 +42,33 @@ pub struct Target {
     /// `primary`, `fallback1`, ...: the label in metrics and logs.
     pub label: Arc<str>,
     pub upstream: Arc<Upstream>,
-    pub model: String,
+    pub model: Arc<str>,
     pub latency: LatencyPolicy,
+    /// A fallback to another model than the route's primary (its answers are
+    /// served but never cached under the route's key).
+    pub other_model: bool,
 }
 
 impl Target {
-    /// The breaker key: the same upstream, model and tier share a breaker
-    /// whichever route uses them.
-    fn breaker_key(&self, tier: Option<&str>) -> String {
-        format!(
-            "{}|{}|{}",
-            self.upstream.name,
-            self.model,
-            tier.unwrap_or("-")
-        )
+    /// The breaker this target answers to when asking for `tier`.
+    fn breaker_key(&self, tier: Option<LatencyTier>) -> BreakerKey {
+        BreakerKey {
+            upstream: self.upstream.name.clone(),
+            model: self.model.clone(),
+            tier,
+        }
     }
 }
 
 /// A route's targets, primary first.
 pub fn targets(
-    rt: &Runtime,
+    upstreams: &Upstreams,
     route: &crate::route::Route,
     primary_model: &str,
 ) -> Result<Vec<Target>, ProxyError> {
     let config = &route.config;
     let lookup = |name: &str| {
-        rt.upstreams.get(name).cloned().ok_or_else(|| {
+        upstreams.get(name).cloned().ok_or_else(|| {
             ProxyError::internal(format!(
                 "route {} names a missing upstream {name}",
                 route.name
@@ -75,8 +78,9 @@ pub fn targets(
     let primary = Target {
         label: Arc::from("primary"),
         upstream: lookup(&config.upstream)?,
-        model: primary_model.to_owned(),
+        model: Arc::from(primary_model),
         latency: config.resilience.latency,
+        other_model: false,
     };
     let mut all = vec![primary.clone()];
     for (i, f) in config.resilience.fallback.iter().enumerate() {
@@ -86,8 +90,12 @@ pub fn targets(
                 Some(name) => lookup(name)?,
                 None => primary.upstream.clone(),
             },
-            model: f.model.clone().unwrap_or_else(|| primary.model.clone()),
+            model: f
+                .model
+                .as_deref()
+                .map_or_else(|| primary.model.clone(), Arc::from),
             latency: f.latency.unwrap_or(primary.latency),
+            other_model: f.model.as_deref().is_some_and(|m| m != primary_model),
         });
     }
     Ok(all)
@@ -99,7 +107,7 @@ pub struct Prepared {
     pub body: Bytes,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The tier asked for (`None`: as the client sent it).
-    pub tier: Option<&'static str>,
+    pub tier: Option<LatencyTier>,
     pub cache_points: u32,
     pub notes: PlanNotes,
 }
@@ -128,17 +136,6 @@ impl PlanNotes {
             metrics::prompt_cache_skipped(route, position, reason);
         }
     }
-}
-
-/// What the chain tells the pipeline about the attempt that answered.
-#[derive(Debug, Clone, Default)]
-pub struct Attempted {
-    pub attempts: u32,
-    pub target: Option<Arc<str>>,
-    pub tier: Option<&'static str>,
-    pub cache_points: u32,
-    /// When the first byte of the answer arrived.
-    pub first_byte: Option<Instant>,
 }
 
 /// What a chain needs besides its targets.
@@ -176,12 +173,7 @@ fn backoff(resilience: &ResilienceConfig, retry: u32) -> Duration {
 
 impl Chain<'_> {
     fn falls_back(&self, e: &ProxyError) -> bool {
-        e.side != Side::Client
-            && self
-                .resilience
-                .fallback_on
-                .iter()
-                .any(|k| k == e.kind.label())
+        e.side != Side::Client && self.resilience.fallback_on.contains(&e.kind)
     }
 
     fn deadline(&self, primary: &Target) -> Instant {
@@ -217,7 +209,7 @@ impl Chain<'_> {
         breaker: &Mutex<Breaker>,
         result: &Result<Answer, ProxyError>,
     ) {
-        let mut b = breaker.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = support::lock(breaker);
         let route = metrics::route_label(self.route);
         let now = Instant::now();
         match result {
@@ -232,14 +224,18 @@ impl Chain<'_> {
                 metrics::attempt(&route, &target.label, e.kind.label());
             }
         }
-        metrics::breaker_state(&route, &target.label, b.state());
+        metrics::breaker_state(&route, &target.label, b.state().gauge());
     }
 
     /// Whether the target's breaker lets a request through now.
     fn admits(&self, target: &Target, breaker: &Mutex<Breaker>) -> bool {
-        let mut b = breaker.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = support::lock(breaker);
         let allowed = b.allow(Instant::now());
-        metrics::breaker_state(&metrics::route_label(self.route), &target.label, b.state());
+        metrics::breaker_state(
+            &metrics::route_label(self.route),
+            &target.label,
+            b.state().gauge(),
+        );
         allowed
     }
 
@@ -251,11 +247,11 @@ impl Chain<'_> {
         target: &Target,
         planned: Planned,
         deadline: Instant,
-    ) -> (Result<Answer, ProxyError>, Attempted) {
+    ) -> (Result<Answer, ProxyError>, Record) {
         let Planned { prepared, breaker } = planned;
-        let mut record = Attempted {
+        let mut record = Record {
             attempts: 1,
-            ..Attempted::default()
+            ..Record::default()
         };
         let tier = prepared.tier;
         let cache_points = prepared.cache_points;
@@ -270,9 +266,9 @@ impl Chain<'_> {
         }
         if result.is_ok() {
             record.target = Some(target.label.clone());
-            record.tier = tier;
+            record.tier_sent = tier;
             record.cache_points = cache_points;
-            record.first_byte = Some(Instant::now());
+            record.other_model = target.other_model;
         }
         (result, record)
     }
@@ -280,11 +276,7 @@ impl Chain<'_> {
     /// Runs the chain over `targets` (primary first): each target tried with
     /// its retries, then the next. With `hedge_after`, the first attempt on a
     /// target races the next admitted target once it has been silent that long.
-    pub async fn run(
-        &self,
-        targets: &[Target],
-        done: &mut Attempted,
-    ) -> Result<Answer, ProxyError> {
+    pub async fn run(&self, targets: &[Target], done: &mut Record) -> Result<Answer, ProxyError> {
         let Some(primary) = targets.first() else {
             return Err(ProxyError::internal("a route without targets"));
         };
@@ -344,7 +336,7 @@ impl Chain<'_> {
                     }
                     None => {
                         let (result, record) = self.try_target(target, p, deadline).await;
-                        absorb(done, record);
+                        done.absorb(record);
                         result
                     }
                 };
@@ -385,11 +377,7 @@ impl Chain<'_> {
     ) -> Option<(usize, Planned)> {
         (i + 1..targets.len()).find_map(|j| {
             let planned = self.planned(plans, targets, j);
-            let open = planned
-                .breaker
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .would_allow(Instant::now());
+            let open = support::lock(&planned.breaker).would_allow(Instant::now());
             open.then_some((j, planned))
         })
     }
@@ -413,21 +401,21 @@ impl Chain<'_> {
         (second, second_planned): (&Target, Planned),
         after: Duration,
         deadline: Instant,
-        done: &mut Attempted,
+        done: &mut Record,
     ) -> Hedged {
         let route = metrics::route_label(self.route);
         let a = self.try_target(first, planned, deadline);
         tokio::pin!(a);
         tokio::select! {
             (result, record) = &mut a => {
-                absorb(done, record);
+                done.absorb(record);
                 return Hedged::Alone(result);
             }
             () = tokio::time::sleep(after) => {}
         }
         if !self.admits(second, &second_planned.breaker) {
             let (result, record) = a.await;
-            absorb(done, record);
+            done.absorb(record);
             return Hedged::Alone(result);
         }
         metrics::hedge(&route, "fired");
@@ -453,9 +441,9 @@ impl Chain<'_> {
             done.attempts += 1;
         }
         if let Some(failed) = other {
-            absorb(done, failed);
+            done.absorb(failed);
         }
-        absorb(done, record);
+        done.absorb(record);
         Hedged::Raced(result)
     }
 }
@@ -483,19 +471,8 @@ struct Unsettled(Option<Arc<Mutex<Breaker>>>);
 impl Drop for Unsettled {
     fn drop(&mut self) {
         if let Some(breaker) = self.0.take() {
-            breaker.lock().unwrap_or_else(|e| e.into_inner()).abandon();
+            support::lock(&breaker).abandon();
         }
-    }
-}
-
-/// Adds one attempt record to the call's, keeping the answering target's details.
-fn absorb(into: &mut Attempted, from: Attempted) {
-    into.attempts += from.attempts;
-    if from.target.is_some() {
-        into.target = from.target;
-        into.tier = from.tier;
-        into.cache_points = from.cache_points;
-        into.first_byte = from.first_byte;
     }
 }
 
@@ -581,7 +558,7 @@ async fn attempt(
 
     let body = read_body(response.body, MAX_RESPONSE_BYTES, deadline, &upstream.name).await?;
     metrics::upstream_ttft(&label, op, sent.elapsed());
-    let summary = summarize(op, &headers, &body);
+    let summary = Summary::of_answer(op, &headers, &body);
     Ok(Answer::Whole {
         headers,
         body,
