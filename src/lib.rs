@@ -38,27 +38,27 @@
 //! after it in the request's path or below it (`docs/ARCHITECTURE.md`).
 
 pub mod admin;
-pub mod answer;
+pub(crate) mod answer;
 pub mod auth;
-pub mod cache;
-pub use bedrock_wire::catalog;
+pub(crate) mod cache;
+pub(crate) use bedrock_wire::catalog;
 pub mod config;
 pub mod demo;
-pub mod error;
-pub mod ingress;
-pub mod latency;
-pub mod metrics;
-pub mod pipeline;
-pub mod prompt_cache;
-pub mod reload;
-pub mod route;
-pub mod runtime;
+pub(crate) mod error;
+pub(crate) mod ingress;
+pub(crate) mod latency;
+pub(crate) mod metrics;
+pub(crate) mod pipeline;
+pub(crate) mod prompt_cache;
+pub(crate) mod reload;
+pub(crate) mod route;
+pub(crate) mod runtime;
 pub mod server;
-pub mod shared;
+pub(crate) mod shared;
 pub mod state;
-pub mod stream;
-pub mod support;
-pub mod upstream;
+pub(crate) mod stream;
+pub(crate) mod support;
+pub(crate) mod upstream;
 
 pub use config::Config;
 pub use ingress::app;

@@ -19,9 +19,9 @@ use crate::shared::RedisTier;
 
 /// Whether the proxy can serve: config loaded, upstream credentials resolved.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness {
-    pub credentials_checked: bool,
-    pub problems: Vec<String>,
+pub(crate) struct Readiness {
+    pub(crate) credentials_checked: bool,
+    pub(crate) problems: Vec<String>,
 }
 
 /// State shared by every request and the admin listener.
@@ -29,18 +29,18 @@ pub struct Shared {
     runtime: ArcSwap<Runtime>,
     /// The response cache, flights, prefix registry and breakers: built once,
     /// they survive config reloads.
-    pub pipeline: Arc<Pipeline>,
+    pub(crate) pipeline: Arc<Pipeline>,
     /// The config file reloads read (none in built-in demo mode).
-    pub config_path: RwLock<Option<std::path::PathBuf>>,
-    pub metrics: PrometheusHandle,
+    pub(crate) config_path: RwLock<Option<std::path::PathBuf>>,
+    pub(crate) metrics: PrometheusHandle,
     /// Requests in flight beyond this are shed with ServiceUnavailable.
-    pub concurrency: Arc<Semaphore>,
-    pub shutting_down: AtomicBool,
-    pub readiness: RwLock<Readiness>,
+    pub(crate) concurrency: Arc<Semaphore>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) readiness: RwLock<Readiness>,
     /// The embedded simulator (demo mode), whose control endpoints the admin
     /// listener serves.
-    pub simulator: Option<bedrock_sim::Simulator>,
-    pub embedded_url: Option<String>,
+    pub(crate) simulator: Option<bedrock_sim::Simulator>,
+    pub(crate) embedded_url: Option<String>,
 }
 
 /// A cheap handle on [`Shared`].
@@ -57,7 +57,7 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// Shared state around `runtime`; background connections (the shared
     /// Redis tier) stop with `stop`.
-    pub fn new(
+    pub(crate) fn new(
         runtime: Runtime,
         simulator: Option<bedrock_sim::Simulator>,
         embedded_url: Option<String>,
@@ -90,16 +90,16 @@ impl AppState {
     }
 
     /// The current runtime; hold it for the whole request.
-    pub fn runtime(&self) -> Arc<Runtime> {
+    pub(crate) fn runtime(&self) -> Arc<Runtime> {
         self.0.runtime.load_full()
     }
 
     /// Replaces the runtime; requests already running keep the old one.
-    pub fn swap_runtime(&self, runtime: Runtime) {
+    pub(crate) fn swap_runtime(&self, runtime: Runtime) {
         self.0.runtime.store(Arc::new(runtime));
     }
 
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         self.0.shutting_down.store(true, Ordering::SeqCst);
     }
 }

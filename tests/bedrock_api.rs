@@ -1,6 +1,7 @@
 //! The proxy core as an AWS SDK app sees it: the Rust SDK and raw HTTP against
 //! bedrock-proxy in front of bedrock-sim. Every operation, streams to their end,
 //! errors in Bedrock's shape, auth, limits, metrics and shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod common;
 

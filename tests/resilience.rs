@@ -1,5 +1,6 @@
 //! Latency-optimized inference, fallback chains, retries, circuit breakers,
 //! hedging and live config reload, driven by the simulator's scripted faults.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod common;
 

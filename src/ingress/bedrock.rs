@@ -120,7 +120,6 @@ async fn serve(
         _ => Vec::new(),
     };
     let call = Call {
-        request_id: finish.request_id.clone(),
         op,
         principal,
         routed,

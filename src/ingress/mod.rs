@@ -132,7 +132,6 @@ pub fn translated_call(
     };
     finish.op = op;
     Ok(Call {
-        request_id: finish.request_id.clone(),
         op,
         principal,
         routed,

@@ -278,6 +278,7 @@ impl Flights {
             .sum()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

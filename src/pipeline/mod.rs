@@ -45,7 +45,6 @@ use flight::{Flight, FlightKey, Flights, Head, Joined, Role};
 /// One request on its way through the pipeline.
 #[derive(Debug)]
 pub struct Call {
-    pub request_id: String,
     pub op: Operation,
     pub principal: Arc<Principal>,
     pub routed: Routed,

@@ -201,10 +201,6 @@ impl PrefixRegistry {
         self.local.run_pending_tasks();
         self.local.entry_count()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 use tokio::time::Instant;
 
 use bedrock_wire::tier::LatencyTier;
@@ -175,7 +174,8 @@ impl Breaker {
     }
 
     /// How long until an open breaker lets a probe through.
-    pub fn open_for(&self, now: Instant) -> Duration {
+    #[cfg(test)]
+    pub fn open_for(&self, now: Instant) -> std::time::Duration {
         self.open_until.saturating_duration_since(now)
     }
 }
@@ -213,6 +213,7 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn config() -> BreakerConfig {
         BreakerConfig {
