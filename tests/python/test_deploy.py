@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -198,12 +199,12 @@ def proxy_config(sim_url, redis_port):
         [admin]
         listen = "127.0.0.1:0"
         [limits]
-        max_concurrent_requests = 3
+        max_concurrent_requests = 3       # the workload fills it to see shedding
         [upstreams.sim]
         kind = "simulator"
         endpoint = "{sim_url}"
         [cache]
-        max_bytes = 6000
+        max_bytes = 6000                  # a few answers: the workload evicts
         [cache.redis]
         url = "redis://127.0.0.1:{redis_port}/0"
         timeout = "50ms"
@@ -308,6 +309,19 @@ def until_hit(call):
     pytest.fail("a repeated temperature-0 request never became a cache hit")
 
 
+def together(clients, call):
+    """Runs `call(client)` for every client at the same moment (the clients are
+    built beforehand and the threads released together, so none starts late)."""
+    gate = threading.Barrier(len(clients))
+
+    def go(client):
+        gate.wait()
+        return call(client)
+
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        return list(pool.map(go, clients))
+
+
 def workload(env):
     """What users do, through boto3 and the OpenAI SDK; asserts what they would see."""
     proxy, sim, admin = env["proxy"], env["sim"], env["proxy"].urls["admin"]
@@ -340,9 +354,9 @@ def workload(env):
     assert any(choice.finish_reason for chunk in chunks for choice in chunk.choices)
 
     # Two identical requests at once cost one upstream call.
-    fault(sim, {"model": "sonnet", "fault": "slow-first-byte", "ms": 1500, "times": 1})
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        pair = list(pool.map(lambda _: converse(bedrock_client(proxy.url), "sonnet", "Shared question"), range(2)))
+    fault(sim, {"model": "sonnet", "fault": "slow-first-byte", "ms": 3000, "times": 1})
+    pair = together([bedrock_client(proxy.url) for _ in range(2)],
+                    lambda client: converse(client, "sonnet", "Shared question"))
     assert pair[0]["output"] == pair[1]["output"]
     assert sorted(headers(r)["x-cache"] for r in pair) == ["hit", "miss"]
 
@@ -352,7 +366,7 @@ def workload(env):
     assert headers(fell)["x-proxy-attempts"] == "3" and headers(fell)["x-proxy-latency-tier"] == "standard"
 
     # The optimized tier stalls: a hedge on the standard target answers first.
-    fault(sim, {"model": "haiku", "latency": "optimized", "fault": "slow-first-byte", "ms": 1500, "times": 1})
+    fault(sim, {"model": "haiku", "latency": "optimized", "fault": "slow-first-byte", "ms": 3000, "times": 1})
     hedged = converse(brt, "haiku", "Hedge me", temperature=None)
     assert headers(hedged)["x-proxy-latency-tier"] == "standard"
 
@@ -380,17 +394,16 @@ def workload(env):
     # Shedding: three slow requests hold every slot; the others are refused at
     # once. Twice, with a scrape between, so the counter is seen to grow.
     def burst():
-        fault(sim, {"model": "sonnet", "fault": "slow-first-byte", "ms": 1500, "times": 3})
+        fault(sim, {"model": "sonnet", "fault": "slow-first-byte", "ms": 3000, "times": 3})
 
-        def one(n):
+        def one(client):
             try:
-                converse(bedrock_client(proxy.url), "sonnet", f"Busy {n}", temperature=None)
+                converse(client, "sonnet", "Busy", temperature=None)
                 return "ok"
             except ClientError as e:
                 return e.response["Error"]["Code"]
 
-        with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            outcomes = list(pool.map(one, range(6)))
+        outcomes = together([bedrock_client(proxy.url) for _ in range(6)], one)
         assert "ServiceUnavailableException" in outcomes, outcomes
         http_json("DELETE", f"{sim.url}/_sim/faults")
 
