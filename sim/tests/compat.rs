@@ -1077,3 +1077,72 @@ async fn cohere_embeddings_batch_by_type_and_validate() {
         assert!(msg.contains(expected), "{msg}");
     }
 }
+
+#[tokio::test]
+async fn anthropic_bodies_take_documents_citations_and_output_config() {
+    use base64::Engine;
+    let sim = spawn_fast().await;
+    let client = sdk_client(&sim.url());
+    let pdf64 = base64::engine::general_purpose::STANDARD.encode(pdf("Revenue grew 12% in 2024."));
+    let body = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 400, "temperature": 0,
+        "messages": [{"role": "user", "content": [
+            {"type": "document", "title": "Annual report", "citations": {"enabled": true},
+             "source": {"type": "base64", "media_type": "application/pdf", "data": pdf64}},
+            {"type": "text", "text": "How did revenue do?"}]}]});
+    let invoke = |model: &'static str, body: &Value| {
+        client
+            .invoke_model()
+            .model_id(model)
+            .body(Blob::new(body.to_string()))
+            .send()
+    };
+    let out = invoke(HAIKU_35, &body).await.expect("a PDF document");
+    let answer: Value = serde_json::from_slice(out.body().as_ref()).unwrap();
+    let citation = answer["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|b| b["citations"].get(0))
+        .expect("a cited text block")
+        .clone();
+    assert_eq!(
+        citation,
+        json!({"type": "page_location", "cited_text": "Revenue grew 12% in 2024.", "document_index": 0,
+            "document_title": "Annual report", "start_page_number": 1, "end_page_number": 2})
+    );
+    let counted = client
+        .count_tokens()
+        .model_id("anthropic.claude-3-5-haiku-20241022-v1:0")
+        .input(CountTokensInput::InvokeModel(
+            aws_sdk_bedrockruntime::types::InvokeModelTokensRequest::builder()
+                .body(Blob::new(body.to_string()))
+                .build()
+                .unwrap(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        i64::from(counted.input_tokens()),
+        answer["usage"]["input_tokens"].as_i64().unwrap()
+    );
+    assert!(counted.input_tokens() > 2 * 1500, "two PDF pages");
+
+    let schema = pydantic_schema();
+    let structured = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "Plan a release."}],
+        "output_config": {"format": {"type": "json_schema", "schema": schema}}});
+    let out = invoke(HAIKU_45, &structured)
+        .await
+        .expect("output_config on Haiku 4.5");
+    let answer: Value = serde_json::from_slice(out.body().as_ref()).unwrap();
+    assert_valid(
+        &schema,
+        &serde_json::from_str(answer["content"][0]["text"].as_str().unwrap()).unwrap(),
+    );
+    let err = invoke(SONNET_4, &structured)
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(validation_message(err).contains("extraneous key [output_config] is not permitted"));
+}
