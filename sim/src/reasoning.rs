@@ -19,9 +19,9 @@ use crate::error::SimError;
 pub const MIN_BUDGET: u32 = 1024;
 /// The beta that lets Claude 4 models think again after each tool result.
 pub const INTERLEAVED_BETA: &str = "interleaved-thinking-2025-05-14";
-/// The simulator's signing key: signatures only need to be verifiable by the
-/// simulator itself, as Anthropic's only are by Anthropic.
-const SIGNING_KEY: &[u8] = b"bedrock-sim reasoning signature key v1";
+/// The simulator's signing key (one SHA-256 block long): signatures only need to
+/// be verifiable by the simulator itself, as Anthropic's only are by Anthropic.
+const SIGNING_KEY: [u8; 64] = *b"bedrock-sim reasoning signature key, version 1, 64 bytes long...";
 
 /// Which API a request came through: Converse wraps the model's own error
 /// messages, InvokeModel passes them on as they are.
@@ -205,9 +205,7 @@ pub fn parse_thinking(
 }
 
 fn mac() -> Hmac<Sha256> {
-    // HMAC takes keys of any length; this cannot fail.
-    <Hmac<Sha256> as KeyInit>::new_from_slice(SIGNING_KEY)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    <Hmac<Sha256> as KeyInit>::new(&SIGNING_KEY.into())
 }
 
 /// The signature of a reasoning text: base64 of an HMAC-SHA256 over it.
