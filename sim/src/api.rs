@@ -1,7 +1,8 @@
 //! Bedrock Runtime's five operations on their real paths. Each request goes:
 //! body (size limit) -> credentials -> request log -> model -> validation ->
 //! scripted faults -> served tier (quota) -> prompt cache -> answer -> timing ->
-//! response, JSON or paced event stream.
+//! response, JSON or paced event stream. Embedding models take a shorter path:
+//! validation -> faults -> timing -> vectors.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -18,7 +19,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::catalog::{Family, Model, Resolved};
+use crate::catalog::{Family, Model, ModelKind, Resolved};
+use crate::embed;
 use crate::error::SimError;
 use crate::faults::{FaultKind, FaultRule};
 use crate::generate;
@@ -139,6 +141,9 @@ async fn serve(
             HeaderMap::new(),
         ));
     }
+    if resolved.model.kind == ModelKind::Embedding {
+        return embedding(state, &parts.headers, &model_id, op, &resolved.model, &body).await;
+    }
 
     let plan = plan(
         state,
@@ -168,6 +173,95 @@ async fn serve(
         tokio::time::sleep(delay).await;
     }
     respond(state, plan).await
+}
+
+/// InvokeModel on an embedding model: vectors after the model's latency.
+async fn embedding(
+    state: &SimState,
+    headers: &HeaderMap,
+    model_id: &str,
+    op: Operation,
+    model: &Model,
+    body: &Value,
+) -> Result<Response, SimError> {
+    match op {
+        Operation::Invoke => {}
+        Operation::InvokeStream => {
+            return Err(SimError::validation(
+                "The provided model doesn't support streaming.",
+            ))
+        }
+        _ => {
+            return Err(SimError::validation(
+                "This action doesn't support the model that you provided. Try again with a supported text or chat model.",
+            ))
+        }
+    }
+    let request = embed::request(body, model)?;
+    let fault = take_fault(state, headers, model_id, Tier::Standard, op)?;
+    if let Some(f) = &fault {
+        let delay = Duration::from_millis(f.ms.unwrap_or(0));
+        match f.fault {
+            FaultKind::SlowFirstByte | FaultKind::ConnectionReset if !delay.is_zero() => {
+                tokio::time::sleep(delay).await;
+            }
+            _ => {}
+        }
+        if let Some(error) = f.error() {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            return Err(error);
+        }
+        match f.fault {
+            FaultKind::ConnectionReset => {
+                let mut r = StatusCode::OK.into_response();
+                r.extensions_mut().insert(ResetConnection);
+                return Ok(r);
+            }
+            FaultKind::MidstreamError => {
+                let kind =
+                    ErrorType::parse(f.stream_exception()).unwrap_or(ErrorType::InternalServer);
+                return Err(SimError::modeled(
+                    kind,
+                    "The model stopped while generating the response.",
+                ));
+            }
+            _ => {}
+        }
+    }
+    let t = timing(
+        &model.standard,
+        request.input_tokens,
+        0,
+        state.config.jitter,
+        state.config.time_scale,
+        fastrand::f64(),
+    );
+    if !t.ttft.is_zero() {
+        tokio::time::sleep(t.ttft).await;
+    }
+    state.stats.served(
+        Tier::Standard.name(),
+        Billed {
+            input_tokens: request.input_tokens,
+            output_tokens: 0,
+            cache_read: 0,
+            cache_write: 0,
+        },
+    );
+    let mut out = HeaderMap::new();
+    header(
+        &mut out,
+        "x-amzn-bedrock-input-token-count",
+        request.input_tokens,
+    );
+    header(
+        &mut out,
+        "x-amzn-bedrock-invocation-latency",
+        t.ttft.as_millis(),
+    );
+    Ok(json_response(embed::response(&request, model), out))
 }
 
 fn take_fault(
@@ -209,7 +303,7 @@ fn plan(
             let mut prompt = match model.family {
                 Family::Anthropic => request::anthropic(body, &model)?,
                 Family::Meta => request::llama(body, &model)?,
-                Family::Amazon => {
+                Family::Amazon | Family::Cohere => {
                     return Err(SimError::validation(format!(
                         "bedrock-sim answers InvokeModel for {} only through Converse; use Converse or ConverseStream.",
                         model.id

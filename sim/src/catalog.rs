@@ -1,7 +1,9 @@
 //! The simulated Bedrock's model catalog: which model ids exist, what they support,
 //! and how fast they are. Parsed from TOML (`models.toml`, embedded by default).
 
-use bedrock_wire::catalog::{Lookup, ModelIds};
+use bedrock_wire::catalog::{check_kind, Lookup, ModelIds};
+
+pub use bedrock_wire::catalog::{EmbeddingInfo, ModelKind};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ pub enum Family {
     Anthropic,
     Meta,
     Amazon,
+    Cohere,
 }
 
 /// Latency parameters of one tier.
@@ -51,6 +54,27 @@ pub struct Model {
     pub standard: Speed,
     #[serde(default)]
     pub optimized: Option<Speed>,
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// Extended thinking.
+    #[serde(default)]
+    pub reasoning: bool,
+    /// A new thinking block after each tool result with the
+    /// `interleaved-thinking-2025-05-14` beta (Claude 4 and later).
+    #[serde(default)]
+    pub interleaved_thinking: bool,
+    /// `outputConfig.textFormat` json_schema and strict tools.
+    #[serde(default)]
+    pub structured_output: bool,
+    /// `outputConfig.effort`.
+    #[serde(default)]
+    pub effort: bool,
+    /// Citations on document blocks.
+    #[serde(default)]
+    pub citations: bool,
+    /// An embedding model's limits.
+    #[serde(default)]
+    pub embedding: Option<EmbeddingInfo>,
 }
 
 /// Bedrock's limit on cache checkpoints per request.
@@ -91,6 +115,13 @@ impl Catalog {
             if model.optimized_regions.is_empty() != model.optimized.is_none() {
                 return Err(format!(
                     "model {}: `optimized_regions` and `optimized` go together",
+                    model.id
+                ));
+            }
+            check_kind(&model.id, model.kind, model.embedding.as_ref())?;
+            if model.interleaved_thinking && !model.reasoning {
+                return Err(format!(
+                    "model {}: `interleaved_thinking` needs `reasoning`",
                     model.id
                 ));
             }
@@ -141,6 +172,28 @@ mod tests {
         assert_eq!(arn.model.id, base.model.id);
         assert_eq!(base.model.short_name(), "claude-3-5-haiku-20241022");
         assert!(catalog.resolve("anthropic.claude-99").is_none());
+    }
+
+    #[test]
+    fn the_embedded_catalog_agrees_with_the_proxy_catalog_on_capabilities() {
+        let sim = Catalog::parse(DEFAULT_CATALOG).unwrap();
+        let proxy = bedrock_wire::catalog::Catalog::embedded();
+        for model in sim.models() {
+            let theirs = proxy
+                .get(&model.id)
+                .unwrap_or_else(|| panic!("{} is missing from config/models.toml", model.id));
+            let theirs = &theirs.model;
+            assert_eq!(model.kind, theirs.kind, "{}", model.id);
+            assert_eq!(model.reasoning, theirs.reasoning, "{}", model.id);
+            assert_eq!(
+                model.structured_output, theirs.structured_output,
+                "{}",
+                model.id
+            );
+            assert_eq!(model.effort, theirs.effort, "{}", model.id);
+            assert_eq!(model.citations, theirs.citations, "{}", model.id);
+            assert_eq!(model.embedding, theirs.embedding, "{}", model.id);
+        }
     }
 
     #[test]

@@ -3,13 +3,18 @@
 //! InvokeModelWithResponseStream and CountTokens on their real paths with the real
 //! JSON, event-stream frames, headers and errors; models latency (TTFT, output
 //! speed, standard vs optimized), Bedrock's prompt cache, the optimized-tier quota
-//! and scripted faults; and answers deterministically at temperature 0.
+//! and scripted faults; extended thinking, structured output, documents with
+//! citations and embedding models; and answers deterministically at temperature 0.
 //!
 //! # Layout
 //! - [`config`]: settings (TOML and flags).
 //! - [`catalog`]: the models, what they support and how fast they are.
 //! - [`auth`]: SigV4 and bearer credentials.
 //! - [`request`]: Bedrock's validation; any body format read into one `Prompt`.
+//!   - [`reasoning`]: extended thinking: its rules, signatures, stripped history.
+//!   - [`structured`]: output schemas and values that conform to a schema.
+//!   - [`documents`]: document blocks, their checks and citations.
+//! - [`embed`]: embedding models (Titan Text Embeddings v2, Cohere Embed v3).
 //! - [`faults`]: scripted failures.
 //! - [`prompt_cache`]: the prompt-cache model.
 //! - [`latency`]: the timing model.
@@ -26,14 +31,18 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod control;
+pub mod documents;
+pub mod embed;
 pub mod error;
 pub mod faults;
 pub mod generate;
 pub mod latency;
 pub mod prompt_cache;
+pub mod reasoning;
 pub mod render;
 pub mod request;
 pub mod state;
+pub mod structured;
 #[cfg(feature = "testing")]
 pub mod testing;
 

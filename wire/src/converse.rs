@@ -291,7 +291,9 @@ impl Summary {
 }
 
 enum Block {
-    Text(String),
+    /// Text, and the citations that support it (a `citationsContent` block when
+    /// there are any).
+    Text { text: String, citations: Vec<Value> },
     ToolUse {
         start: Map<String, Value>,
         input: String,
@@ -306,7 +308,11 @@ enum Block {
 impl Block {
     fn into_json(self) -> Result<Value, AssembleError> {
         Ok(match self {
-            Block::Text(text) => json!({ "text": text }),
+            Block::Text { text, citations } if citations.is_empty() => json!({ "text": text }),
+            Block::Text { text, citations } => json!({ "citationsContent": {
+                "content": [{ "text": text }],
+                "citations": citations,
+            } }),
             Block::ToolUse { mut start, input } => {
                 let input: Value = if input.trim().is_empty() {
                     json!({})
@@ -379,10 +385,19 @@ pub fn assemble(events: &[ConverseEvent]) -> Result<Value, AssembleError> {
             EventKind::ContentBlockDelta => {
                 let delta = &v["delta"];
                 let block = blocks.entry(index_of(&v));
-                if let Some(text) = delta.get("text").and_then(Value::as_str) {
-                    match block.or_insert_with(|| Block::Text(String::new())) {
-                        Block::Text(acc) => acc.push_str(text),
+                let new_text = || Block::Text {
+                    text: String::new(),
+                    citations: Vec::new(),
+                };
+                if let Some(t) = delta.get("text").and_then(Value::as_str) {
+                    match block.or_insert_with(new_text) {
+                        Block::Text { text, .. } => text.push_str(t),
                         _ => return Err(AssembleError::Unsupported("mixed text".into())),
+                    }
+                } else if let Some(citation) = delta.get("citation") {
+                    match block.or_insert_with(new_text) {
+                        Block::Text { citations, .. } => citations.push(citation.clone()),
+                        _ => return Err(AssembleError::Unsupported("mixed citation".into())),
                     }
                 } else if let Some(tool) = delta.get("toolUse") {
                     match block {
@@ -508,6 +523,19 @@ pub fn split(body: &Value) -> Result<Vec<ConverseEvent>, AssembleError> {
         if let Some(text) = block.get("text").and_then(Value::as_str) {
             for chunk in chunk_text(text, REPLAY_CHUNK_BYTES) {
                 events.push(delta(i, json!({ "text": chunk })));
+            }
+        } else if let Some(cited) = block.get("citationsContent") {
+            let text: String = cited["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["text"].as_str())
+                .collect();
+            for chunk in chunk_text(&text, REPLAY_CHUNK_BYTES) {
+                events.push(delta(i, json!({ "text": chunk })));
+            }
+            for citation in cited["citations"].as_array().into_iter().flatten() {
+                events.push(delta(i, json!({ "citation": citation })));
             }
         } else if let Some(tool) = block.get("toolUse").and_then(Value::as_object) {
             let mut start = tool.clone();
@@ -648,13 +676,36 @@ mod tests {
             ConverseEvent::new(EventKind::MessageStart, &json!({"role": "assistant"})),
             ConverseEvent::new(
                 EventKind::ContentBlockDelta,
-                &json!({"contentBlockIndex": 0, "delta": {"citation": {}}}),
+                &json!({"contentBlockIndex": 0, "delta": {"image": {}}}),
             ),
         ];
         assert_eq!(
             assemble(&events),
-            Err(AssembleError::Unsupported("citation".into()))
+            Err(AssembleError::Unsupported("image".into()))
         );
+    }
+
+    #[test]
+    fn reasoning_and_citations_survive_split_then_assemble() {
+        let body = json!({
+            "output": {"message": {"role": "assistant", "content": [
+                {"reasoningContent": {"reasoningText": {"text": "Let me look at the report first.", "signature": "c2ln"}}},
+                {"text": "The report says "},
+                {"citationsContent": {
+                    "content": [{"text": "revenue grew by a tenth"}],
+                    "citations": [{"title": "report", "sourceContent": [{"text": "Revenue grew 10%."}],
+                        "location": {"documentChar": {"documentIndex": 0, "start": 0, "end": 17}}}]}},
+                {"reasoningContent": {"redactedContent": "ZW5jcnlwdGVk"}}
+            ]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 12, "outputTokens": 30, "totalTokens": 42},
+            "metrics": {"latencyMs": 250}
+        });
+        let events = split(&body).unwrap();
+        assert!(events
+            .iter()
+            .any(|e| e.json().unwrap()["delta"].get("citation").is_some()));
+        assert_eq!(assemble(&events).unwrap(), body);
     }
 
     #[test]
