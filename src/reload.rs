@@ -99,14 +99,18 @@ pub fn watch(state: AppState, path: PathBuf, stop: CancellationToken) -> JoinHan
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         // Editors replace files by renaming, so the directory is watched and
-        // events are filtered by name.
+        // events are filtered by name. A Kubernetes ConfigMap volume never
+        // touches the file itself: it writes a new `..<timestamp>` directory and
+        // swaps the `..data` symlink the file points through, so events on
+        // `..`-names count too (a reload of unchanged content changes nothing).
         let sender = tx.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
-                let ours = event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_owned()) == file_name);
+                let ours = event.paths.iter().any(|p| {
+                    let name = p.file_name();
+                    name.map(|n| n.to_owned()) == file_name
+                        || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
+                });
                 if ours && (event.kind.is_modify() || event.kind.is_create()) {
                     let _ = sender.try_send(());
                 }

@@ -45,12 +45,6 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "bedrock-proxy.json"
 SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 FAKE_SHA256 = "ab" * 32
 
-# The shipped name of the reload-failure counter; main still exports it under
-# its old name until the rename lands, so the test's scrape maps the old onto it.
-# TODO(lead): drop OLD_RELOAD_FAILURES once src/metrics.rs uses the new name.
-RELOAD_FAILURES = "bedrock_proxy_config_reload_failures_total"
-OLD_RELOAD_FAILURES = "config_reload_failures_total"
-
 
 def need(tool):
     path = shutil.which(tool)
@@ -250,10 +244,6 @@ def observed(tmp_path):
     shipped["rule_files"] = [str(DEPLOY / "prometheus" / f) for f in shipped["rule_files"]]
     (job,) = shipped["scrape_configs"]
     job["static_configs"] = [{"targets": [urllib.parse.urlparse(admin).netloc]}]
-    job["metric_relabel_configs"] = [{
-        "source_labels": ["__name__"], "regex": OLD_RELOAD_FAILURES,
-        "target_label": "__name__", "replacement": RELOAD_FAILURES,
-    }]
     prom_config = tmp_path / "prometheus.yml"
     prom_config.write_text(yaml.safe_dump(shipped))
     port = free_port()
@@ -604,10 +594,6 @@ def test_kubernetes_manifests_render_and_validate(overlay, tmp_path):
         assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"bedrock-proxy"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src/reload.rs reacts only to events naming the config file; a ConfigMap update swaps the "
-    "`..data` symlink and never touches `config.toml`. Until it does, deploy/k8s rolls pods on a "
-    "config change (hash-suffixed ConfigMap). Remove this mark when the watcher handles the swap."))
 def test_a_configmap_update_reaches_the_running_proxy(tmp_path, sim):
     """The kubelet updates a ConfigMap volume by writing a new timestamped
     directory and swapping the `..data` symlink; `config.toml` itself is a
