@@ -16,6 +16,8 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod body;
 pub mod finish;
+#[cfg(test)]
+mod golden;
 mod guard;
 pub mod openai;
 

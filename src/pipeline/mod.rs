@@ -415,6 +415,7 @@ async fn upstream(
         breakers: &pipeline.breakers,
         started: call.started,
         prepare: &prepare,
+        attempt: &chain::Http,
     };
     let result = chain.run(&targets, record).await;
     if let Err(e) = &result {

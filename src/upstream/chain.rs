@@ -139,7 +139,7 @@ impl PlanNotes {
 }
 
 /// What a chain needs besides its targets.
-pub struct Chain<'a> {
+pub struct Chain<'a, A = Http> {
     pub route: &'a Arc<str>,
     pub op: Operation,
     pub resilience: &'a ResilienceConfig,
@@ -147,6 +147,45 @@ pub struct Chain<'a> {
     pub started: Instant,
     /// Plans the body for a target (prompt-cache points, latency tier).
     pub prepare: &'a (dyn Fn(&Target) -> Prepared + Sync),
+    /// Sends one attempt: [`Http`] in the proxy; the chain's tests script it.
+    pub attempt: &'a A,
+}
+
+/// How one attempt reaches a target. The chain decides which targets to try,
+/// when, and how often; an attempt only sends, and keeps to its timeouts: an
+/// answer (for streams, the first event) within `first_byte` and the rest of a
+/// whole answer within `deadline`, or else an [`ErrorKind::Timeout`] error.
+///
+/// A trait rather than a boxed closure so the proxy's attempts stay plain,
+/// unboxed futures (the chain is generic over it, [`Http`] by default).
+pub trait Attempt: Sync {
+    fn send(
+        &self,
+        target: &Target,
+        op: Operation,
+        prepared: Prepared,
+        first_byte: Duration,
+        deadline: Instant,
+        route: &Arc<str>,
+    ) -> impl std::future::Future<Output = Result<Answer, ProxyError>> + Send;
+}
+
+/// The proxy's attempts: the target's [`Upstream`] client over HTTP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Http;
+
+impl Attempt for Http {
+    fn send(
+        &self,
+        target: &Target,
+        op: Operation,
+        prepared: Prepared,
+        first_byte: Duration,
+        deadline: Instant,
+        route: &Arc<str>,
+    ) -> impl std::future::Future<Output = Result<Answer, ProxyError>> + Send {
+        attempt(target, op, prepared, first_byte, deadline, route)
+    }
 }
 
 fn counts_against_breaker(e: &ProxyError) -> bool {
@@ -171,7 +210,7 @@ fn backoff(resilience: &ResilienceConfig, retry: u32) -> Duration {
     exp.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-impl Chain<'_> {
+impl<A: Attempt> Chain<'_, A> {
     fn falls_back(&self, e: &ProxyError) -> bool {
         e.side != Side::Client && self.resilience.fallback_on.contains(&e.kind)
     }
@@ -260,7 +299,10 @@ impl Chain<'_> {
             .count(&metrics::route_label(self.route), &target.label);
         let first_byte = self.first_byte(target, deadline);
         let mut unsettled = Unsettled(Some(breaker));
-        let result = attempt(target, self.op, prepared, first_byte, deadline, self.route).await;
+        let result = self
+            .attempt
+            .send(target, self.op, prepared, first_byte, deadline, self.route)
+            .await;
         if let Some(breaker) = unsettled.0.take() {
             self.settle(target, &breaker, &result);
         }
@@ -567,23 +609,4 @@ async fn attempt(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_jittered_exponential_and_capped() {
-        let r = ResilienceConfig {
-            backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(1000),
-            ..ResilienceConfig::default()
-        };
-        for retry in 0..8 {
-            let d = backoff(&r, retry);
-            let cap = Duration::from_millis(100 * (1 << retry)).min(Duration::from_millis(1000));
-            assert!(
-                d >= cap / 2 && d <= cap,
-                "retry {retry}: {d:?} vs cap {cap:?}"
-            );
-        }
-    }
-}
+mod tests;
