@@ -275,6 +275,14 @@ fn content(value: &Value, param: &str, images: bool) -> Result<(String, u32), Ch
     }
 }
 
+fn unanswered_calls(pending: &[String], param: &str) -> ChatError {
+    ChatError::invalid(
+        format!("An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}", pending.join(", ")),
+        Some(param),
+        None,
+    )
+}
+
 /// Hash chain over the prompt in order: each unit covers itself and all before it.
 struct Prefix {
     hash: [u8; 32],
@@ -541,11 +549,7 @@ pub fn read(body: &Value, limits: &Limits<'_>) -> Result<ChatRequest, ChatError>
             None => return Err(missing(&format!("{here}.role"))),
         };
         if role != "tool" && !pending.is_empty() {
-            return Err(ChatError::invalid(
-                format!("An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}", pending.join(", ")),
-                Some(&format!("{here}.role")),
-                None,
-            ));
+            return Err(unanswered_calls(&pending, &format!("{here}.role")));
         }
         let body_param = format!("{here}.content");
         let mut count = tokens::MESSAGE_OVERHEAD;
@@ -607,6 +611,9 @@ pub fn read(body: &Value, limits: &Limits<'_>) -> Result<ChatRequest, ChatError>
         }
         prefix.push(role.as_bytes(), message, count);
     }
+    if !pending.is_empty() {
+        return Err(unanswered_calls(&pending, "messages"));
+    }
 
     let last = messages.last().and_then(Value::as_object);
     let last_role = last.and_then(|m| m.get("role")).and_then(Value::as_str);
@@ -666,6 +673,7 @@ pub fn read(body: &Value, limits: &Limits<'_>) -> Result<ChatRequest, ChatError>
         None | Some(Value::Null) => None,
         Some(v) => Some(
             v.as_i64()
+                // A negative seed is as good a seed as any: keep its bits.
                 .map(|s| s as u64)
                 .or_else(|| v.as_u64())
                 .ok_or_else(|| wrong_type("seed", "an integer", v))?,
@@ -1092,6 +1100,9 @@ mod tests {
             {"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "{}"}}]},
             {"role": "user", "content": "x"}]}));
         assert!(e.message.contains("c1"), "{}", e.message);
+        let e = read_err(json!({"messages": [{"role": "user", "content": "x"},
+            {"role": "assistant", "tool_calls": [{"id": "c2", "function": {"name": "f", "arguments": "{}"}}]}]}));
+        assert!(e.message.contains("c2"), "{}", e.message);
 
         let e = read_err(
             json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"}),
