@@ -106,6 +106,7 @@ async fn serve(
     state.log.push(LoggedRequest {
         seq: state.log.next_seq(),
         request_id: request_id.to_owned(),
+        face: crate::face::Face::Bedrock,
         operation: op.name(),
         model_id: model_id.clone(),
         path: parts.uri.path().to_owned(),
@@ -559,7 +560,7 @@ async fn respond(state: &Arc<SimState>, plan: Plan) -> Result<Response, SimError
 }
 
 /// How a stream ends.
-enum Ending {
+pub(crate) enum Ending {
     Complete,
     /// An exception frame after `after` events.
     Exception {
@@ -609,7 +610,12 @@ impl Pacer {
 
 /// An event stream that sends each item after its delay; dropping it (a client
 /// that went away) stops the generation.
-fn paced_body(items: Vec<Paced>, timing: Timing, ending: Ending, state: Arc<SimState>) -> Body {
+pub(crate) fn paced_body(
+    items: Vec<Paced>,
+    timing: Timing,
+    ending: Ending,
+    state: Arc<SimState>,
+) -> Body {
     let pacer = Pacer {
         items: items.into_iter(),
         timing,

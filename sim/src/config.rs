@@ -4,6 +4,10 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::openai_face::OpenAiConfig;
+use crate::sagemaker::SageMakerConfig;
+use crate::selfhosted::{self, SelfHostedModel};
+
 /// A key pair whose SigV4 signatures the simulator verifies.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +43,12 @@ pub struct SimConfig {
     pub credentials: Vec<StaticCredential>,
     /// When set, bearer tokens must be one of these.
     pub bearer_tokens: Vec<String>,
+    /// Models behind the OpenAI-compatible and SageMaker faces (`[[self_hosted]]`).
+    pub self_hosted: Vec<SelfHostedModel>,
+    /// The OpenAI-compatible face (`[openai]`).
+    pub openai: OpenAiConfig,
+    /// The SageMaker Runtime face (`[sagemaker]`).
+    pub sagemaker: SageMakerConfig,
 }
 
 impl Default for SimConfig {
@@ -55,6 +65,9 @@ impl Default for SimConfig {
             request_log: 1000,
             credentials: Vec::new(),
             bearer_tokens: Vec::new(),
+            self_hosted: selfhosted::default_models(),
+            openai: OpenAiConfig::default(),
+            sagemaker: SageMakerConfig::default(),
         }
     }
 }
@@ -78,6 +91,8 @@ impl SimConfig {
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(format!("jitter must be in [0, 1), got {}", self.jitter));
         }
+        selfhosted::validate_models(&self.self_hosted)?;
+        self.sagemaker.validate(&self.self_hosted)?;
         Ok(())
     }
 }
@@ -95,5 +110,41 @@ mod tests {
         let err = SimConfig::parse("regoin = \"x\"").unwrap_err();
         assert!(err.contains("regoin"), "{err}");
         assert!(SimConfig::parse("time_scale = -1").is_err());
+    }
+
+    #[test]
+    fn self_hosted_faces_are_configured_in_one_file() {
+        let c = SimConfig::parse(
+            r#"
+[[self_hosted]]
+id = "tiny"
+context_tokens = 2048
+speed = { ttft_ms = 10, prefill_us_per_token = 5, tokens_per_s = 200 }
+stream_options = "reject"
+
+[openai]
+api_key = "sk-local"
+
+[sagemaker]
+account_id = "111122223333"
+[[sagemaker.endpoints]]
+name = "tiny-ep"
+model = "tiny"
+[[sagemaker.endpoints]]
+name = "shared"
+inference_components = { "tiny-ic" = "tiny" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.self_hosted.len(), 1);
+        assert_eq!(c.openai.api_key.as_deref(), Some("sk-local"));
+        assert_eq!(c.sagemaker.endpoints.len(), 2);
+        let err =
+            SimConfig::parse("[[sagemaker.endpoints]]\nname = \"x\"\nmodel = \"not-served\"\n")
+                .unwrap_err();
+        assert!(err.contains("not-served"), "{err}");
+        let err = SimConfig::parse("[openai]\napi_kye = \"x\"\n").unwrap_err();
+        assert!(err.contains("api_kye"), "{err}");
+        assert!(SimConfig::default().validate().is_ok());
     }
 }

@@ -1,7 +1,8 @@
 //! Scripted faults: rules added with `POST /_sim/faults` (or one-off, with the
 //! `x-sim-fault` request header) that make matching requests fail the way Bedrock
 //! fails: error responses, slow first bytes, exceptions in the middle of a
-//! stream, or a connection cut.
+//! stream, or a connection cut. A rule names the face it targets (Bedrock by
+//! default); each face renders the fault in its own API's shape.
 
 use bedrock_wire::error::ErrorType;
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::SimError;
+use crate::face::{Face, FaceMatch};
 
 /// What goes wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +25,9 @@ pub enum FaultKind {
     SlowFirstByte,
     MidstreamError,
     ConnectionReset,
+    /// The model (a container, for SageMaker) failed: Bedrock's
+    /// ModelErrorException, SageMaker's ModelError, a 500 from an OpenAI server.
+    ModelError,
 }
 
 impl FaultKind {
@@ -35,14 +40,21 @@ impl FaultKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultRule {
-    /// Matches model ids containing this text (as the caller wrote the id).
+    /// The faces the rule applies to: `bedrock` (when absent), `openai`,
+    /// `sagemaker` or `any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face: Option<FaceMatch>,
+    /// Matches model ids containing this text (as the caller wrote the id; on
+    /// SageMaker, the endpoint name, the inference component or the model it serves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Matches the latency tier the request asked for: `standard` or `optimized`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<String>,
     /// Matches one operation: `converse`, `converse-stream`, `invoke`,
-    /// `invoke-with-response-stream` or `count-tokens`.
+    /// `invoke-with-response-stream` or `count-tokens` on Bedrock;
+    /// `chat-completions` on the OpenAI face; `invoke-endpoint` or
+    /// `invoke-endpoint-with-response-stream` on SageMaker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
     pub fault: FaultKind,
@@ -60,7 +72,8 @@ pub struct FaultRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_events: Option<u32>,
     /// `midstream-error`: the stream exception member, such as `throttlingException`
-    /// (default `modelStreamErrorException`).
+    /// (default `modelStreamErrorException`) on Bedrock, `ModelStreamError`
+    /// (default) or `InternalStreamFailure` on SageMaker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
     /// Overrides the error message.
@@ -72,6 +85,7 @@ impl FaultRule {
     /// A rule for `fault` matching every request, without limits.
     pub fn new(fault: FaultKind) -> FaultRule {
         FaultRule {
+            face: None,
             model: None,
             latency: None,
             operation: None,
@@ -97,30 +111,43 @@ impl FaultRule {
                 return Err(format!("latency must be standard or optimized, got {l}"));
             }
         }
+        let faces = self.faces();
         if let Some(op) = &self.operation {
-            if crate::request::Operation::from_name(op).is_none() {
+            if !faces.iter().any(|f| f.has_operation(op)) {
                 return Err(format!("unknown operation {op}"));
             }
         }
         if let Some(e) = &self.exception {
-            if ErrorType::parse(e)
-                .and_then(ErrorType::stream_member)
-                .is_none()
-            {
+            if !faces.iter().any(|f| stream_exception_exists(*f, e)) {
                 return Err(format!("{e} is not a stream exception"));
             }
         }
         Ok(())
     }
 
+    /// The faces this rule applies to.
+    pub fn faces(&self) -> &'static [Face] {
+        self.face.unwrap_or(FaceMatch::Bedrock).faces()
+    }
+
     /// Parses the `x-sim-fault` header: `throttle`, `slow-first-byte=800`,
     /// `midstream-error=3`, `midstream-error=3:throttlingException`,
     /// `connection-reset=2`.
     pub fn from_header(value: &str) -> Result<FaultRule, String> {
+        Self::from_header_on(value, Face::Bedrock)
+    }
+
+    /// [`FaultRule::from_header`] for a request that came in on `face`.
+    pub fn from_header_on(value: &str, face: Face) -> Result<FaultRule, String> {
         let (kind, arg) = value.trim().split_once('=').unwrap_or((value.trim(), ""));
         let fault = FaultKind::parse(kind).ok_or_else(|| format!("unknown fault {kind}"))?;
         let mut rule = FaultRule {
             times: Some(1),
+            face: Some(match face {
+                Face::Bedrock => FaceMatch::Bedrock,
+                Face::OpenAi => FaceMatch::OpenAi,
+                Face::SageMaker => FaceMatch::SageMaker,
+            }),
             ..FaultRule::new(fault)
         };
         let (num, exception) = arg.split_once(':').unwrap_or((arg, ""));
@@ -140,8 +167,12 @@ impl FaultRule {
         Ok(rule)
     }
 
-    fn matches(&self, model_id: &str, tier: &str, operation: &str) -> bool {
-        self.model.as_deref().is_none_or(|m| model_id.contains(m))
+    fn matches(&self, face: Face, names: &[&str], tier: &str, operation: &str) -> bool {
+        self.faces().contains(&face)
+            && self
+                .model
+                .as_deref()
+                .is_none_or(|m| names.iter().any(|n| n.contains(m)))
             && self.latency.as_deref().is_none_or(|l| l == tier)
             && self.operation.as_deref().is_none_or(|o| o == operation)
     }
@@ -173,6 +204,10 @@ impl FaultRule {
                 ErrorType::Validation,
                 "The request was rejected by a scripted validation fault.",
             ),
+            FaultKind::ModelError => (
+                ErrorType::ModelError,
+                "The model returned an error while processing the request.",
+            ),
             _ => return None,
         };
         Some(SimError::modeled(
@@ -186,6 +221,18 @@ impl FaultRule {
         self.exception
             .as_deref()
             .unwrap_or("modelStreamErrorException")
+    }
+}
+
+/// Whether `name` is a stream exception `face` can send.
+fn stream_exception_exists(face: Face, name: &str) -> bool {
+    match face {
+        Face::Bedrock => ErrorType::parse(name)
+            .and_then(ErrorType::stream_member)
+            .is_some(),
+        Face::SageMaker => bedrock_wire::sagemaker::StreamException::parse(name).is_some(),
+        // An OpenAI stream ends with an `error` chunk; it has no exception types.
+        Face::OpenAi => false,
     }
 }
 
@@ -227,9 +274,21 @@ impl Faults {
 
     /// The first rule that matches and fires for this request, used up by one.
     pub fn take(&self, model_id: &str, tier: &str, operation: &str) -> Option<FaultRule> {
+        self.take_on(Face::Bedrock, &[model_id], tier, operation)
+    }
+
+    /// [`Faults::take`] for a request on `face`; `names` are what the request
+    /// names (a model id; on SageMaker, an endpoint, a component and a model).
+    pub fn take_on(
+        &self,
+        face: Face,
+        names: &[&str],
+        tier: &str,
+        operation: &str,
+    ) -> Option<FaultRule> {
         let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         let index = rules.iter().position(|r| {
-            r.rule.matches(model_id, tier, operation)
+            r.rule.matches(face, names, tier, operation)
                 && r.rule.probability.is_none_or(|p| fastrand::f64() < p)
         })?;
         let installed = &mut rules[index];
@@ -286,6 +345,66 @@ mod tests {
         );
         assert!(FaultRule::from_header("explode").is_err());
         assert!(FaultRule::from_header("midstream-error=1:NotAThing").is_err());
+    }
+
+    #[test]
+    fn rules_target_their_face() {
+        let faults = Faults::default();
+        faults.add(rule(serde_json::json!({"fault": "throttle"})));
+        faults.add(rule(
+            serde_json::json!({"face": "sagemaker", "model": "llama",
+            "operation": "invoke-endpoint", "fault": "internal", "times": 1}),
+        ));
+        let names = [
+            "my-endpoint",
+            "my-component",
+            "meta-llama/Llama-3.1-8B-Instruct",
+        ];
+        assert!(faults
+            .take_on(Face::OpenAi, &["qwen"], "standard", "chat-completions")
+            .is_none());
+        assert!(faults
+            .take_on(
+                Face::SageMaker,
+                &names,
+                "standard",
+                "invoke-endpoint-with-response-stream"
+            )
+            .is_none());
+        let fired = faults
+            .take_on(Face::SageMaker, &names, "standard", "invoke-endpoint")
+            .unwrap();
+        assert_eq!(fired.fault, FaultKind::Internal);
+        assert!(faults
+            .take_on(Face::SageMaker, &names, "standard", "invoke-endpoint")
+            .is_none());
+        assert!(faults.take("anything", "standard", "converse").is_some());
+
+        let bad_op = rule(
+            serde_json::json!({"face": "openai", "operation": "converse", "fault": "throttle"}),
+        );
+        assert!(bad_op.validate().unwrap_err().contains("converse"));
+        let sm = rule(
+            serde_json::json!({"face": "sagemaker", "fault": "midstream-error",
+            "exception": "InternalStreamFailure"}),
+        );
+        assert!(sm.validate().is_ok());
+        let on_bedrock = rule(
+            serde_json::json!({"fault": "midstream-error", "exception": "InternalStreamFailure"}),
+        );
+        assert!(on_bedrock.validate().is_err());
+        let header =
+            FaultRule::from_header_on("midstream-error=2:ModelStreamError", Face::SageMaker)
+                .unwrap();
+        assert_eq!(header.after_events, Some(2));
+        assert!(FaultRule::from_header_on(
+            "midstream-error=2:throttlingException",
+            Face::SageMaker
+        )
+        .is_err());
+        assert!(
+            FaultRule::from_header_on("midstream-error=2:ModelStreamError", Face::OpenAi).is_err()
+        );
     }
 
     #[test]

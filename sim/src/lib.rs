@@ -5,6 +5,8 @@
 //! speed, standard vs optimized), Bedrock's prompt cache, the optimized-tier quota
 //! and scripted faults; extended thinking, structured output, documents with
 //! citations and embedding models; and answers deterministically at temperature 0.
+//! Beside Bedrock it serves self-hosted models through an OpenAI-compatible face
+//! and a SageMaker Runtime face, under the same control plane.
 //!
 //! # Layout
 //! - [`config`]: settings (TOML and flags).
@@ -21,26 +23,37 @@
 //! - [`generate`]: deterministic answers, tool calls included.
 //! - [`render`]: answers written as Converse, Anthropic or Llama, JSON or stream.
 //! - [`api`]: the five operations, in that order of stages.
+//! - [`chat`]: OpenAI Chat Completions requests and answers (both self-hosted faces).
+//! - [`selfhosted`]: the self-hosted models, their prefix cache, and the steps
+//!   from a chat request to a timed answer.
+//! - [`openai_face`]: `/v1/chat/completions` and `/v1/models`.
+//! - [`sagemaker`]: SageMaker Runtime's two invocation operations.
 //! - [`control`]: `/_sim/*` endpoints for tests.
 //! - [`state`]: clock, request log, counters, quota.
+//! - [`face`]: which API a request came in on.
 //! - [`error`]: error responses.
 //! - `testing` (feature `testing`): SDK and raw HTTP clients for tests.
 
 pub mod api;
 pub mod auth;
 pub mod catalog;
+pub mod chat;
 pub mod config;
 pub mod control;
 pub mod documents;
 pub mod embed;
 pub mod error;
+pub mod face;
 pub mod faults;
 pub mod generate;
 pub mod latency;
+pub mod openai_face;
 pub mod prompt_cache;
 pub mod reasoning;
 pub mod render;
 pub mod request;
+pub mod sagemaker;
+pub mod selfhosted;
 pub mod state;
 pub mod structured;
 #[cfg(feature = "testing")]
@@ -57,6 +70,7 @@ use tokio::task::JoinHandle;
 
 pub use catalog::Catalog;
 pub use config::SimConfig;
+pub use face::{Face, FaceMatch};
 pub use faults::{FaultKind, FaultRule};
 
 /// Everything the simulator's handlers share.
@@ -70,6 +84,7 @@ pub struct SimState {
     pub faults: faults::Faults,
     pub quota: state::Quota,
     pub prompt_cache: prompt_cache::PromptCache,
+    pub self_hosted: selfhosted::SelfHostedState,
 }
 
 impl SimState {
@@ -80,6 +95,7 @@ impl SimState {
         self.faults.clear();
         self.quota.reset();
         self.prompt_cache.clear();
+        self.self_hosted.clear();
     }
 }
 
@@ -112,6 +128,7 @@ impl Simulator {
                 faults: faults::Faults::default(),
                 quota: state::Quota::default(),
                 prompt_cache: prompt_cache::PromptCache::default(),
+                self_hosted: selfhosted::SelfHostedState::default(),
             }),
         })
     }
@@ -121,9 +138,13 @@ impl Simulator {
         &self.state
     }
 
-    /// Bedrock's API and the `/_sim/*` control endpoints.
+    /// Bedrock's API, the OpenAI-compatible and SageMaker faces, and the
+    /// `/_sim/*` control endpoints.
     pub fn router(&self) -> Router {
-        api::router(self.state.clone()).merge(self.control_router())
+        api::router(self.state.clone())
+            .merge(openai_face::router(self.state.clone()))
+            .merge(sagemaker::router(self.state.clone()))
+            .merge(self.control_router())
     }
 
     /// Only the `/_sim/*` control endpoints (the proxy mounts these on its admin

@@ -3,6 +3,7 @@
 //! signature, tampered with), structured output checked against its schema by a
 //! JSON Schema validator, forced tool choice in an agent loop, documents with
 //! citations and CountTokens, and the embedding models.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use aws_sdk_bedrockruntime::error::ProvideErrorMetadata;
 use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
