@@ -109,11 +109,11 @@ pub(super) fn prepare(
         let model = lookup.map(|l| l.model.clone());
         let plan =
             prompt_cache::decide(json, format, model.as_deref(), policy, sightings, prefixes);
-        notes.injected = plan.injected.iter().map(|p| p.label()).collect();
+        notes.injected = plan.injected.iter().map(|p| p.name()).collect();
         notes.skipped = plan
             .skipped
             .iter()
-            .map(|(p, reason)| (p.label(), reason.label()))
+            .map(|(p, reason)| (p.name(), reason.label()))
             .collect();
         cache_points = plan.injected.len() as u32;
         if cache_points > 0 {

@@ -125,7 +125,7 @@ impl PrefixRegistry {
         for part in [
             tenant.as_bytes(),
             model.as_bytes(),
-            section.label().as_bytes(),
+            section.name().as_bytes(),
         ] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part);
@@ -185,7 +185,7 @@ impl PrefixRegistry {
                 json!({
                     "tenant": &*s.tenant,
                     "model": s.model,
-                    "section": s.section.label(),
+                    "section": s.section.name(),
                     "sightings": s.sightings.load(Ordering::Relaxed),
                     "estimated_tokens": s.tokens,
                     "first_seen_ms": s.first_seen_ms,
