@@ -11,7 +11,8 @@
 # change); every server this script starts logs there too and is stopped, by
 # its PID, on exit.
 #
-# Set SKIP_BUILD=1 to use the release binaries already in target/release.
+# Set SKIP_BUILD=1 to use the release binaries already built (in target/release,
+# or under CARGO_TARGET_DIR when it is set).
 # SOAK_DURATION (10m), SOAK_WARMUP (1m) and SOAK_RATE (100 arrivals/s) shape the
 # soak; HOSTILE_SLOW and HOSTILE_IDLE (1000 each) the hostile section.
 # Ports 17070-17071, 18080-18095 and 19090-19099 on 127.0.0.1 must be free.
@@ -19,7 +20,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-bin="$root/target/release"
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 perf="$root/bench/perf"
 out="${OUT:-$root/target/perf}"
 mkdir -p "$out"
@@ -374,6 +375,9 @@ soak() {
     record bench soak --endpoint http://127.0.0.1:18093 --pid "$p" --sim "$REAL_SIM" \
         --api-key "$KEY" --duration "$duration" --warmup "$warmup" --rate "$rate" \
         --out "$out/soak"
+    # Whether the cache was full (evicting) is what tells its growth from a leak.
+    curl -s http://127.0.0.1:19097/metrics |
+        grep -E '^bedrock_proxy_cache_(bytes|entries|evictions_total) ' | tee -a "$out/results.txt" || true
     stop "$p"
     curl -s -X POST "$REAL_SIM/_sim/reset" >/dev/null
 }
