@@ -3,6 +3,7 @@
 //! few seconds each. The checks are what a reader of the report relies on:
 //! every kind was sent and counted, hits were hits, injected faults were told
 //! apart from errors, and RSS and descriptor samples were taken.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use bedrock_bench::client::AuthOptions;
 use bedrock_bench::hold::{self, HoldOptions};
