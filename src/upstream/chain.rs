@@ -396,15 +396,17 @@ impl<A: Attempt> Chain<'_, A> {
                 }
             };
             let target = &targets[i];
-            if let Some(next) = targets.get(i + 1) {
+            // Past the deadline nothing more is tried, so no fallback is counted.
+            let out_of_time = Instant::now() >= deadline;
+            if let Some(next) = targets.get(i + 1).filter(|_| !out_of_time) {
                 metrics::fallback(&route, &target.label, &next.label, error.kind.label());
                 tracing::info!(route = %self.route, from = %target.label, to = %next.label, error = %error, "falling back");
             }
             last_error = Some(error);
-            i += 1;
-            if Instant::now() >= deadline {
+            if out_of_time {
                 break;
             }
+            i += 1;
         }
         Err(last_error.unwrap_or_else(|| self.deadline_error()))
     }

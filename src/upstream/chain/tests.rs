@@ -753,6 +753,8 @@ async fn when_both_hedged_attempts_fail_the_chain_goes_on_after_the_second() {
 
 #[tokio::test(start_paused = true)]
 async fn the_deadline_stops_everything_with_a_timeout() {
+    let (recorder, prom) = recorder();
+    let _local = ::metrics::set_default_local_recorder(&recorder);
     let s = Setup::new(
         "deadline = \"2500ms\"\nfirst_byte_timeout = \"1s\"\nretries = 5\nbackoff = \"50ms\"\nfallback = [{ upstream = \"west\" }]\n",
     )
@@ -785,6 +787,11 @@ async fn the_deadline_stops_everything_with_a_timeout() {
     );
     assert_eq!(record.attempts, 3);
     assert_eq!(record.target, None);
+    assert_eq!(
+        metric(&prom, crate::metrics::FALLBACKS, &[]),
+        0.0,
+        "a fallback that never happened is not counted"
+    );
 }
 
 /// A hedge that lost while it was a half-open breaker's probe hands the probe
