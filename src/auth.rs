@@ -6,12 +6,19 @@
 //! access key pair, whose SigV4 signature is verified, so an unmodified boto3 app
 //! with plain credentials works too. With `server.auth = "none"` (loopback only)
 //! everyone is the `anonymous` tenant.
+//!
+//! A SigV4 request must be scoped to service `bedrock` and a region the proxy
+//! accepts (`server.sigv4_regions`, by default the regions of the upstreams the
+//! routes use), and over plain HTTP its signature must cover the body
+//! (`UNSIGNED-PAYLOAD` is accepted over TLS only, as AWS does), so a captured
+//! request cannot carry another body. An unknown access key and a wrong
+//! signature get the same answer.
 
 use axum::http::HeaderMap;
 use bedrock_wire::sigv4;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -73,9 +80,51 @@ pub(crate) struct Auth {
     api_keys: HashMap<[u8; 32], Arc<Principal>>,
     access_keys: HashMap<String, (String, Arc<Principal>)>,
     anonymous: Arc<Principal>,
+    /// The regions a SigV4 credential scope may name.
+    regions: BTreeSet<String>,
+    /// Whether the API listener is TLS (where `UNSIGNED-PAYLOAD` is allowed).
+    tls: bool,
 }
 
 const MISSING: &str = "Missing credentials: send `Authorization: Bearer <key>`, `x-api-key: <key>`, or sign the request (SigV4) with an access key issued by this proxy.";
+
+/// The one answer to an unknown access key and to a wrong signature (AWS's
+/// words for the latter), so the answer does not tell which key ids exist.
+const BAD_SIGNATURE: &str = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.";
+
+/// The service a SigV4 credential scope must name.
+const SERVICE: &str = "bedrock";
+
+/// The regions SigV4 requests may be scoped to: `server.sigv4_regions`, or the
+/// regions of every upstream a route (or a route's fallback) sends to.
+fn accepted_regions(config: &Config) -> BTreeSet<String> {
+    if let Some(regions) = &config.server.sigv4_regions {
+        return regions.iter().cloned().collect();
+    }
+    config
+        .routes
+        .iter()
+        .flat_map(|r| {
+            std::iter::once(&r.upstream).chain(
+                r.resilience
+                    .fallback
+                    .iter()
+                    .filter_map(|f| f.upstream.as_ref()),
+            )
+        })
+        .filter_map(|name| config.upstreams.get(name))
+        .map(|u| u.region.clone())
+        .collect()
+}
+
+/// Strips an auth scheme from a header value, whatever its case (RFC 9110:
+/// schemes are case-insensitive).
+fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let head = value.get(..scheme.len())?;
+    let rest = &value[scheme.len()..];
+    (head.eq_ignore_ascii_case(scheme) && (rest.is_empty() || rest.starts_with(' ')))
+        .then_some(rest)
+}
 
 impl Auth {
     pub(crate) fn new(config: &Config) -> Auth {
@@ -101,6 +150,8 @@ impl Auth {
             api_keys,
             access_keys,
             anonymous: Arc::new(Principal::new("anonymous", RouteAccess::All, None)),
+            regions: accepted_regions(config),
+            tls: config.server.tls.is_some(),
         }
     }
 
@@ -118,8 +169,10 @@ impl Auth {
         }
         let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
         let api_key = match authorization {
-            Some(v) if v.starts_with("AWS4-") => return self.access_key(v),
-            Some(v) => v.strip_prefix("Bearer ").map(str::trim),
+            Some(v) if v.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("AWS4-")) => {
+                return self.access_key(v, headers)
+            }
+            Some(v) => strip_scheme(v, "Bearer").map(str::trim),
             None => None,
         }
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
@@ -148,17 +201,41 @@ impl Auth {
             .caller(method, uri, headers, body)
     }
 
-    /// A SigV4 header, parsed, with its access key's secret and caller.
-    fn access_key<'a>(&'a self, value: &'a str) -> Result<Admission<'a>, ProxyError> {
+    /// A SigV4 header, parsed and checked against what the headers alone can
+    /// tell (scope, payload signing), with its access key's secret and caller.
+    fn access_key<'a>(
+        &'a self,
+        value: &'a str,
+        headers: &HeaderMap,
+    ) -> Result<Admission<'a>, ProxyError> {
         let auth = sigv4::parse_authorization(value).ok_or_else(|| {
             ProxyError::unauthenticated("The Authorization header is not a valid SigV4 header.")
         })?;
-        let (secret, principal) = self.access_keys.get(auth.access_key_id).ok_or_else(|| {
-            ProxyError::unauthenticated(format!(
-                "The access key {} is not issued by this proxy.",
-                auth.access_key_id
-            ))
-        })?;
+        if auth.service != SERVICE {
+            return Err(ProxyError::unauthenticated(format!(
+                "Credential should be scoped to correct service: '{SERVICE}'."
+            )));
+        }
+        if !self.regions.contains(auth.region) {
+            let accepted: Vec<&str> = self.regions.iter().map(String::as_str).collect();
+            return Err(ProxyError::unauthenticated(format!(
+                "Credential should be scoped to a valid region, not '{}'; this proxy accepts {}.",
+                auth.region,
+                accepted.join(", ")
+            )));
+        }
+        let unsigned = headers
+            .get("x-amz-content-sha256")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"UNSIGNED-PAYLOAD"));
+        if unsigned && !self.tls {
+            return Err(ProxyError::unauthenticated(
+                "UNSIGNED-PAYLOAD is accepted over HTTPS only: over plain HTTP the signature must cover the body (sign it, or serve the proxy with TLS).",
+            ));
+        }
+        let (secret, principal) = self
+            .access_keys
+            .get(auth.access_key_id)
+            .ok_or_else(|| ProxyError::unauthenticated(BAD_SIGNATURE))?;
         Ok(Admission::Signed {
             auth,
             secret,
@@ -197,8 +274,11 @@ impl Admission<'_> {
                 principal,
             } => {
                 sigv4::verify(&auth, secret, method, uri, headers, body, SystemTime::now())
-                    .map_err(|e| {
-                        ProxyError::unauthenticated(format!("SigV4 verification failed: {e}."))
+                    .map_err(|e| match e {
+                        sigv4::VerifyError::Mismatch => ProxyError::unauthenticated(BAD_SIGNATURE),
+                        e => {
+                            ProxyError::unauthenticated(format!("SigV4 verification failed: {e}."))
+                        }
                     })?;
                 Ok(principal.clone())
             }
@@ -313,6 +393,153 @@ mod tests {
         assert!(p.admit("a").is_ok());
         let limited = p.admit("a").unwrap_err();
         assert_eq!(limited.kind, crate::error::ErrorKind::Throttled);
+    }
+
+    /// `now` as an `x-amz-date`.
+    fn amz_now() -> String {
+        humantime::format_rfc3339_seconds(SystemTime::now())
+            .to_string()
+            .replace(['-', ':'], "")
+    }
+
+    fn sigv4_headers(
+        key_id: &str,
+        region: &str,
+        service: &str,
+        extra: &[(&'static str, &str)],
+    ) -> HeaderMap {
+        let date = amz_now();
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential={key_id}/{}/{region}/{service}/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
+            &date[..8],
+            "0".repeat(64)
+        );
+        let mut pairs = vec![
+            ("authorization", auth.as_str()),
+            ("host", "proxy"),
+            ("x-amz-date", date.as_str()),
+        ];
+        pairs.extend_from_slice(extra);
+        headers(&pairs)
+    }
+
+    fn signed_config(tls: bool) -> Config {
+        let mut c = config(
+            "[[keys]]\ntenant = \"signer\"\naccess_key_id = \"AKIDKNOWN\"\nsecret_access_key = \"s3cret\"\n",
+        );
+        if tls {
+            c.server.tls = Some(crate::config::TlsFiles {
+                cert: "cert.pem".into(),
+                key: "key.pem".into(),
+            });
+        }
+        c
+    }
+
+    #[test]
+    fn sigv4_scopes_name_bedrock_and_an_accepted_region() {
+        let auth = Auth::new(&signed_config(false));
+        let refused = |h: &HeaderMap| auth.admit_headers(h).err().map(|e| e.message);
+        // The upstream `sim` signs for us-east-2 (the default region).
+        assert_eq!(
+            refused(&sigv4_headers("AKIDKNOWN", "us-east-2", "bedrock", &[])),
+            None
+        );
+        assert!(refused(&sigv4_headers("AKIDKNOWN", "us-east-2", "s3", &[]))
+            .unwrap()
+            .contains("scoped to correct service: 'bedrock'"));
+        assert!(
+            refused(&sigv4_headers("AKIDKNOWN", "eu-west-1", "bedrock", &[]))
+                .unwrap()
+                .contains(
+                    "scoped to a valid region, not 'eu-west-1'; this proxy accepts us-east-2"
+                )
+        );
+        let mut listed = signed_config(false);
+        listed.server.sigv4_regions = Some(vec!["eu-west-1".into()]);
+        let auth = Auth::new(&listed);
+        assert!(auth
+            .admit_headers(&sigv4_headers("AKIDKNOWN", "eu-west-1", "bedrock", &[]))
+            .is_ok());
+    }
+
+    #[test]
+    fn unsigned_payloads_are_refused_over_plain_http_only() {
+        let unsigned = sigv4_headers(
+            "AKIDKNOWN",
+            "us-east-2",
+            "bedrock",
+            &[("x-amz-content-sha256", "UNSIGNED-PAYLOAD")],
+        );
+        let e = Auth::new(&signed_config(false))
+            .admit_headers(&unsigned)
+            .err()
+            .unwrap();
+        assert!(e
+            .message
+            .contains("UNSIGNED-PAYLOAD is accepted over HTTPS only"));
+        assert!(Auth::new(&signed_config(true))
+            .admit_headers(&unsigned)
+            .is_ok());
+    }
+
+    #[test]
+    fn an_unknown_key_and_a_wrong_signature_get_one_answer() {
+        let auth = Auth::new(&signed_config(false));
+        let unknown = auth
+            .authenticate(
+                "POST",
+                "/",
+                &sigv4_headers("AKIDNOBODY", "us-east-2", "bedrock", &[]),
+                b"",
+            )
+            .unwrap_err();
+        let wrong = auth
+            .authenticate(
+                "POST",
+                "/",
+                &sigv4_headers("AKIDKNOWN", "us-east-2", "bedrock", &[]),
+                b"",
+            )
+            .unwrap_err();
+        assert_eq!(unknown.message, wrong.message);
+        assert_eq!(unknown.kind, wrong.kind);
+        assert!(!unknown.message.contains("AKIDNOBODY"));
+    }
+
+    #[test]
+    fn authorization_schemes_are_case_insensitive() {
+        let auth = Auth::new(&config(""));
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let p = auth
+                .authenticate(
+                    "POST",
+                    "/",
+                    &headers(&[("authorization", &format!("{scheme} good-key"))]),
+                    b"",
+                )
+                .unwrap();
+            assert_eq!(&*p.tenant, "t1");
+        }
+        assert!(auth
+            .authenticate(
+                "POST",
+                "/",
+                &headers(&[("authorization", "Bearergood-key")]),
+                b""
+            )
+            .is_err());
+        let signed = Auth::new(&signed_config(false));
+        let mut lower = sigv4_headers("AKIDKNOWN", "us-east-2", "bedrock", &[]);
+        let value = lower["authorization"]
+            .to_str()
+            .unwrap()
+            .replace("AWS4-HMAC-SHA256", "aws4-hmac-sha256");
+        lower.insert("authorization", HeaderValue::from_str(&value).unwrap());
+        assert!(
+            signed.admit_headers(&lower).is_ok(),
+            "a lowercase SigV4 scheme parses"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! - [`config`]: the TOML file, validated into typed config.
 //! - [`catalog`]: what each model supports and costs.
 //! - [`shared`]: the Redis connection state shared across replicas lives on.
+//! - [`budget`]: the request-body bytes all requests may hold in memory.
 //! - [`support`]: wall-clock milliseconds and poison-proof locks.
 //!
 //! Composing them:
@@ -40,6 +41,7 @@
 pub mod admin;
 pub(crate) mod answer;
 pub mod auth;
+pub(crate) mod budget;
 pub(crate) mod cache;
 pub(crate) use bedrock_wire::catalog;
 pub mod config;

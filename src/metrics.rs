@@ -45,6 +45,7 @@ pub fn install() -> PrometheusHandle {
             // application's); the handle then renders nothing, which is visible.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            describe_protection();
             handle
         })
         .clone()
@@ -388,4 +389,76 @@ pub fn config_reload(ok: bool) {
     } else {
         metrics::counter!(CONFIG_RELOAD_FAILURES).increment(1);
     }
+}
+
+pub const CONNECTIONS: &str = "bedrock_proxy_connections";
+pub const CONNECTIONS_CLOSED: &str = "bedrock_proxy_connections_closed_total";
+pub const CONNECTIONS_REFUSED: &str = "bedrock_proxy_connections_refused_total";
+pub const ACCEPT_ERRORS: &str = "bedrock_proxy_accept_errors_total";
+pub const BODY_BYTES_IN_FLIGHT: &str = "bedrock_proxy_request_body_bytes_in_flight";
+pub const REDIS_UP: &str = "bedrock_proxy_redis_up";
+pub const REDIS_SKIPPED: &str = "bedrock_proxy_cache_redis_skipped_total";
+
+fn describe_protection() {
+    metrics::describe_gauge!(CONNECTIONS, "Client connections open on the API port.");
+    metrics::describe_counter!(
+        CONNECTIONS_CLOSED,
+        "API connections ended, by reason (normal, first_byte_timeout, header_timeout, idle_timeout, drain_deadline)."
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "API connections refused at server.max_connections."
+    );
+    metrics::describe_counter!(
+        ACCEPT_ERRORS,
+        "Failed accepts on the API port (file_descriptors, memory, aborted, other); the loop backs off."
+    );
+    metrics::describe_gauge!(
+        BODY_BYTES_IN_FLIGHT,
+        "Request-body bytes reserved against limits.max_inflight_body_bytes."
+    );
+    metrics::describe_gauge!(
+        REDIS_UP,
+        "The shared Redis tier: 1 in use, 0 skipped after failures (probing to recover)."
+    );
+    metrics::describe_counter!(
+        REDIS_SKIPPED,
+        "Shared-tier calls skipped while the tier is down, by operation."
+    );
+}
+
+/// An API connection was accepted.
+pub fn connection_opened() {
+    metrics::gauge!(CONNECTIONS).increment(1.0);
+}
+
+/// An API connection ended, and why.
+pub fn connection_closed(reason: &'static str) {
+    metrics::gauge!(CONNECTIONS).decrement(1.0);
+    metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+/// An API connection refused at the cap.
+pub fn connection_refused() {
+    metrics::counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+/// A failed accept, by kind.
+pub fn accept_failed(kind: &'static str) {
+    metrics::counter!(ACCEPT_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Request-body bytes reserved now.
+pub fn body_bytes_in_flight(bytes: usize) {
+    metrics::gauge!(BODY_BYTES_IN_FLIGHT).set(bytes as f64);
+}
+
+/// Whether the shared Redis tier is in use (`true`) or skipped after failures.
+pub fn redis_up(up: bool) {
+    metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// A shared-tier call skipped because the tier is down.
+pub fn redis_skipped(operation: &'static str) {
+    metrics::counter!(REDIS_SKIPPED, "operation" => operation).increment(1);
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::Semaphore;
 
+use crate::budget::BodyBudget;
 use crate::cache::ResponseCache;
 use crate::metrics;
 use crate::pipeline::Pipeline;
@@ -36,6 +37,12 @@ pub struct Shared {
     /// Requests in flight beyond this are shed with ServiceUnavailable.
     pub(crate) concurrency: Arc<Semaphore>,
     pub(crate) shutting_down: AtomicBool,
+    /// Cancelled when shutdown's grace has passed: streams still running end
+    /// with an exception frame (or error event), requests still waiting get a
+    /// 503.
+    pub(crate) cut: tokio_util::sync::CancellationToken,
+    /// Request-body bytes in memory (`limits.max_inflight_body_bytes`).
+    pub(crate) bodies: BodyBudget,
     pub(crate) readiness: RwLock<Readiness>,
     /// The embedded simulator (demo mode), whose control endpoints the admin
     /// listener serves.
@@ -83,6 +90,8 @@ impl AppState {
             metrics: metrics::install(),
             concurrency: Arc::new(Semaphore::new(permits)),
             shutting_down: AtomicBool::new(false),
+            cut: tokio_util::sync::CancellationToken::new(),
+            bodies: BodyBudget::default(),
             readiness: RwLock::new(Readiness::default()),
             simulator,
             embedded_url,
@@ -97,6 +106,12 @@ impl AppState {
     /// Replaces the runtime; requests already running keep the old one.
     pub(crate) fn swap_runtime(&self, runtime: Runtime) {
         self.0.runtime.store(Arc::new(runtime));
+    }
+
+    /// The Prometheus text of the proxy's metrics (what the admin listener's
+    /// `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        self.0.metrics.render()
     }
 
     pub(crate) fn begin_shutdown(&self) {

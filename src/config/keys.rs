@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use std::collections::HashSet;
 
-use super::values::{check_name, expand_env, sha256_hex};
+use super::values::{check_name, expand_env, sha256_hex, SHARED_NAMESPACE};
 
 /// Which routes a key may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +71,11 @@ pub(super) fn validate(raw: Vec<RawKey>, e: &mut Vec<String>) -> Vec<Option<KeyC
 fn key(key: &str, raw: RawKey, e: &mut Vec<String>) -> Option<KeyConfig> {
     let tenant = raw.tenant.unwrap_or_default();
     check_name(&format!("{key}.tenant"), &tenant, e);
+    if tenant == SHARED_NAMESPACE {
+        e.push(format!(
+            "{key}.tenant: `{SHARED_NAMESPACE}` is the cache namespace of routes with `shared = true`; name the tenant otherwise"
+        ));
+    }
     let credential = credential(
         key,
         raw.key_sha256,

@@ -12,6 +12,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
     pub max_concurrent_requests: usize,
+    /// Request-body bytes all requests together may hold in memory.
+    pub max_inflight_body_bytes: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
 }
@@ -23,6 +25,7 @@ impl Default for Limits {
             max_body_bytes: 25_000_000,
             max_json_depth: 64,
             max_concurrent_requests: 1024,
+            max_inflight_body_bytes: 256 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -38,6 +41,7 @@ pub(super) struct RawLimits {
     max_body_bytes: Option<usize>,
     max_json_depth: Option<usize>,
     max_concurrent_requests: Option<usize>,
+    max_inflight_body_bytes: Option<usize>,
     header_read_timeout: Option<String>,
     shutdown_grace: Option<String>,
 }
@@ -50,14 +54,24 @@ pub(super) fn validate(raw: RawLimits, e: &mut Vec<String>) -> Limits {
             "limits.max_json_depth: must be between 1 and {SERDE_DEPTH_LIMIT}"
         ));
     }
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(d.max_body_bytes);
+    let max_inflight_body_bytes = raw
+        .max_inflight_body_bytes
+        .unwrap_or(d.max_inflight_body_bytes.max(max_body_bytes));
+    if max_inflight_body_bytes < max_body_bytes {
+        e.push(format!(
+            "limits.max_inflight_body_bytes: must be at least limits.max_body_bytes ({max_body_bytes}), or no body of the largest size could ever be read"
+        ));
+    }
     Limits {
-        max_body_bytes: raw.max_body_bytes.unwrap_or(d.max_body_bytes),
+        max_body_bytes,
         max_json_depth,
         // 0 would shed every request; read it as the smallest working limit.
         max_concurrent_requests: raw
             .max_concurrent_requests
             .unwrap_or(d.max_concurrent_requests)
             .max(1),
+        max_inflight_body_bytes,
         header_read_timeout: duration_or(
             "limits.header_read_timeout",
             raw.header_read_timeout,

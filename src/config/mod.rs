@@ -72,7 +72,7 @@ pub use routes::resilience::{
     BreakerConfig, FallbackTarget, LatencyPolicy, ResilienceConfig, DEFAULT_FALLBACK_ON,
 };
 pub use routes::RouteConfig;
-pub use server::{AuthMode, ServerConfig, TlsFiles};
+pub use server::{AuthMode, Connections, ServerConfig, TlsFiles};
 pub use upstreams::{Timeouts, UpstreamConfig, UpstreamKind};
 
 /// Why a config could not be used: every problem found, each naming its key.

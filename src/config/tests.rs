@@ -303,7 +303,7 @@ prompt_cache = { mode = "never", ttl = "2h", min_repeats = 0, positions = ["syst
 "#,
     ));
     let expected = [
-        "routes[0].name: `no spaces please` must be non-empty letters, digits, - _ . :",
+        "routes[0].name: `no spaces please` must be non-empty letters, digits, - _ . (no `:`: it separates the parts of cache keys)",
         "routes[0]: give at least one of aliases, models",
         "routes[0].cache.mode: `sometimes` is not one of off, deterministic, always",
         "routes[0].cache.replay: `slow` is not one of instant, paced",
@@ -394,7 +394,7 @@ secret_access_key = "${{CONFIG_TEST_UNSET_SECRET:-}}"
         e,
         [
             "keys[0]: access_key_id needs secret_access_key",
-            "keys[1].tenant: `team a` must be non-empty letters, digits, - _ . :",
+            "keys[1].tenant: `team a` must be non-empty letters, digits, - _ . (no `:`: it separates the parts of cache keys)",
             "keys[1].requests_per_minute: must be at least 1",
             "keys[2]: give either key_sha256, or access_key_id with secret_access_key",
             "keys[4].secret_access_key: must not be empty",
@@ -681,4 +681,106 @@ fn the_file_accepts_exactly_the_names_in_the_tables() {
         r.resilience.fallback_on,
         [ErrorKind::ModelError, ErrorKind::QuotaExceeded]
     );
+}
+
+// --- Connection bounds, the body budget, Redis fast-fail, names ---
+
+/// MINIMAL with `lines` added to its `[server]` table.
+fn with_server(lines: &str) -> String {
+    MINIMAL.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1)
+}
+
+#[test]
+fn connection_bounds_have_safe_defaults_and_are_read() {
+    let c = Config::parse(MINIMAL).unwrap().server.connections;
+    assert_eq!(c, Connections::default());
+    assert_eq!(c.max_connections, 10_000);
+    assert_eq!(c.first_byte_timeout, Duration::from_secs(10));
+    assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.body_timeout, Duration::from_secs(120));
+    assert_eq!(c.body_min_rate, 1024);
+    assert_eq!(c.h2_keep_alive_interval, Some(Duration::from_secs(30)));
+    assert_eq!(c.max_header_bytes, 65536);
+    let c = Config::parse(&with_server(
+        "max_connections = 5\nfirst_byte_timeout = \"2s\"\nidle_timeout = \"75s\"\nbody_timeout = \"30s\"\nbody_min_rate = 0\nbody_rate_grace = \"1s\"\nh2_keep_alive_interval = \"0s\"\nh2_keep_alive_timeout = \"5s\"\nmax_header_bytes = 16384",
+    ))
+    .unwrap()
+    .server
+    .connections;
+    assert_eq!(c.max_connections, 5);
+    assert_eq!(c.first_byte_timeout, Duration::from_secs(2));
+    assert_eq!(c.idle_timeout, Duration::from_secs(75));
+    assert_eq!(c.body_timeout, Duration::from_secs(30));
+    assert_eq!(c.body_min_rate, 0);
+    assert_eq!(c.h2_keep_alive_interval, None, "0s turns pings off");
+    assert_eq!(c.max_header_bytes, 16384);
+    let e = errors(&with_server(
+        "max_connections = 0\nidle_timeout = \"0s\"\nbody_timeout = \"soon\"\nmax_header_bytes = 100\nsigv4_regions = [\"US EAST\"]",
+    ))
+    .join("\n");
+    for expected in [
+        "server.max_connections: must be at least 1",
+        "server.idle_timeout: must be longer than 0s",
+        "server.body_timeout: `soon` is not a duration",
+        "server.max_header_bytes: must be at least 8192",
+        "server.sigv4_regions: `US EAST` is not a region name",
+    ] {
+        assert!(e.contains(expected), "{expected}\n{e}");
+    }
+}
+
+#[test]
+fn the_body_budget_holds_at_least_one_largest_body() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.limits.max_inflight_body_bytes, 256 * 1024 * 1024);
+    let c = Config::parse(&with("[limits]\nmax_body_bytes = 300000000")).unwrap();
+    assert_eq!(
+        c.limits.max_inflight_body_bytes, 300_000_000,
+        "raised to fit one"
+    );
+    let e = errors(&with(
+        "[limits]\nmax_body_bytes = 1000\nmax_inflight_body_bytes = 999",
+    ));
+    assert!(
+        e[0].starts_with("limits.max_inflight_body_bytes: must be at least"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn redis_fast_fail_settings() {
+    let c = Config::parse(&with("[cache.redis]\nurl = \"redis://127.0.0.1:6379\"")).unwrap();
+    let r = c.cache.redis.unwrap();
+    assert_eq!((r.down_after, r.retry_after), (3, Duration::from_secs(2)));
+    let e = errors(&with(
+        "[cache.redis]\nurl = \"redis://x\"\ndown_after = 0\nretry_after = \"0s\"",
+    ))
+    .join("\n");
+    assert!(
+        e.contains("cache.redis.down_after: must be at least 1"),
+        "{e}"
+    );
+    assert!(
+        e.contains("cache.redis.retry_after: must be longer than 0s"),
+        "{e}"
+    );
+}
+
+#[test]
+fn names_that_could_pass_for_another_namespace_are_refused() {
+    let key = "[[keys]]\ntenant = \"{T}\"\nkey_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"";
+    let e = errors(&with(&key.replace("{T}", "shared"))).join("\n");
+    assert!(
+        e.contains(
+            "keys[0].tenant: `shared` is the cache namespace of routes with `shared = true`"
+        ),
+        "{e}"
+    );
+    let e = errors(&with(&key.replace("{T}", "a:b"))).join("\n");
+    assert!(e.contains("keys[0].tenant: `a:b` must be"), "{e}");
+    let e = errors(&with_routes(
+        "[[routes]]\nname = \"r:1\"\nmodels = [\"m\"]\nupstream = \"sim\"",
+    ))
+    .join("\n");
+    assert!(e.contains("routes[0].name: `r:1` must be"), "{e}");
 }

@@ -220,7 +220,11 @@ impl StreamObserver for FinishStream {
             StreamEnd::Complete => "complete",
             StreamEnd::Failed(_) => "upstream_error",
             StreamEnd::ClientGone => "client_gone",
+            StreamEnd::Cut(_) => "shutdown",
         };
+        if let StreamEnd::Cut(e) = &end {
+            tracing::warn!(target: "access", request_id = %self.finish.request_id, error = %e, "stream cut at shutdown");
+        }
         if let StreamEnd::Failed(e) = &end {
             metrics::upstream_error(&route, e.kind);
         }

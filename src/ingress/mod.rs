@@ -6,6 +6,7 @@
 //! - [`anthropic`]: the Anthropic Messages API (`/v1/messages`).
 //! - [`guard`]: load shedding and the in-flight count, before any of them.
 //! - [`body`]: reading a body within the limits.
+//! - [`shape`]: the JSON types of the OpenAI and Anthropic request members.
 //! - [`finish`]: the response headers, metrics and access log of each request.
 //!
 //! This module builds the API router ([`app`]) and holds the steps every
@@ -20,6 +21,7 @@ pub mod finish;
 mod golden;
 mod guard;
 pub mod openai;
+pub(crate) mod shape;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -43,7 +45,7 @@ use crate::pipeline::{self, Call};
 use crate::route::Routed;
 use crate::runtime::Runtime;
 use crate::state::AppState;
-pub use body::{parse_json, read_body};
+pub use body::{parse_json, read_body, BodyRules};
 pub use finish::Finish;
 
 /// The API port's router: the ingress adapters behind the load-shedding guard.
@@ -72,8 +74,10 @@ async fn unknown_path(request: Request) -> Response {
     render_error(request.uri().path(), &e, &bedrock_wire::new_request_id())
 }
 
-/// What every ingress does first: read the body within the size limit and
-/// authenticate the caller (SigV4 needs the body), recording the tenant.
+/// What every ingress does first: read the body within the limits and
+/// authenticate the caller (SigV4 needs the body), recording the tenant, then
+/// take a concurrency slot (held, with the body's share of the budget, until
+/// the response is done).
 pub async fn receive(
     rt: &Runtime,
     parts: &Parts,
@@ -83,10 +87,19 @@ pub async fn receive(
     // The headers are checked first, so that a caller without a valid key is
     // refused before the proxy buffers (up to max_body_bytes of) its body.
     let admission = rt.auth.admit_headers(&parts.headers)?;
-    let body = read_body(body, &parts.headers, &rt.config.limits).await?;
+    let gate = parts.extensions.get::<guard::Gate>();
+    let rules = BodyRules {
+        limits: &rt.config.limits,
+        connections: &rt.config.server.connections,
+        budget: gate.map(guard::Gate::budget),
+    };
+    let (body, reservation) = read_body(body, &parts.headers, &rules).await?;
     let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let principal = admission.caller(parts.method.as_str(), uri, &parts.headers, &body)?;
     finish.tenant = Some(principal.tenant.clone());
+    if let Some(gate) = gate {
+        gate.admit(reservation)?;
+    }
     Ok((body, principal))
 }
 
@@ -157,7 +170,15 @@ pub async fn run(
     let mut record = Record::default();
     let result = pipeline::run(&state.pipeline, rt, call, &directives, &mut record).await;
     finish.record(record);
-    result
+    // A stream still running when shutdown's grace passes ends with an
+    // exception frame (or error event) rather than a cut connection.
+    result.map(|answer| match answer {
+        Answer::Stream { headers, frames } => Answer::Stream {
+            headers,
+            frames: crate::stream::until_cut(frames, state.cut.clone()),
+        },
+        whole => whole,
+    })
 }
 
 /// The response to a failed request, in the shape `render` makes, with the

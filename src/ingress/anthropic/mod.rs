@@ -41,6 +41,7 @@ fn status_and_type(e: &ProxyError) -> (u16, &'static str) {
         ErrorKind::NotFound => (404, "not_found_error"),
         ErrorKind::Throttled | ErrorKind::QuotaExceeded => (429, "rate_limit_error"),
         ErrorKind::Unavailable | ErrorKind::ModelNotReady => (529, "overloaded_error"),
+        ErrorKind::RequestTimeout => (408, "timeout_error"),
         ErrorKind::Timeout | ErrorKind::ModelError | ErrorKind::Internal => (500, "api_error"),
     }
 }

@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashSet;
 
 use crate::error::ProxyError;
+use crate::ingress::shape::{self, Kind};
 
 /// A Messages request, translated.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +22,23 @@ pub struct Translated {
 fn invalid(field: &str, message: impl std::fmt::Display) -> ProxyError {
     ProxyError::validation(format!("{field}: {message}"))
 }
+
+/// The JSON types of the request members, as the Messages API defines them.
+const TYPES: &[(&str, &[Kind])] = &[
+    ("model", &[Kind::String]),
+    ("messages", &[Kind::Array]),
+    ("system", &[Kind::String, Kind::Array]),
+    ("max_tokens", &[Kind::Integer]),
+    ("temperature", &[Kind::Number]),
+    ("top_p", &[Kind::Number]),
+    ("top_k", &[Kind::Integer]),
+    ("stop_sequences", &[Kind::Array]),
+    ("stream", &[Kind::Boolean]),
+    ("tools", &[Kind::Array]),
+    ("tool_choice", &[Kind::Object]),
+    ("metadata", &[Kind::Object]),
+    ("thinking", &[Kind::Object]),
+];
 
 const KNOWN: &[&str] = &[
     "model",
@@ -133,6 +151,7 @@ pub fn request(body: &Value) -> Result<Translated, ProxyError> {
     if let Some(extra) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(invalid(extra, "Extra inputs are not permitted"));
     }
+    shape::check(obj, TYPES, |field, what| invalid(field, what))?;
     let model = obj
         .get("model")
         .and_then(Value::as_str)

@@ -45,14 +45,14 @@ pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
         ErrorKind::NotFound => (404, "invalid_request_error", Some("model_not_found")),
         ErrorKind::Throttled => (429, "rate_limit_error", Some("rate_limit_exceeded")),
         ErrorKind::QuotaExceeded => (429, "insufficient_quota", Some("insufficient_quota")),
-        ErrorKind::Timeout => (408, "timeout_error", Some("timeout")),
+        ErrorKind::Timeout | ErrorKind::RequestTimeout => (408, "timeout_error", Some("timeout")),
         ErrorKind::Unavailable | ErrorKind::ModelNotReady => {
             (503, "service_unavailable", Some("service_unavailable"))
         }
         ErrorKind::ModelError | ErrorKind::Internal => (500, "server_error", None),
     };
     let body =
-        json!({ "error": { "message": e.message, "type": kind, "param": null, "code": code } });
+        json!({ "error": { "message": e.message, "type": kind, "param": e.param, "code": code } });
     let mut response = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         Json(body),

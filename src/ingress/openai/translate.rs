@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
 use crate::error::ProxyError;
+use crate::ingress::shape::{self, Kind};
 
 /// A Chat Completions request, translated.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,10 +23,36 @@ pub struct Translated {
     pub converse: Value,
 }
 
-/// A 400 that names the offending parameter first.
+/// A 400 that names the offending parameter first (and in `param`).
 fn invalid(param: &str, message: impl std::fmt::Display) -> ProxyError {
-    ProxyError::validation(format!("{param}: {message}"))
+    ProxyError::validation(format!("{param}: {message}")).with_param(param)
 }
+
+/// The JSON types of the request members this proxy reads or accepts, as the
+/// Chat Completions API defines them.
+const TYPES: &[(&str, &[Kind])] = &[
+    ("model", &[Kind::String]),
+    ("messages", &[Kind::Array]),
+    ("tools", &[Kind::Array]),
+    ("tool_choice", &[Kind::String, Kind::Object]),
+    ("max_tokens", &[Kind::Integer]),
+    ("max_completion_tokens", &[Kind::Integer]),
+    ("temperature", &[Kind::Number]),
+    ("top_p", &[Kind::Number]),
+    ("stop", &[Kind::String, Kind::Array]),
+    ("stream", &[Kind::Boolean]),
+    ("stream_options", &[Kind::Object]),
+    ("n", &[Kind::Integer]),
+    ("parallel_tool_calls", &[Kind::Boolean]),
+    ("user", &[Kind::String]),
+    ("store", &[Kind::Boolean]),
+    ("metadata", &[Kind::Object]),
+    ("service_tier", &[Kind::String]),
+    ("logprobs", &[Kind::Boolean]),
+    ("frequency_penalty", &[Kind::Number]),
+    ("presence_penalty", &[Kind::Number]),
+    ("logit_bias", &[Kind::Object]),
+];
 
 /// Request members that are accepted and have no effect on Bedrock (bookkeeping
 /// OpenAI does on its own side).
@@ -138,6 +165,7 @@ pub fn request(body: &Value) -> Result<Translated, ProxyError> {
     let obj = body
         .as_object()
         .ok_or_else(|| invalid("body", "the request body must be a JSON object"))?;
+    shape::check(obj, TYPES, |param, what| invalid(param, what))?;
     let model = obj
         .get("model")
         .and_then(Value::as_str)
@@ -339,6 +367,12 @@ pub fn request(body: &Value) -> Result<Translated, ProxyError> {
                 .iter()
                 .enumerate()
                 .map(|(i, t)| {
+                    if !t.is_object() {
+                        return Err(invalid(
+                            &format!("tools[{i}]"),
+                            format!("expected an object, got {}", shape::describe(t)),
+                        ));
+                    }
                     let f = &t["function"];
                     let name = f["name"].as_str().ok_or_else(|| {
                         invalid(&format!("tools[{i}].function.name"), "a tool needs a name")
@@ -389,11 +423,19 @@ pub fn request(body: &Value) -> Result<Translated, ProxyError> {
     }
 
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = obj
+    let include_usage = match obj
         .get("stream_options")
         .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(invalid(
+                "stream_options.include_usage",
+                format!("expected a boolean, got {}", shape::describe(other)),
+            ))
+        }
+    };
     Ok(Translated {
         model,
         stream,
