@@ -37,6 +37,9 @@ pub enum ErrorKind {
     ModelError,
     /// An upstream quota that retrying will not fix.
     QuotaExceeded,
+    /// A tenant's, key's or route's dollar budget for the day or month is
+    /// spent (429, like throttling, but it lasts until the window turns).
+    BudgetExceeded,
     /// The upstream resource does not exist.
     NotFound,
     /// A bug or an upstream internal error.
@@ -45,7 +48,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::Validation,
         ErrorKind::Unauthenticated,
         ErrorKind::AccessDenied,
@@ -57,6 +60,7 @@ impl ErrorKind {
         ErrorKind::Unsupported,
         ErrorKind::ModelError,
         ErrorKind::QuotaExceeded,
+        ErrorKind::BudgetExceeded,
         ErrorKind::NotFound,
         ErrorKind::Internal,
     ];
@@ -71,6 +75,7 @@ impl ErrorKind {
                 | ErrorKind::AccessDenied
                 | ErrorKind::TooLarge
                 | ErrorKind::NotFound
+                | ErrorKind::BudgetExceeded
         )
     }
 
@@ -88,6 +93,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::ModelError => "model_error",
             ErrorKind::QuotaExceeded => "quota_exceeded",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Internal => "internal",
         }
@@ -105,7 +111,7 @@ impl ErrorKind {
                 ErrorType::Validation
             }
             ErrorKind::Unauthenticated | ErrorKind::AccessDenied => ErrorType::AccessDenied,
-            ErrorKind::Throttled => ErrorType::Throttling,
+            ErrorKind::Throttled | ErrorKind::BudgetExceeded => ErrorType::Throttling,
             ErrorKind::Unavailable => ErrorType::ServiceUnavailable,
             ErrorKind::Timeout => ErrorType::ModelTimeout,
             ErrorKind::ModelNotReady => ErrorType::ModelNotReady,
