@@ -5,7 +5,8 @@
 //! `x-api-key` (the Anthropic SDK), matched by its SHA-256; or a proxy-issued
 //! access key pair, whose SigV4 signature is verified, so an unmodified boto3 app
 //! with plain credentials works too. With `server.auth = "none"` (loopback only)
-//! everyone is the `anonymous` tenant.
+//! everyone is the `anonymous` tenant. The key's and its tenant's limits ride
+//! along to the limits stage (`crate::limits`), which counts them.
 //!
 //! A SigV4 request must be scoped to service `bedrock` and a region the proxy
 //! accepts (`server.sigv4_regions`, by default the regions of the upstreams the
@@ -16,15 +17,14 @@
 
 use axum::http::HeaderMap;
 use bedrock_wire::sigv4;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::{AuthMode, Config, KeyCredential, RouteAccess};
+use crate::config::{AuthMode, Config, KeyCredential, Quota, RouteAccess};
 use crate::error::ProxyError;
+use crate::limits::Caller;
 
 /// An authenticated caller: its tenant and what its key allows.
 #[derive(Debug)]
@@ -32,23 +32,31 @@ pub(crate) struct Principal {
     /// The tenant namespace (cache entries, prefix registry, metrics).
     pub(crate) tenant: Arc<str>,
     routes: RouteAccess,
-    limiter: Option<DefaultDirectRateLimiter>,
-    requests_per_minute: Option<u32>,
+    /// The key's id in the limits' counters and `/admin/usage`
+    /// (`KeyConfig::id`); `None` for anonymous callers.
+    key_id: Option<Arc<str>>,
+    key_quota: Quota,
+    tenant_quota: Quota,
 }
 
 impl Principal {
-    fn new(tenant: &str, routes: RouteAccess, requests_per_minute: Option<u32>) -> Principal {
+    fn new(
+        tenant: &str,
+        routes: RouteAccess,
+        key_id: Option<String>,
+        key_quota: Quota,
+        tenant_quota: Quota,
+    ) -> Principal {
         Principal {
             tenant: Arc::from(tenant),
             routes,
-            limiter: requests_per_minute
-                .and_then(NonZeroU32::new)
-                .map(|n| RateLimiter::direct(Quota::per_minute(n))),
-            requests_per_minute,
+            key_id: key_id.map(Arc::from),
+            key_quota,
+            tenant_quota,
         }
     }
 
-    /// Checks the key may use `route` and is within its rate limit.
+    /// Checks the key may use `route`.
     pub(crate) fn admit(&self, route: &str) -> Result<(), ProxyError> {
         if !self.routes.allows(route) {
             return Err(ProxyError::access_denied(format!(
@@ -56,15 +64,17 @@ impl Principal {
                 self.tenant
             )));
         }
-        if let Some(limiter) = &self.limiter {
-            if limiter.check().is_err() {
-                return Err(ProxyError::throttled(format!(
-                    "Rate limit of {} requests per minute exceeded for this key; slow down and retry.",
-                    self.requests_per_minute.unwrap_or_default()
-                )));
-            }
-        }
         Ok(())
+    }
+
+    /// The caller as the limits stage counts it.
+    pub(crate) fn caller(&self) -> Caller<'_> {
+        Caller {
+            tenant: &self.tenant,
+            key: self.key_id.as_ref(),
+            key_quota: &self.key_quota,
+            tenant_quota: &self.tenant_quota,
+        }
     }
 
     /// Whether the key may use `route` (without counting a request).
@@ -130,11 +140,21 @@ impl Auth {
     pub(crate) fn new(config: &Config) -> Auth {
         let mut api_keys = HashMap::new();
         let mut access_keys = HashMap::new();
+        let tenant_quota = |name: &str| {
+            config
+                .tenants
+                .iter()
+                .find(|t| t.name == name)
+                .map(|t| t.quota)
+                .unwrap_or_default()
+        };
         for key in &config.keys {
             let principal = Arc::new(Principal::new(
                 &key.tenant,
                 key.routes.clone(),
-                key.requests_per_minute,
+                Some(key.id()),
+                key.quota,
+                tenant_quota(&key.tenant),
             ));
             match &key.credential {
                 KeyCredential::ApiKey { sha256 } => {
@@ -149,7 +169,13 @@ impl Auth {
             mode: config.server.auth,
             api_keys,
             access_keys,
-            anonymous: Arc::new(Principal::new("anonymous", RouteAccess::All, None)),
+            anonymous: Arc::new(Principal::new(
+                crate::config::ANONYMOUS_TENANT,
+                RouteAccess::All,
+                None,
+                Quota::default(),
+                tenant_quota(crate::config::ANONYMOUS_TENANT),
+            )),
             regions: accepted_regions(config),
             tls: config.server.tls.is_some(),
         }
@@ -257,6 +283,21 @@ pub(crate) enum Admission<'a> {
 }
 
 impl Admission<'_> {
+    /// Who the headers say is calling (for a SigV4 request, who it would be
+    /// if its signature is good).
+    pub(crate) fn principal(&self) -> &Arc<Principal> {
+        match self {
+            Admission::Caller(p) => p,
+            Admission::Signed { principal, .. } => principal,
+        }
+    }
+
+    /// Whether the caller is proven by the headers alone (not a signature
+    /// still to check over the body).
+    pub(crate) fn verified(&self) -> bool {
+        matches!(self, Admission::Caller(_))
+    }
+
     /// The caller, once the body is in: for SigV4, after the signature is
     /// checked over method, path (`uri`, as received), headers and body.
     pub(crate) fn caller(
@@ -383,16 +424,20 @@ mod tests {
     }
 
     #[test]
-    fn routes_and_rate_limits_are_enforced() {
-        let auth = Auth::new(&config(""));
+    fn routes_are_enforced_and_limits_ride_along() {
+        let auth = Auth::new(&config("[[tenants]]\nname = \"t1\"\nusd_per_day = 3\n"));
         let p = auth
             .authenticate("POST", "/", &headers(&[("x-api-key", "good-key")]), b"")
             .unwrap();
         assert!(p.admit("b").unwrap_err().message.contains("not allowed"));
         assert!(p.admit("a").is_ok());
-        assert!(p.admit("a").is_ok());
-        let limited = p.admit("a").unwrap_err();
-        assert_eq!(limited.kind, crate::error::ErrorKind::Throttled);
+        let caller = p.caller();
+        assert_eq!(caller.key_quota.requests_per_minute, Some(2));
+        assert_eq!(caller.tenant_quota.usd_per_day, Some(3.0));
+        assert_eq!(
+            caller.key.map(|k| k.to_string()),
+            Some(hash_key("good-key")[..12].to_owned())
+        );
     }
 
     /// `now` as an `x-amz-date`.

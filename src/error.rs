@@ -39,6 +39,9 @@ pub enum ErrorKind {
     ModelError,
     /// An upstream quota that retrying will not fix.
     QuotaExceeded,
+    /// A tenant's, key's or route's dollar budget for the day or month is
+    /// spent (429, like throttling, but it lasts until the window turns).
+    BudgetExceeded,
     /// The upstream resource does not exist.
     NotFound,
     /// A bug or an upstream internal error.
@@ -47,7 +50,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Validation,
         ErrorKind::Unauthenticated,
         ErrorKind::AccessDenied,
@@ -60,6 +63,7 @@ impl ErrorKind {
         ErrorKind::Unsupported,
         ErrorKind::ModelError,
         ErrorKind::QuotaExceeded,
+        ErrorKind::BudgetExceeded,
         ErrorKind::NotFound,
         ErrorKind::Internal,
     ];
@@ -75,6 +79,7 @@ impl ErrorKind {
                 | ErrorKind::TooLarge
                 | ErrorKind::NotFound
                 | ErrorKind::RequestTimeout
+                | ErrorKind::BudgetExceeded
         )
     }
 
@@ -93,6 +98,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::ModelError => "model_error",
             ErrorKind::QuotaExceeded => "quota_exceeded",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Internal => "internal",
         }
@@ -113,7 +119,7 @@ impl ErrorKind {
                 ErrorType::Validation
             }
             ErrorKind::Unauthenticated | ErrorKind::AccessDenied => ErrorType::AccessDenied,
-            ErrorKind::Throttled => ErrorType::Throttling,
+            ErrorKind::Throttled | ErrorKind::BudgetExceeded => ErrorType::Throttling,
             ErrorKind::Unavailable => ErrorType::ServiceUnavailable,
             ErrorKind::Timeout | ErrorKind::RequestTimeout => ErrorType::ModelTimeout,
             ErrorKind::ModelNotReady => ErrorType::ModelNotReady,

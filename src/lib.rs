@@ -7,6 +7,9 @@
 //!   limits), each request turned into a pipeline call and its answer and
 //!   errors rendered back in that API's shape; the per-request books.
 //! - [`auth`]: API keys and proxy-issued SigV4 keys to tenants and allowed routes.
+//! - [`limits`]: rate limits and dollar budgets of keys, tenants and routes,
+//!   shared across replicas through Redis: admission from the headers and an
+//!   estimate, settlement with what the answer used.
 //! - [`route`]: model ids and aliases to routes and upstream model ids.
 //! - [`pipeline`]: the stages after routing, in order, for one call: cache
 //!   lookup, single-flight, per-attempt planning, the upstream chain, storing.
@@ -49,6 +52,7 @@ pub mod demo;
 pub(crate) mod error;
 pub(crate) mod ingress;
 pub(crate) mod latency;
+pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub(crate) mod prompt_cache;

@@ -152,6 +152,18 @@ fn describe() {
         OUTPUT_TOKENS_PER_SECOND,
         "Output tokens per second of upstream answers, by route and served tier."
     );
+    metrics::describe_counter!(
+        LIMIT_REFUSALS,
+        "Requests refused by a rate limit or budget, by tenant, scope (key, tenant, route) and reason."
+    );
+    metrics::describe_gauge!(
+        SPEND_USD,
+        "Dollars answers cost at catalog prices, by tenant and route; only increases."
+    );
+    metrics::describe_gauge!(
+        BUDGET_USED,
+        "Share of a tenant's budget spent in the current UTC day or month (1 = spent)."
+    );
     metrics::describe_counter!(CONFIG_RELOADS, "Config reloads applied.");
     metrics::describe_counter!(
         CONFIG_RELOAD_FAILURES,
@@ -461,4 +473,29 @@ pub fn redis_up(up: bool) {
 /// A shared-tier call skipped because the tier is down.
 pub fn redis_skipped(operation: &'static str) {
     metrics::counter!(REDIS_SKIPPED, "operation" => operation).increment(1);
+}
+
+pub const LIMIT_REFUSALS: &str = "bedrock_proxy_limit_refusals_total";
+pub const SPEND_USD: &str = "bedrock_proxy_spend_usd";
+pub const BUDGET_USED: &str = "bedrock_proxy_budget_used_ratio";
+
+/// A request refused by a limit: `scope` key, tenant or route; `reason` the
+/// limit's key (`requests_per_minute`, ..., `usd_per_month`) or
+/// `shared_unavailable`.
+pub fn limit_refused(tenant: &std::sync::Arc<str>, scope: &'static str, reason: &'static str) {
+    metrics::counter!(LIMIT_REFUSALS, "tenant" => route_label(tenant), "scope" => scope, "reason" => reason)
+        .increment(1);
+}
+
+/// What an answer cost.
+pub fn spend(tenant: &std::sync::Arc<str>, route: &SharedString, usd: f64) {
+    if usd > 0.0 {
+        metrics::gauge!(SPEND_USD, "tenant" => route_label(tenant), "route" => route.clone())
+            .increment(usd);
+    }
+}
+
+/// A tenant's spend in its current day or month (`period`), against its budget.
+pub fn budget_used(tenant: &std::sync::Arc<str>, period: &'static str, ratio: f64) {
+    metrics::gauge!(BUDGET_USED, "tenant" => route_label(tenant), "period" => period).set(ratio);
 }

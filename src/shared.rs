@@ -1,7 +1,8 @@
 //! The shared tier: one connection to Redis, Valkey or ElastiCache (`redis://`,
 //! TLS with `rediss://`, cluster mode with `cluster = true`) that every stage
 //! keeping state across replicas uses: the response cache's entries, the
-//! prompt-prefix registry's sighting counts. Every call has a short timeout;
+//! prompt-prefix registry's sighting counts, the limits' counters (Lua
+//! scripts, [`RedisTier::eval`]). Every call has a short timeout;
 //! when the server is down or slow, lookups miss and writes are dropped, errors
 //! are counted and logged at most once every 10 seconds, and the connection
 //! comes back by itself.
@@ -427,6 +428,48 @@ impl RedisTier {
             removed += n.unwrap_or(0);
         }
         removed
+    }
+
+    /// `key` under the configured prefix.
+    pub fn prefixed(&self, key: &str) -> String {
+        format!("{}{key}", self.config.key_prefix)
+    }
+
+    /// Runs a Lua script (EVALSHA, loading it when the server does not know it
+    /// yet) over `keys` (already prefixed) with `args`; `None` when Redis is
+    /// unavailable or the call fails (counted as `operation`).
+    pub async fn eval<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Option<T> {
+        let conn = self.conn.load_full()?;
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
+        }
+        for a in args {
+            invocation.arg(a);
+        }
+        let call = async {
+            match &*conn {
+                Conn::Single(c) => invocation.invoke_async::<T>(&mut c.clone()).await,
+                Conn::Cluster(c) => invocation.invoke_async::<T>(&mut c.clone()).await,
+            }
+        };
+        match tokio::time::timeout(self.config.timeout, call).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.failed(operation, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed(operation, "timed out");
+                None
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::budget::BodyBudget;
 use crate::cache::ResponseCache;
+use crate::limits::Limiter;
 use crate::metrics;
 use crate::pipeline::Pipeline;
 use crate::prompt_cache::PrefixRegistry;
@@ -31,6 +32,9 @@ pub struct Shared {
     /// The response cache, flights, prefix registry and breakers: built once,
     /// they survive config reloads.
     pub(crate) pipeline: Arc<Pipeline>,
+    /// The rate-limit and budget counters: built once, they survive reloads
+    /// (the limits themselves are the runtime's config).
+    pub(crate) limiter: Arc<Limiter>,
     /// The config file reloads read (none in built-in demo mode).
     pub(crate) config_path: RwLock<Option<std::path::PathBuf>>,
     pub(crate) metrics: PrometheusHandle,
@@ -77,6 +81,7 @@ impl AppState {
             .redis
             .clone()
             .map(|r| RedisTier::start(r, stop));
+        let limiter = Limiter::new(runtime.config.limits.clock, redis.clone());
         let pipeline = Arc::new(Pipeline {
             cache: ResponseCache::new(&runtime.config.cache, redis.clone()),
             flights: Default::default(),
@@ -86,6 +91,7 @@ impl AppState {
         AppState(Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             pipeline,
+            limiter,
             config_path: RwLock::new(None),
             metrics: metrics::install(),
             concurrency: Arc::new(Semaphore::new(permits)),

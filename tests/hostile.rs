@@ -3,6 +3,7 @@
 //! bodies over the limits, SigV4 scopes and replays, a Redis that stops
 //! answering, shutdown while streams run, numbers beyond f64 precision in the
 //! cache key, and members of the wrong JSON type.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod common;
 

@@ -14,7 +14,8 @@
 //! parsing falls back to them), and `validate`, which reads the table alone:
 //! `server`, `admin`, `limits`, `logging`, `upstreams`, `cache`,
 //! `prompt_cache`, `catalog`, `routes/` (with the route's own `cache`,
-//! `prompt_cache` and `resilience` parts), `keys`. Checks that one table makes
+//! `prompt_cache` and `resilience` parts), `keys`, `tenants` (with `Quota`,
+//! the limit keys tenants, keys and routes share). Checks that one table makes
 //! of another (a route naming a missing upstream, a key naming a missing
 //! route, `auth = "keys"` without keys) are `check_references`, here.
 //! `values.rs` reads single values (durations, addresses, `${VAR}`), and
@@ -49,6 +50,7 @@ mod logging;
 mod prompt_cache;
 mod routes;
 mod server;
+mod tenants;
 mod upstreams;
 mod values;
 
@@ -61,7 +63,7 @@ use std::time::SystemTime;
 pub use admin::AdminConfig;
 pub use cache::{CacheConfig, RedisConfig};
 pub use keys::{KeyConfig, KeyCredential, RouteAccess};
-pub use limits::Limits;
+pub use limits::{Limits, LimitsClock, SharedFailure};
 pub use logging::{LogFormat, LoggingConfig};
 pub use prompt_cache::PromptCacheGlobal;
 pub use routes::cache::{
@@ -73,6 +75,7 @@ pub use routes::resilience::{
 };
 pub use routes::RouteConfig;
 pub use server::{AuthMode, Connections, ServerConfig, TlsFiles};
+pub use tenants::{Quota, TenantConfig};
 pub use upstreams::{Timeouts, UpstreamConfig, UpstreamKind};
 
 /// Why a config could not be used: every problem found, each naming its key.
@@ -90,6 +93,7 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub keys: Vec<KeyConfig>,
+    pub tenants: Vec<TenantConfig>,
     pub cache: CacheConfig,
     pub prompt_cache: PromptCacheGlobal,
     /// A model catalog file replacing the embedded one.
@@ -118,6 +122,8 @@ struct RawConfig {
     #[serde(default)]
     keys: Vec<keys::RawKey>,
     #[serde(default)]
+    tenants: Vec<tenants::RawTenant>,
+    #[serde(default)]
     cache: cache::RawCache,
     #[serde(default)]
     catalog: catalog::RawCatalog,
@@ -137,6 +143,7 @@ impl RawConfig {
             upstreams,
             routes,
             keys,
+            tenants,
             cache,
             catalog,
             prompt_cache,
@@ -153,7 +160,9 @@ impl RawConfig {
         let catalog_file = catalog::validate(catalog, e);
         let routes = routes::validate(routes, e);
         let keys = keys::validate(keys, e);
+        let tenants = tenants::validate(tenants, e);
         check_references(&server, &upstreams, &routes, &keys, e);
+        check_tenants(&server, &keys, &tenants, e);
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -165,6 +174,7 @@ impl RawConfig {
             upstreams,
             routes,
             keys: keys.into_iter().flatten().collect(),
+            tenants,
             cache,
             prompt_cache,
             catalog_file,
@@ -221,6 +231,29 @@ fn check_references(
         e.push("keys: server.auth is `keys` but no [[keys]] entry is configured; nobody could call the proxy".into());
     }
 }
+
+/// Every `[[tenants]]` entry names a tenant that can call: one some key
+/// belongs to, or `anonymous` (everyone, with `server.auth = "none"`).
+fn check_tenants(
+    server: &ServerConfig,
+    keys: &[Option<KeyConfig>],
+    tenants: &[TenantConfig],
+    e: &mut Vec<String>,
+) {
+    let known: HashSet<&str> = keys.iter().flatten().map(|k| k.tenant.as_str()).collect();
+    for (i, t) in tenants.iter().enumerate() {
+        let anonymous = server.auth == AuthMode::None && t.name == ANONYMOUS_TENANT;
+        if !anonymous && !known.contains(t.name.as_str()) {
+            e.push(format!(
+                "tenants[{i}].name: no [[keys]] entry belongs to tenant `{}`",
+                t.name
+            ));
+        }
+    }
+}
+
+/// The tenant of every caller when `server.auth = "none"`.
+pub const ANONYMOUS_TENANT: &str = "anonymous";
 
 impl Config {
     /// Parses and validates a config.

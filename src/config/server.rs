@@ -160,11 +160,11 @@ pub(super) fn validate(raw: RawServer, e: &mut Vec<String>) -> ServerConfig {
             None
         }
     };
-    let sigv4_regions = raw.sigv4_regions.map(|regions| {
+    let sigv4_regions = raw.sigv4_regions.inspect(|regions| {
         if regions.is_empty() {
             e.push("server.sigv4_regions: list at least one region (leave it out for the routes' upstream regions)".into());
         }
-        for r in &regions {
+        for r in regions {
             let valid = !r.is_empty()
                 && r.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
@@ -174,7 +174,6 @@ pub(super) fn validate(raw: RawServer, e: &mut Vec<String>) -> ServerConfig {
                 ));
             }
         }
-        regions
     });
     ServerConfig {
         listen,

@@ -605,6 +605,12 @@ fn every_name_table_round_trips() {
         LatencyPolicy::parse,
         LatencyPolicy::name,
     );
+    assert_round_trip(
+        SharedFailure::NAMES,
+        SharedFailure::parse,
+        SharedFailure::name,
+    );
+    assert_round_trip(LimitsClock::NAMES, LimitsClock::parse, LimitsClock::name);
     assert_eq!(CacheMode::parse("sometimes"), None);
 }
 
@@ -783,4 +789,82 @@ fn names_that_could_pass_for_another_namespace_are_refused() {
     ))
     .join("\n");
     assert!(e.contains("routes[0].name: `r:1` must be"), "{e}");
+}
+#[test]
+fn tenants_keys_and_routes_take_the_same_limits() {
+    let hash = "ab".repeat(32);
+    let c = Config::parse(&with(&format!(
+        r#"
+[limits]
+on_shared_failure = "closed"
+output_tokens_estimate = 512
+[[keys]]
+tenant = "acme"
+key_sha256 = "{hash}"
+requests_per_minute = 60
+usd_per_day = 1.5
+[[tenants]]
+name = "acme"
+tokens_per_minute = 100000
+usd_per_month = 300
+"#
+    )))
+    .unwrap();
+    assert_eq!(c.limits.on_shared_failure, SharedFailure::Closed);
+    assert_eq!(c.limits.output_tokens_estimate, 512);
+    assert_eq!(c.limits.clock, LimitsClock::System);
+    assert_eq!(c.keys[0].quota.requests_per_minute, Some(60));
+    assert_eq!(c.keys[0].quota.usd_per_day, Some(1.5));
+    assert_eq!(c.tenants[0].quota.tokens_per_minute, Some(100_000));
+    assert_eq!(c.tenants[0].quota.usd_per_month, Some(300.0));
+    assert!(c.routes[0].quota.is_empty());
+    let route = Config::parse(&MINIMAL.replace(
+        "upstream = \"sim\"",
+        "upstream = \"sim\"\nrequests_per_minute = 5\nusd_per_month = 9",
+    ))
+    .unwrap();
+    assert_eq!(route.routes[0].quota.requests_per_minute, Some(5));
+    assert_eq!(route.routes[0].quota.usd_per_month, Some(9.0));
+    // With auth = "none" everyone is `anonymous`, which may have limits.
+    let anonymous =
+        Config::parse(&with("[[tenants]]\nname = \"anonymous\"\nusd_per_day = 2")).unwrap();
+    assert_eq!(anonymous.tenants[0].name, ANONYMOUS_TENANT);
+}
+
+#[test]
+fn limit_problems_name_their_keys() {
+    let hash = "ab".repeat(32);
+    let e = errors(&with(&format!(
+        r#"
+[limits]
+on_shared_failure = "maybe"
+clock = "sundial"
+[[keys]]
+tenant = "acme"
+key_sha256 = "{hash}"
+tokens_per_minute = 0
+usd_per_day = -1
+[[tenants]]
+name = "acme"
+usd_per_month = 0
+[[tenants]]
+name = "acme"
+[[tenants]]
+name = "nobody"
+requests_per_minute = 0
+"#
+    )));
+    assert_eq!(
+        e,
+        [
+            "limits.on_shared_failure: `maybe` is not one of open, closed",
+            "limits.clock: `sundial` is not one of system, manual",
+            "keys[0].tokens_per_minute: must be at least 1",
+            "keys[0].usd_per_day: must be a positive number of dollars",
+            "tenants[0].usd_per_month: must be a positive number of dollars",
+            "tenants[2].requests_per_minute: must be at least 1",
+            "tenants[1].name: `acme` is configured twice",
+            "tenants[2].name: no [[keys]] entry belongs to tenant `nobody`",
+        ]
+    );
 }

@@ -1,6 +1,7 @@
-//! The books of one request: the proxy's response headers, and the metrics and
-//! access-log line written once the answer is complete (for a stream, when it
-//! ends), from the call's [`Record`].
+//! The books of one request: the proxy's response headers (rate-limit headers
+//! included), and the metrics, access-log line and limits' settlement done
+//! once the answer is complete (for a stream, when it ends), from the call's
+//! [`Record`].
 
 use axum::http::{HeaderMap, HeaderValue};
 use bedrock_wire::converse::Summary;
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 use crate::answer::{CacheStatus, Record};
 use crate::catalog::ModelInfo;
 use crate::error::ProxyError;
+use crate::limits::{Outcome, RateHeaders, Ticket};
 use crate::metrics;
 use crate::stream::{RelayedFrame, StreamEnd, StreamObserver, StreamReader};
 
@@ -33,6 +35,14 @@ pub struct Finish {
     pub answered_at: Option<Instant>,
     /// The upstream model's catalog entry (prices, for what a cache hit saved).
     pub model: Option<Arc<ModelInfo>>,
+    /// What the limits' admission took (settled when the answer ends) and
+    /// where the limits stand, for the rate-limit headers.
+    pub limits: Ticket,
+    /// Which rate-limit header names the API's clients read.
+    pub rate_headers: RateHeaders,
+    /// Answer with `Connection: close`: a request refused before its body was
+    /// read leaves the body unread on an HTTP/1.1 connection.
+    pub close_connection: bool,
 }
 
 impl Finish {
@@ -47,6 +57,9 @@ impl Finish {
             record: Record::default(),
             answered_at: None,
             model: None,
+            limits: Ticket::default(),
+            rate_headers: RateHeaders::default(),
+            close_connection: false,
         }
     }
 
@@ -82,6 +95,27 @@ impl Finish {
         if record.attempts > 0 || record.cache.is_hit() {
             set("x-proxy-latency-tier", self.tier(served_tier).name());
         }
+        if self.close_connection {
+            set("connection", "close");
+        }
+        self.limits.view.write(self.rate_headers, headers);
+    }
+
+    /// Settles the limits' counters with what the answer used (`None`: it did
+    /// not say), at the price of the tier that served it.
+    fn settle(&self, usage: Option<&bedrock_wire::converse::Usage>, tier: Option<LatencyTier>) {
+        let price = self
+            .model
+            .as_ref()
+            .map(|m| m.price_for(tier.map(LatencyTier::name)));
+        self.limits.settle(match usage {
+            Some(usage) => Outcome::Answered {
+                usage: *usage,
+                price,
+                cache_hit: self.record.cache.is_hit(),
+            },
+            None => Outcome::Unknown { price },
+        });
     }
 
     /// The tier an answer is reported as served by: what Bedrock said when it
@@ -176,6 +210,7 @@ impl Finish {
 
     /// A whole answer was sent.
     pub fn whole(&self, summary: &Summary) {
+        self.settle(summary.usage.as_ref(), summary.latency_tier);
         let route = self.route_label();
         self.account(&route, summary);
         self.served(&route, summary, false);
@@ -185,6 +220,7 @@ impl Finish {
 
     /// An error response was sent.
     pub fn error(&self, e: &ProxyError) {
+        self.limits.settle(Outcome::Failed);
         let status = e.status().as_u16();
         if self.route.is_none() {
             metrics::rejected(e.kind.label());
@@ -228,6 +264,9 @@ impl StreamObserver for FinishStream {
         if let StreamEnd::Failed(e) = &end {
             metrics::upstream_error(&route, e.kind);
         }
+        let summary = &self.reader.summary;
+        self.finish
+            .settle(summary.usage.as_ref(), summary.latency_tier);
         self.finish.account(&route, &self.reader.summary);
         if matches!(end, StreamEnd::Complete) {
             self.finish.served(&route, &self.reader.summary, true);

@@ -10,8 +10,8 @@
 //! - [`finish`]: the response headers, metrics and access log of each request.
 //!
 //! This module builds the API router ([`app`]) and holds the steps every
-//! adapter takes: receive (auth from the headers, then the body), route, run
-//! the pipeline, render.
+//! adapter takes: receive (auth and the limits from the headers, then the
+//! body), route, run (the limits from the body, then the pipeline), render.
 
 pub mod anthropic;
 pub mod bedrock;
@@ -40,6 +40,7 @@ use crate::answer::{Answer, Record};
 use crate::auth::Principal;
 use crate::cache::Directives;
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::limits::{self, Refusal};
 use crate::metrics;
 use crate::pipeline::{self, Call};
 use crate::route::Routed;
@@ -74,19 +75,60 @@ async fn unknown_path(request: Request) -> Response {
     render_error(request.uri().path(), &e, &bedrock_wire::new_request_id())
 }
 
-/// What every ingress does first: read the body within the limits and
-/// authenticate the caller (SigV4 needs the body), recording the tenant, then
+/// What every ingress does first: authenticate the caller and admit it by
+/// its limits from the headers, then read the body within the size limit and
+/// the body budget, check a SigV4 signature over it, recording the tenant, and
 /// take a concurrency slot (held, with the body's share of the budget, until
 /// the response is done).
 pub async fn receive(
+    state: &AppState,
     rt: &Runtime,
     parts: &Parts,
     body: Body,
     finish: &mut Finish,
 ) -> Result<(Bytes, Arc<Principal>), ProxyError> {
-    // The headers are checked first, so that a caller without a valid key is
-    // refused before the proxy buffers (up to max_body_bytes of) its body.
+    receive_for(state, rt, parts, body, None, finish).await
+}
+
+/// [`receive`] for a request whose route the path names (the Bedrock paths),
+/// so the route's limits are decided before the body too.
+pub async fn receive_for(
+    state: &AppState,
+    rt: &Runtime,
+    parts: &Parts,
+    body: Body,
+    route: Option<&crate::route::Route>,
+    finish: &mut Finish,
+) -> Result<(Bytes, Arc<Principal>), ProxyError> {
+    // The headers are checked first, so that a caller without a valid key, or
+    // over its limits, is refused before the proxy reads a byte of its body.
     let admission = rt.auth.admit_headers(&parts.headers)?;
+    let caller = admission.principal();
+    finish.tenant = Some(caller.tenant.clone());
+    let admitted = state
+        .limiter
+        .admit_headers(
+            &rt.config.limits,
+            caller.caller(),
+            route.map(|r| (&r.name, &r.config.quota)),
+            admission.verified(),
+        )
+        .await;
+    match admitted {
+        Ok(ticket) => finish.limits = ticket,
+        Err(Refusal { error, view }) => {
+            finish.limits.view = view;
+            // hyper does not read a body nobody asked for: on HTTP/1.1 the
+            // connection cannot carry another request after this answer.
+            finish.close_connection = parts.version <= axum::http::Version::HTTP_11
+                && (parts.headers.contains_key("transfer-encoding")
+                    || parts
+                        .headers
+                        .get("content-length")
+                        .is_some_and(|v| v.as_bytes() != b"0"));
+            return Err(error);
+        }
+    }
     let gate = parts.extensions.get::<guard::Gate>();
     let rules = BodyRules {
         limits: &rt.config.limits,
@@ -157,7 +199,9 @@ pub fn translated_call(
     })
 }
 
-/// Runs a call through the pipeline, recording what it took in `finish`.
+/// Runs a call through the pipeline, recording what it took in `finish`:
+/// first the limits the body decides (the route's, the token estimate), so a
+/// refusal never reaches the cache or an upstream.
 pub async fn run(
     state: &AppState,
     rt: &Arc<Runtime>,
@@ -166,6 +210,34 @@ pub async fn run(
     finish: &mut Finish,
 ) -> Result<Answer, ProxyError> {
     finish.requested_tier = call.requested_tier();
+    let route = &call.routed.route;
+    let embedding = finish
+        .model
+        .as_ref()
+        .is_some_and(|m| m.kind == crate::catalog::ModelKind::Embedding);
+    let default_output = rt.config.limits.output_tokens_estimate;
+    let estimate = || {
+        limits::estimate(
+            call.op,
+            call.json.as_ref(),
+            &call.body,
+            embedding,
+            default_output,
+        )
+    };
+    if let Err(Refusal { error, view }) = state
+        .limiter
+        .admit_body(
+            &mut finish.limits,
+            &rt.config.limits,
+            (&route.name, &route.config.quota),
+            estimate,
+        )
+        .await
+    {
+        finish.limits.view = view;
+        return Err(error);
+    }
     let directives = Directives::from_headers(headers);
     let mut record = Record::default();
     let result = pipeline::run(&state.pipeline, rt, call, &directives, &mut record).await;

@@ -60,11 +60,8 @@ proptest! {
             let end = (at + step).min(bytes.len());
             splitter.push(&bytes[at..end]);
             at = end;
-            loop {
-                match splitter.next_frame() {
-                    Ok(Some(frame)) => { let _ = decode(frame); }
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(frame)) = splitter.next_frame() {
+                let _ = decode(frame);
             }
         }
         let _ = decode(Bytes::from(bytes));

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError};
+use crate::limits::RateHeaders;
 use crate::state::AppState;
 use crate::stream::SseWriter;
 use translate::EventWriter;
@@ -39,7 +40,9 @@ fn status_and_type(e: &ProxyError) -> (u16, &'static str) {
         ErrorKind::Unauthenticated => (401, "authentication_error"),
         ErrorKind::AccessDenied => (403, "permission_error"),
         ErrorKind::NotFound => (404, "not_found_error"),
-        ErrorKind::Throttled | ErrorKind::QuotaExceeded => (429, "rate_limit_error"),
+        ErrorKind::Throttled | ErrorKind::QuotaExceeded | ErrorKind::BudgetExceeded => {
+            (429, "rate_limit_error")
+        }
         ErrorKind::Unavailable | ErrorKind::ModelNotReady => (529, "overloaded_error"),
         ErrorKind::RequestTimeout => (408, "timeout_error"),
         ErrorKind::Timeout | ErrorKind::ModelError | ErrorKind::Internal => (500, "api_error"),
@@ -63,6 +66,7 @@ pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
 
 async fn messages(State(state): State<AppState>, request: Request) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    finish.rate_headers = RateHeaders::Anthropic;
     let span = request_span(&finish.request_id, "messages");
     match serve(&state, &mut finish, request).instrument(span).await {
         Ok(response) => response,
@@ -93,7 +97,7 @@ async fn serve(
 ) -> Result<Response, ProxyError> {
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
-    let (body, principal) = receive(&rt, &parts, body, finish).await?;
+    let (body, principal) = receive(state, &rt, &parts, body, finish).await?;
     if !parts.headers.contains_key("anthropic-version") {
         return Err(ProxyError::validation(
             "anthropic-version: header is required",

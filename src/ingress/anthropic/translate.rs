@@ -151,7 +151,7 @@ pub fn request(body: &Value) -> Result<Translated, ProxyError> {
     if let Some(extra) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(invalid(extra, "Extra inputs are not permitted"));
     }
-    shape::check(obj, TYPES, |field, what| invalid(field, what))?;
+    shape::check(obj, TYPES, invalid)?;
     let model = obj
         .get("model")
         .and_then(Value::as_str)

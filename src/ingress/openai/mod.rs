@@ -44,7 +44,9 @@ pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
         ErrorKind::AccessDenied => (403, "permission_error", None),
         ErrorKind::NotFound => (404, "invalid_request_error", Some("model_not_found")),
         ErrorKind::Throttled => (429, "rate_limit_error", Some("rate_limit_exceeded")),
-        ErrorKind::QuotaExceeded => (429, "insufficient_quota", Some("insufficient_quota")),
+        ErrorKind::QuotaExceeded | ErrorKind::BudgetExceeded => {
+            (429, "insufficient_quota", Some("insufficient_quota"))
+        }
         ErrorKind::Timeout | ErrorKind::RequestTimeout => (408, "timeout_error", Some("timeout")),
         ErrorKind::Unavailable | ErrorKind::ModelNotReady => {
             (503, "service_unavailable", Some("service_unavailable"))
@@ -114,7 +116,7 @@ async fn serve(
 ) -> Result<Response, ProxyError> {
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
-    let (body, principal) = receive(&rt, &parts, body, finish).await?;
+    let (body, principal) = receive(state, &rt, &parts, body, finish).await?;
     let json = parse_json(&body, rt.config.limits.max_json_depth)?;
     let t = translate::request(&json)?;
     let call = translated_call(
@@ -155,9 +157,9 @@ async fn models(State(state): State<AppState>, request: Request) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
-    let principal = match receive(&rt, &parts, body, &mut finish).await {
+    let principal = match receive(&state, &rt, &parts, body, &mut finish).await {
         Ok((_, p)) => p,
-        Err(e) => return error_response(&e, &finish.request_id),
+        Err(e) => return failed(&finish, &e, error_response),
     };
     let mut data = Vec::new();
     for r in rt

@@ -165,7 +165,7 @@ pub fn request(body: &Value) -> Result<Translated, ProxyError> {
     let obj = body
         .as_object()
         .ok_or_else(|| invalid("body", "the request body must be a JSON object"))?;
-    shape::check(obj, TYPES, |param, what| invalid(param, what))?;
+    shape::check(obj, TYPES, invalid)?;
     let model = obj
         .get("model")
         .and_then(Value::as_str)
