@@ -22,7 +22,7 @@ named_enum! {
 
 named_enum! {
     /// The clock rate windows and budget days are read from: `system`, or
-    /// `manual` (starts at the system time and moves only when
+    /// `manual` (starts at the current UTC hour and moves only when
     /// `POST /admin/clock` says so; for tests and demos).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum LimitsClock {

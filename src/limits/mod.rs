@@ -213,7 +213,13 @@ impl Limiter {
     pub(crate) fn new(clock: LimitsClock, shared: Option<Arc<RedisTier>>) -> Arc<Limiter> {
         let manual = match clock {
             LimitsClock::System => None,
-            LimitsClock::Manual => Some(Mutex::new(crate::support::now_ms() as f64)),
+            // The start of the current UTC hour, not the start time itself:
+            // replicas started a moment apart then share one clock, so shared
+            // buckets do not drain between them while the clock stands still.
+            LimitsClock::Manual => {
+                let now = crate::support::now_ms();
+                Some(Mutex::new((now - now % 3_600_000) as f64))
+            }
         };
         Arc::new(Limiter {
             counters: Counters::new(shared),
