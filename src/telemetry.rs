@@ -334,6 +334,11 @@ struct Outgoing<'a>(&'a mut Vec<(HeaderName, HeaderValue)>);
 
 impl Injector for Outgoing<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // The propagator writes `tracestate` even when the client sent none;
+        // W3C Trace Context says to leave an empty one out.
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(key.as_bytes()),
             HeaderValue::from_str(&value),

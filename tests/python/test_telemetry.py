@@ -231,6 +231,7 @@ def test_spans_follow_the_genai_conventions_continue_the_clients_trace_and_reach
     # The upstream received the attempt span's context, in the client's trace.
     upstream = last_upstream_request(sim)
     assert upstream["headers"]["traceparent"] == f"00-{trace_id}-{attempt['span_id']}-01"
+    assert "tracestate" not in upstream["headers"], "the client sent none"
     # The exporter sent the configured header and service name.
     assert collector.headers[0].get("x-collector-key") == "sesame"
     assert collector.resources[0]["service.name"] == "proxy-under-test"
