@@ -23,7 +23,10 @@
 //! Shared by the stages, below them all:
 //! - [`answer`]: the answer and the one record of what happened to a call.
 //! - [`error`]: the one error type and its Bedrock rendering.
-//! - [`metrics`]: Prometheus metrics with bounded labels, from plain values.
+//! - [`metrics`]: Prometheus metrics with bounded labels, from plain values
+//!   (and CloudWatch EMF lines, `metrics::emf`).
+//! - [`telemetry`]: OpenTelemetry traces: the OTLP exporter, request and
+//!   attempt spans, `traceparent` in and out.
 //! - [`config`]: the TOML file, validated into typed config.
 //! - [`catalog`]: what each model supports and costs.
 //! - [`shared`]: the Redis connection state shared across replicas lives on.
@@ -64,6 +67,7 @@ pub(crate) mod shared;
 pub mod state;
 pub(crate) mod stream;
 pub(crate) mod support;
+pub mod telemetry;
 pub(crate) mod upstream;
 
 pub use config::Config;

@@ -2,7 +2,7 @@
 //! file, or make an API key.
 
 use anyhow::Context;
-use bedrock_proxy::server::{init_logging, start, StartOptions};
+use bedrock_proxy::server::{init_logging, init_telemetry, start, StartOptions};
 use bedrock_proxy::{auth, demo, Config};
 use bedrock_wire::serve::shutdown_signal;
 use clap::{Parser, Subcommand};
@@ -88,6 +88,7 @@ async fn run(
         None => Config::parse(demo::DEMO_CONFIG).context("the built-in demo config")?,
     };
     let _log_guard = init_logging(&config.logging);
+    let telemetry = init_telemetry(&config)?;
     let simulator = match config.needs_embedded_simulator() {
         true => Some(
             demo::start_simulator()
@@ -116,6 +117,7 @@ async fn run(
         stop.cancel();
     });
     proxy.wait().await;
+    telemetry.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use crate::error::ErrorKind;
 
+pub mod emf;
+
 pub const REQUESTS: &str = "bedrock_proxy_requests_total";
 pub const REQUEST_DURATION: &str = "bedrock_proxy_request_duration_seconds";
 pub const UPSTREAM_TTFT: &str = "bedrock_proxy_upstream_ttft_seconds";
@@ -29,6 +31,12 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0,
 ];
 
+/// Output tokens per second of one answer: standard-tier models run at tens,
+/// latency-optimized ones reach the low hundreds.
+const TOKENS_PER_SECOND_BUCKETS: &[f64] = &[
+    5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 125.0, 150.0, 200.0, 300.0, 500.0, 1000.0,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder once and returns its handle; later calls
@@ -38,6 +46,12 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(OUTPUT_TOKENS_PER_SECOND.into()),
+                        TOKENS_PER_SECOND_BUCKETS,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -46,6 +60,7 @@ pub fn install() -> PrometheusHandle {
             let _ = metrics::set_global_recorder(recorder);
             describe();
             describe_protection();
+            start_at_zero();
             handle
         })
         .clone()
@@ -141,7 +156,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         SERVED_TIER,
-        "Upstream answers by the latency tier Bedrock reports as having served them."
+        "Upstream answers by the latency tier Bedrock reports as having served them (tier) and the tier the route asked for (requested)."
     );
     metrics::describe_histogram!(
         TTFT,
@@ -169,6 +184,24 @@ fn describe() {
         CONFIG_RELOAD_FAILURES,
         "Config reloads refused (the running config stays); the log says why."
     );
+}
+
+/// Series that exist from the start at 0, so that their first increment is a
+/// visible step for `rate()` and `increase()` (a series that appears at 1 has
+/// no earlier sample to differ from).
+fn start_at_zero() {
+    metrics::counter!(CONFIG_RELOADS).increment(0);
+    metrics::counter!(CONFIG_RELOAD_FAILURES).increment(0);
+    metrics::counter!(REJECTED, "reason" => "overloaded").increment(0);
+}
+
+/// A route of the running config: its hedge counters start at 0 when it hedges.
+pub fn route_configured(route: &SharedString, hedges: bool) {
+    if hedges {
+        for outcome in ["fired", "won"] {
+            metrics::counter!(HEDGES, "route" => route.clone(), "outcome" => outcome).increment(0);
+        }
+    }
 }
 
 /// The route label of a route name.
@@ -376,15 +409,19 @@ pub fn latency_downgrade(route: &SharedString, target: &Arc<str>, reason: &'stat
         .increment(1);
 }
 
-/// The tier Bedrock says served an answer, its time to first byte (from the
+/// The tier Bedrock says served an answer and the one the route asked for
+/// (`requested`: the route's latency policy applied to the client's request,
+/// before catalog downgrades and fallbacks), its time to first byte (from the
 /// client's request) and its output speed.
 pub fn served(
     route: &SharedString,
     tier: &'static str,
+    requested: &'static str,
     ttft: Option<Duration>,
     output_tokens_per_s: Option<f64>,
 ) {
-    metrics::counter!(SERVED_TIER, "route" => route.clone(), "tier" => tier).increment(1);
+    metrics::counter!(SERVED_TIER, "route" => route.clone(), "tier" => tier, "requested" => requested)
+        .increment(1);
     if let Some(t) = ttft {
         metrics::histogram!(TTFT, "route" => route.clone(), "tier" => tier).record(t.as_secs_f64());
     }

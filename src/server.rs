@@ -329,6 +329,39 @@ async fn metrics_upkeep(state: AppState, stop: CancellationToken) {
     }
 }
 
+/// What [`init_telemetry`] started: the trace exporter and the EMF writer.
+/// Call [`Telemetry::shutdown`] after the proxy stopped, to send what is queued.
+pub struct Telemetry {
+    exporter: Option<crate::telemetry::Exporter>,
+    _emf: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+impl Telemetry {
+    /// Exports the spans still queued, and flushes the EMF lines.
+    pub async fn shutdown(self) {
+        if let Some(exporter) = self.exporter {
+            exporter.shutdown().await;
+        }
+    }
+}
+
+/// Starts the outputs `[tracing]` and `[logging] cloudwatch_emf` ask for, once
+/// per process and within the Tokio runtime (read at start, not on reload).
+pub fn init_telemetry(config: &Config) -> Result<Telemetry, crate::telemetry::TelemetryError> {
+    let exporter = crate::telemetry::install(&config.tracing)?;
+    if exporter.is_some() {
+        tracing::info!("tracing: exporting spans over OTLP/HTTP");
+    }
+    let emf = config
+        .logging
+        .cloudwatch_emf
+        .then(|| crate::metrics::emf::install(&config.logging.cloudwatch_namespace));
+    Ok(Telemetry {
+        exporter,
+        _emf: emf,
+    })
+}
+
 /// Sets up logging once per process (later calls keep the first setup). Log
 /// lines are written by a background thread, so request handlers never block on
 /// stderr. Keep the returned guard alive to flush on exit.

@@ -88,12 +88,14 @@ impl AppState {
             prefixes: PrefixRegistry::new(runtime.config.prompt_cache.max_prefixes, redis),
             breakers: Default::default(),
         });
+        let metrics = metrics::install();
+        routes_configured(&runtime);
         AppState(Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             pipeline,
             limiter,
             config_path: RwLock::new(None),
-            metrics: metrics::install(),
+            metrics,
             concurrency: Arc::new(Semaphore::new(permits)),
             shutting_down: AtomicBool::new(false),
             cut: tokio_util::sync::CancellationToken::new(),
@@ -111,6 +113,7 @@ impl AppState {
 
     /// Replaces the runtime; requests already running keep the old one.
     pub(crate) fn swap_runtime(&self, runtime: Runtime) {
+        routes_configured(&runtime);
         self.0.runtime.store(Arc::new(runtime));
     }
 
@@ -122,5 +125,13 @@ impl AppState {
 
     pub(crate) fn begin_shutdown(&self) {
         self.0.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Starts the per-route series that should exist before their first event.
+fn routes_configured(runtime: &Runtime) {
+    for route in runtime.routes.routes() {
+        let hedges = route.config.resilience.hedge_after.is_some();
+        metrics::route_configured(&metrics::route_label(&route.name), hedges);
     }
 }

@@ -12,7 +12,7 @@
 //! One file per top-level table, each holding the table's raw serde types, its
 //! typed config with the `Default` impls (the one place defaults live: raw
 //! parsing falls back to them), and `validate`, which reads the table alone:
-//! `server`, `admin`, `limits`, `logging`, `upstreams`, `cache`,
+//! `server`, `admin`, `limits`, `logging`, `tracing`, `upstreams`, `cache`,
 //! `prompt_cache`, `catalog`, `routes/` (with the route's own `cache`,
 //! `prompt_cache` and `resilience` parts), `keys`, `tenants` (with `Quota`,
 //! the limit keys tenants, keys and routes share). Checks that one table makes
@@ -51,6 +51,7 @@ mod prompt_cache;
 mod routes;
 mod server;
 mod tenants;
+mod tracing;
 mod upstreams;
 mod values;
 
@@ -60,6 +61,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+pub use self::tracing::TracingConfig;
 pub use admin::AdminConfig;
 pub use cache::{CacheConfig, RedisConfig};
 pub use keys::{KeyConfig, KeyCredential, RouteAccess};
@@ -90,6 +92,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub limits: Limits,
     pub logging: LoggingConfig,
+    /// OpenTelemetry trace export (read at start).
+    pub tracing: TracingConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub keys: Vec<KeyConfig>,
@@ -116,6 +120,8 @@ struct RawConfig {
     #[serde(default)]
     logging: logging::RawLogging,
     #[serde(default)]
+    tracing: tracing::RawTracing,
+    #[serde(default)]
     upstreams: BTreeMap<String, upstreams::RawUpstream>,
     #[serde(default)]
     routes: Vec<routes::RawRoute>,
@@ -140,6 +146,7 @@ impl RawConfig {
             admin,
             limits,
             logging,
+            tracing,
             upstreams,
             routes,
             keys,
@@ -154,6 +161,7 @@ impl RawConfig {
         let admin = admin::validate(admin, e);
         let limits = limits::validate(limits, e);
         let logging = logging::validate(logging, e);
+        let tracing = tracing::validate(tracing, e);
         let upstreams = upstreams::validate(upstreams, e);
         let cache = cache::validate(cache, e);
         let prompt_cache = prompt_cache::validate(prompt_cache, e);
@@ -171,6 +179,7 @@ impl RawConfig {
             admin,
             limits,
             logging,
+            tracing,
             upstreams,
             routes,
             keys: keys.into_iter().flatten().collect(),

@@ -212,6 +212,73 @@ format = "xml"
 }
 
 #[test]
+fn tracing_and_emf_problems_name_their_keys() {
+    let e = errors(&with(
+        r#"
+[logging]
+cloudwatch_namespace = "AWS/Bedrock"
+[tracing]
+endpoint = "collector:4318"
+headers = { "bad header" = "x", "x-key" = "line\nbreak" }
+service_name = " "
+sample_ratio = 1.5
+timeout = "0s"
+"#,
+    ));
+    assert_eq!(
+        e,
+        [
+            "logging.cloudwatch_namespace: `AWS/Bedrock` must be 1 to 255 letters, digits, . - _ / # : or spaces, not starting with AWS/",
+            "tracing.endpoint: `collector:4318` is not an http:// or https:// URL like http://collector:4318",
+            "tracing.headers.bad header: not a valid HTTP header name",
+            "tracing.headers.x-key: not a valid HTTP header value",
+            "tracing.service_name: must not be empty",
+            "tracing.sample_ratio: 1.5 is not between 0 and 1 (1 keeps every trace)",
+            "tracing.timeout: must be more than zero",
+        ]
+    );
+}
+
+#[test]
+fn tracing_and_emf_are_off_by_default_and_read_as_written() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.tracing, TracingConfig::default());
+    assert!(!c.logging.cloudwatch_emf);
+    assert_eq!(c.logging.cloudwatch_namespace, "BedrockProxy");
+    let c = Config::parse(&with(
+        r#"
+[logging]
+cloudwatch_emf = true
+cloudwatch_namespace = "Acme/LLM gateway"
+[tracing]
+endpoint = "https://otlp.example.com"
+headers = { "x-api-key" = "${BEDROCK_PROXY_TEST_UNSET_KEY:-k-123}" }
+service_name = "gateway"
+sample_ratio = 0.25
+timeout = "3s"
+capture_content = true
+"#,
+    ))
+    .unwrap();
+    assert!(c.logging.cloudwatch_emf);
+    assert_eq!(c.logging.cloudwatch_namespace, "Acme/LLM gateway");
+    let t = &c.tracing;
+    assert_eq!(
+        t.enabled, None,
+        "on because an endpoint is set (telemetry::install)"
+    );
+    assert_eq!(t.endpoint.as_deref(), Some("https://otlp.example.com"));
+    assert_eq!(t.headers["x-api-key"], "k-123");
+    assert_eq!(t.service_name.as_deref(), Some("gateway"));
+    assert_eq!(t.sample_ratio, Some(0.25));
+    assert_eq!(t.timeout, Some(Duration::from_secs(3)));
+    assert!(t.capture_content);
+    assert!(errors(&with("[tracing]\nendpont = \"http://c:4318\""))
+        .iter()
+        .any(|e| e.contains("endpont")));
+}
+
+#[test]
 fn upstream_problems_name_their_keys() {
     let e = errors(
         r#"

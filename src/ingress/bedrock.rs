@@ -16,7 +16,7 @@ use bedrock_wire::tier::{LatencyTier, LATENCY_HEADER, SERVICE_TIER_HEADER};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{failed, parse_json, receive_for, route, run, Finish};
+use super::{failed, parse_json, receive_for, route, run, start_trace, Finish};
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::pipeline::Call;
@@ -53,6 +53,7 @@ async fn handle(
         Ok(Path((model_id, operation))) => match Operation::from_name(&operation) {
             Some(op) => {
                 finish.op = op;
+                start_trace(&mut finish, request.headers(), op.name());
                 let span = request_span(&finish.request_id, op.name());
                 serve(&state, &mut finish, op, &model_id, request)
                     .instrument(span)
@@ -131,6 +132,7 @@ async fn serve(
         json,
         forward,
         started: finish.started,
+        trace: finish.trace.clone(),
     };
     Ok(match run(state, &rt, call, &parts.headers, finish).await? {
         Answer::Whole {

@@ -1,7 +1,9 @@
 //! The books of one request: the proxy's response headers (rate-limit headers
-//! included), and the metrics, access-log line and limits' settlement done
-//! once the answer is complete (for a stream, when it ends), from the call's
-//! [`Record`].
+//! included), and the metrics, access-log line, trace span, EMF line and
+//! limits' settlement done once the answer is complete (for a stream, when it
+//! ends), from the call's [`Record`].
+
+mod report;
 
 use axum::http::{HeaderMap, HeaderValue};
 use bedrock_wire::converse::Summary;
@@ -16,6 +18,7 @@ use crate::error::ProxyError;
 use crate::limits::{Outcome, RateHeaders, Ticket};
 use crate::metrics;
 use crate::stream::{RelayedFrame, StreamEnd, StreamObserver, StreamReader};
+use crate::telemetry::{Trace, Transcript};
 
 /// Per-request bookkeeping every ingress shares: the proxy's response headers,
 /// and the metrics and access-log line written once the answer is complete
@@ -43,6 +46,11 @@ pub struct Finish {
     /// Answer with `Connection: close`: a request refused before its body was
     /// read leaves the body unread on an HTTP/1.1 connection.
     pub close_connection: bool,
+    /// The request's span (nothing when tracing is off).
+    pub trace: Trace,
+    /// The tier the route wants for this request: its latency policy applied
+    /// to `requested_tier` (`latency::wanted`).
+    pub wanted_tier: Option<LatencyTier>,
 }
 
 impl Finish {
@@ -60,6 +68,8 @@ impl Finish {
             limits: Ticket::default(),
             rate_headers: RateHeaders::default(),
             close_connection: false,
+            trace: Trace::off(),
+            wanted_tier: None,
         }
     }
 
@@ -143,6 +153,16 @@ impl Finish {
             return;
         }
         let tier = self.tier(summary.latency_tier).name();
+        let (ttft, tps) = self.speed(summary, streamed);
+        metrics::served(route, tier, self.tier_requested().name(), ttft, tps);
+    }
+
+    /// An upstream answer's TTFT and output speed (see [`Finish::served`]).
+    fn speed(
+        &self,
+        summary: &Summary,
+        streamed: bool,
+    ) -> (Option<std::time::Duration>, Option<f64>) {
         let ttft = self.answered_at.map(|t| t.duration_since(self.started));
         let output = summary.usage.map_or(0, |u| u.output_tokens) as f64;
         let span = if streamed {
@@ -153,7 +173,14 @@ impl Finish {
         let tps = span
             .filter(|d| !d.is_zero() && output > 0.0)
             .map(|d| output / d.as_secs_f64());
-        metrics::served(route, tier, ttft, tps);
+        (ttft, tps)
+    }
+
+    /// The tier the route asked for (the `requested` label).
+    fn tier_requested(&self) -> LatencyTier {
+        self.wanted_tier
+            .or(self.requested_tier)
+            .unwrap_or(LatencyTier::Standard)
     }
 
     /// Counts what an answer cost: billed tokens for upstream answers, tokens
@@ -216,6 +243,7 @@ impl Finish {
         self.served(&route, summary, false);
         metrics::request_done(&route, self.op, 200, self.started.elapsed());
         self.log(200, "ok", Some(summary));
+        self.report(&report::Ending::answered(summary));
     }
 
     /// An error response was sent.
@@ -228,6 +256,7 @@ impl Finish {
         metrics::request_done(&self.route_label(), self.op, status, self.started.elapsed());
         tracing::info!(target: "access", request_id = %self.request_id, error = %e, "request failed");
         self.log(status, e.kind.label(), None);
+        self.report(&report::Ending::failed(e));
     }
 
     /// The observer that finishes the books when a stream ends.
@@ -235,6 +264,7 @@ impl Finish {
         FinishStream {
             finish: self.clone(),
             reader: StreamReader::default(),
+            transcript: Transcript::for_trace(&self.trace),
         }
     }
 }
@@ -243,11 +273,14 @@ impl Finish {
 pub struct FinishStream {
     finish: Finish,
     pub reader: StreamReader,
+    /// The stream's text, kept only for a span that captures content.
+    transcript: Transcript,
 }
 
 impl StreamObserver for FinishStream {
     fn frame(&mut self, frame: &RelayedFrame) {
         self.reader.read(frame);
+        self.transcript.read(&frame.frame);
     }
 
     fn end(&mut self, end: StreamEnd) {
@@ -274,5 +307,12 @@ impl StreamObserver for FinishStream {
         metrics::stream_ended(&route, outcome);
         metrics::request_done(&route, self.finish.op, 200, self.finish.started.elapsed());
         self.finish.log(200, outcome, Some(&self.reader.summary));
+        let summary = &self.reader.summary;
+        if let Some(text) = self.transcript.text() {
+            let reason = summary.stop_reason.as_deref();
+            self.finish.trace.output_text(text, reason);
+        }
+        self.finish
+            .report(&report::Ending::streamed(summary, outcome, &end));
     }
 }

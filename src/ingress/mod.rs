@@ -40,12 +40,14 @@ use crate::answer::{Answer, Record};
 use crate::auth::Principal;
 use crate::cache::Directives;
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::latency;
 use crate::limits::{self, Refusal};
 use crate::metrics;
 use crate::pipeline::{self, Call};
 use crate::route::Routed;
 use crate::runtime::Runtime;
 use crate::state::AppState;
+use crate::telemetry::{self, Trace};
 pub use body::{parse_json, read_body, BodyRules};
 pub use finish::Finish;
 
@@ -160,6 +162,18 @@ pub fn route(
         .catalog
         .get(&routed.upstream_model)
         .map(|l| l.model.clone());
+    if finish.trace.is_on() {
+        let embedding = finish
+            .model
+            .as_ref()
+            .is_some_and(|m| m.kind == crate::catalog::ModelKind::Embedding);
+        finish.trace.routed(
+            telemetry::operation_name(finish.op, embedding),
+            model_id,
+            &routed.route.name,
+            &routed.upstream_model,
+        );
+    }
     Ok(routed)
 }
 
@@ -196,6 +210,7 @@ pub fn translated_call(
         json: Some(converse),
         forward: Vec::new(),
         started: finish.started,
+        trace: finish.trace.clone(),
     })
 }
 
@@ -238,10 +253,18 @@ pub async fn run(
         finish.limits.view = view;
         return Err(error);
     }
+    let policy = call.routed.route.config.resilience.latency;
+    finish.wanted_tier = Some(latency::wanted(policy, finish.requested_tier));
+    finish.trace.call(call.op.is_stream(), call.json.as_ref());
     let directives = Directives::from_headers(headers);
     let mut record = Record::default();
     let result = pipeline::run(&state.pipeline, rt, call, &directives, &mut record).await;
     finish.record(record);
+    if let Ok(Answer::Whole { body, summary, .. }) = &result {
+        finish
+            .trace
+            .output_body(body, summary.stop_reason.as_deref());
+    }
     // A stream still running when shutdown's grace passes ends with an
     // exception frame (or error event) rather than a cut connection.
     result.map(|answer| match answer {
@@ -307,6 +330,12 @@ pub fn sse_answer(
 /// (fallbacks, breakers, cache tiers) carries the request id and operation.
 pub fn request_span(request_id: &str, operation: &str) -> tracing::Span {
     tracing::info_span!("request", request_id, operation)
+}
+
+/// The request's trace span (OpenTelemetry; nothing when tracing is off),
+/// continuing the client's `traceparent`. `api` names the API operation.
+pub fn start_trace(finish: &mut Finish, headers: &HeaderMap, api: &'static str) {
+    finish.trace = Trace::request(headers, finish.started, api);
 }
 
 /// Renders an error in the shape of the API `path` belongs to.

@@ -38,6 +38,7 @@ use crate::prompt_cache::{PrefixRegistry, Prefixes};
 use crate::route::Routed;
 use crate::runtime::Runtime;
 use crate::stream::{self, StreamReader};
+use crate::telemetry::Trace;
 use crate::upstream::breaker::Breakers;
 use crate::upstream::chain::{self, Chain, Target};
 use flight::{Flight, FlightKey, Flights, Head, Joined, Role};
@@ -55,6 +56,8 @@ pub struct Call {
     /// Request headers passed to the upstream (InvokeModel's header members).
     pub forward: Vec<(HeaderName, HeaderValue)>,
     pub started: Instant,
+    /// The request's span, which upstream attempts are children of.
+    pub trace: Trace,
 }
 
 impl Call {
@@ -416,6 +419,7 @@ async fn upstream(
         started: call.started,
         prepare: &prepare,
         attempt: &chain::Http,
+        trace: &call.trace,
     };
     let result = chain.run(&targets, record).await;
     if let Err(e) = &result {

@@ -30,6 +30,7 @@ use crate::error::{ErrorKind, ProxyError, Side};
 use crate::metrics;
 use crate::stream;
 use crate::support;
+use crate::telemetry::{AttemptStart, Trace};
 
 /// Largest upstream answer read into memory (streams are never read whole).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -149,6 +150,9 @@ pub struct Chain<'a, A = Http> {
     pub prepare: &'a (dyn Fn(&Target) -> Prepared + Sync),
     /// Sends one attempt: [`Http`] in the proxy; the chain's tests script it.
     pub attempt: &'a A,
+    /// The request's span: each attempt is a child span, fallbacks and hedges
+    /// are events on it.
+    pub trace: &'a Trace,
 }
 
 /// How one attempt reaches a target. The chain decides which targets to try,
@@ -287,7 +291,10 @@ impl<A: Attempt> Chain<'_, A> {
         planned: Planned,
         deadline: Instant,
     ) -> (Result<Answer, ProxyError>, Record) {
-        let Planned { prepared, breaker } = planned;
+        let Planned {
+            mut prepared,
+            breaker,
+        } = planned;
         let mut record = Record {
             attempts: 1,
             ..Record::default()
@@ -297,6 +304,15 @@ impl<A: Attempt> Chain<'_, A> {
         prepared
             .notes
             .count(&metrics::route_label(self.route), &target.label);
+        let span = self.trace.attempt(AttemptStart {
+            target: &target.label,
+            upstream: &target.upstream.name,
+            model: &target.model,
+            base_url: target.upstream.base_url(),
+            tier: tier.map(LatencyTier::name),
+            cache_points,
+        });
+        span.inject(&mut prepared.headers);
         let first_byte = self.first_byte(target, deadline);
         let mut unsettled = Unsettled(Some(breaker));
         let result = self
@@ -311,7 +327,24 @@ impl<A: Attempt> Chain<'_, A> {
             record.tier_sent = tier;
             record.cache_points = cache_points;
             record.other_model = target.other_model;
+            self.trace
+                .answered(&target.label, &target.model, target.upstream.base_url());
         }
+        // The attempt's span ends with it; a stream's, when the stream ends.
+        let result = match result {
+            Ok(Answer::Stream { headers, frames }) if span.is_on() => Ok(Answer::Stream {
+                headers,
+                frames: Box::pin(span.follow(frames)),
+            }),
+            Ok(answer) => {
+                span.ok();
+                Ok(answer)
+            }
+            Err(e) => {
+                span.failed(&e);
+                Err(e)
+            }
+        };
         (result, record)
     }
 
@@ -334,6 +367,7 @@ impl<A: Attempt> Chain<'_, A> {
             if !self.admits(target, &planned.breaker) {
                 let next = targets.get(i + 1).map_or("none", |t| &*t.label);
                 metrics::fallback(&route, &target.label, next, "breaker_open");
+                self.trace.fallback(&target.label, next, "breaker_open");
                 last_error.get_or_insert_with(|| {
                     ProxyError::new(
                         ErrorKind::Unavailable,
@@ -400,6 +434,8 @@ impl<A: Attempt> Chain<'_, A> {
             let out_of_time = Instant::now() >= deadline;
             if let Some(next) = targets.get(i + 1).filter(|_| !out_of_time) {
                 metrics::fallback(&route, &target.label, &next.label, error.kind.label());
+                self.trace
+                    .fallback(&target.label, &next.label, error.kind.label());
                 tracing::info!(route = %self.route, from = %target.label, to = %next.label, error = %error, "falling back");
             }
             last_error = Some(error);
@@ -463,6 +499,7 @@ impl<A: Attempt> Chain<'_, A> {
             return Hedged::Alone(result);
         }
         metrics::hedge(&route, "fired");
+        self.trace.hedge("fired", &second.label);
         let b = self.try_target(second, second_planned, deadline);
         tokio::pin!(b);
         // The first to answer wins; if one fails, wait for the other. Leaving
@@ -475,6 +512,7 @@ impl<A: Attempt> Chain<'_, A> {
             (result, record) = &mut b => match result {
                 Ok(answer) => {
                     metrics::hedge(&route, "won");
+                    self.trace.hedge("won", &second.label);
                     ((Ok(answer), record), None)
                 }
                 Err(_) => (a.await, Some(record)),

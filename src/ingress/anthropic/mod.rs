@@ -67,6 +67,7 @@ pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
 async fn messages(State(state): State<AppState>, request: Request) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
     finish.rate_headers = RateHeaders::Anthropic;
+    super::start_trace(&mut finish, request.headers(), "messages");
     let span = request_span(&finish.request_id, "messages");
     match serve(&state, &mut finish, request).instrument(span).await {
         Ok(response) => response,

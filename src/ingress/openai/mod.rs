@@ -74,6 +74,7 @@ fn now_secs() -> u64 {
 
 async fn chat(State(state): State<AppState>, request: Request) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    super::start_trace(&mut finish, request.headers(), "chat.completions");
     let span = request_span(&finish.request_id, "chat.completions");
     match serve(&state, &mut finish, request).instrument(span).await {
         Ok(response) => response,
