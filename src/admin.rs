@@ -138,10 +138,14 @@ async fn config(State(state): State<AppState>) -> Json<serde_json::Value> {
         })).collect::<Vec<_>>(),
         "upstreams": rt.upstreams.iter().map(|u| json!({
             "name": &*u.name,
-            "kind": match u.config.kind { UpstreamKind::Bedrock => "bedrock", UpstreamKind::Simulator => "simulator" },
+            "kind": u.config.kind.name(),
             "region": u.config.region,
             "endpoint": u.base_url(),
-            "auth": if u.config.bearer_token.is_some() { "bearer" } else { "sigv4" },
+            "auth": match (&u.config.bearer_token, &u.config.api_key, u.config.kind) {
+                (Some(_), _, _) | (_, Some(_), _) => "bearer",
+                (None, None, UpstreamKind::OpenAi) => "none",
+                _ => "sigv4",
+            },
         })).collect::<Vec<_>>(),
     }))
 }

@@ -16,12 +16,15 @@
 //! - [`cache`]: the response cache's storage (keys, entries, L1 and L2 tiers).
 //! - [`prompt_cache`]: Bedrock prompt caching for unmarked prompts (registry, planner).
 //! - [`latency`]: which latency tier each attempt asks for.
-//! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock; the chain
-//!   of targets with retries, circuit breakers and hedging.
+//! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock, to
+//!   OpenAI-compatible servers and to SageMaker endpoints; the chain of targets
+//!   with retries, circuit breakers and hedging.
 //! - [`stream`]: event streams relayed frame by frame, read as they pass.
 //!
 //! Shared by the stages, below them all:
 //! - [`answer`]: the answer and the one record of what happened to a call.
+//! - [`chat`]: OpenAI Chat Completions, shared by the OpenAI ingress and the
+//!   `openai` / `sagemaker` upstreams (Converse to chat and back).
 //! - [`error`]: the one error type and its Bedrock rendering.
 //! - [`metrics`]: Prometheus metrics with bounded labels, from plain values
 //!   (and CloudWatch EMF lines, `metrics::emf`).
@@ -49,6 +52,7 @@ pub(crate) mod answer;
 pub mod auth;
 pub(crate) mod budget;
 pub(crate) mod cache;
+pub(crate) mod chat;
 pub(crate) use bedrock_wire::catalog;
 pub mod config;
 pub mod demo;

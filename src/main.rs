@@ -55,6 +55,9 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::CheckConfig { file }) => match Config::load(&file) {
             Ok(config) => {
                 println!("{}: OK: {}", file.display(), config.summary());
+                for advice in config.advice() {
+                    println!("{}: note: {advice}", file.display());
+                }
                 Ok(())
             }
             Err(e) => {

@@ -179,6 +179,22 @@ fn describe() {
         BUDGET_USED,
         "Share of a tenant's budget spent in the current UTC day or month (1 = spent)."
     );
+    metrics::describe_counter!(
+        UPSTREAM_KIND_ATTEMPTS,
+        "Upstream attempts, by route, upstream kind (bedrock, simulator, openai, sagemaker) and outcome."
+    );
+    metrics::describe_counter!(
+        USAGE_ESTIMATED,
+        "Upstream answers whose usage the server did not report and the proxy estimated, by route and upstream kind."
+    );
+    metrics::describe_counter!(
+        TARGETS_SKIPPED,
+        "Fallback targets left out of a call, by route, target and reason (untranslatable: a chat server cannot take the request)."
+    );
+    metrics::describe_gauge!(
+        COST_USD,
+        "Estimated dollars upstream answers cost (catalog prices, or a self-hosted upstream's usd_per_hour), by route, upstream kind and basis; only increases."
+    );
     metrics::describe_counter!(CONFIG_RELOADS, "Config reloads applied.");
     metrics::describe_counter!(
         CONFIG_RELOAD_FAILURES,
@@ -535,4 +551,36 @@ pub fn spend(tenant: &std::sync::Arc<str>, route: &SharedString, usd: f64) {
 /// A tenant's spend in its current day or month (`period`), against its budget.
 pub fn budget_used(tenant: &std::sync::Arc<str>, period: &'static str, ratio: f64) {
     metrics::gauge!(BUDGET_USED, "tenant" => route_label(tenant), "period" => period).set(ratio);
+}
+pub const UPSTREAM_KIND_ATTEMPTS: &str = "bedrock_proxy_upstream_kind_attempts_total";
+pub const USAGE_ESTIMATED: &str = "bedrock_proxy_usage_estimated_total";
+pub const TARGETS_SKIPPED: &str = "bedrock_proxy_targets_skipped_total";
+pub const COST_USD: &str = "bedrock_proxy_cost_usd";
+
+/// One upstream attempt, by the kind of upstream it went to (`bedrock`,
+/// `simulator`, `openai`, `sagemaker`): `ok` or the error kind.
+pub fn upstream_kind_attempt(route: &SharedString, kind: &'static str, outcome: &'static str) {
+    metrics::counter!(UPSTREAM_KIND_ATTEMPTS, "route" => route.clone(), "upstream_kind" => kind, "outcome" => outcome)
+        .increment(1);
+}
+
+/// An upstream answer whose usage the proxy estimated (the server sent none).
+pub fn usage_estimated(route: &SharedString, kind: &'static str) {
+    metrics::counter!(USAGE_ESTIMATED, "route" => route.clone(), "upstream_kind" => kind)
+        .increment(1);
+}
+
+/// A target left out of a call's chain, and why.
+pub fn target_skipped(route: &SharedString, target: &Arc<str>, reason: &'static str) {
+    metrics::counter!(TARGETS_SKIPPED, "route" => route.clone(), "target" => route_label(target), "reason" => reason)
+        .increment(1);
+}
+
+/// What an upstream answer cost: `basis` is `tokens` (catalog prices) or
+/// `hourly` (a self-hosted upstream's price per hour, shared by its requests).
+pub fn cost(route: &SharedString, kind: &'static str, basis: &'static str, usd: f64) {
+    if usd > 0.0 {
+        metrics::gauge!(COST_USD, "route" => route.clone(), "upstream_kind" => kind, "basis" => basis)
+            .increment(usd);
+    }
 }

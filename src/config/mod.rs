@@ -42,6 +42,7 @@
 #[macro_use]
 mod names;
 mod admin;
+mod advice;
 mod cache;
 mod catalog;
 mod keys;
@@ -78,7 +79,7 @@ pub use routes::resilience::{
 pub use routes::RouteConfig;
 pub use server::{AuthMode, Connections, ServerConfig, TlsFiles};
 pub use tenants::{Quota, TenantConfig};
-pub use upstreams::{Timeouts, UpstreamConfig, UpstreamKind};
+pub use upstreams::{HourlyCost, Timeouts, UpstreamConfig, UpstreamKind, EMBEDDED};
 
 /// Why a config could not be used: every problem found, each naming its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -283,9 +284,7 @@ impl Config {
     /// Whether a simulator upstream has no endpoint, so the proxy must run the
     /// simulator in its own process.
     pub fn needs_embedded_simulator(&self) -> bool {
-        self.upstreams
-            .values()
-            .any(|u| u.kind == UpstreamKind::Simulator && u.endpoint.is_none())
+        self.upstreams.values().any(|u| u.embedded)
     }
 
     /// A one-line description for logs and `check-config`.

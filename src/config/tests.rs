@@ -299,7 +299,7 @@ upstream = "east"
     assert_eq!(
         e[..3],
         [
-            "upstreams.east.kind: `azure` is not one of bedrock, simulator",
+            "upstreams.east.kind: `azure` is not one of bedrock, simulator, openai, sagemaker",
             "upstreams.east.endpoint: `bedrock.example` must start with http:// or https://",
             "upstreams.east.bearer_token: environment variable CONFIG_TEST_UNSET_TOKEN is not set",
         ]
@@ -704,9 +704,13 @@ fn the_file_accepts_exactly_the_names_in_the_tables() {
         assert_eq!(c.logging.format, *format);
     }
     for (kind, name) in UpstreamKind::NAMES {
-        let c =
-            Config::parse(&MINIMAL.replace("kind = \"simulator\"", &format!("kind = \"{name}\"")))
-                .unwrap();
+        let text = MINIMAL.replace("kind = \"simulator\"", &format!("kind = \"{name}\""));
+        // An OpenAI-compatible server is found by its base URL.
+        let text = match kind {
+            UpstreamKind::OpenAi => text.replace("endpoint =", "base_url ="),
+            _ => text,
+        };
+        let c = Config::parse(&text).unwrap();
         assert_eq!(c.upstreams["sim"].kind, *kind);
     }
     let route = |keys: &str| {

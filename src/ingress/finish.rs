@@ -14,9 +14,11 @@ use tokio::time::Instant;
 
 use crate::answer::{CacheStatus, Record};
 use crate::catalog::ModelInfo;
+use crate::config::HourlyCost;
 use crate::error::ProxyError;
 use crate::limits::{Outcome, RateHeaders, Ticket};
 use crate::metrics;
+use crate::runtime::Runtime;
 use crate::stream::{RelayedFrame, StreamEnd, StreamObserver, StreamReader};
 use crate::telemetry::{Trace, Transcript};
 
@@ -51,6 +53,59 @@ pub struct Finish {
     /// The tier the route wants for this request: its latency policy applied
     /// to `requested_tier` (`latency::wanted`).
     pub wanted_tier: Option<LatencyTier>,
+    /// What the answering target charges.
+    pub pricing: Pricing,
+}
+
+/// What an upstream answer costs: the catalog's prices for the model that
+/// answered, a self-hosted upstream's price per hour, or nothing known.
+#[derive(Debug, Clone, Default)]
+pub enum Pricing {
+    #[default]
+    Unknown,
+    Tokens(Arc<ModelInfo>),
+    Hourly(HourlyCost),
+}
+
+impl Pricing {
+    /// The pricing of the target that answered `record`: its upstream's
+    /// `usd_per_hour` when it has one, else the catalog's prices for its model.
+    pub fn of(rt: &Runtime, record: &Record) -> Pricing {
+        let Some(served) = &record.served_by else {
+            return Pricing::Unknown;
+        };
+        let hourly = rt
+            .upstreams
+            .get(&served.upstream)
+            .and_then(|u| u.config.hourly);
+        match (hourly, rt.catalog.get(&served.model)) {
+            (Some(h), _) => Pricing::Hourly(h),
+            (None, Some(lookup)) => Pricing::Tokens(lookup.model.clone()),
+            (None, None) => Pricing::Unknown,
+        }
+    }
+
+    /// Dollars for an answer with `usage`, served at `tier`, that held its
+    /// upstream for `held` (an hourly price is shared by the requests the
+    /// deployment serves at once).
+    fn usd(
+        &self,
+        usage: &bedrock_wire::converse::Usage,
+        tier: Option<LatencyTier>,
+        held: std::time::Duration,
+    ) -> Option<(&'static str, f64)> {
+        match self {
+            Pricing::Unknown => None,
+            Pricing::Tokens(m) => Some((
+                "tokens",
+                m.price_for(tier.map(LatencyTier::name)).cost(usage),
+            )),
+            Pricing::Hourly(h) => Some((
+                "hourly",
+                h.usd_per_hour / 3600.0 * held.as_secs_f64() / f64::from(h.concurrency),
+            )),
+        }
+    }
 }
 
 impl Finish {
@@ -70,6 +125,7 @@ impl Finish {
             close_connection: false,
             trace: Trace::off(),
             wanted_tier: None,
+            pricing: Pricing::Unknown,
         }
     }
 
@@ -82,7 +138,9 @@ impl Finish {
 
     /// Adds `x-proxy-route`, `x-proxy-attempts` and, for answers,
     /// `x-proxy-latency-tier` (the tier that served the request when known, else
-    /// the one asked for, else `standard`).
+    /// the one asked for, else `standard`), `x-proxy-upstream` and
+    /// `x-proxy-served-model` (who served it; for a cache hit, who served the
+    /// stored answer).
     pub fn headers(&self, headers: &mut HeaderMap, served_tier: Option<LatencyTier>) {
         let mut set = |name: &'static str, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
@@ -104,6 +162,10 @@ impl Finish {
         }
         if record.attempts > 0 || record.cache.is_hit() {
             set("x-proxy-latency-tier", self.tier(served_tier).name());
+        }
+        if let Some(served) = &record.served_by {
+            set("x-proxy-upstream", &served.upstream);
+            set("x-proxy-served-model", &served.model);
         }
         if self.close_connection {
             set("connection", "close");
@@ -132,6 +194,12 @@ impl Finish {
     /// said, else what the answering attempt asked for, else what the client
     /// asked for, else `standard`.
     fn tier(&self, served: Option<LatencyTier>) -> LatencyTier {
+        // Latency tiers are Bedrock's; anything else served at its only speed.
+        if let Some(s) = &self.record.served_by {
+            if !s.kind.is_bedrock() {
+                return LatencyTier::Standard;
+            }
+        }
         served
             .or(self.record.tier_sent)
             .or(self.requested_tier)
@@ -195,6 +263,14 @@ impl Finish {
             metrics::cache_saved(route, usage, usd);
         } else {
             metrics::tokens(route, usage);
+            let held = self.started.elapsed();
+            if let (Some(served), Some((basis, usd))) = (
+                &self.record.served_by,
+                self.pricing
+                    .usd(usage, Some(self.tier(summary.latency_tier)), held),
+            ) {
+                metrics::cost(route, served.kind.name(), basis, usd);
+            }
             if usage.cache_read_input_tokens + usage.cache_write_input_tokens > 0 {
                 let (label, saved) = match &self.model {
                     Some(m) => {
@@ -224,6 +300,8 @@ impl Finish {
             outcome,
             attempts = self.record.attempts,
             target = self.record.target.as_deref().unwrap_or("-"),
+            upstream = self.record.served_by.as_ref().map_or("-", |s| &*s.upstream),
+            served_model = self.record.served_by.as_ref().map_or("-", |s| &*s.model),
             tier = summary
                 .and_then(|s| s.latency_tier)
                 .map_or("-", LatencyTier::name),
@@ -314,5 +392,37 @@ impl StreamObserver for FinishStream {
         }
         self.finish
             .report(&report::Ending::streamed(summary, outcome, &end));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bedrock_wire::converse::Usage;
+    use std::time::Duration;
+
+    #[test]
+    fn an_hourly_price_is_shared_by_the_requests_served_at_once() {
+        let usage = Usage {
+            input_tokens: 1000,
+            output_tokens: 500,
+            total_tokens: 1500,
+            ..Usage::default()
+        };
+        let hourly = Pricing::Hourly(HourlyCost {
+            usd_per_hour: 3.6,
+            concurrency: 4,
+        });
+        // $3.60 an hour is $0.001 a second; 20 s of a deployment that serves
+        // 4 at once is a quarter of $0.02, whatever the tokens.
+        let (basis, usd) = hourly
+            .usd(&usage, None, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("an hourly price prices every answer"));
+        assert_eq!(basis, "hourly");
+        assert!((usd - 0.005).abs() < 1e-12, "{usd}");
+        assert_eq!(
+            Pricing::Unknown.usd(&usage, None, Duration::from_secs(20)),
+            None
+        );
     }
 }

@@ -18,7 +18,7 @@ pub mod bedrock;
 pub mod body;
 pub mod finish;
 #[cfg(test)]
-mod golden;
+pub(crate) mod golden;
 mod guard;
 pub mod openai;
 pub(crate) mod shape;
@@ -259,6 +259,7 @@ pub async fn run(
     let directives = Directives::from_headers(headers);
     let mut record = Record::default();
     let result = pipeline::run(&state.pipeline, rt, call, &directives, &mut record).await;
+    finish.pricing = finish::Pricing::of(rt, &record);
     finish.record(record);
     if let Ok(Answer::Whole { body, summary, .. }) = &result {
         finish

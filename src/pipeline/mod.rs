@@ -204,6 +204,7 @@ pub async fn run(
                     tier,
                     age: entry.age(),
                 };
+                record.served_by = entry.served_by.clone();
                 cache.count(record.cache);
                 metrics::cache_request(&route_label, "hit", tier.label());
                 return Ok(answer);
@@ -252,11 +253,15 @@ pub async fn run(
             Role::Follower(flight, rx) => {
                 metrics::single_flight_join(&route_label);
                 match flight.join(rx).await {
-                    Joined::Answer { answer, .. } => {
+                    Joined::Answer {
+                        answer,
+                        record: leader,
+                    } => {
                         record.cache = CacheStatus::Hit {
                             tier: CacheTier::Flight,
                             age: std::time::Duration::ZERO,
                         };
+                        record.served_by = leader.served_by;
                         cache.count(record.cache);
                         metrics::cache_request(&route_label, "hit", CacheTier::Flight.label());
                         return Ok(answer);
@@ -309,6 +314,7 @@ async fn fly(
     // Another model's answer (a fallback target) is served, never stored: the
     // entry would answer for the route's own model for its whole TTL.
     let may_store = !record.other_model;
+    let served_by = record.served_by.clone();
     flight.set_record(record);
     let tenant = call.principal.tenant.clone();
     let route = call.routed.route.name.clone();
@@ -338,7 +344,9 @@ async fn fly(
                     )),
                 };
                 if let Some(entry) = entry {
-                    cache.store(key, &namespace, entry).await;
+                    cache
+                        .store(key, &namespace, entry.served_by(served_by))
+                        .await;
                 }
             }
             forget();
@@ -384,7 +392,9 @@ async fn fly(
                     _ => None,
                 };
                 if let Some(entry) = entry {
-                    cache.store(key, &namespace, entry).await;
+                    cache
+                        .store(key, &namespace, entry.served_by(served_by))
+                        .await;
                 }
             }
             forget();
@@ -410,7 +420,10 @@ async fn upstream(
         .map(|(json, format)| Prefixes::of(json, format));
     let sightings = plan::observe_prefixes(rt, &pipeline.prefixes, call, prefixes).await;
     let targets = chain::targets(&rt.upstreams, route, &call.routed.upstream_model)?;
-    let prepare = |target: &Target| plan::prepare(rt, call, target, sightings, prefixes);
+    // Targets that take chat requests get the call translated once, before
+    // any upstream call: what the primary cannot take is the client's 400.
+    let (targets, chat) = plan::egress(call, targets)?;
+    let prepare = |target: &Target| plan::prepare(rt, call, target, sightings, prefixes, &chat);
     let chain = Chain {
         route: &route.name,
         op: call.op,

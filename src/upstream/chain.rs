@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerKey, Breakers};
 use super::{passed_headers, read_body, Upstream, Upstreams};
-use crate::answer::{Answer, Record};
+use crate::answer::{Answer, Record, ServedBy};
 use crate::config::{LatencyPolicy, ResilienceConfig};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::metrics;
@@ -51,6 +51,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// Who answers when this target does: its upstream, its kind, its model.
+    pub fn served_by(&self) -> ServedBy {
+        ServedBy {
+            upstream: self.upstream.name.clone(),
+            kind: self.upstream.config.kind,
+            model: self.model.clone(),
+        }
+    }
+
     /// The breaker this target answers to when asking for `tier`.
     fn breaker_key(&self, tier: Option<LatencyTier>) -> BreakerKey {
         BreakerKey {
@@ -259,12 +268,18 @@ impl<A: Attempt> Chain<'_, A> {
             Ok(_) => {
                 b.success(now, &self.resilience.breaker);
                 metrics::attempt(&route, &target.label, "ok");
+                metrics::upstream_kind_attempt(&route, target.upstream.config.kind.name(), "ok");
             }
             Err(e) => {
                 if counts_against_breaker(e) && b.failure(now, &self.resilience.breaker) {
                     tracing::warn!(route = %self.route, target = %target.label, error = %e, "circuit breaker opened");
                 }
                 metrics::attempt(&route, &target.label, e.kind.label());
+                metrics::upstream_kind_attempt(
+                    &route,
+                    target.upstream.config.kind.name(),
+                    e.kind.label(),
+                );
             }
         }
         metrics::breaker_state(&route, &target.label, b.state().gauge());
@@ -329,6 +344,7 @@ impl<A: Attempt> Chain<'_, A> {
             record.other_model = target.other_model;
             self.trace
                 .answered(&target.label, &target.model, target.upstream.base_url());
+            record.served_by = Some(target.served_by());
         }
         // The attempt's span ends with it; a stream's, when the stream ends.
         let result = match result {
@@ -570,6 +586,9 @@ async fn attempt(
     route: &Arc<str>,
 ) -> Result<Answer, ProxyError> {
     let upstream = &target.upstream;
+    if upstream.config.kind.speaks_chat() {
+        return super::chat::attempt(target, op, prepared, first_byte, deadline, route).await;
+    }
     let sent = Instant::now();
     let response = upstream
         .send(

@@ -444,26 +444,9 @@ pub fn request(body: &Value) -> Result<Translated, ProxyError> {
     })
 }
 
-/// Bedrock's stop reason as an OpenAI `finish_reason`.
-pub fn finish_reason(stop: Option<&str>) -> &'static str {
-    match stop {
-        Some("max_tokens" | "model_context_window_exceeded") => "length",
-        Some("tool_use") => "tool_calls",
-        Some("guardrail_intervened" | "content_filtered") => "content_filter",
-        _ => "stop",
-    }
-}
-
-/// Converse usage as OpenAI usage: prompt tokens include cached ones.
-pub fn usage(u: &Usage) -> Value {
-    let prompt = u.input_tokens + u.cache_read_input_tokens + u.cache_write_input_tokens;
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": u.output_tokens,
-        "total_tokens": prompt + u.output_tokens,
-        "prompt_tokens_details": { "cached_tokens": u.cache_read_input_tokens },
-    })
-}
+// The stop-reason and usage tables are shared with the `openai` and
+// `sagemaker` upstreams, which translate the other way.
+pub use crate::chat::{finish_reason, usage};
 
 /// A Converse response body as a Chat Completion.
 pub fn response(converse: &Value, model: &str, id: &str, created: u64) -> Value {
