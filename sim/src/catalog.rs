@@ -1,7 +1,9 @@
 //! The simulated Bedrock's model catalog: which model ids exist, what they support,
-//! and how fast they are. Parsed from TOML (`models.toml`, embedded by default).
+//! and how fast they are, and AWS's default prompt routers. Parsed from TOML
+//! (`models.toml`, embedded by default).
 
-use bedrock_wire::catalog::{Lookup, ModelIds};
+pub use bedrock_wire::catalog::ServiceTierRegions;
+use bedrock_wire::catalog::{check_router, prompt_router_id, Lookup, ModelIds};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -51,12 +53,55 @@ pub struct Model {
     pub standard: Speed,
     #[serde(default)]
     pub optimized: Option<Speed>,
+    /// Regions offering the priority and flex service tiers.
+    #[serde(default)]
+    pub service_tiers: ServiceTierRegions,
+    /// Served through StartAsyncInvoke only (video generation).
+    #[serde(default)]
+    pub async_invoke: bool,
+    /// How long an async job takes, in simulated seconds.
+    #[serde(default)]
+    pub async_job: Option<AsyncJobTime>,
+    /// Served through InvokeModelWithBidirectionalStream only (speech).
+    #[serde(default)]
+    pub bidirectional_stream: bool,
+}
+
+/// How long an async invocation runs: a base plus a share per second of output.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncJobTime {
+    pub base_s: f64,
+    pub per_output_second_s: f64,
+}
+
+/// One of AWS's default prompt routers, as the simulator runs it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Router {
+    /// The id its ARN ends with (`anthropic.claude:1`).
+    pub id: String,
+    /// The two inference profiles it routes between, the smaller model first.
+    pub models: Vec<String>,
+    /// Prompts of at least this many input tokens go to the larger model.
+    #[serde(default = "default_large_from_tokens")]
+    pub large_from_tokens: u32,
+}
+
+fn default_large_from_tokens() -> u32 {
+    1000
 }
 
 /// Bedrock's limit on cache checkpoints per request.
 pub const MAX_CACHE_POINTS: usize = bedrock_wire::catalog::BEDROCK_MAX_CACHE_POINTS as usize;
 
 impl Model {
+    /// Whether Converse, InvokeModel and CountTokens serve it (text models do;
+    /// video and speech models have their own operations).
+    pub fn is_text(&self) -> bool {
+        !self.async_invoke && !self.bidirectional_stream
+    }
+
     /// The name Anthropic-native responses carry in `model` (the id without
     /// provider prefix and version suffix).
     pub fn short_name(&self) -> &str {
@@ -74,12 +119,15 @@ pub type Resolved = Lookup<Model>;
 pub struct Catalog {
     ids: ModelIds<Model>,
     models: Vec<Arc<Model>>,
+    routers: Vec<Router>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CatalogFile {
     models: Vec<Model>,
+    #[serde(default)]
+    routers: Vec<Router>,
 }
 
 impl Catalog {
@@ -94,10 +142,29 @@ impl Catalog {
                     model.id
                 ));
             }
+            if model.async_invoke != model.async_job.is_some() {
+                return Err(format!(
+                    "model {}: `async_invoke` and `async_job` go together",
+                    model.id
+                ));
+            }
             let model = Arc::new(model);
             catalog.ids.add(&model, &model.id, &model.profiles)?;
             catalog.models.push(model);
         }
+        for router in &file.routers {
+            let info = bedrock_wire::catalog::RouterInfo {
+                id: router.id.clone(),
+                models: router.models.clone(),
+            };
+            check_router(&info, |id| {
+                catalog
+                    .ids
+                    .get(id)
+                    .is_some_and(|l| l.via_profile && l.model.is_text())
+            })?;
+        }
+        catalog.routers = file.routers;
         Ok(catalog)
     }
 
@@ -116,6 +183,18 @@ impl Catalog {
     /// Every model.
     pub fn models(&self) -> &[Arc<Model>] {
         &self.models
+    }
+
+    /// The prompt router a model id names, when it is a prompt-router ARN of
+    /// one the catalog knows.
+    pub fn router(&self, model_id: &str) -> Option<&Router> {
+        let id = prompt_router_id(model_id)?;
+        self.routers.iter().find(|r| r.id == id)
+    }
+
+    /// Every prompt router.
+    pub fn routers(&self) -> &[Router] {
+        &self.routers
     }
 }
 
@@ -141,6 +220,44 @@ mod tests {
         assert_eq!(arn.model.id, base.model.id);
         assert_eq!(base.model.short_name(), "claude-3-5-haiku-20241022");
         assert!(catalog.resolve("anthropic.claude-99").is_none());
+    }
+
+    #[test]
+    fn it_agrees_with_the_proxys_catalog() {
+        let sim = Catalog::parse(DEFAULT_CATALOG).unwrap();
+        let proxy = bedrock_wire::catalog::Catalog::embedded();
+        for model in sim.models() {
+            let Some(info) = proxy.get(&model.id) else {
+                continue;
+            };
+            let info = &info.model;
+            assert_eq!(model.profiles, info.profiles, "{}", model.id);
+            assert_eq!(
+                model.optimized_regions, info.optimized_regions,
+                "{}",
+                model.id
+            );
+            assert_eq!(model.service_tiers, info.service_tiers, "{}", model.id);
+            assert_eq!(model.async_invoke, info.async_invoke, "{}", model.id);
+            assert_eq!(
+                model.bidirectional_stream, info.bidirectional_stream,
+                "{}",
+                model.id
+            );
+            assert_eq!(model.prompt_cache, info.prompt_cache, "{}", model.id);
+        }
+        let ids = |r: &[String]| r.to_vec();
+        let sim_routers: Vec<_> = sim
+            .routers()
+            .iter()
+            .map(|r| (r.id.clone(), ids(&r.models)))
+            .collect();
+        let proxy_routers: Vec<_> = proxy
+            .routers()
+            .iter()
+            .map(|r| (r.id.clone(), ids(&r.models)))
+            .collect();
+        assert_eq!(sim_routers, proxy_routers);
     }
 
     #[test]

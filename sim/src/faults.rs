@@ -1,7 +1,7 @@
 //! Scripted faults: rules added with `POST /_sim/faults` (or one-off, with the
 //! `x-sim-fault` request header) that make matching requests fail the way Bedrock
 //! fails: error responses, slow first bytes, exceptions in the middle of a
-//! stream, or a connection cut.
+//! stream, a connection cut, or an async job that ends Failed.
 
 use bedrock_wire::error::ErrorType;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,8 @@ pub enum FaultKind {
     SlowFirstByte,
     MidstreamError,
     ConnectionReset,
+    /// StartAsyncInvoke succeeds, and the job ends Failed.
+    JobFailure,
 }
 
 impl FaultKind {
@@ -41,8 +43,15 @@ pub struct FaultRule {
     /// Matches the latency tier the request asked for: `standard` or `optimized`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<String>,
-    /// Matches one operation: `converse`, `converse-stream`, `invoke`,
-    /// `invoke-with-response-stream` or `count-tokens`.
+    /// Matches the service tier the request asked for: `priority`, `default`
+    /// (also a request that names none), `flex` or `reserved`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
+    /// Matches one operation by its label: `converse`, `converse-stream`,
+    /// `invoke`, `invoke-with-response-stream`, `count-tokens`,
+    /// `invoke-with-bidirectional-stream`, `apply-guardrail`,
+    /// `invoke-guardrail-checks`, `start-async-invoke`, `get-async-invoke` or
+    /// `list-async-invokes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
     pub fault: FaultKind,
@@ -74,6 +83,7 @@ impl FaultRule {
         FaultRule {
             model: None,
             latency: None,
+            service_tier: None,
             operation: None,
             fault,
             times: None,
@@ -97,8 +107,15 @@ impl FaultRule {
                 return Err(format!("latency must be standard or optimized, got {l}"));
             }
         }
+        if let Some(t) = &self.service_tier {
+            if bedrock_wire::tier::ServiceTier::parse(t).is_none() {
+                return Err(format!(
+                    "service_tier must be priority, default, flex or reserved, got {t}"
+                ));
+            }
+        }
         if let Some(op) = &self.operation {
-            if crate::request::Operation::from_name(op).is_none() {
+            if bedrock_wire::operation::RuntimeOperation::from_label(op).is_none() {
                 return Err(format!("unknown operation {op}"));
             }
         }
@@ -140,10 +157,22 @@ impl FaultRule {
         Ok(rule)
     }
 
-    fn matches(&self, model_id: &str, tier: &str, operation: &str) -> bool {
-        self.model.as_deref().is_none_or(|m| model_id.contains(m))
-            && self.latency.as_deref().is_none_or(|l| l == tier)
-            && self.operation.as_deref().is_none_or(|o| o == operation)
+    fn matches(&self, target: &Target<'_>) -> bool {
+        self.model
+            .as_deref()
+            .is_none_or(|m| target.ids.iter().any(|id| id.contains(m)))
+            && self
+                .latency
+                .as_deref()
+                .is_none_or(|l| Some(l) == target.latency)
+            && self
+                .service_tier
+                .as_deref()
+                .is_none_or(|t| Some(t) == target.service_tier)
+            && self
+                .operation
+                .as_deref()
+                .is_none_or(|o| o == target.operation)
     }
 
     /// The error response of an error fault; `None` for the timing faults.
@@ -189,6 +218,20 @@ impl FaultRule {
     }
 }
 
+/// What a request is, as fault rules see it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target<'a> {
+    /// The ids a `model` rule may match: the model id as the caller wrote it,
+    /// and the model a prompt router chose (or a guardrail's id).
+    pub ids: &'a [&'a str],
+    /// The latency tier asked for, for model operations.
+    pub latency: Option<&'a str>,
+    /// The service tier asked for (`default` when none), for model operations.
+    pub service_tier: Option<&'a str>,
+    /// The operation's label.
+    pub operation: &'a str,
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct Installed {
     id: u64,
@@ -226,11 +269,10 @@ impl Faults {
     }
 
     /// The first rule that matches and fires for this request, used up by one.
-    pub fn take(&self, model_id: &str, tier: &str, operation: &str) -> Option<FaultRule> {
+    pub fn take(&self, target: &Target<'_>) -> Option<FaultRule> {
         let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         let index = rules.iter().position(|r| {
-            r.rule.matches(model_id, tier, operation)
-                && r.rule.probability.is_none_or(|p| fastrand::f64() < p)
+            r.rule.matches(target) && r.rule.probability.is_none_or(|p| fastrand::f64() < p)
         })?;
         let installed = &mut rules[index];
         installed.fired += 1;
@@ -253,25 +295,85 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
+    fn target<'a>(ids: &'a [&'a str], latency: &'a str, service: &'a str) -> Target<'a> {
+        Target {
+            ids,
+            latency: Some(latency),
+            service_tier: Some(service),
+            operation: "converse",
+        }
+    }
+
     #[test]
     fn rules_match_and_are_used_up() {
         let faults = Faults::default();
         faults.add(rule(serde_json::json!({"model": "haiku", "latency": "optimized", "fault": "throttle", "times": 2})));
+        let haiku = ["us.anthropic.claude-3-5-haiku"];
         assert!(faults
-            .take("us.anthropic.claude-3-5-haiku", "standard", "converse")
+            .take(&target(&haiku, "standard", "default"))
             .is_none());
         assert!(faults
-            .take("us.meta.llama", "optimized", "converse")
+            .take(&target(&["us.meta.llama"], "optimized", "default"))
             .is_none());
         for _ in 0..2 {
             let r = faults
-                .take("us.anthropic.claude-3-5-haiku", "optimized", "converse")
+                .take(&target(&haiku, "optimized", "default"))
                 .unwrap();
             assert_eq!(r.fault, FaultKind::Throttle);
         }
         assert!(faults
-            .take("us.anthropic.claude-3-5-haiku", "optimized", "converse")
+            .take(&target(&haiku, "optimized", "default"))
             .is_none());
+    }
+
+    #[test]
+    fn rules_match_service_tiers_operations_and_routed_models() {
+        let faults = Faults::default();
+        faults.add(rule(
+            serde_json::json!({"service_tier": "flex", "fault": "throttle"}),
+        ));
+        faults.add(rule(serde_json::json!({"model": "claude-3-haiku", "operation": "converse", "fault": "unavailable"})));
+        let nova = ["us.amazon.nova-pro-v1:0"];
+        assert!(faults.take(&target(&nova, "standard", "default")).is_none());
+        assert_eq!(
+            faults
+                .take(&target(&nova, "standard", "flex"))
+                .unwrap()
+                .fault,
+            FaultKind::Throttle
+        );
+        let routed = [
+            "arn:aws:bedrock:us-east-2:123456789012:default-prompt-router/anthropic.claude:1",
+            "us.anthropic.claude-3-haiku-20240307-v1:0",
+        ];
+        assert_eq!(
+            faults
+                .take(&target(&routed, "standard", "default"))
+                .unwrap()
+                .fault,
+            FaultKind::Unavailable
+        );
+        let apply = Target {
+            ids: &["demoguardrail"],
+            operation: "apply-guardrail",
+            ..Target::default()
+        };
+        assert!(faults.take(&apply).is_none());
+        assert!(rule(
+            serde_json::json!({"operation": "start-async-invoke", "fault": "job-failure"})
+        )
+        .validate()
+        .is_ok());
+        assert!(
+            rule(serde_json::json!({"operation": "teleport", "fault": "throttle"}))
+                .validate()
+                .is_err()
+        );
+        assert!(
+            rule(serde_json::json!({"service_tier": "gold", "fault": "throttle"}))
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

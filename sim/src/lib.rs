@@ -1,38 +1,54 @@
 //! bedrock-sim: a Bedrock Runtime simulator that the official SDKs cannot tell
-//! from Bedrock. It serves Converse, ConverseStream, InvokeModel,
-//! InvokeModelWithResponseStream and CountTokens on their real paths with the real
-//! JSON, event-stream frames, headers and errors; models latency (TTFT, output
-//! speed, standard vs optimized), Bedrock's prompt cache, the optimized-tier quota
-//! and scripted faults; and answers deterministically at temperature 0.
+//! from Bedrock. It serves all eleven Bedrock Runtime operations on their real
+//! paths with the real JSON, event-stream frames, headers and errors: Converse,
+//! ConverseStream, InvokeModel, InvokeModelWithResponseStream and CountTokens;
+//! ApplyGuardrail and InvokeGuardrailChecks; StartAsyncInvoke, GetAsyncInvoke
+//! and ListAsyncInvokes; and InvokeModelWithBidirectionalStream. It models
+//! latency (TTFT, output speed, standard vs optimized, service tiers), Bedrock's
+//! prompt cache, the optimized and flex quotas, AWS's default prompt routers,
+//! word-policy guardrails, async jobs on a simulated clock and scripted faults;
+//! and answers deterministically at temperature 0.
 //!
 //! # Layout
 //! - [`config`]: settings (TOML and flags).
-//! - [`catalog`]: the models, what they support and how fast they are.
+//! - [`catalog`]: the models, what they support and how fast they are; prompt routers.
 //! - [`auth`]: SigV4 and bearer credentials.
 //! - [`request`]: Bedrock's validation; any body format read into one `Prompt`.
+//! - [`router`]: which model a prompt router picks.
+//! - [`service_tier`]: service tiers: offered where, the flex quota, their timing.
+//! - [`guardrail`]: guardrails (word policy) and ApplyGuardrail.
+//! - [`guardrail_checks`]: the InvokeGuardrailChecks operation.
 //! - [`faults`]: scripted failures.
 //! - [`prompt_cache`]: the prompt-cache model.
 //! - [`latency`]: the timing model.
 //! - [`generate`]: deterministic answers, tool calls included.
 //! - [`render`]: answers written as Converse, Anthropic or Llama, JSON or stream.
-//! - [`api`]: the five operations, in that order of stages.
+//! - [`api`]: the routes; the five model operations, in that order of stages.
+//! - [`async_invoke`]: StartAsyncInvoke, GetAsyncInvoke, ListAsyncInvokes.
+//! - [`bidi`]: InvokeModelWithBidirectionalStream (a simulated Nova Sonic).
 //! - [`control`]: `/_sim/*` endpoints for tests.
-//! - [`state`]: clock, request log, counters, quota.
+//! - [`state`]: clock, request log, counters, quotas.
 //! - [`error`]: error responses.
 //! - `testing` (feature `testing`): SDK and raw HTTP clients for tests.
 
 pub mod api;
+pub mod async_invoke;
 pub mod auth;
+pub mod bidi;
 pub mod catalog;
 pub mod config;
 pub mod control;
 pub mod error;
 pub mod faults;
 pub mod generate;
+pub mod guardrail;
+pub mod guardrail_checks;
 pub mod latency;
 pub mod prompt_cache;
 pub mod render;
 pub mod request;
+pub mod router;
+pub mod service_tier;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -60,17 +76,22 @@ pub struct SimState {
     pub stats: state::Stats,
     pub faults: faults::Faults,
     pub quota: state::Quota,
+    /// Flex requests per model over the last minute (`flex_rpm`).
+    pub flex_quota: state::Quota,
     pub prompt_cache: prompt_cache::PromptCache,
+    pub jobs: async_invoke::Jobs,
 }
 
 impl SimState {
-    /// Forgets requests, counters, faults, quota use and cached prefixes.
+    /// Forgets requests, counters, faults, quota use, cached prefixes and async jobs.
     pub fn reset(&self) {
         self.log.clear();
         self.stats.reset();
         self.faults.clear();
         self.quota.reset();
+        self.flex_quota.reset();
         self.prompt_cache.clear();
+        self.jobs.clear();
     }
 }
 
@@ -102,7 +123,9 @@ impl Simulator {
                 stats: state::Stats::default(),
                 faults: faults::Faults::default(),
                 quota: state::Quota::default(),
+                flex_quota: state::Quota::default(),
                 prompt_cache: prompt_cache::PromptCache::default(),
+                jobs: async_invoke::Jobs::default(),
             }),
         })
     }

@@ -107,6 +107,40 @@ pub fn verify(
     body: &[u8],
     now: SystemTime,
 ) -> Result<(), VerifyError> {
+    verify_signed(
+        auth,
+        secret_access_key,
+        method,
+        uri,
+        headers,
+        Some(body),
+        now,
+    )
+}
+
+/// Checks the signature of a request whose body is still arriving (an
+/// event-stream upload): the signature covers the headers and the payload hash
+/// the client claimed (`UNSIGNED-PAYLOAD` when it sent none), not the body.
+pub fn verify_headers(
+    auth: &Authorization<'_>,
+    secret_access_key: &str,
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Result<(), VerifyError> {
+    verify_signed(auth, secret_access_key, method, uri, headers, None, now)
+}
+
+fn verify_signed(
+    auth: &Authorization<'_>,
+    secret_access_key: &str,
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+    now: SystemTime,
+) -> Result<(), VerifyError> {
     let date_header = headers
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
@@ -131,15 +165,21 @@ pub fn verify(
     let content_sha = headers
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok());
-    let signable_body = match content_sha {
-        Some("UNSIGNED-PAYLOAD") => SignableBody::UnsignedPayload,
-        Some(claimed) => {
+    let signable_body = match (content_sha, body) {
+        (Some("UNSIGNED-PAYLOAD"), _) => SignableBody::UnsignedPayload,
+        (Some(claimed), Some(body)) => {
             if hex::encode(Sha256::digest(body)) != claimed {
                 return Err(VerifyError::BodyHash);
             }
             SignableBody::Bytes(body)
         }
-        None => SignableBody::Bytes(body),
+        // A body not read yet: the claimed hash (or the event-stream marker,
+        // each frame then carrying its own chunk signature) is what was signed.
+        (Some(claimed), None) => SignableBody::Precomputed(claimed.to_owned()),
+        (None, Some(body)) => SignableBody::Bytes(body),
+        // SDKs sign a streaming body they cannot hash as UNSIGNED-PAYLOAD
+        // without sending the header.
+        (None, None) => SignableBody::UnsignedPayload,
     };
 
     let identity: Identity = Credentials::new(
@@ -183,6 +223,10 @@ mod tests {
 
     /// Signs like an SDK would, with `aws-sigv4` and its default settings.
     fn signed_headers(body: &[u8], time: SystemTime) -> HeaderMap {
+        signed_headers_for(SignableBody::Bytes(body), time)
+    }
+
+    fn signed_headers_for(signable: SignableBody<'_>, time: SystemTime) -> HeaderMap {
         let identity: Identity = Credentials::new("AKIDEXAMPLE", "secret", None, None, "t").into();
         let params = v4::SigningParams::builder()
             .identity(&identity)
@@ -202,7 +246,7 @@ mod tests {
             "POST",
             "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse",
             base.iter().copied(),
-            SignableBody::Bytes(body),
+            signable,
         )
         .unwrap();
         let (instructions, _) = sign(req, &params).unwrap().into_parts();
@@ -261,6 +305,27 @@ mod tests {
                 now + Duration::from_secs(3600)
             ),
             Err(VerifyError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_streaming_upload_verifies_from_its_headers() {
+        let now = SystemTime::now();
+        let headers = signed_headers_for(SignableBody::UnsignedPayload, now);
+        let value = headers["authorization"].to_str().unwrap().to_owned();
+        let auth = parse_authorization(&value).unwrap();
+        let uri = "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse";
+        assert_eq!(
+            verify_headers(&auth, "secret", "POST", uri, &headers, now),
+            Ok(())
+        );
+        assert_eq!(
+            verify_headers(&auth, "wrong", "POST", uri, &headers, now),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            verify_headers(&auth, "secret", "POST", "/model/x/converse", &headers, now),
+            Err(VerifyError::Mismatch)
         );
     }
 
