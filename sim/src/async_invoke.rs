@@ -149,9 +149,20 @@ impl Job {
     }
 }
 
+/// The wall-clock time of simulated instant `at`, to the millisecond: the
+/// precision timestamps are reported in, so filters compare what callers saw.
+fn wall_time(state: &SimState, at: Duration) -> DateTime {
+    let since_epoch = state
+        .clock
+        .wall(at)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    DateTime::from_millis(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// An ISO 8601 timestamp of simulated instant `at`.
 fn timestamp(state: &SimState, at: Duration) -> String {
-    DateTime::from(state.clock.wall(at))
+    wall_time(state, at)
         .fmt(Format::DateTime)
         .unwrap_or_default()
 }
@@ -677,7 +688,7 @@ async fn serve_list(
     fault_error(state, &parts.headers, &target).await?;
 
     let now = state.clock.now();
-    let secs = |at: Duration| DateTime::from(state.clock.wall(at));
+    let secs = |at: Duration| wall_time(state, at);
     let mut jobs: Vec<Job> = state
         .jobs
         .all()

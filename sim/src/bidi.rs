@@ -255,7 +255,6 @@ struct Session {
     out: VecDeque<Out>,
     end: Option<End>,
     finished: bool,
-    received: u64,
     sent_events: u64,
     totals: Usage,
 }
@@ -269,10 +268,8 @@ struct Usage {
 }
 
 impl Drop for Session {
+    /// A client that went away before the end cancelled the session; count it.
     fn drop(&mut self) {
-        self.state
-            .stats
-            .bidi_events(self.received, self.sent_events);
         if !self.finished {
             self.state.stats.stream_cancelled();
         }
@@ -306,7 +303,6 @@ impl Session {
             out: VecDeque::new(),
             end: None,
             finished: false,
-            received: 0,
             sent_events: 0,
             totals: Usage::default(),
         }
@@ -315,6 +311,7 @@ impl Session {
     /// Counts a frame going out, and applies a scripted mid-stream fault.
     fn sent(&mut self, frame: Bytes) -> Bytes {
         self.sent_events += 1;
+        self.state.stats.bidi_events(0, 1);
         if let Some(f) = &self.fault {
             let after = u64::from(f.after_events.unwrap_or(2));
             if self.sent_events >= after && self.end.is_none() {
@@ -380,7 +377,7 @@ impl Session {
                 return self.invalid(format!("Invalid input event: the chunk is not JSON ({e})."))
             }
         };
-        self.received += 1;
+        self.state.stats.bidi_events(1, 0);
         self.event(&event)
     }
 

@@ -120,7 +120,8 @@ pub fn verify(
 
 /// Checks the signature of a request whose body is still arriving (an
 /// event-stream upload): the signature covers the headers and the payload hash
-/// the client claimed (`UNSIGNED-PAYLOAD` when it sent none), not the body.
+/// the client claimed, or the empty payload's when it claimed none (what the
+/// AWS SDKs sign for an event-stream upload), never the body itself.
 pub fn verify_headers(
     auth: &Authorization<'_>,
     secret_access_key: &str,
@@ -177,9 +178,9 @@ fn verify_signed(
         // each frame then carrying its own chunk signature) is what was signed.
         (Some(claimed), None) => SignableBody::Precomputed(claimed.to_owned()),
         (None, Some(body)) => SignableBody::Bytes(body),
-        // SDKs sign a streaming body they cannot hash as UNSIGNED-PAYLOAD
-        // without sending the header.
-        (None, None) => SignableBody::UnsignedPayload,
+        // An event-stream upload without the header: the AWS SDKs sign its
+        // headers over the empty payload; the frames are signed one by one.
+        (None, None) => SignableBody::Bytes(&[]),
     };
 
     let identity: Identity = Credentials::new(
@@ -311,7 +312,7 @@ mod tests {
     #[test]
     fn a_streaming_upload_verifies_from_its_headers() {
         let now = SystemTime::now();
-        let headers = signed_headers_for(SignableBody::UnsignedPayload, now);
+        let headers = signed_headers_for(SignableBody::Bytes(&[]), now);
         let value = headers["authorization"].to_str().unwrap().to_owned();
         let auth = parse_authorization(&value).unwrap();
         let uri = "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse";
