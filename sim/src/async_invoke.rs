@@ -21,7 +21,7 @@ use regex_lite::Regex;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -167,7 +167,11 @@ fn timestamp(state: &SimState, at: Duration) -> String {
         .unwrap_or_default()
 }
 
-/// Every async invocation the simulated account made.
+/// Jobs remembered; past this the oldest are forgotten, so a long benchmark
+/// cannot grow the simulator without bound.
+pub const MAX_JOBS: usize = 10_000;
+
+/// Every async invocation the simulated account made (the newest [`MAX_JOBS`]).
 #[derive(Debug, Default)]
 pub struct Jobs {
     // A std mutex: every critical section is short and none spans an await.
@@ -176,8 +180,10 @@ pub struct Jobs {
 
 #[derive(Debug, Default)]
 struct JobsInner {
-    jobs: Vec<Job>,
-    by_token: HashMap<String, usize>,
+    /// In submission order, oldest first.
+    jobs: VecDeque<Job>,
+    /// Client request token -> the invocation it started.
+    by_token: HashMap<String, String>,
 }
 
 /// What adding a job did.
@@ -197,18 +203,28 @@ impl Jobs {
     fn add(&self, job: Job) -> Added {
         self.with(|inner| {
             if let Some(token) = &job.token {
-                if let Some(&i) = inner.by_token.get(token) {
-                    let existing = &inner.jobs[i];
+                let seen = inner
+                    .by_token
+                    .get(token)
+                    .and_then(|arn| inner.jobs.iter().find(|j| &j.arn == arn));
+                if let Some(existing) = seen {
                     return if existing.fingerprint == job.fingerprint {
                         Added::Existing(existing.arn.clone())
                     } else {
                         Added::Conflict
                     };
                 }
-                inner.by_token.insert(token.clone(), inner.jobs.len());
+                inner.by_token.insert(token.clone(), job.arn.clone());
             }
             let arn = job.arn.clone();
-            inner.jobs.push(job);
+            inner.jobs.push_back(job);
+            while inner.jobs.len() > MAX_JOBS {
+                if let Some(old) = inner.jobs.pop_front() {
+                    if let Some(token) = old.token {
+                        inner.by_token.remove(&token);
+                    }
+                }
+            }
             Added::New(arn)
         })
     }
@@ -218,7 +234,16 @@ impl Jobs {
     }
 
     fn all(&self) -> Vec<Job> {
-        self.with(|inner| inner.jobs.clone())
+        self.with(|inner| inner.jobs.iter().cloned().collect())
+    }
+
+    /// How many jobs are remembered.
+    pub fn len(&self) -> usize {
+        self.with(|inner| inner.jobs.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Forgets every job.
@@ -774,6 +799,40 @@ mod tests {
             &INVOCATION_ARN,
             "arn:aws:bedrock:us-east-2:123456789012:async-invoke/ABC"
         ));
+    }
+
+    fn job(n: usize, token: Option<&str>) -> Job {
+        Job {
+            arn: format!("arn:aws:bedrock:us-east-2:123456789012:async-invoke/{n:012}"),
+            model_arn: String::new(),
+            token: token.map(str::to_owned),
+            fingerprint: [0; 32],
+            submitted: Duration::ZERO,
+            runs_for: Duration::ZERO,
+            failure: None,
+            output: Value::Null,
+        }
+    }
+
+    #[test]
+    fn tokens_find_their_job_and_the_oldest_jobs_are_forgotten() {
+        let jobs = Jobs::default();
+        assert!(matches!(jobs.add(job(0, Some("t"))), Added::New(_)));
+        assert!(
+            matches!(jobs.add(job(1, Some("t"))), Added::Existing(a) if a.ends_with("000000000000"))
+        );
+        let mut other = job(2, Some("t"));
+        other.fingerprint = [1; 32];
+        assert!(matches!(jobs.add(other), Added::Conflict));
+        for n in 3..MAX_JOBS + 3 {
+            jobs.add(job(n, None));
+        }
+        assert_eq!(jobs.len(), MAX_JOBS);
+        assert!(jobs.get(&job(0, None).arn).is_none());
+        // The forgotten job's token is free again.
+        assert!(matches!(jobs.add(job(99_999, Some("t"))), Added::New(_)));
+        jobs.clear();
+        assert!(jobs.is_empty());
     }
 
     #[test]
