@@ -965,4 +965,39 @@ mod tests {
         s.event(&ev(json!({"sessionStart": {}})));
         assert!(!s.event(&ev(json!({"teleport": {}}))));
     }
+
+    proptest::proptest! {
+        /// Whatever bytes a client uploads, the session answers or ends with
+        /// an exception; it never panics.
+        #[test]
+        fn any_upload_is_refused_cleanly(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut s = session();
+            let mut splitter = FrameSplitter::new();
+            splitter.push(&bytes);
+            while let Ok(Some(frame)) = splitter.next_frame() {
+                if !s.frame(frame) {
+                    break;
+                }
+            }
+        }
+
+        /// Any sequence of well-framed events with arbitrary names and members
+        /// is handled without a panic.
+        #[test]
+        fn any_event_sequence_is_handled(events in proptest::collection::vec(
+            (0usize..10, "[a-zA-Z]{0,6}", proptest::option::of(0u64..3)), 0..20)) {
+            const NAMES: [&str; 10] = ["sessionStart", "promptStart", "contentStart", "textInput",
+                "audioInput", "contentEnd", "promptEnd", "sessionEnd", "bogus", ""];
+            let mut s = session();
+            for (name, text, n) in events {
+                let body = json!({"promptName": "p", "contentName": format!("c{}", n.unwrap_or(0)),
+                    "type": if n == Some(1) { "AUDIO" } else { "TEXT" }, "role": "USER", "content": text});
+                let frame = eventstream::event_frame("chunk", json!({"bytes":
+                    base64::engine::general_purpose::STANDARD.encode(json!({"event": {NAMES[name]: body}}).to_string())}).to_string());
+                if !s.frame(frame) {
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -731,4 +731,16 @@ mod tests {
         assert_eq!(ok.texts, ["a"]);
         assert_eq!(ok.images, 1);
     }
+
+    proptest::proptest! {
+        /// Any text and any word: a match, when there is one, is a slice of
+        /// the text equal to the word ignoring case; never a panic.
+        #[test]
+        fn word_matching_never_panics(text in "\\PC{0,40}", word in "\\PC{0,6}") {
+            if let Some(m) = find_word(&text, &word) {
+                proptest::prop_assert!(text.contains(m));
+                proptest::prop_assert_eq!(m.to_lowercase(), word.trim().to_lowercase());
+            }
+        }
+    }
 }
