@@ -2,21 +2,29 @@
 # Runs every test of the project on a fresh machine, installing what it needs:
 # Python clients in .venv, then formatting and lint checks, the Rust tests
 # (unit and end to end, with the AWS SDK for Rust) and the Python client tests
-# (boto3, openai, anthropic) against the built binaries.
+# (boto3, openai, anthropic) against the built binaries, with the deploy/ kit
+# checked against a real Prometheus, promtool, kustomize and the Kubernetes schemas.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "System packages (redis-server for the shared-cache tests)"
-if ! command -v redis-server >/dev/null 2>&1; then
+step "System packages (redis-server for the shared-cache tests; prometheus and promtool for deploy/)"
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 redis-server --version
+prometheus --version 2>&1 | sed -n 1p
+# deploy/k8s renders with a kustomize binary, or kubectl's built-in kustomize
+# (neither is packaged by Debian; kubectl ships with this machine image).
+if command -v kustomize >/dev/null 2>&1; then kustomize version; else kubectl version --client 2>&1 | grep -i kustomize || echo "no kustomize and no kubectl: the deploy/k8s tests will fail"; fi
 
 step "Python clients (.venv)"
 if [ ! -x .venv/bin/python ]; then

@@ -12,8 +12,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::Ordering;
 
-use crate::app::AppState;
 use crate::config::UpstreamKind;
+use crate::state::AppState;
 
 /// The admin router. `/metrics`, `/healthz` and `/readyz` are open (scrapers
 /// and probes); `/admin/*` and `/_sim/*` change or reveal the proxy's state, so
@@ -145,7 +145,8 @@ async fn config(State(state): State<AppState>) -> Json<serde_json::Value> {
 }
 
 async fn cache_stats(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(state.cache.describe().await)
+    let p = &state.pipeline;
+    Json(p.cache.describe(p.flights.len()).await)
 }
 
 #[derive(serde::Deserialize)]
@@ -160,6 +161,7 @@ async fn cache_clear(
     Query(scope): Query<CacheScope>,
 ) -> Json<serde_json::Value> {
     let (l1, l2) = state
+        .pipeline
         .cache
         .invalidate(scope.tenant.as_deref(), scope.route.as_deref())
         .await;
@@ -170,8 +172,8 @@ async fn cache_clear(
 /// `GET /admin/prefixes`: the prompt prefixes seen most, for the prompt-cache planner.
 async fn prefixes(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
-        "remembered": state.prefixes.len(),
-        "top": state.prefixes.top(50),
+        "remembered": state.pipeline.prefixes.len(),
+        "top": state.pipeline.prefixes.top(50),
     }))
 }
 
@@ -189,7 +191,7 @@ async fn reload(State(state): State<AppState>) -> Response {
         Ok(hash) => Json(json!({ "reloaded": true, "hash": hash })).into_response(),
         Err(error) => (
             StatusCode::BAD_REQUEST,
-            Json(json!({ "reloaded": false, "error": error })),
+            Json(json!({ "reloaded": false, "error": error.to_string() })),
         )
             .into_response(),
     }
@@ -198,17 +200,11 @@ async fn reload(State(state): State<AppState>) -> Response {
 /// `GET /admin/breakers`: each upstream target's circuit breaker.
 async fn breakers(State(state): State<AppState>) -> Json<serde_json::Value> {
     let states: Vec<_> = state
+        .pipeline
         .breakers
         .states()
         .into_iter()
-        .map(|(target, s)| {
-            let state = match s {
-                crate::upstream::breaker::State::Closed => "closed",
-                crate::upstream::breaker::State::HalfOpen => "half_open",
-                crate::upstream::breaker::State::Open => "open",
-            };
-            json!({ "target": target, "state": state })
-        })
+        .map(|(target, s)| json!({ "target": target, "state": s.label() }))
         .collect();
     Json(json!({ "breakers": states }))
 }

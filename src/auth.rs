@@ -21,9 +21,9 @@ use crate::error::ProxyError;
 
 /// An authenticated caller: its tenant and what its key allows.
 #[derive(Debug)]
-pub struct Principal {
+pub(crate) struct Principal {
     /// The tenant namespace (cache entries, prefix registry, metrics).
-    pub tenant: Arc<str>,
+    pub(crate) tenant: Arc<str>,
     routes: RouteAccess,
     limiter: Option<DefaultDirectRateLimiter>,
     requests_per_minute: Option<u32>,
@@ -42,7 +42,7 @@ impl Principal {
     }
 
     /// Checks the key may use `route` and is within its rate limit.
-    pub fn admit(&self, route: &str) -> Result<(), ProxyError> {
+    pub(crate) fn admit(&self, route: &str) -> Result<(), ProxyError> {
         if !self.routes.allows(route) {
             return Err(ProxyError::access_denied(format!(
                 "The key for tenant {} is not allowed to use route {route}.",
@@ -61,14 +61,14 @@ impl Principal {
     }
 
     /// Whether the key may use `route` (without counting a request).
-    pub fn may_use(&self, route: &str) -> bool {
+    pub(crate) fn may_use(&self, route: &str) -> bool {
         self.routes.allows(route)
     }
 }
 
 /// The credentials table, built from the config.
 #[derive(Debug)]
-pub struct Auth {
+pub(crate) struct Auth {
     mode: AuthMode,
     api_keys: HashMap<[u8; 32], Arc<Principal>>,
     access_keys: HashMap<String, (String, Arc<Principal>)>,
@@ -78,7 +78,7 @@ pub struct Auth {
 const MISSING: &str = "Missing credentials: send `Authorization: Bearer <key>`, `x-api-key: <key>`, or sign the request (SigV4) with an access key issued by this proxy.";
 
 impl Auth {
-    pub fn new(config: &Config) -> Auth {
+    pub(crate) fn new(config: &Config) -> Auth {
         let mut api_keys = HashMap::new();
         let mut access_keys = HashMap::new();
         for key in &config.keys {
@@ -109,7 +109,7 @@ impl Auth {
     /// key whose signature is checked once the body is in
     /// ([`Admission::caller`]), or the refusal. Unauthenticated callers are
     /// turned away without the proxy buffering their bodies.
-    pub fn admit_headers<'a>(
+    pub(crate) fn admit_headers<'a>(
         &'a self,
         headers: &'a HeaderMap,
     ) -> Result<Admission<'a>, ProxyError> {
@@ -124,19 +124,20 @@ impl Auth {
         }
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
         let Some(key) = api_key.filter(|k| !k.is_empty()) else {
-            return Err(ProxyError::access_denied(MISSING));
+            return Err(ProxyError::unauthenticated(MISSING));
         };
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         self.api_keys
             .get(&digest)
             .cloned()
             .map(Admission::Caller)
-            .ok_or_else(|| ProxyError::access_denied("The API key is not valid for this proxy."))
+            .ok_or_else(|| ProxyError::unauthenticated("The API key is not valid for this proxy."))
     }
 
     /// The caller of a request, with its body: [`Auth::admit_headers`], then
     /// [`Admission::caller`].
-    pub fn authenticate(
+    #[cfg(test)]
+    pub(crate) fn authenticate(
         &self,
         method: &str,
         uri: &str,
@@ -150,10 +151,10 @@ impl Auth {
     /// A SigV4 header, parsed, with its access key's secret and caller.
     fn access_key<'a>(&'a self, value: &'a str) -> Result<Admission<'a>, ProxyError> {
         let auth = sigv4::parse_authorization(value).ok_or_else(|| {
-            ProxyError::access_denied("The Authorization header is not a valid SigV4 header.")
+            ProxyError::unauthenticated("The Authorization header is not a valid SigV4 header.")
         })?;
         let (secret, principal) = self.access_keys.get(auth.access_key_id).ok_or_else(|| {
-            ProxyError::access_denied(format!(
+            ProxyError::unauthenticated(format!(
                 "The access key {} is not issued by this proxy.",
                 auth.access_key_id
             ))
@@ -167,7 +168,7 @@ impl Auth {
 }
 
 /// What a request's headers admitted it as.
-pub enum Admission<'a> {
+pub(crate) enum Admission<'a> {
     /// Its caller is known.
     Caller(Arc<Principal>),
     /// Signed with SigV4 by a known access key; the signature is still to check.
@@ -181,7 +182,7 @@ pub enum Admission<'a> {
 impl Admission<'_> {
     /// The caller, once the body is in: for SigV4, after the signature is
     /// checked over method, path (`uri`, as received), headers and body.
-    pub fn caller(
+    pub(crate) fn caller(
         self,
         method: &str,
         uri: &str,
@@ -197,7 +198,7 @@ impl Admission<'_> {
             } => {
                 sigv4::verify(&auth, secret, method, uri, headers, body, SystemTime::now())
                     .map_err(|e| {
-                        ProxyError::access_denied(format!("SigV4 verification failed: {e}."))
+                        ProxyError::unauthenticated(format!("SigV4 verification failed: {e}."))
                     })?;
                 Ok(principal.clone())
             }

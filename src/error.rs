@@ -16,8 +16,13 @@ use bytes::Bytes;
 pub enum ErrorKind {
     /// The request is invalid: bad JSON, too large, too deep, unknown route.
     Validation,
-    /// Missing or wrong credentials, or a route the key may not use.
+    /// No credentials, or credentials this proxy does not accept (an unknown
+    /// key, a bad signature).
+    Unauthenticated,
+    /// A known caller asking for what its key does not allow.
     AccessDenied,
+    /// The request body is larger than the proxy accepts.
+    TooLarge,
     /// A local rate limit, or upstream throttling.
     Throttled,
     /// Overload, shutdown, or an upstream that is unavailable or unreachable.
@@ -40,9 +45,11 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::Validation,
+        ErrorKind::Unauthenticated,
         ErrorKind::AccessDenied,
+        ErrorKind::TooLarge,
         ErrorKind::Throttled,
         ErrorKind::Unavailable,
         ErrorKind::Timeout,
@@ -59,7 +66,11 @@ impl ErrorKind {
     pub fn can_fall_back(self) -> bool {
         !matches!(
             self,
-            ErrorKind::Validation | ErrorKind::AccessDenied | ErrorKind::NotFound
+            ErrorKind::Validation
+                | ErrorKind::Unauthenticated
+                | ErrorKind::AccessDenied
+                | ErrorKind::TooLarge
+                | ErrorKind::NotFound
         )
     }
 
@@ -67,7 +78,9 @@ impl ErrorKind {
     pub fn label(self) -> &'static str {
         match self {
             ErrorKind::Validation => "validation",
+            ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::AccessDenied => "access_denied",
+            ErrorKind::TooLarge => "too_large",
             ErrorKind::Throttled => "throttled",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",
@@ -80,11 +93,18 @@ impl ErrorKind {
         }
     }
 
+    /// The kind of a label (`fallback_on`); `None` for anything else.
+    pub fn parse(label: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.label() == label)
+    }
+
     /// The Bedrock exception this kind is reported as.
     pub fn bedrock_type(self) -> ErrorType {
         match self {
-            ErrorKind::Validation | ErrorKind::Unsupported => ErrorType::Validation,
-            ErrorKind::AccessDenied => ErrorType::AccessDenied,
+            ErrorKind::Validation | ErrorKind::Unsupported | ErrorKind::TooLarge => {
+                ErrorType::Validation
+            }
+            ErrorKind::Unauthenticated | ErrorKind::AccessDenied => ErrorType::AccessDenied,
             ErrorKind::Throttled => ErrorType::Throttling,
             ErrorKind::Unavailable => ErrorType::ServiceUnavailable,
             ErrorKind::Timeout => ErrorType::ModelTimeout,
@@ -108,7 +128,9 @@ impl ErrorKind {
         )
     }
 
-    fn from_bedrock(t: ErrorType) -> ErrorKind {
+    /// The kind of a Bedrock exception, wherever it was reported (an error
+    /// response's `x-amzn-ErrorType`, a stream's exception frame).
+    pub fn from_bedrock(t: ErrorType) -> ErrorKind {
         match t {
             ErrorType::Validation | ErrorType::Conflict => ErrorKind::Validation,
             ErrorType::AccessDenied => ErrorKind::AccessDenied,
@@ -179,9 +201,19 @@ impl ProxyError {
         Self::new(ErrorKind::Validation, Side::Client, message)
     }
 
+    /// The client sent no credentials, or ones this proxy does not accept.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unauthenticated, Side::Client, message)
+    }
+
     /// The client may not do this.
     pub fn access_denied(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::AccessDenied, Side::Client, message)
+    }
+
+    /// The request body is over the proxy's limit.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::TooLarge, Side::Client, message)
     }
 
     /// The client is over a local limit.

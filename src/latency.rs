@@ -6,13 +6,11 @@
 //! bound to fail, and says why.
 
 use axum::http::{HeaderName, HeaderValue};
+use bedrock_wire::tier::{LatencyTier, LATENCY_HEADER};
 use serde_json::{json, Value};
 
 use crate::catalog::Lookup;
 use crate::config::LatencyPolicy;
-
-/// The request header InvokeModel carries the tier in.
-pub const INVOKE_HEADER: &str = "x-amzn-bedrock-performanceconfig-latency";
 
 /// Why `optimized` was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +39,8 @@ impl Downgrade {
 /// The tier decided for one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TierPlan {
-    /// What to send: `Some("optimized" | "standard")`, or `None` to leave the
-    /// request as it is.
-    pub send: Option<&'static str>,
+    /// What to send, or `None` to leave the request as it is.
+    pub send: Option<LatencyTier>,
     /// Set when `optimized` was wanted and is not possible here.
     pub downgraded: Option<Downgrade>,
 }
@@ -67,19 +64,19 @@ pub fn optimized_possible(model: Option<&Lookup>, region: &str) -> Result<(), Do
 /// Decides the tier of one attempt. `requested` is what the client asked.
 pub fn plan(
     policy: LatencyPolicy,
-    requested: Option<&str>,
+    requested: Option<LatencyTier>,
     model: Option<&Lookup>,
     region: &str,
 ) -> TierPlan {
     let wants_optimized = match policy {
         LatencyPolicy::Optimized => true,
         LatencyPolicy::Standard => false,
-        LatencyPolicy::Client => requested == Some("optimized"),
+        LatencyPolicy::Client => requested == Some(LatencyTier::Optimized),
     };
     if !wants_optimized {
         return TierPlan {
             send: match policy {
-                LatencyPolicy::Standard => Some("standard"),
+                LatencyPolicy::Standard => Some(LatencyTier::Standard),
                 _ => None,
             },
             downgraded: None,
@@ -87,18 +84,19 @@ pub fn plan(
     }
     match optimized_possible(model, region) {
         Ok(()) => TierPlan {
-            send: Some("optimized"),
+            send: Some(LatencyTier::Optimized),
             downgraded: None,
         },
         Err(reason) => TierPlan {
-            send: Some("standard"),
+            send: Some(LatencyTier::Standard),
             downgraded: Some(reason),
         },
     }
 }
 
 /// Puts the tier into a Converse body (other `performanceConfig` members stay).
-pub fn apply_converse(body: &mut Value, tier: &str) {
+pub fn apply_converse(body: &mut Value, tier: LatencyTier) {
+    let tier = tier.name();
     let Some(obj) = body.as_object_mut() else {
         return;
     };
@@ -116,11 +114,11 @@ pub fn apply_converse(body: &mut Value, tier: &str) {
 }
 
 /// Puts the tier into InvokeModel's headers.
-pub fn apply_invoke(headers: &mut Vec<(HeaderName, HeaderValue)>, tier: &'static str) {
-    headers.retain(|(k, _)| k != INVOKE_HEADER);
+pub fn apply_invoke(headers: &mut Vec<(HeaderName, HeaderValue)>, tier: LatencyTier) {
+    headers.retain(|(k, _)| k != LATENCY_HEADER);
     headers.push((
-        HeaderName::from_static(INVOKE_HEADER),
-        HeaderValue::from_static(tier),
+        HeaderName::from_static(LATENCY_HEADER),
+        HeaderValue::from_static(tier.name()),
     ));
 }
 
@@ -161,43 +159,49 @@ mod tests {
         let sonnet = c.get("us.anthropic.claude-3-7-sonnet-20250219-v1:0");
         assert_eq!(
             plan(LatencyPolicy::Optimized, None, haiku, "us-east-2").send,
-            Some("optimized")
+            Some(LatencyTier::Optimized)
         );
         let down = plan(LatencyPolicy::Optimized, None, sonnet, "us-east-2");
         assert_eq!(
             down,
             TierPlan {
-                send: Some("standard"),
+                send: Some(LatencyTier::Standard),
                 downgraded: Some(Downgrade::Model)
             }
         );
         assert_eq!(
             plan(
                 LatencyPolicy::Standard,
-                Some("optimized"),
+                Some(LatencyTier::Optimized),
                 haiku,
                 "us-east-2"
             )
             .send,
-            Some("standard")
+            Some(LatencyTier::Standard)
         );
         assert_eq!(
             plan(LatencyPolicy::Client, None, haiku, "us-east-2"),
             TierPlan::default()
         );
         assert_eq!(
-            plan(LatencyPolicy::Client, Some("optimized"), haiku, "us-east-2").send,
-            Some("optimized")
+            plan(
+                LatencyPolicy::Client,
+                Some(LatencyTier::Optimized),
+                haiku,
+                "us-east-2"
+            )
+            .send,
+            Some(LatencyTier::Optimized)
         );
         let doomed = plan(
             LatencyPolicy::Client,
-            Some("optimized"),
+            Some(LatencyTier::Optimized),
             sonnet,
             "us-east-2",
         );
         assert_eq!(
             doomed.send,
-            Some("standard"),
+            Some(LatencyTier::Standard),
             "a request bound to fail is never sent"
         );
     }
@@ -206,19 +210,19 @@ mod tests {
     fn tiers_are_written_where_bedrock_reads_them() {
         let mut body =
             json!({"messages": [], "performanceConfig": {"latency": "standard", "future": 1}});
-        apply_converse(&mut body, "optimized");
+        apply_converse(&mut body, LatencyTier::Optimized);
         assert_eq!(
             body["performanceConfig"],
             json!({"latency": "optimized", "future": 1})
         );
         let mut fresh = json!({"messages": []});
-        apply_converse(&mut fresh, "standard");
+        apply_converse(&mut fresh, LatencyTier::Standard);
         assert_eq!(fresh["performanceConfig"]["latency"], "standard");
         let mut headers = vec![(
-            HeaderName::from_static(INVOKE_HEADER),
+            HeaderName::from_static(LATENCY_HEADER),
             HeaderValue::from_static("optimized"),
         )];
-        apply_invoke(&mut headers, "standard");
+        apply_invoke(&mut headers, LatencyTier::Standard);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers[0].1, "standard");
     }

@@ -3,47 +3,63 @@
 //!
 //! # Layout
 //! One module per pipeline stage, in the order a request meets them:
-//! - [`ingress`]: the APIs the proxy speaks (Bedrock Runtime paths), request
-//!   limits, and rendering answers and errors back in each API's shape.
+//! - [`ingress`]: the APIs the proxy speaks (the router, load shedding, body
+//!   limits), each request turned into a pipeline call and its answer and
+//!   errors rendered back in that API's shape; the per-request books.
 //! - [`auth`]: API keys and proxy-issued SigV4 keys to tenants and allowed routes.
 //! - [`route`]: model ids and aliases to routes and upstream model ids.
-//! - [`cache`]: the response cache (keys, L1 and Redis tiers, single-flight).
+//! - [`pipeline`]: the stages after routing, in order, for one call: cache
+//!   lookup, single-flight, per-attempt planning, the upstream chain, storing.
+//! - [`cache`]: the response cache's storage (keys, entries, L1 and L2 tiers).
 //! - [`prompt_cache`]: Bedrock prompt caching for unmarked prompts (registry, planner).
 //! - [`latency`]: which latency tier each attempt asks for.
-//! - [`pipeline`]: the stages after routing, in order, for one call.
-//! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock; fallback
-//!   chains, retries, circuit breakers and hedging.
+//! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock; the chain
+//!   of targets with retries, circuit breakers and hedging.
 //! - [`stream`]: event streams relayed frame by frame, read as they pass.
-//! - [`error`]: the one error type and its Bedrock rendering.
-//! - [`metrics`]: Prometheus metrics with bounded labels.
 //!
-//! Around the pipeline:
+//! Shared by the stages, below them all:
+//! - [`answer`]: the answer and the one record of what happened to a call.
+//! - [`error`]: the one error type and its Bedrock rendering.
+//! - [`metrics`]: Prometheus metrics with bounded labels, from plain values.
 //! - [`config`]: the TOML file, validated into typed config.
 //! - [`catalog`]: what each model supports and costs.
-//! - [`app`]: shared state (the swappable runtime) and the API router.
+//! - [`shared`]: the Redis connection state shared across replicas lives on.
+//! - [`support`]: wall-clock milliseconds and poison-proof locks.
+//!
+//! Composing them:
+//! - [`runtime`]: everything built from one config (swapped on reload).
+//! - [`state`]: the current runtime, the pipeline's long-lived parts, readiness.
 //! - [`admin`]: the admin listener (metrics, health, admin API).
-//! - [`server`]: listeners, background tasks, graceful shutdown.
 //! - [`reload`]: live config reload (file watch, SIGHUP, admin API).
+//! - [`server`]: listeners, background tasks, graceful shutdown.
 //! - [`demo`]: demo mode on the embedded simulator.
+//!
+//! The module graph runs one way: each module imports only modules listed
+//! after it in the request's path or below it (`docs/ARCHITECTURE.md`).
 
 pub mod admin;
-pub mod app;
+pub(crate) mod answer;
 pub mod auth;
-pub mod cache;
-pub use bedrock_wire::catalog;
+pub(crate) mod cache;
+pub(crate) use bedrock_wire::catalog;
 pub mod config;
 pub mod demo;
-pub mod error;
-pub mod ingress;
-pub mod latency;
-pub mod metrics;
-pub mod pipeline;
-pub mod prompt_cache;
-pub mod reload;
-pub mod route;
+pub(crate) mod error;
+pub(crate) mod ingress;
+pub(crate) mod latency;
+pub(crate) mod metrics;
+pub(crate) mod pipeline;
+pub(crate) mod prompt_cache;
+pub(crate) mod reload;
+pub(crate) mod route;
+pub(crate) mod runtime;
 pub mod server;
-pub mod stream;
-pub mod upstream;
+pub(crate) mod shared;
+pub mod state;
+pub(crate) mod stream;
+pub(crate) mod support;
+pub(crate) mod upstream;
 
-pub use app::{app, AppState};
 pub use config::Config;
+pub use ingress::app;
+pub use state::AppState;

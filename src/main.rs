@@ -102,9 +102,7 @@ async fn run(
         admin_listen,
         config_path: path,
     };
-    let proxy = start(config, simulator, options)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let proxy = start(config, simulator, options).await?;
     println!("bedrock-proxy listening on {}", proxy.url());
     println!("admin listening on {}", proxy.admin_url());
     if demo_mode {

@@ -118,6 +118,44 @@ fn describe() {
         PROMPT_CACHE_USD_SAVED,
         "Estimated net dollars Bedrock's prompt cache saved versus no caching, by route."
     );
+    metrics::describe_counter!(
+        ATTEMPTS,
+        "Upstream attempts, by route, target and outcome (ok or the error kind)."
+    );
+    metrics::describe_counter!(
+        FALLBACKS,
+        "Moves from one target of a route's chain to the next, by reason."
+    );
+    metrics::describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker of each route target: 0 closed, 1 half-open, 2 open."
+    );
+    metrics::describe_counter!(
+        HEDGES,
+        "Hedged attempts, by route and outcome (fired, won)."
+    );
+    metrics::describe_counter!(
+        LATENCY_DOWNGRADES,
+        "Attempts sent standard where optimized was wanted, by route, target and reason."
+    );
+    metrics::describe_counter!(
+        SERVED_TIER,
+        "Upstream answers by the latency tier Bedrock reports as having served them."
+    );
+    metrics::describe_histogram!(
+        TTFT,
+        metrics::Unit::Seconds,
+        "Time from the client's request to the answer's first byte, by route and served tier."
+    );
+    metrics::describe_histogram!(
+        OUTPUT_TOKENS_PER_SECOND,
+        "Output tokens per second of upstream answers, by route and served tier."
+    );
+    metrics::describe_counter!(CONFIG_RELOADS, "Config reloads applied.");
+    metrics::describe_counter!(
+        CONFIG_RELOAD_FAILURES,
+        "Config reloads refused (the running config stays); the log says why."
+    );
 }
 
 /// The route label of a route name.
@@ -294,7 +332,7 @@ pub const SERVED_TIER: &str = "bedrock_proxy_served_tier_total";
 pub const TTFT: &str = "bedrock_proxy_ttft_seconds";
 pub const OUTPUT_TOKENS_PER_SECOND: &str = "bedrock_proxy_output_tokens_per_second";
 pub const CONFIG_RELOADS: &str = "bedrock_proxy_config_reloads_total";
-pub const CONFIG_RELOAD_FAILURES: &str = "config_reload_failures_total";
+pub const CONFIG_RELOAD_FAILURES: &str = "bedrock_proxy_config_reload_failures_total";
 
 /// One upstream attempt on a target (`primary`, `fallback1`, ...): `ok` or the error kind.
 pub fn attempt(route: &SharedString, target: &Arc<str>, outcome: &'static str) {
@@ -309,13 +347,9 @@ pub fn fallback(route: &SharedString, from: &str, to: &str, reason: &'static str
 }
 
 /// A target's breaker: 0 closed, 1 half-open, 2 open.
-pub fn breaker_state(
-    route: &SharedString,
-    target: &Arc<str>,
-    state: crate::upstream::breaker::State,
-) {
+pub fn breaker_state(route: &SharedString, target: &Arc<str>, gauge: f64) {
     metrics::gauge!(BREAKER_STATE, "route" => route.clone(), "target" => route_label(target))
-        .set(state.gauge());
+        .set(gauge);
 }
 
 /// A hedge `fired`, or `won` (the hedged attempt answered first).

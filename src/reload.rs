@@ -3,7 +3,7 @@
 //! runtime is built (unchanged upstreams keep their connection pools and
 //! credentials), and it replaces the running one atomically. Requests in flight
 //! finish on the runtime they started with. A file that does not validate
-//! changes nothing: the reason is logged and `config_reload_failures_total` grows.
+//! changes nothing: the reason is logged and `bedrock_proxy_config_reload_failures_total` grows.
 //!
 //! Listener addresses, TLS files, limits on concurrency, and the cache tiers are
 //! read at start only; a reload that changes them says so in the log.
@@ -14,20 +14,38 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppState, Runtime};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::state::AppState;
 
 /// Events closer together than this make one reload (editors write in steps).
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
+/// Why a reload was refused (the running config stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("reading {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
 /// Reloads `path`; returns the new config's hash, or why it was refused.
-pub async fn reload(state: &AppState, path: &Path) -> Result<String, String> {
+pub async fn reload(state: &AppState, path: &Path) -> Result<String, ReloadError> {
     let result = async {
         let text = tokio::fs::read_to_string(path)
             .await
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let config = Config::parse(&text).map_err(|e| e.to_string())?;
+            .map_err(|error| ReloadError::Read {
+                path: path.to_path_buf(),
+                error,
+            })?;
+        let config = Config::parse(&text)?;
         let current = state.runtime();
         if config.hash == current.config.hash {
             return Ok(config.hash);
@@ -81,14 +99,18 @@ pub fn watch(state: AppState, path: PathBuf, stop: CancellationToken) -> JoinHan
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         // Editors replace files by renaming, so the directory is watched and
-        // events are filtered by name.
+        // events are filtered by name. A Kubernetes ConfigMap volume never
+        // touches the file itself: it writes a new `..<timestamp>` directory and
+        // swaps the `..data` symlink the file points through, so events on
+        // `..`-names count too (a reload of unchanged content changes nothing).
         let sender = tx.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
-                let ours = event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_owned()) == file_name);
+                let ours = event.paths.iter().any(|p| {
+                    let name = p.file_name();
+                    name.map(|n| n.to_owned()) == file_name
+                        || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
+                });
                 if ours && (event.kind.is_modify() || event.kind.is_create()) {
                     let _ = sender.try_send(());
                 }

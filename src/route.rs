@@ -59,11 +59,6 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The route by its name.
-    pub fn by_name(&self, name: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| &*r.name == name)
-    }
-
     /// Routes a model id; the error is Bedrock's ValidationException wording.
     pub fn resolve(&self, model_id: &str) -> Result<Routed, ProxyError> {
         let routed = |i: usize, upstream_model: &str| {

@@ -15,8 +15,27 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
-use crate::app::{app, AppState, Readiness, Runtime};
 use crate::config::{AuthMode, Config};
+use crate::ingress::app;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::state::{AppState, Readiness};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("server.auth = \"none\" is only allowed on a loopback address, not {0}; configure [[keys]] to listen there")]
+    OpenWithoutAuth(SocketAddr),
+    #[error("server.tls: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("binding the {what} listener {addr}: {error}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
 
 /// Listener overrides and the file to reload from.
 #[derive(Debug, Clone, Default)]
@@ -89,14 +108,12 @@ pub async fn start(
     config: Config,
     simulator: Option<SimHandle>,
     options: StartOptions,
-) -> Result<ProxyHandle, String> {
+) -> Result<ProxyHandle, StartError> {
     let embedded_url = simulator.as_ref().map(SimHandle::url);
     let api_addr = options.listen.unwrap_or(config.server.listen);
     let admin_addr = options.admin_listen.unwrap_or(config.admin.listen);
     if config.server.auth == AuthMode::None && !api_addr.ip().is_loopback() {
-        return Err(format!(
-            "server.auth = \"none\" is only allowed on a loopback address, not {api_addr}; configure [[keys]] to listen there"
-        ));
+        return Err(StartError::OpenWithoutAuth(api_addr));
     }
     let admin_options = ServeOptions {
         header_read_timeout: config.limits.header_read_timeout,
@@ -104,7 +121,9 @@ pub async fn start(
         tls: None,
     };
     let tls = match &config.server.tls {
-        Some(files) => Some(bedrock_wire::serve::load_tls(&files.cert, &files.key)?),
+        Some(files) => {
+            Some(bedrock_wire::serve::load_tls(&files.cert, &files.key).map_err(StartError::Tls)?)
+        }
         None => None,
     };
     let api_options = ServeOptions {
@@ -113,14 +132,15 @@ pub async fn start(
     };
     let admin_token = config.admin.token_sha256;
     let runtime = Runtime::build(config, embedded_url.as_deref(), None).await?;
-    let api_listener = TcpListener::bind(api_addr)
-        .await
-        .map_err(|e| format!("binding the API listener {api_addr}: {e}"))?;
-    let admin_listener = TcpListener::bind(admin_addr)
-        .await
-        .map_err(|e| format!("binding the admin listener {admin_addr}: {e}"))?;
-    let api_addr = api_listener.local_addr().map_err(|e| e.to_string())?;
-    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        let listener = TcpListener::bind(addr)
+            .await
+            .and_then(|l| Ok((l.local_addr()?, l)))
+            .map_err(|error| StartError::Bind { what, addr, error })?;
+        Ok::<_, StartError>(listener)
+    };
+    let (api_addr, api_listener) = bind("API", api_addr).await?;
+    let (admin_addr, admin_listener) = bind("admin", admin_addr).await?;
 
     let stop = CancellationToken::new();
     let state = AppState::new(
@@ -198,7 +218,7 @@ async fn metrics_upkeep(state: AppState, stop: CancellationToken) {
         tokio::select! {
             _ = tick.tick() => {
                 state.metrics.run_upkeep();
-                state.cache.upkeep().await;
+                state.pipeline.cache.upkeep().await;
             }
             () = stop.cancelled() => return,
         }

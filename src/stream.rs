@@ -208,7 +208,7 @@ trait Render: Send + 'static {
 fn frame_error(kind: &str, payload: &[u8]) -> ProxyError {
     ProxyError::new(
         bedrock_wire::error::ErrorType::parse(kind)
-            .map(exception_kind)
+            .map(ErrorKind::from_bedrock)
             .unwrap_or(ErrorKind::Internal),
         crate::error::Side::Upstream,
         String::from_utf8_lossy(payload).into_owned(),
@@ -394,18 +394,6 @@ pub fn to_sse_client(
             writer,
         },
     )
-}
-
-fn exception_kind(t: bedrock_wire::error::ErrorType) -> ErrorKind {
-    use bedrock_wire::error::ErrorType as T;
-    match t {
-        T::Throttling => ErrorKind::Throttled,
-        T::ServiceUnavailable => ErrorKind::Unavailable,
-        T::Validation => ErrorKind::Validation,
-        T::ModelTimeout => ErrorKind::Timeout,
-        T::ModelStreamError | T::ModelError => ErrorKind::ModelError,
-        _ => ErrorKind::Internal,
-    }
 }
 
 /// Reads what a stream says about itself: ConverseStream events, or the

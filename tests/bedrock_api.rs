@@ -1,6 +1,7 @@
 //! The proxy core as an AWS SDK app sees it: the Rust SDK and raw HTTP against
 //! bedrock-proxy in front of bedrock-sim. Every operation, streams to their end,
 //! errors in Bedrock's shape, auth, limits, metrics and shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod common;
 
@@ -721,7 +722,7 @@ async fn no_auth_is_refused_beyond_loopback_from_the_command_line_too() {
     let Err(e) = refused else {
         panic!("an unauthenticated proxy started on every interface")
     };
-    assert!(e.contains("loopback"), "{e}");
+    assert!(e.to_string().contains("loopback"), "{e}");
 
     let sim = bedrock_proxy::demo::start_simulator().await.unwrap();
     let on_loopback = bedrock_proxy::server::start(

@@ -1,5 +1,6 @@
 //! Latency-optimized inference, fallback chains, retries, circuit breakers,
 //! hedging and live config reload, driven by the simulator's scripted faults.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod common;
 
@@ -582,7 +583,7 @@ async fn an_invalid_reload_is_refused_and_the_old_config_keeps_serving() {
     let (proxy, path) = proxy_from_file(&sim.url(), &dir, "").await;
     let admin = proxy.admin_url();
     let before = config_hash(&admin).await;
-    let failures = |m: &str| metric(m, "config_reload_failures_total", &[]);
+    let failures = |m: &str| metric(m, "bedrock_proxy_config_reload_failures_total", &[]);
     let metrics_text = || async {
         String::from_utf8(
             raw("GET", &format!("{admin}/metrics"), &[], "")

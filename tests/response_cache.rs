@@ -2,6 +2,7 @@
 //! SDK and raw HTTP, streams and bodies serving each other, single-flight,
 //! broken streams never stored, tenants kept apart, per-request directives,
 //! admin and metrics, and two proxies sharing a real redis-server.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod common;
 

@@ -3,36 +3,44 @@
 #
 #   bench/perf/run.sh [SECTION...]
 #
-# Sections: overhead cache memory streams prompt-cache fallback litellm
-# (default: all but litellm; `litellm` installs LiteLLM into a throwaway venv
-# with bench/litellm/setup.sh the first time). Results (tables as printed, and
-# the JSON each run writes) go to target/perf/ (OUT=DIR to change); every
-# server this script starts logs there too and is stopped, by its PID, on exit.
+# Sections: overhead cache memory streams prompt-cache fallback soak hostile
+# bigbody litellm (default: all but litellm; `litellm` installs LiteLLM into a
+# throwaway venv with bench/litellm/setup.sh the first time; `overhead` installs
+# Debian's nginx-light with apt-get when nginx is missing). Results (tables as
+# printed, and the JSON each run writes) go to target/perf/ (OUT=DIR to
+# change); every server this script starts logs there too and is stopped, by
+# its PID, on exit.
 #
-# Set SKIP_BUILD=1 to use the release binaries already in target/release.
-# Ports 17070-17071, 18080-18092 and 19090-19096 on 127.0.0.1 must be free.
+# Set SKIP_BUILD=1 to use the release binaries already built (in target/release,
+# or under CARGO_TARGET_DIR when it is set).
+# SOAK_DURATION (10m), SOAK_WARMUP (1m) and SOAK_RATE (100 arrivals/s) shape the
+# soak; HOSTILE_SLOW and HOSTILE_IDLE (1000 each) the hostile section.
+# Ports 17070-17071, 18080-18095 and 19090-19099 on 127.0.0.1 must be free.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-bin="$root/target/release"
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 perf="$root/bench/perf"
 out="${OUT:-$root/target/perf}"
 mkdir -p "$out"
 
 sections=("$@")
 if [ ${#sections[@]} -eq 0 ]; then
-    sections=(overhead cache memory streams prompt-cache fallback)
+    sections=(overhead cache memory streams prompt-cache fallback soak hostile bigbody)
 fi
 for s in "${sections[@]}"; do
     case "$s" in
-        overhead | cache | memory | streams | prompt-cache | fallback | litellm) ;;
+        overhead | cache | memory | streams | prompt-cache | fallback | soak | hostile | bigbody | litellm) ;;
         *)
-            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback litellm)" >&2
+            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback soak hostile bigbody litellm)" >&2
             exit 2
             ;;
     esac
 done
+
+# Held connections need descriptors, in the proxies and in bedrock-bench.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ -z "${SKIP_BUILD:-}" ]; then
     cargo build --release --locked -p bedrock-proxy -p bedrock-sim -p bedrock-bench --bins
@@ -45,12 +53,16 @@ FAST_SIM=http://127.0.0.1:17070 # time-scale 0: answers as fast as it can
 REAL_SIM=http://127.0.0.1:17071 # time-scale 1: Bedrock's latencies
 
 pids=()
+tmpdirs=()
 cleanup() {
     for pid in "${pids[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
     for pid in "${pids[@]}"; do
         wait "$pid" 2>/dev/null || true
+    done
+    for dir in "${tmpdirs[@]}"; do
+        rm -rf "$dir"
     done
 }
 trap cleanup EXIT
@@ -118,8 +130,83 @@ rss_mb() {
     awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
 }
 
+# ensure_nginx: Debian's nginx-light, installed when no nginx is on the PATH.
+ensure_nginx() {
+    command -v nginx >/dev/null && return
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    echo "installing nginx-light with apt-get" >&2
+    $sudo apt-get install -y nginx-light >"$out/nginx-install.log" 2>&1 || {
+        echo "could not install nginx-light; see $out/nginx-install.log" >&2
+        exit 1
+    }
+}
+
+# start_nginx NAME PORT UPSTREAM: nginx as a plain reverse proxy on 127.0.0.1:PORT
+# in front of UPSTREAM (host:port), with upstream keep-alive and its access log
+# on. Config, logs and temp files live in a temp dir (nothing else is written,
+# no root needed), and the master runs in the foreground: its PID is ours.
+start_nginx() {
+    local name="$1" port="$2" upstream="$3"
+    local dir
+    dir="$(mktemp -d)"
+    tmpdirs+=("$dir")
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes auto;
+error_log $dir/error.log warn;
+pid $dir/nginx.pid;
+events { worker_connections 16384; }
+http {
+    access_log $dir/access.log;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    client_max_body_size 25m;
+    keepalive_requests 1000000;
+    upstream upstream {
+        server $upstream;
+        keepalive 256;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            # Streams pass as they arrive, as through the proxy.
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+    start "$name" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;'
+}
+
+# proc_ticks PID...: utime + stime (clock ticks) of these processes and of their
+# direct children (nginx's workers), from /proc.
+proc_ticks() {
+    local want=" $* " total=0 f line pid fields
+    for f in /proc/[0-9]*/stat; do
+        { read -r line <"$f"; } 2>/dev/null || continue
+        pid="${f#/proc/}"
+        pid="${pid%/stat}"
+        read -ra fields <<<"${line##*) }"
+        if [[ "$want" == *" $pid "* || "$want" == *" ${fields[1]} "* ]]; then
+            total=$((total + fields[11] + fields[12]))
+        fi
+    done
+    echo "$total"
+}
+
 overhead() {
     heading "Pass-through overhead (simulator at time-scale 0, unique requests)"
+    ensure_nginx
+    start_nginx nginx 18092 127.0.0.1:17070
+    local n=$last_pid
     proxy proxy-overhead "$perf/overhead.toml" "$FAST_SIM"
     local p=$last_pid
     RUST_LOG=warn proxy proxy-overhead-quiet "$perf/overhead.toml" "$FAST_SIM" \
@@ -130,20 +217,53 @@ overhead() {
     wait_for http://127.0.0.1:19090/healthz
     wait_for http://127.0.0.1:19092/healthz
     wait_for http://127.0.0.1:18091/
+    wait_for http://127.0.0.1:18092/_sim/stats
+    local targets=("$FAST_SIM" http://127.0.0.1:18092 http://127.0.0.1:18091
+        http://127.0.0.1:18080 http://127.0.0.1:18082)
+    local legend="A simulator, B nginx, C bare forwarder, D bedrock-proxy"
     for c in 1 32; do
-        heading "simulator vs bedrock-proxy (access log on), $c connection(s)"
-        record bench load --compare "$FAST_SIM" http://127.0.0.1:18080 --api-key "$KEY" \
-            --unique --concurrency "$c" --requests 20000 --out "$out/overhead-proxy-c$c"
-        heading "simulator vs bedrock-proxy (access log off), $c connection(s)"
-        record bench load --compare "$FAST_SIM" http://127.0.0.1:18082 --api-key "$KEY" \
-            --unique --concurrency "$c" --requests 20000 --out "$out/overhead-quiet-c$c"
-        heading "simulator vs a bare hyper forwarder (the floor), $c connection(s)"
-        record bench load --compare "$FAST_SIM" http://127.0.0.1:18091 --api-key "$KEY" \
-            --unique --concurrency "$c" --requests 20000 --out "$out/overhead-forward-c$c"
+        heading "added latency, $c connection(s), one interleaved run: $legend (access log on), E bedrock-proxy (log off)"
+        record bench load --compare "${targets[@]}" --api-key "$KEY" \
+            --unique --concurrency "$c" --requests 50000 --out "$out/overhead-c$c"
     done
+    for c in 1 8; do
+        heading "stream TTFT added, $c connection(s), one interleaved run: $legend (access log on)"
+        record bench load --compare "${targets[@]:0:4}" --api-key "$KEY" --stream \
+            --unique --concurrency "$c" --requests 20000 --out "$out/overhead-stream-c$c"
+    done
+
+    # CPU per request: each server's utime + stime over one interleaved run in
+    # which each of the four serves exactly (40,000 + 100 warmup) / 4 requests.
+    heading "CPU per pass-through request (8 connections, one interleaved run, 10,025 requests each)"
+    local before_n before_f before_p before_q
+    before_n=$(proc_ticks "$n")
+    before_f=$(proc_ticks "$f")
+    before_p=$(proc_ticks "$p")
+    before_q=$(proc_ticks "$q")
+    bench load --compare http://127.0.0.1:18092 http://127.0.0.1:18091 http://127.0.0.1:18080 \
+        http://127.0.0.1:18082 --api-key "$KEY" --unique --concurrency 8 --requests 40000 \
+        --warmup 100 --out "$out/overhead-cpu" >"$out/overhead-cpu.txt" 2>&1
+    local hz each=10025 nginx_us="" row label pid before after us
+    hz=$(getconf CLK_TCK)
+    {
+        printf '%-32s %12s %9s\n' "server" "CPU us/req" "vs nginx"
+        for row in "nginx:$n:$before_n" "bare forwarder:$f:$before_f" \
+            "bedrock-proxy (access log on):$p:$before_p" \
+            "bedrock-proxy (access log off):$q:$before_q"; do
+            IFS=: read -r label pid before <<<"$row"
+            after=$(proc_ticks "$pid")
+            us=$(awk -v d="$((after - before))" -v hz="$hz" -v n="$each" \
+                'BEGIN { printf "%.1f", d * 1e6 / hz / n }')
+            [ -z "$nginx_us" ] && nginx_us=$us
+            printf '%-32s %12s %9s\n' "$label" "$us" \
+                "$(awk -v a="$us" -v b="$nginx_us" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')"
+        done
+        grep -E '^errors' "$out/overhead-cpu.txt" || true
+    } | tee -a "$out/results.txt"
     stop "$p"
     stop "$q"
     stop "$f"
+    stop "$n"
 }
 
 cache() {
@@ -245,6 +365,83 @@ fallback() {
     stop "$p"
 }
 
+soak() {
+    local duration="${SOAK_DURATION:-10m}" warmup="${SOAK_WARMUP:-1m}" rate="${SOAK_RATE:-100}"
+    heading "Soak: $duration at $rate arrivals/s (simulator at time-scale 1): hits, misses, streams, upstream errors, slow and idle clients"
+    proxy proxy-soak "$perf/soak.toml" "$REAL_SIM"
+    local p=$last_pid
+    wait_for http://127.0.0.1:19097/healthz
+    curl -s -X POST "$REAL_SIM/_sim/reset" >/dev/null
+    record bench soak --endpoint http://127.0.0.1:18093 --pid "$p" --sim "$REAL_SIM" \
+        --api-key "$KEY" --duration "$duration" --warmup "$warmup" --rate "$rate" \
+        --out "$out/soak"
+    # Whether the cache was full (evicting) is what tells its growth from a leak.
+    curl -s http://127.0.0.1:19097/metrics |
+        grep -E '^bedrock_proxy_cache_(bytes|entries|evictions_total) ' | tee -a "$out/results.txt" || true
+    stop "$p"
+    curl -s -X POST "$REAL_SIM/_sim/reset" >/dev/null
+}
+
+hostile() {
+    local slow="${HOSTILE_SLOW:-1000}" idle="${HOSTILE_IDLE:-1000}"
+    heading "Hostile clients: $slow slow-body and $idle idle connections held, other tenants' latency (time-scale 0)"
+    proxy proxy-hostile "$perf/hostile.toml" "$FAST_SIM"
+    local p=$last_pid
+    wait_for http://127.0.0.1:19098/healthz
+    record bench hold --endpoint http://127.0.0.1:18094 --pid "$p" --api-key "$KEY" \
+        --slow "$slow" --idle "$idle" --concurrency 4 --requests 5000 --unique \
+        --out "$out/hostile"
+    stop "$p"
+}
+
+bigbody() {
+    heading "Big bodies: peak RSS with four concurrent 25 MB Converse bodies of many small messages"
+    proxy proxy-bigbody "$perf/overhead.toml" "$FAST_SIM" \
+        --listen 127.0.0.1:18095 --admin-listen 127.0.0.1:19099
+    local p=$last_pid
+    wait_for http://127.0.0.1:19099/healthz
+    # Just under limits.max_body_bytes (25,000,000): messages of about 60 bytes,
+    # user and assistant in turn, the last one the user's.
+    local body="$out/bigbody.json"
+    awk 'BEGIN {
+        printf "{\"messages\":["
+        size = 14; i = 0
+        while (size < 24900000) {
+            role = (i % 2 == 0) ? "user" : "assistant"
+            m = sprintf("%s{\"role\":\"%s\",\"content\":[{\"text\":\"message %d\"}]}", i ? "," : "", role, i)
+            printf "%s", m; size += length(m); i++
+        }
+        if (i % 2 == 0) printf ",{\"role\":\"user\",\"content\":[{\"text\":\"last\"}]}"
+        printf "],\"inferenceConfig\":{\"maxTokens\":16}}"
+    }' >"$body"
+    local bytes idle_kb i curls=()
+    bytes=$(wc -c <"$body")
+    idle_kb=$(awk '/VmRSS/ { print $2 }' "/proc/$p/status")
+    for i in 1 2 3 4; do
+        curl -s -o "$out/bigbody-$i.out" -w "request $i: HTTP %{http_code} in %{time_total}s\n" \
+            -H "authorization: Bearer $KEY" -H 'content-type: application/json' \
+            --data-binary @"$body" \
+            "http://127.0.0.1:18095/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse" \
+            >"$out/bigbody-$i.status" &
+        curls+=($!)
+    done
+    for i in "${curls[@]}"; do
+        wait "$i" || true
+    done
+    {
+        cat "$out"/bigbody-[1-4].status
+        awk -v b="$bytes" -v idle="$idle_kb" '/VmHWM/ {
+            peak = $2 / 1024; base = idle / 1024; in_flight = 4 * b / 1048576
+            printf "body %.1f MB x 4 = %.1f MB in flight; RSS idle %.1f MB, peak %.1f MB: +%.1f MB, %.1fx the bytes in flight\n",
+                b / 1048576, in_flight, base, peak, peak - base, (peak - base) / in_flight
+        }' "/proc/$p/status"
+    } | tee -a "$out/results.txt"
+    rm -f "$body"
+    stop "$p"
+    # The simulator's request log keeps the last bodies: let them go.
+    curl -s -X DELETE "$FAST_SIM/_sim/requests" >/dev/null
+}
+
 litellm() {
     heading "LiteLLM side by side (simulator at time-scale 0, OpenAI format)"
     if [ ! -x "$root/bench/litellm/.venv/bin/litellm" ]; then
@@ -296,6 +493,9 @@ for s in "${sections[@]}"; do
         streams) streams ;;
         prompt-cache) prompt_cache ;;
         fallback) fallback ;;
+        soak) soak ;;
+        hostile) hostile ;;
+        bigbody) bigbody ;;
         litellm) litellm ;;
     esac
 done

@@ -11,7 +11,8 @@ use crate::baseline::{self, Baseline, CONVERSE_ANSWER};
 use crate::client::AuthOptions;
 use crate::error::BenchError;
 use crate::load::{self, Arrival, Format, LoadOptions, Stop};
-use crate::{latency, workload};
+use crate::soak::{self, Mix, SoakOptions};
+use crate::{hold, latency, workload};
 use bedrock_wire::catalog::Catalog;
 
 /// Latency and load benchmarks for Amazon Bedrock, bedrock-proxy and
@@ -34,6 +35,132 @@ pub enum Command {
     Workload(WorkloadArgs),
     /// Serve a yardstick for the report: a static axum server, or a bare forwarder.
     Baseline(BaselineArgs),
+    /// Mixed traffic at a fixed rate for a while, sampling the proxy's RSS and
+    /// open descriptors: growth after warm-up, latency and errors by kind.
+    Soak(SoakArgs),
+    /// Hold slow-body and idle connections against a proxy while measuring
+    /// other traffic's latency, compared with the unloaded proxy.
+    Hold(HoldArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Base URL of the proxy.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: String,
+    /// The proxy's PID: its RSS and open descriptors are sampled from /proc.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Arrivals per second, all kinds together.
+    #[arg(long, default_value_t = 50.0, value_name = "RPS")]
+    pub rate: f64,
+    /// Arrivals stop after this long.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Left out of latencies and growth.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub sample_every: Duration,
+    /// Shares of the arrivals: hit, miss, stream, error, slow-body, slow-read, idle.
+    #[arg(long, default_value = soak::DEFAULT_MIX, value_parser = Mix::parse)]
+    pub mix: Mix,
+    #[arg(long, default_value = "us.anthropic.claude-3-5-haiku-20241022-v1:0")]
+    pub model: String,
+    /// The model `error` requests name; the simulator fails it (see --sim).
+    #[arg(long, default_value = "us.amazon.nova-micro-v1:0")]
+    pub error_model: String,
+    /// The simulator fault of `error` requests (throttle, unavailable, internal,
+    /// model-not-ready, model-timeout, validation).
+    #[arg(long, default_value = "internal")]
+    pub fault: String,
+    /// The simulator behind the proxy: a rule failing --error-model is added
+    /// for the run, and its fault rules are all cleared after it.
+    #[arg(long, value_name = "URL")]
+    pub sim: Option<String>,
+    /// Distinct bodies `hit` requests cycle through.
+    #[arg(long, default_value_t = 16)]
+    pub hit_prompts: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+    /// maxTokens of slow-read streams.
+    #[arg(long, default_value_t = 400)]
+    pub slow_read_max_tokens: u32,
+    /// How long a slow body takes to send.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub slow_body: Duration,
+    #[arg(long, default_value_t = 10)]
+    pub slow_body_pieces: u32,
+    /// Pause after each chunk a slow reader reads.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub slow_read_pause: Duration,
+    /// Idle connections open at once, at most.
+    #[arg(long, default_value_t = 100)]
+    pub idle_max: usize,
+    /// How long an idle connection is kept unless the server closes it.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_hold: Duration,
+    /// Requests in flight at once, at most; arrivals beyond are skipped and counted.
+    #[arg(long, default_value_t = 1000)]
+    pub max_in_flight: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write DIR/soak.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    /// Base URL of the proxy (plain http).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: String,
+    /// Slow-body connections held.
+    #[arg(long, default_value_t = 1000)]
+    pub slow: usize,
+    /// Idle connections held.
+    #[arg(long, default_value_t = 1000)]
+    pub idle: usize,
+    /// Each slow connection sends one body byte this often.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub byte_every: Duration,
+    /// The Content-Length slow connections announce.
+    #[arg(long, default_value_t = 1000)]
+    pub content_length: usize,
+    /// Bearer key of the held connections (another tenant); default: the
+    /// measured traffic's credentials.
+    #[arg(long, value_name = "KEY")]
+    pub held_api_key: Option<String>,
+    /// Wait this long after opening before measuring.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// The proxy's PID, sampled before and while held.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Measured traffic: closed-loop workers.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Measured traffic: requests per phase (unloaded, then held).
+    #[arg(long, default_value_t = 2000)]
+    pub requests: u64,
+    /// Measured traffic: requests sent before each phase, left out.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+    /// Measured traffic: stream (ConverseStream) instead of Converse.
+    #[arg(long)]
+    pub stream: bool,
+    /// Measured traffic: a distinct body per request (no cache hits).
+    #[arg(long)]
+    pub unique: bool,
+    #[arg(long, default_value = "us.anthropic.claude-3-5-haiku-20241022-v1:0")]
+    pub model: String,
+    /// Write DIR/hold.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -113,8 +240,8 @@ pub struct LoadArgs {
     /// Base URL of the server under test.
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
-    /// Two base URLs; requests alternate between them.
-    #[arg(long, num_args = 2, value_names = ["URL_A", "URL_B"])]
+    /// Two to eight base URLs; requests rotate among them (A, B, C...).
+    #[arg(long, num_args = 2..=8, value_names = ["URL_A", "URL_B"])]
     pub compare: Option<Vec<String>>,
     /// The API spoken.
     #[arg(long, value_enum, default_value = "bedrock")]
@@ -313,8 +440,93 @@ pub async fn run(cli: Cli) -> Result<(), BenchError> {
                 eprintln!("wrote {}/workload.json", dir.display());
             }
         }
+        Command::Soak(a) => {
+            let report = soak::run(SoakOptions {
+                endpoint: a.endpoint,
+                model: a.model,
+                error_model: a.error_model,
+                fault: a.fault,
+                sim: a.sim,
+                pid: a.pid,
+                rate: a.rate,
+                duration: a.duration,
+                warmup: a.warmup,
+                sample_every: a.sample_every,
+                mix: a.mix,
+                hit_prompts: a.hit_prompts,
+                max_tokens: a.max_tokens,
+                slow_read_max_tokens: a.slow_read_max_tokens,
+                slow_body: a.slow_body,
+                slow_body_pieces: a.slow_body_pieces,
+                slow_read_pause: a.slow_read_pause,
+                idle_max: a.idle_max,
+                idle_hold: a.idle_hold,
+                max_in_flight: a.max_in_flight,
+                seed: a.seed,
+                auth: a.auth.options(),
+                region: a.auth.region.clone(),
+                timeout: a.auth.timeout,
+                progress: !a.auth.no_progress,
+            })
+            .await?;
+            print!("{}", soak::render(&report));
+            if let Some(dir) = &a.out {
+                crate::write_json(&report, dir, "soak.json")?;
+                eprintln!("wrote {}/soak.json", dir.display());
+            }
+        }
+        Command::Hold(a) => {
+            let report = hold::run(hold_options(a.measure(), &a)).await?;
+            print!("{}", hold::render(&report));
+            if let Some(dir) = &a.out {
+                crate::write_json(&report, dir, "hold.json")?;
+                eprintln!("wrote {}/hold.json", dir.display());
+            }
+        }
     }
     Ok(())
+}
+
+impl HoldArgs {
+    /// The measured traffic of a hold, as a load run.
+    fn measure(&self) -> LoadOptions {
+        LoadOptions {
+            targets: vec![self.endpoint.clone()],
+            format: Format::Bedrock,
+            stream: self.stream,
+            model: self.model.clone(),
+            arrival: Arrival::Closed {
+                concurrency: self.concurrency,
+            },
+            stop: Stop::Requests(self.requests),
+            warmup: self.warmup,
+            auth: self.auth.options(),
+            region: self.auth.region.clone(),
+            max_tokens: 64,
+            prompt: "Write one sentence about the sea.".into(),
+            unique: self.unique,
+            timeout: self.auth.timeout,
+            progress: false,
+        }
+    }
+}
+
+fn hold_options(measure: LoadOptions, a: &HoldArgs) -> hold::HoldOptions {
+    hold::HoldOptions {
+        measure,
+        slow: a.slow,
+        idle: a.idle,
+        byte_every: a.byte_every,
+        content_length: a.content_length,
+        held_auth: a.held_api_key.as_ref().map(|key| AuthOptions {
+            api_key: Some(key.clone()),
+            ..AuthOptions::default()
+        }),
+        settle: a.settle,
+        connect_parallelism: 64,
+        connect_timeout: Duration::from_secs(5),
+        pid: a.pid,
+    }
 }
 
 #[cfg(test)]
@@ -374,5 +586,79 @@ mod tests {
         assert_eq!(a.compare.unwrap().len(), 2);
         assert_eq!(a.format, Format::Openai);
         assert_eq!(a.auth.timeout, Duration::from_secs(5));
+        assert!(
+            Cli::try_parse_from(["b", "load", "--compare", "http://a", "http://b", "http://c"])
+                .is_ok(),
+            "three targets compare"
+        );
+    }
+
+    #[test]
+    fn soak_flags_parse_with_their_defaults() {
+        let cli = Cli::try_parse_from([
+            "b",
+            "soak",
+            "--endpoint",
+            "http://127.0.0.1:8080",
+            "--pid",
+            "42",
+            "--duration",
+            "90s",
+            "--mix",
+            "hit=1,idle=1",
+        ])
+        .unwrap();
+        let Command::Soak(a) = cli.command else {
+            panic!("soak expected")
+        };
+        assert_eq!(a.pid, Some(42));
+        assert_eq!(a.duration, Duration::from_secs(90));
+        assert_eq!(a.warmup, Duration::from_secs(60));
+        assert_eq!(a.mix.share(soak::Kind::Idle), 0.5);
+        assert_eq!(a.rate, 50.0);
+        assert!(Cli::try_parse_from([
+            "b",
+            "soak",
+            "--endpoint",
+            "http://x",
+            "--mix",
+            "hit=1,bogus=2"
+        ])
+        .is_err());
+        assert!(
+            Cli::try_parse_from(["b", "soak"]).is_err(),
+            "--endpoint is required"
+        );
+    }
+
+    #[test]
+    fn hold_flags_become_a_load_run_and_held_connections() {
+        let cli = Cli::try_parse_from([
+            "b",
+            "hold",
+            "--endpoint",
+            "http://127.0.0.1:8080",
+            "--slow",
+            "10",
+            "--idle",
+            "20",
+            "--held-api-key",
+            "other",
+            "--api-key",
+            "mine",
+            "--requests",
+            "50",
+        ])
+        .unwrap();
+        let Command::Hold(a) = cli.command else {
+            panic!("hold expected")
+        };
+        let o = hold_options(a.measure(), &a);
+        assert_eq!((o.slow, o.idle), (10, 20));
+        assert_eq!(o.byte_every, Duration::from_secs(1));
+        assert_eq!(o.measure.targets, vec!["http://127.0.0.1:8080".to_owned()]);
+        assert_eq!(o.measure.stop, Stop::Requests(50));
+        assert_eq!(o.measure.auth.api_key.as_deref(), Some("mine"));
+        assert_eq!(o.held_auth.unwrap().api_key.as_deref(), Some("other"));
     }
 }

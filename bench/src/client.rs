@@ -16,6 +16,7 @@ use bedrock_wire::converse::Usage;
 use bedrock_wire::operation::Operation;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request};
+use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -164,20 +165,30 @@ pub fn openai_url(base: &str) -> String {
     format!("{}/v1/chat/completions", base.trim_end_matches('/'))
 }
 
-/// Checks a run's targets: one, or two to compare, each a base URL.
-pub fn check_targets(targets: &[String]) -> Result<(), BenchError> {
-    if targets.is_empty() || targets.len() > 2 {
-        return Err(BenchError::Options("one target, or two to compare".into()));
+/// Checks a run's targets: one, or up to `max` to compare, each a base URL.
+pub fn check_targets(targets: &[String], max: usize) -> Result<(), BenchError> {
+    if targets.is_empty() || targets.len() > max {
+        return Err(BenchError::Options(if max == 2 {
+            "one target, or two to compare".into()
+        } else {
+            format!("one target, or two to {max} to compare")
+        }));
     }
     targets.iter().try_for_each(|t| check_base_url(t))
 }
 
-/// How a report names target `i` of `n`: `target` alone, else `A` and `B`.
+/// Labels of compared targets, in order.
+const LABELS: [&str; 8] = ["A", "B", "C", "D", "E", "F", "G", "H"];
+
+/// Most targets one run compares.
+pub const MAX_TARGETS: usize = LABELS.len();
+
+/// How a report names target `i` of `n`: `target` alone, else `A`, `B`, `C`...
 pub fn target_label(i: usize, n: usize) -> &'static str {
     if n == 1 {
         "target"
     } else {
-        ["A", "B"][i]
+        LABELS.get(i).copied().unwrap_or("?")
     }
 }
 
@@ -280,12 +291,69 @@ impl BenchClient {
         body: Bytes,
         start: Instant,
     ) -> CallResult {
+        self.call_shaped(api, url, region, body, start, &CallShape::default())
+            .await
+    }
+
+    /// [`BenchClient::call`], sent and read as `shape` says (a slow client, an
+    /// injected fault). The timeout covers the deliberate pauses too.
+    pub async fn call_shaped(
+        &self,
+        api: Api,
+        url: &str,
+        region: &str,
+        body: Bytes,
+        start: Instant,
+        shape: &CallShape,
+    ) -> CallResult {
         let deadline = Instant::now() + self.timeout;
-        match tokio::time::timeout_at(deadline, self.exchange(api, url, region, body, start)).await
-        {
+        let exchange = self.exchange(api, url, region, body, start, shape);
+        match tokio::time::timeout_at(deadline, exchange).await {
             Ok(result) => result,
             Err(_) => CallResult::failed("Timeout", None, start),
         }
+    }
+
+    /// The headers a POST of `body` to `url` carries, authorization included:
+    /// what a hand-written request (a deliberately stalled one) must send.
+    pub async fn request_headers(
+        &self,
+        api: Api,
+        url: &str,
+        region: &str,
+        body: &Bytes,
+    ) -> Result<http::HeaderMap, &'static str> {
+        let request = self
+            .signed_request(api, url, region, body, &CallShape::default())
+            .await?;
+        Ok(request.into_parts().0.headers)
+    }
+
+    async fn signed_request(
+        &self,
+        api: Api,
+        url: &str,
+        region: &str,
+        body: &Bytes,
+        shape: &CallShape,
+    ) -> Result<Request<Full<Bytes>>, &'static str> {
+        let accept = match api {
+            Api::ConverseStream => bedrock_wire::eventstream::CONTENT_TYPE,
+            Api::OpenAiChatStream => "text/event-stream",
+            Api::Converse | Api::OpenAiChat => "application/json",
+        };
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .body(Full::new(body.clone()))
+            .map_err(|_| "InvalidUrl")?;
+        if let Some(fault) = &shape.sim_fault {
+            request.headers_mut().insert(SIM_FAULT, fault.clone());
+        }
+        self.authorize(&mut request, url, region, body).await?;
+        Ok(request)
     }
 
     async fn exchange(
@@ -295,64 +363,26 @@ impl BenchClient {
         region: &str,
         body: Bytes,
         start: Instant,
+        shape: &CallShape,
     ) -> CallResult {
-        let accept = match api {
-            Api::ConverseStream => bedrock_wire::eventstream::CONTENT_TYPE,
-            Api::OpenAiChatStream => "text/event-stream",
-            Api::Converse | Api::OpenAiChat => "application/json",
-        };
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(url)
-            .header("content-type", "application/json")
-            .header("accept", accept)
-            .body(Full::new(body.clone()));
-        let mut request = match request {
+        let request = match self.signed_request(api, url, region, &body, shape).await {
             Ok(r) => r,
-            Err(_) => return CallResult::failed("InvalidUrl", None, start),
+            Err(code) => return CallResult::failed(code, None, start),
         };
-        if let Err(code) = self.authorize(&mut request, url, region, &body).await {
-            return CallResult::failed(code, None, start);
-        }
-        let response = match self.http.request(request).await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => return CallResult::failed("ConnectError", None, start),
-            Err(_) => return CallResult::failed("ConnectionError", None, start),
-        };
-        let (parts, mut body) = response.into_parts();
-        let status = parts.status.as_u16();
-        let cache_hit = is_cache_hit(&parts.headers);
-
-        if !parts.status.is_success() || !api.is_stream() {
-            let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-                Ok(c) => c.to_bytes(),
-                Err(_) => return CallResult::failed("ConnectionError", Some(status), start),
-            };
-            let outcome = if !parts.status.is_success() {
-                response::failed(&response::error_code(parts.status, &parts.headers, &bytes))
-            } else if api == Api::Converse {
-                response::converse_body(&bytes)
-            } else {
-                response::openai_body(&bytes)
-            };
-            return CallResult::from_outcome(outcome, status, cache_hit, start);
-        }
-
-        let mut reader = StreamReader::new(api);
-        loop {
-            match body.frame().await {
-                None => break,
-                Some(Err(_)) => return CallResult::failed("ConnectionError", Some(status), start),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        if !reader.push(&data, start.elapsed()) {
-                            break;
-                        }
-                    }
+        let response = match &shape.slow_body {
+            None => self.http.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    "ConnectError"
+                } else {
+                    "ConnectionError"
                 }
-            }
+            }),
+            Some(slow) => send_slowly(request, body, *slow).await,
+        };
+        match response {
+            Ok(response) => read_answer(api, response, start, shape.read_pause).await,
+            Err(code) => CallResult::failed(code, None, start),
         }
-        CallResult::from_outcome(reader.finish(), status, cache_hit, start)
     }
 
     async fn authorize(
@@ -377,6 +407,148 @@ impl BenchClient {
         sign_bedrock(request, url, body, creds, region, SystemTime::now())
             .map_err(|_| "SigningError")
     }
+}
+
+/// The simulator's per-request fault header (docs/SIMULATOR.md); a proxy does
+/// not pass it on, so through one, faults come from the simulator's rules.
+pub const SIM_FAULT: &str = "x-sim-fault";
+
+/// A body sent in `pieces` parts, `gap` apart (the first at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlowBody {
+    pub pieces: u32,
+    pub gap: Duration,
+}
+
+/// What a call does besides sending its body at once and reading the answer as
+/// fast as it comes: the slow and faulty clients of a soak.
+#[derive(Debug, Clone, Default)]
+pub struct CallShape {
+    /// Send the body slowly, over a connection of its own (plain http only):
+    /// the pool's connections are not kept waiting on purpose.
+    pub slow_body: Option<SlowBody>,
+    /// Pause this long after each chunk of a streamed answer is read.
+    pub read_pause: Option<Duration>,
+    /// Sent as [`SIM_FAULT`].
+    pub sim_fault: Option<HeaderValue>,
+}
+
+/// Sends `request` with its `body` in pieces over a new HTTP/1.1 connection,
+/// with an explicit `Content-Length` so the server waits for every byte.
+async fn send_slowly(
+    request: Request<Full<Bytes>>,
+    body: Bytes,
+    slow: SlowBody,
+) -> Result<http::Response<hyper::body::Incoming>, &'static str> {
+    let (mut parts, _) = request.into_parts();
+    if parts.uri.scheme_str() != Some("http") {
+        return Err("SlowBodyNeedsHttp");
+    }
+    let authority = parts.uri.authority().cloned().ok_or("InvalidUrl")?;
+    let port = authority.port_u16().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((authority.host(), port))
+        .await
+        .map_err(|_| "ConnectError")?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|_| "ConnectError")?;
+    // Drives the connection; it ends when the connection does.
+    tokio::spawn(connection);
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "InvalidUrl")?;
+    parts.headers.insert(http::header::HOST, host);
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    // A connection of its own is spoken to in origin form (`/model/...`).
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .map_err(|_| "InvalidUrl")?;
+    let (mut tx, channel) = Channel::<Bytes, std::convert::Infallible>::new(1);
+    let pieces = piece_sizes(body.len(), slow.pieces);
+    let feeder = tokio::spawn(async move {
+        let mut at = 0;
+        for (i, size) in pieces.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(slow.gap).await;
+            }
+            if tx.send_data(body.slice(at..at + size)).await.is_err() {
+                // The server answered (or closed) before the body ended.
+                return;
+            }
+            at += size;
+        }
+    });
+    let response = sender
+        .send_request(Request::from_parts(parts, channel))
+        .await
+        .map_err(|_| "ConnectionError");
+    // A server that answers early stops the sending.
+    if response.is_err() {
+        feeder.abort();
+    }
+    response
+}
+
+/// `len` bytes split into `pieces` parts as equal as can be (the first ones
+/// one byte longer); never more parts than bytes, never an empty part.
+pub fn piece_sizes(len: usize, pieces: u32) -> Vec<usize> {
+    let n = (pieces.max(1) as usize).min(len.max(1));
+    (0..n)
+        .map(|i| len / n + usize::from(i < len % n))
+        .filter(|&size| size > 0)
+        .collect()
+}
+
+/// Reads an answer into a result: whole for errors and plain bodies, frame by
+/// frame for streams (pausing `read_pause` after each chunk, when given).
+async fn read_answer(
+    api: Api,
+    response: http::Response<hyper::body::Incoming>,
+    start: Instant,
+    read_pause: Option<Duration>,
+) -> CallResult {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status.as_u16();
+    let cache_hit = is_cache_hit(&parts.headers);
+
+    if !parts.status.is_success() || !api.is_stream() {
+        let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => return CallResult::failed("ConnectionError", Some(status), start),
+        };
+        let outcome = if !parts.status.is_success() {
+            response::failed(&response::error_code(parts.status, &parts.headers, &bytes))
+        } else if api == Api::Converse {
+            response::converse_body(&bytes)
+        } else {
+            response::openai_body(&bytes)
+        };
+        return CallResult::from_outcome(outcome, status, cache_hit, start);
+    }
+
+    let mut reader = StreamReader::new(api);
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(_)) => return CallResult::failed("ConnectionError", Some(status), start),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if !reader.push(&data, start.elapsed()) {
+                        break;
+                    }
+                }
+                if let Some(pause) = read_pause {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+    CallResult::from_outcome(reader.finish(), status, cache_hit, start)
 }
 
 /// Either stream reader, chosen by the API.
@@ -446,5 +618,15 @@ mod tests {
         assert!(check_base_url("https://bedrock-runtime.us-east-1.amazonaws.com").is_ok());
         assert!(check_base_url("127.0.0.1:7070").is_err());
         assert!(check_base_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn a_slow_body_is_cut_into_near_equal_pieces() {
+        assert_eq!(piece_sizes(10, 3), vec![4, 3, 3]);
+        assert_eq!(piece_sizes(9, 3), vec![3, 3, 3]);
+        assert_eq!(piece_sizes(2, 5), vec![1, 1], "no empty piece");
+        assert_eq!(piece_sizes(7, 0), vec![7], "at least one piece");
+        assert!(piece_sizes(0, 4).is_empty());
+        assert_eq!(piece_sizes(1000, 7).iter().sum::<usize>(), 1000);
     }
 }

@@ -7,6 +7,10 @@
 //! - [`load`]: closed- and open-loop load, one target or two compared.
 //! - [`workload`]: synthetic multi-turn traffic for the prompt-cache benchmark.
 //! - [`baseline`]: a static axum server and a bare forwarder, the report's yardsticks.
+//! - [`soak`]: mixed traffic for a while, the proxy's RSS and descriptors sampled.
+//! - [`hold`]: slow-body and idle connections held while other traffic is measured.
+//! - [`hostile`]: those misbehaving connections, written by hand over TCP.
+//! - [`process`]: RSS, descriptors and CPU time of a process, from /proc.
 //! - [`client`]: the one HTTP client (pool, SigV4 or bearer, timing).
 //! - [`response`]: event streams, SSE and JSON bodies read into outcomes.
 //! - [`stats`]: percentiles, distributions and HDR histograms.
@@ -18,10 +22,14 @@ pub mod baseline;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod hold;
+pub mod hostile;
 pub mod latency;
 pub mod load;
+pub mod process;
 pub mod report;
 pub mod response;
+pub mod soak;
 pub mod stats;
 pub mod table;
 pub mod workload;

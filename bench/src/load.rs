@@ -53,7 +53,7 @@ pub enum Stop {
 /// How to run a load test.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// One base URL, or two to compare (A then B).
+    /// One base URL, or two or more to compare (A, B, C...), interleaved.
     pub targets: Vec<String>,
     pub format: Format,
     pub stream: bool,
@@ -259,16 +259,21 @@ pub struct TargetReport {
     pub ttft_ms: Option<LatencySummary>,
 }
 
-/// B against A at one percentile.
+/// A target against A at one percentile.
 #[derive(Debug, Clone, Serialize)]
 pub struct Delta {
+    /// The target compared with A (`B`, `C`...).
+    pub target: String,
     pub metric: String,
     pub a_ms: f64,
     pub b_ms: f64,
-    /// B - A.
+    /// target - A: the latency the target adds.
     pub diff_ms: f64,
-    /// B / A.
+    /// target / A.
     pub ratio: f64,
+    /// With three targets or more: this target's added latency over B's (B is
+    /// the yardstick, such as nginx in front of the same upstream).
+    pub added_vs_b: Option<f64>,
 }
 
 /// The whole run (`load.json`).
@@ -283,6 +288,7 @@ pub struct LoadReport {
     pub max_tokens: u32,
     pub elapsed_s: f64,
     pub targets: Vec<TargetReport>,
+    /// Each target after the first against A.
     pub comparison: Vec<Delta>,
 }
 
@@ -292,27 +298,54 @@ fn deltas(a: &TargetReport, b: &TargetReport) -> Vec<Delta> {
         ("latency", a.latency_ms, b.latency_ms),
         ("TTFT", a.ttft_ms, b.ttft_ms),
     ];
-    for (name, a, b) in pairs {
-        let (Some(a), Some(b)) = (a, b) else { continue };
+    for (name, a, b_summary) in pairs {
+        let (Some(a), Some(b_summary)) = (a, b_summary) else {
+            continue;
+        };
         for (q, av, bv) in [
-            ("p50", a.p50, b.p50),
-            ("p90", a.p90, b.p90),
-            ("p99", a.p99, b.p99),
+            ("p50", a.p50, b_summary.p50),
+            ("p90", a.p90, b_summary.p90),
+            ("p99", a.p99, b_summary.p99),
         ] {
             out.push(Delta {
+                target: b.label.clone(),
                 metric: format!("{name} {q}"),
                 a_ms: av,
                 b_ms: bv,
                 diff_ms: bv - av,
                 ratio: if av > 0.0 { bv / av } else { f64::NAN },
+                added_vs_b: None,
             });
         }
     }
     out
 }
 
+/// Every target after A against A; with three or more targets, each added
+/// latency also as a multiple of B's at the same metric.
+fn comparison(targets: &[TargetReport]) -> Vec<Delta> {
+    let Some((a, rest)) = targets.split_first() else {
+        return Vec::new();
+    };
+    let mut out: Vec<Delta> = rest.iter().flat_map(|t| deltas(a, t)).collect();
+    if targets.len() >= 3 {
+        let b_added: Vec<(String, f64)> = out
+            .iter()
+            .filter(|d| d.target == "B")
+            .map(|d| (d.metric.clone(), d.diff_ms))
+            .collect();
+        for d in &mut out {
+            d.added_vs_b = b_added
+                .iter()
+                .find(|(m, _)| *m == d.metric)
+                .and_then(|&(_, b)| (b > 0.0).then(|| d.diff_ms / b));
+        }
+    }
+    out
+}
+
 fn check(options: &LoadOptions) -> Result<(), BenchError> {
-    client::check_targets(&options.targets)?;
+    client::check_targets(&options.targets, client::MAX_TARGETS)?;
     match options.arrival {
         Arrival::Closed { concurrency: 0 } => {
             return Err(BenchError::Options(
@@ -421,10 +454,7 @@ pub async fn run(options: LoadOptions) -> Result<LoadReport, BenchError> {
             ttft_ms: s.ttft.summary(),
         })
         .collect();
-    let comparison = match targets.as_slice() {
-        [a, b] => deltas(a, b),
-        _ => Vec::new(),
-    };
+    let comparison = comparison(&targets);
     let o = &plan.options;
     Ok(LoadReport {
         format: o.format,
@@ -525,15 +555,32 @@ pub fn render(report: &LoadReport) -> String {
         }
     }
     if !report.comparison.is_empty() {
-        let mut t = Table::new(&["B vs A", "A ms", "B ms", "B-A ms", "B/A"]);
+        let many = report.targets.len() >= 3;
+        let mut header = vec![
+            "vs A",
+            "metric",
+            "A ms",
+            "target ms",
+            "added ms",
+            "target/A",
+        ];
+        if many {
+            header.push("added / B's added");
+        }
+        let mut t = Table::new(&header);
         for d in &report.comparison {
-            t.row(vec![
+            let mut row = vec![
+                d.target.clone(),
                 d.metric.clone(),
                 format!("{:.2}", d.a_ms),
                 format!("{:.2}", d.b_ms),
                 format!("{:+.2}", d.diff_ms),
                 format!("{:.3}x", d.ratio),
-            ]);
+            ];
+            if many {
+                row.push(d.added_vs_b.map_or("-".into(), |r| format!("{r:.2}x")));
+            }
+            t.row(row);
         }
         out.push('\n');
         out.push_str(&t.render());
@@ -601,8 +648,8 @@ mod tests {
             p999: p50,
             max: p50,
         };
-        let t = |p50| TargetReport {
-            label: String::new(),
+        let t = |label: &str, p50| TargetReport {
+            label: label.into(),
             url: String::new(),
             requests: 1,
             ok: 1,
@@ -613,10 +660,32 @@ mod tests {
             latency_ms: Some(s(p50)),
             ttft_ms: None,
         };
-        let d = deltas(&t(10.0), &t(15.0));
+        let d = comparison(&[t("A", 10.0), t("B", 15.0)]);
         assert_eq!(d.len(), 3);
+        assert_eq!(d[0].target, "B");
         assert_eq!(d[0].metric, "latency p50");
         assert_eq!(d[0].diff_ms, 5.0);
-        assert_eq!(d[0].ratio, 1.5);
+        assert_eq!(d[0].added_vs_b, None, "two targets: no yardstick");
+        let d = comparison(&[t("A", 10.0), t("B", 12.0), t("C", 15.0)]);
+        assert_eq!(d.len(), 6);
+        assert_eq!(d[0].added_vs_b, Some(1.0));
+        assert_eq!(d[3].target, "C");
+        assert_eq!(d[3].diff_ms, 5.0);
+        assert_eq!(d[3].added_vs_b, Some(2.5), "C adds 5 ms where B adds 2");
+        let text = render(&LoadReport {
+            format: Format::Bedrock,
+            stream: false,
+            model: "m".into(),
+            arrival: Arrival::Closed { concurrency: 1 },
+            warmup: 0,
+            unique: true,
+            max_tokens: 1,
+            elapsed_s: 1.0,
+            targets: vec![t("A", 10.0), t("B", 12.0), t("C", 15.0)],
+            comparison: d.clone(),
+        });
+        assert!(text.contains("added / B's added"));
+        assert!(text.contains("2.50x"));
+        assert_eq!(d[3].ratio, 1.5);
     }
 }

@@ -153,7 +153,7 @@ impl ConverseStreamReader {
         Outcome {
             ttft: self.first_delta,
             usage: self.summary.usage,
-            served_tier: self.summary.latency_tier,
+            served_tier: self.summary.latency_tier.map(|t| t.name().to_owned()),
             text: self.text,
             error,
         }
@@ -287,7 +287,7 @@ pub fn converse_body(body: &[u8]) -> Outcome {
     Outcome {
         ttft: None,
         usage: summary.usage,
-        served_tier: summary.latency_tier,
+        served_tier: summary.latency_tier.map(|t| t.name().to_owned()),
         text,
         error: None,
     }

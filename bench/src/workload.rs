@@ -318,7 +318,7 @@ impl Run {
 }
 
 fn check(options: &WorkloadOptions) -> Result<(), BenchError> {
-    client::check_targets(&options.targets)?;
+    client::check_targets(&options.targets, 2)?;
     if options.conversations == 0
         || options.system_prompts == 0
         || options.turns == 0

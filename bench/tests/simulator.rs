@@ -1,6 +1,7 @@
 //! End to end: each subcommand's code path run against an in-process simulator
 //! that answers as fast as it can, checking counts and error codes the way a
 //! user reading the report would.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use bedrock_bench::client::AuthOptions;
 use bedrock_bench::latency::{self, LatencyOptions};

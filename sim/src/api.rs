@@ -2,9 +2,11 @@
 //! body (size limit) -> credentials -> request log -> model (or prompt router)
 //! -> validation -> service tier -> guardrail on the prompt -> scripted faults
 //! -> served tier (quotas) -> prompt cache -> answer -> guardrail on the answer
-//! -> timing -> response, JSON or paced event stream. The other operations have
-//! modules of their own ([`crate::guardrail`], [`crate::guardrail_checks`],
-//! [`crate::async_invoke`], [`crate::bidi`]) and share the admission here.
+//! -> timing -> response, JSON or paced event stream. Embedding models take a
+//! shorter path: validation -> service tier -> faults -> timing -> vectors. The
+//! other operations have modules of their own ([`crate::guardrail`],
+//! [`crate::guardrail_checks`], [`crate::async_invoke`], [`crate::bidi`]) and
+//! share the admission here.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -24,8 +26,10 @@ use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::catalog::{Family, Model, Resolved};
+use crate::catalog::{Family, Model, ModelKind, Resolved};
+use crate::embed;
 use crate::error::SimError;
+use crate::face::Face;
 use crate::faults::{FaultKind, FaultRule, Target};
 use crate::generate::{self, Answer};
 use crate::guardrail::{self, Applied, Assessment, Trace};
@@ -180,6 +184,7 @@ pub(crate) fn log(
     state.log.push(LoggedRequest {
         seq: state.log.next_seq(),
         request_id: request_id.to_owned(),
+        face: Face::Bedrock,
         operation: op.label(),
         model_id: subject.to_owned(),
         path: parts.uri.path().to_owned(),
@@ -237,7 +242,7 @@ fn resolve(
         return Ok((resolved, Some(routed)));
     }
     let resolved = state.catalog.resolve(model_id).ok_or_else(invalid)?;
-    if !resolved.model.is_text() {
+    if !resolved.model.serves_model_operations() {
         return Err(SimError::validation(
             "This action doesn't support the model that you provided. Try again with a supported text or chat model.",
         ));
@@ -278,6 +283,7 @@ async fn serve(
         }
         let tokens = request::count_tokens(&body, &resolved.model)?;
         let target = Target {
+            face: Face::Bedrock,
             ids: &[&model_id],
             operation: op.name(),
             ..Target::default()
@@ -291,6 +297,9 @@ async fn serve(
             json!({ "inputTokens": tokens }),
             HeaderMap::new(),
         ));
+    }
+    if resolved.model.kind == ModelKind::Embedding {
+        return embedding(state, &parts.headers, &model_id, op, &resolved.model, &body).await;
     }
 
     let plan = plan(
@@ -324,6 +333,119 @@ async fn serve(
     respond(state, plan).await
 }
 
+/// InvokeModel on an embedding model: vectors after the model's latency. The
+/// service tier is checked and reported as for text models; guardrails,
+/// latency tiers and the prompt cache do not apply.
+async fn embedding(
+    state: &SimState,
+    headers: &HeaderMap,
+    model_id: &str,
+    op: Operation,
+    model: &Model,
+    body: &Value,
+) -> Result<Response, SimError> {
+    match op {
+        Operation::Invoke => {}
+        Operation::InvokeStream => {
+            return Err(SimError::validation(
+                "The provided model doesn't support streaming.",
+            ))
+        }
+        _ => {
+            return Err(SimError::validation(
+                "This action doesn't support the model that you provided. Try again with a supported text or chat model.",
+            ))
+        }
+    }
+    let request = embed::request(body, model)?;
+    let requested_service = service_tier::from_header(headers)?;
+    let service = requested_service.tier();
+    service_tier::check(state, model, service)?;
+    let target = Target {
+        face: Face::Bedrock,
+        ids: &[model_id],
+        latency: Some(Tier::Standard.name()),
+        service_tier: Some(service.name()),
+        operation: op.name(),
+    };
+    let fault = take_fault(state, headers, &target)?;
+    if let Some(f) = &fault {
+        let delay = Duration::from_millis(f.ms.unwrap_or(0));
+        match f.fault {
+            FaultKind::SlowFirstByte | FaultKind::ConnectionReset if !delay.is_zero() => {
+                tokio::time::sleep(delay).await;
+            }
+            _ => {}
+        }
+        if let Some(error) = f.error() {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            return Err(error);
+        }
+        match f.fault {
+            FaultKind::ConnectionReset => {
+                let mut r = StatusCode::OK.into_response();
+                r.extensions_mut().insert(ResetConnection);
+                return Ok(r);
+            }
+            FaultKind::MidstreamError => {
+                let kind =
+                    ErrorType::parse(f.stream_exception()).unwrap_or(ErrorType::InternalServer);
+                return Err(SimError::modeled(
+                    kind,
+                    "The model stopped while generating the response.",
+                ));
+            }
+            _ => {}
+        }
+    }
+    if service == ServiceTier::Flex {
+        service_tier::admit_flex(state, model)?;
+    }
+    let (speed, jitter) = service_tier::adjust(&model.standard, state.config.jitter, service);
+    let t = timing(
+        &speed,
+        request.input_tokens,
+        0,
+        jitter,
+        state.config.time_scale,
+        fastrand::f64(),
+    );
+    if !t.ttft.is_zero() {
+        tokio::time::sleep(t.ttft).await;
+    }
+    state.stats.served(
+        Tier::Standard.name(),
+        Billed {
+            input_tokens: request.input_tokens,
+            output_tokens: 0,
+            cache_read: 0,
+            cache_write: 0,
+        },
+    );
+    state.stats.served_service_tier(service.name());
+    let mut out = HeaderMap::new();
+    header(
+        &mut out,
+        "x-amzn-bedrock-input-token-count",
+        request.input_tokens,
+    );
+    header(
+        &mut out,
+        "x-amzn-bedrock-invocation-latency",
+        t.ttft.as_millis(),
+    );
+    if requested_service.0.is_some() {
+        header(
+            &mut out,
+            bedrock_wire::tier::SERVICE_TIER_HEADER,
+            service.name(),
+        );
+    }
+    Ok(json_response(embed::response(&request, model), out))
+}
+
 /// The fault for this request: the `x-sim-fault` header's, or the first
 /// installed rule that matches.
 pub(crate) fn take_fault(
@@ -333,7 +455,7 @@ pub(crate) fn take_fault(
 ) -> Result<Option<FaultRule>, SimError> {
     let fault = match headers.get("x-sim-fault").and_then(|v| v.to_str().ok()) {
         Some(header) => Some(
-            FaultRule::from_header(header)
+            FaultRule::from_header_on(header, target.face)
                 .map_err(|e| SimError::validation(format!("x-sim-fault: {e}")))?,
         ),
         None => state.faults.take(target),
@@ -391,7 +513,7 @@ fn plan(
             let mut prompt = match model.family {
                 Family::Anthropic => request::anthropic(body, &model)?,
                 Family::Meta => request::llama(body, &model)?,
-                Family::Amazon => {
+                Family::Amazon | Family::Cohere => {
                     return Err(SimError::validation(format!(
                         "bedrock-sim answers InvokeModel for {} only through Converse; use Converse or ConverseStream.",
                         model.id
@@ -432,6 +554,7 @@ fn plan(
         ids.push(&r.profile);
     }
     let target = Target {
+        face: Face::Bedrock,
         ids: &ids,
         latency: Some(prompt.tier.name()),
         service_tier: Some(service.name()),
@@ -861,7 +984,7 @@ async fn respond(state: &Arc<SimState>, plan: Plan) -> Result<Response, SimError
 }
 
 /// How a stream ends.
-enum Ending {
+pub(crate) enum Ending {
     Complete,
     /// An exception frame after `after` events.
     Exception {
@@ -911,7 +1034,12 @@ impl Pacer {
 
 /// An event stream that sends each item after its delay; dropping it (a client
 /// that went away) stops the generation.
-fn paced_body(items: Vec<Paced>, timing: Timing, ending: Ending, state: Arc<SimState>) -> Body {
+pub(crate) fn paced_body(
+    items: Vec<Paced>,
+    timing: Timing,
+    ending: Ending,
+    state: Arc<SimState>,
+) -> Body {
     let pacer = Pacer {
         items: items.into_iter(),
         timing,

@@ -28,6 +28,7 @@ use std::time::Duration;
 use crate::api::{admit, fault_error, finish, json_response, Admitted, Subject};
 use crate::catalog::Model;
 use crate::error::SimError;
+use crate::face::Face;
 use crate::faults::{FaultKind, Target};
 use crate::SimState;
 
@@ -493,6 +494,7 @@ async fn serve_start(
     }
     let seconds = reel_seconds(model, &start.model_input)?;
     let target = Target {
+        face: Face::Bedrock,
         ids: &[&start.model_id],
         operation: op.label(),
         ..Target::default()
@@ -580,6 +582,7 @@ async fn serve_get(
         return Err(pattern(arn, "invocationArn", INVOCATION_ARN_PATTERN));
     }
     let target = Target {
+        face: Face::Bedrock,
         operation: op.label(),
         ..Target::default()
     };
@@ -707,6 +710,7 @@ async fn serve_list(
             .ok_or_else(|| SimError::validation("The pagination token is invalid."))?,
     };
     let target = Target {
+        face: Face::Bedrock,
         operation: op.label(),
         ..Target::default()
     };

@@ -2,6 +2,7 @@
 //! when there are any) or a Bedrock API key sent as a bearer token. A streamed
 //! upload (the bidirectional stream) is checked from its headers alone. The identity
 //! returned scopes the prompt cache, as Bedrock's is scoped to the account.
+//! SageMaker Runtime takes SigV4 only, for its own signing name.
 
 use axum::http::HeaderMap;
 use bedrock_wire::sigv4::{self, VerifyError};
@@ -55,15 +56,31 @@ fn check(
         let digest = Sha256::digest(token.as_bytes());
         return Ok(format!("bearer:{}", hex::encode(&digest[..8])));
     }
+    sigv4_identity(config, "bedrock", value, method, uri, headers, body)
+}
+
+/// The access key of a request signed with SigV4 for `service` (the value of
+/// its `Authorization` header), checked against the configured key pairs when
+/// there are any; or the error AWS would answer with. Without a `body` (a
+/// stream still arriving) the signature is checked over the headers alone.
+pub fn sigv4_identity(
+    config: &SimConfig,
+    service: &str,
+    value: &str,
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+) -> Result<String, SimError> {
     let auth = sigv4::parse_authorization(value).ok_or_else(|| SimError {
         status: axum::http::StatusCode::FORBIDDEN,
         type_name: "IncompleteSignatureException",
         message: format!("Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters. Authorization={value}"),
     })?;
-    if auth.service != "bedrock" {
-        return Err(SimError::invalid_signature(
-            "Credential should be scoped to correct service: 'bedrock'.",
-        ));
+    if auth.service != service {
+        return Err(SimError::invalid_signature(format!(
+            "Credential should be scoped to correct service: '{service}'."
+        )));
     }
     if !config.credentials.is_empty() {
         let cred = config

@@ -36,6 +36,7 @@ use std::time::Duration;
 use crate::api::{finish, log, take_fault};
 use crate::catalog::Model;
 use crate::error::SimError;
+use crate::face::Face;
 use crate::faults::{FaultKind, FaultRule, Target};
 use crate::generate;
 use crate::request;
@@ -86,6 +87,7 @@ fn open(
         )));
     }
     let target = Target {
+        face: Face::Bedrock,
         ids: &[model_id],
         operation: op.label(),
         ..Target::default()

@@ -3,7 +3,8 @@
 //! (`models.toml`, embedded by default).
 
 pub use bedrock_wire::catalog::ServiceTierRegions;
-use bedrock_wire::catalog::{check_router, prompt_router_id, Lookup, ModelIds};
+use bedrock_wire::catalog::{check_kind, check_router, prompt_router_id, Lookup, ModelIds};
+pub use bedrock_wire::catalog::{EmbeddingInfo, ModelKind};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ pub enum Family {
     Anthropic,
     Meta,
     Amazon,
+    Cohere,
 }
 
 /// Latency parameters of one tier.
@@ -65,6 +67,27 @@ pub struct Model {
     /// Served through InvokeModelWithBidirectionalStream only (speech).
     #[serde(default)]
     pub bidirectional_stream: bool,
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// Extended thinking.
+    #[serde(default)]
+    pub reasoning: bool,
+    /// A new thinking block after each tool result with the
+    /// `interleaved-thinking-2025-05-14` beta (Claude 4 and later).
+    #[serde(default)]
+    pub interleaved_thinking: bool,
+    /// `outputConfig.textFormat` json_schema and strict tools.
+    #[serde(default)]
+    pub structured_output: bool,
+    /// `outputConfig.effort`.
+    #[serde(default)]
+    pub effort: bool,
+    /// Citations on document blocks.
+    #[serde(default)]
+    pub citations: bool,
+    /// An embedding model's limits.
+    #[serde(default)]
+    pub embedding: Option<EmbeddingInfo>,
 }
 
 /// How long an async invocation runs: a base plus a share per second of output.
@@ -96,9 +119,10 @@ fn default_large_from_tokens() -> u32 {
 pub const MAX_CACHE_POINTS: usize = bedrock_wire::catalog::BEDROCK_MAX_CACHE_POINTS as usize;
 
 impl Model {
-    /// Whether Converse, InvokeModel and CountTokens serve it (text models do;
-    /// video and speech models have their own operations).
-    pub fn is_text(&self) -> bool {
+    /// Whether the `/model/{modelId}/{operation}` operations serve it: text
+    /// models all five, embedding models InvokeModel; video and speech models
+    /// have operations of their own.
+    pub fn serves_model_operations(&self) -> bool {
         !self.async_invoke && !self.bidirectional_stream
     }
 
@@ -148,6 +172,19 @@ impl Catalog {
                     model.id
                 ));
             }
+            check_kind(&model.id, model.kind, model.embedding.as_ref())?;
+            if model.kind == ModelKind::Embedding && !model.serves_model_operations() {
+                return Err(format!(
+                    "model {}: an embedding model serves InvokeModel, not `async_invoke` or `bidirectional_stream`",
+                    model.id
+                ));
+            }
+            if model.interleaved_thinking && !model.reasoning {
+                return Err(format!(
+                    "model {}: `interleaved_thinking` needs `reasoning`",
+                    model.id
+                ));
+            }
             let model = Arc::new(model);
             catalog.ids.add(&model, &model.id, &model.profiles)?;
             catalog.models.push(model);
@@ -158,10 +195,11 @@ impl Catalog {
                 models: router.models.clone(),
             };
             check_router(&info, |id| {
-                catalog
-                    .ids
-                    .get(id)
-                    .is_some_and(|l| l.via_profile && l.model.is_text())
+                catalog.ids.get(id).is_some_and(|l| {
+                    l.via_profile
+                        && l.model.kind == ModelKind::Text
+                        && l.model.serves_model_operations()
+                })
             })?;
         }
         catalog.routers = file.routers;
@@ -227,24 +265,34 @@ mod tests {
         let sim = Catalog::parse(DEFAULT_CATALOG).unwrap();
         let proxy = bedrock_wire::catalog::Catalog::embedded();
         for model in sim.models() {
-            let Some(info) = proxy.get(&model.id) else {
-                continue;
-            };
-            let info = &info.model;
-            assert_eq!(model.profiles, info.profiles, "{}", model.id);
+            let theirs = proxy
+                .get(&model.id)
+                .unwrap_or_else(|| panic!("{} is missing from config/models.toml", model.id));
+            let theirs = &theirs.model;
+            assert_eq!(model.profiles, theirs.profiles, "{}", model.id);
             assert_eq!(
-                model.optimized_regions, info.optimized_regions,
+                model.optimized_regions, theirs.optimized_regions,
                 "{}",
                 model.id
             );
-            assert_eq!(model.service_tiers, info.service_tiers, "{}", model.id);
-            assert_eq!(model.async_invoke, info.async_invoke, "{}", model.id);
+            assert_eq!(model.prompt_cache, theirs.prompt_cache, "{}", model.id);
+            assert_eq!(model.service_tiers, theirs.service_tiers, "{}", model.id);
+            assert_eq!(model.async_invoke, theirs.async_invoke, "{}", model.id);
             assert_eq!(
-                model.bidirectional_stream, info.bidirectional_stream,
+                model.bidirectional_stream, theirs.bidirectional_stream,
                 "{}",
                 model.id
             );
-            assert_eq!(model.prompt_cache, info.prompt_cache, "{}", model.id);
+            assert_eq!(model.kind, theirs.kind, "{}", model.id);
+            assert_eq!(model.reasoning, theirs.reasoning, "{}", model.id);
+            assert_eq!(
+                model.structured_output, theirs.structured_output,
+                "{}",
+                model.id
+            );
+            assert_eq!(model.effort, theirs.effort, "{}", model.id);
+            assert_eq!(model.citations, theirs.citations, "{}", model.id);
+            assert_eq!(model.embedding, theirs.embedding, "{}", model.id);
         }
         let ids = |r: &[String]| r.to_vec();
         let sim_routers: Vec<_> = sim
@@ -265,5 +313,8 @@ mod tests {
         let err = Catalog::parse("[[models]]\nid = \"x\"\nfamily = \"anthropic\"\nbogus = 1\n")
             .unwrap_err();
         assert!(err.contains("bogus"), "{err}");
+        let video_embedder = "[[models]]\nid = \"e\"\nfamily = \"amazon\"\nkind = \"embedding\"\ncontext_tokens = 8\nmax_output_tokens = 0\nembedding = { dimensions = [8], default_dimensions = 8, max_input_tokens = 8, max_input_chars = 8, max_batch = 1 }\nstandard = { ttft_ms = 1, prefill_us_per_token = 1, tokens_per_s = 1 }\nasync_invoke = true\nasync_job = { base_s = 1, per_output_second_s = 1 }\n";
+        let err = Catalog::parse(video_embedder).unwrap_err();
+        assert!(err.contains("embedding model serves InvokeModel"), "{err}");
     }
 }

@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::guardrail::GuardrailConfig;
+use crate::openai_face::OpenAiConfig;
+use crate::sagemaker::SageMakerConfig;
+use crate::selfhosted::{self, SelfHostedModel};
 
 /// A key pair whose SigV4 signatures the simulator verifies.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +58,12 @@ pub struct SimConfig {
     pub credentials: Vec<StaticCredential>,
     /// When set, bearer tokens must be one of these.
     pub bearer_tokens: Vec<String>,
+    /// Models behind the OpenAI-compatible and SageMaker faces (`[[self_hosted]]`).
+    pub self_hosted: Vec<SelfHostedModel>,
+    /// The OpenAI-compatible face (`[openai]`).
+    pub openai: OpenAiConfig,
+    /// The SageMaker Runtime face (`[sagemaker]`).
+    pub sagemaker: SageMakerConfig,
 }
 
 impl Default for SimConfig {
@@ -76,6 +85,9 @@ impl Default for SimConfig {
             request_log: 1000,
             credentials: Vec::new(),
             bearer_tokens: Vec::new(),
+            self_hosted: selfhosted::default_models(),
+            openai: OpenAiConfig::default(),
+            sagemaker: SageMakerConfig::default(),
         }
     }
 }
@@ -99,12 +111,7 @@ impl SimConfig {
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(format!("jitter must be in [0, 1), got {}", self.jitter));
         }
-        if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!(
-                "account_id must be 12 digits, got {:?}",
-                self.account_id
-            ));
-        }
+        check_account_id("account_id", &self.account_id)?;
         if !(self.bidi_idle_timeout_s > 0.0 && self.bidi_idle_timeout_s.is_finite()) {
             return Err(format!(
                 "bidi_idle_timeout_s must be more than 0, got {}",
@@ -118,7 +125,29 @@ impl SimConfig {
                 return Err(format!("guardrail {} appears twice", g.id));
             }
         }
+        if let Some(id) = &self.sagemaker.account_id {
+            check_account_id("sagemaker.account_id", id)?;
+        }
+        selfhosted::validate_models(&self.self_hosted)?;
+        self.sagemaker.validate(&self.self_hosted)?;
         Ok(())
+    }
+
+    /// The account SageMaker's endpoints belong to: `[sagemaker] account_id`,
+    /// else the simulator's one account.
+    pub fn sagemaker_account(&self) -> &str {
+        self.sagemaker
+            .account_id
+            .as_deref()
+            .unwrap_or(&self.account_id)
+    }
+}
+
+fn check_account_id(key: &str, id: &str) -> Result<(), String> {
+    if id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(format!("{key} must be 12 digits, got {id:?}"))
     }
 }
 
@@ -156,5 +185,46 @@ mod tests {
         let err =
             SimConfig::parse("[[guardrails]]\nid = \"g\"\nversions = [\"v2\"]\n").unwrap_err();
         assert!(err.contains("v2"), "{err}");
+    }
+
+    #[test]
+    fn self_hosted_faces_are_configured_in_one_file() {
+        let c = SimConfig::parse(
+            r#"
+[[self_hosted]]
+id = "tiny"
+context_tokens = 2048
+speed = { ttft_ms = 10, prefill_us_per_token = 5, tokens_per_s = 200 }
+stream_options = "reject"
+
+[openai]
+api_key = "sk-local"
+
+[sagemaker]
+account_id = "111122223333"
+[[sagemaker.endpoints]]
+name = "tiny-ep"
+model = "tiny"
+[[sagemaker.endpoints]]
+name = "shared"
+inference_components = { "tiny-ic" = "tiny" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.self_hosted.len(), 1);
+        assert_eq!(c.openai.api_key.as_deref(), Some("sk-local"));
+        assert_eq!(c.sagemaker.endpoints.len(), 2);
+        let err =
+            SimConfig::parse("[[sagemaker.endpoints]]\nname = \"x\"\nmodel = \"not-served\"\n")
+                .unwrap_err();
+        assert!(err.contains("not-served"), "{err}");
+        let err = SimConfig::parse("[openai]\napi_kye = \"x\"\n").unwrap_err();
+        assert!(err.contains("api_kye"), "{err}");
+        assert!(SimConfig::default().validate().is_ok());
+        assert_eq!(c.sagemaker_account(), "111122223333");
+        let one_account = SimConfig::parse("account_id = \"444455556666\"\n").unwrap();
+        assert_eq!(one_account.sagemaker_account(), "444455556666");
+        let err = SimConfig::parse("[sagemaker]\naccount_id = \"12\"\n").unwrap_err();
+        assert!(err.contains("sagemaker.account_id"), "{err}");
     }
 }

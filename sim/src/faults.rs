@@ -1,7 +1,9 @@
 //! Scripted faults: rules added with `POST /_sim/faults` (or one-off, with the
 //! `x-sim-fault` request header) that make matching requests fail the way Bedrock
 //! fails: error responses, slow first bytes, exceptions in the middle of a
-//! stream, a connection cut, or an async job that ends Failed.
+//! stream, a connection cut, or an async job that ends Failed. A rule names
+//! the face it targets (Bedrock by default); each face renders the fault in its
+//! own API's shape.
 
 use bedrock_wire::error::ErrorType;
 use serde::{Deserialize, Serialize};
@@ -9,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::SimError;
+use crate::face::{Face, FaceMatch};
 
 /// What goes wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +28,9 @@ pub enum FaultKind {
     ConnectionReset,
     /// StartAsyncInvoke succeeds, and the job ends Failed.
     JobFailure,
+    /// The model (a container, for SageMaker) failed: Bedrock's
+    /// ModelErrorException, SageMaker's ModelError, a 500 from an OpenAI server.
+    ModelError,
 }
 
 impl FaultKind {
@@ -37,21 +43,27 @@ impl FaultKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultRule {
-    /// Matches model ids containing this text (as the caller wrote the id).
+    /// The faces the rule applies to: `bedrock` (when absent), `openai`,
+    /// `sagemaker` or `any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face: Option<FaceMatch>,
+    /// Matches model ids containing this text (as the caller wrote the id; on
+    /// SageMaker, the endpoint name, the inference component or the model it serves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Matches the latency tier the request asked for: `standard` or `optimized`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<String>,
     /// Matches the service tier the request asked for: `priority`, `default`
-    /// (also a request that names none), `flex` or `reserved`.
+    /// (also a request that names none), `flex` or `reserved` (Bedrock only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_tier: Option<String>,
-    /// Matches one operation by its label: `converse`, `converse-stream`,
-    /// `invoke`, `invoke-with-response-stream`, `count-tokens`,
-    /// `invoke-with-bidirectional-stream`, `apply-guardrail`,
+    /// Matches one operation by its label. On Bedrock: `converse`,
+    /// `converse-stream`, `invoke`, `invoke-with-response-stream`,
+    /// `count-tokens`, `invoke-with-bidirectional-stream`, `apply-guardrail`,
     /// `invoke-guardrail-checks`, `start-async-invoke`, `get-async-invoke` or
-    /// `list-async-invokes`.
+    /// `list-async-invokes`; `chat-completions` on the OpenAI face;
+    /// `invoke-endpoint` or `invoke-endpoint-with-response-stream` on SageMaker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
     pub fault: FaultKind,
@@ -69,7 +81,8 @@ pub struct FaultRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_events: Option<u32>,
     /// `midstream-error`: the stream exception member, such as `throttlingException`
-    /// (default `modelStreamErrorException`).
+    /// (default `modelStreamErrorException`) on Bedrock, `ModelStreamError`
+    /// (default) or `InternalStreamFailure` on SageMaker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
     /// Overrides the error message.
@@ -81,6 +94,7 @@ impl FaultRule {
     /// A rule for `fault` matching every request, without limits.
     pub fn new(fault: FaultKind) -> FaultRule {
         FaultRule {
+            face: None,
             model: None,
             latency: None,
             service_tier: None,
@@ -114,30 +128,51 @@ impl FaultRule {
                 ));
             }
         }
+        let faces = self.faces();
+        if (self.latency.is_some() || self.service_tier.is_some())
+            && !faces.contains(&Face::Bedrock)
+        {
+            return Err("latency and service_tier match Bedrock requests only".to_owned());
+        }
         if let Some(op) = &self.operation {
-            if bedrock_wire::operation::RuntimeOperation::from_label(op).is_none() {
+            if !faces.iter().any(|f| f.has_operation(op)) {
                 return Err(format!("unknown operation {op}"));
             }
         }
+        if self.fault == FaultKind::JobFailure && faces != [Face::Bedrock] {
+            return Err("job-failure is a Bedrock fault (StartAsyncInvoke)".to_owned());
+        }
         if let Some(e) = &self.exception {
-            if ErrorType::parse(e)
-                .and_then(ErrorType::stream_member)
-                .is_none()
-            {
+            if !faces.iter().any(|f| stream_exception_exists(*f, e)) {
                 return Err(format!("{e} is not a stream exception"));
             }
         }
         Ok(())
     }
 
+    /// The faces this rule applies to.
+    pub fn faces(&self) -> &'static [Face] {
+        self.face.unwrap_or(FaceMatch::Bedrock).faces()
+    }
+
     /// Parses the `x-sim-fault` header: `throttle`, `slow-first-byte=800`,
     /// `midstream-error=3`, `midstream-error=3:throttlingException`,
     /// `connection-reset=2`.
     pub fn from_header(value: &str) -> Result<FaultRule, String> {
+        Self::from_header_on(value, Face::Bedrock)
+    }
+
+    /// [`FaultRule::from_header`] for a request that came in on `face`.
+    pub fn from_header_on(value: &str, face: Face) -> Result<FaultRule, String> {
         let (kind, arg) = value.trim().split_once('=').unwrap_or((value.trim(), ""));
         let fault = FaultKind::parse(kind).ok_or_else(|| format!("unknown fault {kind}"))?;
         let mut rule = FaultRule {
             times: Some(1),
+            face: Some(match face {
+                Face::Bedrock => FaceMatch::Bedrock,
+                Face::OpenAi => FaceMatch::OpenAi,
+                Face::SageMaker => FaceMatch::SageMaker,
+            }),
             ..FaultRule::new(fault)
         };
         let (num, exception) = arg.split_once(':').unwrap_or((arg, ""));
@@ -158,9 +193,11 @@ impl FaultRule {
     }
 
     fn matches(&self, target: &Target<'_>) -> bool {
-        self.model
-            .as_deref()
-            .is_none_or(|m| target.ids.iter().any(|id| id.contains(m)))
+        self.faces().contains(&target.face)
+            && self
+                .model
+                .as_deref()
+                .is_none_or(|m| target.ids.iter().any(|id| id.contains(m)))
             && self
                 .latency
                 .as_deref()
@@ -202,6 +239,10 @@ impl FaultRule {
                 ErrorType::Validation,
                 "The request was rejected by a scripted validation fault.",
             ),
+            FaultKind::ModelError => (
+                ErrorType::ModelError,
+                "The model returned an error while processing the request.",
+            ),
             _ => return None,
         };
         Some(SimError::modeled(
@@ -221,15 +262,31 @@ impl FaultRule {
 /// What a request is, as fault rules see it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Target<'a> {
+    /// The API the request came in on.
+    pub face: Face,
     /// The ids a `model` rule may match: the model id as the caller wrote it,
-    /// and the model a prompt router chose (or a guardrail's id).
+    /// and the model a prompt router chose (or a guardrail's id; on SageMaker,
+    /// the endpoint, the inference component and the model it serves).
     pub ids: &'a [&'a str],
-    /// The latency tier asked for, for model operations.
+    /// The latency tier asked for, for Bedrock's model operations.
     pub latency: Option<&'a str>,
-    /// The service tier asked for (`default` when none), for model operations.
+    /// The service tier asked for (`default` when none), for Bedrock's model
+    /// operations.
     pub service_tier: Option<&'a str>,
     /// The operation's label.
     pub operation: &'a str,
+}
+
+/// Whether `name` is a stream exception `face` can send.
+fn stream_exception_exists(face: Face, name: &str) -> bool {
+    match face {
+        Face::Bedrock => ErrorType::parse(name)
+            .and_then(ErrorType::stream_member)
+            .is_some(),
+        Face::SageMaker => bedrock_wire::sagemaker::StreamException::parse(name).is_some(),
+        // An OpenAI stream ends with an `error` chunk; it has no exception types.
+        Face::OpenAi => false,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -297,6 +354,7 @@ mod tests {
 
     fn target<'a>(ids: &'a [&'a str], latency: &'a str, service: &'a str) -> Target<'a> {
         Target {
+            face: Face::Bedrock,
             ids,
             latency: Some(latency),
             service_tier: Some(service),
@@ -388,6 +446,92 @@ mod tests {
         );
         assert!(FaultRule::from_header("explode").is_err());
         assert!(FaultRule::from_header("midstream-error=1:NotAThing").is_err());
+    }
+
+    #[test]
+    fn rules_target_their_face() {
+        let faults = Faults::default();
+        faults.add(rule(serde_json::json!({"fault": "throttle"})));
+        faults.add(rule(
+            serde_json::json!({"face": "sagemaker", "model": "llama",
+            "operation": "invoke-endpoint", "fault": "internal", "times": 1}),
+        ));
+        let names = [
+            "my-endpoint",
+            "my-component",
+            "meta-llama/Llama-3.1-8B-Instruct",
+        ];
+        fn self_hosted<'a>(face: Face, ids: &'a [&'a str], operation: &'a str) -> Target<'a> {
+            Target {
+                face,
+                ids,
+                operation,
+                ..Target::default()
+            }
+        }
+        assert!(faults
+            .take(&self_hosted(Face::OpenAi, &["qwen"], "chat-completions"))
+            .is_none());
+        assert!(faults
+            .take(&self_hosted(
+                Face::SageMaker,
+                &names,
+                "invoke-endpoint-with-response-stream"
+            ))
+            .is_none());
+        let fired = faults
+            .take(&self_hosted(Face::SageMaker, &names, "invoke-endpoint"))
+            .unwrap();
+        assert_eq!(fired.fault, FaultKind::Internal);
+        assert!(faults
+            .take(&self_hosted(Face::SageMaker, &names, "invoke-endpoint"))
+            .is_none());
+        assert!(faults
+            .take(&target(&["anything"], "standard", "default"))
+            .is_some());
+
+        let bad_op = rule(
+            serde_json::json!({"face": "openai", "operation": "converse", "fault": "throttle"}),
+        );
+        assert!(bad_op.validate().unwrap_err().contains("converse"));
+        let guardrail_on_openai = rule(
+            serde_json::json!({"face": "openai", "operation": "apply-guardrail", "fault": "throttle"}),
+        );
+        assert!(guardrail_on_openai.validate().is_err());
+        let tier_on_sagemaker = rule(
+            serde_json::json!({"face": "sagemaker", "service_tier": "flex", "fault": "throttle"}),
+        );
+        assert!(tier_on_sagemaker.validate().is_err());
+        assert!(
+            rule(serde_json::json!({"face": "any", "fault": "job-failure"}))
+                .validate()
+                .is_err()
+        );
+        assert!(FaultRule::from_header_on("job-failure", Face::OpenAi).is_err());
+        let tier_on_any =
+            rule(serde_json::json!({"face": "any", "service_tier": "flex", "fault": "throttle"}));
+        assert!(tier_on_any.validate().is_ok());
+        let sm = rule(
+            serde_json::json!({"face": "sagemaker", "fault": "midstream-error",
+            "exception": "InternalStreamFailure"}),
+        );
+        assert!(sm.validate().is_ok());
+        let on_bedrock = rule(
+            serde_json::json!({"fault": "midstream-error", "exception": "InternalStreamFailure"}),
+        );
+        assert!(on_bedrock.validate().is_err());
+        let header =
+            FaultRule::from_header_on("midstream-error=2:ModelStreamError", Face::SageMaker)
+                .unwrap();
+        assert_eq!(header.after_events, Some(2));
+        assert!(FaultRule::from_header_on(
+            "midstream-error=2:throttlingException",
+            Face::SageMaker
+        )
+        .is_err());
+        assert!(
+            FaultRule::from_header_on("midstream-error=2:ModelStreamError", Face::OpenAi).is_err()
+        );
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! Making up an answer: plain English-like text derived from a seed, cut by
-//! `maxTokens` and stop sequences, or a tool call whose input satisfies the
-//! tool's schema. The same seed always gives the same answer.
+//! `maxTokens` and stop sequences; JSON that follows the requested schema; text
+//! citing a document; or a tool call whose input satisfies the tool's schema;
+//! each preceded by signed reasoning when the request enables thinking. The same
+//! seed always gives the same answer.
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
+use crate::documents::{self, Citation};
+use crate::reasoning;
 use crate::request::{Prompt, ToolChoice, ToolDef};
+use crate::structured::Generator;
 
 /// One generated token: a word and the space or punctuation after it.
 pub type Piece = String;
@@ -13,6 +18,16 @@ pub type Piece = String;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Block {
     Text(Vec<Piece>),
+    /// Extended thinking and its signature.
+    Reasoning {
+        pieces: Vec<Piece>,
+        signature: String,
+    },
+    /// Text supported by a citation of a document.
+    Cited {
+        pieces: Vec<Piece>,
+        citation: Citation,
+    },
     ToolUse {
         id: String,
         name: String,
@@ -63,7 +78,7 @@ pub struct Answer {
     pub output_tokens: u32,
 }
 
-const WORDS: &[&str] = &[
+pub(crate) const WORDS: &[&str] = &[
     "the", "model", "answer", "request", "data", "system", "cache", "prompt", "simple", "learning",
     "machine", "latency", "token", "stream", "region", "value", "result", "quickly", "because",
     "which", "often", "every", "about", "between", "through", "before", "after", "while", "using",
@@ -118,10 +133,6 @@ impl Writer {
         pieces
     }
 
-    fn word(&mut self) -> &'static str {
-        WORDS[self.rng.usize(..WORDS.len())]
-    }
-
     fn id(&mut self, prefix: &str, len: usize) -> String {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
         let mut id = String::with_capacity(prefix.len() + len);
@@ -131,46 +142,15 @@ impl Writer {
         }
         id
     }
-
-    /// A value satisfying a JSON schema (types, enums, required properties).
-    fn value(&mut self, schema: &Value, depth: usize) -> Value {
-        if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
-            return first.clone();
-        }
-        match schema["type"].as_str() {
-            Some("string") => Value::from(self.word()),
-            Some("integer") => Value::from(self.rng.i64(1..100)),
-            Some("number") => Value::from(f64::from(self.rng.u16(1..10_000)) / 100.0),
-            Some("boolean") => Value::from(self.rng.bool()),
-            Some("array") if depth < 4 => {
-                Value::Array(vec![self.value(&schema["items"], depth + 1)])
-            }
-            Some("array") => json!([]),
-            Some("object") | None if depth < 4 => self.object(schema, depth + 1),
-            _ => Value::Null,
-        }
-    }
-
-    fn object(&mut self, schema: &Value, depth: usize) -> Value {
-        let mut out = Map::new();
-        let Some(props) = schema["properties"].as_object() else {
-            return Value::Object(out);
-        };
-        let required: Vec<&str> = schema["required"]
-            .as_array()
-            .map(|r| r.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_else(|| props.keys().map(String::as_str).collect());
-        for name in required {
-            let sub = props.get(name).cloned().unwrap_or(Value::Null);
-            out.insert(name.to_owned(), self.value(&sub, depth));
-        }
-        Value::Object(out)
-    }
 }
 
-/// The tool the model calls, if it calls one.
+/// The tool the model calls, if it calls one. `any` and `tool` force a call at
+/// every turn; after a tool result, `any` picks a tool the conversation has not
+/// called yet where there is one, so agent loops that end with a final-answer
+/// tool get there. `auto` calls a tool the user's message names, and answers in
+/// text after a tool result.
 fn chosen_tool(prompt: &Prompt) -> Option<&ToolDef> {
-    if prompt.tools.is_empty() || prompt.after_tool_result {
+    if prompt.tools.is_empty() {
         return None;
     }
     let asked = || {
@@ -183,9 +163,32 @@ fn chosen_tool(prompt: &Prompt) -> Option<&ToolDef> {
     match &prompt.tool_choice {
         ToolChoice::None => None,
         ToolChoice::Tool(name) => prompt.tools.iter().find(|t| &t.name == name),
+        ToolChoice::Any if prompt.after_tool_result => prompt
+            .tools
+            .iter()
+            .find(|t| !prompt.called_tools.contains(&t.name))
+            .or_else(asked)
+            .or(prompt.tools.first()),
         ToolChoice::Any => asked().or(prompt.tools.first()),
+        ToolChoice::Auto if prompt.after_tool_result => None,
         ToolChoice::Auto => asked(),
     }
+}
+
+/// Cuts text into pieces of about one token (four bytes), for JSON answers.
+fn token_pieces(text: &str) -> Vec<Piece> {
+    let mut pieces = Vec::with_capacity(text.len() / 4 + 1);
+    let mut piece = String::new();
+    for c in text.chars() {
+        piece.push(c);
+        if piece.len() >= 4 {
+            pieces.push(std::mem::take(&mut piece));
+        }
+    }
+    if !piece.is_empty() {
+        pieces.push(piece);
+    }
+    pieces
 }
 
 /// Applies stop sequences to text pieces: cuts before the earliest match.
@@ -224,14 +227,15 @@ pub fn blocked(message: &str) -> Answer {
     }
 }
 
-/// All the text of an answer, its tool calls left out.
+/// All the text of an answer (cited text included), its reasoning and tool
+/// calls left out.
 pub fn text(answer: &Answer) -> String {
     answer
         .blocks
         .iter()
         .filter_map(|b| match b {
-            Block::Text(p) => Some(p.concat()),
-            Block::ToolUse { .. } => None,
+            Block::Text(p) | Block::Cited { pieces: p, .. } => Some(p.concat()),
+            Block::Reasoning { .. } | Block::ToolUse { .. } => None,
         })
         .collect()
 }
@@ -242,15 +246,24 @@ pub fn answer(prompt: &Prompt, seed: u64, max_tokens: u32) -> Answer {
         rng: fastrand::Rng::with_seed(seed),
     };
     let max = max_tokens.max(1) as usize;
+    let mut blocks = Vec::new();
+    let mut used = 0usize;
+    if let Some(thinking) = prompt.thinking.filter(|_| prompt.emit_reasoning) {
+        let n = reasoning::reasoning_tokens(&thinking, prompt.effort, max_tokens, &mut writer.rng);
+        let pieces = writer.text(n as usize);
+        let signature = reasoning::sign(&pieces.concat());
+        used += pieces.len();
+        blocks.push(Block::Reasoning { pieces, signature });
+    }
+    let left = max.saturating_sub(used).max(1);
+
     if let Some(tool) = chosen_tool(prompt) {
-        let mut blocks = Vec::new();
-        let mut used = 0;
         if prompt.tool_choice == ToolChoice::Auto {
-            let preface = writer.text(8.min(max));
+            let preface = writer.text(8.min(left));
             used += preface.len();
             blocks.push(Block::Text(preface));
         }
-        let input = writer.object(&tool.schema, 0);
+        let input = Generator::new(&tool.schema, &mut writer.rng, WORDS).generate();
         let id_prefix = match prompt.format {
             crate::request::Format::Anthropic => "toolu_bdrk_",
             _ => "tooluse_",
@@ -269,9 +282,29 @@ pub fn answer(prompt: &Prompt, seed: u64, max_tokens: u32) -> Answer {
         };
     }
 
-    let natural = (MIN_NATURAL_TOKENS + writer.rng.u64(..NATURAL_TOKENS_SPREAD)) as usize;
-    let mut pieces = writer.text(natural.min(max));
-    let mut stop_reason = if natural > max {
+    let scale = prompt.effort.map_or(1.0, reasoning::Effort::scale);
+    let (mut pieces, natural) = if let Some(schema) = &prompt.output_schema {
+        let value = Generator::new(schema, &mut writer.rng, WORDS).generate();
+        let mut pieces = token_pieces(&value.to_string());
+        let natural = pieces.len();
+        pieces.truncate(left);
+        (pieces, natural)
+    } else {
+        let drawn = MIN_NATURAL_TOKENS + writer.rng.u64(..NATURAL_TOKENS_SPREAD);
+        let natural = ((drawn as f64) * scale) as usize;
+        if let Some(doc) = prompt.citable.first() {
+            return cited_answer(
+                &mut writer,
+                blocks,
+                used,
+                documents::cite(doc),
+                natural,
+                left,
+            );
+        }
+        (writer.text(natural.min(left)), natural)
+    };
+    let mut stop_reason = if natural > left {
         StopReason::MaxTokens
     } else {
         StopReason::EndTurn
@@ -280,12 +313,50 @@ pub fn answer(prompt: &Prompt, seed: u64, max_tokens: u32) -> Answer {
     if stop_sequence.is_some() {
         stop_reason = StopReason::StopSequence;
     }
-    let output_tokens = u32::try_from(pieces.len()).unwrap_or(u32::MAX);
+    used += pieces.len();
+    blocks.push(Block::Text(pieces));
     Answer {
-        blocks: vec![Block::Text(pieces)],
+        blocks,
         stop_reason,
         stop_sequence,
-        output_tokens,
+        output_tokens: u32::try_from(used).unwrap_or(u32::MAX),
+    }
+}
+
+/// An answer that cites a document: an opening, the cited passage's text, and a
+/// close, as Claude interleaves text and citations.
+fn cited_answer(
+    writer: &mut Writer,
+    mut blocks: Vec<Block>,
+    mut used: usize,
+    citation: Citation,
+    natural: usize,
+    left: usize,
+) -> Answer {
+    let total = natural.min(left);
+    let opening = writer.text(4.min(total));
+    let cited = writer.text(12.min(total.saturating_sub(opening.len())).max(1));
+    let rest = total.saturating_sub(opening.len() + cited.len());
+    used += opening.len() + cited.len();
+    blocks.push(Block::Text(opening));
+    blocks.push(Block::Cited {
+        pieces: cited,
+        citation,
+    });
+    if rest > 0 {
+        let close = writer.text(rest);
+        used += close.len();
+        blocks.push(Block::Text(close));
+    }
+    Answer {
+        blocks,
+        stop_reason: if natural > left {
+            StopReason::MaxTokens
+        } else {
+            StopReason::EndTurn
+        },
+        stop_sequence: None,
+        output_tokens: u32::try_from(used).unwrap_or(u32::MAX),
     }
 }
 
@@ -294,13 +365,105 @@ mod tests {
     use super::*;
     use crate::catalog::Catalog;
     use crate::request::{converse, user};
+    use serde_json::json;
+
+    fn prompt_for(id: &str, body: &Value) -> Prompt {
+        let m = Catalog::embedded().resolve(id).unwrap().model;
+        converse(body, &m).unwrap()
+    }
 
     fn prompt(body: &Value) -> Prompt {
-        let m = Catalog::embedded()
-            .resolve("us.anthropic.claude-3-5-haiku-20241022-v1:0")
-            .unwrap()
-            .model;
-        converse(body, &m).unwrap()
+        prompt_for("us.anthropic.claude-3-5-haiku-20241022-v1:0", body)
+    }
+
+    const SONNET_45: &str = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+
+    fn tool_names(a: &Answer) -> Vec<String> {
+        a.blocks
+            .iter()
+            .filter_map(|b| match b {
+                Block::ToolUse { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A conversation that called `search` and sends its result back.
+    fn after_search(choice: Value) -> Value {
+        json!({
+            "messages": [
+                {"role": "user", "content": [{"text": "Find the capital of France."}]},
+                {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "search", "input": {"q": "capital"}}}]},
+                {"role": "user", "content": [{"toolResult": {"toolUseId": "t1", "content": [{"text": "Paris"}]}}]}
+            ],
+            "toolConfig": {"tools": [
+                {"toolSpec": {"name": "search", "inputSchema": {"json": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}},
+                {"toolSpec": {"name": "final_answer", "inputSchema": {"json": {"type": "object",
+                    "properties": {"answer": {"type": "string"}, "confidence": {"type": "number", "minimum": 0, "maximum": 1}},
+                    "required": ["answer", "confidence"]}}}}
+            ], "toolChoice": choice}
+        })
+    }
+
+    #[test]
+    fn forced_tools_are_called_after_tool_results_too() {
+        let any = answer(&prompt(&after_search(json!({"any": {}}))), 1, 500);
+        assert_eq!(
+            tool_names(&any),
+            ["final_answer"],
+            "any picks the tool not yet called"
+        );
+        let Some(Block::ToolUse { input, .. }) = any.blocks.last() else {
+            panic!()
+        };
+        let confidence = input["confidence"].as_f64().unwrap();
+        assert!(input["answer"].is_string() && (0.0..=1.0).contains(&confidence));
+        let named = answer(
+            &prompt(&after_search(json!({"tool": {"name": "search"}}))),
+            1,
+            500,
+        );
+        assert_eq!(tool_names(&named), ["search"]);
+        let auto = answer(&prompt(&after_search(json!({"auto": {}}))), 1, 500);
+        assert_eq!(
+            auto.stop_reason,
+            StopReason::EndTurn,
+            "auto answers in text"
+        );
+    }
+
+    #[test]
+    fn thinking_comes_first_is_signed_and_counted() {
+        let mut body = user("Explain caching");
+        body["inferenceConfig"] = json!({"maxTokens": 3000});
+        body["additionalModelRequestFields"] =
+            json!({"thinking": {"type": "enabled", "budget_tokens": 2000}});
+        let a = answer(&prompt_for(SONNET_45, &body), 5, 3000);
+        let Block::Reasoning { pieces, signature } = &a.blocks[0] else {
+            panic!("reasoning first: {:?}", a.blocks[0]);
+        };
+        assert!(reasoning::verify(&pieces.concat(), signature));
+        assert!((500..=1000).contains(&pieces.len()), "{}", pieces.len());
+        let Block::Text(text) = &a.blocks[1] else {
+            panic!()
+        };
+        assert_eq!(a.output_tokens as usize, pieces.len() + text.len());
+    }
+
+    #[test]
+    fn structured_answers_are_json_of_the_schema() {
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"},
+            "population": {"type": "integer", "minimum": 1}}, "required": ["city", "population"],
+            "additionalProperties": false});
+        let mut body = user("Biggest city?");
+        body["outputConfig"] = json!({"textFormat": {"type": "json_schema",
+            "structure": {"jsonSchema": {"schema": schema.to_string(), "name": "city"}}}});
+        let a = answer(&prompt_for(SONNET_45, &body), 2, 500);
+        let v: Value = serde_json::from_str(&text(&a)).unwrap();
+        assert!(v["city"].is_string() && v["population"].as_i64().unwrap() >= 1);
+        assert_eq!(a.stop_reason, StopReason::EndTurn);
+        let cut = answer(&prompt_for(SONNET_45, &body), 2, 3);
+        assert_eq!(cut.stop_reason, StopReason::MaxTokens);
     }
 
     fn text(a: &Answer) -> String {

@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::api::{admit, finish, json_response, Admitted, Subject};
 use crate::config::SimConfig;
 use crate::error::SimError;
+use crate::face::Face;
 use crate::faults::Target;
 use crate::SimState;
 
@@ -601,6 +602,7 @@ async fn serve_apply(
         state,
         &parts.headers,
         &Target {
+            face: Face::Bedrock,
             ids: &[identifier],
             operation: op.label(),
             ..Target::default()

@@ -17,6 +17,7 @@ use std::sync::{Arc, LazyLock};
 
 use crate::api::{admit, fault_error, finish, json_response, Admitted, Subject};
 use crate::error::SimError;
+use crate::face::Face;
 use crate::faults::Target;
 use crate::SimState;
 
@@ -381,6 +382,7 @@ async fn serve(
     let body = json.map_err(SimError::malformed)?;
     let checks = read(&body)?;
     let target = Target {
+        face: Face::Bedrock,
         operation: op.label(),
         ..Target::default()
     };

@@ -7,13 +7,20 @@
 //! latency (TTFT, output speed, standard vs optimized, service tiers), Bedrock's
 //! prompt cache, the optimized and flex quotas, AWS's default prompt routers,
 //! word-policy guardrails, async jobs on a simulated clock and scripted faults;
-//! and answers deterministically at temperature 0.
+//! extended thinking, structured output, documents with citations and embedding
+//! models; and answers deterministically at temperature 0. Beside Bedrock it
+//! serves self-hosted models through an OpenAI-compatible face and a SageMaker
+//! Runtime face, under the same control plane.
 //!
 //! # Layout
 //! - [`config`]: settings (TOML and flags).
 //! - [`catalog`]: the models, what they support and how fast they are; prompt routers.
 //! - [`auth`]: SigV4 and bearer credentials.
 //! - [`request`]: Bedrock's validation; any body format read into one `Prompt`.
+//!   - [`reasoning`]: extended thinking: its rules, signatures, stripped history.
+//!   - [`structured`]: output schemas and values that conform to a schema.
+//!   - [`documents`]: document blocks, their checks and citations.
+//! - [`embed`]: embedding models (Titan Text Embeddings v2, Cohere Embed v3).
 //! - [`router`]: which model a prompt router picks.
 //! - [`service_tier`]: service tiers: offered where, the flex quota, their timing.
 //! - [`guardrail`]: guardrails (word policy) and ApplyGuardrail.
@@ -26,8 +33,14 @@
 //! - [`api`]: the routes; the five model operations, in that order of stages.
 //! - [`async_invoke`]: StartAsyncInvoke, GetAsyncInvoke, ListAsyncInvokes.
 //! - [`bidi`]: InvokeModelWithBidirectionalStream (a simulated Nova Sonic).
+//! - [`chat`]: OpenAI Chat Completions requests and answers (both self-hosted faces).
+//! - [`selfhosted`]: the self-hosted models, their prefix cache, and the steps
+//!   from a chat request to a timed answer.
+//! - [`openai_face`]: `/v1/chat/completions` and `/v1/models`.
+//! - [`sagemaker`]: SageMaker Runtime's two invocation operations.
 //! - [`control`]: `/_sim/*` endpoints for tests.
 //! - [`state`]: clock, request log, counters, quotas.
+//! - [`face`]: which API a request came in on.
 //! - [`error`]: error responses.
 //! - `testing` (feature `testing`): SDK and raw HTTP clients for tests.
 
@@ -36,20 +49,29 @@ pub mod async_invoke;
 pub mod auth;
 pub mod bidi;
 pub mod catalog;
+pub mod chat;
 pub mod config;
 pub mod control;
+pub mod documents;
+pub mod embed;
 pub mod error;
+pub mod face;
 pub mod faults;
 pub mod generate;
 pub mod guardrail;
 pub mod guardrail_checks;
 pub mod latency;
+pub mod openai_face;
 pub mod prompt_cache;
+pub mod reasoning;
 pub mod render;
 pub mod request;
 pub mod router;
+pub mod sagemaker;
+pub mod selfhosted;
 pub mod service_tier;
 pub mod state;
+pub mod structured;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -64,6 +86,7 @@ use tokio::task::JoinHandle;
 
 pub use catalog::Catalog;
 pub use config::SimConfig;
+pub use face::{Face, FaceMatch};
 pub use faults::{FaultKind, FaultRule};
 
 /// Everything the simulator's handlers share.
@@ -80,6 +103,7 @@ pub struct SimState {
     pub flex_quota: state::Quota,
     pub prompt_cache: prompt_cache::PromptCache,
     pub jobs: async_invoke::Jobs,
+    pub self_hosted: selfhosted::SelfHostedState,
 }
 
 impl SimState {
@@ -92,6 +116,7 @@ impl SimState {
         self.flex_quota.reset();
         self.prompt_cache.clear();
         self.jobs.clear();
+        self.self_hosted.clear();
     }
 }
 
@@ -126,6 +151,7 @@ impl Simulator {
                 flex_quota: state::Quota::default(),
                 prompt_cache: prompt_cache::PromptCache::default(),
                 jobs: async_invoke::Jobs::default(),
+                self_hosted: selfhosted::SelfHostedState::default(),
             }),
         })
     }
@@ -135,9 +161,13 @@ impl Simulator {
         &self.state
     }
 
-    /// Bedrock's API and the `/_sim/*` control endpoints.
+    /// Bedrock's API, the OpenAI-compatible and SageMaker faces, and the
+    /// `/_sim/*` control endpoints.
     pub fn router(&self) -> Router {
-        api::router(self.state.clone()).merge(self.control_router())
+        api::router(self.state.clone())
+            .merge(openai_face::router(self.state.clone()))
+            .merge(sagemaker::router(self.state.clone()))
+            .merge(self.control_router())
     }
 
     /// Only the `/_sim/*` control endpoints (the proxy mounts these on its admin

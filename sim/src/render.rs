@@ -1,7 +1,8 @@
 //! Writing an [`Answer`] in each wire format: Converse JSON and ConverseStream
 //! events, and the Anthropic and Llama native bodies and stream chunks of
-//! InvokeModel. Each stream item carries how many output tokens it costs, so the
-//! sender can pace it.
+//! InvokeModel. Reasoning streams as reasoning deltas and then its signature,
+//! before the text; cited text carries its citation. Each stream item carries how
+//! many output tokens it costs, so the sender can pace it.
 
 use base64::Engine;
 use bedrock_wire::converse::{assemble, ConverseEvent, EventKind, Usage};
@@ -133,6 +134,38 @@ pub fn converse_events(answer: &Answer, meta: &Meta, pad: bool) -> Vec<(Converse
                     );
                 }
             }
+            Block::Reasoning { pieces, signature } => {
+                for (text, n) in deltas(pieces, &mut rng) {
+                    push(
+                        EventKind::ContentBlockDelta,
+                        json!({"contentBlockIndex": i, "delta": {"reasoningContent": {"text": text}}}),
+                        n,
+                        &mut rng,
+                    );
+                }
+                push(
+                    EventKind::ContentBlockDelta,
+                    json!({"contentBlockIndex": i, "delta": {"reasoningContent": {"signature": signature}}}),
+                    0,
+                    &mut rng,
+                );
+            }
+            Block::Cited { pieces, citation } => {
+                push(
+                    EventKind::ContentBlockDelta,
+                    json!({"contentBlockIndex": i, "delta": {"citation": citation.converse_json()}}),
+                    0,
+                    &mut rng,
+                );
+                for (text, n) in deltas(pieces, &mut rng) {
+                    push(
+                        EventKind::ContentBlockDelta,
+                        json!({"contentBlockIndex": i, "delta": {"text": text}}),
+                        n,
+                        &mut rng,
+                    );
+                }
+            }
             Block::ToolUse { id, name, input } => {
                 push(
                     EventKind::ContentBlockStart,
@@ -201,6 +234,11 @@ fn anthropic_content(answer: &Answer) -> Vec<Value> {
         .iter()
         .map(|b| match b {
             Block::Text(pieces) => json!({"type": "text", "text": pieces.concat()}),
+            Block::Reasoning { pieces, signature } => {
+                json!({"type": "thinking", "thinking": pieces.concat(), "signature": signature})
+            }
+            Block::Cited { pieces, citation } => json!({"type": "text", "text": pieces.concat(),
+                "citations": [citation.anthropic_json()]}),
             Block::ToolUse { id, name, input } => {
                 json!({"type": "tool_use", "id": id, "name": name, "input": input})
             }
@@ -277,6 +315,40 @@ pub fn anthropic_events(answer: &Answer, meta: &Meta) -> Vec<(Value, u32)> {
                     out.push((json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": text}}), n));
                 }
             }
+            Block::Reasoning { pieces, signature } => {
+                out.push((
+                    json!({"type": "content_block_start", "index": i,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+                    0,
+                ));
+                for (text, n) in deltas(pieces, &mut rng) {
+                    out.push((
+                        json!({"type": "content_block_delta", "index": i,
+                        "delta": {"type": "thinking_delta", "thinking": text}}),
+                        n,
+                    ));
+                }
+                out.push((
+                    json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "signature_delta", "signature": signature}}),
+                    0,
+                ));
+            }
+            Block::Cited { pieces, citation } => {
+                out.push((
+                    json!({"type": "content_block_start", "index": i,
+                    "content_block": {"type": "text", "text": "", "citations": []}}),
+                    0,
+                ));
+                out.push((
+                    json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "citations_delta", "citation": citation.anthropic_json()}}),
+                    0,
+                ));
+                for (text, n) in deltas(pieces, &mut rng) {
+                    out.push((json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": text}}), n));
+                }
+            }
             Block::ToolUse { id, name, input } => {
                 out.push((
                     json!({"type": "content_block_start", "index": i,
@@ -336,8 +408,8 @@ pub fn llama_events(answer: &Answer, meta: &Meta) -> Vec<(Value, u32)> {
         .blocks
         .iter()
         .flat_map(|b| match b {
-            Block::Text(p) => p.clone(),
-            Block::ToolUse { .. } => Vec::new(),
+            Block::Text(p) | Block::Cited { pieces: p, .. } => p.clone(),
+            Block::Reasoning { .. } | Block::ToolUse { .. } => Vec::new(),
         })
         .collect();
     let mut out = Vec::new();

@@ -1,7 +1,9 @@
 //! Reading a request body: Bedrock's validation rules, then one [`Prompt`] whatever
 //! the format (Converse, Anthropic Messages or Llama through InvokeModel), with the
 //! prompt cut into units in cache order (tools, system, messages) so the
-//! prompt-cache model can hash each prefix.
+//! prompt-cache model can hash each prefix. The rules of extended thinking,
+//! structured output and documents live in their own modules; this one applies
+//! them in request order.
 
 use bedrock_wire::canonical::{self, Markers};
 use bedrock_wire::tokens;
@@ -11,7 +13,10 @@ use sha2::{Digest, Sha256};
 pub use bedrock_wire::operation::Operation;
 
 use crate::catalog::{Model, MAX_CACHE_POINTS};
+use crate::documents::{self, Citable};
 use crate::error::SimError;
+use crate::reasoning::{self, Api, Effort, Part, Thinking, Turn};
+use crate::structured;
 
 /// The body format of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +82,18 @@ pub struct Prompt {
     pub tool_choice: ToolChoice,
     pub last_user_text: String,
     pub after_tool_result: bool,
+    /// Tools the conversation has called so far.
+    pub called_tools: Vec<String>,
+    /// Extended thinking, when enabled.
+    pub thinking: Option<Thinking>,
+    /// Whether this answer starts with reasoning (not after a tool result unless
+    /// thinking is interleaved).
+    pub emit_reasoning: bool,
+    pub effort: Option<Effort>,
+    /// The JSON schema the answer's text follows.
+    pub output_schema: Option<Value>,
+    /// Documents whose answer cites them.
+    pub citable: Vec<Citable>,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f64>,
     pub stop_sequences: Vec<String>,
@@ -311,6 +328,103 @@ fn text_of_blocks(blocks: &[Value], text_key: &str) -> String {
         .join(" ")
 }
 
+/// A Converse content block as the reasoning rules see it (cache markers are
+/// not blocks of the model's message).
+fn converse_part(block: &Value) -> Option<Part> {
+    let obj = block.as_object()?;
+    if obj.contains_key("cachePoint") {
+        return None;
+    }
+    Some(if obj.contains_key("text") {
+        Part::Text
+    } else if obj.contains_key("toolUse") {
+        Part::ToolUse
+    } else if obj.contains_key("toolResult") {
+        Part::ToolResult
+    } else if let Some(r) = obj.get("reasoningContent") {
+        if r.get("redactedContent").is_some() {
+            Part::RedactedThinking
+        } else {
+            Part::Thinking {
+                text: r["reasoningText"]["text"].as_str().unwrap_or("").to_owned(),
+                signature: non_empty(&r["reasoningText"]["signature"]),
+            }
+        }
+    } else if obj.contains_key("document") {
+        Part::Other("document")
+    } else if obj.contains_key("image") {
+        Part::Other("image")
+    } else {
+        Part::Other("unknown")
+    })
+}
+
+/// An Anthropic content block as the reasoning rules see it.
+fn anthropic_part(block: &Value) -> Part {
+    match block["type"].as_str() {
+        Some("text") => Part::Text,
+        Some("tool_use") => Part::ToolUse,
+        Some("tool_result") => Part::ToolResult,
+        Some("thinking") => Part::Thinking {
+            text: block["thinking"].as_str().unwrap_or("").to_owned(),
+            signature: non_empty(&block["signature"]),
+        },
+        Some("redacted_thinking") => Part::RedactedThinking,
+        Some("document") => Part::Other("document"),
+        Some("image") => Part::Other("image"),
+        _ => Part::Other("unknown"),
+    }
+}
+
+/// A signature, unless missing or empty (both are "Field required").
+fn non_empty(v: &Value) -> Option<String> {
+    v.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+fn is_reasoning(block: &Value, markers: Markers) -> bool {
+    match markers {
+        Markers::Converse => block.get("reasoningContent").is_some(),
+        _ => matches!(
+            block["type"].as_str(),
+            Some("thinking" | "redacted_thinking")
+        ),
+    }
+}
+
+/// Where the model stops reading earlier reasoning: reasoning in messages before
+/// this index belongs to earlier turns and is stripped (no input tokens, no
+/// part of a cached prefix), as Anthropic's models do.
+fn reasoning_kept_from(turns: &[Turn], model: &Model) -> usize {
+    if model.reasoning {
+        reasoning::current_turn_start(turns)
+    } else {
+        0
+    }
+}
+
+/// Adds the thinking setting to the prefix: changing it changes what the model
+/// reads from the messages on, so a cached conversation prefix no longer matches.
+fn thinking_unit(prefix: &mut PrefixBuilder, thinking: Option<&Thinking>) {
+    if let Some(t) = thinking {
+        prefix.unit(b"thinking", &Value::from(t.budget), 0);
+    }
+}
+
+fn called_tools<'a>(
+    messages: impl Iterator<Item = &'a Value>,
+    name_of: fn(&Value) -> Option<&str>,
+) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for block in messages {
+        if let Some(name) = name_of(block) {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
 /// Reads a Converse / ConverseStream body.
 pub fn converse(body: &Value, model: &Model) -> Result<Prompt, SimError> {
     let obj = body
@@ -392,6 +506,26 @@ pub fn converse(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         };
     }
 
+    let extra = obj
+        .get("additionalModelRequestFields")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let forced = matches!(tool_choice, ToolChoice::Any | ToolChoice::Tool(_));
+    let thinking = reasoning::parse_thinking(
+        &extra["thinking"],
+        model,
+        Api::Converse,
+        max_tokens.unwrap_or(model.max_output_tokens),
+        temperature,
+        forced,
+        &reasoning::betas(&extra["anthropic_beta"]),
+    )?;
+    let output =
+        structured::converse_output_config(obj.get("outputConfig").unwrap_or(&Value::Null), model)?;
+    if let Some(effort) = output.effort {
+        effort.check(thinking.is_some(), "outputConfig.effort")?;
+    }
+
     if let Some(system) = obj.get("system").and_then(Value::as_array) {
         for block in system {
             if let Some(point) = block.get("cachePoint") {
@@ -404,17 +538,49 @@ pub fn converse(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         }
     }
 
-    for message in messages {
+    let turns: Vec<Turn> = messages
+        .iter()
+        .map(|m| Turn {
+            assistant: m["role"] == "assistant",
+            parts: m["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(converse_part)
+                .collect(),
+        })
+        .collect();
+    reasoning::check_history(&turns, thinking.is_some(), Api::Converse)?;
+    let kept_from = reasoning_kept_from(&turns, model);
+
+    thinking_unit(&mut prefix, thinking.as_ref());
+    let mut citable = Vec::new();
+    let mut documents_seen = 0u32;
+    for (i, message) in messages.iter().enumerate() {
         let role = message["role"].as_str().unwrap_or("");
         prefix.unit(role.as_bytes(), &Value::Null, tokens::MESSAGE_OVERHEAD);
-        for block in message["content"].as_array().into_iter().flatten() {
+        for (j, block) in message["content"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             if let Some(point) = block.get("cachePoint") {
                 points += 1;
                 let ttl = converse_cache_point(point, model, false)?;
                 prefix.checkpoint(ttl);
-            } else {
-                prefix.unit(b"block", block, tokens::converse_block(block));
+                continue;
             }
+            if i < kept_from && is_reasoning(block, Markers::Converse) {
+                continue;
+            }
+            if let Some(doc) = block.get("document") {
+                if let Some(c) = documents::converse_document(doc, i, j, documents_seen, model)? {
+                    citable.push(c);
+                }
+                documents_seen += 1;
+            }
+            prefix.unit(b"block", block, tokens::converse_block(block));
         }
     }
     if points > MAX_CACHE_POINTS {
@@ -427,6 +593,14 @@ pub fn converse(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         .and_then(|m| m["content"].as_array())
         .map(Vec::as_slice)
         .unwrap_or(&[]);
+    let after_tool_result = last_blocks.iter().any(|b| b.get("toolResult").is_some());
+    let called_tools = called_tools(
+        messages
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .flat_map(|m| m["content"].as_array().into_iter().flatten()),
+        |b| b["toolUse"]["name"].as_str(),
+    );
     let prompt = Prompt {
         format: Format::Converse,
         input_tokens: prefix.tokens,
@@ -435,7 +609,13 @@ pub fn converse(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         tools,
         tool_choice,
         last_user_text: text_of_blocks(last_blocks, "text"),
-        after_tool_result: last_blocks.iter().any(|b| b.get("toolResult").is_some()),
+        after_tool_result,
+        called_tools,
+        emit_reasoning: thinking.is_some_and(|t| !after_tool_result || t.interleaved),
+        thinking,
+        effort: output.effort,
+        output_schema: output.schema,
+        citable,
         max_tokens,
         temperature,
         stop_sequences,
@@ -446,8 +626,8 @@ pub fn converse(body: &Value, model: &Model) -> Result<Prompt, SimError> {
     Ok(prompt)
 }
 
-/// Top-level keys an Anthropic Messages body may carry on Bedrock.
-const ANTHROPIC_KEYS: [&str; 12] = [
+/// Top-level keys every Anthropic Messages body may carry on Bedrock.
+const ANTHROPIC_KEYS: [&str; 11] = [
     "anthropic_version",
     "anthropic_beta",
     "max_tokens",
@@ -459,8 +639,16 @@ const ANTHROPIC_KEYS: [&str; 12] = [
     "stop_sequences",
     "tools",
     "tool_choice",
-    "thinking",
 ];
+
+/// Whether `key` may be a top-level key of an Anthropic body for `model`:
+/// `thinking` and `output_config` only where the model has those features, as
+/// Bedrock's body schema for each model says.
+fn anthropic_key_allowed(key: &str, model: &Model) -> bool {
+    ANTHROPIC_KEYS.contains(&key)
+        || (key == "thinking" && model.reasoning)
+        || (key == "output_config" && (model.structured_output || model.effort))
+}
 
 fn anthropic_cache_control(
     block: &Value,
@@ -490,7 +678,7 @@ pub fn anthropic(body: &Value, model: &Model) -> Result<Prompt, SimError> {
     let obj = body
         .as_object()
         .ok_or_else(|| SimError::malformed("#: expected type: JSONObject"))?;
-    if let Some(extra) = obj.keys().find(|k| !ANTHROPIC_KEYS.contains(&k.as_str())) {
+    if let Some(extra) = obj.keys().find(|k| !anthropic_key_allowed(k, model)) {
         return Err(SimError::malformed(format!(
             "#: extraneous key [{extra}] is not permitted"
         )));
@@ -516,6 +704,36 @@ pub fn anthropic(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         obj.get("stop_sequences").unwrap_or(&Value::Null),
         "stop_sequences",
     )?;
+    let has_tools = obj
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    let tool_choice = match obj.get("tool_choice").map(|c| c["type"].as_str()) {
+        Some(Some("any")) => ToolChoice::Any,
+        Some(Some("none")) => ToolChoice::None,
+        Some(Some("tool")) => {
+            ToolChoice::Tool(obj["tool_choice"]["name"].as_str().unwrap_or("").to_owned())
+        }
+        _ if !has_tools => ToolChoice::None,
+        _ => ToolChoice::Auto,
+    };
+    let forced = matches!(tool_choice, ToolChoice::Any | ToolChoice::Tool(_));
+    let thinking = reasoning::parse_thinking(
+        obj.get("thinking").unwrap_or(&Value::Null),
+        model,
+        Api::Anthropic,
+        max_tokens.unwrap_or(model.max_output_tokens),
+        temperature,
+        forced,
+        &reasoning::betas(obj.get("anthropic_beta").unwrap_or(&Value::Null)),
+    )?;
+    let output = match obj.get("output_config") {
+        Some(config) => structured::anthropic_output_config(config, model)?,
+        None => structured::OutputConfig::default(),
+    };
+    if let Some(effort) = output.effort {
+        effort.check(thinking.is_some(), "output_config.effort")?;
+    }
 
     let mut prefix = PrefixBuilder::new(model, Markers::Anthropic);
     let mut points = 0usize;
@@ -559,7 +777,24 @@ pub fn anthropic(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         }
         _ => {}
     }
-    for message in messages {
+
+    let turns: Vec<Turn> = messages
+        .iter()
+        .map(|m| Turn {
+            assistant: m["role"] == "assistant",
+            parts: match &m["content"] {
+                Value::Array(blocks) => blocks.iter().map(anthropic_part).collect(),
+                _ => vec![Part::Text],
+            },
+        })
+        .collect();
+    reasoning::check_history(&turns, thinking.is_some(), Api::Anthropic)?;
+    let kept_from = reasoning_kept_from(&turns, model);
+
+    thinking_unit(&mut prefix, thinking.as_ref());
+    let mut citable = Vec::new();
+    let mut documents_seen = 0u32;
+    for (i, message) in messages.iter().enumerate() {
         let role = message["role"].as_str().unwrap_or("");
         prefix.unit(role.as_bytes(), &Value::Null, tokens::MESSAGE_OVERHEAD);
         match &message["content"] {
@@ -568,7 +803,18 @@ pub fn anthropic(body: &Value, model: &Model) -> Result<Prompt, SimError> {
                 prefix.unit(b"block", &block, tokens::text(s));
             }
             Value::Array(blocks) => {
-                for block in blocks {
+                for (j, block) in blocks.iter().enumerate() {
+                    if i < kept_from && is_reasoning(block, Markers::Anthropic) {
+                        continue;
+                    }
+                    if block["type"] == "document" {
+                        if let Some(c) =
+                            documents::anthropic_document(block, i, j, documents_seen, model)?
+                        {
+                            citable.push(c);
+                        }
+                        documents_seen += 1;
+                    }
                     prefix.unit(b"block", block, tokens::anthropic_block(block));
                     if let Some(ttl) = anthropic_cache_control(block, model, &mut points)? {
                         prefix.checkpoint(ttl);
@@ -588,15 +834,6 @@ pub fn anthropic(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         )));
     }
 
-    let tool_choice = match obj.get("tool_choice").map(|c| c["type"].as_str()) {
-        Some(Some("any")) => ToolChoice::Any,
-        Some(Some("none")) => ToolChoice::None,
-        Some(Some("tool")) => {
-            ToolChoice::Tool(obj["tool_choice"]["name"].as_str().unwrap_or("").to_owned())
-        }
-        _ if tools.is_empty() => ToolChoice::None,
-        _ => ToolChoice::Auto,
-    };
     let last = messages.last().filter(|m| m["role"] == "user");
     let (last_user_text, after_tool_result) = match last.map(|m| &m["content"]) {
         Some(Value::String(s)) => (s.clone(), false),
@@ -606,6 +843,17 @@ pub fn anthropic(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         ),
         _ => (String::new(), false),
     };
+    let called_tools = called_tools(
+        messages
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .flat_map(|m| m["content"].as_array().into_iter().flatten()),
+        |b| {
+            (b["type"] == "tool_use")
+                .then(|| b["name"].as_str())
+                .flatten()
+        },
+    );
     let prompt = Prompt {
         format: Format::Anthropic,
         input_tokens: prefix.tokens,
@@ -615,6 +863,12 @@ pub fn anthropic(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         tool_choice,
         last_user_text,
         after_tool_result,
+        called_tools,
+        emit_reasoning: thinking.is_some_and(|t| !after_tool_result || t.interleaved),
+        thinking,
+        effort: output.effort,
+        output_schema: output.schema,
+        citable,
         max_tokens,
         temperature,
         stop_sequences,
@@ -665,6 +919,12 @@ pub fn llama(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         tool_choice: ToolChoice::None,
         last_user_text: text.to_owned(),
         after_tool_result: false,
+        called_tools: Vec::new(),
+        thinking: None,
+        emit_reasoning: false,
+        effort: None,
+        output_schema: None,
+        citable: Vec::new(),
         max_tokens,
         temperature,
         stop_sequences: Vec::new(),
@@ -680,11 +940,9 @@ pub fn llama(body: &Value, model: &Model) -> Result<Prompt, SimError> {
 pub fn count_tokens(body: &Value, model: &Model) -> Result<u32, SimError> {
     let input = &body["input"];
     if let Some(converse_input) = input.get("converse") {
-        let mut request = converse_input.clone();
-        if let Some(obj) = request.as_object_mut() {
-            obj.remove("additionalModelRequestFields");
-        }
-        return converse(&request, model).map(|p| p.input_tokens);
+        // The same reading as Converse's, thinking settings and documents
+        // included, so the count agrees with a Converse answer's inputTokens.
+        return converse(converse_input, model).map(|p| p.input_tokens);
     }
     if let Some(invoke) = input.get("invokeModel") {
         use base64::Engine;

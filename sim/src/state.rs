@@ -11,6 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
+use crate::face::Face;
+
 /// The simulator's notion of now: real time plus whatever tests advanced it by,
 /// so prompt-cache TTLs can expire and async jobs finish without waiting.
 #[derive(Debug)]
@@ -55,7 +57,10 @@ impl Clock {
 pub struct LoggedRequest {
     pub seq: u64,
     pub request_id: String,
+    /// The API it came in on.
+    pub face: Face,
     pub operation: &'static str,
+    /// The model as the caller named it (on SageMaker, the endpoint name).
     pub model_id: String,
     pub path: String,
     pub headers: BTreeMap<String, String>,
@@ -140,6 +145,7 @@ pub struct Stats {
 #[derive(Debug, Default)]
 struct StatsInner {
     requests: u64,
+    by_face: BTreeMap<&'static str, u64>,
     by_operation: BTreeMap<&'static str, u64>,
     by_model: BTreeMap<String, u64>,
     served_tier: BTreeMap<&'static str, u64>,
@@ -162,6 +168,15 @@ struct StatsInner {
     cache_write_input_tokens: u64,
 }
 
+impl StatsInner {
+    fn bill(&mut self, billed: Billed) {
+        self.input_tokens += u64::from(billed.input_tokens);
+        self.output_tokens += u64::from(billed.output_tokens);
+        self.cache_read_input_tokens += u64::from(billed.cache_read);
+        self.cache_write_input_tokens += u64::from(billed.cache_write);
+    }
+}
+
 /// What one answered request adds to the counters.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Billed {
@@ -177,8 +192,14 @@ impl Stats {
     }
 
     pub fn received(&self, operation: &'static str, model: &str) {
+        self.received_on(Face::Bedrock, operation, model);
+    }
+
+    /// A request on `face`; `model` as the caller named it.
+    pub fn received_on(&self, face: Face, operation: &'static str, model: &str) {
         self.with(|s| {
             s.requests += 1;
+            *s.by_face.entry(face.name()).or_default() += 1;
             *s.by_operation.entry(operation).or_default() += 1;
             if !model.is_empty() {
                 *s.by_model.entry(model.to_owned()).or_default() += 1;
@@ -255,11 +276,13 @@ impl Stats {
     pub fn served(&self, tier: &'static str, billed: Billed) {
         self.with(|s| {
             *s.served_tier.entry(tier).or_default() += 1;
-            s.input_tokens += u64::from(billed.input_tokens);
-            s.output_tokens += u64::from(billed.output_tokens);
-            s.cache_read_input_tokens += u64::from(billed.cache_read);
-            s.cache_write_input_tokens += u64::from(billed.cache_write);
+            s.bill(billed);
         });
+    }
+
+    /// An answer from a face without latency tiers (OpenAI, SageMaker).
+    pub fn served_untiered(&self, billed: Billed) {
+        self.with(|s| s.bill(billed));
     }
 
     pub fn snapshot(&self) -> Value {
@@ -273,6 +296,7 @@ impl Stats {
             };
             json!({
                 "requests": s.requests,
+                "by_face": counts(&s.by_face),
                 "by_operation": counts(&s.by_operation),
                 "by_model": s.by_model,
                 "served_tier": counts(&s.served_tier),
@@ -356,6 +380,7 @@ mod tests {
             log.push(LoggedRequest {
                 seq: i,
                 request_id: String::new(),
+                face: Face::Bedrock,
                 operation: "converse",
                 model_id: String::new(),
                 path: String::new(),

@@ -2,6 +2,9 @@
 //! pointed at an endpoint, and a raw HTTP client for what an SDK would hide
 //! (bytes of a stream, requests an SDK refuses to build).
 
+// Test support: a failed unwrap here is a failed test, as in the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use aws_sdk_bedrockruntime::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_bedrockruntime::types::{ContentBlock, ConversationRole, Message};
 use axum::body::Bytes;

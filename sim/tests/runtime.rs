@@ -3,6 +3,7 @@
 //! (ApplyGuardrail, InvokeGuardrailChecks, guardrail-configured Converse and
 //! InvokeModel), async invocations on the simulated clock, and the
 //! bidirectional stream (HTTP/1.1 and h2c), each as an application uses them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use aws_sdk_bedrockruntime::error::ProvideErrorMetadata;
 use aws_sdk_bedrockruntime::primitives::Blob;
@@ -233,6 +234,101 @@ async fn a_fault_rule_can_target_one_service_tier() {
     assert_eq!(err.code(), Some("ThrottlingException"));
     ask(ServiceTierType::Flex).await.unwrap();
     assert_eq!(stats(&sim).await["faults_fired"], 1);
+}
+
+#[tokio::test]
+async fn fault_rules_match_face_service_tier_and_operation_together() {
+    let sim = spawn_fast().await;
+    let faults = format!("{}/_sim/faults", sim.url());
+    let add = |rule: Value| bedrock_sim::testing::post_json(&faults, rule.to_string());
+    let added = add(json!({"face": "any", "service_tier": "flex", "operation": "converse", "fault": "throttle"}))
+        .await
+        .unwrap();
+    assert_eq!(added.status.as_u16(), 201);
+    // A service tier is Bedrock's: a rule naming one for another face alone
+    // could never fire, so it is refused.
+    let refused = add(json!({"face": "openai", "service_tier": "flex", "fault": "throttle"}))
+        .await
+        .unwrap();
+    assert_eq!(refused.status.as_u16(), 400);
+
+    let client = sdk_client(&sim.url());
+    let converse = |t: ServiceTierType| {
+        client
+            .converse()
+            .model_id(NOVA_PRO)
+            .messages(user_text("hi"))
+            .service_tier(tier(t))
+            .send()
+    };
+    let err = converse(ServiceTierType::Flex).await.unwrap_err();
+    assert_eq!(err.code(), Some("ThrottlingException"));
+    converse(ServiceTierType::Default).await.unwrap();
+    let streamed = client
+        .converse_stream()
+        .model_id(NOVA_PRO)
+        .messages(user_text("hi"))
+        .service_tier(tier(ServiceTierType::Flex))
+        .send()
+        .await;
+    assert!(streamed.is_ok(), "the rule names converse only");
+
+    // The OpenAI face has no service tiers: a rule for every face that names
+    // one (even `default`, which also matches a Bedrock request naming none)
+    // leaves it alone and stays installed for the next Bedrock request.
+    let added =
+        add(json!({"face": "any", "service_tier": "default", "fault": "unavailable", "times": 1}))
+            .await
+            .unwrap();
+    assert_eq!(added.status.as_u16(), 201);
+    let chat = bedrock_sim::testing::post_json(
+        &format!("{}/v1/chat/completions", sim.url()),
+        json!({"model": "qwen2.5-72b-instruct", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(chat.status.as_u16(), 200);
+    let err = client
+        .converse()
+        .model_id(NOVA_PRO)
+        .messages(user_text("hi"))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("ServiceUnavailableException"));
+
+    let s = stats(&sim).await;
+    assert_eq!(s["faults_fired"], 2);
+    assert_eq!(s["by_face"]["bedrock"], 4);
+    assert_eq!(s["by_face"]["openai"], 1);
+}
+
+#[tokio::test]
+async fn embedding_models_take_service_tiers_as_text_models_do() {
+    let sim = spawn_fast().await;
+    let client = sdk_client(&sim.url());
+    let embed = |t: Option<ServiceTierType>| {
+        client
+            .invoke_model()
+            .model_id("amazon.titan-embed-text-v2:0")
+            .body(Blob::new(json!({"inputText": "a cat"}).to_string()))
+            .set_service_tier(t)
+            .send()
+    };
+    let out = embed(Some(ServiceTierType::Default)).await.unwrap();
+    assert_eq!(out.service_tier(), Some(&ServiceTierType::Default));
+    let body: Value = serde_json::from_slice(out.body().as_ref()).unwrap();
+    assert_eq!(body["embedding"].as_array().unwrap().len(), 1024);
+    let plain = embed(None).await.unwrap();
+    assert!(plain.service_tier().is_none(), "no tier asked, none named");
+    let err = embed(Some(ServiceTierType::Flex)).await.unwrap_err();
+    assert_eq!(err.code(), Some("ValidationException"));
+    assert!(
+        err.message().unwrap_or_default().contains("flex"),
+        "{err:?}"
+    );
+    assert_eq!(stats(&sim).await["served_service_tier"]["default"], 2);
 }
 
 #[tokio::test]
@@ -1335,9 +1431,9 @@ async fn the_control_plane_sees_the_new_operations() {
         .await
         .unwrap()
         .json();
-    let ops: Vec<(&str, &str)> = log["requests"]
-        .as_array()
-        .unwrap()
+    let requests = log["requests"].as_array().unwrap();
+    assert!(requests.iter().all(|r| r["face"] == "bedrock"), "{log}");
+    let ops: Vec<(&str, &str)> = requests
         .iter()
         .map(|r| {
             (

@@ -1,6 +1,7 @@
 //! The official Rust SDK against the simulator: every operation, streams read to
 //! their end, typed errors from scripted faults (in-stream too), Bedrock's
 //! validation, the prompt-cache model, the optimized quota and credentials.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use aws_sdk_bedrockruntime::error::ProvideErrorMetadata;
 use aws_sdk_bedrockruntime::primitives::Blob;

@@ -9,11 +9,13 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bedrock_wire::converse::{assemble, split, ConverseEvent, EventKind, Summary, Usage};
 use bedrock_wire::eventstream::{event_frame, Frame, FrameKind};
+use bedrock_wire::tier::LatencyTier;
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::stream::RelayedFrame;
+use crate::support::now_ms;
 
 /// What an entry holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,12 +131,6 @@ pub struct Entry {
     pub model: String,
     pub summary: Summary,
     pub content: Content,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Why an answer cannot be stored.
@@ -385,7 +381,7 @@ impl Entry {
         w.bytes(self.route.as_bytes());
         w.bytes(self.model.as_bytes());
         w.opt_str(self.summary.stop_reason.as_deref());
-        w.opt_str(self.summary.latency_tier.as_deref());
+        w.opt_str(self.summary.latency_tier.map(LatencyTier::name));
         w.u64(self.summary.latency_ms.unwrap_or(u64::MAX));
         match &self.summary.usage {
             Some(u) => {
@@ -451,7 +447,7 @@ impl Entry {
         let route: Arc<str> = Arc::from(r.string()?);
         let model = r.string()?;
         let stop_reason = r.opt_string()?;
-        let latency_tier = r.opt_string()?;
+        let latency_tier = r.opt_string()?.as_deref().and_then(LatencyTier::parse);
         let latency_ms = Some(r.u64()?).filter(|v| *v != u64::MAX);
         let usage = match r.u8()? {
             0 => None,

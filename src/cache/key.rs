@@ -13,6 +13,7 @@
 //! share a family, so a streamed answer serves a non-streamed request and back.
 
 use bedrock_wire::canonical::{write_request, Markers};
+use bedrock_wire::tier::{LATENCY_HEADER, SERVICE_TIER_HEADER};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -70,11 +71,11 @@ fn converse_excluded() -> Vec<&'static str> {
 /// changes the answer and is hashed.
 pub const INVOKE_HEADERS_OUT: &[(&str, &str)] = &[
     (
-        "x-amzn-bedrock-performanceconfig-latency",
+        LATENCY_HEADER,
         "the latency tier changes speed and price, not the answer",
     ),
     (
-        "x-amzn-bedrock-service-tier",
+        SERVICE_TIER_HEADER,
         "the service tier changes queueing and price, not the answer",
     ),
     (

@@ -3,17 +3,17 @@
 //!
 //! - [`key`]: what a request's key is made of, and what is left out and why.
 //! - [`entry`]: what is stored, and how a hit is rendered as a body or a stream.
-//! - [`flight`]: single-flight, so identical concurrent misses cost one call.
-//! - [`redis`]: the shared tier.
+//!
+//! The cache is storage: the pipeline decides what to look up and store, and
+//! coalesces identical misses (single-flight); the Redis connection of the
+//! shared tier is [`crate::shared`]'s.
 //!
 //! Lookups go L1 (moka, weighted by bytes, per-entry TTL) then L2 (Redis), whose
 //! hits are copied into L1. Stores happen off the response path, in the task
 //! that made the upstream call, and only for complete, successful answers.
 
 pub mod entry;
-pub mod flight;
 pub mod key;
-pub mod redis;
 
 use axum::http::HeaderMap;
 use moka::notification::RemovalCause;
@@ -23,61 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::answer::{CacheStatus, CacheTier};
 use crate::config::CacheConfig;
 use crate::metrics;
+use crate::shared::RedisTier;
 pub use entry::Entry;
-pub use flight::Flights;
 pub use key::{cache_key, CacheKey, Family, KeyParts};
-
-/// Where a hit came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    /// This process's memory.
-    L1,
-    /// The shared Redis tier.
-    L2,
-    /// Another request's upstream call, in flight.
-    Flight,
-}
-
-impl Tier {
-    pub fn label(self) -> &'static str {
-        match self {
-            Tier::L1 => "l1",
-            Tier::L2 => "l2",
-            Tier::Flight => "flight",
-        }
-    }
-}
-
-/// What the cache did for a request (`x-cache`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CacheStatus {
-    /// Not cacheable (route mode, temperature, `no-store`, operation).
-    #[default]
-    Bypass,
-    /// Looked up (or `no-cache`), not found: answered by its own upstream call.
-    Miss,
-    Hit {
-        tier: Tier,
-        age: Duration,
-    },
-}
-
-impl CacheStatus {
-    /// The `x-cache` header value.
-    pub fn header(self) -> &'static str {
-        match self {
-            CacheStatus::Bypass => "bypass",
-            CacheStatus::Miss => "miss",
-            CacheStatus::Hit { .. } => "hit",
-        }
-    }
-
-    pub fn is_hit(self) -> bool {
-        matches!(self, CacheStatus::Hit { .. })
-    }
-}
 
 /// A request's `Cache-Control`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -129,8 +80,7 @@ impl Expiry<CacheKey, Arc<Entry>> for EntryExpiry {
 /// The cache, shared by every request and surviving config reloads.
 pub struct ResponseCache {
     l1: moka::future::Cache<CacheKey, Arc<Entry>>,
-    l2: Option<Arc<redis::RedisTier>>,
-    pub flights: Flights,
+    l2: Option<Arc<RedisTier>>,
     max_bytes: u64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -140,7 +90,7 @@ pub struct ResponseCache {
 
 impl ResponseCache {
     /// Builds the tiers around `l2`, the shared Redis tier when configured.
-    pub fn new(config: &CacheConfig, l2: Option<Arc<redis::RedisTier>>) -> ResponseCache {
+    pub fn new(config: &CacheConfig, l2: Option<Arc<RedisTier>>) -> ResponseCache {
         let evictions = Arc::new(AtomicU64::new(0));
         let counted = evictions.clone();
         let l1 = moka::future::Cache::builder()
@@ -158,7 +108,6 @@ impl ResponseCache {
         ResponseCache {
             l1,
             l2,
-            flights: Flights::default(),
             max_bytes: config.max_bytes,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -168,7 +117,7 @@ impl ResponseCache {
     }
 
     /// The Redis key of an entry (`{namespace}:{route}:{hash}` under the prefix).
-    fn redis_key(l2: &redis::RedisTier, namespace: &str, route: &str, key: &CacheKey) -> String {
+    fn redis_key(l2: &RedisTier, namespace: &str, route: &str, key: &CacheKey) -> String {
         l2.key(namespace, route, &key.hex())
     }
 
@@ -179,11 +128,11 @@ impl ResponseCache {
         namespace: &str,
         route: &str,
         max_age: Option<Duration>,
-    ) -> Option<(Arc<Entry>, Tier)> {
+    ) -> Option<(Arc<Entry>, CacheTier)> {
         let fresh = |e: &Entry| max_age.is_none_or(|m| e.age() <= m) && !e.remaining().is_zero();
         if let Some(entry) = self.l1.get(key).await {
             if fresh(&entry) {
-                return Some((entry, Tier::L1));
+                return Some((entry, CacheTier::L1));
             }
         }
         let l2 = self.l2.as_ref()?;
@@ -199,7 +148,7 @@ impl ResponseCache {
             return None;
         }
         self.l1.insert(*key, entry.clone()).await;
-        Some((entry, Tier::L2))
+        Some((entry, CacheTier::L2))
     }
 
     /// Stores an entry in L1, and in L2 in the background.
@@ -260,8 +209,9 @@ impl ResponseCache {
         metrics::cache_size(self.l1.entry_count(), self.l1.weighted_size());
     }
 
-    /// What `GET /admin/cache` shows.
-    pub async fn describe(&self) -> Value {
+    /// What `GET /admin/cache` shows; `in_flight` is the pipeline's count of
+    /// upstream calls that identical requests may join.
+    pub async fn describe(&self, in_flight: usize) -> Value {
         self.l1.run_pending_tasks().await;
         let hits = self.hits.load(Ordering::Relaxed);
         let misses = self.misses.load(Ordering::Relaxed);
@@ -275,7 +225,7 @@ impl ResponseCache {
             "bypasses": self.bypasses.load(Ordering::Relaxed),
             "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
             "evictions": self.evictions.load(Ordering::Relaxed),
-            "in_flight": self.flights.len(),
+            "in_flight": in_flight,
             "redis": self.l2.as_ref().map(|l2| json!({
                 "connected": l2.connected(),
                 "errors": l2.errors(),

@@ -1,431 +1,84 @@
 //! The proxy's configuration: one TOML file, parsed into raw serde structs that
 //! reject unknown keys, then validated into the typed [`Config`] the rest of the
 //! proxy uses. Parsing takes a `&str`; [`Config::load`] is the thin file wrapper.
-//! Every error names the key it is about (`routes[2].upstream: ...`).
+//! Every error names the key it is about (`routes[2].upstream: ...`), and every
+//! problem is reported at once: a reader pushes its problem and carries on with
+//! the default.
 //!
 //! Secrets come from the environment: any string value may be written `${VAR}`
 //! (or `${VAR:-default}`) and is expanded at load time.
+//!
+//! # Layout
+//! One file per top-level table, each holding the table's raw serde types, its
+//! typed config with the `Default` impls (the one place defaults live: raw
+//! parsing falls back to them), and `validate`, which reads the table alone:
+//! `server`, `admin`, `limits`, `logging`, `upstreams`, `cache`,
+//! `prompt_cache`, `catalog`, `routes/` (with the route's own `cache`,
+//! `prompt_cache` and `resilience` parts), `keys`. Checks that one table makes
+//! of another (a route naming a missing upstream, a key naming a missing
+//! route, `auth = "keys"` without keys) are `check_references`, here.
+//! `values.rs` reads single values (durations, addresses, `${VAR}`), and
+//! `names.rs` holds `named_enum!`, which gives each closed set of names
+//! (`auth = "keys"`) one table used both to parse and to label it.
+//!
+//! # Adding a section
+//! 1. A file `config/NAME.rs` with `RawNAME` (`#[serde(deny_unknown_fields)]`,
+//!    every key an `Option` so an absent key is visible), the typed
+//!    `NAMEConfig` with its `Default`, and `validate(raw, &mut errors) ->
+//!    NAMEConfig` that reads each key or falls back to the default, pushing
+//!    `NAME.key: what is wrong` and carrying on. Closed sets of names are
+//!    `named_enum!`s read with `choose`.
+//! 2. A field in `RawConfig` and in [`Config`], and one line in
+//!    `RawConfig::validate` (the compiler points at both: they are
+//!    destructured and built field by field).
+//! 3. References to other tables in `check_references`.
+//! 4. Error cases in `tests.rs`, and the keys in `docs/CONFIG.md`.
+//!
+//! A key in an existing table is the same in small: an `Option` field in the
+//! raw struct, the typed field with its default in the `Default` impl, one
+//! line in that file's `validate`, a test, and its row in `docs/CONFIG.md`.
 
-mod raw;
+#[macro_use]
+mod names;
+mod admin;
+mod cache;
+mod catalog;
+mod keys;
+mod limits;
+mod logging;
+mod prompt_cache;
+mod routes;
+mod server;
+mod upstreams;
+mod values;
 
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-pub use raw::RawConfig;
+pub use admin::AdminConfig;
+pub use cache::{CacheConfig, RedisConfig};
+pub use keys::{KeyConfig, KeyCredential, RouteAccess};
+pub use limits::Limits;
+pub use logging::{LogFormat, LoggingConfig};
+pub use prompt_cache::PromptCacheGlobal;
+pub use routes::cache::{
+    CacheMode, Replay, RouteCacheConfig, DEFAULT_CACHED_STOP_REASONS, NEVER_CACHED_STOP_REASONS,
+};
+pub use routes::prompt_cache::{CachePosition, PromptCacheConfig, PromptCacheMode};
+pub use routes::resilience::{
+    BreakerConfig, FallbackTarget, LatencyPolicy, ResilienceConfig, DEFAULT_FALLBACK_ON,
+};
+pub use routes::RouteConfig;
+pub use server::{AuthMode, ServerConfig, TlsFiles};
+pub use upstreams::{Timeouts, UpstreamConfig, UpstreamKind};
 
 /// Why a config could not be used: every problem found, each naming its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid config:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
-
-/// Who may call the API port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    /// Every request carries a configured API key or a proxy-issued SigV4 key.
-    Keys,
-    /// Anyone on the listener may call; only allowed on a loopback address.
-    None,
-}
-
-/// The API listener.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub auth: AuthMode,
-    /// PEM certificate chain and key: serve HTTPS (boto3 sends Bedrock API keys
-    /// only over HTTPS).
-    pub tls: Option<TlsFiles>,
-}
-
-/// A certificate and its key, as PEM files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
-}
-
-/// The admin listener (metrics, health, admin API).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdminConfig {
-    pub listen: SocketAddr,
-    /// SHA-256 of the bearer token `/admin/*` (and `/_sim/*`) require. Without
-    /// one they are served only on a loopback admin listener.
-    pub token_sha256: Option<[u8; 32]>,
-}
-
-/// Protective limits.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    pub max_json_depth: usize,
-    pub max_concurrent_requests: usize,
-    pub header_read_timeout: Duration,
-    pub shutdown_grace: Duration,
-}
-
-/// Log output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Logging.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoggingConfig {
-    pub format: LogFormat,
-    pub level: String,
-    /// Log prompts and completions (off by default: they are customer data).
-    pub log_bodies: bool,
-}
-
-/// Which service an upstream is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamKind {
-    /// Amazon Bedrock, signed with AWS credentials or a Bedrock API key.
-    Bedrock,
-    /// bedrock-sim: at `endpoint`, or embedded in the proxy when none is given.
-    Simulator,
-}
-
-/// Deadlines for calls to one upstream.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Timeouts {
-    pub connect: Duration,
-    /// Until the response headers (and, for streams, the first event).
-    pub first_byte: Duration,
-    /// Longest silence between two events of a stream.
-    pub idle: Duration,
-    /// The whole call.
-    pub total: Duration,
-}
-
-/// One upstream Bedrock endpoint.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamConfig {
-    pub name: String,
-    pub kind: UpstreamKind,
-    pub region: String,
-    /// `https://bedrock-runtime.{region}.amazonaws.com` unless overridden.
-    pub endpoint: Option<String>,
-    pub profile: Option<String>,
-    pub bearer_token: Option<String>,
-    pub timeouts: Timeouts,
-}
-
-impl UpstreamConfig {
-    /// The endpoint to call; `None` for the embedded simulator.
-    pub fn endpoint_url(&self) -> Option<String> {
-        match (&self.endpoint, self.kind) {
-            (Some(e), _) => Some(e.trim_end_matches('/').to_owned()),
-            (None, UpstreamKind::Bedrock) => {
-                Some(bedrock_wire::client::bedrock_runtime_endpoint(&self.region))
-            }
-            (None, UpstreamKind::Simulator) => None,
-        }
-    }
-}
-
-/// The shared cache tier.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RedisConfig {
-    /// One URL (`redis://`, or `rediss://` for TLS), or a cluster's seed nodes.
-    pub urls: Vec<String>,
-    pub cluster: bool,
-    pub key_prefix: String,
-    /// The longest an entry lives in Redis (a route's own TTL may be shorter).
-    pub ttl: Duration,
-    /// Each Redis call's deadline; past it the tier is skipped.
-    pub timeout: Duration,
-    /// Values at least this large are LZ4-compressed.
-    pub compress_min_bytes: usize,
-}
-
-/// The response cache's tiers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CacheConfig {
-    /// The in-process tier's capacity, in bytes of stored answers.
-    pub max_bytes: u64,
-    pub redis: Option<RedisConfig>,
-}
-
-/// When a route's answers are cached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheMode {
-    Off,
-    /// Only requests with temperature explicitly 0.
-    Deterministic,
-    /// Every request (the operator accepts reuse of sampled answers).
-    Always,
-}
-
-/// How a cached stream is replayed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Replay {
-    /// All events at once.
-    Instant,
-    /// With the original gaps between events.
-    Paced,
-}
-
-/// A route's response-cache policy.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteCacheConfig {
-    pub mode: CacheMode,
-    pub ttl: Duration,
-    /// Share entries across tenants (by default each tenant has its own).
-    pub shared: bool,
-    pub replay: Replay,
-    /// Stop reasons whose answers are stored.
-    pub stop_reasons: Vec<String>,
-}
-
-impl Default for RouteCacheConfig {
-    fn default() -> Self {
-        RouteCacheConfig {
-            mode: CacheMode::Off,
-            ttl: Duration::from_secs(3600),
-            shared: false,
-            replay: Replay::Instant,
-            stop_reasons: DEFAULT_CACHED_STOP_REASONS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-        }
-    }
-}
-
-/// Answers that ended like this are complete and worth reusing.
-pub const DEFAULT_CACHED_STOP_REASONS: &[&str] = &[
-    "end_turn",
-    "stop_sequence",
-    "max_tokens",
-    "tool_use",
-    "stop",
-    "length",
-];
-
-/// Stop reasons never cached, whatever a route says: a guardrail or a content
-/// filter stepped in, so the answer is not the model's.
-pub const NEVER_CACHED_STOP_REASONS: &[&str] = &["guardrail_intervened", "content_filtered"];
-
-/// Where the prompt-cache planner may put cachePoint blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CachePosition {
-    /// After the tool definitions.
-    Tools,
-    /// After the system prompt.
-    System,
-    /// At the end of a multi-turn conversation, so the next turn reads it.
-    Conversation,
-}
-
-impl CachePosition {
-    pub fn label(self) -> &'static str {
-        match self {
-            CachePosition::Tools => "tools",
-            CachePosition::System => "system",
-            CachePosition::Conversation => "conversation",
-        }
-    }
-}
-
-/// When the planner injects cache points.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PromptCacheMode {
-    Off,
-    /// Where expected reuse repays the cache-write premium.
-    Auto,
-    /// Wherever the prefix reaches the model's minimum.
-    Always,
-}
-
-/// A route's prompt-cache policy.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PromptCacheConfig {
-    pub mode: PromptCacheMode,
-    /// Sightings of a prefix within `window` before `auto` caches it (when
-    /// writing costs more than reading it back saves on one use).
-    pub min_repeats: u32,
-    /// A prefix not seen for this long is forgotten.
-    pub window: Duration,
-    /// Request the 1-hour cache TTL (where the model offers it) instead of 5 minutes.
-    pub ttl_1h: bool,
-    pub positions: Vec<CachePosition>,
-}
-
-impl Default for PromptCacheConfig {
-    fn default() -> Self {
-        PromptCacheConfig {
-            mode: PromptCacheMode::Off,
-            min_repeats: 2,
-            window: Duration::from_secs(600),
-            ttl_1h: false,
-            positions: vec![
-                CachePosition::Tools,
-                CachePosition::System,
-                CachePosition::Conversation,
-            ],
-        }
-    }
-}
-
-/// Which latency tier a route asks Bedrock for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LatencyPolicy {
-    /// Latency-optimized wherever the catalog says it works, standard elsewhere.
-    Optimized,
-    Standard,
-    /// Whatever the request asked (unless the catalog says it cannot work).
-    Client,
-}
-
-/// One step of a fallback chain: what changes from the route's primary target.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct FallbackTarget {
-    pub upstream: Option<String>,
-    pub model: Option<String>,
-    pub latency: Option<LatencyPolicy>,
-}
-
-/// When a target is taken out of rotation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    /// Consecutive failures that open the breaker.
-    pub consecutive_failures: u32,
-    /// Failure share over `window` that opens it (with at least `min_requests`).
-    pub error_rate: f64,
-    pub window: Duration,
-    pub min_requests: u32,
-    /// How long it stays open before one probe request is let through.
-    pub open_for: Duration,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            consecutive_failures: 5,
-            error_rate: 0.5,
-            window: Duration::from_secs(30),
-            min_requests: 20,
-            open_for: Duration::from_secs(30),
-        }
-    }
-}
-
-/// A route's latency and resilience policy.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResilienceConfig {
-    pub latency: LatencyPolicy,
-    pub fallback: Vec<FallbackTarget>,
-    /// Error kinds (`ErrorKind::label`) that move on to a retry or the next target.
-    pub fallback_on: Vec<String>,
-    /// Retries on the same target before moving on.
-    pub retries: u32,
-    /// Base and cap of the jittered exponential backoff between retries.
-    pub backoff: Duration,
-    pub max_backoff: Duration,
-    /// One deadline for every attempt together; default: the upstream's total timeout.
-    pub deadline: Option<Duration>,
-    /// Per attempt, until the response headers (or a stream's first event);
-    /// default: the upstream's `first_byte_timeout`.
-    pub first_byte_timeout: Option<Duration>,
-    /// Start the next target when the current one sent nothing for this long.
-    pub hedge_after: Option<Duration>,
-    pub breaker: BreakerConfig,
-}
-
-/// Error kinds that fall back unless a route says otherwise.
-pub const DEFAULT_FALLBACK_ON: &[&str] = &[
-    "throttled",
-    "unavailable",
-    "timeout",
-    "unsupported",
-    "model_not_ready",
-    "internal",
-];
-
-impl Default for ResilienceConfig {
-    fn default() -> Self {
-        ResilienceConfig {
-            latency: LatencyPolicy::Client,
-            fallback: Vec::new(),
-            fallback_on: DEFAULT_FALLBACK_ON
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-            retries: 0,
-            backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-            deadline: None,
-            first_byte_timeout: None,
-            hedge_after: None,
-            breaker: BreakerConfig::default(),
-        }
-    }
-}
-
-/// The prefix registry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PromptCacheGlobal {
-    /// Prefixes remembered at most (least recently seen go first).
-    pub max_prefixes: u64,
-}
-
-/// One route: the model ids and aliases it answers, and where it sends them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteConfig {
-    pub name: String,
-    pub aliases: Vec<String>,
-    /// Model ids (or inference profile ids) clients may call this route by.
-    pub models: Vec<String>,
-    /// Answers any model id no other route claims (`models = ["*"]`).
-    pub catch_all: bool,
-    pub upstream: String,
-    /// The model id sent upstream; when unset, the id the client used (or, for
-    /// an alias, the route's first model).
-    pub upstream_model: Option<String>,
-    pub cache: RouteCacheConfig,
-    pub prompt_cache: PromptCacheConfig,
-    pub resilience: ResilienceConfig,
-}
-
-/// Which routes a key may use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteAccess {
-    All,
-    Only(HashSet<String>),
-}
-
-impl RouteAccess {
-    pub fn allows(&self, route: &str) -> bool {
-        match self {
-            RouteAccess::All => true,
-            RouteAccess::Only(names) => names.contains(route),
-        }
-    }
-}
-
-/// How a key proves itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyCredential {
-    /// An API key, stored as the SHA-256 of the key.
-    ApiKey { sha256: [u8; 32] },
-    /// A proxy-issued access key pair for SigV4-signing clients.
-    AccessKey { id: String, secret: String },
-}
-
-/// A client credential and what it may do.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeyConfig {
-    pub tenant: String,
-    pub credential: KeyCredential,
-    pub routes: RouteAccess,
-    pub requests_per_minute: Option<u32>,
-}
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -440,58 +93,132 @@ pub struct Config {
     pub cache: CacheConfig,
     pub prompt_cache: PromptCacheGlobal,
     /// A model catalog file replacing the embedded one.
-    pub catalog_file: Option<std::path::PathBuf>,
+    pub catalog_file: Option<PathBuf>,
     /// SHA-256 of the source text.
     pub hash: String,
     pub loaded_at: SystemTime,
 }
 
-/// Expands `${VAR}` and `${VAR:-default}` in `value`; `key` names the setting in errors.
-pub fn expand_env(key: &str, value: &str, errors: &mut Vec<String>) -> String {
-    expand_env_with(key, value, errors, |name| std::env::var(name).ok())
+/// The config file as written: one field per top-level table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: server::RawServer,
+    #[serde(default)]
+    admin: admin::RawAdmin,
+    #[serde(default)]
+    limits: limits::RawLimits,
+    #[serde(default)]
+    logging: logging::RawLogging,
+    #[serde(default)]
+    upstreams: BTreeMap<String, upstreams::RawUpstream>,
+    #[serde(default)]
+    routes: Vec<routes::RawRoute>,
+    #[serde(default)]
+    keys: Vec<keys::RawKey>,
+    #[serde(default)]
+    cache: cache::RawCache,
+    #[serde(default)]
+    catalog: catalog::RawCatalog,
+    #[serde(default)]
+    prompt_cache: prompt_cache::RawPromptCacheGlobal,
 }
 
-fn expand_env_with(
-    key: &str,
-    value: &str,
-    errors: &mut Vec<String>,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> String {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            errors.push(format!("{key}: unterminated ${{ in value"));
-            return out;
-        };
-        let expr = &after[..end];
-        let (name, default) = match expr.split_once(":-") {
-            Some((n, d)) => (n, Some(d)),
-            None => (expr, None),
-        };
-        match (lookup(name), default) {
-            (Some(v), _) => out.push_str(&v),
-            (None, Some(d)) => out.push_str(d),
-            (None, None) => errors.push(format!("{key}: environment variable {name} is not set")),
+impl RawConfig {
+    /// Checks every table, then what the tables say about each other,
+    /// collecting every problem, and builds the typed config.
+    fn validate(self) -> Result<Config, ConfigError> {
+        let RawConfig {
+            server,
+            admin,
+            limits,
+            logging,
+            upstreams,
+            routes,
+            keys,
+            cache,
+            catalog,
+            prompt_cache,
+        } = self;
+        let mut errors = Vec::new();
+        let e = &mut errors;
+        let server = server::validate(server, e);
+        let admin = admin::validate(admin, e);
+        let limits = limits::validate(limits, e);
+        let logging = logging::validate(logging, e);
+        let upstreams = upstreams::validate(upstreams, e);
+        let cache = cache::validate(cache, e);
+        let prompt_cache = prompt_cache::validate(prompt_cache, e);
+        let catalog_file = catalog::validate(catalog, e);
+        let routes = routes::validate(routes, e);
+        let keys = keys::validate(keys, e);
+        check_references(&server, &upstreams, &routes, &keys, e);
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
         }
-        rest = &after[end + 1..];
+        Ok(Config {
+            server,
+            admin,
+            limits,
+            logging,
+            upstreams,
+            routes,
+            keys: keys.into_iter().flatten().collect(),
+            cache,
+            prompt_cache,
+            catalog_file,
+            hash: String::new(),
+            loaded_at: SystemTime::now(),
+        })
     }
-    out.push_str(rest);
-    out
 }
 
-/// Parses a duration such as `250ms`, `30s`, `5m`; `key` names the setting in errors.
-pub fn parse_duration(key: &str, value: &str, errors: &mut Vec<String>) -> Duration {
-    match humantime::parse_duration(value.trim()) {
-        Ok(d) => d,
-        Err(e) => {
-            errors.push(format!(
-                "{key}: `{value}` is not a duration ({e}); write e.g. 250ms, 30s, 5m"
+/// What one table says about another: the upstreams routes and their fallbacks
+/// name exist, the routes keys name exist, and `auth = "keys"` has keys.
+/// `keys` is in file order (`None` for an entry already reported unusable).
+fn check_references(
+    server: &ServerConfig,
+    upstreams: &BTreeMap<String, UpstreamConfig>,
+    routes: &[RouteConfig],
+    keys: &[Option<KeyConfig>],
+    e: &mut Vec<String>,
+) {
+    for (i, r) in routes.iter().enumerate() {
+        if !upstreams.contains_key(&r.upstream) {
+            e.push(format!(
+                "routes[{i}].upstream: no upstream named `{}`",
+                r.upstream
             ));
-            Duration::ZERO
         }
+        for (j, f) in r.resilience.fallback.iter().enumerate() {
+            if let Some(u) = f.upstream.as_ref().filter(|u| !upstreams.contains_key(*u)) {
+                e.push(format!(
+                    "routes[{i}].fallback[{j}].upstream: no upstream named `{u}`"
+                ));
+            }
+        }
+    }
+    let route_names: HashSet<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let Some(KeyConfig {
+            routes: RouteAccess::Only(names),
+            ..
+        }) = k
+        else {
+            continue;
+        };
+        let mut missing: Vec<&String> = names
+            .iter()
+            .filter(|n| !route_names.contains(n.as_str()))
+            .collect();
+        missing.sort();
+        for r in missing {
+            e.push(format!("keys[{i}].routes: no route named `{r}`"));
+        }
+    }
+    if server.auth == AuthMode::Keys && keys.iter().flatten().next().is_none() {
+        e.push("keys: server.auth is `keys` but no [[keys]] entry is configured; nobody could call the proxy".into());
     }
 }
 
@@ -527,10 +254,7 @@ impl Config {
             self.routes.len(),
             self.keys.len(),
             self.server.listen,
-            match self.server.auth {
-                AuthMode::Keys => "keys",
-                AuthMode::None => "none",
-            },
+            self.server.auth,
             self.admin.listen
         )
     }

@@ -1,4 +1,9 @@
+//! Config parsing and validation, driven by config text as an operator writes it.
+
+use super::values::expand_env_with;
 use super::*;
+use crate::error::ErrorKind;
+use std::time::Duration;
 
 const MINIMAL: &str = r#"
 [server]
@@ -124,4 +129,556 @@ fn the_shipped_configs_are_valid() {
         "https://bedrock-runtime.us-east-2.amazonaws.com"
     );
     assert_eq!(c.keys.len(), 2);
+}
+
+// --- Each section's problems, all reported at once, each under its key path.
+
+/// `MINIMAL` with `table` (TOML for tables `MINIMAL` does not have) added.
+fn with(table: &str) -> String {
+    format!("{MINIMAL}\n{table}\n")
+}
+
+/// A config with one upstream `sim` and `routes` as its `[[routes]]` entries.
+fn with_routes(routes: &str) -> String {
+    format!("[server]\nauth = \"none\"\n[upstreams.sim]\nkind = \"simulator\"\n{routes}\n")
+}
+
+#[test]
+fn server_problems_name_their_keys() {
+    let e = errors(
+        r#"
+[server]
+listen = "localhost"
+auth = "maybe"
+tls_cert = "/cert.pem"
+[upstreams.sim]
+[[routes]]
+name = "r"
+models = ["m"]
+upstream = "sim"
+"#,
+    );
+    assert_eq!(
+        e,
+        [
+            "server.listen: `localhost` is not an address like 127.0.0.1:8080",
+            "server.auth: `maybe` is not one of keys, none",
+            "server.tls_cert and server.tls_key go together",
+            // A wrong `auth` is read as the default, `keys`, which needs keys.
+            "keys: server.auth is `keys` but no [[keys]] entry is configured; nobody could call the proxy",
+        ]
+    );
+    let e = errors(&MINIMAL.replace(
+        "auth = \"none\"",
+        "auth = \"none\"\nlisten = \"0.0.0.0:8080\"",
+    ));
+    assert_eq!(
+        e,
+        ["server.auth: `none` is only allowed on a loopback address, not 0.0.0.0:8080; configure [[keys]] instead"]
+    );
+}
+
+#[test]
+fn admin_limits_and_logging_problems_name_their_keys() {
+    let e = errors(&with(
+        r#"
+[admin]
+listen = "9090"
+token_sha256 = "not-hex"
+[limits]
+max_json_depth = 200
+header_read_timeout = "a while"
+[logging]
+format = "xml"
+"#,
+    ));
+    assert_eq!(e.len(), 5, "{e:#?}");
+    assert_eq!(
+        e[0],
+        "admin.token_sha256: must be 64 hex characters (run `bedrock-proxy hash-key`)"
+    );
+    assert_eq!(
+        e[1],
+        "admin.listen: `9090` is not an address like 127.0.0.1:8080"
+    );
+    assert_eq!(e[2], "limits.max_json_depth: must be between 1 and 127");
+    assert!(
+        e[3].starts_with("limits.header_read_timeout: `a while` is not a duration"),
+        "{e:#?}"
+    );
+    assert_eq!(e[4], "logging.format: `xml` is not one of text, json");
+    let e = errors(&with("[limits]\nmax_json_depth = 0"));
+    assert_eq!(e, ["limits.max_json_depth: must be between 1 and 127"]);
+}
+
+#[test]
+fn upstream_problems_name_their_keys() {
+    let e = errors(
+        r#"
+[server]
+auth = "none"
+[upstreams.east]
+kind = "azure"
+endpoint = "bedrock.example"
+bearer_token = "${CONFIG_TEST_UNSET_TOKEN}"
+idle_timeout = "forever"
+[[routes]]
+name = "r"
+models = ["m"]
+upstream = "east"
+"#,
+    );
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert_eq!(
+        e[..3],
+        [
+            "upstreams.east.kind: `azure` is not one of bedrock, simulator",
+            "upstreams.east.endpoint: `bedrock.example` must start with http:// or https://",
+            "upstreams.east.bearer_token: environment variable CONFIG_TEST_UNSET_TOKEN is not set",
+        ]
+    );
+    assert!(
+        e[3].starts_with("upstreams.east.idle_timeout: `forever` is not a duration"),
+        "{e:#?}"
+    );
+    let e = errors(
+        "[server]\nauth = \"none\"\n[[routes]]\nname = \"r\"\nmodels = [\"m\"]\nupstream = \"x\"\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "upstreams: at least one [upstreams.NAME] table is needed",
+            "routes[0].upstream: no upstream named `x`",
+        ]
+    );
+}
+
+#[test]
+fn cache_prompt_cache_and_catalog_problems_name_their_keys() {
+    let e = errors(&with(
+        r#"
+[cache.redis]
+url = "http://cache:6379"
+urls = ["rediss://a:6379"]
+ttl = "a day"
+[catalog]
+file = "${CONFIG_TEST_UNSET_CATALOG}"
+"#,
+    ));
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert_eq!(
+        e[0],
+        "cache.redis.url: `http://cache:6379` must start with redis:// or rediss://"
+    );
+    assert!(
+        e[1].starts_with("cache.redis.ttl: `a day` is not a duration"),
+        "{e:#?}"
+    );
+    assert_eq!(
+        e[2],
+        "catalog.file: environment variable CONFIG_TEST_UNSET_CATALOG is not set"
+    );
+    let e = errors(&with("[cache.redis]\ncluster = true"));
+    assert_eq!(e, ["cache.redis: give `url` (or `urls` for a cluster)"]);
+
+    // Numbers that cannot work are read as the smallest that does.
+    let c = Config::parse(&with("[prompt_cache]\nmax_prefixes = 0")).unwrap();
+    assert_eq!(c.prompt_cache.max_prefixes, 1);
+}
+
+#[test]
+fn a_routes_own_problems_name_their_keys() {
+    let e = errors(&with_routes(
+        r#"
+[[routes]]
+name = "no spaces please"
+upstream = "sim"
+latency = "fast"
+fallback = [{}, { latency = "slow" }]
+fallback_on = ["validation", "timeout", "gremlins"]
+backoff = "soon"
+breaker = { error_rate = 0.0 }
+cache = { mode = "sometimes", replay = "slow", ttl = "0s", stop_reasons = ["end_turn", "guardrail_intervened"] }
+prompt_cache = { mode = "never", ttl = "2h", min_repeats = 0, positions = ["system", "footer"] }
+"#,
+    ));
+    let expected = [
+        "routes[0].name: `no spaces please` must be non-empty letters, digits, - _ . :",
+        "routes[0]: give at least one of aliases, models",
+        "routes[0].cache.mode: `sometimes` is not one of off, deterministic, always",
+        "routes[0].cache.replay: `slow` is not one of instant, paced",
+        "routes[0].cache.stop_reasons: `guardrail_intervened` answers are never cached",
+        "routes[0].cache.ttl: must be more than 0",
+        "routes[0].prompt_cache.mode: `never` is not one of off, auto, always",
+        "routes[0].prompt_cache.ttl: `2h` is not one of 5m, 1h",
+        "routes[0].prompt_cache.positions: `footer` is not one of tools, system, conversation",
+        "routes[0].prompt_cache.min_repeats: must be at least 1",
+        "routes[0].latency: `fast` is not one of optimized, standard, client",
+        "routes[0].fallback[0]: give at least one of upstream, model, latency",
+        "routes[0].fallback[1].latency: `slow` is not one of optimized, standard, client",
+        "routes[0].fallback_on: `validation` is not one of throttled, unavailable, timeout, model_not_ready, unsupported, model_error, quota_exceeded, internal",
+        "routes[0].fallback_on: `gremlins` is not one of throttled, unavailable, timeout, model_not_ready, unsupported, model_error, quota_exceeded, internal",
+    ];
+    assert_eq!(e[..expected.len()], expected, "{e:#?}");
+    assert_eq!(e.len(), expected.len() + 2, "{e:#?}");
+    assert!(
+        e[expected.len()].starts_with("routes[0].backoff: `soon` is not a duration"),
+        "{e:#?}"
+    );
+    assert_eq!(
+        e[expected.len() + 1],
+        "routes[0].breaker.error_rate: must be in (0, 1]"
+    );
+}
+
+#[test]
+fn what_routes_claim_must_be_theirs_alone() {
+    let e = errors(&with_routes(
+        r#"
+[[routes]]
+name = "a"
+aliases = ["fast"]
+models = ["*", "m1"]
+upstream = "sim"
+[[routes]]
+name = "b"
+aliases = ["m1"]
+models = ["*"]
+upstream = "sim"
+[[routes]]
+name = "a"
+models = ["m1", "fast"]
+upstream = "sim"
+"#,
+    ));
+    assert_eq!(
+        e,
+        [
+            "routes[1].models: `*` is already claimed by route a",
+            "routes[1]: `m1` is already claimed by route a",
+            "routes[2]: `m1` is already claimed by route b",
+            "routes[2]: `fast` is already claimed by route a",
+            "routes: the name `a` is used twice",
+        ]
+    );
+}
+
+#[test]
+fn key_problems_name_their_keys() {
+    let hash = "ab".repeat(32);
+    let e = errors(&with(&format!(
+        r#"
+[[keys]]
+tenant = "t"
+access_key_id = "AKIDONLY"
+[[keys]]
+tenant = "team a"
+key_sha256 = "{hash}"
+routes = ["haiku", "sonnet", "opus"]
+requests_per_minute = 0
+[[keys]]
+tenant = "t"
+key_sha256 = "{hash}"
+access_key_id = "AKID"
+[[keys]]
+tenant = "t"
+key_sha256 = "{}"
+[[keys]]
+tenant = "t"
+access_key_id = "AKID"
+secret_access_key = "${{CONFIG_TEST_UNSET_SECRET:-}}"
+"#,
+        hash.to_uppercase()
+    )));
+    assert_eq!(
+        e,
+        [
+            "keys[0]: access_key_id needs secret_access_key",
+            "keys[1].tenant: `team a` must be non-empty letters, digits, - _ . :",
+            "keys[1].requests_per_minute: must be at least 1",
+            "keys[2]: give either key_sha256, or access_key_id with secret_access_key",
+            "keys[4].secret_access_key: must not be empty",
+            // The same hash in capitals is the same key.
+            "keys[3]: the same credential is configured twice",
+            // An unusable entry before it does not shift this key's path.
+            "keys[1].routes: no route named `opus`",
+            "keys[1].routes: no route named `sonnet`",
+        ]
+    );
+}
+
+#[test]
+fn references_between_tables_are_checked_after_each_table() {
+    let e = errors(&with_routes(
+        r#"
+[[routes]]
+name = "r"
+models = ["m"]
+upstream = "west"
+fallback = [{ upstream = "sim" }, { upstream = "east", model = "m2" }]
+"#,
+    ));
+    assert_eq!(
+        e,
+        [
+            "routes[0].upstream: no upstream named `west`",
+            "routes[0].fallback[1].upstream: no upstream named `east`",
+        ]
+    );
+    // Keys whose credentials are all unusable leave nobody able to call.
+    let e = errors(&MINIMAL.replace(
+        "auth = \"none\"",
+        "auth = \"keys\"\n[[keys]]\ntenant = \"t\"",
+    ));
+    assert_eq!(
+        e,
+        [
+            "keys[0]: give either key_sha256, or access_key_id with secret_access_key",
+            "keys: server.auth is `keys` but no [[keys]] entry is configured; nobody could call the proxy",
+        ]
+    );
+}
+
+// --- Defaults: the typed config's `Default` impls, which parsing falls back to.
+
+#[test]
+fn absent_keys_take_the_documented_defaults() {
+    let c = Config::parse(&with(
+        "[cache.redis]\nurl = \"redis://127.0.0.1:6379\"\n[[routes]]\nname = \"b\"\nmodels = [\"b\"]\nupstream = \"sim\"\nbreaker = {}",
+    ))
+    .unwrap();
+    // What docs/CONFIG.md promises, key by key.
+    assert_eq!(c.server.auth, AuthMode::None);
+    assert!(c.server.tls.is_none());
+    assert_eq!(c.admin.token_sha256, None);
+    assert_eq!(c.limits.max_json_depth, 64);
+    assert_eq!(c.limits.max_concurrent_requests, 1024);
+    assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.limits.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.logging.format, LogFormat::Text);
+    assert_eq!(c.logging.level, "info");
+    assert!(!c.logging.log_bodies);
+    let sim = &c.upstreams["sim"];
+    assert_eq!(sim.region, "us-east-2");
+    assert_eq!(
+        sim.timeouts,
+        Timeouts {
+            connect: Duration::from_secs(3),
+            first_byte: Duration::from_secs(60),
+            idle: Duration::from_secs(30),
+            total: Duration::from_secs(600),
+        }
+    );
+    assert_eq!(c.cache.max_bytes, 256 * 1024 * 1024);
+    let redis = c.cache.redis.as_ref().unwrap();
+    assert_eq!(redis.urls, ["redis://127.0.0.1:6379"]);
+    assert!(!redis.cluster);
+    assert_eq!(redis.key_prefix, "bedrock-proxy:");
+    assert_eq!(redis.ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(redis.timeout, Duration::from_millis(100));
+    assert_eq!(redis.compress_min_bytes, 2048);
+    assert_eq!(c.prompt_cache.max_prefixes, 100_000);
+    assert_eq!(c.catalog_file, None);
+    for route in &c.routes {
+        let r = &route.resilience;
+        assert_eq!(r.latency, LatencyPolicy::Client);
+        assert_eq!(r.fallback_on, DEFAULT_FALLBACK_ON);
+        assert_eq!((r.retries, r.backoff), (0, Duration::from_millis(100)));
+        assert_eq!(r.max_backoff, Duration::from_secs(2));
+        assert_eq!(
+            (r.deadline, r.first_byte_timeout, r.hedge_after),
+            (None, None, None)
+        );
+        assert_eq!(r.breaker.consecutive_failures, 5);
+        assert_eq!(r.breaker.error_rate, 0.5);
+        assert_eq!(r.breaker.window, Duration::from_secs(30));
+        assert_eq!(r.breaker.min_requests, 20);
+        assert_eq!(r.breaker.open_for, Duration::from_secs(30));
+    }
+    // And each is the typed config's `Default`, the one place it is written.
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.logging, LoggingConfig::default());
+    assert_eq!(c.admin, AdminConfig::default());
+    assert_eq!(sim.timeouts, Timeouts::default());
+    assert_eq!(
+        *redis,
+        RedisConfig {
+            urls: redis.urls.clone(),
+            ..RedisConfig::default()
+        }
+    );
+    assert_eq!(c.routes[1].resilience, ResilienceConfig::default());
+}
+
+#[test]
+fn a_routes_cache_tables_turn_their_feature_on() {
+    let c = Config::parse(&with_routes(
+        r#"
+[[routes]]
+name = "plain"
+models = ["a"]
+upstream = "sim"
+[[routes]]
+name = "tables"
+models = ["b"]
+upstream = "sim"
+cache = {}
+prompt_cache = {}
+[[routes]]
+name = "explicit"
+models = ["c"]
+upstream = "sim"
+cache = { mode = "off", ttl = "5m" }
+prompt_cache = { mode = "off", window = "1m" }
+"#,
+    ))
+    .unwrap();
+    let [plain, tables, explicit] = &c.routes[..] else {
+        panic!("{:?}", c.routes);
+    };
+    // No table: the feature is off.
+    assert_eq!(plain.cache.mode, CacheMode::Off);
+    assert_eq!(plain.prompt_cache.mode, PromptCacheMode::Off);
+    // A table that names no mode: on, for what is safe (temperature 0) or pays.
+    assert_eq!(tables.cache.mode, CacheMode::Deterministic);
+    assert_eq!(tables.prompt_cache.mode, PromptCacheMode::Auto);
+    // Every other key of a table keeps the no-table default.
+    for (r, ttl, window) in [(plain, 3600, 600), (tables, 3600, 600), (explicit, 300, 60)] {
+        assert_eq!(r.cache.ttl, Duration::from_secs(ttl), "{}", r.name);
+        assert!(!r.cache.shared);
+        assert_eq!(r.cache.replay, Replay::Instant);
+        assert_eq!(r.cache.stop_reasons, DEFAULT_CACHED_STOP_REASONS);
+        assert_eq!(r.prompt_cache.window, Duration::from_secs(window));
+        assert_eq!(r.prompt_cache.min_repeats, 2);
+        assert!(!r.prompt_cache.ttl_1h);
+        assert_eq!(
+            r.prompt_cache.positions,
+            [
+                CachePosition::Tools,
+                CachePosition::System,
+                CachePosition::Conversation
+            ]
+        );
+    }
+    assert_eq!(explicit.cache.mode, CacheMode::Off);
+    assert_eq!(explicit.prompt_cache.mode, PromptCacheMode::Off);
+}
+
+// --- Names: one table per closed set, for parsing and for labels.
+
+/// Every entry of a name table parses back to its value, labels as its
+/// name, and no name is used twice.
+fn assert_round_trip<T: Copy + PartialEq + std::fmt::Debug + std::fmt::Display>(
+    names: &[(T, &str)],
+    parse: fn(&str) -> Option<T>,
+    name: fn(T) -> &'static str,
+) {
+    let mut seen = HashSet::new();
+    for (value, text) in names {
+        assert_eq!(parse(text), Some(*value), "{text}");
+        assert_eq!(name(*value), *text);
+        assert_eq!(value.to_string(), *text);
+        assert!(seen.insert(*text), "`{text}` is in the table twice");
+        assert_eq!(parse(&text.to_uppercase()), None, "names are exact");
+    }
+}
+
+#[test]
+fn every_name_table_round_trips() {
+    assert_round_trip(AuthMode::NAMES, AuthMode::parse, AuthMode::name);
+    assert_round_trip(LogFormat::NAMES, LogFormat::parse, LogFormat::name);
+    assert_round_trip(UpstreamKind::NAMES, UpstreamKind::parse, UpstreamKind::name);
+    assert_round_trip(CacheMode::NAMES, CacheMode::parse, CacheMode::name);
+    assert_round_trip(Replay::NAMES, Replay::parse, Replay::name);
+    assert_round_trip(
+        CachePosition::NAMES,
+        CachePosition::parse,
+        CachePosition::name,
+    );
+    assert_round_trip(
+        PromptCacheMode::NAMES,
+        PromptCacheMode::parse,
+        PromptCacheMode::name,
+    );
+    assert_round_trip(
+        LatencyPolicy::NAMES,
+        LatencyPolicy::parse,
+        LatencyPolicy::name,
+    );
+    assert_eq!(CacheMode::parse("sometimes"), None);
+}
+
+#[test]
+fn the_file_accepts_exactly_the_names_in_the_tables() {
+    for (mode, name) in AuthMode::NAMES {
+        let c = Config::parse(
+            &with(&format!(
+                "[[keys]]\ntenant = \"t\"\nkey_sha256 = \"{}\"",
+                "ab".repeat(32)
+            ))
+            .replace("auth = \"none\"", &format!("auth = \"{name}\"")),
+        )
+        .unwrap();
+        assert_eq!(c.server.auth, *mode);
+        assert!(
+            c.summary().contains(&format!("(auth {name})")),
+            "{}",
+            c.summary()
+        );
+    }
+    for (format, name) in LogFormat::NAMES {
+        let c = Config::parse(&with(&format!("[logging]\nformat = \"{name}\""))).unwrap();
+        assert_eq!(c.logging.format, *format);
+    }
+    for (kind, name) in UpstreamKind::NAMES {
+        let c =
+            Config::parse(&MINIMAL.replace("kind = \"simulator\"", &format!("kind = \"{name}\"")))
+                .unwrap();
+        assert_eq!(c.upstreams["sim"].kind, *kind);
+    }
+    let route = |keys: &str| {
+        let text = with_routes(&format!(
+            "[[routes]]\nname = \"r\"\nmodels = [\"m\"]\nupstream = \"sim\"\n{keys}"
+        ));
+        Config::parse(&text).unwrap().routes.remove(0)
+    };
+    for (mode, name) in CacheMode::NAMES {
+        assert_eq!(
+            route(&format!("cache = {{ mode = \"{name}\" }}"))
+                .cache
+                .mode,
+            *mode
+        );
+    }
+    for (replay, name) in Replay::NAMES {
+        assert_eq!(
+            route(&format!("cache = {{ replay = \"{name}\" }}"))
+                .cache
+                .replay,
+            *replay
+        );
+    }
+    for (mode, name) in PromptCacheMode::NAMES {
+        let r = route(&format!("prompt_cache = {{ mode = \"{name}\" }}"));
+        assert_eq!(r.prompt_cache.mode, *mode);
+    }
+    let all: Vec<&str> = CachePosition::NAMES.iter().rev().map(|(_, n)| *n).collect();
+    let r = route(&format!("prompt_cache = {{ positions = {all:?} }}"));
+    let expected: Vec<CachePosition> = CachePosition::NAMES.iter().rev().map(|(p, _)| *p).collect();
+    assert_eq!(r.prompt_cache.positions, expected);
+    assert!(route("prompt_cache = { ttl = \"1h\" }").prompt_cache.ttl_1h);
+    assert!(!route("prompt_cache = { ttl = \"5m\" }").prompt_cache.ttl_1h);
+    for (policy, name) in LatencyPolicy::NAMES {
+        let r = route(&format!(
+            "latency = \"{name}\"\nfallback = [{{ latency = \"{name}\" }}]"
+        ));
+        assert_eq!(r.resilience.latency, *policy);
+        assert_eq!(r.resilience.fallback[0].latency, Some(*policy));
+    }
+    // fallback_on reads the error kinds' own labels.
+    let r = route("fallback_on = [\"model_error\", \"quota_exceeded\"]");
+    assert_eq!(
+        r.resilience.fallback_on,
+        [ErrorKind::ModelError, ErrorKind::QuotaExceeded]
+    );
 }

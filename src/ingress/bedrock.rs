@@ -12,13 +12,15 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use bedrock_wire::operation::Operation;
+use bedrock_wire::tier::{LatencyTier, LATENCY_HEADER, SERVICE_TIER_HEADER};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{failed, parse_json, receive, route, run, Finish};
-use crate::app::AppState;
+use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError, Side};
-use crate::pipeline::{Answer, Call};
+use crate::pipeline::Call;
+use crate::state::AppState;
 use crate::stream::to_bedrock_client;
 
 /// The Bedrock Runtime routes.
@@ -35,8 +37,8 @@ pub const FORWARDED: [&str; 9] = [
     "x-amzn-bedrock-trace",
     "x-amzn-bedrock-guardrailidentifier",
     "x-amzn-bedrock-guardrailversion",
-    "x-amzn-bedrock-performanceconfig-latency",
-    "x-amzn-bedrock-service-tier",
+    LATENCY_HEADER,
+    SERVICE_TIER_HEADER,
     "x-amzn-bedrock-request-metadata",
 ];
 
@@ -118,7 +120,6 @@ async fn serve(
         _ => Vec::new(),
     };
     let call = Call {
-        request_id: finish.request_id.clone(),
         op,
         principal,
         routed,
@@ -133,7 +134,7 @@ async fn serve(
             body,
             summary,
         } => {
-            finish.headers(&mut headers, summary.latency_tier.as_deref());
+            finish.headers(&mut headers, summary.latency_tier);
             finish.whole(&summary);
             let mut response = Response::new(Body::from(body));
             *response.headers_mut() = headers;
@@ -144,10 +145,10 @@ async fn serve(
             frames,
         } => {
             let tier = headers
-                .get("x-amzn-bedrock-performanceconfig-latency")
+                .get(LATENCY_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            finish.headers(&mut headers, tier.as_deref());
+                .and_then(LatencyTier::parse);
+            finish.headers(&mut headers, tier);
             let observer = finish.stream_observer();
             let mut response =
                 Response::new(Body::from_stream(to_bedrock_client(frames, observer)));

@@ -15,11 +15,12 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::Format;
-use crate::cache::redis::RedisTier;
 use crate::config::CachePosition;
+use crate::shared::RedisTier;
+use crate::support::now_ms;
 use bedrock_wire::canonical;
 
 /// What the registry knows about one prefix.
@@ -59,12 +60,6 @@ impl Expiry<[u8; 32], Arc<PrefixStats>> for IdleWindow {
     ) -> Option<Duration> {
         Some(v.window)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The registry.
@@ -130,7 +125,7 @@ impl PrefixRegistry {
         for part in [
             tenant.as_bytes(),
             model.as_bytes(),
-            section.label().as_bytes(),
+            section.name().as_bytes(),
         ] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part);
@@ -190,7 +185,7 @@ impl PrefixRegistry {
                 json!({
                     "tenant": &*s.tenant,
                     "model": s.model,
-                    "section": s.section.label(),
+                    "section": s.section.name(),
                     "sightings": s.sightings.load(Ordering::Relaxed),
                     "estimated_tokens": s.tokens,
                     "first_seen_ms": s.first_seen_ms,
@@ -205,10 +200,6 @@ impl PrefixRegistry {
     pub fn len(&self) -> u64 {
         self.local.run_pending_tasks();
         self.local.entry_count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -9,10 +9,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 use tokio::time::Instant;
 
+use bedrock_wire::tier::LatencyTier;
+
 use crate::config::BreakerConfig;
+use crate::support;
 
 /// A breaker's state, as the metrics gauge reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +25,39 @@ pub enum State {
 }
 
 impl State {
+    /// The metric gauge's value: 0 closed, 1 half-open, 2 open.
     pub fn gauge(self) -> f64 {
         match self {
             State::Closed => 0.0,
             State::HalfOpen => 1.0,
             State::Open => 2.0,
         }
+    }
+
+    /// The name `/admin/breakers` shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::HalfOpen => "half_open",
+            State::Open => "open",
+        }
+    }
+}
+
+/// What a breaker is kept for: the same upstream, model and latency tier share
+/// one breaker whichever route uses them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BreakerKey {
+    pub upstream: Arc<str>,
+    pub model: Arc<str>,
+    /// The tier the attempt asks for (`None`: as the client sent it).
+    pub tier: Option<LatencyTier>,
+}
+
+impl std::fmt::Display for BreakerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tier = self.tier.map_or("-", LatencyTier::name);
+        write!(f, "{}|{}|{tier}", self.upstream, self.model)
     }
 }
 
@@ -145,40 +174,36 @@ impl Breaker {
     }
 
     /// How long until an open breaker lets a probe through.
-    pub fn open_for(&self, now: Instant) -> Duration {
+    #[cfg(test)]
+    pub fn open_for(&self, now: Instant) -> std::time::Duration {
         self.open_until.saturating_duration_since(now)
     }
 }
 
-/// Every target's breaker, by target key (`upstream|model|tier`).
+/// Every target's breaker, by [`BreakerKey`].
 #[derive(Debug, Default)]
 pub struct Breakers {
-    by_target: RwLock<HashMap<String, Arc<Mutex<Breaker>>>>,
+    by_target: RwLock<HashMap<BreakerKey, Arc<Mutex<Breaker>>>>,
 }
 
 impl Breakers {
     /// The breaker of a target, created closed on first use.
-    pub fn get(&self, key: &str) -> Arc<Mutex<Breaker>> {
-        if let Some(b) = self.by_target.read().ok().and_then(|m| m.get(key).cloned()) {
+    pub fn get(&self, key: &BreakerKey) -> Arc<Mutex<Breaker>> {
+        if let Some(b) = support::read(&self.by_target).get(key).cloned() {
             return b;
         }
-        let mut map = self.by_target.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(key.to_owned())
+        let mut map = support::write(&self.by_target);
+        map.entry(key.clone())
             .or_insert_with(|| Arc::new(Mutex::new(Breaker::new(Instant::now()))))
             .clone()
     }
 
-    /// Every breaker's state, for `/admin/breakers`.
+    /// Every breaker's state, by key (`upstream|model|tier`), for `/admin/breakers`.
     pub fn states(&self) -> Vec<(String, State)> {
-        let map = self.by_target.read().unwrap_or_else(|e| e.into_inner());
+        let map = support::read(&self.by_target);
         let mut out: Vec<_> = map
             .iter()
-            .map(|(k, b)| {
-                (
-                    k.clone(),
-                    b.lock().map(|b| b.state()).unwrap_or(State::Closed),
-                )
-            })
+            .map(|(k, b)| (k.to_string(), support::lock(b).state()))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -188,6 +213,7 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn config() -> BreakerConfig {
         BreakerConfig {

@@ -5,10 +5,11 @@
 //! its deadlines. Bodies go out as the bytes the pipeline hands over, so fields
 //! the proxy does not know survive untouched.
 //!
-//! Which upstream to call, and what to do when it fails, is the pipeline's
-//! business, not this module's.
+//! The client is this file; which targets a call tries, with what retries,
+//! breakers and hedging, is [`chain`]'s; the breakers themselves are [`breaker`]'s.
 
 use aws_config::BehaviorVersion;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
@@ -23,10 +24,21 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 pub mod breaker;
-pub mod fallback;
+pub mod chain;
 
 use crate::config::{Timeouts, UpstreamConfig, UpstreamKind};
 use crate::error::{ErrorKind, ProxyError, Side};
+
+/// Why an upstream could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("upstreams.{0}: a simulator upstream without `endpoint` needs the embedded simulator (demo mode)")]
+    NoEmbeddedSimulator(String),
+    #[error("upstreams.{0}.bearer_token: not a valid header value")]
+    BadBearerToken(String),
+    #[error("upstreams.{0}: no AWS credentials provider could be built")]
+    NoCredentialsProvider(String),
+}
 
 /// The key pair the proxy signs with when calling a simulator.
 const SIMULATOR_ACCESS_KEY: &str = "AKIDBEDROCKPROXY";
@@ -70,25 +82,16 @@ impl Upstream {
     pub async fn build(
         config: &UpstreamConfig,
         embedded: Option<&str>,
-    ) -> Result<Upstream, String> {
+    ) -> Result<Upstream, BuildError> {
         let base = match (config.endpoint_url(), embedded) {
             (Some(url), _) => url,
             (None, Some(url)) => url.trim_end_matches('/').to_owned(),
-            (None, None) => {
-                return Err(format!(
-                    "upstreams.{}: a simulator upstream without `endpoint` needs the embedded simulator (demo mode)",
-                    config.name
-                ))
-            }
+            (None, None) => return Err(BuildError::NoEmbeddedSimulator(config.name.clone())),
         };
         let signer = match (&config.bearer_token, config.kind) {
             (Some(token), _) => Signer::Bearer(
-                HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                    format!(
-                        "upstreams.{}.bearer_token: not a valid header value",
-                        config.name
-                    )
-                })?,
+                HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| BuildError::BadBearerToken(config.name.clone()))?,
             ),
             (None, UpstreamKind::Simulator) => Signer::SigV4 {
                 credentials: SharedCredentialsProvider::new(Credentials::new(
@@ -107,12 +110,9 @@ impl Upstream {
                     loader = loader.profile_name(profile);
                 }
                 let sdk = loader.load().await;
-                let credentials = sdk.credentials_provider().ok_or_else(|| {
-                    format!(
-                        "upstreams.{}: no AWS credentials provider could be built",
-                        config.name
-                    )
-                })?;
+                let credentials = sdk
+                    .credentials_provider()
+                    .ok_or_else(|| BuildError::NoCredentialsProvider(config.name.clone()))?;
                 Signer::SigV4 {
                     credentials,
                     region: config.region.clone(),
@@ -138,14 +138,12 @@ impl Upstream {
     }
 
     /// Resolves credentials once, to tell whether the upstream can be called.
-    pub async fn check_credentials(&self) -> Result<(), String> {
+    pub async fn check_credentials(&self) -> Result<(), CredentialsError> {
         match &self.signer {
             Signer::Bearer(_) => Ok(()),
-            Signer::SigV4 { credentials, .. } => credentials
-                .provide_credentials()
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("{e}")),
+            Signer::SigV4 { credentials, .. } => {
+                credentials.provide_credentials().await.map(|_| ())
+            }
         }
     }
 
@@ -300,7 +298,7 @@ impl Upstreams {
         configs: &BTreeMap<String, UpstreamConfig>,
         embedded: Option<&str>,
         previous: Option<&Upstreams>,
-    ) -> Result<Upstreams, String> {
+    ) -> Result<Upstreams, BuildError> {
         let mut by_name = BTreeMap::new();
         for (name, config) in configs {
             let reused = previous

@@ -1,7 +1,8 @@
 //! The model catalog: what each Bedrock model supports (prompt caching and its
 //! limits, latency-optimized regions, service tiers, async and bidirectional
-//! invocation), what it costs, and AWS's default prompt routers. One catalog
-//! serves the whole proxy; `config/models.toml` is compiled in and
+//! invocation, extended thinking, structured output, citations; embedding
+//! models and their limits), what it costs, and AWS's default prompt routers.
+//! One catalog serves the whole proxy; `config/models.toml` is compiled in and
 //! `[catalog] file` replaces it.
 
 use serde::Deserialize;
@@ -60,6 +61,43 @@ impl Price {
     }
 }
 
+/// What a model does: answer conversations or embed text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Converse, ConverseStream and InvokeModel with a chat body.
+    #[default]
+    Text,
+    /// InvokeModel only, answering vectors (Titan Text Embeddings, Cohere Embed).
+    Embedding,
+}
+
+impl ModelKind {
+    /// The catalog spelling, also used as a label.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Text => "text",
+            ModelKind::Embedding => "embedding",
+        }
+    }
+}
+
+/// The limits of an embedding model.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingInfo {
+    /// Vector sizes the model offers.
+    pub dimensions: Vec<u32>,
+    /// The size when the request names none.
+    pub default_dimensions: u32,
+    /// Longest input, in tokens, of one text.
+    pub max_input_tokens: u32,
+    /// Longest input, in characters, of one text.
+    pub max_input_chars: u32,
+    /// Texts one request may carry (Titan: 1, Cohere: 96).
+    pub max_batch: u32,
+}
+
 /// One model.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +138,23 @@ pub struct ModelInfo {
     /// Serves InvokeModelWithBidirectionalStream (speech such as Nova Sonic).
     #[serde(default)]
     pub bidirectional_stream: bool,
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// Extended thinking (`thinking` with a token budget).
+    #[serde(default)]
+    pub reasoning: bool,
+    /// Structured output (`outputConfig.textFormat` of type `json_schema`).
+    #[serde(default)]
+    pub structured_output: bool,
+    /// `outputConfig.effort`.
+    #[serde(default)]
+    pub effort: bool,
+    /// Citations on document blocks.
+    #[serde(default)]
+    pub citations: bool,
+    /// An embedding model's limits (exactly when `kind = "embedding"`).
+    #[serde(default)]
+    pub embedding: Option<EmbeddingInfo>,
 }
 
 fn default_max_points() -> u32 {
@@ -213,6 +268,38 @@ struct CatalogFile {
     routers: Vec<RouterInfo>,
 }
 
+/// Checks that a model's `kind` and its `embedding` table agree, and that the
+/// embedding table is usable; the simulator's catalog applies the same rule.
+pub fn check_kind(
+    id: &str,
+    kind: ModelKind,
+    embedding: Option<&EmbeddingInfo>,
+) -> Result<(), String> {
+    match (kind, embedding) {
+        (ModelKind::Text, None) => Ok(()),
+        (ModelKind::Embedding, Some(e)) => {
+            if !e.dimensions.contains(&e.default_dimensions) {
+                return Err(format!(
+                    "model {id}: embedding.default_dimensions {} is not one of its dimensions",
+                    e.default_dimensions
+                ));
+            }
+            if e.max_batch == 0 || e.max_input_tokens == 0 || e.max_input_chars == 0 {
+                return Err(format!(
+                    "model {id}: embedding limits must be greater than zero"
+                ));
+            }
+            Ok(())
+        }
+        (ModelKind::Text, Some(_)) => Err(format!(
+            "model {id}: an `embedding` table needs kind = \"embedding\""
+        )),
+        (ModelKind::Embedding, None) => Err(format!(
+            "model {id}: kind = \"embedding\" needs an `embedding` table"
+        )),
+    }
+}
+
 /// The resource id of an ARN (`arn:aws:bedrock:...:inference-profile/ID` -> `ID`).
 pub fn arn_resource(id: &str) -> Option<&str> {
     id.strip_prefix("arn:")?
@@ -307,6 +394,7 @@ impl Catalog {
                     model.id
                 ));
             }
+            check_kind(&model.id, model.kind, model.embedding.as_ref())?;
             let model = Arc::new(model);
             catalog.ids.add(&model, &model.id, &model.profiles)?;
             catalog.len += 1;
@@ -442,6 +530,43 @@ mod tests {
         assert!(Catalog::parse(&one).unwrap_err().contains("two models"));
         let unknown = format!("{base}[[routers]]\nid = \"r:1\"\nmodels = [\"a\", \"b\"]\n");
         assert!(Catalog::parse(&unknown).unwrap_err().contains("b is not"));
+    }
+
+    #[test]
+    fn the_embedded_catalog_knows_capabilities_and_embedding_models() {
+        let c = Catalog::parse(DEFAULT_CATALOG).unwrap();
+        let sonnet = c
+            .get("us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+            .unwrap();
+        assert!(sonnet.model.reasoning && sonnet.model.structured_output);
+        assert_eq!(sonnet.model.kind, ModelKind::Text);
+        let haiku35 = c.get("anthropic.claude-3-5-haiku-20241022-v1:0").unwrap();
+        assert!(!haiku35.model.reasoning && !haiku35.model.structured_output);
+        let titan = c.get("amazon.titan-embed-text-v2:0").unwrap();
+        assert_eq!(titan.model.kind, ModelKind::Embedding);
+        let e = titan.model.embedding.as_ref().unwrap();
+        assert_eq!(e.dimensions, [256, 512, 1024]);
+        assert_eq!(
+            (e.default_dimensions, e.max_input_tokens, e.max_batch),
+            (1024, 8192, 1)
+        );
+        let cohere = c.get("cohere.embed-multilingual-v3").unwrap();
+        assert_eq!(cohere.model.embedding.as_ref().unwrap().max_batch, 96);
+    }
+
+    #[test]
+    fn kind_and_embedding_table_go_together() {
+        let base = "[[models]]\nid = \"m\"\nprice = { input = 1.0, output = 0.0 }\n";
+        let no_table = format!("{base}kind = \"embedding\"\n");
+        assert!(Catalog::parse(&no_table)
+            .unwrap_err()
+            .contains("needs an `embedding` table"));
+        let bad_default = format!(
+            "{base}kind = \"embedding\"\nembedding = {{ dimensions = [256], default_dimensions = 512, max_input_tokens = 1, max_input_chars = 1, max_batch = 1 }}\n"
+        );
+        assert!(Catalog::parse(&bad_default)
+            .unwrap_err()
+            .contains("default_dimensions"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Outbound HTTP to Bedrock, shared by the proxy's upstream client and the
 //! benchmark tool: one pooled HTTPS client (rustls with aws-lc-rs and the webpki
 //! roots; HTTP/2 by ALPN where the server offers it), the path of an operation on
-//! a model as the AWS SDKs encode it, and SigV4 signing for service `bedrock`.
+//! a model as the AWS SDKs encode it, and SigV4 signing for service `bedrock`
+//! (or any other signing name, such as SageMaker Runtime's `sagemaker`).
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
@@ -20,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use crate::operation::Operation;
 
 /// What the AWS SDKs leave unescaped in a path segment.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+pub(crate) const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.')
@@ -83,11 +84,25 @@ pub fn sign_bedrock(
     region: &str,
     time: SystemTime,
 ) -> Result<(), String> {
+    sign_request(request, url, body, credentials, region, "bedrock", time)
+}
+
+/// Signs a POST of `body` to `url` with SigV4 for `service` (its signing name:
+/// `bedrock`, `sagemaker`) in `region`, as [`sign_bedrock`] does.
+pub fn sign_request(
+    request: &mut Request<Full<Bytes>>,
+    url: &str,
+    body: &[u8],
+    credentials: Credentials,
+    region: &str,
+    service: &str,
+    time: SystemTime,
+) -> Result<(), String> {
     let identity: Identity = credentials.into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
-        .name("bedrock")
+        .name(service)
         .time(time)
         .settings(SigningSettings::default())
         .build()

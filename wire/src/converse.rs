@@ -14,6 +14,8 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 use crate::eventstream::{event_frame, Frame, FrameKind};
+use crate::operation::Operation;
+use crate::tier::{LatencyTier, LATENCY_HEADER};
 
 /// The event types of the ConverseStream union (its exceptions aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -162,7 +164,7 @@ struct Tail {
 
 #[derive(Debug, Default, serde::Deserialize)]
 struct TailPerformance {
-    latency: Option<String>,
+    latency: Option<LatencyTier>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -177,7 +179,7 @@ pub struct Summary {
     pub stop_reason: Option<String>,
     pub usage: Option<Usage>,
     /// `performanceConfig.latency` of the answer: the tier that actually served it.
-    pub latency_tier: Option<String>,
+    pub latency_tier: Option<LatencyTier>,
     pub latency_ms: Option<u64>,
 }
 
@@ -232,6 +234,56 @@ impl Summary {
             .unwrap_or_default()
     }
 
+    /// What a whole answer of `op` says about itself: from the Converse body, or
+    /// from InvokeModel's `x-amzn-bedrock-*` headers and its body's stop reason
+    /// (Anthropic's `stop_reason`, or `stopReason`); other operations say nothing.
+    pub fn of_answer(op: Operation, headers: &http::HeaderMap, body: &[u8]) -> Summary {
+        match op {
+            Operation::Converse => Summary::of_response_bytes(body),
+            Operation::Invoke => {
+                let n = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                let input = n("x-amzn-bedrock-input-token-count");
+                let output = n("x-amzn-bedrock-output-token-count");
+                // Only the stop reason is read; the rest of the body is skipped, not built.
+                #[derive(serde::Deserialize)]
+                struct Stop {
+                    stop_reason: Option<Value>,
+                    #[serde(rename = "stopReason")]
+                    stop_reason_camel: Option<Value>,
+                }
+                let stop_reason = serde_json::from_slice::<Stop>(body).ok().and_then(|v| {
+                    let text = |v: Option<Value>| match v {
+                        Some(Value::String(s)) => Some(s),
+                        _ => None,
+                    };
+                    text(v.stop_reason).or_else(|| text(v.stop_reason_camel))
+                });
+                Summary {
+                    stop_reason,
+                    usage: Some(Usage {
+                        input_tokens: input,
+                        output_tokens: output,
+                        total_tokens: input + output,
+                        cache_read_input_tokens: n("x-amzn-bedrock-cache-read-input-token-count"),
+                        cache_write_input_tokens: n("x-amzn-bedrock-cache-write-input-token-count"),
+                    }),
+                    latency_tier: headers
+                        .get(LATENCY_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(LatencyTier::parse),
+                    latency_ms: Some(n("x-amzn-bedrock-invocation-latency")),
+                }
+            }
+            _ => Summary::default(),
+        }
+    }
+
     /// Whether the answer reached its end: a stop reason and usage were seen.
     pub fn is_complete(&self) -> bool {
         self.stop_reason.is_some() && self.usage.is_some()
@@ -239,7 +291,9 @@ impl Summary {
 }
 
 enum Block {
-    Text(String),
+    /// Text, and the citations that support it (a `citationsContent` block when
+    /// there are any).
+    Text { text: String, citations: Vec<Value> },
     ToolUse {
         start: Map<String, Value>,
         input: String,
@@ -254,7 +308,11 @@ enum Block {
 impl Block {
     fn into_json(self) -> Result<Value, AssembleError> {
         Ok(match self {
-            Block::Text(text) => json!({ "text": text }),
+            Block::Text { text, citations } if citations.is_empty() => json!({ "text": text }),
+            Block::Text { text, citations } => json!({ "citationsContent": {
+                "content": [{ "text": text }],
+                "citations": citations,
+            } }),
             Block::ToolUse { mut start, input } => {
                 let input: Value = if input.trim().is_empty() {
                     json!({})
@@ -327,10 +385,19 @@ pub fn assemble(events: &[ConverseEvent]) -> Result<Value, AssembleError> {
             EventKind::ContentBlockDelta => {
                 let delta = &v["delta"];
                 let block = blocks.entry(index_of(&v));
-                if let Some(text) = delta.get("text").and_then(Value::as_str) {
-                    match block.or_insert_with(|| Block::Text(String::new())) {
-                        Block::Text(acc) => acc.push_str(text),
+                let new_text = || Block::Text {
+                    text: String::new(),
+                    citations: Vec::new(),
+                };
+                if let Some(t) = delta.get("text").and_then(Value::as_str) {
+                    match block.or_insert_with(new_text) {
+                        Block::Text { text, .. } => text.push_str(t),
                         _ => return Err(AssembleError::Unsupported("mixed text".into())),
+                    }
+                } else if let Some(citation) = delta.get("citation") {
+                    match block.or_insert_with(new_text) {
+                        Block::Text { citations, .. } => citations.push(citation.clone()),
+                        _ => return Err(AssembleError::Unsupported("mixed citation".into())),
                     }
                 } else if let Some(tool) = delta.get("toolUse") {
                     match block {
@@ -457,6 +524,19 @@ pub fn split(body: &Value) -> Result<Vec<ConverseEvent>, AssembleError> {
             for chunk in chunk_text(text, REPLAY_CHUNK_BYTES) {
                 events.push(delta(i, json!({ "text": chunk })));
             }
+        } else if let Some(cited) = block.get("citationsContent") {
+            let text: String = cited["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["text"].as_str())
+                .collect();
+            for chunk in chunk_text(&text, REPLAY_CHUNK_BYTES) {
+                events.push(delta(i, json!({ "text": chunk })));
+            }
+            for citation in cited["citations"].as_array().into_iter().flatten() {
+                events.push(delta(i, json!({ "citation": citation })));
+            }
         } else if let Some(tool) = block.get("toolUse").and_then(Value::as_object) {
             let mut start = tool.clone();
             let input = start.remove("input").unwrap_or(json!({}));
@@ -575,7 +655,7 @@ mod tests {
         }
         assert!(s.is_complete());
         assert_eq!(s.stop_reason.as_deref(), Some("tool_use"));
-        assert_eq!(s.latency_tier.as_deref(), Some("optimized"));
+        assert_eq!(s.latency_tier, Some(LatencyTier::Optimized));
         assert_eq!(s.usage.unwrap().total_tokens, 42);
         assert_eq!(s, Summary::of_response(&sample_body()));
     }
@@ -596,13 +676,36 @@ mod tests {
             ConverseEvent::new(EventKind::MessageStart, &json!({"role": "assistant"})),
             ConverseEvent::new(
                 EventKind::ContentBlockDelta,
-                &json!({"contentBlockIndex": 0, "delta": {"citation": {}}}),
+                &json!({"contentBlockIndex": 0, "delta": {"image": {}}}),
             ),
         ];
         assert_eq!(
             assemble(&events),
-            Err(AssembleError::Unsupported("citation".into()))
+            Err(AssembleError::Unsupported("image".into()))
         );
+    }
+
+    #[test]
+    fn reasoning_and_citations_survive_split_then_assemble() {
+        let body = json!({
+            "output": {"message": {"role": "assistant", "content": [
+                {"reasoningContent": {"reasoningText": {"text": "Let me look at the report first.", "signature": "c2ln"}}},
+                {"text": "The report says "},
+                {"citationsContent": {
+                    "content": [{"text": "revenue grew by a tenth"}],
+                    "citations": [{"title": "report", "sourceContent": [{"text": "Revenue grew 10%."}],
+                        "location": {"documentChar": {"documentIndex": 0, "start": 0, "end": 17}}}]}},
+                {"reasoningContent": {"redactedContent": "ZW5jcnlwdGVk"}}
+            ]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 12, "outputTokens": 30, "totalTokens": 42},
+            "metrics": {"latencyMs": 250}
+        });
+        let events = split(&body).unwrap();
+        assert!(events
+            .iter()
+            .any(|e| e.json().unwrap()["delta"].get("citation").is_some()));
+        assert_eq!(assemble(&events).unwrap(), body);
     }
 
     #[test]

@@ -31,12 +31,12 @@ pub enum FrameError {
     MissingHeader(&'static str),
 }
 
-fn string_header(name: &'static str, value: impl Into<String>) -> Header {
+pub(crate) fn string_header(name: &'static str, value: impl Into<String>) -> Header {
     Header::new(name, HeaderValue::String(value.into().into()))
 }
 
 /// Encodes a message; encoding into a `Vec` cannot fail for the headers built here.
-fn encode(message: &Message) -> Bytes {
+pub(crate) fn encode(message: &Message) -> Bytes {
     let mut out = Vec::with_capacity(message.payload().len() + 128);
     // write_message_to only fails on oversized headers or payloads, which the
     // callers here never produce; an empty frame is still a safe answer.

@@ -12,9 +12,13 @@
 //! - [`catalog`]: what each Bedrock model supports and costs (`config/models.toml`).
 //! - [`tokens`]: the token estimator the simulator bills with and the proxy plans with.
 //! - [`error`]: Bedrock's error types, their statuses and bodies.
+//! - [`sagemaker`]: SageMaker Runtime's paths, headers, error types and
+//!   `PayloadPart` stream frames.
+//! - [`sse`]: server-sent events (OpenAI-compatible streams), read and written.
 //! - [`sigv4`]: checking an incoming SigV4 signature with `aws-sigv4`.
 //! - [`serve`]: the HTTP accept loop both servers run (timeouts, graceful drain).
-//! - [`client`]: outbound HTTPS to Bedrock and SigV4 signing (proxy and benchmark).
+//! - [`client`]: outbound HTTPS to Bedrock and SigV4 signing for any AWS service
+//!   (proxy and benchmark).
 //!
 //! Apart from [`serve`], [`client`] and reading a catalog file, nothing here does
 //! I/O: these are pure functions over bytes, headers and JSON.
@@ -26,8 +30,10 @@ pub mod converse;
 pub mod error;
 pub mod eventstream;
 pub mod operation;
+pub mod sagemaker;
 pub mod serve;
 pub mod sigv4;
+pub mod sse;
 pub mod tier;
 pub mod tokens;
 

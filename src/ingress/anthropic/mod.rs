@@ -20,9 +20,9 @@ use super::{
     converse_json, failed, json_answer, parse_json, receive, request_span, run, sse_answer,
     translated_call, Finish,
 };
-use crate::app::AppState;
+use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError};
-use crate::pipeline::Answer;
+use crate::state::AppState;
 use crate::stream::SseWriter;
 use translate::EventWriter;
 
@@ -33,12 +33,10 @@ pub fn routes() -> Router<AppState> {
 
 /// Anthropic's error status and type for a proxy error.
 fn status_and_type(e: &ProxyError) -> (u16, &'static str) {
-    let auth_problem =
-        e.message.starts_with("Missing credentials") || e.message.contains("not valid");
     match e.kind {
-        ErrorKind::Validation if e.message.contains("larger than") => (413, "request_too_large"),
+        ErrorKind::TooLarge => (413, "request_too_large"),
         ErrorKind::Validation | ErrorKind::Unsupported => (400, "invalid_request_error"),
-        ErrorKind::AccessDenied if auth_problem => (401, "authentication_error"),
+        ErrorKind::Unauthenticated => (401, "authentication_error"),
         ErrorKind::AccessDenied => (403, "permission_error"),
         ErrorKind::NotFound => (404, "not_found_error"),
         ErrorKind::Throttled | ErrorKind::QuotaExceeded => (429, "rate_limit_error"),

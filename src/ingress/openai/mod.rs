@@ -21,9 +21,9 @@ use super::{
     converse_json, failed, json_answer, parse_json, receive, request_span, run, sse_answer,
     translated_call, Finish,
 };
-use crate::app::AppState;
+use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError};
-use crate::pipeline::Answer;
+use crate::state::AppState;
 use crate::stream::SseWriter;
 use translate::ChunkWriter;
 
@@ -36,13 +36,11 @@ pub fn routes() -> Router<AppState> {
 
 /// OpenAI's error object for a proxy error, with its status.
 pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
-    let auth_problem =
-        e.message.starts_with("Missing credentials") || e.message.contains("not valid");
     let (status, kind, code) = match e.kind {
-        ErrorKind::Validation | ErrorKind::Unsupported => (400, "invalid_request_error", None),
-        ErrorKind::AccessDenied if auth_problem => {
-            (401, "invalid_request_error", Some("invalid_api_key"))
+        ErrorKind::Validation | ErrorKind::Unsupported | ErrorKind::TooLarge => {
+            (400, "invalid_request_error", None)
         }
+        ErrorKind::Unauthenticated => (401, "invalid_request_error", Some("invalid_api_key")),
         ErrorKind::AccessDenied => (403, "permission_error", None),
         ErrorKind::NotFound => (404, "invalid_request_error", Some("model_not_found")),
         ErrorKind::Throttled => (429, "rate_limit_error", Some("rate_limit_exceeded")),
@@ -101,7 +99,9 @@ impl SseWriter for OpenAiChunks {
 fn error_body(e: &ProxyError) -> Value {
     let response_kind = match e.kind {
         ErrorKind::Throttled => "rate_limit_error",
-        ErrorKind::Validation | ErrorKind::Unsupported => "invalid_request_error",
+        ErrorKind::Validation | ErrorKind::Unsupported | ErrorKind::TooLarge => {
+            "invalid_request_error"
+        }
         _ => "server_error",
     };
     json!({ "error": { "message": e.message, "type": response_kind, "param": null, "code": null } })

@@ -145,3 +145,40 @@ fn consecutive_turns_of_one_role_are_merged_as_the_messages_api_does() {
         json!([{"text": "First part."}, {"text": "Second part."}])
     );
 }
+
+/// Every case under `translate/golden/`, the mapping as data:
+/// - `request/<case>.in.json`, a Messages request, and `.out.json`: the
+///   [`Translated`] request (the Converse body, the model, the stream flag), or
+///   `{"error": ...}`, the 400 the client gets;
+/// - `response/<case>.in.json`, a Converse response, and `.out.json`: the
+///   Messages response (id `msg_golden`, model `haiku`);
+/// - `stream/<case>.in.json`, `{"events": [...]}` with ConverseStream events,
+///   and `.out.sse`: the server-sent events the client reads.
+///
+/// A mismatch prints a diff per case. `UPDATE_GOLDEN=1 cargo nextest run -p
+/// bedrock-proxy golden` rewrites the `.out` files from the code; review them.
+#[test]
+fn golden_files() {
+    use crate::ingress::golden::{events, pretty, Golden};
+    let mut golden = Golden::new("src/ingress/anthropic/translate/golden");
+    golden.folder("request", "json", |input| {
+        pretty(&match request(input) {
+            Ok(t) => json!({ "model": t.model, "stream": t.stream, "converse": t.converse }),
+            Err(e) => json!({ "error": { "kind": e.kind.label(), "message": e.message } }),
+        })
+    });
+    golden.folder("response", "json", |input| {
+        pretty(&response(input, "haiku", "msg_golden"))
+    });
+    golden.folder("stream", "sse", |input| {
+        let mut writer = EventWriter::new("msg_golden".into(), "haiku".into());
+        let mut sse = Vec::new();
+        for event in events(&input["events"]) {
+            for chunk in writer.event(&event) {
+                sse.extend_from_slice(&chunk);
+            }
+        }
+        String::from_utf8(sse).unwrap()
+    });
+    golden.finish();
+}

@@ -241,3 +241,53 @@ fn streams_become_chat_completion_chunks() {
     assert_eq!(last["usage"]["total_tokens"], 15);
     assert_eq!(&w.done()[..], b"data: [DONE]\n\n");
 }
+
+/// Every case under `translate/golden/`, the mapping as data:
+/// - `request/<case>.in.json`, a Chat Completions request, and `.out.json`: the
+///   [`Translated`] request (the Converse body, the model, the stream flags), or
+///   `{"error": ...}`, the 400 the client gets;
+/// - `response/<case>.in.json`, a Converse response, and `.out.json`: the Chat
+///   Completion (id `chatcmpl-golden`, model `haiku`, created `1700000000`);
+/// - `stream/<case>.in.json`, `{"include_usage": bool, "events": [...]}` with
+///   ConverseStream events, and `.out.sse`: the server-sent events the client
+///   reads, `data: [DONE]` included.
+///
+/// A mismatch prints a diff per case. `UPDATE_GOLDEN=1 cargo nextest run -p
+/// bedrock-proxy golden` rewrites the `.out` files from the code; review them.
+#[test]
+fn golden_files() {
+    use crate::ingress::golden::{events, pretty, Golden};
+    let mut golden = Golden::new("src/ingress/openai/translate/golden");
+    golden.folder("request", "json", |input| {
+        pretty(&match request(input) {
+            Ok(t) => json!({
+                "model": t.model,
+                "stream": t.stream,
+                "include_usage": t.include_usage,
+                "converse": t.converse,
+            }),
+            Err(e) => json!({ "error": { "kind": e.kind.label(), "message": e.message } }),
+        })
+    });
+    golden.folder("response", "json", |input| {
+        pretty(&response(input, "haiku", "chatcmpl-golden", 1_700_000_000))
+    });
+    golden.folder("stream", "sse", |input| {
+        let include_usage = input["include_usage"].as_bool().unwrap_or(false);
+        let mut writer = ChunkWriter::new(
+            "chatcmpl-golden".into(),
+            "haiku".into(),
+            1_700_000_000,
+            include_usage,
+        );
+        let mut sse = Vec::new();
+        for event in events(&input["events"]) {
+            for chunk in writer.event(&event) {
+                sse.extend_from_slice(&chunk);
+            }
+        }
+        sse.extend_from_slice(&writer.done());
+        String::from_utf8(sse).unwrap()
+    });
+    golden.finish();
+}

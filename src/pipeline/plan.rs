@@ -1,0 +1,155 @@
+//! Per-attempt planning: what one attempt on one target sends. The client's
+//! request, plus the prompt-cache planner's `cachePoint` blocks for the
+//! target's model (fed by the prefix registry's sightings) and the latency
+//! planner's tier for its model and region. When neither changes anything, the
+//! client's bytes go out untouched.
+
+use bedrock_wire::operation::Operation;
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::Call;
+use crate::config::{CachePosition, PromptCacheMode};
+use crate::latency;
+use crate::prompt_cache::{self, PrefixRegistry, Prefixes, Sightings};
+use crate::runtime::Runtime;
+use crate::upstream::chain::{PlanNotes, Prepared, Target};
+
+/// The body format the prompt-cache planner can mark in this call, if any.
+pub(super) fn plannable(call: &Call) -> Option<(&Value, prompt_cache::Format)> {
+    let json = call.json.as_ref()?;
+    let format = match call.op {
+        Operation::Converse | Operation::ConverseStream => prompt_cache::Format::Converse,
+        Operation::Invoke | Operation::InvokeStream => prompt_cache::Format::of_invoke_body(json)?,
+        Operation::CountTokens => return None,
+    };
+    Some((json, format))
+}
+
+/// Records one sighting of the call's fixed prefixes (system prompt, tool
+/// definitions) in the registry; only `auto` routes need the counts, and only
+/// prefixes long enough for the model's prompt cache are worth tracking.
+pub(super) async fn observe_prefixes(
+    rt: &Runtime,
+    registry: &PrefixRegistry,
+    call: &Call,
+    prefixes: Option<Prefixes>,
+) -> Sightings {
+    let policy = &call.routed.route.config.prompt_cache;
+    let mut sightings = Sightings::default();
+    if policy.mode != PromptCacheMode::Auto {
+        return sightings;
+    }
+    let (Some((json, format)), Some(sizes)) = (plannable(call), prefixes) else {
+        return sightings;
+    };
+    let model_id = &call.routed.upstream_model;
+    let Some(model) = rt
+        .catalog
+        .get(model_id)
+        .map(|l| l.model.clone())
+        .filter(|m| m.prompt_cache)
+    else {
+        return sightings;
+    };
+    for (section, tokens) in [
+        (CachePosition::Tools, sizes.tools_end),
+        (CachePosition::System, sizes.system_end),
+    ] {
+        if !policy.positions.contains(&section) || tokens < model.cache_min_tokens {
+            continue;
+        }
+        let Some(digest) = prompt_cache::registry::section_digest(json, format, section) else {
+            continue;
+        };
+        let seen = registry
+            .observe(
+                &call.principal.tenant,
+                &model.id,
+                section,
+                &digest,
+                tokens,
+                policy.window,
+            )
+            .await;
+        match section {
+            CachePosition::Tools => sightings.tools = Some(seen),
+            _ => sightings.system = Some(seen),
+        }
+    }
+    sightings
+}
+
+/// The body and headers of one attempt on `target`. What the planners decided
+/// is counted when the attempt is sent, not here: the chain also plans targets
+/// it may not try.
+pub(super) fn prepare(
+    rt: &Runtime,
+    call: &Call,
+    target: &Target,
+    sightings: Sightings,
+    prefixes: Option<Prefixes>,
+) -> Prepared {
+    let route = &call.routed.route;
+    let mut notes = PlanNotes::default();
+    let lookup = rt.catalog.get(&target.model);
+    let mut headers = call.forward.clone();
+    let tier = latency::plan(
+        target.latency,
+        call.requested_tier(),
+        lookup,
+        &target.upstream.config.region,
+    );
+    notes.downgraded = tier.downgraded.map(|reason| reason.label());
+
+    let mut edited: Option<Value> = None;
+    let mut cache_points = 0;
+    let policy = &route.config.prompt_cache;
+    if let (Some((json, format)), Some(prefixes)) = (plannable(call), prefixes) {
+        let model = lookup.map(|l| l.model.clone());
+        let plan =
+            prompt_cache::decide(json, format, model.as_deref(), policy, sightings, prefixes);
+        notes.injected = plan.injected.iter().map(|p| p.name()).collect();
+        notes.skipped = plan
+            .skipped
+            .iter()
+            .map(|(p, reason)| (p.name(), reason.label()))
+            .collect();
+        cache_points = plan.injected.len() as u32;
+        if cache_points > 0 {
+            let mut body = json.clone();
+            prompt_cache::apply(&mut body, format, &plan);
+            edited = Some(body);
+        }
+    }
+
+    if let Some(send) = tier.send {
+        match call.op {
+            Operation::Converse | Operation::ConverseStream => {
+                if call.requested_tier() != Some(send) {
+                    if edited.is_none() {
+                        edited = call.json.clone();
+                    }
+                    if let Some(json) = edited.as_mut() {
+                        latency::apply_converse(json, send);
+                    }
+                }
+            }
+            Operation::Invoke | Operation::InvokeStream => {
+                latency::apply_invoke(&mut headers, send)
+            }
+            Operation::CountTokens => {}
+        }
+    }
+    let body = match edited {
+        Some(json) => Bytes::from(json.to_string()),
+        None => call.body.clone(),
+    };
+    Prepared {
+        body,
+        headers,
+        tier: tier.send.or_else(|| call.requested_tier()),
+        cache_points,
+        notes,
+    }
+}

@@ -1,0 +1,105 @@
+//! The proxy's shared state: the current [`Runtime`] (swapped atomically on
+//! reload), the [`Pipeline`]'s long-lived parts, and what the listeners share
+//! (load shedding, readiness, the metrics handle, the embedded simulator).
+//!
+//! The API router that serves requests with it is [`crate::ingress::app`].
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::Semaphore;
+
+use crate::cache::ResponseCache;
+use crate::metrics;
+use crate::pipeline::Pipeline;
+use crate::prompt_cache::PrefixRegistry;
+use crate::runtime::Runtime;
+use crate::shared::RedisTier;
+
+/// Whether the proxy can serve: config loaded, upstream credentials resolved.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Readiness {
+    pub(crate) credentials_checked: bool,
+    pub(crate) problems: Vec<String>,
+}
+
+/// State shared by every request and the admin listener.
+pub struct Shared {
+    runtime: ArcSwap<Runtime>,
+    /// The response cache, flights, prefix registry and breakers: built once,
+    /// they survive config reloads.
+    pub(crate) pipeline: Arc<Pipeline>,
+    /// The config file reloads read (none in built-in demo mode).
+    pub(crate) config_path: RwLock<Option<std::path::PathBuf>>,
+    pub(crate) metrics: PrometheusHandle,
+    /// Requests in flight beyond this are shed with ServiceUnavailable.
+    pub(crate) concurrency: Arc<Semaphore>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) readiness: RwLock<Readiness>,
+    /// The embedded simulator (demo mode), whose control endpoints the admin
+    /// listener serves.
+    pub(crate) simulator: Option<bedrock_sim::Simulator>,
+    pub(crate) embedded_url: Option<String>,
+}
+
+/// A cheap handle on [`Shared`].
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Shared state around `runtime`; background connections (the shared
+    /// Redis tier) stop with `stop`.
+    pub(crate) fn new(
+        runtime: Runtime,
+        simulator: Option<bedrock_sim::Simulator>,
+        embedded_url: Option<String>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> AppState {
+        let permits = runtime.config.limits.max_concurrent_requests;
+        let redis = runtime
+            .config
+            .cache
+            .redis
+            .clone()
+            .map(|r| RedisTier::start(r, stop));
+        let pipeline = Arc::new(Pipeline {
+            cache: ResponseCache::new(&runtime.config.cache, redis.clone()),
+            flights: Default::default(),
+            prefixes: PrefixRegistry::new(runtime.config.prompt_cache.max_prefixes, redis),
+            breakers: Default::default(),
+        });
+        AppState(Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            pipeline,
+            config_path: RwLock::new(None),
+            metrics: metrics::install(),
+            concurrency: Arc::new(Semaphore::new(permits)),
+            shutting_down: AtomicBool::new(false),
+            readiness: RwLock::new(Readiness::default()),
+            simulator,
+            embedded_url,
+        }))
+    }
+
+    /// The current runtime; hold it for the whole request.
+    pub(crate) fn runtime(&self) -> Arc<Runtime> {
+        self.0.runtime.load_full()
+    }
+
+    /// Replaces the runtime; requests already running keep the old one.
+    pub(crate) fn swap_runtime(&self, runtime: Runtime) {
+        self.0.runtime.store(Arc::new(runtime));
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.0.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
