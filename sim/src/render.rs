@@ -24,6 +24,13 @@ pub struct Meta {
     pub first_byte_ms: u64,
     /// The tier to report in `performanceConfig`, when the caller asked for one.
     pub tier: Option<&'static str>,
+    /// The service tier to report in `serviceTier`, when the caller asked for one.
+    pub service_tier: Option<&'static str>,
+    /// Converse's `trace` (prompt router, guardrail), when there is one.
+    pub trace: Option<Value>,
+    /// Members InvokeModel adds to a native body and to a stream's last chunk
+    /// (`amazon-bedrock-guardrailAction`, `amazon-bedrock-trace`).
+    pub native: Map<String, Value>,
     /// `model` of Anthropic-native answers.
     pub model_name: String,
     /// Seeds the delta sizes and padding, so streams are reproducible.
@@ -197,6 +204,12 @@ pub fn converse_events(answer: &Answer, meta: &Meta, pad: bool) -> Vec<(Converse
     if let Some(tier) = meta.tier {
         metadata.insert("performanceConfig".into(), json!({"latency": tier}));
     }
+    if let Some(tier) = meta.service_tier {
+        metadata.insert("serviceTier".into(), json!({"type": tier}));
+    }
+    if let Some(trace) = &meta.trace {
+        metadata.insert("trace".into(), trace.clone());
+    }
     push(EventKind::Metadata, Value::Object(metadata), 0, &mut rng);
     events
 }
@@ -242,18 +255,29 @@ fn anthropic_usage(meta: &Meta, output: u32) -> Value {
     })
 }
 
+/// `v` with InvokeModel's extra members added.
+fn with_native(mut v: Value, meta: &Meta) -> Value {
+    if let Some(obj) = v.as_object_mut() {
+        obj.extend(meta.native.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    v
+}
+
 /// An Anthropic Messages response body.
 pub fn anthropic_body(answer: &Answer, meta: &Meta) -> Value {
-    json!({
-        "id": message_id(meta.seed),
-        "type": "message",
-        "role": "assistant",
-        "model": meta.model_name,
-        "content": anthropic_content(answer),
-        "stop_reason": answer.stop_reason.name(),
-        "stop_sequence": answer.stop_sequence,
-        "usage": anthropic_usage(meta, meta.output_tokens),
-    })
+    with_native(
+        json!({
+            "id": message_id(meta.seed),
+            "type": "message",
+            "role": "assistant",
+            "model": meta.model_name,
+            "content": anthropic_content(answer),
+            "stop_reason": answer.stop_reason.anthropic_name(),
+            "stop_sequence": answer.stop_sequence,
+            "usage": anthropic_usage(meta, meta.output_tokens),
+        }),
+        meta,
+    )
 }
 
 fn invocation_metrics(meta: &Meta) -> Value {
@@ -343,12 +367,15 @@ pub fn anthropic_events(answer: &Answer, meta: &Meta) -> Vec<(Value, u32)> {
         out.push((json!({"type": "content_block_stop", "index": i}), 0));
     }
     out.push((
-        json!({"type": "message_delta", "delta": {"stop_reason": answer.stop_reason.name(), "stop_sequence": answer.stop_sequence},
+        json!({"type": "message_delta", "delta": {"stop_reason": answer.stop_reason.anthropic_name(), "stop_sequence": answer.stop_sequence},
             "usage": {"output_tokens": meta.output_tokens}}),
         0,
     ));
     out.push((
-        json!({"type": "message_stop", "amazon-bedrock-invocationMetrics": invocation_metrics(meta)}),
+        with_native(
+            json!({"type": "message_stop", "amazon-bedrock-invocationMetrics": invocation_metrics(meta)}),
+            meta,
+        ),
         0,
     ));
     out
@@ -361,25 +388,17 @@ fn llama_stop(answer: &Answer) -> &'static str {
     }
 }
 
-fn answer_text(answer: &Answer) -> String {
-    answer
-        .blocks
-        .iter()
-        .filter_map(|b| match b {
-            Block::Text(p) | Block::Cited { pieces: p, .. } => Some(p.concat()),
-            Block::Reasoning { .. } | Block::ToolUse { .. } => None,
-        })
-        .collect()
-}
-
 /// A Llama response body.
 pub fn llama_body(answer: &Answer, meta: &Meta) -> Value {
-    json!({
-        "generation": answer_text(answer),
-        "prompt_token_count": meta.input_tokens,
-        "generation_token_count": meta.output_tokens,
-        "stop_reason": llama_stop(answer),
-    })
+    with_native(
+        json!({
+            "generation": crate::generate::text(answer),
+            "prompt_token_count": meta.input_tokens,
+            "generation_token_count": meta.output_tokens,
+            "stop_reason": llama_stop(answer),
+        }),
+        meta,
+    )
 }
 
 /// Llama stream chunks: one per delta, the last with the stop reason and metrics.
@@ -404,8 +423,11 @@ pub fn llama_events(answer: &Answer, meta: &Meta) -> Vec<(Value, u32)> {
         ));
     }
     out.push((
-        json!({"generation": "", "prompt_token_count": null, "generation_token_count": generated,
-            "stop_reason": llama_stop(answer), "amazon-bedrock-invocationMetrics": invocation_metrics(meta)}),
+        with_native(
+            json!({"generation": "", "prompt_token_count": null, "generation_token_count": generated,
+                "stop_reason": llama_stop(answer), "amazon-bedrock-invocationMetrics": invocation_metrics(meta)}),
+            meta,
+        ),
         0,
     ));
     out
@@ -439,6 +461,11 @@ mod tests {
             latency_ms: 42,
             first_byte_ms: 10,
             tier: Some("optimized"),
+            service_tier: Some("priority"),
+            trace: Some(
+                json!({"promptRouter": {"invokedModelId": "arn:aws:bedrock:us-east-2:123456789012:inference-profile/us.anthropic.claude-3-haiku-20240307-v1:0"}}),
+            ),
+            native: Map::new(),
             model_name: "claude".into(),
             seed: 1,
         };
@@ -460,6 +487,11 @@ mod tests {
         assert_eq!(body["usage"]["totalTokens"], 119);
         assert_eq!(body["usage"]["cacheReadInputTokens"], 100);
         assert_eq!(body["performanceConfig"]["latency"], "optimized");
+        assert_eq!(body["serviceTier"]["type"], "priority");
+        assert!(body["trace"]["promptRouter"]["invokedModelId"]
+            .as_str()
+            .unwrap()
+            .ends_with("claude-3-haiku-20240307-v1:0"));
         let streamed: Vec<_> = converse_events(&answer, &meta, true)
             .into_iter()
             .map(|(e, _)| e)

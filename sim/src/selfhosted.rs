@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::catalog::Speed;
 use crate::chat::{self, ChatRequest, ChatUsage, Limits, StreamOptions};
 use crate::face::Face;
-use crate::faults::FaultRule;
+use crate::faults::{FaultRule, Target};
 use crate::generate::Answer;
 use crate::latency::{timing, Timing};
 use crate::request::Unit;
@@ -191,7 +191,12 @@ pub fn take_fault(
         Some(header) => {
             Some(FaultRule::from_header_on(header, face).map_err(|e| format!("x-sim-fault: {e}"))?)
         }
-        None => state.faults.take_on(face, names, "standard", operation),
+        None => state.faults.take(&Target {
+            face,
+            ids: names,
+            operation,
+            ..Target::default()
+        }),
     };
     if fault.is_some() {
         state.stats.fault_fired();

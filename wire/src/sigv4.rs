@@ -116,6 +116,41 @@ pub fn verify(
     body: &[u8],
     now: SystemTime,
 ) -> Result<(), VerifyError> {
+    verify_signed(
+        auth,
+        secret_access_key,
+        method,
+        uri,
+        headers,
+        Some(body),
+        now,
+    )
+}
+
+/// Checks the signature of a request whose body is still arriving (an
+/// event-stream upload): the signature covers the headers and the payload hash
+/// the client claimed, or the empty payload's when it claimed none (what the
+/// AWS SDKs sign for an event-stream upload), never the body itself.
+pub fn verify_headers(
+    auth: &Authorization<'_>,
+    secret_access_key: &str,
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Result<(), VerifyError> {
+    verify_signed(auth, secret_access_key, method, uri, headers, None, now)
+}
+
+fn verify_signed(
+    auth: &Authorization<'_>,
+    secret_access_key: &str,
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+    now: SystemTime,
+) -> Result<(), VerifyError> {
     let date_header = headers
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
@@ -140,15 +175,21 @@ pub fn verify(
     let content_sha = headers
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok());
-    let signable_body = match content_sha {
-        Some("UNSIGNED-PAYLOAD") => SignableBody::UnsignedPayload,
-        Some(claimed) => {
+    let signable_body = match (content_sha, body) {
+        (Some("UNSIGNED-PAYLOAD"), _) => SignableBody::UnsignedPayload,
+        (Some(claimed), Some(body)) => {
             if hex::encode(Sha256::digest(body)) != claimed {
                 return Err(VerifyError::BodyHash);
             }
             SignableBody::Bytes(body)
         }
-        None => SignableBody::Bytes(body),
+        // A body not read yet: the claimed hash (or the event-stream marker,
+        // each frame then carrying its own chunk signature) is what was signed.
+        (Some(claimed), None) => SignableBody::Precomputed(claimed.to_owned()),
+        (None, Some(body)) => SignableBody::Bytes(body),
+        // An event-stream upload without the header: the AWS SDKs sign its
+        // headers over the empty payload; the frames are signed one by one.
+        (None, None) => SignableBody::Bytes(&[]),
     };
 
     let identity: Identity = Credentials::new(
@@ -192,6 +233,10 @@ mod tests {
 
     /// Signs like an SDK would, with `aws-sigv4` and its default settings.
     fn signed_headers(body: &[u8], time: SystemTime) -> HeaderMap {
+        signed_headers_for(SignableBody::Bytes(body), time)
+    }
+
+    fn signed_headers_for(signable: SignableBody<'_>, time: SystemTime) -> HeaderMap {
         let identity: Identity = Credentials::new("AKIDEXAMPLE", "secret", None, None, "t").into();
         let params = v4::SigningParams::builder()
             .identity(&identity)
@@ -211,7 +256,7 @@ mod tests {
             "POST",
             "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse",
             base.iter().copied(),
-            SignableBody::Bytes(body),
+            signable,
         )
         .unwrap();
         let (instructions, _) = sign(req, &params).unwrap().into_parts();
@@ -270,6 +315,27 @@ mod tests {
                 now + Duration::from_secs(3600)
             ),
             Err(VerifyError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_streaming_upload_verifies_from_its_headers() {
+        let now = SystemTime::now();
+        let headers = signed_headers_for(SignableBody::Bytes(&[]), now);
+        let value = headers["authorization"].to_str().unwrap().to_owned();
+        let auth = parse_authorization(&value).unwrap();
+        let uri = "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse";
+        assert_eq!(
+            verify_headers(&auth, "secret", "POST", uri, &headers, now),
+            Ok(())
+        );
+        assert_eq!(
+            verify_headers(&auth, "wrong", "POST", uri, &headers, now),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            verify_headers(&auth, "secret", "POST", "/model/x/converse", &headers, now),
+            Err(VerifyError::Mismatch)
         );
     }
 
