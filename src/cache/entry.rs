@@ -392,6 +392,7 @@ impl Entry {
                     u.total_tokens,
                     u.cache_read_input_tokens,
                     u.cache_write_input_tokens,
+                    u.cache_write_1h_input_tokens,
                 ] {
                     w.u64(n);
                 }
@@ -438,9 +439,12 @@ impl Entry {
     /// Decodes an entry written by [`Entry::encode`].
     pub fn decode(data: &[u8]) -> Result<Entry, EntryError> {
         let mut r = Reader(Bytes::copy_from_slice(data));
-        if r.take(MAGIC.len())?.as_ref() != MAGIC {
-            return Err(EntryError::Corrupt("bad magic"));
-        }
+        // Version 1 entries (before 1-hour cache writes were kept) still decode.
+        let version = match r.take(MAGIC.len())?.as_ref() {
+            m if m == MAGIC => 2,
+            m if m == MAGIC_V1 => 1,
+            _ => return Err(EntryError::Corrupt("bad magic")),
+        };
         let created_ms = r.u64()?;
         let ttl = Duration::from_millis(r.u64()?);
         let tenant: Arc<str> = Arc::from(r.string()?);
@@ -457,6 +461,7 @@ impl Entry {
                 total_tokens: r.u64()?,
                 cache_read_input_tokens: r.u64()?,
                 cache_write_input_tokens: r.u64()?,
+                cache_write_1h_input_tokens: if version >= 2 { r.u64()? } else { 0 },
             }),
         };
         let content = match r.u8()? {
@@ -516,7 +521,8 @@ impl Entry {
     }
 }
 
-const MAGIC: &[u8] = b"BPCE1";
+const MAGIC: &[u8] = b"BPCE2";
+const MAGIC_V1: &[u8] = b"BPCE1";
 
 const EVENT_KINDS: [EventKind; 6] = [
     EventKind::MessageStart,
@@ -703,6 +709,40 @@ mod tests {
         assert_eq!(back, i);
         assert!(back.headers(true).get("x-amzn-requestid").is_none());
         assert_eq!(back.headers(true)["x-amzn-bedrock-output-token-count"], "5");
+    }
+
+    #[test]
+    fn one_hour_cache_writes_survive_encoding_and_old_entries_still_decode() {
+        let marker: u64 = 0x0102_0304_0506_0708;
+        let body = json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": "Hi."}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 10, "outputTokens": 2, "totalTokens": 12,
+                "cacheWriteInputTokens": u64::MAX / 2,
+                "cacheDetails": [{"ttl": "1h", "inputTokens": marker}, {"ttl": "5m", "inputTokens": 5}]},
+        });
+        let e = Entry::from_converse_body(
+            Arc::from("t"),
+            Arc::from("haiku"),
+            "m",
+            Duration::from_secs(60),
+            &Bytes::from(body.to_string()),
+        )
+        .unwrap();
+        assert_eq!(e.summary.usage.unwrap().cache_write_1h_input_tokens, marker);
+        let encoded = e.encode();
+        assert_eq!(Entry::decode(&encoded).unwrap(), e);
+        // The same entry as version 1 wrote it: older magic, no 1-hour count.
+        let at = encoded
+            .windows(8)
+            .position(|w| w == marker.to_le_bytes() || w == marker.to_be_bytes())
+            .unwrap();
+        let mut v1 = encoded.clone();
+        v1.drain(at..at + 8);
+        v1[..MAGIC_V1.len()].copy_from_slice(MAGIC_V1);
+        let old = Entry::decode(&v1).unwrap();
+        assert_eq!(old.summary.usage.unwrap().cache_write_1h_input_tokens, 0);
+        assert_eq!(old.body(), e.body());
     }
 
     #[test]

@@ -138,15 +138,23 @@ impl Finish {
                 let (label, saved) = match &self.model {
                     Some(m) => {
                         let price = m.price_for(summary.latency_tier.map(LatencyTier::name));
-                        (
-                            m.id.as_str(),
-                            price.cost_uncached(usage) - price.cost(usage),
-                        )
+                        (m.id.as_str(), price.prompt_cache_savings(usage))
                     }
                     None => ("unknown", 0.0),
                 };
-                metrics::prompt_cache_usage(route, label, usage, saved);
+                let tenant = self.tenant.as_deref().unwrap_or("-");
+                metrics::prompt_cache_usage(route, label, tenant, usage, saved);
             }
+        }
+    }
+
+    /// Tells the answering attempt's planner what a complete answer reported.
+    fn settle(&self, summary: &Summary) {
+        if self.record.cache.is_hit() {
+            return;
+        }
+        if let Some(settle) = &self.record.settle {
+            settle.0.settle(summary);
         }
     }
 
@@ -178,6 +186,7 @@ impl Finish {
     pub fn whole(&self, summary: &Summary) {
         let route = self.route_label();
         self.account(&route, summary);
+        self.settle(summary);
         self.served(&route, summary, false);
         metrics::request_done(&route, self.op, 200, self.started.elapsed());
         self.log(200, "ok", Some(summary));
@@ -226,6 +235,7 @@ impl StreamObserver for FinishStream {
         }
         self.finish.account(&route, &self.reader.summary);
         if matches!(end, StreamEnd::Complete) {
+            self.finish.settle(&self.reader.summary);
             self.finish.served(&route, &self.reader.summary, true);
         }
         metrics::stream_ended(&route, outcome);

@@ -84,7 +84,7 @@ impl Call {
 pub struct Pipeline {
     pub cache: ResponseCache,
     pub flights: Flights,
-    pub prefixes: PrefixRegistry,
+    pub prefixes: Arc<PrefixRegistry>,
     pub breakers: Breakers,
 }
 
@@ -405,9 +405,10 @@ async fn upstream(
     let prefixes = plan::plannable(call)
         .filter(|_| route.config.prompt_cache.mode != crate::config::PromptCacheMode::Off)
         .map(|(json, format)| Prefixes::of(json, format));
-    let sightings = plan::observe_prefixes(rt, &pipeline.prefixes, call, prefixes).await;
+    let observed = plan::observe_prefixes(rt, &pipeline.prefixes, call, prefixes).await;
     let targets = chain::targets(&rt.upstreams, route, &call.routed.upstream_model)?;
-    let prepare = |target: &Target| plan::prepare(rt, call, target, sightings, prefixes);
+    let prepare =
+        |target: &Target| plan::prepare(rt, &pipeline.prefixes, call, target, &observed, prefixes);
     let chain = Chain {
         route: &route.name,
         op: call.op,
