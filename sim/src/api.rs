@@ -421,6 +421,7 @@ async fn embedding(
             output_tokens: 0,
             cache_read: 0,
             cache_write: 0,
+            cache_write_1h: 0,
         },
     );
     state.stats.served_service_tier(service.name());
@@ -787,6 +788,7 @@ async fn respond(state: &Arc<SimState>, plan: Plan) -> Result<Response, SimError
             output_tokens: answer.output_tokens,
             cache_read: plan.cache.read,
             cache_write: plan.cache.write,
+            cache_write_1h: plan.cache.write_1h,
         }
     } else {
         Billed::default()
@@ -835,6 +837,7 @@ async fn respond(state: &Arc<SimState>, plan: Plan) -> Result<Response, SimError
         output_tokens: billed.output_tokens,
         cache_read: billed.cache_read,
         cache_write: billed.cache_write,
+        cache_write_1h: billed.cache_write_1h,
         latency_ms: u64::try_from(generation.as_millis()).unwrap_or(u64::MAX),
         first_byte_ms: u64::try_from(plan.timing.ttft.as_millis()).unwrap_or(u64::MAX),
         tier: plan.report_tier.then(|| plan.served.name()),

@@ -139,11 +139,12 @@ impl Simulator {
             None => Catalog::parse(catalog::DEFAULT_CATALOG)?,
         };
         let log = state::RequestLog::new(config.request_log, config.request_log_bytes);
+        let clock = state::Clock::scaled(config.time_scale);
         Ok(Simulator {
             state: Arc::new(SimState {
                 config,
                 catalog,
-                clock: state::Clock::default(),
+                clock,
                 log,
                 stats: state::Stats::default(),
                 faults: faults::Faults::default(),

@@ -20,6 +20,8 @@ pub struct Meta {
     pub output_tokens: u32,
     pub cache_read: u32,
     pub cache_write: u32,
+    /// Of `cache_write`, the tokens written with the 1-hour TTL.
+    pub cache_write_1h: u32,
     pub latency_ms: u64,
     pub first_byte_ms: u64,
     /// The tier to report in `performanceConfig`, when the caller asked for one.
@@ -49,6 +51,7 @@ impl Meta {
             total_tokens: input + output + read + write,
             cache_read_input_tokens: read,
             cache_write_input_tokens: write,
+            cache_write_1h_input_tokens: u64::from(self.cache_write_1h).min(write),
         }
     }
 }
@@ -250,6 +253,10 @@ fn anthropic_usage(meta: &Meta, output: u32) -> Value {
     json!({
         "input_tokens": meta.input_tokens,
         "cache_creation_input_tokens": meta.cache_write,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": meta.cache_write.saturating_sub(meta.cache_write_1h),
+            "ephemeral_1h_input_tokens": meta.cache_write_1h,
+        },
         "cache_read_input_tokens": meta.cache_read,
         "output_tokens": output,
     })
@@ -458,6 +465,7 @@ mod tests {
             output_tokens: 9,
             cache_read: 100,
             cache_write: 0,
+            cache_write_1h: 0,
             latency_ms: 42,
             first_byte_ms: 10,
             tier: Some("optimized"),

@@ -261,6 +261,7 @@ pub fn serve(
         output_tokens: answer.output_tokens,
         cache_read: cached,
         cache_write: 0,
+        cache_write_1h: 0,
     });
     let meta = chat::Meta {
         id: format!("chatcmpl-{:032x}", fastrand::u128(..)),

@@ -18,8 +18,9 @@ use tokio::time::Instant;
 
 use crate::face::Face;
 
-/// The simulator's notion of now: real time plus whatever tests advanced it by,
-/// so prompt-cache TTLs can expire and async jobs finish without waiting.
+/// The simulator's notion of now: real time (sped up as `time_scale` speeds up
+/// every delay) plus whatever tests advanced it by, so prompt-cache TTLs can
+/// expire and async jobs finish without waiting.
 #[derive(Debug)]
 pub struct Clock {
     start: Instant,
@@ -27,22 +28,38 @@ pub struct Clock {
     /// the simulated time since.
     wall_start: SystemTime,
     offset_ms: AtomicU64,
+    /// Simulated seconds per real second: `1 / time_scale`, or 1 when
+    /// `time_scale` is 0 (answers without delay on a real-time clock).
+    rate: f64,
 }
 
 impl Default for Clock {
     fn default() -> Self {
-        Clock {
-            start: Instant::now(),
-            wall_start: SystemTime::now(),
-            offset_ms: AtomicU64::new(0),
-        }
+        Clock::scaled(1.0)
     }
 }
 
 impl Clock {
+    /// A clock for a simulator whose delays are multiplied by `time_scale`: at
+    /// 0.01, five simulated minutes pass in three real seconds.
+    pub fn scaled(time_scale: f64) -> Clock {
+        let rate = if time_scale > 0.0 && time_scale.is_finite() {
+            1.0 / time_scale
+        } else {
+            1.0
+        };
+        Clock {
+            start: Instant::now(),
+            wall_start: SystemTime::now(),
+            offset_ms: AtomicU64::new(0),
+            rate,
+        }
+    }
+
     /// Time since the simulator started, advances included.
     pub fn now(&self) -> Duration {
-        self.start.elapsed() + Duration::from_millis(self.offset_ms.load(Ordering::Relaxed))
+        self.start.elapsed().mul_f64(self.rate)
+            + Duration::from_millis(self.offset_ms.load(Ordering::Relaxed))
     }
 
     /// The wall-clock time of simulated instant `at` (a [`Clock::now`] value).
@@ -213,6 +230,7 @@ struct StatsInner {
     output_tokens: u64,
     cache_read_input_tokens: u64,
     cache_write_input_tokens: u64,
+    cache_write_1h_input_tokens: u64,
 }
 
 impl StatsInner {
@@ -221,6 +239,7 @@ impl StatsInner {
         self.output_tokens += u64::from(billed.output_tokens);
         self.cache_read_input_tokens += u64::from(billed.cache_read);
         self.cache_write_input_tokens += u64::from(billed.cache_write);
+        self.cache_write_1h_input_tokens += u64::from(billed.cache_write_1h);
     }
 }
 
@@ -231,6 +250,8 @@ pub struct Billed {
     pub output_tokens: u32,
     pub cache_read: u32,
     pub cache_write: u32,
+    /// Of `cache_write`, the tokens written with the 1-hour TTL.
+    pub cache_write_1h: u32,
 }
 
 impl Stats {
@@ -364,6 +385,7 @@ impl Stats {
                 "output_tokens": s.output_tokens,
                 "cache_read_input_tokens": s.cache_read_input_tokens,
                 "cache_write_input_tokens": s.cache_write_input_tokens,
+                "cache_write_1h_input_tokens": s.cache_write_1h_input_tokens,
             })
         })
     }
@@ -476,5 +498,22 @@ mod tests {
         let before = c.now();
         c.advance(Duration::from_secs(300));
         assert!(c.now() >= before + Duration::from_secs(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scaled_clock_runs_as_fast_as_delays_shrink() {
+        let fast = Clock::scaled(0.01);
+        let instant = Clock::scaled(0.0);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            fast.now(),
+            Duration::from_secs(300),
+            "3 s real = 5 simulated minutes"
+        );
+        assert_eq!(
+            instant.now(),
+            Duration::from_secs(3),
+            "time_scale 0 keeps real time"
+        );
     }
 }

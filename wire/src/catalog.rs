@@ -30,23 +30,69 @@ pub struct Price {
     /// Reading a cached prefix (defaults to `input`).
     #[serde(default)]
     pub cache_read: Option<f64>,
+    /// Writing a prefix with the 1-hour TTL (defaults to twice `input`, the
+    /// multiple Anthropic's models are billed at).
+    #[serde(default)]
+    pub cache_write_1h: Option<f64>,
 }
 
 impl Price {
+    /// Writing with the 5-minute TTL.
     pub fn cache_write(&self) -> f64 {
         self.cache_write.unwrap_or(self.input)
+    }
+
+    pub fn cache_write_1h(&self) -> f64 {
+        self.cache_write_1h.unwrap_or(2.0 * self.input)
+    }
+
+    /// Writing with the 1-hour TTL when `one_hour`, else the 5-minute one.
+    pub fn cache_write_for(&self, one_hour: bool) -> f64 {
+        if one_hour {
+            self.cache_write_1h()
+        } else {
+            self.cache_write()
+        }
     }
 
     pub fn cache_read(&self) -> f64 {
         self.cache_read.unwrap_or(self.input)
     }
 
-    /// What `usage` costs, in USD.
+    /// What `usage` costs, in USD: cache writes at their TTL's price.
     pub fn cost(&self, usage: &Usage) -> f64 {
         (usage.input_tokens as f64 * self.input
             + usage.output_tokens as f64 * self.output
-            + usage.cache_write_input_tokens as f64 * self.cache_write()
+            + self.cache_writes(usage)
             + usage.cache_read_input_tokens as f64 * self.cache_read())
+            / 1_000_000.0
+    }
+
+    /// What `usage`'s input costs (plain input, cache reads and writes), in USD.
+    pub fn input_cost(&self, usage: &Usage) -> f64 {
+        (usage.input_tokens as f64 * self.input
+            + self.cache_writes(usage)
+            + usage.cache_read_input_tokens as f64 * self.cache_read())
+            / 1_000_000.0
+    }
+
+    /// Cache writes in USD per million, each TTL at its price.
+    fn cache_writes(&self, usage: &Usage) -> f64 {
+        usage.cache_write_5m_input_tokens() as f64 * self.cache_write()
+            + usage
+                .cache_write_1h_input_tokens
+                .min(usage.cache_write_input_tokens) as f64
+                * self.cache_write_1h()
+    }
+
+    /// What the prompt cache saved on `usage`, in USD: reads at the read price
+    /// instead of input, minus each write's premium over input at its TTL's
+    /// price (negative while writes outweigh reads).
+    pub fn prompt_cache_savings(&self, usage: &Usage) -> f64 {
+        let cached = usage.cache_read_input_tokens + usage.cache_write_input_tokens;
+        (cached as f64 * self.input
+            - usage.cache_read_input_tokens as f64 * self.cache_read()
+            - self.cache_writes(usage))
             / 1_000_000.0
     }
 
@@ -200,6 +246,7 @@ impl Price {
             output: self.output * factor,
             cache_write: self.cache_write.map(|p| p * factor),
             cache_read: self.cache_read.map(|p| p * factor),
+            cache_write_1h: self.cache_write_1h.map(|p| p * factor),
         }
     }
 }
@@ -576,6 +623,7 @@ mod tests {
             output: 5.0,
             cache_write: Some(1.25),
             cache_read: Some(0.1),
+            cache_write_1h: None,
         };
         let usage = Usage {
             input_tokens: 1_000_000,
@@ -583,8 +631,32 @@ mod tests {
             total_tokens: 0,
             cache_read_input_tokens: 1_000_000,
             cache_write_input_tokens: 1_000_000,
+            cache_write_1h_input_tokens: 0,
         };
         assert!((p.cost(&usage) - 7.35).abs() < 1e-9);
         assert!((p.cost_uncached(&usage) - 8.0).abs() < 1e-9);
+        assert!((p.input_cost(&usage) - 2.35).abs() < 1e-9);
+        // A read saves 0.9, a 5-minute write costs 0.25 more than input.
+        assert!((p.prompt_cache_savings(&usage) - 0.65).abs() < 1e-9);
+        // Half the writes with the 1-hour TTL, at twice the input price.
+        let mixed = Usage {
+            cache_write_1h_input_tokens: 500_000,
+            ..usage
+        };
+        assert!((p.cost(&mixed) - (7.35 + 0.5 * (2.0 - 1.25))).abs() < 1e-9);
+        assert!((p.prompt_cache_savings(&mixed) - (0.9 - 0.125 - 0.5)).abs() < 1e-9);
+        assert!((p.cost_uncached(&mixed) - 8.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn one_hour_prices_are_in_the_catalog_where_the_ttl_is() {
+        let c = Catalog::parse(DEFAULT_CATALOG).unwrap();
+        let sonnet = c
+            .get("us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+            .unwrap();
+        assert!(sonnet.model.cache_ttl_1h);
+        assert_eq!(sonnet.model.price.cache_write_1h, Some(6.0));
+        let haiku = c.get("anthropic.claude-3-5-haiku-20241022-v1:0").unwrap();
+        assert!(!haiku.model.cache_ttl_1h);
     }
 }
