@@ -4,7 +4,7 @@
 #   bench/perf/run.sh [SECTION...]
 #
 # Sections: overhead cache memory streams prompt-cache fallback soak hostile
-# bigbody litellm (default: all but litellm; `litellm` installs LiteLLM into a
+# bigbody limits litellm (default: all but litellm; `litellm` installs LiteLLM into a
 # throwaway venv with bench/litellm/setup.sh the first time; `overhead` installs
 # Debian's nginx-light with apt-get when nginx is missing). Results (tables as
 # printed, and the JSON each run writes) go to target/perf/ (OUT=DIR to
@@ -27,13 +27,13 @@ mkdir -p "$out"
 
 sections=("$@")
 if [ ${#sections[@]} -eq 0 ]; then
-    sections=(overhead cache memory streams prompt-cache fallback soak hostile bigbody)
+    sections=(overhead cache memory streams prompt-cache fallback soak hostile bigbody limits)
 fi
 for s in "${sections[@]}"; do
     case "$s" in
-        overhead | cache | memory | streams | prompt-cache | fallback | soak | hostile | bigbody | litellm) ;;
+        overhead | cache | memory | streams | prompt-cache | fallback | soak | hostile | bigbody | limits | litellm) ;;
         *)
-            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback soak hostile bigbody litellm)" >&2
+            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback soak hostile bigbody limits litellm)" >&2
             exit 2
             ;;
     esac
@@ -442,6 +442,35 @@ bigbody() {
     curl -s -X DELETE "$FAST_SIM/_sim/requests" >/dev/null
 }
 
+# What counting rate limits and budgets in Redis adds over counting them in
+# process: two proxies with the same generous limits (never refusing), one
+# with [cache.redis], requests alternating between them, at 1 and 16
+# connections. Needs redis-server (scripts/test.sh installs it).
+limits() {
+    heading "Rate limits: counters in Redis vs in process (time-scale 0, nothing refused)"
+    local port=16399
+    start redis redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no
+    local r=$last_pid
+    for _ in $(seq 1 100); do
+        redis-cli -p "$port" ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    proxy proxy-limits-local "$perf/limits-local.toml" "$FAST_SIM"
+    local a=$last_pid
+    REDIS_URL="redis://127.0.0.1:$port" proxy proxy-limits-redis "$perf/limits-redis.toml" "$FAST_SIM"
+    local b=$last_pid
+    wait_for http://127.0.0.1:19096/healthz
+    wait_for http://127.0.0.1:19097/healthz
+    for c in 1 16; do
+        heading "in process (A) vs Redis (B), $c connection(s)"
+        record bench load --compare http://127.0.0.1:18096 http://127.0.0.1:18097 --api-key "$KEY" \
+            --concurrency "$c" --duration 20s --warmup 200 --out "$out/limits-$c"
+    done
+    stop "$b"
+    stop "$a"
+    stop "$r"
+}
+
 litellm() {
     heading "LiteLLM side by side (simulator at time-scale 0, OpenAI format)"
     if [ ! -x "$root/bench/litellm/.venv/bin/litellm" ]; then
@@ -496,6 +525,7 @@ for s in "${sections[@]}"; do
         soak) soak ;;
         hostile) hostile ;;
         bigbody) bigbody ;;
+        limits) limits ;;
         litellm) litellm ;;
     esac
 done
