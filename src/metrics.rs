@@ -213,6 +213,10 @@ fn start_at_zero() {
     metrics::counter!(CONFIG_RELOADS).increment(0);
     metrics::counter!(CONFIG_RELOAD_FAILURES).increment(0);
     metrics::counter!(REJECTED, "reason" => "overloaded").increment(0);
+    // An alert on a full log buffer needs the series before the first one.
+    for action in ["waited", "dropped"] {
+        metrics::counter!(LOG_BUFFER_FULL, "action" => action).increment(0);
+    }
 }
 
 /// A route of the running config: its hedge counters start at 0 when it hedges.
@@ -489,6 +493,7 @@ pub const ACCEPT_ERRORS: &str = "bedrock_proxy_accept_errors_total";
 pub const BODY_BYTES_IN_FLIGHT: &str = "bedrock_proxy_request_body_bytes_in_flight";
 pub const REDIS_UP: &str = "bedrock_proxy_redis_up";
 pub const REDIS_SKIPPED: &str = "bedrock_proxy_cache_redis_skipped_total";
+pub const LOG_BUFFER_FULL: &str = "bedrock_proxy_log_buffer_full_total";
 
 fn describe_protection() {
     metrics::describe_gauge!(CONNECTIONS, "Client connections open on the API port.");
@@ -516,6 +521,10 @@ fn describe_protection() {
         REDIS_SKIPPED,
         "Shared-tier calls skipped while the tier is down, by operation."
     );
+    metrics::describe_counter!(
+        LOG_BUFFER_FULL,
+        "Log lines that found the log writer's buffer full, by action (waited, dropped: logging.access_log_overflow)."
+    );
 }
 
 /// An API connection was accepted.
@@ -537,6 +546,11 @@ pub fn connection_refused() {
 /// A failed accept, by kind.
 pub fn accept_failed(kind: &'static str) {
     metrics::counter!(ACCEPT_ERRORS, "kind" => kind).increment(1);
+}
+
+/// A log line found the writer's buffer full: `waited` for room or `dropped`.
+pub fn log_buffer_full(action: &'static str) {
+    metrics::counter!(LOG_BUFFER_FULL, "action" => action).increment(1);
 }
 
 /// Request-body bytes reserved now.

@@ -12,6 +12,7 @@ use bedrock_wire::tier::LatencyTier;
 use std::sync::Arc;
 use tokio::time::Instant;
 
+use crate::access_log::{self, AccessLine};
 use crate::answer::{CacheStatus, Record};
 use crate::catalog::ModelInfo;
 use crate::config::HourlyCost;
@@ -295,30 +296,43 @@ impl Finish {
         }
     }
 
-    fn log(&self, status: u16, outcome: &str, summary: Option<&Summary>) {
-        let usage = summary.and_then(|s| s.usage).unwrap_or_default();
-        tracing::info!(
-            target: "access",
-            request_id = %self.request_id,
-            tenant = self.tenant.as_deref().unwrap_or("-"),
-            route = self.route.as_deref().unwrap_or("-"),
-            operation = self.op.name(),
-            status,
-            cache = self.record.cache.header(),
-            outcome,
-            attempts = self.record.attempts,
-            target = self.record.target.as_deref().unwrap_or("-"),
-            upstream = self.record.served_by.as_ref().map_or("-", |s| &*s.upstream),
-            served_model = self.record.served_by.as_ref().map_or("-", |s| &*s.model),
-            tier = summary
-                .and_then(|s| s.latency_tier)
-                .map_or("-", LatencyTier::name),
-            input_tokens = usage.input_tokens,
-            output_tokens = usage.output_tokens,
-            cache_read_tokens = usage.cache_read_input_tokens,
-            cache_write_tokens = usage.cache_write_input_tokens,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-        );
+    /// Hands the access line to the log writer, which formats it on its own
+    /// thread; here only values the request holds are copied.
+    fn log(
+        &self,
+        status: u16,
+        outcome: &'static str,
+        summary: Option<&Summary>,
+        error: Option<&ProxyError>,
+    ) {
+        if !access_log::enabled() {
+            return;
+        }
+        access_log::access(|| {
+            let usage = summary.and_then(|s| s.usage).unwrap_or_default();
+            let served = self.record.served_by.as_ref();
+            AccessLine {
+                at: std::time::SystemTime::now(),
+                request_id: self.request_id.clone(),
+                tenant: self.tenant.clone(),
+                route: self.route.clone(),
+                operation: self.op.name(),
+                status,
+                cache: self.record.cache.header(),
+                outcome,
+                attempts: self.record.attempts,
+                target: self.record.target.clone(),
+                upstream: served.map(|s| s.upstream.clone()),
+                served_model: served.map(|s| s.model.clone()),
+                tier: summary.and_then(|s| s.latency_tier).map(LatencyTier::name),
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cache_read_tokens: usage.cache_read_input_tokens,
+                cache_write_tokens: usage.cache_write_input_tokens,
+                duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+                error: error.map(ToString::to_string),
+            }
+        });
     }
 
     /// A whole answer was sent.
@@ -329,7 +343,7 @@ impl Finish {
         self.settle_prompt_cache(summary);
         self.served(&route, summary, false);
         metrics::request_done(&route, self.op, 200, self.started.elapsed());
-        self.log(200, "ok", Some(summary));
+        self.log(200, "ok", Some(summary), None);
         self.report(&report::Ending::answered(summary));
     }
 
@@ -341,8 +355,7 @@ impl Finish {
             metrics::rejected(e.kind.label());
         }
         metrics::request_done(&self.route_label(), self.op, status, self.started.elapsed());
-        tracing::info!(target: "access", request_id = %self.request_id, error = %e, "request failed");
-        self.log(status, e.kind.label(), None);
+        self.log(status, e.kind.label(), None, Some(e));
         self.report(&report::Ending::failed(e));
     }
 
@@ -394,7 +407,8 @@ impl StreamObserver for FinishStream {
         }
         metrics::stream_ended(&route, outcome);
         metrics::request_done(&route, self.finish.op, 200, self.finish.started.elapsed());
-        self.finish.log(200, outcome, Some(&self.reader.summary));
+        self.finish
+            .log(200, outcome, Some(&self.reader.summary), None);
         let summary = &self.reader.summary;
         if let Some(text) = self.transcript.text() {
             let reason = summary.stop_reason.as_deref();
