@@ -28,6 +28,8 @@
 //! - [`error`]: the one error type and its Bedrock rendering.
 //! - [`metrics`]: Prometheus metrics with bounded labels, from plain values
 //!   (and CloudWatch EMF lines, `metrics::emf`).
+//! - [`access_log`]: the log writer thread: access lines formatted off the
+//!   request path, every log line written to stderr from one bounded buffer.
 //! - [`telemetry`]: OpenTelemetry traces: the OTLP exporter, request and
 //!   attempt spans, `traceparent` in and out.
 //! - [`config`]: the TOML file, validated into typed config.
@@ -47,6 +49,7 @@
 //! The module graph runs one way: each module imports only modules listed
 //! after it in the request's path or below it (`docs/ARCHITECTURE.md`).
 
+pub mod access_log;
 pub mod admin;
 pub(crate) mod answer;
 pub mod auth;

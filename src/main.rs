@@ -90,7 +90,7 @@ async fn run(
         Some(p) => Config::load(p).with_context(|| format!("loading {}", p.display()))?,
         None => Config::parse(demo::DEMO_CONFIG).context("the built-in demo config")?,
     };
-    let _log_guard = init_logging(&config.logging);
+    let _log_guard = init_logging(&config.logging).context("starting the log writer")?;
     let telemetry = init_telemetry(&config)?;
     let simulator = match config.needs_embedded_simulator() {
         true => Some(

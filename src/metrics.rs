@@ -213,6 +213,10 @@ fn start_at_zero() {
     metrics::counter!(CONFIG_RELOADS).increment(0);
     metrics::counter!(CONFIG_RELOAD_FAILURES).increment(0);
     metrics::counter!(REJECTED, "reason" => "overloaded").increment(0);
+    // An alert on a full log buffer needs the series before the first one.
+    for action in ["waited", "dropped"] {
+        metrics::counter!(LOG_BUFFER_FULL, "action" => action).increment(0);
+    }
 }
 
 /// A route of the running config: its hedge counters start at 0 when it hedges.
@@ -229,6 +233,151 @@ pub fn route_label(name: &std::sync::Arc<str>) -> SharedString {
     SharedString::from(name.clone())
 }
 
+/// The metrics every request of a route updates, resolved once per route and
+/// label set instead of per request: `metrics::counter!` with labels builds a
+/// key (an allocation) and looks it up in the registry on every call; a handle
+/// is an `Arc` to the counter itself. Each handle is resolved on first use, so
+/// a series still appears when it first counts, as before. Built with the
+/// route (`route::RouteTable`), so a request finds it without a lookup.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    label: SharedString,
+    /// By operation, then status class.
+    requests: [[OnceLock<metrics::Counter>; 5]; 5],
+    duration: [OnceLock<metrics::Histogram>; 5],
+    tokens: [OnceLock<metrics::Counter>; 4],
+    /// By (result, tier), in [`CACHE_OUTCOMES`]' order.
+    cache: [OnceLock<metrics::Counter>; 5],
+    /// By outcome, in [`STREAM_OUTCOMES`]' order.
+    streams: [OnceLock<metrics::Counter>; 4],
+}
+
+const CACHE_OUTCOMES: [(&str, &str); 5] = [
+    ("bypass", "none"),
+    ("miss", "none"),
+    ("hit", "l1"),
+    ("hit", "l2"),
+    ("hit", "flight"),
+];
+
+const STREAM_OUTCOMES: [&str; 4] = ["complete", "upstream_error", "client_gone", "shutdown"];
+
+fn operation_index(op: Operation) -> usize {
+    match op {
+        Operation::Converse => 0,
+        Operation::ConverseStream => 1,
+        Operation::Invoke => 2,
+        Operation::InvokeStream => 3,
+        Operation::CountTokens => 4,
+    }
+}
+
+fn status_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+impl RouteMetrics {
+    /// The handles of route `name` (none resolved yet).
+    pub fn new(name: &std::sync::Arc<str>) -> RouteMetrics {
+        RouteMetrics::labelled(route_label(name))
+    }
+
+    fn labelled(label: SharedString) -> RouteMetrics {
+        RouteMetrics {
+            label,
+            requests: Default::default(),
+            duration: Default::default(),
+            tokens: Default::default(),
+            cache: Default::default(),
+            streams: Default::default(),
+        }
+    }
+
+    /// The handles of requests no route claimed.
+    pub fn unrouted() -> std::sync::Arc<RouteMetrics> {
+        static UNROUTED_METRICS: OnceLock<std::sync::Arc<RouteMetrics>> = OnceLock::new();
+        UNROUTED_METRICS
+            .get_or_init(|| {
+                std::sync::Arc::new(RouteMetrics::labelled(SharedString::const_str(UNROUTED)))
+            })
+            .clone()
+    }
+
+    /// The route label, for the metrics without a handle here.
+    pub fn label(&self) -> &SharedString {
+        &self.label
+    }
+
+    /// One request answered.
+    pub fn request_done(&self, op: Operation, status: u16, elapsed: Duration) {
+        let o = operation_index(op);
+        self.requests[o][status_index(status)]
+            .get_or_init(|| {
+                metrics::counter!(REQUESTS, "route" => self.label.clone(), "operation" => op.name(), "status" => status_class(status))
+            })
+            .increment(1);
+        self.duration[o]
+            .get_or_init(|| {
+                metrics::histogram!(REQUEST_DURATION, "route" => self.label.clone(), "operation" => op.name())
+            })
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// Tokens an upstream answer billed.
+    pub fn tokens(&self, usage: &Usage) {
+        for (i, (kind, n)) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_input_tokens),
+            ("cache_write", usage.cache_write_input_tokens),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if n > 0 {
+                self.tokens[i]
+                    .get_or_init(
+                        || metrics::counter!(TOKENS, "route" => self.label.clone(), "kind" => kind),
+                    )
+                    .increment(n);
+            }
+        }
+    }
+
+    /// A cache lookup outcome (see [`cache_request`]).
+    pub fn cache_request(&self, result: &'static str, tier: &'static str) {
+        match CACHE_OUTCOMES
+            .iter()
+            .position(|o| *o == (result, tier))
+        {
+            Some(i) => self.cache[i]
+                .get_or_init(|| {
+                    metrics::counter!(CACHE_REQUESTS, "route" => self.label.clone(), "result" => result, "tier" => tier)
+                })
+                .increment(1),
+            None => cache_request(&self.label, result, tier),
+        }
+    }
+
+    /// How a stream ended (see [`stream_ended`]).
+    pub fn stream_ended(&self, outcome: &'static str) {
+        match STREAM_OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => self.streams[i]
+                .get_or_init(|| {
+                    metrics::counter!(STREAMS, "route" => self.label.clone(), "outcome" => outcome)
+                })
+                .increment(1),
+            None => stream_ended(&self.label, outcome),
+        }
+    }
+}
+
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -239,32 +388,10 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// One request answered.
-pub fn request_done(route: &SharedString, op: Operation, status: u16, elapsed: Duration) {
-    metrics::counter!(REQUESTS, "route" => route.clone(), "operation" => op.name(), "status" => status_class(status))
-        .increment(1);
-    metrics::histogram!(REQUEST_DURATION, "route" => route.clone(), "operation" => op.name())
-        .record(elapsed.as_secs_f64());
-}
-
 /// Time to the upstream's first byte.
 pub fn upstream_ttft(route: &SharedString, op: Operation, elapsed: Duration) {
     metrics::histogram!(UPSTREAM_TTFT, "route" => route.clone(), "operation" => op.name())
         .record(elapsed.as_secs_f64());
-}
-
-/// Tokens an upstream answer billed.
-pub fn tokens(route: &SharedString, usage: &Usage) {
-    for (kind, n) in [
-        ("input", usage.input_tokens),
-        ("output", usage.output_tokens),
-        ("cache_read", usage.cache_read_input_tokens),
-        ("cache_write", usage.cache_write_input_tokens),
-    ] {
-        if n > 0 {
-            metrics::counter!(TOKENS, "route" => route.clone(), "kind" => kind).increment(n);
-        }
-    }
 }
 
 /// An upstream error.
@@ -489,6 +616,7 @@ pub const ACCEPT_ERRORS: &str = "bedrock_proxy_accept_errors_total";
 pub const BODY_BYTES_IN_FLIGHT: &str = "bedrock_proxy_request_body_bytes_in_flight";
 pub const REDIS_UP: &str = "bedrock_proxy_redis_up";
 pub const REDIS_SKIPPED: &str = "bedrock_proxy_cache_redis_skipped_total";
+pub const LOG_BUFFER_FULL: &str = "bedrock_proxy_log_buffer_full_total";
 
 fn describe_protection() {
     metrics::describe_gauge!(CONNECTIONS, "Client connections open on the API port.");
@@ -516,6 +644,10 @@ fn describe_protection() {
         REDIS_SKIPPED,
         "Shared-tier calls skipped while the tier is down, by operation."
     );
+    metrics::describe_counter!(
+        LOG_BUFFER_FULL,
+        "Log lines that found the log writer's buffer full, by action (waited, dropped: logging.access_log_overflow)."
+    );
 }
 
 /// An API connection was accepted.
@@ -537,6 +669,11 @@ pub fn connection_refused() {
 /// A failed accept, by kind.
 pub fn accept_failed(kind: &'static str) {
     metrics::counter!(ACCEPT_ERRORS, "kind" => kind).increment(1);
+}
+
+/// A log line found the writer's buffer full: `waited` for room or `dropped`.
+pub fn log_buffer_full(action: &'static str) {
+    metrics::counter!(LOG_BUFFER_FULL, "action" => action).increment(1);
 }
 
 /// Request-body bytes reserved now.
@@ -608,5 +745,46 @@ pub fn cost(route: &SharedString, kind: &'static str, basis: &'static str, usd: 
     if usd > 0.0 {
         metrics::gauge!(COST_USD, "route" => route.clone(), "upstream_kind" => kind, "basis" => basis)
             .increment(usd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_handles_count_the_series_the_labels_named() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let route = RouteMetrics::new(&std::sync::Arc::from("haiku"));
+        metrics::with_local_recorder(&recorder, || {
+            route.request_done(Operation::Converse, 200, Duration::from_millis(3));
+            route.request_done(Operation::Converse, 204, Duration::from_millis(3));
+            route.request_done(Operation::ConverseStream, 429, Duration::from_millis(1));
+            route.tokens(&Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                ..Usage::default()
+            });
+            route.cache_request("hit", "l2");
+            route.stream_ended("client_gone");
+            RouteMetrics::unrouted().request_done(Operation::Invoke, 403, Duration::ZERO);
+        });
+        let text = handle.render();
+        for line in [
+            r#"bedrock_proxy_requests_total{route="haiku",operation="converse",status="2xx"} 2"#,
+            r#"bedrock_proxy_requests_total{route="haiku",operation="converse-stream",status="4xx"} 1"#,
+            r#"bedrock_proxy_requests_total{route="unrouted",operation="invoke",status="4xx"} 1"#,
+            r#"bedrock_proxy_request_duration_seconds_count{route="haiku",operation="converse"} 2"#,
+            r#"bedrock_proxy_tokens_total{route="haiku",kind="input"} 10"#,
+            r#"bedrock_proxy_tokens_total{route="haiku",kind="output"} 5"#,
+            r#"bedrock_proxy_cache_requests_total{route="haiku",result="hit",tier="l2"} 1"#,
+            r#"bedrock_proxy_streams_total{route="haiku",outcome="client_gone"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // A series appears when it first counts, not before.
+        assert!(!text.contains(r#"kind="cache_read""#), "{text}");
+        assert!(!text.contains(r#"tier="l1""#), "{text}");
     }
 }

@@ -8,12 +8,15 @@ use std::sync::Arc;
 
 use crate::config::{Config, RouteConfig};
 use crate::error::ProxyError;
+use crate::metrics::RouteMetrics;
 
 /// A route, as the pipeline uses it.
 #[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
     pub config: RouteConfig,
+    /// The route's per-request metric handles.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// The outcome of routing one request.
@@ -37,8 +40,10 @@ impl RouteTable {
     pub fn new(config: &Config) -> RouteTable {
         let mut table = RouteTable::default();
         for (i, r) in config.routes.iter().enumerate() {
+            let name: Arc<str> = Arc::from(r.name.as_str());
             table.routes.push(Arc::new(Route {
-                name: Arc::from(r.name.as_str()),
+                metrics: Arc::new(RouteMetrics::new(&name)),
+                name,
                 config: r.clone(),
             }));
             for alias in &r.aliases {
@@ -73,17 +78,17 @@ impl RouteTable {
                 upstream_model,
             }
         };
-        // An alias or a route name stands for the route's first model.
+        // An alias or a route name stands for the route's first model
+        // (borrowed: the one allocation is the `Routed`'s own model id).
         let first_model = |i: usize| {
             self.routes[i]
                 .config
                 .models
                 .first()
-                .cloned()
-                .unwrap_or_else(|| model_id.to_owned())
+                .map_or(model_id, String::as_str)
         };
         if let Some(&i) = self.by_alias.get(model_id) {
-            return Ok(routed(i, &first_model(i)));
+            return Ok(routed(i, first_model(i)));
         }
         if let Some(&i) = self.by_model.get(model_id) {
             return Ok(routed(i, model_id));
@@ -92,7 +97,7 @@ impl RouteTable {
             return Ok(routed(i, model_id));
         }
         if let Some(i) = self.routes.iter().position(|r| &*r.name == model_id) {
-            return Ok(routed(i, &first_model(i)));
+            return Ok(routed(i, first_model(i)));
         }
         if let Some(i) = self.catch_all {
             return Ok(routed(i, model_id));

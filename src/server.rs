@@ -362,18 +362,23 @@ pub fn init_telemetry(config: &Config) -> Result<Telemetry, crate::telemetry::Te
     })
 }
 
-/// Sets up logging once per process (later calls keep the first setup). Log
-/// lines are written by a background thread, so request handlers never block on
-/// stderr. Keep the returned guard alive to flush on exit.
+/// Sets up logging once per process (later calls keep the first setup). Every
+/// log line, access lines included, is written by the log writer's thread
+/// (`access_log`), so request handlers never block on stderr unless its buffer
+/// is full and `logging.access_log_overflow = "wait"`. Keep the returned guard
+/// alive: dropping it writes what is queued.
 pub fn init_logging(
     config: &crate::config::LoggingConfig,
-) -> tracing_appender::non_blocking::WorkerGuard {
+) -> std::io::Result<crate::access_log::LogGuard> {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    // The writer thread flushes whenever it has drained its queue, so a burst of
-    // lines goes out in a few writes instead of one per line.
-    let (writer, guard) =
-        tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = crate::access_log::LogWriter::start(
+        Box::new(std::io::stderr()),
+        config.format,
+        config.buffer_lines,
+        config.overflow,
+    )?;
+    writer.install();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
     let builder = tracing_subscriber::fmt()
@@ -384,5 +389,5 @@ pub fn init_logging(
         crate::config::LogFormat::Json => builder.json().try_init(),
         crate::config::LogFormat::Text => builder.try_init(),
     };
-    guard
+    Ok(guard)
 }

@@ -743,3 +743,133 @@ async fn two_proxies_share_entries_through_a_redis_cluster() {
     b.shutdown().await;
     sim.shutdown().await;
 }
+
+/// Waits until the proxy at `admin` reports its Redis tier connected.
+async fn redis_connected(admin: &str) {
+    for _ in 0..100 {
+        let d = raw("GET", &format!("{admin}/admin/cache"), &[], "")
+            .await
+            .unwrap()
+            .json();
+        if d["redis"]["connected"] == true {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never connected to redis");
+}
+
+#[tokio::test]
+async fn streamed_hits_replay_the_stored_bytes_and_entries_of_another_version_miss() {
+    let redis = RedisServer::start().await;
+    // Uncompressed values, so the test can rewrite an entry's version in place.
+    let cache = format!(
+        "[cache.redis]\nurl = \"{}\"\ntimeout = \"200ms\"\ncompress_min_bytes = 100000000\n",
+        redis.url()
+    );
+    let sim = bedrock_sim::testing::spawn(fast()).await;
+    let a = proxy_for(&sim.url(), "", CACHED, &cache).await;
+    let b = proxy_for(&sim.url(), "", CACHED, &cache).await;
+    redis_connected(&a.admin_url()).await;
+    redis_connected(&b.admin_url()).await;
+    let body = deterministic("Stream the same answer twice.").to_string();
+    let stream_from = |url: String| {
+        let body = body.clone();
+        async move { post_b(&format!("{url}/model/haiku/converse-stream"), body).await }
+    };
+
+    let miss = stream_from(a.url()).await;
+    assert_eq!(miss.header("x-cache"), Some("miss"));
+    let l1 = stream_from(a.url()).await;
+    assert_eq!(l1.header("x-cache"), Some("hit"));
+    assert_eq!(
+        l1.body, miss.body,
+        "a hit sends the bytes the upstream sent"
+    );
+    let mut l2 = None;
+    for _ in 0..50 {
+        // The write to Redis happens off the response path.
+        let r = stream_from(b.url()).await;
+        if r.header("x-cache") == Some("hit") {
+            l2 = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let l2 = l2.expect("proxy B answered from the entry A stored in Redis");
+    assert_eq!(
+        l2.body, miss.body,
+        "a hit through Redis sends the same bytes"
+    );
+    assert_eq!(
+        sim.sim.state().log.recent(100).len(),
+        1,
+        "the streams above were hits"
+    );
+    // And the SDK reads a replay as the stream it is (its own tenant's entry:
+    // a miss, then a hit).
+    let sdk_stream = || async {
+        let mut out = sdk_client(&a.url())
+            .converse_stream()
+            .model_id(HAIKU)
+            .messages(user_text("Stream the same answer twice."))
+            .inference_config(
+                InferenceConfiguration::builder()
+                    .temperature(0.0)
+                    .max_tokens(300)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let mut text = String::new();
+        while let Some(event) = out.stream.recv().await.unwrap() {
+            if let ConverseStreamOutput::ContentBlockDelta(d) = event {
+                text.push_str(d.delta().unwrap().as_text().unwrap());
+            }
+        }
+        text
+    };
+    let first = sdk_stream().await;
+    let replayed = sdk_stream().await;
+    assert!(!first.is_empty());
+    assert_eq!(replayed, first);
+    assert_eq!(
+        sim.sim.state().log.recent(100).len(),
+        2,
+        "the second was a hit"
+    );
+
+    // The entry as an older proxy version wrote it: a third replica (its
+    // memory empty) misses, answers from upstream, and does not fail.
+    let port = redis.port.to_string();
+    let keys = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "--scan", "--pattern", "*:haiku:*"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8(keys.stdout).unwrap();
+    assert!(!keys.trim().is_empty(), "the entry is in Redis");
+    for key in keys.lines() {
+        // Byte 0 says compressed or not; the entry's version follows.
+        let set = std::process::Command::new("redis-cli")
+            .args(["-p", &port, "setrange", key, "1", "BPCE3"])
+            .status()
+            .unwrap();
+        assert!(set.success());
+    }
+    let c = proxy_for(&sim.url(), "", CACHED, &cache).await;
+    redis_connected(&c.admin_url()).await;
+    let old = stream_from(c.url()).await;
+    assert_eq!(old.status, 200);
+    assert_eq!(old.header("x-cache"), Some("miss"));
+    assert_eq!(old.body, miss.body);
+    assert_eq!(
+        sim.sim.state().log.recent(100).len(),
+        3,
+        "asked upstream again"
+    );
+    for p in [a, b, c] {
+        p.shutdown().await;
+    }
+    sim.shutdown().await;
+}

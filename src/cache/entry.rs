@@ -8,7 +8,7 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bedrock_wire::converse::{assemble, split, ConverseEvent, EventKind, Summary, Usage};
-use bedrock_wire::eventstream::{event_frame, Frame, FrameKind};
+use bedrock_wire::eventstream::{decode, event_frame, Frame, FrameKind};
 use bedrock_wire::tier::LatencyTier;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -23,9 +23,12 @@ use crate::support::now_ms;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Content {
     /// A Converse answer: its events, each event's offset from the first (ms),
-    /// and the assembled JSON body.
+    /// and the assembled JSON body. `frames` are the events encoded once as
+    /// event-stream frames, replayed by every streamed hit as they are; each
+    /// event's payload is a slice of its frame.
     Converse {
         events: Vec<ConverseEvent>,
+        frames: Vec<Bytes>,
         offsets_ms: Vec<u32>,
         body: Bytes,
     },
@@ -34,37 +37,73 @@ pub enum Content {
         headers: Vec<(String, Bytes)>,
         body: Bytes,
     },
-    /// An InvokeModelWithResponseStream answer: headers and chunk payloads.
+    /// An InvokeModelWithResponseStream answer: headers and chunk payloads,
+    /// each a slice of its `chunk` frame in `frames` (encoded once, as above).
     InvokeStream {
         headers: Vec<(String, Bytes)>,
         chunks: Vec<Bytes>,
+        frames: Vec<Bytes>,
         offsets_ms: Vec<u32>,
     },
 }
 
 impl Content {
+    /// A Converse answer's content, its frames encoded (once, here).
+    fn converse(events: Vec<ConverseEvent>, offsets_ms: Vec<u32>, body: Bytes) -> Content {
+        let frames = events.iter().map(ConverseEvent::to_frame).collect();
+        Content::Converse {
+            events,
+            frames,
+            offsets_ms,
+            body,
+        }
+    }
+
+    /// A stream of InvokeModel chunks, their frames encoded (once, here).
+    fn invoke_stream(
+        headers: Vec<(String, Bytes)>,
+        chunks: Vec<Bytes>,
+        offsets_ms: Vec<u32>,
+    ) -> Content {
+        let frames = chunks
+            .iter()
+            .map(|c| event_frame("chunk", c.clone()))
+            .collect();
+        Content::InvokeStream {
+            headers,
+            chunks,
+            frames,
+            offsets_ms,
+        }
+    }
+
     /// The same content in one buffer of its own size, every part a slice of it.
     /// Bodies and payloads read from a connection are slices of the
     /// connection's read buffer (8 KiB and up): stored as they are, each small
     /// answer would keep a whole buffer alive, and an answer's dozens of small
     /// event payloads would each be an allocation of their own, fragmenting
-    /// the heap as entries come and go.
+    /// the heap as entries come and go. Payloads are not copied apart: each is
+    /// the slice of its frame that holds it.
     fn compacted(self) -> Content {
         match self {
             Content::Converse {
                 events,
+                frames,
                 offsets_ms,
                 body,
             } => {
-                let (kinds, payloads): (Vec<_>, Vec<_>) =
-                    events.into_iter().map(|e| (e.kind, e.payload)).unzip();
-                let (body, payloads) = pack(body, payloads);
+                let (body, frames) = pack(body, frames);
+                let events = events
+                    .into_iter()
+                    .zip(&frames)
+                    .map(|(e, frame)| ConverseEvent {
+                        payload: payload_of(frame).unwrap_or(e.payload),
+                        kind: e.kind,
+                    })
+                    .collect();
                 Content::Converse {
-                    events: kinds
-                        .into_iter()
-                        .zip(payloads)
-                        .map(|(kind, payload)| ConverseEvent { kind, payload })
-                        .collect(),
+                    events,
+                    frames,
                     offsets_ms,
                     body,
                 }
@@ -76,12 +115,22 @@ impl Content {
             Content::InvokeStream {
                 headers,
                 chunks,
+                frames,
                 offsets_ms,
-            } => Content::InvokeStream {
-                headers,
-                chunks: pack(Bytes::new(), chunks).1,
-                offsets_ms,
-            },
+            } => {
+                let frames = pack(Bytes::new(), frames).1;
+                let chunks = chunks
+                    .into_iter()
+                    .zip(&frames)
+                    .map(|(c, frame)| payload_of(frame).unwrap_or(c))
+                    .collect();
+                Content::InvokeStream {
+                    headers,
+                    chunks,
+                    frames,
+                    offsets_ms,
+                }
+            }
         }
     }
 }
@@ -107,10 +156,22 @@ fn pack(first: Bytes, parts: Vec<Bytes>) -> (Bytes, Vec<Bytes>) {
     (buffer.slice(..first.len()), parts)
 }
 
+/// The payload of an encoded event-stream frame, as a slice of it: after the
+/// 12-byte prelude (total length, headers length, prelude CRC) and the
+/// headers, before the 4-byte message CRC.
+fn payload_of(frame: &Bytes) -> Option<Bytes> {
+    let headers_len = u32::from_be_bytes(frame.get(4..8)?.try_into().ok()?) as usize;
+    let start = 12usize.checked_add(headers_len)?;
+    let end = frame.len().checked_sub(4)?;
+    (start <= end).then(|| frame.slice(start..end))
+}
+
 impl Content {
     /// Bytes held besides the buffer: the part lists and their offsets.
     fn overhead(&self) -> usize {
-        let part = std::mem::size_of::<ConverseEvent>() + std::mem::size_of::<u32>();
+        let part = std::mem::size_of::<ConverseEvent>()
+            + std::mem::size_of::<Bytes>()
+            + std::mem::size_of::<u32>();
         match self {
             Content::Converse { events, .. } => events.len() * part,
             Content::Invoke { headers, .. } => headers.len() * 64,
@@ -144,6 +205,10 @@ pub enum EntryError {
     Unsupported(String),
     #[error("a stored entry is corrupt: {0}")]
     Corrupt(&'static str),
+    /// Written by another version of the proxy (during a rolling upgrade):
+    /// a miss, and the answer stored again in this version's format.
+    #[error("a stored entry is from another version of the proxy")]
+    OtherVersion,
 }
 
 /// Headers kept with invoke answers.
@@ -199,11 +264,7 @@ impl Entry {
         let events = split(&json).map_err(|e| EntryError::Unsupported(e.to_string()))?;
         let summary = Summary::of_response(&json);
         let offsets_ms = vec![0; events.len()];
-        let content = Content::Converse {
-            events,
-            offsets_ms,
-            body: body.clone(),
-        };
+        let content = Content::converse(events, offsets_ms, body.clone());
         Ok(Entry::new(tenant, route, model, ttl, summary, content))
     }
 
@@ -218,11 +279,7 @@ impl Entry {
         summary: Summary,
     ) -> Result<Entry, EntryError> {
         let body = assemble(&events).map_err(|e| EntryError::Unsupported(e.to_string()))?;
-        let content = Content::Converse {
-            events,
-            offsets_ms,
-            body: Bytes::from(body.to_string()),
-        };
+        let content = Content::converse(events, offsets_ms, Bytes::from(body.to_string()));
         Ok(Entry::new(tenant, route, model, ttl, summary, content))
     }
 
@@ -255,11 +312,7 @@ impl Entry {
         offsets_ms: Vec<u32>,
         summary: Summary,
     ) -> Entry {
-        let content = Content::InvokeStream {
-            headers: kept_headers(headers),
-            chunks,
-            offsets_ms,
-        };
+        let content = Content::invoke_stream(kept_headers(headers), chunks, offsets_ms);
         Entry::new(tenant, route, model, ttl, summary, content)
     }
 
@@ -285,8 +338,9 @@ impl Entry {
                 .as_ref()
                 .map_or(0, |s| s.upstream.len() + s.model.len());
         let bytes = match &self.content {
-            Content::Converse { events, body, .. } => {
-                body.len() + events.iter().map(|e| e.payload.len()).sum::<usize>()
+            // Payloads are slices of their frames: counted once, in the frames.
+            Content::Converse { frames, body, .. } => {
+                body.len() + frames.iter().map(Bytes::len).sum::<usize>()
             }
             Content::Invoke { headers, body } => {
                 body.len()
@@ -296,9 +350,9 @@ impl Entry {
                         .sum::<usize>()
             }
             Content::InvokeStream {
-                headers, chunks, ..
+                headers, frames, ..
             } => {
-                chunks.iter().map(Bytes::len).sum::<usize>()
+                frames.iter().map(Bytes::len).sum::<usize>()
                     + headers
                         .iter()
                         .map(|(n, v)| n.len() + v.len())
@@ -347,42 +401,45 @@ impl Entry {
         }
     }
 
-    /// The frames a streamed hit replays, each with its original offset.
+    /// The frames a streamed hit replays, each with its original offset: the
+    /// frames encoded when the entry was made, shared, not encoded again.
     pub fn frames(&self) -> Vec<(RelayedFrame, Duration)> {
         let offset =
             |v: &[u32], i: usize| Duration::from_millis(u64::from(v.get(i).copied().unwrap_or(0)));
+        let relayed = |raw: &Bytes, name: &str, payload: &Bytes| RelayedFrame {
+            raw: raw.clone(),
+            frame: Frame {
+                kind: FrameKind::Event(name.to_owned()),
+                payload: payload.clone(),
+            },
+        };
         match &self.content {
             Content::Converse {
-                events, offsets_ms, ..
+                events,
+                frames,
+                offsets_ms,
+                ..
             } => events
                 .iter()
+                .zip(frames)
                 .enumerate()
-                .map(|(i, e)| {
-                    let frame = RelayedFrame {
-                        raw: e.to_frame(),
-                        frame: Frame {
-                            kind: FrameKind::Event(e.kind.name().to_owned()),
-                            payload: e.payload.clone(),
-                        },
-                    };
-                    (frame, offset(offsets_ms, i))
+                .map(|(i, (e, raw))| {
+                    (
+                        relayed(raw, e.kind.name(), &e.payload),
+                        offset(offsets_ms, i),
+                    )
                 })
                 .collect(),
             Content::InvokeStream {
-                chunks, offsets_ms, ..
+                chunks,
+                frames,
+                offsets_ms,
+                ..
             } => chunks
                 .iter()
+                .zip(frames)
                 .enumerate()
-                .map(|(i, c)| {
-                    let frame = RelayedFrame {
-                        raw: event_frame("chunk", c.clone()),
-                        frame: Frame {
-                            kind: FrameKind::Event("chunk".into()),
-                            payload: c.clone(),
-                        },
-                    };
-                    (frame, offset(offsets_ms, i))
-                })
+                .map(|(i, (c, raw))| (relayed(raw, "chunk", c), offset(offsets_ms, i)))
                 .collect(),
             Content::Invoke { .. } => Vec::new(),
         }
@@ -421,16 +478,16 @@ impl Entry {
         }
         match &self.content {
             Content::Converse {
-                events,
+                frames,
                 offsets_ms,
                 body,
+                ..
             } => {
                 w.u8(0);
-                w.u32(events.len() as u32);
-                for (i, e) in events.iter().enumerate() {
-                    w.u8(event_index(e.kind));
+                w.u32(frames.len() as u32);
+                for (i, frame) in frames.iter().enumerate() {
                     w.u32(offsets_ms.get(i).copied().unwrap_or(0));
-                    w.bytes(&e.payload);
+                    w.bytes(frame);
                 }
                 w.bytes(body);
             }
@@ -441,15 +498,16 @@ impl Entry {
             }
             Content::InvokeStream {
                 headers,
-                chunks,
+                frames,
                 offsets_ms,
+                ..
             } => {
                 w.u8(2);
                 w.headers(headers);
-                w.u32(chunks.len() as u32);
-                for (i, c) in chunks.iter().enumerate() {
+                w.u32(frames.len() as u32);
+                for (i, frame) in frames.iter().enumerate() {
                     w.u32(offsets_ms.get(i).copied().unwrap_or(0));
-                    w.bytes(c);
+                    w.bytes(frame);
                 }
             }
         }
@@ -459,8 +517,12 @@ impl Entry {
     /// Decodes an entry written by [`Entry::encode`].
     pub fn decode(data: &[u8]) -> Result<Entry, EntryError> {
         let mut r = Reader(Bytes::copy_from_slice(data));
-        if r.take(MAGIC.len())?.as_ref() != MAGIC {
-            return Err(EntryError::Corrupt("bad magic"));
+        let magic = r.take(MAGIC.len())?;
+        if magic.as_ref() != MAGIC {
+            return Err(match magic.starts_with(b"BPCE") {
+                true => EntryError::OtherVersion,
+                false => EntryError::Corrupt("bad magic"),
+            });
         }
         let created_ms = r.u64()?;
         let ttl = Duration::from_millis(r.u64()?);
@@ -497,17 +559,19 @@ impl Entry {
             0 => {
                 let n = r.u32()? as usize;
                 let mut events = Vec::with_capacity(n.min(1 << 16));
+                let mut frames = Vec::with_capacity(n.min(1 << 16));
                 let mut offsets_ms = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
-                    let kind = event_kind(r.u8()?)?;
                     offsets_ms.push(r.u32()?);
-                    events.push(ConverseEvent {
-                        kind,
-                        payload: r.bytes()?,
-                    });
+                    let (name, payload, frame) = r.frame()?;
+                    let kind = EventKind::from_name(&name)
+                        .ok_or(EntryError::Corrupt("unknown event kind"))?;
+                    events.push(ConverseEvent { kind, payload });
+                    frames.push(frame);
                 }
                 Content::Converse {
                     events,
+                    frames,
                     offsets_ms,
                     body: r.bytes()?,
                 }
@@ -520,14 +584,21 @@ impl Entry {
                 let headers = r.headers()?;
                 let n = r.u32()? as usize;
                 let mut chunks = Vec::with_capacity(n.min(1 << 16));
+                let mut frames = Vec::with_capacity(n.min(1 << 16));
                 let mut offsets_ms = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     offsets_ms.push(r.u32()?);
-                    chunks.push(r.bytes()?);
+                    let (name, payload, frame) = r.frame()?;
+                    if name != "chunk" {
+                        return Err(EntryError::Corrupt("not a chunk frame"));
+                    }
+                    chunks.push(payload);
+                    frames.push(frame);
                 }
                 Content::InvokeStream {
                     headers,
                     chunks,
+                    frames,
                     offsets_ms,
                 }
             }
@@ -551,29 +622,10 @@ impl Entry {
     }
 }
 
-// Version 3 keeps who served the entry and its 1-hour cache writes; older
+// Version 3 keeps who served the entry and its 1-hour cache writes; version 4
+// stores stream events as encoded frames (replayed without encoding). Older
 // versions read as misses (a corrupt entry), and the answer is asked again.
-const MAGIC: &[u8] = b"BPCE3";
-
-const EVENT_KINDS: [EventKind; 6] = [
-    EventKind::MessageStart,
-    EventKind::ContentBlockStart,
-    EventKind::ContentBlockDelta,
-    EventKind::ContentBlockStop,
-    EventKind::MessageStop,
-    EventKind::Metadata,
-];
-
-fn event_index(kind: EventKind) -> u8 {
-    EVENT_KINDS.iter().position(|k| *k == kind).unwrap_or(0) as u8
-}
-
-fn event_kind(i: u8) -> Result<EventKind, EntryError> {
-    EVENT_KINDS
-        .get(usize::from(i))
-        .copied()
-        .ok_or(EntryError::Corrupt("unknown event kind"))
-}
+const MAGIC: &[u8] = b"BPCE4";
 
 struct Writer(Vec<u8>);
 
@@ -643,6 +695,17 @@ impl Reader {
             0 => Ok(None),
             _ => self.string().map(Some),
         }
+    }
+    /// An encoded event frame, checked (both CRCs): its event type, its
+    /// payload (a slice of the frame) and the frame.
+    fn frame(&mut self) -> Result<(String, Bytes, Bytes), EntryError> {
+        let frame = self.bytes()?;
+        let decoded = decode(frame.clone()).map_err(|_| EntryError::Corrupt("bad frame"))?;
+        let FrameKind::Event(name) = decoded.kind else {
+            return Err(EntryError::Corrupt("not an event frame"));
+        };
+        let payload = payload_of(&frame).ok_or(EntryError::Corrupt("bad frame"))?;
+        Ok((name, payload, frame))
     }
     fn headers(&mut self) -> Result<Vec<(String, Bytes)>, EntryError> {
         let n = self.u32()? as usize;
@@ -771,8 +834,51 @@ mod tests {
         assert_eq!(Entry::decode(&encoded).unwrap(), e);
         // An entry an older version wrote is a miss, not a wrong answer.
         let mut older = encoded.clone();
-        older[..MAGIC.len()].copy_from_slice(b"BPCE2");
-        assert!(Entry::decode(&older).is_err());
+        older[..MAGIC.len()].copy_from_slice(b"BPCE3");
+        assert!(matches!(
+            Entry::decode(&older),
+            Err(EntryError::OtherVersion)
+        ));
+    }
+
+    #[test]
+    fn a_streamed_hit_shares_the_frames_encoded_when_stored() {
+        let e = converse_entry();
+        let first = e.frames();
+        let again = Entry::decode(&e.encode()).unwrap();
+        for (hit, other) in [(&e, &e), (&e, &again)] {
+            let (a, b) = (hit.frames(), other.frames());
+            assert_eq!(a.len(), first.len());
+            for ((x, _), (y, _)) in a.iter().zip(&b) {
+                assert_eq!(x.raw, y.raw);
+            }
+        }
+        // Two hits on one entry hand out the same bytes, not two encodings.
+        let second = e.frames();
+        for ((x, _), (y, _)) in first.iter().zip(&second) {
+            assert_eq!(x.raw.as_ptr(), y.raw.as_ptr());
+            let range = x.raw.as_ptr_range();
+            assert!(
+                range.contains(&x.frame.payload.as_ptr()),
+                "the payload is a slice of its frame"
+            );
+        }
+        let stream = Entry::from_invoke_stream(
+            Arc::from("t"),
+            Arc::from("r"),
+            "m",
+            Duration::from_secs(5),
+            &HeaderMap::new(),
+            vec![Bytes::from_static(b"{\"bytes\":\"e30=\"}")],
+            vec![0],
+            Summary::default(),
+        );
+        let (chunk, _) = &stream.frames()[0];
+        assert_eq!(
+            chunk.raw,
+            event_frame("chunk", Bytes::from_static(b"{\"bytes\":\"e30=\"}"))
+        );
+        assert_eq!(chunk.raw.as_ptr(), stream.frames()[0].0.raw.as_ptr());
     }
 
     #[test]
@@ -792,6 +898,19 @@ mod tests {
         );
         let frames = e.frames();
         assert!(frames.len() >= 5);
+        // Every frame is the event encoded as Bedrock encodes it, the payload
+        // the part of it SDKs parse.
+        for (relayed, _) in &frames {
+            let FrameKind::Event(name) = &relayed.frame.kind else {
+                panic!("not an event frame")
+            };
+            assert_eq!(
+                relayed.raw,
+                event_frame(name, relayed.frame.payload.clone())
+            );
+            let decoded = decode(relayed.raw.clone()).unwrap();
+            assert_eq!(decoded.payload, relayed.frame.payload);
+        }
         assert!(e.weight() as usize > e.body().unwrap().len());
         assert_eq!(e.summary.usage.unwrap().total_tokens, 18);
     }

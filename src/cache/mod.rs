@@ -27,7 +27,7 @@ use crate::answer::{CacheStatus, CacheTier};
 use crate::config::CacheConfig;
 use crate::metrics;
 use crate::shared::{glob_escape, RedisTier};
-pub use entry::Entry;
+pub use entry::{Entry, EntryError};
 pub use key::{cache_key, CacheKey, Family, KeyParts};
 
 /// A request's `Cache-Control`.
@@ -139,6 +139,11 @@ impl ResponseCache {
         let data = l2.get(&Self::redis_key(l2, namespace, route, key)).await?;
         let entry = match Entry::decode(&data) {
             Ok(e) => Arc::new(e),
+            // Expected for a while after an upgrade: a miss, overwritten on store.
+            Err(e @ EntryError::OtherVersion) => {
+                tracing::debug!(error = %e, "ignoring a shared-cache entry");
+                return None;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring a corrupt shared-cache entry");
                 return None;

@@ -1,5 +1,6 @@
-//! `[logging]`: the log format, the filter, whether bodies are logged, and the
-//! CloudWatch Embedded Metric Format lines written beside the log.
+//! `[logging]`: the log format, the filter, whether bodies are logged, the
+//! access log's buffer, and the CloudWatch Embedded Metric Format lines
+//! written beside the log.
 
 use serde::Deserialize;
 
@@ -16,6 +17,22 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// What a log line does when the log writer's buffer is full (stderr is
+    /// slower than the requests).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum LogOverflow {
+        /// The request's thread waits for room: no line is lost.
+        #[default]
+        Wait = "wait",
+        /// The line is dropped and counted: requests never wait on the log.
+        Drop = "drop",
+    }
+}
+
+/// Lines the log writer holds before [`LogOverflow`] applies.
+pub const DEFAULT_LOG_BUFFER: usize = 16_384;
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoggingConfig {
@@ -27,6 +44,10 @@ pub struct LoggingConfig {
     pub cloudwatch_emf: bool,
     /// The CloudWatch namespace of those metrics.
     pub cloudwatch_namespace: String,
+    /// Lines (access and other) waiting for the writer thread, at most.
+    pub buffer_lines: usize,
+    /// What a line does when that buffer is full.
+    pub overflow: LogOverflow,
 }
 
 impl Default for LoggingConfig {
@@ -37,6 +58,8 @@ impl Default for LoggingConfig {
             log_bodies: false,
             cloudwatch_emf: false,
             cloudwatch_namespace: "BedrockProxy".into(),
+            buffer_lines: DEFAULT_LOG_BUFFER,
+            overflow: LogOverflow::default(),
         }
     }
 }
@@ -49,6 +72,8 @@ pub(super) struct RawLogging {
     log_bodies: Option<bool>,
     cloudwatch_emf: Option<bool>,
     cloudwatch_namespace: Option<String>,
+    access_log_buffer: Option<usize>,
+    access_log_overflow: Option<String>,
 }
 
 pub(super) fn validate(raw: RawLogging, e: &mut Vec<String>) -> LoggingConfig {
@@ -65,6 +90,18 @@ pub(super) fn validate(raw: RawLogging, e: &mut Vec<String>) -> LoggingConfig {
             .cloudwatch_namespace
             .filter(|n| check_namespace(n, e))
             .unwrap_or(d.cloudwatch_namespace),
+        buffer_lines: match raw.access_log_buffer {
+            Some(0) => {
+                e.push("logging.access_log_buffer: must be at least 1 line".into());
+                d.buffer_lines
+            }
+            Some(n) => n,
+            None => d.buffer_lines,
+        },
+        overflow: raw
+            .access_log_overflow
+            .and_then(|v| choose("logging.access_log_overflow", &v, LogOverflow::NAMES, e))
+            .unwrap_or(d.overflow),
     }
 }
 

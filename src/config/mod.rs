@@ -67,7 +67,7 @@ pub use admin::AdminConfig;
 pub use cache::{CacheConfig, RedisConfig};
 pub use keys::{KeyConfig, KeyCredential, RouteAccess};
 pub use limits::{Limits, LimitsClock, SharedFailure};
-pub use logging::{LogFormat, LoggingConfig};
+pub use logging::{LogFormat, LogOverflow, LoggingConfig};
 pub use prompt_cache::PromptCacheGlobal;
 pub use routes::cache::{
     CacheMode, Replay, RouteCacheConfig, DEFAULT_CACHED_STOP_REASONS, NEVER_CACHED_STOP_REASONS,

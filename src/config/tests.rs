@@ -961,3 +961,26 @@ requests_per_minute = 0
         ]
     );
 }
+
+#[test]
+fn the_log_buffer_loses_no_line_unless_told_to_drop() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.logging.overflow, LogOverflow::Wait);
+    assert_eq!(c.logging.buffer_lines, 16_384);
+    let c = Config::parse(&with(
+        "[logging]\naccess_log_overflow = \"drop\"\naccess_log_buffer = 64",
+    ))
+    .unwrap();
+    assert_eq!(c.logging.overflow, LogOverflow::Drop);
+    assert_eq!(c.logging.buffer_lines, 64);
+    let e = errors(&with(
+        "[logging]\naccess_log_overflow = \"block\"\naccess_log_buffer = 0",
+    ));
+    assert_eq!(
+        e,
+        [
+            "logging.access_log_buffer: must be at least 1 line",
+            "logging.access_log_overflow: `block` is not one of wait, drop",
+        ]
+    );
+}

@@ -12,6 +12,7 @@ use bedrock_wire::tier::LatencyTier;
 use std::sync::Arc;
 use tokio::time::Instant;
 
+use crate::access_log::{self, AccessLine};
 use crate::answer::{CacheStatus, Record};
 use crate::catalog::ModelInfo;
 use crate::config::HourlyCost;
@@ -31,6 +32,8 @@ pub struct Finish {
     pub started: Instant,
     pub op: Operation,
     pub route: Option<Arc<str>>,
+    /// The route's metric handles (the `unrouted` ones until routed).
+    pub route_metrics: Arc<metrics::RouteMetrics>,
     pub tenant: Option<Arc<str>>,
     /// The latency tier the client's request asked for.
     pub requested_tier: Option<LatencyTier>,
@@ -115,6 +118,7 @@ impl Finish {
             started,
             op: Operation::Converse,
             route: None,
+            route_metrics: metrics::RouteMetrics::unrouted(),
             tenant: None,
             requested_tier: None,
             record: Record::default(),
@@ -126,13 +130,6 @@ impl Finish {
             trace: Trace::off(),
             wanted_tier: None,
             pricing: Pricing::Unknown,
-        }
-    }
-
-    fn route_label(&self) -> metrics::SharedString {
-        match &self.route {
-            Some(name) => metrics::route_label(name),
-            None => metrics::SharedString::const_str(metrics::UNROUTED),
         }
     }
 
@@ -216,13 +213,13 @@ impl Finish {
     /// Records the tier that served an upstream answer with its TTFT and output
     /// speed (streams: tokens over the time after the first byte; whole answers:
     /// tokens over the whole request, AWS's definition).
-    fn served(&self, route: &metrics::SharedString, summary: &Summary, streamed: bool) {
+    fn served(&self, route: &metrics::RouteMetrics, summary: &Summary, streamed: bool) {
         if self.record.cache.is_hit() || self.record.attempts == 0 {
             return;
         }
         let tier = self.tier(summary.latency_tier).name();
         let (ttft, tps) = self.speed(summary, streamed);
-        metrics::served(route, tier, self.tier_requested().name(), ttft, tps);
+        metrics::served(route.label(), tier, self.tier_requested().name(), ttft, tps);
     }
 
     /// An upstream answer's TTFT and output speed (see [`Finish::served`]).
@@ -253,23 +250,23 @@ impl Finish {
 
     /// Counts what an answer cost: billed tokens for upstream answers, tokens
     /// and dollars saved for cache hits (at the original answer's price).
-    fn account(&self, route: &metrics::SharedString, summary: &Summary) {
+    fn account(&self, route: &metrics::RouteMetrics, summary: &Summary) {
         let Some(usage) = &summary.usage else { return };
         if self.record.cache.is_hit() {
             let usd = self.model.as_ref().map_or(0.0, |m| {
                 m.price_for(summary.latency_tier.map(LatencyTier::name))
                     .cost(usage)
             });
-            metrics::cache_saved(route, usage, usd);
+            metrics::cache_saved(route.label(), usage, usd);
         } else {
-            metrics::tokens(route, usage);
+            route.tokens(usage);
             let held = self.started.elapsed();
             if let (Some(served), Some((basis, usd))) = (
                 &self.record.served_by,
                 self.pricing
                     .usd(usage, Some(self.tier(summary.latency_tier)), held),
             ) {
-                metrics::cost(route, served.kind.name(), basis, usd);
+                metrics::cost(route.label(), served.kind.name(), basis, usd);
             }
             if usage.cache_read_input_tokens + usage.cache_write_input_tokens > 0 {
                 let (label, saved) = match &self.model {
@@ -280,7 +277,7 @@ impl Finish {
                     None => ("unknown", 0.0),
                 };
                 let tenant = self.tenant.as_deref().unwrap_or("-");
-                metrics::prompt_cache_usage(route, label, tenant, usage, saved);
+                metrics::prompt_cache_usage(route.label(), label, tenant, usage, saved);
             }
         }
     }
@@ -295,41 +292,54 @@ impl Finish {
         }
     }
 
-    fn log(&self, status: u16, outcome: &str, summary: Option<&Summary>) {
-        let usage = summary.and_then(|s| s.usage).unwrap_or_default();
-        tracing::info!(
-            target: "access",
-            request_id = %self.request_id,
-            tenant = self.tenant.as_deref().unwrap_or("-"),
-            route = self.route.as_deref().unwrap_or("-"),
-            operation = self.op.name(),
-            status,
-            cache = self.record.cache.header(),
-            outcome,
-            attempts = self.record.attempts,
-            target = self.record.target.as_deref().unwrap_or("-"),
-            upstream = self.record.served_by.as_ref().map_or("-", |s| &*s.upstream),
-            served_model = self.record.served_by.as_ref().map_or("-", |s| &*s.model),
-            tier = summary
-                .and_then(|s| s.latency_tier)
-                .map_or("-", LatencyTier::name),
-            input_tokens = usage.input_tokens,
-            output_tokens = usage.output_tokens,
-            cache_read_tokens = usage.cache_read_input_tokens,
-            cache_write_tokens = usage.cache_write_input_tokens,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-        );
+    /// Hands the access line to the log writer, which formats it on its own
+    /// thread; here only values the request holds are copied.
+    fn log(
+        &self,
+        status: u16,
+        outcome: &'static str,
+        summary: Option<&Summary>,
+        error: Option<&ProxyError>,
+    ) {
+        if !access_log::enabled() {
+            return;
+        }
+        access_log::access(|| {
+            let usage = summary.and_then(|s| s.usage).unwrap_or_default();
+            let served = self.record.served_by.as_ref();
+            AccessLine {
+                at: std::time::SystemTime::now(),
+                request_id: self.request_id.clone(),
+                tenant: self.tenant.clone(),
+                route: self.route.clone(),
+                operation: self.op.name(),
+                status,
+                cache: self.record.cache.header(),
+                outcome,
+                attempts: self.record.attempts,
+                target: self.record.target.clone(),
+                upstream: served.map(|s| s.upstream.clone()),
+                served_model: served.map(|s| s.model.clone()),
+                tier: summary.and_then(|s| s.latency_tier).map(LatencyTier::name),
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cache_read_tokens: usage.cache_read_input_tokens,
+                cache_write_tokens: usage.cache_write_input_tokens,
+                duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+                error: error.map(ToString::to_string),
+            }
+        });
     }
 
     /// A whole answer was sent.
     pub fn whole(&self, summary: &Summary) {
         self.settle(summary.usage.as_ref(), summary.latency_tier);
-        let route = self.route_label();
-        self.account(&route, summary);
+        let route = &self.route_metrics;
+        self.account(route, summary);
         self.settle_prompt_cache(summary);
-        self.served(&route, summary, false);
-        metrics::request_done(&route, self.op, 200, self.started.elapsed());
-        self.log(200, "ok", Some(summary));
+        self.served(route, summary, false);
+        route.request_done(self.op, 200, self.started.elapsed());
+        self.log(200, "ok", Some(summary), None);
         self.report(&report::Ending::answered(summary));
     }
 
@@ -340,9 +350,9 @@ impl Finish {
         if self.route.is_none() {
             metrics::rejected(e.kind.label());
         }
-        metrics::request_done(&self.route_label(), self.op, status, self.started.elapsed());
-        tracing::info!(target: "access", request_id = %self.request_id, error = %e, "request failed");
-        self.log(status, e.kind.label(), None);
+        self.route_metrics
+            .request_done(self.op, status, self.started.elapsed());
+        self.log(status, e.kind.label(), None, Some(e));
         self.report(&report::Ending::failed(e));
     }
 
@@ -371,7 +381,7 @@ impl StreamObserver for FinishStream {
     }
 
     fn end(&mut self, end: StreamEnd) {
-        let route = self.finish.route_label();
+        let route = self.finish.route_metrics.clone();
         let outcome = match &end {
             StreamEnd::Complete => "complete",
             StreamEnd::Failed(_) => "upstream_error",
@@ -382,7 +392,7 @@ impl StreamObserver for FinishStream {
             tracing::warn!(target: "access", request_id = %self.finish.request_id, error = %e, "stream cut at shutdown");
         }
         if let StreamEnd::Failed(e) = &end {
-            metrics::upstream_error(&route, e.kind);
+            metrics::upstream_error(route.label(), e.kind);
         }
         let summary = &self.reader.summary;
         self.finish
@@ -392,9 +402,10 @@ impl StreamObserver for FinishStream {
             self.finish.settle_prompt_cache(&self.reader.summary);
             self.finish.served(&route, &self.reader.summary, true);
         }
-        metrics::stream_ended(&route, outcome);
-        metrics::request_done(&route, self.finish.op, 200, self.finish.started.elapsed());
-        self.finish.log(200, outcome, Some(&self.reader.summary));
+        route.stream_ended(outcome);
+        route.request_done(self.finish.op, 200, self.finish.started.elapsed());
+        self.finish
+            .log(200, outcome, Some(&self.reader.summary), None);
         let summary = &self.reader.summary;
         if let Some(text) = self.transcript.text() {
             let reason = summary.stop_reason.as_deref();

@@ -180,11 +180,11 @@ pub async fn run(
     record: &mut Record,
 ) -> Result<Answer, ProxyError> {
     let cache = &pipeline.cache;
-    let route_label = metrics::route_label(&call.routed.route.name);
+    let route_metrics = call.routed.route.metrics.clone();
     let Some(c) = cacheable(&call, directives) else {
         record.cache = CacheStatus::Bypass;
         cache.count(CacheStatus::Bypass);
-        metrics::cache_request(&route_label, "bypass", "none");
+        route_metrics.cache_request("bypass", "none");
         return upstream(pipeline, rt, &call, record).await;
     };
 
@@ -206,7 +206,7 @@ pub async fn run(
                 };
                 record.served_by = entry.served_by.clone();
                 cache.count(record.cache);
-                metrics::cache_request(&route_label, "hit", tier.label());
+                route_metrics.cache_request("hit", tier.label());
                 return Ok(answer);
             }
         }
@@ -230,7 +230,7 @@ pub async fn run(
             Role::Leader(flight, rx) => {
                 record.cache = CacheStatus::Miss;
                 cache.count(CacheStatus::Miss);
-                metrics::cache_request(&route_label, "miss", "none");
+                route_metrics.cache_request("miss", "none");
                 tokio::spawn(fly(
                     pipeline.clone(),
                     rt.clone(),
@@ -251,7 +251,7 @@ pub async fn run(
                 return result;
             }
             Role::Follower(flight, rx) => {
-                metrics::single_flight_join(&route_label);
+                metrics::single_flight_join(route_metrics.label());
                 match flight.join(rx).await {
                     Joined::Answer {
                         answer,
@@ -263,7 +263,7 @@ pub async fn run(
                         };
                         record.served_by = leader.served_by;
                         cache.count(record.cache);
-                        metrics::cache_request(&route_label, "hit", CacheTier::Flight.label());
+                        route_metrics.cache_request("hit", CacheTier::Flight.label());
                         return Ok(answer);
                     }
                     // Another request's call failed: try on our own.

@@ -238,6 +238,7 @@ impl Setup {
         let route = Route {
             name: Arc::from("chat"),
             config: config.routes[0].clone(),
+            metrics: Arc::new(crate::metrics::RouteMetrics::new(&Arc::from("chat"))),
         };
         Setup {
             targets: targets(&upstreams, &route, "model-a").unwrap(),
