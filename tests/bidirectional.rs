@@ -24,14 +24,29 @@ use tokio::sync::mpsc;
 
 const SONIC: &str = "amazon.nova-sonic-v1:0";
 
-/// The routes and keys besides the harness's: `sonic`, and tenant `team-c`
-/// (a SigV4 key) allowed the `haiku` route only.
+/// An API key of tenant `team-d`, allowed every route.
+const KEY_D: &str = "bpk_team_d_test_key";
+
+/// The routes and keys besides the harness's: `sonic`, tenant `team-c`
+/// (a SigV4 key) allowed the `haiku` route only, and `team-d` ([`KEY_D`]).
+fn extra() -> String {
+    format!(
+        "{EXTRA}[[keys]]\ntenant = \"team-d\"\nkey_sha256 = \"{}\"\n",
+        bedrock_proxy::auth::hash_key(KEY_D)
+    )
+}
+
 const EXTRA: &str = r#"
 [[routes]]
 name = "sonic"
 aliases = ["sonic"]
 models = ["amazon.nova-sonic-v1:0"]
 upstream = "sim"
+[[routes]]
+name = "sonic-hangup"
+aliases = ["sonic-hangup"]
+upstream = "sim"
+upstream_model = "amazon.nova-sonic-v1:0"
 [[keys]]
 tenant = "team-c"
 access_key_id = "AKIDTEAMC"
@@ -52,7 +67,7 @@ async fn signed_stack() -> Stack {
             ..SimConfig::default()
         },
         "",
-        EXTRA,
+        &extra(),
     )
     .await
 }
@@ -167,6 +182,7 @@ async fn nova_sonic_answers_each_turn_through_the_proxy() {
     assert_eq!(sent.model_id, SONIC, "the alias became the route's model");
 
     let metrics = s.metrics().await;
+    // Tests in this binary share one metrics recorder: at least this session.
     assert!(
         metric(
             &metrics,
@@ -176,7 +192,7 @@ async fn nova_sonic_answers_each_turn_through_the_proxy() {
                 "operation=\"invoke-with-bidirectional-stream\"",
                 "status=\"2xx\""
             ]
-        ) == 1.0,
+        ) >= 1.0,
         "{metrics}"
     );
     s.shutdown().await;
@@ -279,6 +295,96 @@ async fn the_models_refusal_reaches_the_sdk() {
         .message()
         .unwrap()
         .contains("before sessionStart"));
+    drop(tx);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_upload_ends_the_session_with_a_validation_exception() {
+    let s = signed_stack().await;
+    // Not event-stream frames at all: the proxy cannot relay them, and says so
+    // in the stream as Bedrock would.
+    let r = raw(
+        "POST",
+        &s.op_url(SONIC, "invoke-with-bidirectional-stream"),
+        &[
+            ("authorization", &format!("Bearer {KEY_D}")),
+            ("content-type", "application/vnd.amazon.eventstream"),
+        ],
+        vec![0xffu8; 64],
+    )
+    .await
+    .unwrap();
+    // Refused before the model answered (400), or in the stream once it had
+    // (an exception frame): both are how Bedrock refuses a bad upload.
+    let body: Value = if r.status.as_u16() == 200 {
+        let frame = bedrock_wire::eventstream::decode(r.body.clone()).unwrap();
+        assert_eq!(
+            frame.kind,
+            bedrock_wire::eventstream::FrameKind::Exception("validationException".into())
+        );
+        serde_json::from_slice(&frame.payload).unwrap()
+    } else {
+        assert_eq!(r.status.as_u16(), 400);
+        assert!(r
+            .header("x-amzn-errortype")
+            .unwrap()
+            .starts_with("ValidationException"));
+        r.json()
+    };
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("event stream is invalid"),
+        "{body}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_ends_the_session_and_its_books() {
+    let s = signed_stack().await;
+    let (tx, rx) = mpsc::channel(16);
+    for e in [
+        json!({"sessionStart": {}}),
+        json!({"promptStart": {"promptName": "p"}}),
+        json!({"contentStart": {"promptName": "p", "contentName": "c", "type": "TEXT", "role": "USER", "interactive": true}}),
+        json!({"textInput": {"promptName": "p", "contentName": "c", "content": "Hello"}}),
+        json!({"contentEnd": {"promptName": "p", "contentName": "c"}}),
+    ] {
+        tx.send(chunk(e)).await.unwrap();
+    }
+    // A route of its own: tests in this binary share one metrics recorder.
+    let mut out = sdk_client(&s.url())
+        .invoke_model_with_bidirectional_stream()
+        .model_id("sonic-hangup")
+        .body(input(rx).into())
+        .send()
+        .await
+        .unwrap();
+    let (name, _) = event(out.body.recv().await.unwrap().unwrap());
+    assert_eq!(name, "completionStart");
+    // The app hangs up mid-answer, its upload still open.
+    drop(out);
+    let labels = [
+        "route=\"sonic-hangup\"",
+        "operation=\"invoke-with-bidirectional-stream\"",
+        "status=\"2xx\"",
+    ];
+    // The session's books close when the proxy sees the client go; wait for
+    // that (bounded), not for a time.
+    let mut counted = 0.0;
+    for _ in 0..200 {
+        counted = metric(&s.metrics().await, "bedrock_proxy_requests_total", &labels);
+        if counted == 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted, 1.0, "the session was counted once it ended");
+    // The upload is no longer read: the app's sender finds nobody listening
+    // once the SDK's side is gone too.
     drop(tx);
     s.shutdown().await;
 }

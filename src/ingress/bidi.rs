@@ -144,13 +144,17 @@ async fn open(
         .open_stream(&routed.upstream_model, &[], upload)
         .await?;
     let counts = Arc::new(Counts::default());
-    let (failed_tx, failed_rx) = oneshot::channel();
+    let (failed_tx, mut failed_rx) = oneshot::channel();
     let pump = tokio::spawn(
         pump(body, verifier, signing, tx, failed_tx, counts.clone()).in_current_span(),
     );
     // Whichever side ends first ends the other: the pump stops with the relay.
     let pump = AbortOnDrop(pump.abort_handle());
-    let answer = upstream.stream_response(response).await?;
+    let answer = match upstream.stream_response(response).await {
+        Ok(answer) => answer,
+        // A bad upload resets the upstream request: the client hears why.
+        Err(e) => return Err(failed_rx.try_recv().unwrap_or(e)),
+    };
     let deadline = finish.started + upstream.timeouts().total;
     if !answer.status.is_success() {
         let bytes = read_body(answer.body, 1024 * 1024, deadline, &upstream.name).await?;
@@ -258,9 +262,11 @@ async fn pump(
     }
     .await;
     if let Err(e) = result {
-        // The upstream's request is reset, and the client told why.
-        let _ = tx.try_send(Err(std::io::Error::other(e.message.clone())));
+        // The client is told why (first, so the reason is there whenever the
+        // upstream request fails), and the upstream's request is reset.
+        let message = e.message.clone();
         let _ = failed.send(e);
+        let _ = tx.try_send(Err(std::io::Error::other(message)));
     }
 }
 

@@ -163,6 +163,13 @@ def test_a_guardrail_intervention_is_answered_and_never_cached(proxy):
         assert out["amazon-bedrock-guardrailAction"] == "INTERVENED"
         assert headers(resp)["x-cache"] == "miss"
 
+    for _ in range(2):
+        resp = studio.invoke_model_with_response_stream(modelId="haiku", body=body,
+                                                        guardrailIdentifier="demoguardrail", guardrailVersion="1")
+        chunks = [json.loads(e["chunk"]["bytes"]) for e in resp["body"] if "chunk" in e]
+        assert chunks[-1]["amazon-bedrock-guardrailAction"] == "INTERVENED"
+        assert headers(resp)["x-cache"] == "miss"
+
     plain = client_for(server, "plain")
     with pytest.raises(plain.exceptions.AccessDeniedException):
         plain.converse(modelId="haiku", messages=user("hi"), guardrailConfig=config)
