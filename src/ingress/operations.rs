@@ -65,18 +65,13 @@ async fn apply_guardrail(
     request: Request,
 ) -> Response {
     let op = RuntimeOperation::ApplyGuardrail;
-    let ids = path.map(|Path(p)| p);
     let (mut finish, span) = begin(op);
-    let rt = state.runtime();
-    let finish_ref = &mut finish;
-    let result = async move {
-        let finish = finish_ref;
-        let (id, version) =
-            ids.map_err(|e| ProxyError::validation(format!("The request path is invalid: {e}")))?;
-        let (parts, body, principal) = receive(&state, &rt, finish, request).await?;
+    let result = async {
+        let Path((id, version)) = path.map_err(bad_path)?;
+        let (rt, parts, body, principal) = receive(&state, &mut finish, request).await?;
         principal.admit_guardrail(op.api_name(), guardrail_id(&id), Some(&version))?;
         let upstream = operations_upstream(&rt)?;
-        pass(finish, &upstream, &parts, body, None).await
+        pass(&mut finish, &upstream, &parts, body, None).await
     }
     .instrument(span)
     .await;
@@ -86,14 +81,11 @@ async fn apply_guardrail(
 async fn guardrail_checks(State(state): State<AppState>, request: Request) -> Response {
     let op = RuntimeOperation::InvokeGuardrailChecks;
     let (mut finish, span) = begin(op);
-    let rt = state.runtime();
-    let finish_ref = &mut finish;
-    let result = async move {
-        let finish = finish_ref;
-        let (parts, body, principal) = receive(&state, &rt, finish, request).await?;
+    let result = async {
+        let (rt, parts, body, principal) = receive(&state, &mut finish, request).await?;
         principal.admit_guardrail_checks()?;
         let upstream = operations_upstream(&rt)?;
-        pass(finish, &upstream, &parts, body, None).await
+        pass(&mut finish, &upstream, &parts, body, None).await
     }
     .instrument(span)
     .await;
@@ -103,18 +95,15 @@ async fn guardrail_checks(State(state): State<AppState>, request: Request) -> Re
 async fn start_async(State(state): State<AppState>, request: Request) -> Response {
     let op = RuntimeOperation::StartAsyncInvoke;
     let (mut finish, span) = begin(op);
-    let rt = state.runtime();
-    let finish_ref = &mut finish;
-    let result = async move {
-        let finish = finish_ref;
-        let (parts, body, principal) = receive(&state, &rt, finish, request).await?;
+    let result = async {
+        let (rt, parts, body, principal) = receive(&state, &mut finish, request).await?;
         let mut json = parse_json(&body, rt.config.limits.max_json_depth)?;
         let Some(model_id) = json["modelId"].as_str().map(str::to_owned) else {
             return Err(ProxyError::validation(
                 "1 validation error detected: Value null at 'modelId' failed to satisfy constraint: Member must not be null",
             ));
         };
-        let routed = route(&rt, &principal, &model_id, finish)?;
+        let routed = route(&rt, &principal, &model_id, &mut finish)?;
         principal.admit_async_model(&[&model_id, &routed.route.name, &routed.upstream_model])?;
         let upstream = rt
             .upstreams
@@ -133,7 +122,7 @@ async fn start_async(State(state): State<AppState>, request: Request) -> Respons
             json["clientRequestToken"] = Value::String(tag.token(token.as_deref()));
         }
         let body = Bytes::from(json.to_string());
-        pass(finish, &upstream, &parts, body, Some(&routed.upstream_model)).await
+        pass(&mut finish, &upstream, &parts, body, Some(&routed.upstream_model)).await
     }
     .instrument(span)
     .await;
@@ -146,15 +135,10 @@ async fn get_async(
     request: Request,
 ) -> Response {
     let op = RuntimeOperation::GetAsyncInvoke;
-    let arn = path.map(|Path(p)| p);
     let (mut finish, span) = begin(op);
-    let rt = state.runtime();
-    let finish_ref = &mut finish;
-    let result = async move {
-        let finish = finish_ref;
-        let arn =
-            arn.map_err(|e| ProxyError::validation(format!("The request path is invalid: {e}")))?;
-        let (parts, body, principal) = receive(&state, &rt, finish, request).await?;
+    let result = async {
+        let Path(arn) = path.map_err(bad_path)?;
+        let (rt, parts, body, principal) = receive(&state, &mut finish, request).await?;
         // An async invocation lives in one region: ask the upstream there.
         let region = arn.split(':').nth(3).unwrap_or_default();
         let upstream = match rt
@@ -166,7 +150,7 @@ async fn get_async(
             None => operations_upstream(&rt)?,
         };
         let tag = TenantTag::of(&principal);
-        let mut response = pass(finish, &upstream, &parts, body, None).await?;
+        let mut response = pass(&mut finish, &upstream, &parts, body, None).await?;
         if let Some(tag) = tag.filter(|_| response.status() == StatusCode::OK) {
             let owned = edit_json(&mut response, |v| tag.claim(v)).await?;
             if !owned {
@@ -185,14 +169,11 @@ async fn get_async(
 async fn list_async(State(state): State<AppState>, request: Request) -> Response {
     let op = RuntimeOperation::ListAsyncInvokes;
     let (mut finish, span) = begin(op);
-    let rt = state.runtime();
-    let finish_ref = &mut finish;
-    let result = async move {
-        let finish = finish_ref;
-        let (parts, body, principal) = receive(&state, &rt, finish, request).await?;
+    let result = async {
+        let (rt, parts, body, principal) = receive(&state, &mut finish, request).await?;
         let upstream = operations_upstream(&rt)?;
         let tag = TenantTag::of(&principal);
-        let mut response = pass(finish, &upstream, &parts, body, None).await?;
+        let mut response = pass(&mut finish, &upstream, &parts, body, None).await?;
         if let Some(tag) = tag.filter(|_| response.status() == StatusCode::OK) {
             edit_json(&mut response, |v| {
                 if let Some(list) = v["asyncInvokeSummaries"].as_array_mut() {
@@ -209,7 +190,11 @@ async fn list_async(State(state): State<AppState>, request: Request) -> Response
     end(&finish, op, result)
 }
 
-/// The request as the closures above get it.
+fn bad_path(e: PathRejection) -> ProxyError {
+    ProxyError::validation(format!("The request path is invalid: {e}"))
+}
+
+/// A request's head.
 type Parts = axum::http::request::Parts;
 
 /// A request's books and the span its work runs in.
@@ -287,16 +272,17 @@ fn outcome_label(status: u16) -> &'static str {
     }
 }
 
-/// Authenticates, admits and reads the body of a request.
+/// Authenticates, admits and reads the body of a request, under the
+/// runtime (config, keys, upstreams) it is served by.
 async fn receive(
     state: &AppState,
-    rt: &Runtime,
     finish: &mut Finish,
     request: Request,
-) -> Result<(Parts, Bytes, Arc<Principal>), ProxyError> {
+) -> Result<(Arc<Runtime>, Parts, Bytes, Arc<Principal>), ProxyError> {
+    let rt = state.runtime();
     let (parts, body) = request.into_parts();
-    let (body, principal) = receive_for(state, rt, &parts, body, None, finish).await?;
-    Ok((parts, body, principal))
+    let (body, principal) = receive_for(state, &rt, &parts, body, None, finish).await?;
+    Ok((rt, parts, body, principal))
 }
 
 /// The upstream of the operations that name no model.

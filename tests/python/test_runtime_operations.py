@@ -199,7 +199,7 @@ def test_async_invocations_are_routed_checked_and_kept_per_tenant(proxy):
     assert job["invocationArn"] == arn
     assert job["clientRequestToken"] == "shot-1"
     assert job["modelArn"].endswith(REEL)
-    listed = studio.list_async_invokes()["asyncInvokeSummaries"]
+    listed = studio.list_async_invokes(sortOrder="Ascending", maxResults=5)["asyncInvokeSummaries"]
     assert [(s["invocationArn"], s["clientRequestToken"]) for s in listed] == [(arn, "shot-1")]
 
     # Another tenant's job is not there for `other`, which has its own.
