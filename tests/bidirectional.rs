@@ -388,3 +388,29 @@ async fn a_client_that_goes_away_ends_the_session_and_its_books() {
     drop(tx);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_re_signed_upload_verifies_like_an_sdks() {
+    // Two proxies in a row: the second checks the first's chunk-signature
+    // chain with the key pair the first signs simulator upstreams with, as it
+    // checks an SDK's. A session that reaches the model went through both.
+    let sim = bedrock_sim::testing::spawn(SimConfig {
+        time_scale: 0.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let inner_keys = r#"
+[[keys]]
+tenant = "proxy-a"
+access_key_id = "AKIDBEDROCKPROXY"
+secret_access_key = "bedrock-proxy-simulator"
+"#;
+    let inner = proxy_for(&sim.url(), "", "", &format!("{}{inner_keys}", extra())).await;
+    let outer = proxy_for(&inner.url(), "", "", &extra()).await;
+    let reply = text_turn(sdk_client(&outer.url()), "sonic").await;
+    assert!(!reply.is_empty());
+    assert_eq!(sim.sim.state().stats.snapshot()["bidi_sessions"], 1);
+    outer.shutdown().await;
+    inner.shutdown().await;
+    sim.shutdown().await;
+}
