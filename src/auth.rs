@@ -16,6 +16,7 @@
 //! signature get the same answer.
 
 use axum::http::HeaderMap;
+use bedrock_wire::eventstream::EnvelopeVerifier;
 use bedrock_wire::sigv4;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
@@ -32,6 +33,10 @@ pub(crate) struct Principal {
     /// The tenant namespace (cache entries, prefix registry, metrics).
     pub(crate) tenant: Arc<str>,
     routes: RouteAccess,
+    /// The guardrails (`id`, `id:version`) the key may apply.
+    guardrails: RouteAccess,
+    /// The models the key may start async invocations on.
+    async_invoke_models: RouteAccess,
     /// The key's id in the limits' counters and `/admin/usage`
     /// (`KeyConfig::id`); `None` for anonymous callers.
     key_id: Option<Arc<str>>,
@@ -42,14 +47,17 @@ pub(crate) struct Principal {
 impl Principal {
     fn new(
         tenant: &str,
-        routes: RouteAccess,
+        access: [RouteAccess; 3],
         key_id: Option<String>,
         key_quota: Quota,
         tenant_quota: Quota,
     ) -> Principal {
+        let [routes, guardrails, async_invoke_models] = access;
         Principal {
             tenant: Arc::from(tenant),
             routes,
+            guardrails,
+            async_invoke_models,
             key_id: key_id.map(Arc::from),
             key_quota,
             tenant_quota,
@@ -75,6 +83,51 @@ impl Principal {
             key_quota: &self.key_quota,
             tenant_quota: &self.tenant_quota,
         }
+    }
+
+    /// Checks the key may apply guardrail `id` (an id, not an ARN) at
+    /// `version` (`None`: the request names none, so the key must be allowed
+    /// every version): `id` or `id:version` in its `guardrails`.
+    pub(crate) fn admit_guardrail(
+        &self,
+        operation: &str,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<(), ProxyError> {
+        let allowed = self.guardrails.allows(id)
+            || version.is_some_and(|v| self.guardrails.allows(&format!("{id}:{v}")));
+        if allowed {
+            return Ok(());
+        }
+        Err(ProxyError::access_denied(format!(
+            "The key for tenant {} is not authorized to perform: bedrock:{operation} on guardrail {id}{}.",
+            self.tenant,
+            version.map(|v| format!(" version {v}")).unwrap_or_default()
+        )))
+    }
+
+    /// Checks the key may run InvokeGuardrailChecks: any guardrail allowed.
+    pub(crate) fn admit_guardrail_checks(&self) -> Result<(), ProxyError> {
+        if self.guardrails.is_none() {
+            return Err(ProxyError::access_denied(format!(
+                "The key for tenant {} is not authorized to perform: bedrock:InvokeGuardrailChecks (it may use no guardrail).",
+                self.tenant
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the key may start async invocations on a model any of `names`
+    /// stand for (the id as sent, the route, the model sent upstream).
+    pub(crate) fn admit_async_model(&self, names: &[&str]) -> Result<(), ProxyError> {
+        if names.iter().any(|n| self.async_invoke_models.allows(n)) {
+            return Ok(());
+        }
+        Err(ProxyError::access_denied(format!(
+            "The key for tenant {} is not authorized to perform: bedrock:InvokeModel (async) on model {}.",
+            self.tenant,
+            names.first().copied().unwrap_or("-")
+        )))
     }
 
     /// Whether the key may use `route` (without counting a request).
@@ -151,7 +204,11 @@ impl Auth {
         for key in &config.keys {
             let principal = Arc::new(Principal::new(
                 &key.tenant,
-                key.routes.clone(),
+                [
+                    key.routes.clone(),
+                    key.guardrails.clone(),
+                    key.async_invoke_models.clone(),
+                ],
                 Some(key.id()),
                 key.quota,
                 tenant_quota(&key.tenant),
@@ -171,7 +228,7 @@ impl Auth {
             access_keys,
             anonymous: Arc::new(Principal::new(
                 crate::config::ANONYMOUS_TENANT,
-                RouteAccess::All,
+                [RouteAccess::All, RouteAccess::All, RouteAccess::All],
                 None,
                 Quota::default(),
                 tenant_quota(crate::config::ANONYMOUS_TENANT),
@@ -322,6 +379,44 @@ impl Admission<'_> {
                         }
                     })?;
                 Ok(principal.clone())
+            }
+        }
+    }
+}
+
+impl Admission<'_> {
+    /// The caller of a request whose body is an event-stream upload still to
+    /// come (the bidirectional stream): for SigV4, the signature over its
+    /// headers is checked now, and the verifier of the chunk signatures its
+    /// upload carries comes back with the caller.
+    pub(crate) fn stream_caller(
+        self,
+        method: &str,
+        uri: &str,
+        headers: &HeaderMap,
+    ) -> Result<(Arc<Principal>, Option<EnvelopeVerifier>), ProxyError> {
+        match self {
+            Admission::Caller(principal) => Ok((principal, None)),
+            Admission::Signed {
+                auth,
+                secret,
+                principal,
+            } => {
+                sigv4::verify_headers(&auth, secret, method, uri, headers, SystemTime::now())
+                    .map_err(|e| match e {
+                        sigv4::VerifyError::Mismatch => ProxyError::unauthenticated(BAD_SIGNATURE),
+                        e => {
+                            ProxyError::unauthenticated(format!("SigV4 verification failed: {e}."))
+                        }
+                    })?;
+                let verifier = EnvelopeVerifier::new(
+                    auth.access_key_id,
+                    secret,
+                    auth.region,
+                    auth.service,
+                    auth.signature,
+                );
+                Ok((principal.clone(), Some(verifier)))
             }
         }
     }

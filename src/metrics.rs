@@ -388,6 +388,21 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// A request of a Bedrock Runtime operation the pipeline does not run
+/// (guardrails, async invoke, the bidirectional stream) ended; `operation` is
+/// its `RuntimeOperation` label.
+pub fn operation_done(
+    route: &SharedString,
+    operation: &'static str,
+    status: u16,
+    elapsed: Duration,
+) {
+    metrics::counter!(REQUESTS, "route" => route.clone(), "operation" => operation, "status" => status_class(status))
+        .increment(1);
+    metrics::histogram!(REQUEST_DURATION, "route" => route.clone(), "operation" => operation)
+        .record(elapsed.as_secs_f64());
+}
+
 /// Time to the upstream's first byte.
 pub fn upstream_ttft(route: &SharedString, op: Operation, elapsed: Duration) {
     metrics::histogram!(UPSTREAM_TTFT, "route" => route.clone(), "operation" => op.name())

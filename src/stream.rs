@@ -502,9 +502,13 @@ fn read_invoke_chunk(payload: &[u8], summary: &mut Summary) {
     else {
         return;
     };
-    if let Some(stop) = inner["delta"]["stop_reason"]
+    let intervened = bedrock_wire::converse::GUARDRAIL_INTERVENED;
+    if inner["amazon-bedrock-guardrailAction"].as_str() == Some("INTERVENED") {
+        summary.stop_reason = Some(intervened.to_owned());
+    } else if let Some(stop) = inner["delta"]["stop_reason"]
         .as_str()
         .or(inner["stop_reason"].as_str())
+        .filter(|_| summary.stop_reason.as_deref() != Some(intervened))
     {
         summary.stop_reason = Some(stop.to_owned());
     }

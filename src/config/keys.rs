@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use super::tenants::{quota, Quota, RawQuota};
 use super::values::{check_name, expand_env, sha256_hex, SHARED_NAMESPACE};
 
-/// Which routes a key may use.
+/// Which routes (or guardrails, or async-invoke models) a key may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteAccess {
     All,
@@ -22,6 +22,11 @@ impl RouteAccess {
             RouteAccess::All => true,
             RouteAccess::Only(names) => names.contains(route),
         }
+    }
+
+    /// Whether no name at all is allowed (`[]`).
+    pub fn is_none(&self) -> bool {
+        matches!(self, RouteAccess::Only(names) if names.is_empty())
     }
 }
 
@@ -40,6 +45,13 @@ pub struct KeyConfig {
     pub tenant: String,
     pub credential: KeyCredential,
     pub routes: RouteAccess,
+    /// The guardrails the key may apply (`id`, or `id:version` for one
+    /// version): ApplyGuardrail, Converse's `guardrailConfig`, InvokeModel's
+    /// guardrail headers; InvokeGuardrailChecks needs a non-empty list.
+    pub guardrails: RouteAccess,
+    /// The models (ids as sent, route names or aliases) the key may start
+    /// async invocations (StartAsyncInvoke) on.
+    pub async_invoke_models: RouteAccess,
     /// The key's own limits (its tenant's and the route's apply too).
     pub quota: Quota,
 }
@@ -67,6 +79,8 @@ pub(super) struct RawKey {
     access_key_id: Option<String>,
     secret_access_key: Option<String>,
     routes: Option<Vec<String>>,
+    guardrails: Option<Vec<String>>,
+    async_invoke_models: Option<Vec<String>>,
     requests_per_minute: Option<u32>,
     tokens_per_minute: Option<u64>,
     usd_per_day: Option<f64>,
@@ -100,12 +114,9 @@ fn key(key: &str, raw: RawKey, e: &mut Vec<String>) -> Option<KeyConfig> {
         raw.secret_access_key,
         e,
     )?;
-    let route_names = raw.routes.unwrap_or_else(|| vec![ALL_ROUTES.into()]);
-    let routes = if route_names.iter().any(|r| r == ALL_ROUTES) {
-        RouteAccess::All
-    } else {
-        RouteAccess::Only(route_names.into_iter().collect())
-    };
+    let routes = access(raw.routes);
+    let guardrails = access(raw.guardrails);
+    let async_invoke_models = access(raw.async_invoke_models);
     let quota = quota(
         key,
         RawQuota {
@@ -120,8 +131,20 @@ fn key(key: &str, raw: RawKey, e: &mut Vec<String>) -> Option<KeyConfig> {
         tenant,
         credential,
         routes,
+        guardrails,
+        async_invoke_models,
         quota,
     })
+}
+
+/// A list of names, `*` for all (also when the key is absent).
+fn access(names: Option<Vec<String>>) -> RouteAccess {
+    let names = names.unwrap_or_else(|| vec![ALL_ROUTES.into()]);
+    if names.iter().any(|r| r == ALL_ROUTES) {
+        RouteAccess::All
+    } else {
+        RouteAccess::Only(names.into_iter().collect())
+    }
 }
 
 fn credential(

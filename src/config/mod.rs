@@ -219,6 +219,17 @@ fn check_references(
             }
         }
     }
+    if let Some(name) = &server.operations_upstream {
+        match upstreams.get(name) {
+            None => e.push(format!(
+                "server.operations_upstream: no upstream named `{name}`"
+            )),
+            Some(u) if !u.kind.is_bedrock() => e.push(format!(
+                "server.operations_upstream: upstream `{name}` is not a Bedrock (or simulator) upstream"
+            )),
+            Some(_) => {}
+        }
+    }
     let route_names: HashSet<&str> = routes.iter().map(|r| r.name.as_str()).collect();
     for (i, k) in keys.iter().enumerate() {
         let Some(KeyConfig {

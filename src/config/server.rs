@@ -32,6 +32,10 @@ pub struct ServerConfig {
     /// The regions a SigV4 credential scope may name; `None`: the regions of
     /// the upstreams the routes use.
     pub sigv4_regions: Option<Vec<String>>,
+    /// The upstream of the Bedrock Runtime operations that name no model
+    /// (ApplyGuardrail, InvokeGuardrailChecks, ListAsyncInvokes; GetAsyncInvoke
+    /// when no upstream is in its ARN's region); `None`: the first route's.
+    pub operations_upstream: Option<String>,
     /// What bounds each connection.
     pub connections: Connections,
 }
@@ -82,6 +86,7 @@ impl Default for ServerConfig {
             auth: AuthMode::default(),
             tls: None,
             sigv4_regions: None,
+            operations_upstream: None,
             connections: Connections::default(),
         }
     }
@@ -102,6 +107,7 @@ pub(super) struct RawServer {
     tls_cert: Option<String>,
     tls_key: Option<String>,
     sigv4_regions: Option<Vec<String>>,
+    operations_upstream: Option<String>,
     max_connections: Option<usize>,
     first_byte_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -180,6 +186,7 @@ pub(super) fn validate(raw: RawServer, e: &mut Vec<String>) -> ServerConfig {
         auth,
         tls,
         sigv4_regions,
+        operations_upstream: raw.operations_upstream,
         connections: connections(raw_connections, e),
     }
 }

@@ -984,3 +984,40 @@ fn the_log_buffer_loses_no_line_unless_told_to_drop() {
         ]
     );
 }
+
+#[test]
+fn keys_name_their_guardrails_and_async_models_and_operations_have_an_upstream() {
+    let keyed = MINIMAL.replace("auth = \"none\"", "auth = \"keys\"");
+    let c = Config::parse(&format!(
+        "{keyed}\n[[keys]]\ntenant = \"a\"\nkey_sha256 = \"{}\"\nguardrails = [\"g1\", \"g2:1\"]\nasync_invoke_models = []\n[[keys]]\ntenant = \"b\"\nkey_sha256 = \"{}\"\n",
+        "0".repeat(64),
+        "1".repeat(64)
+    ))
+    .unwrap();
+    let a = &c.keys[0];
+    assert!(a.guardrails.allows("g1") && a.guardrails.allows("g2:1"));
+    assert!(!a.guardrails.allows("g2") && !a.guardrails.allows("g3"));
+    assert!(a.async_invoke_models.is_none());
+    // Left out: everything, as for `routes`.
+    assert_eq!(c.keys[1].guardrails, RouteAccess::All);
+    assert_eq!(c.keys[1].async_invoke_models, RouteAccess::All);
+    assert_eq!(c.server.operations_upstream, None);
+
+    let e = errors(&MINIMAL.replace(
+        "auth = \"none\"",
+        "auth = \"none\"\noperations_upstream = \"nope\"",
+    ));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("server.operations_upstream") && e.contains("nope")),
+        "{e:?}"
+    );
+    let e = errors(&format!(
+        "{}\n[upstreams.vllm]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:8000/v1\"\n",
+        MINIMAL.replace(
+            "auth = \"none\"",
+            "auth = \"none\"\noperations_upstream = \"vllm\""
+        )
+    ));
+    assert!(e.iter().any(|e| e.contains("not a Bedrock")), "{e:?}");
+}

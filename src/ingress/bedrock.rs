@@ -114,6 +114,7 @@ async fn serve(
         }
         _ => None,
     };
+    super::operations::admit_model_guardrail(&principal, op, &parts.headers, json.as_ref())?;
     let forward = match op {
         Operation::Invoke | Operation::InvokeStream => FORWARDED
             .iter()

@@ -1,7 +1,9 @@
 //! Ingress adapters: each API the proxy speaks, turned into one pipeline call and
 //! the pipeline's answer rendered back in that API's own shape, errors included.
 //!
-//! - [`bedrock`]: the Bedrock Runtime paths, byte for byte.
+//! - [`bedrock`]: the Bedrock Runtime model paths, byte for byte.
+//! - [`operations`]: Bedrock Runtime's guardrail and async-invoke operations, passed through.
+//! - [`bidi`]: InvokeModelWithBidirectionalStream, relayed frame by frame both ways.
 //! - [`openai`]: the OpenAI Chat Completions API (`/v1/chat/completions`, `/v1/models`).
 //! - [`anthropic`]: the Anthropic Messages API (`/v1/messages`).
 //! - [`guard`]: load shedding and the in-flight count, before any of them.
@@ -15,12 +17,14 @@
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod bidi;
 pub mod body;
 pub mod finish;
 #[cfg(test)]
 pub(crate) mod golden;
 mod guard;
 pub mod openai;
+pub mod operations;
 pub(crate) mod shape;
 
 use axum::body::Body;
@@ -55,6 +59,8 @@ pub use finish::Finish;
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(bedrock::routes())
+        .merge(operations::routes())
+        .merge(bidi::routes())
         .merge(openai::routes())
         .merge(anthropic::routes())
         .fallback(unknown_path)
@@ -139,12 +145,27 @@ pub async fn receive_for(
     };
     let (body, reservation) = read_body(body, &parts.headers, &rules).await?;
     let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let principal = admission.caller(parts.method.as_str(), uri, &parts.headers, &body)?;
+    let principal = admission.caller(parts.method.as_str(), uri, &signed_headers(parts), &body)?;
     finish.tenant = Some(principal.tenant.clone());
     if let Some(gate) = gate {
         gate.admit(reservation)?;
     }
     Ok((body, principal))
+}
+
+/// The headers a SigV4 signature covers: over HTTP/2 the `host` the client
+/// signed travels as the `:authority` pseudo-header, so it is put back.
+pub(crate) fn signed_headers(parts: &Parts) -> std::borrow::Cow<'_, HeaderMap> {
+    match parts.uri.authority() {
+        Some(authority) if !parts.headers.contains_key("host") => {
+            let mut headers = parts.headers.clone();
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert("host", host);
+            }
+            std::borrow::Cow::Owned(headers)
+        }
+        _ => std::borrow::Cow::Borrowed(&parts.headers),
+    }
 }
 
 /// Routes a model id for an authenticated caller and checks the caller may use

@@ -15,7 +15,8 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
-use bedrock_wire::client::{http_client, model_path, sign_request, HttpClient};
+use bedrock_wire::client::{http_client, http_client_for, model_path, sign_any, HttpClient};
+use bedrock_wire::eventstream::EnvelopeSigner;
 use bedrock_wire::operation::Operation;
 use bedrock_wire::sagemaker::{self, SageMakerOperation};
 use bytes::Bytes;
@@ -99,6 +100,9 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     base: String,
     client: HttpClient,
+    /// For requests whose body is still being written (the bidirectional
+    /// stream's upload).
+    stream_client: StreamClient,
     signer: Signer,
     /// `headers` of the config, ready to send.
     extra_headers: Vec<(HeaderName, HeaderValue)>,
@@ -112,6 +116,31 @@ impl std::fmt::Debug for Upstream {
             .field("name", &self.name)
             .field("base", &self.base)
             .finish_non_exhaustive()
+    }
+}
+
+/// A request body written as it goes: the frames of an upload.
+pub type UploadBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+type StreamClient = bedrock_wire::client::StreamingClient<UploadBody>;
+
+/// How a bidirectional stream's upload frames go upstream: in envelopes
+/// signed for the proxy's own credentials (SigV4), or bare (a bearer token).
+pub enum UploadSigning {
+    SigV4(EnvelopeSigner),
+    Bare,
+}
+
+impl UploadSigning {
+    /// The bytes that carry `message` (a message frame; `None`: the end of
+    /// the upload, which only a signed upload writes) upstream.
+    pub fn wrap(&mut self, message: Option<Bytes>) -> Result<Option<Bytes>, ProxyError> {
+        match self {
+            UploadSigning::SigV4(signer) => signer
+                .sign(message, SystemTime::now())
+                .map(Some)
+                .map_err(|e| ProxyError::internal(format!("signing the upload: {e}"))),
+            UploadSigning::Bare => Ok(message),
+        }
     }
 }
 
@@ -176,6 +205,7 @@ impl Upstream {
             config: config.clone(),
             base,
             client: http_client(config.timeouts.connect, 256, true),
+            stream_client: http_client_for(config.timeouts.connect, 16, true),
             signer,
             extra_headers,
             refuses_stream_options: AtomicBool::new(false),
@@ -348,6 +378,178 @@ impl Upstream {
         })
     }
 
+    /// The upstream that serves a Bedrock Runtime operation needing `path`
+    /// (path and query, escaped as the client sent them): sends `method` with
+    /// a whole `body` and waits for the response headers, within the first-byte
+    /// timeout and `deadline`. Bedrock and simulator upstreams only.
+    pub async fn send_path(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        headers: &[(HeaderName, HeaderValue)],
+        deadline: Instant,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(&url)
+            .body(Full::new(body.clone()))
+            .map_err(|e| {
+                ProxyError::validation(format!("cannot build the upstream request: {e}"))
+            })?;
+        let h = request.headers_mut();
+        for (name, value) in headers {
+            h.insert(name.clone(), value.clone());
+        }
+        if !body.is_empty() && !h.contains_key("content-type") {
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+        }
+        h.entry("accept")
+            .or_insert(HeaderValue::from_static("application/json"));
+        self.authorize(&mut request, &url, &body).await?;
+        let first_byte = self
+            .config
+            .timeouts
+            .first_byte
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let response = self.client.request(request);
+        self.answered(tokio::time::timeout(first_byte, response).await, first_byte)
+    }
+
+    /// Opens a bidirectional stream on `model_id`: the request goes out with
+    /// `upload` as its body (frames written by the caller, wrapped by the
+    /// returned [`UploadSigning`]); the future resolves with the response
+    /// headers. The upload must be pumped while the future is awaited: Bedrock
+    /// may wait for the first events before it answers.
+    pub async fn open_stream(
+        &self,
+        model_id: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        upload: UploadBody,
+    ) -> Result<(UploadSigning, bedrock_wire::client::ResponseFuture), ProxyError> {
+        let url = format!(
+            "{}{}",
+            self.base,
+            bedrock_wire::client::model_segment_path(model_id, "invoke-with-bidirectional-stream")
+        );
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(&url)
+            .body(upload)
+            .map_err(|e| {
+                ProxyError::validation(format!("cannot build the upstream request: {e}"))
+            })?;
+        let h = request.headers_mut();
+        for (name, value) in headers {
+            h.insert(name.clone(), value.clone());
+        }
+        h.insert(
+            "content-type",
+            HeaderValue::from_static(bedrock_wire::eventstream::CONTENT_TYPE),
+        );
+        h.insert(
+            "accept",
+            HeaderValue::from_static(bedrock_wire::eventstream::CONTENT_TYPE),
+        );
+        let signing = match &self.signer {
+            Signer::Bearer(value) => {
+                request.headers_mut().insert("authorization", value.clone());
+                UploadSigning::Bare
+            }
+            Signer::Unsigned => UploadSigning::Bare,
+            Signer::SigV4 {
+                credentials,
+                region,
+                service,
+            } => {
+                let creds = self.credentials(credentials).await?;
+                // The headers are signed over the empty payload, as the AWS
+                // SDKs sign an event-stream upload; each frame then carries
+                // its own signature, chained from this one.
+                let seed = sign_any(
+                    &mut request,
+                    &url,
+                    &[],
+                    creds.clone(),
+                    region,
+                    service,
+                    SystemTime::now(),
+                )
+                .map_err(|e| ProxyError::internal(format!("signing the upstream request: {e}")))?;
+                UploadSigning::SigV4(EnvelopeSigner::new(creds, region, service, seed))
+            }
+        };
+        Ok((signing, self.stream_client.request(request)))
+    }
+
+    /// The first-byte timeout's outcome of a request, as the caller sees it.
+    fn answered(
+        &self,
+        result: Result<
+            Result<axum::http::Response<Incoming>, bedrock_wire::client::ClientError>,
+            tokio::time::error::Elapsed,
+        >,
+        first_byte: Duration,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let response = match result {
+            Err(_) => {
+                return Err(ProxyError::upstream_timeout(format!(
+                    "upstream {} sent no response within {first_byte:?}",
+                    self.name
+                )))
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(ProxyError::upstream_unreachable(format!(
+                    "could not connect to upstream {}: {e}",
+                    self.name
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(ProxyError::upstream_unreachable(format!(
+                    "upstream {} broke the connection: {e}",
+                    self.name
+                )))
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (parts, body) = response.into_parts();
+        Ok(UpstreamResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// The stream's response, awaited within the first-byte timeout.
+    pub async fn stream_response(
+        &self,
+        response: bedrock_wire::client::ResponseFuture,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let first_byte = self.config.timeouts.first_byte;
+        self.answered(tokio::time::timeout(first_byte, response).await, first_byte)
+    }
+
+    async fn credentials(
+        &self,
+        credentials: &SharedCredentialsProvider,
+    ) -> Result<Credentials, ProxyError> {
+        credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| ProxyError {
+                retryable: false,
+                ..ProxyError::new(
+                    ErrorKind::Unavailable,
+                    Side::Internal,
+                    format!(
+                        "the proxy has no AWS credentials for upstream {}: {e}",
+                        self.name
+                    ),
+                )
+            })
+    }
+
     async fn authorize(
         &self,
         request: &mut Request<Full<Bytes>>,
@@ -379,7 +581,7 @@ impl Upstream {
                             ),
                         )
                     })?;
-                sign_request(
+                sign_any(
                     request,
                     url,
                     body,
@@ -388,6 +590,7 @@ impl Upstream {
                     service,
                     SystemTime::now(),
                 )
+                .map(|_| ())
                 .map_err(|e| ProxyError::internal(format!("signing the upstream request: {e}")))
             }
         }

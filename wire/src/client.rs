@@ -30,9 +30,28 @@ pub(crate) const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// A pooled HTTP(S) client sending whole bodies.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// A pooled HTTP(S) client sending bodies of type `B`.
+pub type StreamingClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+
+pub use hyper_util::client::legacy::{Error as ClientError, ResponseFuture};
+
 /// Builds a client: `connect_timeout` for TCP and TLS, `max_idle_per_host` kept
 /// connections, HTTP/2 offered by ALPN when `http2` (plain http stays HTTP/1.1).
 pub fn http_client(connect_timeout: Duration, max_idle_per_host: usize, http2: bool) -> HttpClient {
+    http_client_for(connect_timeout, max_idle_per_host, http2)
+}
+
+/// [`http_client`] for any request body type (a body still being written,
+/// such as a bidirectional stream's upload).
+pub fn http_client_for<B>(
+    connect_timeout: Duration,
+    max_idle_per_host: usize,
+    http2: bool,
+) -> StreamingClient<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+{
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
@@ -68,6 +87,15 @@ pub fn model_path(model_id: &str, operation: Operation) -> String {
     )
 }
 
+/// `/model/{modelId}/{segment}` for any operation's path segment (such as
+/// `invoke-with-bidirectional-stream`), escaped as [`model_path`] does.
+pub fn model_segment_path(model_id: &str, segment: &str) -> String {
+    format!(
+        "/model/{}/{segment}",
+        utf8_percent_encode(model_id, PATH_SEGMENT)
+    )
+}
+
 /// Bedrock Runtime's public endpoint in `region`.
 pub fn bedrock_runtime_endpoint(region: &str) -> String {
     format!("https://bedrock-runtime.{region}.amazonaws.com")
@@ -98,6 +126,23 @@ pub fn sign_request(
     service: &str,
     time: SystemTime,
 ) -> Result<(), String> {
+    sign_any(request, url, body, credentials, region, service, time).map(|_| ())
+}
+
+/// Signs `request` (any method and body type; the signature covers `body`,
+/// which for an event-stream upload is empty, as the AWS SDKs sign it) and
+/// returns the signature: the seed an event-stream upload's chunk signatures
+/// chain from ([`crate::eventstream::sign_envelope`]).
+pub fn sign_any<B>(
+    request: &mut Request<B>,
+    url: &str,
+    body: &[u8],
+    credentials: Credentials,
+    region: &str,
+    service: &str,
+    time: SystemTime,
+) -> Result<String, String> {
+    let method = request.method().as_str().to_owned();
     let identity: Identity = credentials.into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
@@ -112,13 +157,13 @@ pub fn sign_request(
         .headers()
         .iter()
         .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-    let signable = SignableRequest::new("POST", url, headers, SignableBody::Bytes(body))
+    let signable = SignableRequest::new(&method, url, headers, SignableBody::Bytes(body))
         .map_err(|e| format!("signing: {e}"))?;
-    let (instructions, _signature) = sign(signable, &params)
+    let (instructions, signature) = sign(signable, &params)
         .map_err(|e| format!("signing: {e}"))?
         .into_parts();
     instructions.apply_to_request_http1x(request);
-    Ok(())
+    Ok(signature)
 }
 
 #[cfg(test)]

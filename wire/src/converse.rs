@@ -235,6 +235,11 @@ struct TailMetrics {
     latency_ms: Option<u64>,
 }
 
+/// The stop reason of an answer a guardrail intervened in (Converse's
+/// `stopReason`; also what an InvokeModel answer that says
+/// `amazon-bedrock-guardrailAction: INTERVENED` is summarized as).
+pub const GUARDRAIL_INTERVENED: &str = "guardrail_intervened";
+
 /// What the end of an answer says: why it stopped, what it cost, which tier served it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -298,7 +303,8 @@ impl Summary {
 
     /// What a whole answer of `op` says about itself: from the Converse body, or
     /// from InvokeModel's `x-amzn-bedrock-*` headers and its body's stop reason
-    /// (Anthropic's `stop_reason`, or `stopReason`); other operations say nothing.
+    /// (Anthropic's `stop_reason`, or `stopReason`; [`GUARDRAIL_INTERVENED`]
+    /// when `amazon-bedrock-guardrailAction` says so); other operations say nothing.
     pub fn of_answer(op: Operation, headers: &http::HeaderMap, body: &[u8]) -> Summary {
         match op {
             Operation::Converse => Summary::of_response_bytes(body),
@@ -320,6 +326,8 @@ impl Summary {
                     #[serde(rename = "stopReason")]
                     stop_reason_camel: Option<Value>,
                     usage: Option<Value>,
+                    #[serde(rename = "amazon-bedrock-guardrailAction")]
+                    guardrail_action: Option<Value>,
                 }
                 let parsed = serde_json::from_slice::<Stop>(body).ok();
                 let one_hour = parsed
@@ -327,6 +335,11 @@ impl Summary {
                     .and_then(|v| v.usage.as_ref())
                     .map_or(0, anthropic_1h_writes);
                 let stop_reason = parsed.and_then(|v| {
+                    // A guardrail that intervened says so beside the model's
+                    // own stop reason: that answer is the guardrail's.
+                    if v.guardrail_action.as_ref().and_then(Value::as_str) == Some("INTERVENED") {
+                        return Some(GUARDRAIL_INTERVENED.to_owned());
+                    }
                     let text = |v: Option<Value>| match v {
                         Some(Value::String(s)) => Some(s),
                         _ => None,

@@ -186,6 +186,168 @@ pub fn read_upload(frame: Bytes) -> Result<Upload, FrameError> {
     }
 }
 
+/// Signs a bidirectional stream's upload the way the AWS SDKs do: every
+/// message frame goes out in an envelope whose `:chunk-signature` chains from
+/// the previous one, starting at the signature of the request's headers; an
+/// empty signed envelope ends the upload. Bedrock checks the chain, so a proxy
+/// re-signing for its own credentials must wrap each frame afresh.
+#[derive(Debug)]
+pub struct EnvelopeSigner {
+    credentials: aws_credential_types::Credentials,
+    region: String,
+    service: String,
+    last: String,
+}
+
+impl EnvelopeSigner {
+    /// A signer whose chain starts at `seed`, the request's own signature.
+    pub fn new(
+        credentials: aws_credential_types::Credentials,
+        region: &str,
+        service: &str,
+        seed: String,
+    ) -> EnvelopeSigner {
+        EnvelopeSigner {
+            credentials,
+            region: region.to_owned(),
+            service: service.to_owned(),
+            last: seed,
+        }
+    }
+
+    /// The signed envelope of one message frame (`None` for the end of the
+    /// upload), at `time`.
+    pub fn sign(
+        &mut self,
+        message_frame: Option<Bytes>,
+        time: std::time::SystemTime,
+    ) -> Result<Bytes, FrameError> {
+        let (envelope, signature) = chunk_signature(
+            &self.credentials,
+            &self.region,
+            &self.service,
+            &self.last,
+            message_frame,
+            time,
+        )?;
+        self.last = signature;
+        Ok(envelope)
+    }
+}
+
+/// The envelope of `message_frame` (none: the empty end envelope) signed with
+/// `credentials` after `last`, and its signature (hex).
+fn chunk_signature(
+    credentials: &aws_credential_types::Credentials,
+    region: &str,
+    service: &str,
+    last: &str,
+    message_frame: Option<Bytes>,
+    time: std::time::SystemTime,
+) -> Result<(Bytes, String), FrameError> {
+    use aws_sigv4::event_stream::{sign_empty_message, sign_message};
+    let identity = credentials.clone().into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(time)
+        .settings(())
+        .build()
+        .map_err(|e| FrameError::Corrupt(format!("signing parameters: {e}")))?;
+    let signed = match message_frame {
+        Some(frame) => {
+            let message =
+                read_message_from(frame).map_err(|e| FrameError::Corrupt(e.to_string()))?;
+            sign_message(&message, last, &params)
+        }
+        None => sign_empty_message(last, &params),
+    }
+    .map_err(|e| FrameError::Corrupt(format!("signing an envelope: {e}")))?;
+    let (envelope, signature) = signed.into_parts();
+    Ok((encode(&envelope), signature))
+}
+
+/// Checks the chunk signatures of an upload a client signed (the chain
+/// [`EnvelopeSigner`] makes), so a captured request's headers cannot carry
+/// another conversation: each envelope's signature must follow from the
+/// previous one with the client's secret.
+#[derive(Debug)]
+pub struct EnvelopeVerifier {
+    credentials: aws_credential_types::Credentials,
+    region: String,
+    service: String,
+    last: String,
+}
+
+impl EnvelopeVerifier {
+    /// A verifier for a client whose request was signed with `seed` by the
+    /// key pair (`access_key_id`, `secret`) in `region` for `service`.
+    pub fn new(
+        access_key_id: &str,
+        secret: &str,
+        region: &str,
+        service: &str,
+        seed: &str,
+    ) -> EnvelopeVerifier {
+        EnvelopeVerifier {
+            credentials: aws_credential_types::Credentials::new(
+                access_key_id,
+                secret,
+                None,
+                None,
+                "bedrock-client",
+            ),
+            region: region.to_owned(),
+            service: service.to_owned(),
+            last: seed.to_owned(),
+        }
+    }
+
+    /// Reads one uploaded frame as [`read_upload`] does, checking its chunk
+    /// signature; a bare (unsigned) frame is refused.
+    pub fn verify(&mut self, frame: Bytes) -> Result<Upload, FrameError> {
+        let message =
+            read_message_from(frame.clone()).map_err(|e| FrameError::Corrupt(e.to_string()))?;
+        let mut signature = None;
+        let mut date = None;
+        for h in message.headers() {
+            match (h.name().as_str(), h.value()) {
+                (":chunk-signature", HeaderValue::ByteArray(b)) => signature = Some(hex::encode(b)),
+                (":date", HeaderValue::Timestamp(t)) => date = Some(*t),
+                _ => {}
+            }
+        }
+        let signature = signature.ok_or(FrameError::MissingHeader(":chunk-signature"))?;
+        let date = date.ok_or(FrameError::MissingHeader(":date"))?;
+        let time = std::time::SystemTime::try_from(date)
+            .map_err(|_| FrameError::Corrupt("the envelope's :date is out of range".into()))?;
+        let inner = (!message.payload().is_empty()).then(|| message.payload().clone());
+        let (_, expected) = chunk_signature(
+            &self.credentials,
+            &self.region,
+            &self.service,
+            &self.last,
+            inner.clone(),
+            time,
+        )?;
+        if !constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+            return Err(FrameError::Corrupt(
+                "the chunk signature does not match the signature of the previous chunk".into(),
+            ));
+        }
+        self.last = expected;
+        Ok(match inner {
+            Some(m) => Upload::Message(m),
+            None => Upload::End,
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +441,44 @@ mod tests {
             splitter.next_frame(),
             Err(FrameError::BadLength(_))
         ));
+    }
+
+    #[test]
+    fn a_signed_upload_verifies_and_a_changed_frame_does_not() {
+        let creds = aws_credential_types::Credentials::new("AKIDCLIENT", "s3cret", None, None, "t");
+        let now = std::time::SystemTime::now();
+        let mut signer = EnvelopeSigner::new(creds, "us-east-2", "bedrock", "seed0".into());
+        let first = event_frame("chunk", r#"{"bytes":"e30="}"#);
+        let second = event_frame("chunk", r#"{"bytes":"e319"}"#);
+        let envelopes = [
+            signer.sign(Some(first.clone()), now).unwrap(),
+            signer.sign(Some(second.clone()), now).unwrap(),
+            signer.sign(None, now).unwrap(),
+        ];
+        let mut verifier =
+            EnvelopeVerifier::new("AKIDCLIENT", "s3cret", "us-east-2", "bedrock", "seed0");
+        assert_eq!(
+            verifier.verify(envelopes[0].clone()).unwrap(),
+            Upload::Message(first.clone())
+        );
+        assert_eq!(
+            verifier.verify(envelopes[1].clone()).unwrap(),
+            Upload::Message(second)
+        );
+        assert_eq!(verifier.verify(envelopes[2].clone()).unwrap(), Upload::End);
+
+        // Out of order, another secret, another seed or a bare frame: refused.
+        let mut skipping =
+            EnvelopeVerifier::new("AKIDCLIENT", "s3cret", "us-east-2", "bedrock", "seed0");
+        assert!(skipping.verify(envelopes[1].clone()).is_err());
+        let mut wrong =
+            EnvelopeVerifier::new("AKIDCLIENT", "other", "us-east-2", "bedrock", "seed0");
+        assert!(wrong.verify(envelopes[0].clone()).is_err());
+        let mut reseeded =
+            EnvelopeVerifier::new("AKIDCLIENT", "s3cret", "us-east-2", "bedrock", "seed1");
+        assert!(reseeded.verify(envelopes[0].clone()).is_err());
+        let mut bare =
+            EnvelopeVerifier::new("AKIDCLIENT", "s3cret", "us-east-2", "bedrock", "seed0");
+        assert!(bare.verify(first).is_err());
     }
 }
