@@ -172,6 +172,9 @@ pub struct ProxyError {
     pub side: Side,
     pub retryable: bool,
     pub message: String,
+    /// The request field the error is about, when it is about one (OpenAI's
+    /// error object names it in `param`).
+    pub param: Option<String>,
     /// Set when this is an upstream error response, to pass it through.
     pub upstream: Option<Box<UpstreamFailure>>,
 }
@@ -192,8 +195,15 @@ impl ProxyError {
             side,
             retryable: kind.retryable() && side != Side::Client,
             message: message.into(),
+            param: None,
             upstream: None,
         }
+    }
+
+    /// The same error, about the request field `param`.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
     }
 
     /// The client sent something invalid.
@@ -290,6 +300,7 @@ impl ProxyError {
             side: Side::Upstream,
             retryable: kind.retryable(),
             message,
+            param: None,
             upstream: Some(Box::new(UpstreamFailure {
                 status,
                 headers: kept,
