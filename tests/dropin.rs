@@ -128,6 +128,9 @@ async fn a_signed_request_verifies_over_cleartext_http2() {
 /// The reasoning of one answer: (text, signature).
 type Reasoning = (String, String);
 
+/// A replayed answer: what it is, the response, and how to read its reasoning.
+type Replay<'a> = (&'a str, RawResponse, fn(&RawResponse) -> Reasoning);
+
 fn openai_reasoning(r: &RawResponse) -> Reasoning {
     let message = &r.json()["choices"][0]["message"];
     let block = &message["thinking_blocks"][0];
@@ -204,7 +207,7 @@ async fn reasoning_replays_from_the_cache_exactly_in_every_format() {
     let original = openai_reasoning(&first);
     assert!(!original.0.is_empty() && !original.1.is_empty());
 
-    let replays: Vec<(&str, RawResponse, fn(&RawResponse) -> Reasoning)> = vec![
+    let replays: Vec<Replay> = vec![
         (
             "openai stream",
             post(&chat, &[], &openai(true)).await,

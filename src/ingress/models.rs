@@ -124,7 +124,7 @@ async fn one(State(state): State<AppState>, Path(id): Path<String>, request: Req
     // A model the route lists counts too; a catch-all route's stand-in for any
     // id does not: only what a route names exists.
     let found = usable(&rt, &principal)
-        .find(|r| listed_ids(r).contains(&id.as_str()) || r.config.models.iter().any(|m| *m == id));
+        .find(|r| listed_ids(r).contains(&id.as_str()) || r.config.models.contains(&id));
     match found {
         Some(route) => Json(shape.model(&id, route)).into_response(),
         None => {

@@ -213,7 +213,7 @@ def test_anthropic_count_tokens_agrees_with_usage(claude):
     request = dict(model=THINKER, system="You are terse.", tools=[ANTHROPIC_WEATHER],
                    messages=[{"role": "user", "content": "How warm is Lisbon in May?"}])
     counted = claude.messages.count_tokens(**request)
-    message = claude.messages.create(max_tokens=20, temperature=0, **request)
+    message = claude.messages.create(max_tokens=20, **request)
     billed = message.usage
     assert counted.input_tokens > 0
     assert counted.input_tokens == billed.input_tokens + billed.cache_read_input_tokens + billed.cache_creation_input_tokens
