@@ -219,6 +219,16 @@ def test_anthropic_count_tokens_agrees_with_usage(claude):
     assert counted.input_tokens == billed.input_tokens + billed.cache_read_input_tokens + billed.cache_creation_input_tokens
 
 
+def test_anthropic_top_level_cache_control(claude):
+    # anthropic 2.x's automatic caching marker: the proxy places the cache point.
+    request = dict(model=THINKER, max_tokens=20, messages=[{"role": "user", "content": "Hello"}])
+    message = claude.messages.create(cache_control={"type": "ephemeral"}, **request)
+    assert message.content[0].text
+    counted = claude.messages.count_tokens(cache_control={"type": "ephemeral"}, model=THINKER,
+                                           messages=request["messages"])
+    assert counted.input_tokens > 0
+
+
 def test_anthropic_pdf_document_with_citations(claude):
     document = {"type": "document", "title": "Q3 report.pdf", "citations": {"enabled": True},
                 "source": {"type": "base64", "media_type": "application/pdf", "data": base64.b64encode(PDF).decode()}}

@@ -58,6 +58,7 @@ const KNOWN: &[&str] = &[
     "output_config",
     "output_format",
     "service_tier",
+    "cache_control",
 ];
 
 /// What `count_tokens` takes (Anthropic refuses sampling parameters there).
@@ -70,6 +71,7 @@ const KNOWN_FOR_COUNT: &[&str] = &[
     "thinking",
     "output_config",
     "output_format",
+    "cache_control",
 ];
 
 fn cache_point(block: &Value) -> Option<Value> {
@@ -526,6 +528,25 @@ pub fn request(
         // takes no tool blocks without tools, and tools would let the model
         // call one; the history is told as text.
         tool_history_as_text(&mut messages);
+    }
+
+    // Top-level `cache_control` marks the last cacheable block of the
+    // request, which is the last block of the last message.
+    if let Some(point) = obj.get("cache_control").and_then(|cc| {
+        if cc.is_null() {
+            return None;
+        }
+        cache_point(&json!({ "cache_control": cc }))
+    }) {
+        let last = messages
+            .last_mut()
+            .and_then(|m| m.get_mut("content"))
+            .and_then(Value::as_array_mut);
+        if let Some(content) = last.filter(|c| !c.is_empty()) {
+            if content.last().and_then(|b| b.get("cachePoint")).is_none() {
+                content.push(point);
+            }
+        }
     }
 
     converse.insert("messages".into(), Value::Array(messages));
