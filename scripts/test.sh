@@ -11,11 +11,13 @@ root=$(pwd)
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "System packages (redis-server for the shared-cache tests; prometheus and promtool for deploy/; node and npm for the Node SDK tests)"
+step "System packages (redis-server for the shared-cache tests; prometheus and promtool for deploy/; node, npm and openssl for the Node SDK tests)"
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 { command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)
+# The Node tests make a throwaway certificate for the TLS (HTTP/2 by ALPN) case.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
