@@ -36,6 +36,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade -r tests/python/requirements.txt
 
+step "LiteLLM's proxy (bench/litellm/.venv): an OpenAI-compatible server the proxy's openai upstream is tested against"
+bench/litellm/setup.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -32,6 +32,8 @@ pub fn router(state: AppState, token_sha256: Option<[u8; 32]>, exposed: bool) ->
         .route("/admin/prefixes", get(prefixes))
         .route("/admin/reload", axum::routing::post(reload))
         .route("/admin/breakers", get(breakers))
+        .route("/admin/usage", get(usage))
+        .route("/admin/clock", get(clock).post(advance_clock))
         .with_state(state.clone());
     if let Some(sim) = &state.simulator {
         guarded = guarded.merge(sim.control_router());
@@ -136,10 +138,14 @@ async fn config(State(state): State<AppState>) -> Json<serde_json::Value> {
         })).collect::<Vec<_>>(),
         "upstreams": rt.upstreams.iter().map(|u| json!({
             "name": &*u.name,
-            "kind": match u.config.kind { UpstreamKind::Bedrock => "bedrock", UpstreamKind::Simulator => "simulator" },
+            "kind": u.config.kind.name(),
             "region": u.config.region,
             "endpoint": u.base_url(),
-            "auth": if u.config.bearer_token.is_some() { "bearer" } else { "sigv4" },
+            "auth": match (&u.config.bearer_token, &u.config.api_key, u.config.kind) {
+                (Some(_), _, _) | (_, Some(_), _) => "bearer",
+                (None, None, UpstreamKind::OpenAi) => "none",
+                _ => "sigv4",
+            },
         })).collect::<Vec<_>>(),
     }))
 }
@@ -207,4 +213,61 @@ async fn breakers(State(state): State<AppState>) -> Json<serde_json::Value> {
         .map(|(target, s)| json!({ "target": target, "state": s.label() }))
         .collect();
     Json(json!({ "breakers": states }))
+}
+
+/// `GET /admin/usage`: per tenant, key and route, the limits, the per-minute
+/// buckets and the spend today and this month (UTC), from the shared counters
+/// when Redis is configured.
+async fn usage(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let rt = state.runtime();
+    Json(state.limiter.usage(&rt.config).await)
+}
+
+fn clock_body(now_ms: f64) -> serde_json::Value {
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms.max(0.0) as u64);
+    json!({
+        "now": humantime::format_rfc3339_millis(now).to_string(),
+        "now_ms": now_ms as u64,
+    })
+}
+
+/// `GET /admin/clock`: the time the limits read (windows, budget days).
+async fn clock(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(clock_body(state.limiter.now_ms()))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Advance {
+    seconds: f64,
+}
+
+/// `POST /admin/clock {"seconds": N}`: moves the limits' manual clock
+/// (`limits.clock = "manual"`) forward; 409 on the system clock.
+async fn advance_clock(
+    State(state): State<AppState>,
+    body: Result<Json<Advance>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(Advance { seconds })) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "message": "send {\"seconds\": N}, N at least 0" })),
+        )
+            .into_response();
+    };
+    let Ok(by) = std::time::Duration::try_from_secs_f64(seconds) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "message": "seconds must be a number at least 0" })),
+        )
+            .into_response();
+    };
+    match state.limiter.advance_clock(by) {
+        Some(now) => Json(clock_body(now)).into_response(),
+        None => (
+            StatusCode::CONFLICT,
+            Json(json!({ "message": "the limits' clock is the system clock; set limits.clock = \"manual\" to move it" })),
+        )
+            .into_response(),
+    }
 }

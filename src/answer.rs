@@ -13,6 +13,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::UpstreamKind;
 use crate::stream::FrameStream;
 
 /// What the pipeline answers with.
@@ -99,6 +100,19 @@ pub struct Record {
     pub target: Option<Arc<str>>,
     /// The answering target is a fallback to another model than the route's.
     pub other_model: bool,
+    /// Who served the answer (for cache hits, who served the stored answer):
+    /// `x-proxy-upstream`, `x-proxy-served-model`.
+    pub served_by: Option<ServedBy>,
+}
+
+/// The upstream and model that answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedBy {
+    /// The upstream's config name.
+    pub upstream: Arc<str>,
+    pub kind: UpstreamKind,
+    /// The model (for SageMaker, the endpoint) it was asked for.
+    pub model: Arc<str>,
 }
 
 impl Record {
@@ -111,6 +125,7 @@ impl Record {
             self.tier_sent = attempt.tier_sent;
             self.cache_points = attempt.cache_points;
             self.other_model = attempt.other_model;
+            self.served_by = attempt.served_by;
         }
     }
 }

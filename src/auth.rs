@@ -5,19 +5,26 @@
 //! `x-api-key` (the Anthropic SDK), matched by its SHA-256; or a proxy-issued
 //! access key pair, whose SigV4 signature is verified, so an unmodified boto3 app
 //! with plain credentials works too. With `server.auth = "none"` (loopback only)
-//! everyone is the `anonymous` tenant.
+//! everyone is the `anonymous` tenant. The key's and its tenant's limits ride
+//! along to the limits stage (`crate::limits`), which counts them.
+//!
+//! A SigV4 request must be scoped to service `bedrock` and a region the proxy
+//! accepts (`server.sigv4_regions`, by default the regions of the upstreams the
+//! routes use), and over plain HTTP its signature must cover the body
+//! (`UNSIGNED-PAYLOAD` is accepted over TLS only, as AWS does), so a captured
+//! request cannot carry another body. An unknown access key and a wrong
+//! signature get the same answer.
 
 use axum::http::HeaderMap;
 use bedrock_wire::sigv4;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::num::NonZeroU32;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::{AuthMode, Config, KeyCredential, RouteAccess};
+use crate::config::{AuthMode, Config, KeyCredential, Quota, RouteAccess};
 use crate::error::ProxyError;
+use crate::limits::Caller;
 
 /// An authenticated caller: its tenant and what its key allows.
 #[derive(Debug)]
@@ -25,23 +32,31 @@ pub(crate) struct Principal {
     /// The tenant namespace (cache entries, prefix registry, metrics).
     pub(crate) tenant: Arc<str>,
     routes: RouteAccess,
-    limiter: Option<DefaultDirectRateLimiter>,
-    requests_per_minute: Option<u32>,
+    /// The key's id in the limits' counters and `/admin/usage`
+    /// (`KeyConfig::id`); `None` for anonymous callers.
+    key_id: Option<Arc<str>>,
+    key_quota: Quota,
+    tenant_quota: Quota,
 }
 
 impl Principal {
-    fn new(tenant: &str, routes: RouteAccess, requests_per_minute: Option<u32>) -> Principal {
+    fn new(
+        tenant: &str,
+        routes: RouteAccess,
+        key_id: Option<String>,
+        key_quota: Quota,
+        tenant_quota: Quota,
+    ) -> Principal {
         Principal {
             tenant: Arc::from(tenant),
             routes,
-            limiter: requests_per_minute
-                .and_then(NonZeroU32::new)
-                .map(|n| RateLimiter::direct(Quota::per_minute(n))),
-            requests_per_minute,
+            key_id: key_id.map(Arc::from),
+            key_quota,
+            tenant_quota,
         }
     }
 
-    /// Checks the key may use `route` and is within its rate limit.
+    /// Checks the key may use `route`.
     pub(crate) fn admit(&self, route: &str) -> Result<(), ProxyError> {
         if !self.routes.allows(route) {
             return Err(ProxyError::access_denied(format!(
@@ -49,15 +64,17 @@ impl Principal {
                 self.tenant
             )));
         }
-        if let Some(limiter) = &self.limiter {
-            if limiter.check().is_err() {
-                return Err(ProxyError::throttled(format!(
-                    "Rate limit of {} requests per minute exceeded for this key; slow down and retry.",
-                    self.requests_per_minute.unwrap_or_default()
-                )));
-            }
-        }
         Ok(())
+    }
+
+    /// The caller as the limits stage counts it.
+    pub(crate) fn caller(&self) -> Caller<'_> {
+        Caller {
+            tenant: &self.tenant,
+            key: self.key_id.as_ref(),
+            key_quota: &self.key_quota,
+            tenant_quota: &self.tenant_quota,
+        }
     }
 
     /// Whether the key may use `route` (without counting a request).
@@ -73,19 +90,71 @@ pub(crate) struct Auth {
     api_keys: HashMap<[u8; 32], Arc<Principal>>,
     access_keys: HashMap<String, (String, Arc<Principal>)>,
     anonymous: Arc<Principal>,
+    /// The regions a SigV4 credential scope may name.
+    regions: BTreeSet<String>,
+    /// Whether the API listener is TLS (where `UNSIGNED-PAYLOAD` is allowed).
+    tls: bool,
 }
 
 const MISSING: &str = "Missing credentials: send `Authorization: Bearer <key>`, `x-api-key: <key>`, or sign the request (SigV4) with an access key issued by this proxy.";
+
+/// The one answer to an unknown access key and to a wrong signature (AWS's
+/// words for the latter), so the answer does not tell which key ids exist.
+const BAD_SIGNATURE: &str = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.";
+
+/// The service a SigV4 credential scope must name.
+const SERVICE: &str = "bedrock";
+
+/// The regions SigV4 requests may be scoped to: `server.sigv4_regions`, or the
+/// regions of every upstream a route (or a route's fallback) sends to.
+fn accepted_regions(config: &Config) -> BTreeSet<String> {
+    if let Some(regions) = &config.server.sigv4_regions {
+        return regions.iter().cloned().collect();
+    }
+    config
+        .routes
+        .iter()
+        .flat_map(|r| {
+            std::iter::once(&r.upstream).chain(
+                r.resilience
+                    .fallback
+                    .iter()
+                    .filter_map(|f| f.upstream.as_ref()),
+            )
+        })
+        .filter_map(|name| config.upstreams.get(name))
+        .map(|u| u.region.clone())
+        .collect()
+}
+
+/// Strips an auth scheme from a header value, whatever its case (RFC 9110:
+/// schemes are case-insensitive).
+fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let head = value.get(..scheme.len())?;
+    let rest = &value[scheme.len()..];
+    (head.eq_ignore_ascii_case(scheme) && (rest.is_empty() || rest.starts_with(' ')))
+        .then_some(rest)
+}
 
 impl Auth {
     pub(crate) fn new(config: &Config) -> Auth {
         let mut api_keys = HashMap::new();
         let mut access_keys = HashMap::new();
+        let tenant_quota = |name: &str| {
+            config
+                .tenants
+                .iter()
+                .find(|t| t.name == name)
+                .map(|t| t.quota)
+                .unwrap_or_default()
+        };
         for key in &config.keys {
             let principal = Arc::new(Principal::new(
                 &key.tenant,
                 key.routes.clone(),
-                key.requests_per_minute,
+                Some(key.id()),
+                key.quota,
+                tenant_quota(&key.tenant),
             ));
             match &key.credential {
                 KeyCredential::ApiKey { sha256 } => {
@@ -100,7 +169,15 @@ impl Auth {
             mode: config.server.auth,
             api_keys,
             access_keys,
-            anonymous: Arc::new(Principal::new("anonymous", RouteAccess::All, None)),
+            anonymous: Arc::new(Principal::new(
+                crate::config::ANONYMOUS_TENANT,
+                RouteAccess::All,
+                None,
+                Quota::default(),
+                tenant_quota(crate::config::ANONYMOUS_TENANT),
+            )),
+            regions: accepted_regions(config),
+            tls: config.server.tls.is_some(),
         }
     }
 
@@ -118,8 +195,10 @@ impl Auth {
         }
         let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
         let api_key = match authorization {
-            Some(v) if v.starts_with("AWS4-") => return self.access_key(v),
-            Some(v) => v.strip_prefix("Bearer ").map(str::trim),
+            Some(v) if v.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("AWS4-")) => {
+                return self.access_key(v, headers)
+            }
+            Some(v) => strip_scheme(v, "Bearer").map(str::trim),
             None => None,
         }
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
@@ -148,17 +227,41 @@ impl Auth {
             .caller(method, uri, headers, body)
     }
 
-    /// A SigV4 header, parsed, with its access key's secret and caller.
-    fn access_key<'a>(&'a self, value: &'a str) -> Result<Admission<'a>, ProxyError> {
+    /// A SigV4 header, parsed and checked against what the headers alone can
+    /// tell (scope, payload signing), with its access key's secret and caller.
+    fn access_key<'a>(
+        &'a self,
+        value: &'a str,
+        headers: &HeaderMap,
+    ) -> Result<Admission<'a>, ProxyError> {
         let auth = sigv4::parse_authorization(value).ok_or_else(|| {
             ProxyError::unauthenticated("The Authorization header is not a valid SigV4 header.")
         })?;
-        let (secret, principal) = self.access_keys.get(auth.access_key_id).ok_or_else(|| {
-            ProxyError::unauthenticated(format!(
-                "The access key {} is not issued by this proxy.",
-                auth.access_key_id
-            ))
-        })?;
+        if auth.service != SERVICE {
+            return Err(ProxyError::unauthenticated(format!(
+                "Credential should be scoped to correct service: '{SERVICE}'."
+            )));
+        }
+        if !self.regions.contains(auth.region) {
+            let accepted: Vec<&str> = self.regions.iter().map(String::as_str).collect();
+            return Err(ProxyError::unauthenticated(format!(
+                "Credential should be scoped to a valid region, not '{}'; this proxy accepts {}.",
+                auth.region,
+                accepted.join(", ")
+            )));
+        }
+        let unsigned = headers
+            .get("x-amz-content-sha256")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"UNSIGNED-PAYLOAD"));
+        if unsigned && !self.tls {
+            return Err(ProxyError::unauthenticated(
+                "UNSIGNED-PAYLOAD is accepted over HTTPS only: over plain HTTP the signature must cover the body (sign it, or serve the proxy with TLS).",
+            ));
+        }
+        let (secret, principal) = self
+            .access_keys
+            .get(auth.access_key_id)
+            .ok_or_else(|| ProxyError::unauthenticated(BAD_SIGNATURE))?;
         Ok(Admission::Signed {
             auth,
             secret,
@@ -180,6 +283,21 @@ pub(crate) enum Admission<'a> {
 }
 
 impl Admission<'_> {
+    /// Who the headers say is calling (for a SigV4 request, who it would be
+    /// if its signature is good).
+    pub(crate) fn principal(&self) -> &Arc<Principal> {
+        match self {
+            Admission::Caller(p) => p,
+            Admission::Signed { principal, .. } => principal,
+        }
+    }
+
+    /// Whether the caller is proven by the headers alone (not a signature
+    /// still to check over the body).
+    pub(crate) fn verified(&self) -> bool {
+        matches!(self, Admission::Caller(_))
+    }
+
     /// The caller, once the body is in: for SigV4, after the signature is
     /// checked over method, path (`uri`, as received), headers and body.
     pub(crate) fn caller(
@@ -197,8 +315,11 @@ impl Admission<'_> {
                 principal,
             } => {
                 sigv4::verify(&auth, secret, method, uri, headers, body, SystemTime::now())
-                    .map_err(|e| {
-                        ProxyError::unauthenticated(format!("SigV4 verification failed: {e}."))
+                    .map_err(|e| match e {
+                        sigv4::VerifyError::Mismatch => ProxyError::unauthenticated(BAD_SIGNATURE),
+                        e => {
+                            ProxyError::unauthenticated(format!("SigV4 verification failed: {e}."))
+                        }
                     })?;
                 Ok(principal.clone())
             }
@@ -303,16 +424,167 @@ mod tests {
     }
 
     #[test]
-    fn routes_and_rate_limits_are_enforced() {
-        let auth = Auth::new(&config(""));
+    fn routes_are_enforced_and_limits_ride_along() {
+        let auth = Auth::new(&config("[[tenants]]\nname = \"t1\"\nusd_per_day = 3\n"));
         let p = auth
             .authenticate("POST", "/", &headers(&[("x-api-key", "good-key")]), b"")
             .unwrap();
         assert!(p.admit("b").unwrap_err().message.contains("not allowed"));
         assert!(p.admit("a").is_ok());
-        assert!(p.admit("a").is_ok());
-        let limited = p.admit("a").unwrap_err();
-        assert_eq!(limited.kind, crate::error::ErrorKind::Throttled);
+        let caller = p.caller();
+        assert_eq!(caller.key_quota.requests_per_minute, Some(2));
+        assert_eq!(caller.tenant_quota.usd_per_day, Some(3.0));
+        assert_eq!(
+            caller.key.map(|k| k.to_string()),
+            Some(hash_key("good-key")[..12].to_owned())
+        );
+    }
+
+    /// `now` as an `x-amz-date`.
+    fn amz_now() -> String {
+        humantime::format_rfc3339_seconds(SystemTime::now())
+            .to_string()
+            .replace(['-', ':'], "")
+    }
+
+    fn sigv4_headers(
+        key_id: &str,
+        region: &str,
+        service: &str,
+        extra: &[(&'static str, &str)],
+    ) -> HeaderMap {
+        let date = amz_now();
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential={key_id}/{}/{region}/{service}/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
+            &date[..8],
+            "0".repeat(64)
+        );
+        let mut pairs = vec![
+            ("authorization", auth.as_str()),
+            ("host", "proxy"),
+            ("x-amz-date", date.as_str()),
+        ];
+        pairs.extend_from_slice(extra);
+        headers(&pairs)
+    }
+
+    fn signed_config(tls: bool) -> Config {
+        let mut c = config(
+            "[[keys]]\ntenant = \"signer\"\naccess_key_id = \"AKIDKNOWN\"\nsecret_access_key = \"s3cret\"\n",
+        );
+        if tls {
+            c.server.tls = Some(crate::config::TlsFiles {
+                cert: "cert.pem".into(),
+                key: "key.pem".into(),
+            });
+        }
+        c
+    }
+
+    #[test]
+    fn sigv4_scopes_name_bedrock_and_an_accepted_region() {
+        let auth = Auth::new(&signed_config(false));
+        let refused = |h: &HeaderMap| auth.admit_headers(h).err().map(|e| e.message);
+        // The upstream `sim` signs for us-east-2 (the default region).
+        assert_eq!(
+            refused(&sigv4_headers("AKIDKNOWN", "us-east-2", "bedrock", &[])),
+            None
+        );
+        assert!(refused(&sigv4_headers("AKIDKNOWN", "us-east-2", "s3", &[]))
+            .unwrap()
+            .contains("scoped to correct service: 'bedrock'"));
+        assert!(
+            refused(&sigv4_headers("AKIDKNOWN", "eu-west-1", "bedrock", &[]))
+                .unwrap()
+                .contains(
+                    "scoped to a valid region, not 'eu-west-1'; this proxy accepts us-east-2"
+                )
+        );
+        let mut listed = signed_config(false);
+        listed.server.sigv4_regions = Some(vec!["eu-west-1".into()]);
+        let auth = Auth::new(&listed);
+        assert!(auth
+            .admit_headers(&sigv4_headers("AKIDKNOWN", "eu-west-1", "bedrock", &[]))
+            .is_ok());
+    }
+
+    #[test]
+    fn unsigned_payloads_are_refused_over_plain_http_only() {
+        let unsigned = sigv4_headers(
+            "AKIDKNOWN",
+            "us-east-2",
+            "bedrock",
+            &[("x-amz-content-sha256", "UNSIGNED-PAYLOAD")],
+        );
+        let e = Auth::new(&signed_config(false))
+            .admit_headers(&unsigned)
+            .err()
+            .unwrap();
+        assert!(e
+            .message
+            .contains("UNSIGNED-PAYLOAD is accepted over HTTPS only"));
+        assert!(Auth::new(&signed_config(true))
+            .admit_headers(&unsigned)
+            .is_ok());
+    }
+
+    #[test]
+    fn an_unknown_key_and_a_wrong_signature_get_one_answer() {
+        let auth = Auth::new(&signed_config(false));
+        let unknown = auth
+            .authenticate(
+                "POST",
+                "/",
+                &sigv4_headers("AKIDNOBODY", "us-east-2", "bedrock", &[]),
+                b"",
+            )
+            .unwrap_err();
+        let wrong = auth
+            .authenticate(
+                "POST",
+                "/",
+                &sigv4_headers("AKIDKNOWN", "us-east-2", "bedrock", &[]),
+                b"",
+            )
+            .unwrap_err();
+        assert_eq!(unknown.message, wrong.message);
+        assert_eq!(unknown.kind, wrong.kind);
+        assert!(!unknown.message.contains("AKIDNOBODY"));
+    }
+
+    #[test]
+    fn authorization_schemes_are_case_insensitive() {
+        let auth = Auth::new(&config(""));
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let p = auth
+                .authenticate(
+                    "POST",
+                    "/",
+                    &headers(&[("authorization", &format!("{scheme} good-key"))]),
+                    b"",
+                )
+                .unwrap();
+            assert_eq!(&*p.tenant, "t1");
+        }
+        assert!(auth
+            .authenticate(
+                "POST",
+                "/",
+                &headers(&[("authorization", "Bearergood-key")]),
+                b""
+            )
+            .is_err());
+        let signed = Auth::new(&signed_config(false));
+        let mut lower = sigv4_headers("AKIDKNOWN", "us-east-2", "bedrock", &[]);
+        let value = lower["authorization"]
+            .to_str()
+            .unwrap()
+            .replace("AWS4-HMAC-SHA256", "aws4-hmac-sha256");
+        lower.insert("authorization", HeaderValue::from_str(&value).unwrap());
+        assert!(
+            signed.admit_headers(&lower).is_ok(),
+            "a lowercase SigV4 scheme parses"
+        );
     }
 
     #[test]

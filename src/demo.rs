@@ -40,6 +40,10 @@ Demo mode: Bedrock is simulated in this process (no AWS account needed).
 
   metrics:        curl -s http://{admin}/metrics
   inject a fault: curl -s -X POST http://{admin}/_sim/faults -d '{{"model":"haiku","fault":"throttle","times":1}}'
+  throttle Bedrock for good (the haiku route then answers from a self-hosted model;
+  see the x-proxy-upstream header):
+                  curl -s -X POST http://{admin}/_sim/faults -d '{{"model":"haiku","fault":"throttle","times":1000}}'
+  clear faults:   curl -s -X DELETE http://{admin}/_sim/faults
   what Bedrock received: curl -s http://{admin}/_sim/requests?limit=1
 "#
     )

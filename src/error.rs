@@ -29,6 +29,8 @@ pub enum ErrorKind {
     Unavailable,
     /// A deadline passed.
     Timeout,
+    /// The client did not send its request in time (a stalled body).
+    RequestTimeout,
     /// The upstream model is not ready yet.
     ModelNotReady,
     /// The upstream cannot do what was asked here (a latency tier, a feature).
@@ -37,6 +39,9 @@ pub enum ErrorKind {
     ModelError,
     /// An upstream quota that retrying will not fix.
     QuotaExceeded,
+    /// A tenant's, key's or route's dollar budget for the day or month is
+    /// spent (429, like throttling, but it lasts until the window turns).
+    BudgetExceeded,
     /// The upstream resource does not exist.
     NotFound,
     /// A bug or an upstream internal error.
@@ -45,7 +50,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Validation,
         ErrorKind::Unauthenticated,
         ErrorKind::AccessDenied,
@@ -53,10 +58,12 @@ impl ErrorKind {
         ErrorKind::Throttled,
         ErrorKind::Unavailable,
         ErrorKind::Timeout,
+        ErrorKind::RequestTimeout,
         ErrorKind::ModelNotReady,
         ErrorKind::Unsupported,
         ErrorKind::ModelError,
         ErrorKind::QuotaExceeded,
+        ErrorKind::BudgetExceeded,
         ErrorKind::NotFound,
         ErrorKind::Internal,
     ];
@@ -71,6 +78,8 @@ impl ErrorKind {
                 | ErrorKind::AccessDenied
                 | ErrorKind::TooLarge
                 | ErrorKind::NotFound
+                | ErrorKind::RequestTimeout
+                | ErrorKind::BudgetExceeded
         )
     }
 
@@ -84,10 +93,12 @@ impl ErrorKind {
             ErrorKind::Throttled => "throttled",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::ModelNotReady => "model_not_ready",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::ModelError => "model_error",
             ErrorKind::QuotaExceeded => "quota_exceeded",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Internal => "internal",
         }
@@ -98,16 +109,19 @@ impl ErrorKind {
         Self::ALL.into_iter().find(|k| k.label() == label)
     }
 
-    /// The Bedrock exception this kind is reported as.
+    /// The Bedrock exception this kind is reported as. A request the client did
+    /// not finish sending is the exception: Bedrock's model has no type for it,
+    /// and it is answered as AWS front ends do ([`REQUEST_TIMEOUT_TYPE`]); this
+    /// is its closest modeled type, for where only those fit (stream frames).
     pub fn bedrock_type(self) -> ErrorType {
         match self {
             ErrorKind::Validation | ErrorKind::Unsupported | ErrorKind::TooLarge => {
                 ErrorType::Validation
             }
             ErrorKind::Unauthenticated | ErrorKind::AccessDenied => ErrorType::AccessDenied,
-            ErrorKind::Throttled => ErrorType::Throttling,
+            ErrorKind::Throttled | ErrorKind::BudgetExceeded => ErrorType::Throttling,
             ErrorKind::Unavailable => ErrorType::ServiceUnavailable,
-            ErrorKind::Timeout => ErrorType::ModelTimeout,
+            ErrorKind::Timeout | ErrorKind::RequestTimeout => ErrorType::ModelTimeout,
             ErrorKind::ModelNotReady => ErrorType::ModelNotReady,
             ErrorKind::ModelError => ErrorType::ModelError,
             ErrorKind::QuotaExceeded => ErrorType::ServiceQuotaExceeded,
@@ -146,6 +160,11 @@ impl ErrorKind {
     }
 }
 
+/// The `x-amzn-ErrorType` of a request body that stalled, with status 408: the
+/// error AWS front ends answer a request the client did not finish sending
+/// with; the AWS SDKs count it as transient and retry it.
+pub const REQUEST_TIMEOUT_TYPE: &str = "RequestTimeoutException";
+
 /// Whose fault it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -172,8 +191,7 @@ pub struct ProxyError {
     pub side: Side,
     pub retryable: bool,
     pub message: String,
-    /// The request field the error is about, when it is about one (OpenAI's
-    /// error object names it in `param`).
+    /// The request member a client error is about (OpenAI's `param`).
     pub param: Option<String>,
     /// Set when this is an upstream error response, to pass it through.
     pub upstream: Option<Box<UpstreamFailure>>,
@@ -200,7 +218,7 @@ impl ProxyError {
         }
     }
 
-    /// The same error, about the request field `param`.
+    /// The same error, about request member `param`.
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self
@@ -244,6 +262,11 @@ impl ProxyError {
     /// The upstream could not be reached or broke the connection.
     pub fn upstream_unreachable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, Side::Upstream, message)
+    }
+
+    /// The client's request body did not arrive in time.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::RequestTimeout, Side::Client, message)
     }
 
     /// An upstream deadline passed.
@@ -315,6 +338,9 @@ impl ProxyError {
         if let Some(up) = &self.upstream {
             return up.status;
         }
+        if self.kind == ErrorKind::RequestTimeout {
+            return StatusCode::REQUEST_TIMEOUT;
+        }
         StatusCode::from_u16(self.kind.bedrock_type().status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
@@ -329,11 +355,14 @@ impl ProxyError {
                 r
             }
             None => {
-                let error_type = self.kind.bedrock_type();
+                let error_type = match self.kind {
+                    ErrorKind::RequestTimeout => REQUEST_TIMEOUT_TYPE.to_owned(),
+                    kind => kind.bedrock_type().header_value(),
+                };
                 let mut r = (self.status(), error_body(&self.message)).into_response();
                 let h = r.headers_mut();
                 h.insert("content-type", HeaderValue::from_static("application/json"));
-                if let Ok(v) = HeaderValue::from_str(&error_type.header_value()) {
+                if let Ok(v) = HeaderValue::from_str(&error_type) {
                     h.insert("x-amzn-errortype", v);
                 }
                 r
@@ -414,6 +443,11 @@ mod tests {
                 ProxyError::upstream_timeout("late"),
                 408,
                 "ModelTimeoutException",
+            ),
+            (
+                ProxyError::request_timeout("stalled"),
+                408,
+                "RequestTimeoutException",
             ),
         ] {
             let r = e.bedrock_response("rid");

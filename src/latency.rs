@@ -61,6 +61,17 @@ pub fn optimized_possible(model: Option<&Lookup>, region: &str) -> Result<(), Do
     Ok(())
 }
 
+/// The tier a route wants for a request: its policy applied to what the
+/// client asked (nothing asked is Bedrock's default, standard), before the
+/// catalog or a fallback has a say. Metrics compare it with the tier served.
+pub fn wanted(policy: LatencyPolicy, requested: Option<LatencyTier>) -> LatencyTier {
+    match policy {
+        LatencyPolicy::Optimized => LatencyTier::Optimized,
+        LatencyPolicy::Standard => LatencyTier::Standard,
+        LatencyPolicy::Client => requested.unwrap_or(LatencyTier::Standard),
+    }
+}
+
 /// Decides the tier of one attempt. `requested` is what the client asked.
 pub fn plan(
     policy: LatencyPolicy,
@@ -204,6 +215,22 @@ mod tests {
             Some(LatencyTier::Standard),
             "a request bound to fail is never sent"
         );
+    }
+
+    #[test]
+    fn the_tier_wanted_is_the_policy_applied_to_the_clients_ask() {
+        use LatencyPolicy::*;
+        use LatencyTier::{Optimized as Opt, Standard as Std};
+        for (policy, asked, wanted_tier) in [
+            (Optimized, None, Opt),
+            (Optimized, Some(Std), Opt),
+            (Standard, Some(Opt), Std),
+            (Client, Some(Opt), Opt),
+            (Client, Some(Std), Std),
+            (Client, None, Std),
+        ] {
+            assert_eq!(wanted(policy, asked), wanted_tier, "{policy:?} {asked:?}");
+        }
     }
 
     #[test]

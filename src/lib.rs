@@ -7,23 +7,33 @@
 //!   limits), each request turned into a pipeline call and its answer and
 //!   errors rendered back in that API's shape; the per-request books.
 //! - [`auth`]: API keys and proxy-issued SigV4 keys to tenants and allowed routes.
+//! - [`limits`]: rate limits and dollar budgets of keys, tenants and routes,
+//!   shared across replicas through Redis: admission from the headers and an
+//!   estimate, settlement with what the answer used.
 //! - [`route`]: model ids and aliases to routes and upstream model ids.
 //! - [`pipeline`]: the stages after routing, in order, for one call: cache
 //!   lookup, single-flight, per-attempt planning, the upstream chain, storing.
 //! - [`cache`]: the response cache's storage (keys, entries, L1 and L2 tiers).
 //! - [`prompt_cache`]: Bedrock prompt caching for unmarked prompts (registry, planner).
 //! - [`latency`]: which latency tier each attempt asks for.
-//! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock; the chain
-//!   of targets with retries, circuit breakers and hedging.
+//! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock, to
+//!   OpenAI-compatible servers and to SageMaker endpoints; the chain of targets
+//!   with retries, circuit breakers and hedging.
 //! - [`stream`]: event streams relayed frame by frame, read as they pass.
 //!
 //! Shared by the stages, below them all:
 //! - [`answer`]: the answer and the one record of what happened to a call.
+//! - [`chat`]: OpenAI Chat Completions, shared by the OpenAI ingress and the
+//!   `openai` / `sagemaker` upstreams (Converse to chat and back).
 //! - [`error`]: the one error type and its Bedrock rendering.
-//! - [`metrics`]: Prometheus metrics with bounded labels, from plain values.
+//! - [`metrics`]: Prometheus metrics with bounded labels, from plain values
+//!   (and CloudWatch EMF lines, `metrics::emf`).
+//! - [`telemetry`]: OpenTelemetry traces: the OTLP exporter, request and
+//!   attempt spans, `traceparent` in and out.
 //! - [`config`]: the TOML file, validated into typed config.
 //! - [`catalog`]: what each model supports and costs.
 //! - [`shared`]: the Redis connection state shared across replicas lives on.
+//! - [`budget`]: the request-body bytes all requests may hold in memory.
 //! - [`support`]: wall-clock milliseconds and poison-proof locks.
 //!
 //! Composing them:
@@ -40,13 +50,16 @@
 pub mod admin;
 pub(crate) mod answer;
 pub mod auth;
+pub(crate) mod budget;
 pub(crate) mod cache;
+pub(crate) mod chat;
 pub(crate) use bedrock_wire::catalog;
 pub mod config;
 pub mod demo;
 pub(crate) mod error;
 pub(crate) mod ingress;
 pub(crate) mod latency;
+pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub(crate) mod prompt_cache;
@@ -58,6 +71,7 @@ pub(crate) mod shared;
 pub mod state;
 pub(crate) mod stream;
 pub(crate) mod support;
+pub mod telemetry;
 pub(crate) mod upstream;
 
 pub use config::Config;

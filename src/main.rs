@@ -2,7 +2,7 @@
 //! file, or make an API key.
 
 use anyhow::Context;
-use bedrock_proxy::server::{init_logging, start, StartOptions};
+use bedrock_proxy::server::{init_logging, init_telemetry, start, StartOptions};
 use bedrock_proxy::{auth, demo, Config};
 use bedrock_wire::serve::shutdown_signal;
 use clap::{Parser, Subcommand};
@@ -55,6 +55,9 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::CheckConfig { file }) => match Config::load(&file) {
             Ok(config) => {
                 println!("{}: OK: {}", file.display(), config.summary());
+                for advice in config.advice() {
+                    println!("{}: note: {advice}", file.display());
+                }
                 Ok(())
             }
             Err(e) => {
@@ -88,6 +91,7 @@ async fn run(
         None => Config::parse(demo::DEMO_CONFIG).context("the built-in demo config")?,
     };
     let _log_guard = init_logging(&config.logging);
+    let telemetry = init_telemetry(&config)?;
     let simulator = match config.needs_embedded_simulator() {
         true => Some(
             demo::start_simulator()
@@ -116,6 +120,7 @@ async fn run(
         stop.cancel();
     });
     proxy.wait().await;
+    telemetry.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

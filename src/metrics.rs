@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use crate::error::ErrorKind;
 
+pub mod emf;
+
 pub const REQUESTS: &str = "bedrock_proxy_requests_total";
 pub const REQUEST_DURATION: &str = "bedrock_proxy_request_duration_seconds";
 pub const UPSTREAM_TTFT: &str = "bedrock_proxy_upstream_ttft_seconds";
@@ -29,6 +31,12 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0,
 ];
 
+/// Output tokens per second of one answer: standard-tier models run at tens,
+/// latency-optimized ones reach the low hundreds.
+const TOKENS_PER_SECOND_BUCKETS: &[f64] = &[
+    5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 125.0, 150.0, 200.0, 300.0, 500.0, 1000.0,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder once and returns its handle; later calls
@@ -38,6 +46,12 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(OUTPUT_TOKENS_PER_SECOND.into()),
+                        TOKENS_PER_SECOND_BUCKETS,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -45,6 +59,8 @@ pub fn install() -> PrometheusHandle {
             // application's); the handle then renders nothing, which is visible.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            describe_protection();
+            start_at_zero();
             handle
         })
         .clone()
@@ -140,7 +156,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         SERVED_TIER,
-        "Upstream answers by the latency tier Bedrock reports as having served them."
+        "Upstream answers by the latency tier Bedrock reports as having served them (tier) and the tier the route asked for (requested)."
     );
     metrics::describe_histogram!(
         TTFT,
@@ -151,11 +167,57 @@ fn describe() {
         OUTPUT_TOKENS_PER_SECOND,
         "Output tokens per second of upstream answers, by route and served tier."
     );
+    metrics::describe_counter!(
+        LIMIT_REFUSALS,
+        "Requests refused by a rate limit or budget, by tenant, scope (key, tenant, route) and reason."
+    );
+    metrics::describe_gauge!(
+        SPEND_USD,
+        "Dollars answers cost at catalog prices, by tenant and route; only increases."
+    );
+    metrics::describe_gauge!(
+        BUDGET_USED,
+        "Share of a tenant's budget spent in the current UTC day or month (1 = spent)."
+    );
+    metrics::describe_counter!(
+        UPSTREAM_KIND_ATTEMPTS,
+        "Upstream attempts, by route, upstream kind (bedrock, simulator, openai, sagemaker) and outcome."
+    );
+    metrics::describe_counter!(
+        USAGE_ESTIMATED,
+        "Upstream answers whose usage the server did not report and the proxy estimated, by route and upstream kind."
+    );
+    metrics::describe_counter!(
+        TARGETS_SKIPPED,
+        "Fallback targets left out of a call, by route, target and reason (untranslatable: a chat server cannot take the request)."
+    );
+    metrics::describe_gauge!(
+        COST_USD,
+        "Estimated dollars upstream answers cost (catalog prices, or a self-hosted upstream's usd_per_hour), by route, upstream kind and basis; only increases."
+    );
     metrics::describe_counter!(CONFIG_RELOADS, "Config reloads applied.");
     metrics::describe_counter!(
         CONFIG_RELOAD_FAILURES,
         "Config reloads refused (the running config stays); the log says why."
     );
+}
+
+/// Series that exist from the start at 0, so that their first increment is a
+/// visible step for `rate()` and `increase()` (a series that appears at 1 has
+/// no earlier sample to differ from).
+fn start_at_zero() {
+    metrics::counter!(CONFIG_RELOADS).increment(0);
+    metrics::counter!(CONFIG_RELOAD_FAILURES).increment(0);
+    metrics::counter!(REJECTED, "reason" => "overloaded").increment(0);
+}
+
+/// A route of the running config: its hedge counters start at 0 when it hedges.
+pub fn route_configured(route: &SharedString, hedges: bool) {
+    if hedges {
+        for outcome in ["fired", "won"] {
+            metrics::counter!(HEDGES, "route" => route.clone(), "outcome" => outcome).increment(0);
+        }
+    }
 }
 
 /// The route label of a route name.
@@ -363,15 +425,19 @@ pub fn latency_downgrade(route: &SharedString, target: &Arc<str>, reason: &'stat
         .increment(1);
 }
 
-/// The tier Bedrock says served an answer, its time to first byte (from the
+/// The tier Bedrock says served an answer and the one the route asked for
+/// (`requested`: the route's latency policy applied to the client's request,
+/// before catalog downgrades and fallbacks), its time to first byte (from the
 /// client's request) and its output speed.
 pub fn served(
     route: &SharedString,
     tier: &'static str,
+    requested: &'static str,
     ttft: Option<Duration>,
     output_tokens_per_s: Option<f64>,
 ) {
-    metrics::counter!(SERVED_TIER, "route" => route.clone(), "tier" => tier).increment(1);
+    metrics::counter!(SERVED_TIER, "route" => route.clone(), "tier" => tier, "requested" => requested)
+        .increment(1);
     if let Some(t) = ttft {
         metrics::histogram!(TTFT, "route" => route.clone(), "tier" => tier).record(t.as_secs_f64());
     }
@@ -387,5 +453,134 @@ pub fn config_reload(ok: bool) {
         metrics::counter!(CONFIG_RELOADS).increment(1);
     } else {
         metrics::counter!(CONFIG_RELOAD_FAILURES).increment(1);
+    }
+}
+
+pub const CONNECTIONS: &str = "bedrock_proxy_connections";
+pub const CONNECTIONS_CLOSED: &str = "bedrock_proxy_connections_closed_total";
+pub const CONNECTIONS_REFUSED: &str = "bedrock_proxy_connections_refused_total";
+pub const ACCEPT_ERRORS: &str = "bedrock_proxy_accept_errors_total";
+pub const BODY_BYTES_IN_FLIGHT: &str = "bedrock_proxy_request_body_bytes_in_flight";
+pub const REDIS_UP: &str = "bedrock_proxy_redis_up";
+pub const REDIS_SKIPPED: &str = "bedrock_proxy_cache_redis_skipped_total";
+
+fn describe_protection() {
+    metrics::describe_gauge!(CONNECTIONS, "Client connections open on the API port.");
+    metrics::describe_counter!(
+        CONNECTIONS_CLOSED,
+        "API connections ended, by reason (normal, first_byte_timeout, header_timeout, idle_timeout, drain_deadline)."
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "API connections refused at server.max_connections."
+    );
+    metrics::describe_counter!(
+        ACCEPT_ERRORS,
+        "Failed accepts on the API port (file_descriptors, memory, aborted, other); the loop backs off."
+    );
+    metrics::describe_gauge!(
+        BODY_BYTES_IN_FLIGHT,
+        "Request-body bytes reserved against limits.max_inflight_body_bytes."
+    );
+    metrics::describe_gauge!(
+        REDIS_UP,
+        "The shared Redis tier: 1 in use, 0 skipped after failures (probing to recover)."
+    );
+    metrics::describe_counter!(
+        REDIS_SKIPPED,
+        "Shared-tier calls skipped while the tier is down, by operation."
+    );
+}
+
+/// An API connection was accepted.
+pub fn connection_opened() {
+    metrics::gauge!(CONNECTIONS).increment(1.0);
+}
+
+/// An API connection ended, and why.
+pub fn connection_closed(reason: &'static str) {
+    metrics::gauge!(CONNECTIONS).decrement(1.0);
+    metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+/// An API connection refused at the cap.
+pub fn connection_refused() {
+    metrics::counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+/// A failed accept, by kind.
+pub fn accept_failed(kind: &'static str) {
+    metrics::counter!(ACCEPT_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Request-body bytes reserved now.
+pub fn body_bytes_in_flight(bytes: usize) {
+    metrics::gauge!(BODY_BYTES_IN_FLIGHT).set(bytes as f64);
+}
+
+/// Whether the shared Redis tier is in use (`true`) or skipped after failures.
+pub fn redis_up(up: bool) {
+    metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// A shared-tier call skipped because the tier is down.
+pub fn redis_skipped(operation: &'static str) {
+    metrics::counter!(REDIS_SKIPPED, "operation" => operation).increment(1);
+}
+
+pub const LIMIT_REFUSALS: &str = "bedrock_proxy_limit_refusals_total";
+pub const SPEND_USD: &str = "bedrock_proxy_spend_usd";
+pub const BUDGET_USED: &str = "bedrock_proxy_budget_used_ratio";
+
+/// A request refused by a limit: `scope` key, tenant or route; `reason` the
+/// limit's key (`requests_per_minute`, ..., `usd_per_month`) or
+/// `shared_unavailable`.
+pub fn limit_refused(tenant: &std::sync::Arc<str>, scope: &'static str, reason: &'static str) {
+    metrics::counter!(LIMIT_REFUSALS, "tenant" => route_label(tenant), "scope" => scope, "reason" => reason)
+        .increment(1);
+}
+
+/// What an answer cost.
+pub fn spend(tenant: &std::sync::Arc<str>, route: &SharedString, usd: f64) {
+    if usd > 0.0 {
+        metrics::gauge!(SPEND_USD, "tenant" => route_label(tenant), "route" => route.clone())
+            .increment(usd);
+    }
+}
+
+/// A tenant's spend in its current day or month (`period`), against its budget.
+pub fn budget_used(tenant: &std::sync::Arc<str>, period: &'static str, ratio: f64) {
+    metrics::gauge!(BUDGET_USED, "tenant" => route_label(tenant), "period" => period).set(ratio);
+}
+pub const UPSTREAM_KIND_ATTEMPTS: &str = "bedrock_proxy_upstream_kind_attempts_total";
+pub const USAGE_ESTIMATED: &str = "bedrock_proxy_usage_estimated_total";
+pub const TARGETS_SKIPPED: &str = "bedrock_proxy_targets_skipped_total";
+pub const COST_USD: &str = "bedrock_proxy_cost_usd";
+
+/// One upstream attempt, by the kind of upstream it went to (`bedrock`,
+/// `simulator`, `openai`, `sagemaker`): `ok` or the error kind.
+pub fn upstream_kind_attempt(route: &SharedString, kind: &'static str, outcome: &'static str) {
+    metrics::counter!(UPSTREAM_KIND_ATTEMPTS, "route" => route.clone(), "upstream_kind" => kind, "outcome" => outcome)
+        .increment(1);
+}
+
+/// An upstream answer whose usage the proxy estimated (the server sent none).
+pub fn usage_estimated(route: &SharedString, kind: &'static str) {
+    metrics::counter!(USAGE_ESTIMATED, "route" => route.clone(), "upstream_kind" => kind)
+        .increment(1);
+}
+
+/// A target left out of a call's chain, and why.
+pub fn target_skipped(route: &SharedString, target: &Arc<str>, reason: &'static str) {
+    metrics::counter!(TARGETS_SKIPPED, "route" => route.clone(), "target" => route_label(target), "reason" => reason)
+        .increment(1);
+}
+
+/// What an upstream answer cost: `basis` is `tokens` (catalog prices) or
+/// `hourly` (a self-hosted upstream's price per hour, shared by its requests).
+pub fn cost(route: &SharedString, kind: &'static str, basis: &'static str, usd: f64) {
+    if usd > 0.0 {
+        metrics::gauge!(COST_USD, "route" => route.clone(), "upstream_kind" => kind, "basis" => basis)
+            .increment(usd);
     }
 }

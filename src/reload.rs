@@ -5,8 +5,9 @@
 //! finish on the runtime they started with. A file that does not validate
 //! changes nothing: the reason is logged and `bedrock_proxy_config_reload_failures_total` grows.
 //!
-//! Listener addresses, TLS files, limits on concurrency, and the cache tiers are
-//! read at start only; a reload that changes them says so in the log.
+//! Listener addresses, TLS files, limits on concurrency, the cache tiers, trace
+//! export and EMF output are read at start only; a reload that changes them
+//! says so in the log.
 
 use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
@@ -62,6 +63,12 @@ pub async fn reload(state: &AppState, path: &Path) -> Result<String, ReloadError
                 old.limits.max_concurrent_requests != config.limits.max_concurrent_requests,
             ),
             ("[cache]", old.cache != config.cache),
+            (
+                "[tracing], logging.cloudwatch_emf / cloudwatch_namespace",
+                old.tracing != config.tracing
+                    || old.logging.cloudwatch_emf != config.logging.cloudwatch_emf
+                    || old.logging.cloudwatch_namespace != config.logging.cloudwatch_namespace,
+            ),
         ] {
             if changed {
                 tracing::warn!(

@@ -44,6 +44,9 @@ impl Runtime {
         embedded: Option<&str>,
         previous: Option<&Runtime>,
     ) -> Result<Runtime, RuntimeError> {
+        for advice in config.advice() {
+            tracing::warn!("config: {advice}");
+        }
         let upstreams =
             Upstreams::build(&config.upstreams, embedded, previous.map(|p| &p.upstreams)).await?;
         let catalog = match &config.catalog_file {

@@ -3,12 +3,21 @@
 //! stop, then stop accepting and let in-flight requests (streams included)
 //! finish within `limits.shutdown_grace`.
 //!
+//! Shutdown, in order: `/readyz` turns 503 and new requests get
+//! ServiceUnavailableException (the ingress guard reads the flag); the API
+//! listener closes and drains; at the grace deadline what is still in flight is
+//! cut ([`crate::state::Shared::cut`]: a stream ends with an exception frame or
+//! error event, a request still waiting gets a 503), and the connections get
+//! [`CUT_FLUSH`] to send that; only then do the admin listener (so probes see
+//! the 503 throughout) and the background tasks stop.
+//!
 //! Every task started here is owned by [`ProxyHandle`] and awaited on shutdown.
 
 use bedrock_sim::SimHandle;
-use bedrock_wire::serve::{serve, ServeOptions};
+use bedrock_wire::serve::{serve, AcceptError, Closed, ServeEvents, ServeOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -17,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::config::{AuthMode, Config};
 use crate::ingress::app;
+use crate::metrics;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::state::{AppState, Readiness};
 
@@ -55,9 +65,41 @@ pub struct ProxyHandle {
     pub tls: bool,
     pub admin_addr: SocketAddr,
     pub state: AppState,
+    /// Cancelled to ask for a shutdown (signal handlers, [`ProxyHandle::wait`]).
     stop: CancellationToken,
+    /// Closes the API listener and starts its drain.
+    api_stop: CancellationToken,
+    api: Option<JoinHandle<()>>,
+    /// Stops the admin listener and the background tasks, after the API drain.
+    background: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    grace: Duration,
     simulator: Option<SimHandle>,
+}
+
+/// Time connections get, after in-flight work is cut at the grace deadline, to
+/// send the exception frames and 503s that say so.
+const CUT_FLUSH: Duration = Duration::from_secs(2);
+
+/// Connection events of the API listener, as metrics.
+struct ApiEvents;
+
+impl ServeEvents for ApiEvents {
+    fn connection_opened(&self) {
+        metrics::connection_opened();
+    }
+
+    fn connection_closed(&self, why: Closed) {
+        metrics::connection_closed(why.label());
+    }
+
+    fn connection_refused(&self) {
+        metrics::connection_refused();
+    }
+
+    fn accept_failed(&self, kind: AcceptError) {
+        metrics::accept_failed(kind.label());
+    }
 }
 
 impl ProxyHandle {
@@ -82,11 +124,24 @@ impl ProxyHandle {
         self.stop.clone()
     }
 
-    /// Stops accepting, lets in-flight requests finish within the grace period,
-    /// and waits for every task.
+    /// Stops accepting, lets in-flight requests finish within the grace period
+    /// (cutting what is left at its end), and waits for every task.
     pub async fn shutdown(mut self) {
         self.state.begin_shutdown();
         self.stop.cancel();
+        self.api_stop.cancel();
+        let cut = self.state.cut.clone();
+        let grace = self.grace;
+        let cutter = tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!("shutdown grace passed; cutting the requests still in flight");
+            cut.cancel();
+        });
+        if let Some(api) = self.api.take() {
+            let _ = api.await;
+        }
+        cutter.abort();
+        self.background.cancel();
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
@@ -115,10 +170,12 @@ pub async fn start(
     if config.server.auth == AuthMode::None && !api_addr.ip().is_loopback() {
         return Err(StartError::OpenWithoutAuth(api_addr));
     }
+    let grace = config.limits.shutdown_grace;
     let admin_options = ServeOptions {
         header_read_timeout: config.limits.header_read_timeout,
-        drain: config.limits.shutdown_grace,
+        drain: grace,
         tls: None,
+        ..ServeOptions::default()
     };
     let tls = match &config.server.tls {
         Some(files) => {
@@ -126,11 +183,21 @@ pub async fn start(
         }
         None => None,
     };
+    let c = &config.server.connections;
     let api_options = ServeOptions {
+        first_byte_timeout: c.first_byte_timeout,
+        header_read_timeout: config.limits.header_read_timeout,
+        idle_timeout: c.idle_timeout,
+        h2_keep_alive_interval: c.h2_keep_alive_interval,
+        h2_keep_alive_timeout: c.h2_keep_alive_timeout,
+        max_header_bytes: c.max_header_bytes,
+        max_connections: c.max_connections,
+        drain: grace + CUT_FLUSH,
         tls: tls.clone(),
-        ..admin_options.clone()
+        events: Arc::new(ApiEvents),
     };
     let admin_token = config.admin.token_sha256;
+    let config_connections = config.server.connections.max_connections;
     let runtime = Runtime::build(config, embedded_url.as_deref(), None).await?;
     let bind = |what: &'static str, addr: SocketAddr| async move {
         let listener = TcpListener::bind(addr)
@@ -139,32 +206,45 @@ pub async fn start(
             .map_err(|error| StartError::Bind { what, addr, error })?;
         Ok::<_, StartError>(listener)
     };
+    raise_fd_limit(config_connections);
     let (api_addr, api_listener) = bind("API", api_addr).await?;
     let (admin_addr, admin_listener) = bind("admin", admin_addr).await?;
 
     let stop = CancellationToken::new();
+    let api_stop = CancellationToken::new();
+    let background = CancellationToken::new();
     let state = AppState::new(
         runtime,
         simulator.as_ref().map(|s| s.sim.clone()),
         embedded_url,
-        stop.clone(),
+        background.clone(),
     );
     let mut tasks = Vec::new();
 
-    let s = stop.clone();
+    let s = api_stop.clone();
     let router = app(state.clone());
-    tasks.push(tokio::spawn(async move {
+    let api = tokio::spawn(async move {
         serve(api_listener, router, api_options, s.cancelled_owned()).await;
-    }));
-    let s = stop.clone();
+    });
+    let s = background.clone();
     let router = admin::router(state.clone(), admin_token, !admin_addr.ip().is_loopback());
     tasks.push(tokio::spawn(async move {
         serve(admin_listener, router, admin_options, s.cancelled_owned()).await;
     }));
-    tasks.push(tokio::spawn(check_credentials(state.clone(), stop.clone())));
-    tasks.push(tokio::spawn(metrics_upkeep(state.clone(), stop.clone())));
+    tasks.push(tokio::spawn(check_credentials(
+        state.clone(),
+        background.clone(),
+    )));
+    tasks.push(tokio::spawn(metrics_upkeep(
+        state.clone(),
+        background.clone(),
+    )));
     if let Some(path) = options.config_path.clone() {
-        tasks.push(crate::reload::watch(state.clone(), path, stop.clone()));
+        tasks.push(crate::reload::watch(
+            state.clone(),
+            path,
+            background.clone(),
+        ));
     }
     if let Ok(mut p) = state.config_path.write() {
         *p = options.config_path;
@@ -176,9 +256,33 @@ pub async fn start(
         admin_addr,
         state,
         stop,
+        api_stop,
+        api: Some(api),
+        background,
         tasks,
+        grace,
         simulator,
     })
+}
+
+/// Raises the soft open-file limit to the hard one (each connection is a file
+/// descriptor), and warns when `max_connections` does not fit under it: past
+/// the limit, accepts fail (EMFILE) instead of the cap answering.
+fn raise_fd_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            // Room for upstream connections, Redis, files and the admin port.
+            let needed = (max_connections as u64).saturating_add(256);
+            if limit < needed {
+                tracing::warn!(
+                    open_file_limit = limit,
+                    max_connections,
+                    "server.max_connections does not fit under the open-file limit; past it, accepts fail instead of being refused with a 503"
+                );
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "could not read the open-file limit"),
+    }
 }
 
 /// Resolves every upstream's credentials once, for `/readyz`.
@@ -223,6 +327,39 @@ async fn metrics_upkeep(state: AppState, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
     }
+}
+
+/// What [`init_telemetry`] started: the trace exporter and the EMF writer.
+/// Call [`Telemetry::shutdown`] after the proxy stopped, to send what is queued.
+pub struct Telemetry {
+    exporter: Option<crate::telemetry::Exporter>,
+    _emf: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+impl Telemetry {
+    /// Exports the spans still queued, and flushes the EMF lines.
+    pub async fn shutdown(self) {
+        if let Some(exporter) = self.exporter {
+            exporter.shutdown().await;
+        }
+    }
+}
+
+/// Starts the outputs `[tracing]` and `[logging] cloudwatch_emf` ask for, once
+/// per process and within the Tokio runtime (read at start, not on reload).
+pub fn init_telemetry(config: &Config) -> Result<Telemetry, crate::telemetry::TelemetryError> {
+    let exporter = crate::telemetry::install(&config.tracing)?;
+    if exporter.is_some() {
+        tracing::info!("tracing: exporting spans over OTLP/HTTP");
+    }
+    let emf = config
+        .logging
+        .cloudwatch_emf
+        .then(|| crate::metrics::emf::install(&config.logging.cloudwatch_namespace));
+    Ok(Telemetry {
+        exporter,
+        _emf: emf,
+    })
 }
 
 /// Sets up logging once per process (later calls keep the first setup). Log

@@ -1,10 +1,17 @@
 //! The shared tier: one connection to Redis, Valkey or ElastiCache (`redis://`,
 //! TLS with `rediss://`, cluster mode with `cluster = true`) that every stage
 //! keeping state across replicas uses: the response cache's entries, the
-//! prompt-prefix registry's sighting counts. Every call has a short timeout;
+//! prompt-prefix registry's sighting counts, the limits' counters (Lua
+//! scripts, [`RedisTier::eval`]). Every call has a short timeout;
 //! when the server is down or slow, lookups miss and writes are dropped, errors
 //! are counted and logged at most once every 10 seconds, and the connection
 //! comes back by itself.
+//!
+//! Fast-fail: after `down_after` consecutive failed calls (errors or
+//! timeouts: a server that accepts connections and never answers costs each
+//! call the whole timeout) the tier is skipped, so lookups miss at once
+//! instead of waiting; a background probe (`PING`, every `retry_after`) brings
+//! it back on its first success. `bedrock_proxy_redis_up` says which.
 //!
 //! Every key starts with the configured prefix. Values are bytes,
 //! LZ4-compressed above a size; what they mean is the caller's business.
@@ -12,8 +19,9 @@
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -29,13 +37,20 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
-/// The connection to the shared tier, and its error count.
+/// The connection to the shared tier, its error count and its health.
 pub struct RedisTier {
     config: RedisConfig,
     conn: arc_swap::ArcSwapOption<Conn>,
     errors: AtomicU64,
     last_warning_ms: AtomicU64,
     started: Instant,
+    /// Failed calls in a row.
+    failures: AtomicU32,
+    /// Skipped until a probe succeeds.
+    down: AtomicBool,
+    /// Itself, for the probe task it starts when it goes down.
+    me: Weak<RedisTier>,
+    stop: CancellationToken,
 }
 
 async fn connect(config: &RedisConfig) -> redis::RedisResult<Conn> {
@@ -63,13 +78,18 @@ impl RedisTier {
     /// Starts connecting in the background (until `stop`); lookups miss until
     /// the first connection is up.
     pub fn start(config: RedisConfig, stop: CancellationToken) -> Arc<RedisTier> {
-        let tier = Arc::new(RedisTier {
+        let tier = Arc::new_cyclic(|me| RedisTier {
             config,
             conn: arc_swap::ArcSwapOption::empty(),
             errors: AtomicU64::new(0),
             last_warning_ms: AtomicU64::new(0),
             started: Instant::now(),
+            failures: AtomicU32::new(0),
+            down: AtomicBool::new(false),
+            me: me.clone(),
+            stop: stop.clone(),
         });
+        crate::metrics::redis_up(false);
         let t = tier.clone();
         tokio::spawn(async move {
             loop {
@@ -81,6 +101,9 @@ impl RedisTier {
                     Ok(conn) => {
                         tracing::info!(urls = ?t.config.urls, "connected to the shared cache");
                         t.conn.store(Some(Arc::new(conn)));
+                        if !t.down.load(Ordering::Acquire) {
+                            crate::metrics::redis_up(true);
+                        }
                         return;
                     }
                     Err(e) => t.failed("connect", &e.to_string()),
@@ -124,6 +147,77 @@ impl RedisTier {
         self.conn.load().is_some()
     }
 
+    /// Whether the tier is being skipped after failures.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// A call succeeded: the failure streak ends.
+    fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A call failed (error or timeout): counted, and after `down_after` in a
+    /// row the tier goes down and a probe starts.
+    fn call_failed(&self, operation: &'static str, error: &str) {
+        self.failed(operation, error);
+        let streak = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if streak >= self.config.down_after && !self.down.swap(true, Ordering::AcqRel) {
+            crate::metrics::redis_up(false);
+            tracing::warn!(
+                failures = streak,
+                retry_after = ?self.config.retry_after,
+                "shared cache failing; skipping it until a probe succeeds"
+            );
+            if let Some(me) = self.me.upgrade() {
+                tokio::spawn(me.probe());
+            }
+        }
+    }
+
+    /// Pings a down tier every `retry_after` until it answers, then brings it back.
+    async fn probe(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.config.retry_after) => {}
+                () = self.stop.cancelled() => return,
+            }
+            let Some(conn) = self.conn.load_full() else {
+                continue;
+            };
+            let ping = redis::cmd("PING");
+            let call = async {
+                match &*conn {
+                    Conn::Single(c) => ping.query_async::<String>(&mut c.clone()).await,
+                    Conn::Cluster(c) => ping.query_async::<String>(&mut c.clone()).await,
+                }
+            };
+            match tokio::time::timeout(self.config.timeout, call).await {
+                Ok(Ok(_)) => {
+                    self.failures.store(0, Ordering::Release);
+                    self.down.store(false, Ordering::Release);
+                    crate::metrics::redis_up(true);
+                    tracing::info!("shared cache answering again; back in use");
+                    return;
+                }
+                Ok(Err(e)) => self.failed("probe", &e.to_string()),
+                Err(_) => self.failed("probe", "timed out"),
+            }
+        }
+    }
+
+    /// The connection to call, or `None` (counted as skipped) while the tier
+    /// is down or not yet connected.
+    fn usable(&self, operation: &'static str) -> Option<Arc<Conn>> {
+        if self.down.load(Ordering::Acquire) {
+            crate::metrics::redis_skipped(operation);
+            return None;
+        }
+        self.conn.load_full()
+    }
+
     /// The Redis key of a response-cache entry: `{prefix}{namespace}:{route}:{hash}`,
     /// so an operator can clear a tenant or a route.
     pub fn key(&self, namespace: &str, route: &str, hash: &str) -> String {
@@ -135,21 +229,33 @@ impl RedisTier {
         operation: &'static str,
         cmd: redis::Cmd,
     ) -> Option<T> {
-        let conn = self.conn.load_full()?;
+        let conn = self.usable(operation)?;
         let call = async {
             match &*conn {
                 Conn::Single(c) => cmd.query_async::<T>(&mut c.clone()).await,
                 Conn::Cluster(c) => cmd.query_async::<T>(&mut c.clone()).await,
             }
         };
+        self.finish(operation, call).await
+    }
+
+    /// Waits for a call within the timeout, recording how it went.
+    async fn finish<T>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
         match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(Ok(v)) => Some(v),
+            Ok(Ok(v)) => {
+                self.succeeded();
+                Some(v)
+            }
             Ok(Err(e)) => {
-                self.failed(operation, &e.to_string());
+                self.call_failed(operation, &e.to_string());
                 None
             }
             Err(_) => {
-                self.failed(operation, "timed out");
+                self.call_failed(operation, "timed out");
                 None
             }
         }
@@ -200,7 +306,7 @@ impl RedisTier {
     /// or `None` when Redis is unavailable. Used by the prefix registry so every
     /// replica counts the same sightings.
     pub async fn incr_with_ttl(&self, key: &str, ttl: Duration) -> Option<u64> {
-        let conn = self.conn.load_full()?;
+        let conn = self.usable("incr")?;
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let key = format!("{}{key}", self.config.key_prefix);
         let mut pipe = redis::pipe();
@@ -214,50 +320,167 @@ impl RedisTier {
                 Conn::Cluster(c) => pipe.query_async::<(u64,)>(&mut c.clone()).await,
             }
         };
-        match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(Ok((n,))) => Some(n),
-            Ok(Err(e)) => {
-                self.failed("incr", &e.to_string());
-                None
-            }
-            Err(_) => {
-                self.failed("incr", "timed out");
-                None
-            }
-        }
+        self.finish("incr", call).await.map(|(n,)| n)
     }
 
-    /// Deletes every key matching `{prefix}{pattern}` (a SCAN glob); on a cluster,
-    /// each key's node is found by its hash slot. Returns how many were removed.
+    /// Deletes every key matching `{prefix}{pattern}` (a SCAN glob; escape
+    /// what must match literally with [`glob_escape`]). On a cluster every
+    /// master is scanned, and each key is deleted on its own node. Returns how
+    /// many were removed.
     pub async fn delete_matching(&self, pattern: &str) -> u64 {
-        let full = format!("{}{pattern}", self.config.key_prefix);
-        let mut removed = 0u64;
-        let mut cursor: u64 = 0;
-        loop {
-            let page: Option<(u64, Vec<String>)> = self
-                .run(
-                    "scan",
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&full)
-                        .arg("COUNT")
-                        .arg(500)
-                        .clone(),
-                )
-                .await;
-            let Some((next, keys)) = page else { break };
-            for key in keys {
-                let n: Option<u64> = self
-                    .run("del", redis::cmd("UNLINK").arg(&key).clone())
+        let full = format!("{}{pattern}", glob_escape(&self.config.key_prefix));
+        let scan = |cursor: u64| {
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&full)
+                .arg("COUNT")
+                .arg(500)
+                .clone()
+        };
+        let Some(conn) = self.usable("scan") else {
+            return 0;
+        };
+        // Each node's (address, cursor) still to scan; `None`: the single server.
+        let mut pending: Vec<(Option<String>, u64)> = match &*conn {
+            Conn::Single(_) => vec![(None, 0)],
+            Conn::Cluster(c) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let first = self
+                    .finish("scan", c.clone().route_command(scan(0), routing))
                     .await;
-                removed += n.unwrap_or(0);
+                let Some(redis::Value::Map(per_node)) = first else {
+                    return 0;
+                };
+                let mut pending = Vec::new();
+                let mut removed = 0;
+                for (node, page) in per_node {
+                    let Ok(node) = redis::from_redis_value::<String>(node) else {
+                        continue;
+                    };
+                    let Ok((next, keys)) = redis::from_redis_value::<(u64, Vec<String>)>(page)
+                    else {
+                        self.failed("scan", "a node's SCAN reply is not a page");
+                        continue;
+                    };
+                    removed += self.unlink(&keys).await;
+                    if next != 0 {
+                        pending.push((Some(node), next));
+                    }
+                }
+                return removed + self.scan_nodes(c, pending, &full).await;
             }
-            if next == 0 {
-                break;
+        };
+        let mut removed = 0;
+        while let Some((_, cursor)) = pending.pop() {
+            let page: Option<(u64, Vec<String>)> = self.run("scan", scan(cursor)).await;
+            let Some((next, keys)) = page else { break };
+            removed += self.unlink(&keys).await;
+            if next != 0 {
+                pending.push((None, next));
             }
-            cursor = next;
         }
         removed
     }
+
+    /// Scans cluster nodes (`host:port`, cursor) to their end, deleting what matches.
+    async fn scan_nodes(
+        &self,
+        cluster: &ClusterConnection,
+        mut pending: Vec<(Option<String>, u64)>,
+        pattern: &str,
+    ) -> u64 {
+        let mut removed = 0;
+        while let Some((Some(node), cursor)) = pending.pop() {
+            let Some((host, port)) = node
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            else {
+                self.failed("scan", "a cluster node without a host:port address");
+                continue;
+            };
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+            let cmd = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500)
+                .clone();
+            let page = self
+                .finish("scan", cluster.clone().route_command(cmd, routing))
+                .await
+                .and_then(|v| redis::from_redis_value::<(u64, Vec<String>)>(v).ok());
+            let Some((next, keys)) = page else { continue };
+            removed += self.unlink(&keys).await;
+            if next != 0 {
+                pending.push((Some(node), next));
+            }
+        }
+        removed
+    }
+
+    /// Unlinks keys one by one (on a cluster each goes to its own slot's node).
+    async fn unlink(&self, keys: &[String]) -> u64 {
+        let mut removed = 0;
+        for key in keys {
+            let n: Option<u64> = self.run("del", redis::cmd("UNLINK").arg(key).clone()).await;
+            removed += n.unwrap_or(0);
+        }
+        removed
+    }
+
+    /// `key` under the configured prefix.
+    pub fn prefixed(&self, key: &str) -> String {
+        format!("{}{key}", self.config.key_prefix)
+    }
+
+    /// Runs a Lua script (EVALSHA, loading it when the server does not know it
+    /// yet) over `keys` (already prefixed) with `args`; `None` when Redis is
+    /// unavailable or the call fails (counted as `operation`).
+    pub async fn eval<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Option<T> {
+        let conn = self.conn.load_full()?;
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
+        }
+        for a in args {
+            invocation.arg(a);
+        }
+        let call = async {
+            match &*conn {
+                Conn::Single(c) => invocation.invoke_async::<T>(&mut c.clone()).await,
+                Conn::Cluster(c) => invocation.invoke_async::<T>(&mut c.clone()).await,
+            }
+        };
+        match tokio::time::timeout(self.config.timeout, call).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.failed(operation, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed(operation, "timed out");
+                None
+            }
+        }
+    }
+}
+
+/// `text` with the SCAN glob's special characters escaped, to match literally.
+pub fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

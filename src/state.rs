@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::Semaphore;
 
+use crate::budget::BodyBudget;
 use crate::cache::ResponseCache;
+use crate::limits::Limiter;
 use crate::metrics;
 use crate::pipeline::Pipeline;
 use crate::prompt_cache::PrefixRegistry;
@@ -30,12 +32,21 @@ pub struct Shared {
     /// The response cache, flights, prefix registry and breakers: built once,
     /// they survive config reloads.
     pub(crate) pipeline: Arc<Pipeline>,
+    /// The rate-limit and budget counters: built once, they survive reloads
+    /// (the limits themselves are the runtime's config).
+    pub(crate) limiter: Arc<Limiter>,
     /// The config file reloads read (none in built-in demo mode).
     pub(crate) config_path: RwLock<Option<std::path::PathBuf>>,
     pub(crate) metrics: PrometheusHandle,
     /// Requests in flight beyond this are shed with ServiceUnavailable.
     pub(crate) concurrency: Arc<Semaphore>,
     pub(crate) shutting_down: AtomicBool,
+    /// Cancelled when shutdown's grace has passed: streams still running end
+    /// with an exception frame (or error event), requests still waiting get a
+    /// 503.
+    pub(crate) cut: tokio_util::sync::CancellationToken,
+    /// Request-body bytes in memory (`limits.max_inflight_body_bytes`).
+    pub(crate) bodies: BodyBudget,
     pub(crate) readiness: RwLock<Readiness>,
     /// The embedded simulator (demo mode), whose control endpoints the admin
     /// listener serves.
@@ -70,19 +81,25 @@ impl AppState {
             .redis
             .clone()
             .map(|r| RedisTier::start(r, stop));
+        let limiter = Limiter::new(runtime.config.limits.clock, redis.clone());
         let pipeline = Arc::new(Pipeline {
             cache: ResponseCache::new(&runtime.config.cache, redis.clone()),
             flights: Default::default(),
             prefixes: PrefixRegistry::new(runtime.config.prompt_cache.max_prefixes, redis),
             breakers: Default::default(),
         });
+        let metrics = metrics::install();
+        routes_configured(&runtime);
         AppState(Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             pipeline,
+            limiter,
             config_path: RwLock::new(None),
-            metrics: metrics::install(),
+            metrics,
             concurrency: Arc::new(Semaphore::new(permits)),
             shutting_down: AtomicBool::new(false),
+            cut: tokio_util::sync::CancellationToken::new(),
+            bodies: BodyBudget::default(),
             readiness: RwLock::new(Readiness::default()),
             simulator,
             embedded_url,
@@ -96,10 +113,25 @@ impl AppState {
 
     /// Replaces the runtime; requests already running keep the old one.
     pub(crate) fn swap_runtime(&self, runtime: Runtime) {
+        routes_configured(&runtime);
         self.0.runtime.store(Arc::new(runtime));
+    }
+
+    /// The Prometheus text of the proxy's metrics (what the admin listener's
+    /// `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        self.0.metrics.render()
     }
 
     pub(crate) fn begin_shutdown(&self) {
         self.0.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Starts the per-route series that should exist before their first event.
+fn routes_configured(runtime: &Runtime) {
+    for route in runtime.routes.routes() {
+        let hedges = route.config.resilience.hedge_after.is_some();
+        metrics::route_configured(&metrics::route_label(&route.name), hedges);
     }
 }

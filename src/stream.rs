@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{ErrorKind, ProxyError, Side};
 
 /// One frame: the bytes as received and what they decode to.
 #[derive(Debug, Clone)]
@@ -139,6 +139,27 @@ pub fn prepend(first: RelayedFrame, rest: FrameStream) -> FrameStream {
     Box::pin(stream::once(async move { Ok(first) }).chain(rest))
 }
 
+/// Ends `frames` with a proxy-side `Unavailable` error the moment `cut` is
+/// cancelled (shutdown's grace has passed): the client's stream then ends with
+/// an exception frame or error event, and the books call it [`StreamEnd::Cut`].
+pub fn until_cut(frames: FrameStream, cut: tokio_util::sync::CancellationToken) -> FrameStream {
+    Box::pin(stream::unfold(Some((frames, cut)), |state| async move {
+        let (mut frames, cut) = state?;
+        tokio::select! {
+            biased;
+            () = cut.cancelled() => {
+                let e = ProxyError::new(
+                    ErrorKind::Unavailable,
+                    Side::Internal,
+                    "The proxy is shutting down and this stream outlived its grace period; retry against another replica.",
+                );
+                Some((Err(e), None))
+            }
+            item = frames.next() => item.map(|item| (item, Some((frames, cut)))),
+        }
+    }))
+}
+
 /// How a stream ended.
 #[derive(Debug)]
 pub enum StreamEnd {
@@ -146,6 +167,8 @@ pub enum StreamEnd {
     Complete,
     /// The upstream failed, or sent an exception frame.
     Failed(ProxyError),
+    /// The proxy ended it (shutdown's grace passed), with this error.
+    Cut(ProxyError),
     /// The client went away first.
     ClientGone,
 }
@@ -202,6 +225,15 @@ trait Render: Send + 'static {
         item: Option<Result<RelayedFrame, ProxyError>>,
         out: &mut Vec<Bytes>,
     ) -> bool;
+}
+
+/// How a stream that ends with error `e` ended: cut by the proxy itself, or failed.
+fn ended_by(e: ProxyError) -> StreamEnd {
+    if e.side == Side::Internal {
+        StreamEnd::Cut(e)
+    } else {
+        StreamEnd::Failed(e)
+    }
 }
 
 /// The error an upstream exception frame reports. Its payload is
@@ -309,7 +341,7 @@ impl<O: StreamObserver> Render for BedrockRender<O> {
             }
             Some(Err(e)) => {
                 out.push(exception_frame(exception_member(e.kind), &e.message));
-                self.ending.end(StreamEnd::Failed(e));
+                self.ending.end(ended_by(e));
                 true
             }
             None => {
@@ -375,7 +407,7 @@ impl<O: StreamObserver, W: SseWriter> Render for SseRender<O, W> {
             }
             Some(Err(e)) => {
                 out.push(self.writer.failed(&e));
-                self.ending.end(StreamEnd::Failed(e));
+                self.ending.end(ended_by(e));
                 true
             }
             None => {

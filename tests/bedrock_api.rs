@@ -378,15 +378,21 @@ async fn auth_is_enforced_on_every_request() {
     assert!(tampered
         .message()
         .unwrap()
-        .contains("SigV4 verification failed"));
+        .contains("The request signature we calculated does not match"));
     let unknown = sdk_client_signed(&s.url(), "AKIDUNKNOWN", "x")
         .converse()
         .model_id("llama")
         .messages(user_text("hi"))
         .send()
         .await
-        .unwrap_err();
-    assert!(unknown.into_service_error().is_access_denied_exception());
+        .unwrap_err()
+        .into_service_error();
+    assert!(unknown.is_access_denied_exception());
+    assert_eq!(
+        unknown.message(),
+        tampered.message(),
+        "an unknown key id is not told apart from a wrong signature"
+    );
     assert_eq!(
         s.upstream_requests().len(),
         2,

@@ -95,10 +95,30 @@ async fn throttled_optimized_is_served_standard() {
         metric(
             &m,
             "bedrock_proxy_served_tier_total",
-            &["route=\"haiku\"", "tier=\"optimized\""]
+            &[
+                "route=\"haiku\"",
+                "tier=\"optimized\"",
+                "requested=\"optimized\""
+            ]
         ) >= 1.0
     );
     assert!(m.contains("bedrock_proxy_ttft_seconds_bucket{route=\"haiku\",tier=\"standard\""));
+    // The fallback's answer: asked optimized, served standard, as the
+    // dashboards and BedrockProxyOptimizedServedStandard compare them.
+    assert!(
+        metric(
+            &m,
+            "bedrock_proxy_served_tier_total",
+            &[
+                "route=\"haiku\"",
+                "tier=\"standard\"",
+                "requested=\"optimized\""
+            ]
+        ) >= 1.0,
+        "{m}"
+    );
+    // Output speed is a histogram with buckets, not a summary.
+    assert!(m.contains("bedrock_proxy_output_tokens_per_second_bucket{route=\"haiku\",tier=\"standard\",le=\"5\"}"), "{m}");
     s.shutdown().await;
 }
 

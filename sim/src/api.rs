@@ -104,20 +104,20 @@ async fn serve(
     )?;
 
     let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
-    state.log.push(LoggedRequest {
-        seq: state.log.next_seq(),
-        request_id: request_id.to_owned(),
-        face: crate::face::Face::Bedrock,
-        operation: op.name(),
-        model_id: model_id.clone(),
-        path: parts.uri.path().to_owned(),
-        headers: LoggedRequest::headers_without_secrets(&parts.headers),
-        body: parsed.as_ref().map_or_else(
-            |_| Value::String(String::from_utf8_lossy(&bytes).into_owned()),
-            Clone::clone,
-        ),
-        at_ms: u64::try_from(state.clock.now().as_millis()).unwrap_or(u64::MAX),
-    });
+    state.log.push(
+        LoggedRequest {
+            seq: state.log.next_seq(),
+            request_id: request_id.to_owned(),
+            face: crate::face::Face::Bedrock,
+            operation: op.name(),
+            model_id: model_id.clone(),
+            path: parts.uri.path().to_owned(),
+            headers: LoggedRequest::headers_without_secrets(&parts.headers),
+            body: Value::Null,
+            at_ms: u64::try_from(state.clock.now().as_millis()).unwrap_or(u64::MAX),
+        },
+        bytes.clone(),
+    );
     state.stats.received(op.name(), &model_id);
 
     let resolved = state

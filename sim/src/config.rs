@@ -39,6 +39,8 @@ pub struct SimConfig {
     pub catalog: Option<PathBuf>,
     /// How many received requests `/_sim/requests` remembers.
     pub request_log: usize,
+    /// The most body bytes the request log keeps; the oldest go first.
+    pub request_log_bytes: usize,
     /// When set, SigV4 requests must be signed with one of these key pairs.
     pub credentials: Vec<StaticCredential>,
     /// When set, bearer tokens must be one of these.
@@ -63,6 +65,7 @@ impl Default for SimConfig {
             max_body_bytes: 25_000_000,
             catalog: None,
             request_log: 1000,
+            request_log_bytes: 64 * 1024 * 1024,
             credentials: Vec::new(),
             bearer_tokens: Vec::new(),
             self_hosted: selfhosted::default_models(),

@@ -117,7 +117,7 @@ impl Simulator {
             }
             None => Catalog::parse(catalog::DEFAULT_CATALOG)?,
         };
-        let log = state::RequestLog::new(config.request_log);
+        let log = state::RequestLog::new(config.request_log, config.request_log_bytes);
         Ok(Simulator {
             state: Arc::new(SimState {
                 config,

@@ -229,20 +229,20 @@ async fn serve_chat(
         .and_then(|v| v["model"].as_str())
         .unwrap_or("")
         .to_owned();
-    state.log.push(LoggedRequest {
-        seq: state.log.next_seq(),
-        request_id: request_id.to_owned(),
-        face: Face::OpenAi,
-        operation: CHAT_COMPLETIONS,
-        model_id: name.clone(),
-        path: parts.uri.path().to_owned(),
-        headers: LoggedRequest::headers_without_secrets(&parts.headers),
-        body: parsed.as_ref().map_or_else(
-            |_| Value::String(String::from_utf8_lossy(&bytes).into_owned()),
-            Clone::clone,
-        ),
-        at_ms: u64::try_from(state.clock.now().as_millis()).unwrap_or(u64::MAX),
-    });
+    state.log.push(
+        LoggedRequest {
+            seq: state.log.next_seq(),
+            request_id: request_id.to_owned(),
+            face: Face::OpenAi,
+            operation: CHAT_COMPLETIONS,
+            model_id: name.clone(),
+            path: parts.uri.path().to_owned(),
+            headers: LoggedRequest::headers_without_secrets(&parts.headers),
+            body: Value::Null,
+            at_ms: u64::try_from(state.clock.now().as_millis()).unwrap_or(u64::MAX),
+        },
+        bytes.clone(),
+    );
     state
         .stats
         .received_on(Face::OpenAi, CHAT_COMPLETIONS, &name);

@@ -428,11 +428,62 @@ fn called_tools<'a>(
     names
 }
 
+/// The JSON types of the Converse request's structure and list members
+/// (`additionalModelRequestFields` is a document: any type).
+const CONVERSE_TYPES: &[(&str, bool)] = &[
+    // (member, is an object; else a list)
+    ("system", false),
+    ("inferenceConfig", true),
+    ("toolConfig", true),
+    ("guardrailConfig", true),
+    ("promptVariables", true),
+    ("additionalModelResponseFieldPaths", false),
+    ("requestMetadata", true),
+    ("performanceConfig", true),
+    ("serviceTier", true),
+    ("outputConfig", true),
+];
+
+/// What Bedrock calls a JSON value's type in its "expected type" messages.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "Null",
+        Value::Bool(_) => "Boolean",
+        Value::Number(_) => "Number",
+        Value::String(_) => "String",
+        Value::Array(_) => "JSONArray",
+        Value::Object(_) => "JSONObject",
+    }
+}
+
+/// A structure or list member of the wrong JSON type is refused, as Bedrock
+/// refuses it (`"inferenceConfig": "x"`), instead of read as absent.
+fn check_member_types(obj: &serde_json::Map<String, Value>) -> Result<(), SimError> {
+    for (name, object) in CONVERSE_TYPES {
+        let Some(value) = obj.get(*name).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let (ok, expected) = if *object {
+            (value.is_object(), "JSONObject")
+        } else {
+            (value.is_array(), "JSONArray")
+        };
+        if !ok {
+            return Err(SimError::malformed(format!(
+                "#/{name}: expected type: {expected}, found: {}",
+                json_type(value)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads a Converse / ConverseStream body.
 pub fn converse(body: &Value, model: &Model) -> Result<Prompt, SimError> {
     let obj = body
         .as_object()
         .ok_or_else(|| SimError::malformed("the body must be a JSON object"))?;
+    check_member_types(obj)?;
     let messages = match obj.get("messages") {
         Some(Value::Array(m)) => m.as_slice(),
         None | Some(Value::Null) => &[],
@@ -1029,6 +1080,15 @@ mod tests {
             .unwrap_err()
             .message
             .contains("model limit of 8192"));
+        req["inferenceConfig"] = json!("x");
+        let e = converse(&req, &m).unwrap_err();
+        assert_eq!(e.type_name, "ValidationException");
+        assert!(
+            e.message
+                .contains("#/inferenceConfig: expected type: JSONObject, found: String"),
+            "{}",
+            e.message
+        );
         req["inferenceConfig"] = json!({"temperature": 1.5});
         assert!(converse(&req, &m)
             .unwrap_err()

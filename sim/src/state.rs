@@ -2,7 +2,12 @@
 //! received (for `/_sim/requests`), counters (for `/_sim/stats`) and the
 //! latency-optimized quota. Short critical sections under std mutexes: nothing
 //! here is held across an `.await`.
+//!
+//! The request log keeps each body as the bytes received (shared with the
+//! request, not copied, and never a parsed tree, which costs many times its
+//! text), bounded by count and by bytes; it is parsed when read.
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -55,9 +60,28 @@ pub struct LoggedRequest {
     pub model_id: String,
     pub path: String,
     pub headers: BTreeMap<String, String>,
-    /// The body as JSON when it is JSON, else as a string.
+    /// The body as JSON when it is JSON, else as a string (read from the raw
+    /// bytes the log keeps; [`Value::Null`] when pushing).
     pub body: Value,
     pub at_ms: u64,
+}
+
+/// A logged request as the log keeps it.
+#[derive(Debug)]
+struct Kept {
+    request: LoggedRequest,
+    raw: Bytes,
+}
+
+impl Kept {
+    fn read(&self) -> LoggedRequest {
+        let body = serde_json::from_slice(&self.raw)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.raw).into_owned()));
+        LoggedRequest {
+            body,
+            ..self.request.clone()
+        }
+    }
 }
 
 /// Headers never written to the request log.
@@ -83,20 +107,29 @@ impl LoggedRequest {
     }
 }
 
-/// The last N requests received.
+/// The last requests received: at most `capacity` of them, holding at most
+/// `max_bytes` of bodies (the newest request is always kept).
 #[derive(Debug)]
 pub struct RequestLog {
     capacity: usize,
+    max_bytes: usize,
     seq: AtomicU64,
-    entries: Mutex<VecDeque<LoggedRequest>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    kept: VecDeque<Kept>,
+    bytes: usize,
 }
 
 impl RequestLog {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         RequestLog {
             capacity: capacity.max(1),
+            max_bytes,
             seq: AtomicU64::new(0),
-            entries: Mutex::new(VecDeque::new()),
+            entries: Mutex::new(Entries::default()),
         }
     }
 
@@ -104,26 +137,40 @@ impl RequestLog {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn push(&self, entry: LoggedRequest) {
+    /// Logs a request and its body as received (`entry.body` is not kept).
+    pub fn push(&self, mut entry: LoggedRequest, raw: Bytes) {
+        entry.body = Value::Null;
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() == self.capacity {
-            entries.pop_front();
+        entries.bytes += raw.len();
+        entries.kept.push_back(Kept {
+            request: entry,
+            raw,
+        });
+        while entries.kept.len() > self.capacity
+            || (entries.bytes > self.max_bytes && entries.kept.len() > 1)
+        {
+            if let Some(old) = entries.kept.pop_front() {
+                entries.bytes -= old.raw.len();
+            }
         }
-        entries.push_back(entry);
     }
 
     /// The newest `limit` requests, oldest first.
     pub fn recent(&self, limit: usize) -> Vec<LoggedRequest> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let skip = entries.len().saturating_sub(limit);
-        entries.iter().skip(skip).cloned().collect()
+        let skip = entries.kept.len().saturating_sub(limit);
+        entries.kept.iter().skip(skip).map(Kept::read).collect()
+    }
+
+    /// Body bytes held.
+    pub fn bytes(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).bytes
     }
 
     pub fn clear(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.kept.clear();
+        entries.bytes = 0;
     }
 }
 
@@ -295,25 +342,54 @@ mod tests {
         assert!(q.admit("m", 2, t0 + Duration::from_secs(61)));
     }
 
+    fn logged(seq: u64) -> LoggedRequest {
+        LoggedRequest {
+            seq,
+            request_id: String::new(),
+            face: Face::Bedrock,
+            operation: "converse",
+            model_id: String::new(),
+            path: String::new(),
+            headers: BTreeMap::new(),
+            body: Value::Null,
+            at_ms: 0,
+        }
+    }
+
     #[test]
     fn the_log_keeps_the_newest() {
-        let log = RequestLog::new(2);
+        let log = RequestLog::new(2, 1 << 20);
         for i in 0..3 {
-            log.push(LoggedRequest {
-                seq: i,
-                request_id: String::new(),
-                face: Face::Bedrock,
-                operation: "converse",
-                model_id: String::new(),
-                path: String::new(),
-                headers: BTreeMap::new(),
-                body: Value::Null,
-                at_ms: 0,
-            });
+            log.push(logged(i), Bytes::from_static(br#"{"a":1}"#));
         }
         let seqs: Vec<_> = log.recent(10).iter().map(|r| r.seq).collect();
         assert_eq!(seqs, [1, 2]);
         assert_eq!(log.recent(1)[0].seq, 2);
+        assert_eq!(log.recent(1)[0].body, json!({"a": 1}), "read back as JSON");
+    }
+
+    #[test]
+    fn the_log_is_bounded_by_body_bytes_and_keeps_raw_bodies() {
+        let log = RequestLog::new(1000, 100);
+        for i in 0..10 {
+            log.push(logged(i), Bytes::from(vec![b'x'; 30]));
+        }
+        let seqs: Vec<_> = log.recent(100).iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [7, 8, 9], "three 30-byte bodies fit in 100 bytes");
+        assert_eq!(log.bytes(), 90);
+        assert_eq!(
+            log.recent(1)[0].body,
+            json!("x".repeat(30)),
+            "not JSON: a string"
+        );
+        log.push(logged(10), Bytes::from(vec![b'y'; 500]));
+        assert_eq!(
+            log.recent(100).len(),
+            1,
+            "the newest is kept even when larger"
+        );
+        log.clear();
+        assert_eq!(log.bytes(), 0);
     }
 
     #[test]

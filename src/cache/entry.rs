@@ -14,6 +14,8 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::answer::ServedBy;
+use crate::config::UpstreamKind;
 use crate::stream::RelayedFrame;
 use crate::support::now_ms;
 
@@ -129,6 +131,8 @@ pub struct Entry {
     pub route: Arc<str>,
     /// The upstream model that answered (for prices).
     pub model: String,
+    /// The upstream that answered: a hit names it (`x-proxy-upstream`).
+    pub served_by: Option<ServedBy>,
     pub summary: Summary,
     pub content: Content,
 }
@@ -170,9 +174,16 @@ impl Entry {
             tenant,
             route,
             model: model.to_owned(),
+            served_by: None,
             summary,
             content: content.compacted(),
         }
+    }
+
+    /// The entry, naming who served it.
+    pub fn served_by(mut self, served_by: Option<ServedBy>) -> Entry {
+        self.served_by = served_by;
+        self
     }
 
     /// An entry from a whole Converse body.
@@ -266,7 +277,13 @@ impl Entry {
     pub fn weight(&self) -> u32 {
         // The entry itself, its key and the cache's bookkeeping for it.
         const PER_ENTRY: usize = std::mem::size_of::<Entry>() + 256;
-        let strings = self.tenant.len() + self.route.len() + self.model.len();
+        let strings = self.tenant.len()
+            + self.route.len()
+            + self.model.len()
+            + self
+                .served_by
+                .as_ref()
+                .map_or(0, |s| s.upstream.len() + s.model.len());
         let bytes = match &self.content {
             Content::Converse { events, body, .. } => {
                 body.len() + events.iter().map(|e| e.payload.len()).sum::<usize>()
@@ -380,6 +397,9 @@ impl Entry {
         w.bytes(self.tenant.as_bytes());
         w.bytes(self.route.as_bytes());
         w.bytes(self.model.as_bytes());
+        w.opt_str(self.served_by.as_ref().map(|s| &*s.upstream));
+        w.opt_str(self.served_by.as_ref().map(|s| s.kind.name()));
+        w.opt_str(self.served_by.as_ref().map(|s| &*s.model));
         w.opt_str(self.summary.stop_reason.as_deref());
         w.opt_str(self.summary.latency_tier.map(LatencyTier::name));
         w.u64(self.summary.latency_ms.unwrap_or(u64::MAX));
@@ -446,6 +466,18 @@ impl Entry {
         let tenant: Arc<str> = Arc::from(r.string()?);
         let route: Arc<str> = Arc::from(r.string()?);
         let model = r.string()?;
+        let upstream = r.opt_string()?;
+        let kind = r.opt_string()?;
+        let served_model = r.opt_string()?;
+        let served_by = match (upstream, kind, served_model) {
+            (Some(upstream), Some(kind), Some(served)) => Some(ServedBy {
+                upstream: Arc::from(upstream),
+                kind: UpstreamKind::parse(&kind)
+                    .ok_or(EntryError::Corrupt("unknown upstream kind"))?,
+                model: Arc::from(served),
+            }),
+            _ => None,
+        };
         let stop_reason = r.opt_string()?;
         let latency_tier = r.opt_string()?.as_deref().and_then(LatencyTier::parse);
         let latency_ms = Some(r.u64()?).filter(|v| *v != u64::MAX);
@@ -505,6 +537,7 @@ impl Entry {
             tenant,
             route,
             model,
+            served_by,
             summary: Summary {
                 stop_reason,
                 usage,
@@ -516,7 +549,8 @@ impl Entry {
     }
 }
 
-const MAGIC: &[u8] = b"BPCE1";
+// Version 2 added who served the entry; version 1 entries read as misses.
+const MAGIC: &[u8] = b"BPCE2";
 
 const EVENT_KINDS: [EventKind; 6] = [
     EventKind::MessageStart,
@@ -680,6 +714,12 @@ mod tests {
 
     #[test]
     fn entries_survive_encoding() {
+        let e = converse_entry().served_by(Some(ServedBy {
+            upstream: Arc::from("selfhosted"),
+            kind: UpstreamKind::OpenAi,
+            model: Arc::from("qwen2.5-72b-instruct"),
+        }));
+        assert_eq!(Entry::decode(&e.encode()).unwrap(), e);
         let e = converse_entry();
         assert_eq!(Entry::decode(&e.encode()).unwrap(), e);
         let mut headers = HeaderMap::new();

@@ -1,6 +1,9 @@
 //! The response-cache key: SHA-256 over a versioned, length-prefixed encoding of
 //! the tenant namespace, the route, the upstream model, the operation family and
-//! the canonical request (object keys sorted, no whitespace, numbers normalized).
+//! the canonical request (object keys sorted, no whitespace, numbers by their
+//! exact decimal value). The canonical form is read from the request's text, not
+//! its parsed value, whose numbers are rounded to `f64`: two integers beyond
+//! 2^53 that differ are different requests.
 //!
 //! What is in and what is out of the key, and why, is [`CONVERSE_FIELDS`]; a test
 //! walks the Bedrock API model and fails on any Converse member this table does
@@ -12,13 +15,13 @@
 //! and speed, not the answer; and the stream flag: Converse and ConverseStream
 //! share a family, so a streamed answer serves a non-streamed request and back.
 
-use bedrock_wire::canonical::{write_request, Markers};
+use bedrock_wire::canonical::{request_bytes_from_text, write_request, Markers};
 use bedrock_wire::tier::{LATENCY_HEADER, SERVICE_TIER_HEADER};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Bump when the encoding changes: old entries then simply miss.
-pub const KEY_VERSION: &str = "bedrock-proxy/response-cache/v1";
+pub const KEY_VERSION: &str = "bedrock-proxy/response-cache/v2";
 
 /// Whether a request member is part of the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,17 +179,29 @@ pub fn cache_key(parts: &KeyParts<'_>) -> CacheKey {
     match (parts.json, parts.family) {
         (Some(json), Family::Converse) => {
             let excluded = converse_excluded();
-            field(&mut h, &canonical(json, Markers::Converse, &excluded));
+            field(
+                &mut h,
+                &canonical(json, parts.raw, Markers::Converse, &excluded),
+            );
         }
         (Some(json), _) => {
-            field(&mut h, &canonical(json, invoke_markers(json), &[]));
+            field(
+                &mut h,
+                &canonical(json, parts.raw, invoke_markers(json), &[]),
+            );
         }
         (None, _) => field(&mut h, parts.raw),
     }
     CacheKey(h.finalize().into())
 }
 
-fn canonical(json: &Value, markers: Markers, excluded: &[&str]) -> Vec<u8> {
+/// The canonical request, from its text (`raw`, exact for every number); from
+/// its parsed value only if the text does not read as the JSON it was parsed
+/// from (never for a body the ingress parsed).
+fn canonical(json: &Value, raw: &[u8], markers: Markers, excluded: &[&str]) -> Vec<u8> {
+    if let Some(bytes) = request_bytes_from_text(raw, markers, excluded) {
+        return bytes;
+    }
     let mut out = Vec::with_capacity(512);
     write_request(json, markers, excluded, &mut out);
     out

@@ -26,7 +26,7 @@ use std::time::Duration;
 use crate::answer::{CacheStatus, CacheTier};
 use crate::config::CacheConfig;
 use crate::metrics;
-use crate::shared::RedisTier;
+use crate::shared::{glob_escape, RedisTier};
 pub use entry::Entry;
 pub use key::{cache_key, CacheKey, Family, KeyParts};
 
@@ -195,7 +195,10 @@ impl ResponseCache {
         let removed_l1 = before.saturating_sub(self.l1.entry_count());
         let removed_l2 = match &self.l2 {
             Some(l2) => {
-                let pattern = format!("{}:{}:*", tenant.unwrap_or("*"), route.unwrap_or("*"));
+                // Names hold no `:` (check-config refuses it), so each part of
+                // `{namespace}:{route}:{hash}` matches that tenant or route only.
+                let literal = |v: Option<&str>| v.map_or_else(|| "*".to_owned(), glob_escape);
+                let pattern = format!("{}:{}:*", literal(tenant), literal(route));
                 l2.delete_matching(&pattern).await
             }
             None => 0,
@@ -228,6 +231,7 @@ impl ResponseCache {
             "in_flight": in_flight,
             "redis": self.l2.as_ref().map(|l2| json!({
                 "connected": l2.connected(),
+                "up": l2.connected() && !l2.is_down(),
                 "errors": l2.errors(),
             })),
         })

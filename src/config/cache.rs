@@ -36,6 +36,10 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Values at least this large are LZ4-compressed.
     pub compress_min_bytes: usize,
+    /// Consecutive failed calls after which the tier is skipped.
+    pub down_after: u32,
+    /// How often a skipped tier is probed; the first success brings it back.
+    pub retry_after: Duration,
 }
 
 /// A `[cache.redis]` table's keys before any is written (no URL: the table
@@ -49,6 +53,8 @@ impl Default for RedisConfig {
             ttl: Duration::from_secs(24 * 3600),
             timeout: Duration::from_millis(100),
             compress_min_bytes: 2048,
+            down_after: 3,
+            retry_after: Duration::from_secs(2),
         }
     }
 }
@@ -70,6 +76,8 @@ struct RawRedis {
     ttl: Option<String>,
     timeout: Option<String>,
     compress_min_bytes: Option<usize>,
+    down_after: Option<u32>,
+    retry_after: Option<String>,
 }
 
 pub(super) fn validate(raw: RawCache, e: &mut Vec<String>) -> CacheConfig {
@@ -101,8 +109,18 @@ fn redis(raw: RawRedis, e: &mut Vec<String>) -> RedisConfig {
             ));
         }
     }
+    let down_after = raw.down_after.unwrap_or(d.down_after);
+    if down_after == 0 {
+        e.push("cache.redis.down_after: must be at least 1".into());
+    }
+    let retry_after = duration_or("cache.redis.retry_after", raw.retry_after, d.retry_after, e);
+    if retry_after.is_zero() {
+        e.push("cache.redis.retry_after: must be longer than 0s".into());
+    }
     RedisConfig {
         urls,
+        down_after,
+        retry_after,
         cluster: raw.cluster.unwrap_or(d.cluster),
         key_prefix: raw.key_prefix.unwrap_or(d.key_prefix),
         ttl: duration_or("cache.redis.ttl", raw.ttl, d.ttl, e),

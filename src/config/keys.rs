@@ -6,7 +6,8 @@
 use serde::Deserialize;
 use std::collections::HashSet;
 
-use super::values::{check_name, expand_env, sha256_hex};
+use super::tenants::{quota, Quota, RawQuota};
+use super::values::{check_name, expand_env, sha256_hex, SHARED_NAMESPACE};
 
 /// Which routes a key may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +40,20 @@ pub struct KeyConfig {
     pub tenant: String,
     pub credential: KeyCredential,
     pub routes: RouteAccess,
-    pub requests_per_minute: Option<u32>,
+    /// The key's own limits (its tenant's and the route's apply too).
+    pub quota: Quota,
+}
+
+impl KeyConfig {
+    /// The key's name where the proxy shows it (`/admin/usage`, the limits'
+    /// counters): an access key's id, or the first 12 hex digits of an API
+    /// key's SHA-256 (not a secret: the config holds the whole hash).
+    pub fn id(&self) -> String {
+        match &self.credential {
+            KeyCredential::ApiKey { sha256 } => hex::encode(&sha256[..6]),
+            KeyCredential::AccessKey { id, .. } => id.clone(),
+        }
+    }
 }
 
 /// The `routes` entry that allows every route (and the default).
@@ -54,6 +68,9 @@ pub(super) struct RawKey {
     secret_access_key: Option<String>,
     routes: Option<Vec<String>>,
     requests_per_minute: Option<u32>,
+    tokens_per_minute: Option<u64>,
+    usd_per_day: Option<f64>,
+    usd_per_month: Option<f64>,
 }
 
 /// The keys in file order, so an index is still the entry's key path; `None`
@@ -71,6 +88,11 @@ pub(super) fn validate(raw: Vec<RawKey>, e: &mut Vec<String>) -> Vec<Option<KeyC
 fn key(key: &str, raw: RawKey, e: &mut Vec<String>) -> Option<KeyConfig> {
     let tenant = raw.tenant.unwrap_or_default();
     check_name(&format!("{key}.tenant"), &tenant, e);
+    if tenant == SHARED_NAMESPACE {
+        e.push(format!(
+            "{key}.tenant: `{SHARED_NAMESPACE}` is the cache namespace of routes with `shared = true`; name the tenant otherwise"
+        ));
+    }
     let credential = credential(
         key,
         raw.key_sha256,
@@ -84,14 +106,21 @@ fn key(key: &str, raw: RawKey, e: &mut Vec<String>) -> Option<KeyConfig> {
     } else {
         RouteAccess::Only(route_names.into_iter().collect())
     };
-    if raw.requests_per_minute == Some(0) {
-        e.push(format!("{key}.requests_per_minute: must be at least 1"));
-    }
+    let quota = quota(
+        key,
+        RawQuota {
+            requests_per_minute: raw.requests_per_minute,
+            tokens_per_minute: raw.tokens_per_minute,
+            usd_per_day: raw.usd_per_day,
+            usd_per_month: raw.usd_per_month,
+        },
+        e,
+    );
     Some(KeyConfig {
         tenant,
         credential,
         routes,
-        requests_per_minute: raw.requests_per_minute,
+        quota,
     })
 }
 

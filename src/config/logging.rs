@@ -1,4 +1,5 @@
-//! `[logging]`: the log format, the filter, and whether bodies are logged.
+//! `[logging]`: the log format, the filter, whether bodies are logged, and the
+//! CloudWatch Embedded Metric Format lines written beside the log.
 
 use serde::Deserialize;
 
@@ -22,6 +23,10 @@ pub struct LoggingConfig {
     pub level: String,
     /// Log prompts and completions (off by default: they are customer data).
     pub log_bodies: bool,
+    /// One CloudWatch Embedded Metric Format line per request on stdout.
+    pub cloudwatch_emf: bool,
+    /// The CloudWatch namespace of those metrics.
+    pub cloudwatch_namespace: String,
 }
 
 impl Default for LoggingConfig {
@@ -30,6 +35,8 @@ impl Default for LoggingConfig {
             format: LogFormat::default(),
             level: "info".into(),
             log_bodies: false,
+            cloudwatch_emf: false,
+            cloudwatch_namespace: "BedrockProxy".into(),
         }
     }
 }
@@ -40,6 +47,8 @@ pub(super) struct RawLogging {
     format: Option<String>,
     level: Option<String>,
     log_bodies: Option<bool>,
+    cloudwatch_emf: Option<bool>,
+    cloudwatch_namespace: Option<String>,
 }
 
 pub(super) fn validate(raw: RawLogging, e: &mut Vec<String>) -> LoggingConfig {
@@ -51,5 +60,27 @@ pub(super) fn validate(raw: RawLogging, e: &mut Vec<String>) -> LoggingConfig {
             .unwrap_or(d.format),
         level: raw.level.unwrap_or(d.level),
         log_bodies: raw.log_bodies.unwrap_or(d.log_bodies),
+        cloudwatch_emf: raw.cloudwatch_emf.unwrap_or(d.cloudwatch_emf),
+        cloudwatch_namespace: raw
+            .cloudwatch_namespace
+            .filter(|n| check_namespace(n, e))
+            .unwrap_or(d.cloudwatch_namespace),
     }
+}
+
+/// CloudWatch's rules for a custom namespace: 1 to 255 of letters, digits and
+/// `. - _ / # : ` and space, not starting with `AWS/` (reserved for AWS's own).
+fn check_namespace(namespace: &str, e: &mut Vec<String>) -> bool {
+    let valid = !namespace.is_empty()
+        && namespace.len() <= 255
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c))
+        && !namespace.starts_with("AWS/");
+    if !valid {
+        e.push(format!(
+            "logging.cloudwatch_namespace: `{namespace}` must be 1 to 255 letters, digits, . - _ / # : or spaces, not starting with AWS/"
+        ));
+    }
+    valid
 }

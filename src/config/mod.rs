@@ -12,9 +12,10 @@
 //! One file per top-level table, each holding the table's raw serde types, its
 //! typed config with the `Default` impls (the one place defaults live: raw
 //! parsing falls back to them), and `validate`, which reads the table alone:
-//! `server`, `admin`, `limits`, `logging`, `upstreams`, `cache`,
+//! `server`, `admin`, `limits`, `logging`, `tracing`, `upstreams`, `cache`,
 //! `prompt_cache`, `catalog`, `routes/` (with the route's own `cache`,
-//! `prompt_cache` and `resilience` parts), `keys`. Checks that one table makes
+//! `prompt_cache` and `resilience` parts), `keys`, `tenants` (with `Quota`,
+//! the limit keys tenants, keys and routes share). Checks that one table makes
 //! of another (a route naming a missing upstream, a key naming a missing
 //! route, `auth = "keys"` without keys) are `check_references`, here.
 //! `values.rs` reads single values (durations, addresses, `${VAR}`), and
@@ -41,6 +42,7 @@
 #[macro_use]
 mod names;
 mod admin;
+mod advice;
 mod cache;
 mod catalog;
 mod keys;
@@ -49,6 +51,8 @@ mod logging;
 mod prompt_cache;
 mod routes;
 mod server;
+mod tenants;
+mod tracing;
 mod upstreams;
 mod values;
 
@@ -58,10 +62,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+pub use self::tracing::TracingConfig;
 pub use admin::AdminConfig;
 pub use cache::{CacheConfig, RedisConfig};
 pub use keys::{KeyConfig, KeyCredential, RouteAccess};
-pub use limits::Limits;
+pub use limits::{Limits, LimitsClock, SharedFailure};
 pub use logging::{LogFormat, LoggingConfig};
 pub use prompt_cache::PromptCacheGlobal;
 pub use routes::cache::{
@@ -72,8 +77,9 @@ pub use routes::resilience::{
     BreakerConfig, FallbackTarget, LatencyPolicy, ResilienceConfig, DEFAULT_FALLBACK_ON,
 };
 pub use routes::RouteConfig;
-pub use server::{AuthMode, ServerConfig, TlsFiles};
-pub use upstreams::{Timeouts, UpstreamConfig, UpstreamKind};
+pub use server::{AuthMode, Connections, ServerConfig, TlsFiles};
+pub use tenants::{Quota, TenantConfig};
+pub use upstreams::{HourlyCost, Timeouts, UpstreamConfig, UpstreamKind, EMBEDDED};
 
 /// Why a config could not be used: every problem found, each naming its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,9 +93,12 @@ pub struct Config {
     pub admin: AdminConfig,
     pub limits: Limits,
     pub logging: LoggingConfig,
+    /// OpenTelemetry trace export (read at start).
+    pub tracing: TracingConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub keys: Vec<KeyConfig>,
+    pub tenants: Vec<TenantConfig>,
     pub cache: CacheConfig,
     pub prompt_cache: PromptCacheGlobal,
     /// A model catalog file replacing the embedded one.
@@ -112,11 +121,15 @@ struct RawConfig {
     #[serde(default)]
     logging: logging::RawLogging,
     #[serde(default)]
+    tracing: tracing::RawTracing,
+    #[serde(default)]
     upstreams: BTreeMap<String, upstreams::RawUpstream>,
     #[serde(default)]
     routes: Vec<routes::RawRoute>,
     #[serde(default)]
     keys: Vec<keys::RawKey>,
+    #[serde(default)]
+    tenants: Vec<tenants::RawTenant>,
     #[serde(default)]
     cache: cache::RawCache,
     #[serde(default)]
@@ -134,9 +147,11 @@ impl RawConfig {
             admin,
             limits,
             logging,
+            tracing,
             upstreams,
             routes,
             keys,
+            tenants,
             cache,
             catalog,
             prompt_cache,
@@ -147,13 +162,16 @@ impl RawConfig {
         let admin = admin::validate(admin, e);
         let limits = limits::validate(limits, e);
         let logging = logging::validate(logging, e);
+        let tracing = tracing::validate(tracing, e);
         let upstreams = upstreams::validate(upstreams, e);
         let cache = cache::validate(cache, e);
         let prompt_cache = prompt_cache::validate(prompt_cache, e);
         let catalog_file = catalog::validate(catalog, e);
         let routes = routes::validate(routes, e);
         let keys = keys::validate(keys, e);
+        let tenants = tenants::validate(tenants, e);
         check_references(&server, &upstreams, &routes, &keys, e);
+        check_tenants(&server, &keys, &tenants, e);
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -162,9 +180,11 @@ impl RawConfig {
             admin,
             limits,
             logging,
+            tracing,
             upstreams,
             routes,
             keys: keys.into_iter().flatten().collect(),
+            tenants,
             cache,
             prompt_cache,
             catalog_file,
@@ -222,6 +242,29 @@ fn check_references(
     }
 }
 
+/// Every `[[tenants]]` entry names a tenant that can call: one some key
+/// belongs to, or `anonymous` (everyone, with `server.auth = "none"`).
+fn check_tenants(
+    server: &ServerConfig,
+    keys: &[Option<KeyConfig>],
+    tenants: &[TenantConfig],
+    e: &mut Vec<String>,
+) {
+    let known: HashSet<&str> = keys.iter().flatten().map(|k| k.tenant.as_str()).collect();
+    for (i, t) in tenants.iter().enumerate() {
+        let anonymous = server.auth == AuthMode::None && t.name == ANONYMOUS_TENANT;
+        if !anonymous && !known.contains(t.name.as_str()) {
+            e.push(format!(
+                "tenants[{i}].name: no [[keys]] entry belongs to tenant `{}`",
+                t.name
+            ));
+        }
+    }
+}
+
+/// The tenant of every caller when `server.auth = "none"`.
+pub const ANONYMOUS_TENANT: &str = "anonymous";
+
 impl Config {
     /// Parses and validates a config.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -241,9 +284,7 @@ impl Config {
     /// Whether a simulator upstream has no endpoint, so the proxy must run the
     /// simulator in its own process.
     pub fn needs_embedded_simulator(&self) -> bool {
-        self.upstreams
-            .values()
-            .any(|u| u.kind == UpstreamKind::Simulator && u.endpoint.is_none())
+        self.upstreams.values().any(|u| u.embedded)
     }
 
     /// A one-line description for logs and `check-config`.

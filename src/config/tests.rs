@@ -212,6 +212,73 @@ format = "xml"
 }
 
 #[test]
+fn tracing_and_emf_problems_name_their_keys() {
+    let e = errors(&with(
+        r#"
+[logging]
+cloudwatch_namespace = "AWS/Bedrock"
+[tracing]
+endpoint = "collector:4318"
+headers = { "bad header" = "x", "x-key" = "line\nbreak" }
+service_name = " "
+sample_ratio = 1.5
+timeout = "0s"
+"#,
+    ));
+    assert_eq!(
+        e,
+        [
+            "logging.cloudwatch_namespace: `AWS/Bedrock` must be 1 to 255 letters, digits, . - _ / # : or spaces, not starting with AWS/",
+            "tracing.endpoint: `collector:4318` is not an http:// or https:// URL like http://collector:4318",
+            "tracing.headers.bad header: not a valid HTTP header name",
+            "tracing.headers.x-key: not a valid HTTP header value",
+            "tracing.service_name: must not be empty",
+            "tracing.sample_ratio: 1.5 is not between 0 and 1 (1 keeps every trace)",
+            "tracing.timeout: must be more than zero",
+        ]
+    );
+}
+
+#[test]
+fn tracing_and_emf_are_off_by_default_and_read_as_written() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.tracing, TracingConfig::default());
+    assert!(!c.logging.cloudwatch_emf);
+    assert_eq!(c.logging.cloudwatch_namespace, "BedrockProxy");
+    let c = Config::parse(&with(
+        r#"
+[logging]
+cloudwatch_emf = true
+cloudwatch_namespace = "Acme/LLM gateway"
+[tracing]
+endpoint = "https://otlp.example.com"
+headers = { "x-api-key" = "${BEDROCK_PROXY_TEST_UNSET_KEY:-k-123}" }
+service_name = "gateway"
+sample_ratio = 0.25
+timeout = "3s"
+capture_content = true
+"#,
+    ))
+    .unwrap();
+    assert!(c.logging.cloudwatch_emf);
+    assert_eq!(c.logging.cloudwatch_namespace, "Acme/LLM gateway");
+    let t = &c.tracing;
+    assert_eq!(
+        t.enabled, None,
+        "on because an endpoint is set (telemetry::install)"
+    );
+    assert_eq!(t.endpoint.as_deref(), Some("https://otlp.example.com"));
+    assert_eq!(t.headers["x-api-key"], "k-123");
+    assert_eq!(t.service_name.as_deref(), Some("gateway"));
+    assert_eq!(t.sample_ratio, Some(0.25));
+    assert_eq!(t.timeout, Some(Duration::from_secs(3)));
+    assert!(t.capture_content);
+    assert!(errors(&with("[tracing]\nendpont = \"http://c:4318\""))
+        .iter()
+        .any(|e| e.contains("endpont")));
+}
+
+#[test]
 fn upstream_problems_name_their_keys() {
     let e = errors(
         r#"
@@ -232,7 +299,7 @@ upstream = "east"
     assert_eq!(
         e[..3],
         [
-            "upstreams.east.kind: `azure` is not one of bedrock, simulator",
+            "upstreams.east.kind: `azure` is not one of bedrock, simulator, openai, sagemaker",
             "upstreams.east.endpoint: `bedrock.example` must start with http:// or https://",
             "upstreams.east.bearer_token: environment variable CONFIG_TEST_UNSET_TOKEN is not set",
         ]
@@ -303,7 +370,7 @@ prompt_cache = { mode = "never", ttl = "2h", min_repeats = 0, positions = ["syst
 "#,
     ));
     let expected = [
-        "routes[0].name: `no spaces please` must be non-empty letters, digits, - _ . :",
+        "routes[0].name: `no spaces please` must be non-empty letters, digits, - _ . (no `:`: it separates the parts of cache keys)",
         "routes[0]: give at least one of aliases, models",
         "routes[0].cache.mode: `sometimes` is not one of off, deterministic, always",
         "routes[0].cache.replay: `slow` is not one of instant, paced",
@@ -394,7 +461,7 @@ secret_access_key = "${{CONFIG_TEST_UNSET_SECRET:-}}"
         e,
         [
             "keys[0]: access_key_id needs secret_access_key",
-            "keys[1].tenant: `team a` must be non-empty letters, digits, - _ . :",
+            "keys[1].tenant: `team a` must be non-empty letters, digits, - _ . (no `:`: it separates the parts of cache keys)",
             "keys[1].requests_per_minute: must be at least 1",
             "keys[2]: give either key_sha256, or access_key_id with secret_access_key",
             "keys[4].secret_access_key: must not be empty",
@@ -605,6 +672,12 @@ fn every_name_table_round_trips() {
         LatencyPolicy::parse,
         LatencyPolicy::name,
     );
+    assert_round_trip(
+        SharedFailure::NAMES,
+        SharedFailure::parse,
+        SharedFailure::name,
+    );
+    assert_round_trip(LimitsClock::NAMES, LimitsClock::parse, LimitsClock::name);
     assert_eq!(CacheMode::parse("sometimes"), None);
 }
 
@@ -631,9 +704,13 @@ fn the_file_accepts_exactly_the_names_in_the_tables() {
         assert_eq!(c.logging.format, *format);
     }
     for (kind, name) in UpstreamKind::NAMES {
-        let c =
-            Config::parse(&MINIMAL.replace("kind = \"simulator\"", &format!("kind = \"{name}\"")))
-                .unwrap();
+        let text = MINIMAL.replace("kind = \"simulator\"", &format!("kind = \"{name}\""));
+        // An OpenAI-compatible server is found by its base URL.
+        let text = match kind {
+            UpstreamKind::OpenAi => text.replace("endpoint =", "base_url ="),
+            _ => text,
+        };
+        let c = Config::parse(&text).unwrap();
         assert_eq!(c.upstreams["sim"].kind, *kind);
     }
     let route = |keys: &str| {
@@ -680,5 +757,185 @@ fn the_file_accepts_exactly_the_names_in_the_tables() {
     assert_eq!(
         r.resilience.fallback_on,
         [ErrorKind::ModelError, ErrorKind::QuotaExceeded]
+    );
+}
+
+// --- Connection bounds, the body budget, Redis fast-fail, names ---
+
+/// MINIMAL with `lines` added to its `[server]` table.
+fn with_server(lines: &str) -> String {
+    MINIMAL.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1)
+}
+
+#[test]
+fn connection_bounds_have_safe_defaults_and_are_read() {
+    let c = Config::parse(MINIMAL).unwrap().server.connections;
+    assert_eq!(c, Connections::default());
+    assert_eq!(c.max_connections, 10_000);
+    assert_eq!(c.first_byte_timeout, Duration::from_secs(10));
+    assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.body_timeout, Duration::from_secs(120));
+    assert_eq!(c.body_min_rate, 1024);
+    assert_eq!(c.h2_keep_alive_interval, Some(Duration::from_secs(30)));
+    assert_eq!(c.max_header_bytes, 65536);
+    let c = Config::parse(&with_server(
+        "max_connections = 5\nfirst_byte_timeout = \"2s\"\nidle_timeout = \"75s\"\nbody_timeout = \"30s\"\nbody_min_rate = 0\nbody_rate_grace = \"1s\"\nh2_keep_alive_interval = \"0s\"\nh2_keep_alive_timeout = \"5s\"\nmax_header_bytes = 16384",
+    ))
+    .unwrap()
+    .server
+    .connections;
+    assert_eq!(c.max_connections, 5);
+    assert_eq!(c.first_byte_timeout, Duration::from_secs(2));
+    assert_eq!(c.idle_timeout, Duration::from_secs(75));
+    assert_eq!(c.body_timeout, Duration::from_secs(30));
+    assert_eq!(c.body_min_rate, 0);
+    assert_eq!(c.h2_keep_alive_interval, None, "0s turns pings off");
+    assert_eq!(c.max_header_bytes, 16384);
+    let e = errors(&with_server(
+        "max_connections = 0\nidle_timeout = \"0s\"\nbody_timeout = \"soon\"\nmax_header_bytes = 100\nsigv4_regions = [\"US EAST\"]",
+    ))
+    .join("\n");
+    for expected in [
+        "server.max_connections: must be at least 1",
+        "server.idle_timeout: must be longer than 0s",
+        "server.body_timeout: `soon` is not a duration",
+        "server.max_header_bytes: must be at least 8192",
+        "server.sigv4_regions: `US EAST` is not a region name",
+    ] {
+        assert!(e.contains(expected), "{expected}\n{e}");
+    }
+}
+
+#[test]
+fn the_body_budget_holds_at_least_one_largest_body() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.limits.max_inflight_body_bytes, 256 * 1024 * 1024);
+    let c = Config::parse(&with("[limits]\nmax_body_bytes = 300000000")).unwrap();
+    assert_eq!(
+        c.limits.max_inflight_body_bytes, 300_000_000,
+        "raised to fit one"
+    );
+    let e = errors(&with(
+        "[limits]\nmax_body_bytes = 1000\nmax_inflight_body_bytes = 999",
+    ));
+    assert!(
+        e[0].starts_with("limits.max_inflight_body_bytes: must be at least"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn redis_fast_fail_settings() {
+    let c = Config::parse(&with("[cache.redis]\nurl = \"redis://127.0.0.1:6379\"")).unwrap();
+    let r = c.cache.redis.unwrap();
+    assert_eq!((r.down_after, r.retry_after), (3, Duration::from_secs(2)));
+    let e = errors(&with(
+        "[cache.redis]\nurl = \"redis://x\"\ndown_after = 0\nretry_after = \"0s\"",
+    ))
+    .join("\n");
+    assert!(
+        e.contains("cache.redis.down_after: must be at least 1"),
+        "{e}"
+    );
+    assert!(
+        e.contains("cache.redis.retry_after: must be longer than 0s"),
+        "{e}"
+    );
+}
+
+#[test]
+fn names_that_could_pass_for_another_namespace_are_refused() {
+    let key = "[[keys]]\ntenant = \"{T}\"\nkey_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"";
+    let e = errors(&with(&key.replace("{T}", "shared"))).join("\n");
+    assert!(
+        e.contains(
+            "keys[0].tenant: `shared` is the cache namespace of routes with `shared = true`"
+        ),
+        "{e}"
+    );
+    let e = errors(&with(&key.replace("{T}", "a:b"))).join("\n");
+    assert!(e.contains("keys[0].tenant: `a:b` must be"), "{e}");
+    let e = errors(&with_routes(
+        "[[routes]]\nname = \"r:1\"\nmodels = [\"m\"]\nupstream = \"sim\"",
+    ))
+    .join("\n");
+    assert!(e.contains("routes[0].name: `r:1` must be"), "{e}");
+}
+#[test]
+fn tenants_keys_and_routes_take_the_same_limits() {
+    let hash = "ab".repeat(32);
+    let c = Config::parse(&with(&format!(
+        r#"
+[limits]
+on_shared_failure = "closed"
+output_tokens_estimate = 512
+[[keys]]
+tenant = "acme"
+key_sha256 = "{hash}"
+requests_per_minute = 60
+usd_per_day = 1.5
+[[tenants]]
+name = "acme"
+tokens_per_minute = 100000
+usd_per_month = 300
+"#
+    )))
+    .unwrap();
+    assert_eq!(c.limits.on_shared_failure, SharedFailure::Closed);
+    assert_eq!(c.limits.output_tokens_estimate, 512);
+    assert_eq!(c.limits.clock, LimitsClock::System);
+    assert_eq!(c.keys[0].quota.requests_per_minute, Some(60));
+    assert_eq!(c.keys[0].quota.usd_per_day, Some(1.5));
+    assert_eq!(c.tenants[0].quota.tokens_per_minute, Some(100_000));
+    assert_eq!(c.tenants[0].quota.usd_per_month, Some(300.0));
+    assert!(c.routes[0].quota.is_empty());
+    let route = Config::parse(&MINIMAL.replace(
+        "upstream = \"sim\"",
+        "upstream = \"sim\"\nrequests_per_minute = 5\nusd_per_month = 9",
+    ))
+    .unwrap();
+    assert_eq!(route.routes[0].quota.requests_per_minute, Some(5));
+    assert_eq!(route.routes[0].quota.usd_per_month, Some(9.0));
+    // With auth = "none" everyone is `anonymous`, which may have limits.
+    let anonymous =
+        Config::parse(&with("[[tenants]]\nname = \"anonymous\"\nusd_per_day = 2")).unwrap();
+    assert_eq!(anonymous.tenants[0].name, ANONYMOUS_TENANT);
+}
+
+#[test]
+fn limit_problems_name_their_keys() {
+    let hash = "ab".repeat(32);
+    let e = errors(&with(&format!(
+        r#"
+[limits]
+on_shared_failure = "maybe"
+clock = "sundial"
+[[keys]]
+tenant = "acme"
+key_sha256 = "{hash}"
+tokens_per_minute = 0
+usd_per_day = -1
+[[tenants]]
+name = "acme"
+usd_per_month = 0
+[[tenants]]
+name = "acme"
+[[tenants]]
+name = "nobody"
+requests_per_minute = 0
+"#
+    )));
+    assert_eq!(
+        e,
+        [
+            "limits.on_shared_failure: `maybe` is not one of open, closed",
+            "limits.clock: `sundial` is not one of system, manual",
+            "keys[0].tokens_per_minute: must be at least 1",
+            "keys[0].usd_per_day: must be a positive number of dollars",
+            "tenants[0].usd_per_month: must be a positive number of dollars",
+            "tenants[2].requests_per_minute: must be at least 1",
+            "tenants[1].name: `acme` is configured twice",
+            "tenants[2].name: no [[keys]] entry belongs to tenant `nobody`",
+        ]
     );
 }

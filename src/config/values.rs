@@ -92,15 +92,21 @@ pub(super) fn listen_addr(
     })
 }
 
-/// Checks a route or tenant name: what metrics labels, logs and cache keys can carry.
+/// The cache namespace of `shared = true` routes, which no tenant may take.
+pub(super) const SHARED_NAMESPACE: &str = "shared";
+
+/// Checks a route or tenant name: what metrics labels, logs and cache keys can
+/// carry. `:` separates the parts of a shared-cache key
+/// (`{tenant}:{route}:{hash}`), so a name holding it could pass for another's
+/// entries (`a` and `a:b`); it is refused.
 pub(super) fn check_name(key: &str, name: &str, errors: &mut Vec<String>) {
     let valid = !name.is_empty()
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !valid {
         errors.push(format!(
-            "{key}: `{name}` must be non-empty letters, digits, - _ . :"
+            "{key}: `{name}` must be non-empty letters, digits, - _ . (no `:`: it separates the parts of cache keys)"
         ));
     }
 }

@@ -16,7 +16,7 @@ use bedrock_wire::tier::{LatencyTier, LATENCY_HEADER, SERVICE_TIER_HEADER};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{failed, parse_json, receive, route, run, Finish};
+use super::{failed, parse_json, receive_for, route, run, start_trace, Finish};
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::pipeline::Call;
@@ -53,6 +53,7 @@ async fn handle(
         Ok(Path((model_id, operation))) => match Operation::from_name(&operation) {
             Some(op) => {
                 finish.op = op;
+                start_trace(&mut finish, request.headers(), op.name());
                 let span = request_span(&finish.request_id, op.name());
                 serve(&state, &mut finish, op, &model_id, request)
                     .instrument(span)
@@ -83,7 +84,11 @@ async fn serve(
 ) -> Result<Response, ProxyError> {
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
-    let (body, principal) = receive(&rt, &parts, body, finish).await?;
+    // The path names the model, so the route's limits are decided from the
+    // headers too (an unknown model is reported after authentication).
+    let path_route = rt.routes.resolve(model_id).ok().map(|r| r.route);
+    let (body, principal) =
+        receive_for(state, &rt, &parts, body, path_route.as_deref(), finish).await?;
     let routed = route(&rt, &principal, model_id, finish)?;
 
     // InvokeModel bodies are model-native. A body declared JSON must parse; the
@@ -127,6 +132,7 @@ async fn serve(
         json,
         forward,
         started: finish.started,
+        trace: finish.trace.clone(),
     };
     Ok(match run(state, &rt, call, &parts.headers, finish).await? {
         Answer::Whole {

@@ -1,6 +1,9 @@
-//! The books of one request: the proxy's response headers, and the metrics and
-//! access-log line written once the answer is complete (for a stream, when it
+//! The books of one request: the proxy's response headers (rate-limit headers
+//! included), and the metrics, access-log line, trace span, EMF line and
+//! limits' settlement done once the answer is complete (for a stream, when it
 //! ends), from the call's [`Record`].
+
+mod report;
 
 use axum::http::{HeaderMap, HeaderValue};
 use bedrock_wire::converse::Summary;
@@ -11,9 +14,13 @@ use tokio::time::Instant;
 
 use crate::answer::{CacheStatus, Record};
 use crate::catalog::ModelInfo;
+use crate::config::HourlyCost;
 use crate::error::ProxyError;
+use crate::limits::{Outcome, RateHeaders, Ticket};
 use crate::metrics;
+use crate::runtime::Runtime;
 use crate::stream::{RelayedFrame, StreamEnd, StreamObserver, StreamReader};
+use crate::telemetry::{Trace, Transcript};
 
 /// Per-request bookkeeping every ingress shares: the proxy's response headers,
 /// and the metrics and access-log line written once the answer is complete
@@ -33,6 +40,72 @@ pub struct Finish {
     pub answered_at: Option<Instant>,
     /// The upstream model's catalog entry (prices, for what a cache hit saved).
     pub model: Option<Arc<ModelInfo>>,
+    /// What the limits' admission took (settled when the answer ends) and
+    /// where the limits stand, for the rate-limit headers.
+    pub limits: Ticket,
+    /// Which rate-limit header names the API's clients read.
+    pub rate_headers: RateHeaders,
+    /// Answer with `Connection: close`: a request refused before its body was
+    /// read leaves the body unread on an HTTP/1.1 connection.
+    pub close_connection: bool,
+    /// The request's span (nothing when tracing is off).
+    pub trace: Trace,
+    /// The tier the route wants for this request: its latency policy applied
+    /// to `requested_tier` (`latency::wanted`).
+    pub wanted_tier: Option<LatencyTier>,
+    /// What the answering target charges.
+    pub pricing: Pricing,
+}
+
+/// What an upstream answer costs: the catalog's prices for the model that
+/// answered, a self-hosted upstream's price per hour, or nothing known.
+#[derive(Debug, Clone, Default)]
+pub enum Pricing {
+    #[default]
+    Unknown,
+    Tokens(Arc<ModelInfo>),
+    Hourly(HourlyCost),
+}
+
+impl Pricing {
+    /// The pricing of the target that answered `record`: its upstream's
+    /// `usd_per_hour` when it has one, else the catalog's prices for its model.
+    pub fn of(rt: &Runtime, record: &Record) -> Pricing {
+        let Some(served) = &record.served_by else {
+            return Pricing::Unknown;
+        };
+        let hourly = rt
+            .upstreams
+            .get(&served.upstream)
+            .and_then(|u| u.config.hourly);
+        match (hourly, rt.catalog.get(&served.model)) {
+            (Some(h), _) => Pricing::Hourly(h),
+            (None, Some(lookup)) => Pricing::Tokens(lookup.model.clone()),
+            (None, None) => Pricing::Unknown,
+        }
+    }
+
+    /// Dollars for an answer with `usage`, served at `tier`, that held its
+    /// upstream for `held` (an hourly price is shared by the requests the
+    /// deployment serves at once).
+    fn usd(
+        &self,
+        usage: &bedrock_wire::converse::Usage,
+        tier: Option<LatencyTier>,
+        held: std::time::Duration,
+    ) -> Option<(&'static str, f64)> {
+        match self {
+            Pricing::Unknown => None,
+            Pricing::Tokens(m) => Some((
+                "tokens",
+                m.price_for(tier.map(LatencyTier::name)).cost(usage),
+            )),
+            Pricing::Hourly(h) => Some((
+                "hourly",
+                h.usd_per_hour / 3600.0 * held.as_secs_f64() / f64::from(h.concurrency),
+            )),
+        }
+    }
 }
 
 impl Finish {
@@ -47,6 +120,12 @@ impl Finish {
             record: Record::default(),
             answered_at: None,
             model: None,
+            limits: Ticket::default(),
+            rate_headers: RateHeaders::default(),
+            close_connection: false,
+            trace: Trace::off(),
+            wanted_tier: None,
+            pricing: Pricing::Unknown,
         }
     }
 
@@ -59,7 +138,9 @@ impl Finish {
 
     /// Adds `x-proxy-route`, `x-proxy-attempts` and, for answers,
     /// `x-proxy-latency-tier` (the tier that served the request when known, else
-    /// the one asked for, else `standard`).
+    /// the one asked for, else `standard`), `x-proxy-upstream` and
+    /// `x-proxy-served-model` (who served it; for a cache hit, who served the
+    /// stored answer).
     pub fn headers(&self, headers: &mut HeaderMap, served_tier: Option<LatencyTier>) {
         let mut set = |name: &'static str, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
@@ -82,12 +163,43 @@ impl Finish {
         if record.attempts > 0 || record.cache.is_hit() {
             set("x-proxy-latency-tier", self.tier(served_tier).name());
         }
+        if let Some(served) = &record.served_by {
+            set("x-proxy-upstream", &served.upstream);
+            set("x-proxy-served-model", &served.model);
+        }
+        if self.close_connection {
+            set("connection", "close");
+        }
+        self.limits.view.write(self.rate_headers, headers);
+    }
+
+    /// Settles the limits' counters with what the answer used (`None`: it did
+    /// not say), at the price of the tier that served it.
+    fn settle(&self, usage: Option<&bedrock_wire::converse::Usage>, tier: Option<LatencyTier>) {
+        let price = self
+            .model
+            .as_ref()
+            .map(|m| m.price_for(tier.map(LatencyTier::name)));
+        self.limits.settle(match usage {
+            Some(usage) => Outcome::Answered {
+                usage: *usage,
+                price,
+                cache_hit: self.record.cache.is_hit(),
+            },
+            None => Outcome::Unknown { price },
+        });
     }
 
     /// The tier an answer is reported as served by: what Bedrock said when it
     /// said, else what the answering attempt asked for, else what the client
     /// asked for, else `standard`.
     fn tier(&self, served: Option<LatencyTier>) -> LatencyTier {
+        // Latency tiers are Bedrock's; anything else served at its only speed.
+        if let Some(s) = &self.record.served_by {
+            if !s.kind.is_bedrock() {
+                return LatencyTier::Standard;
+            }
+        }
         served
             .or(self.record.tier_sent)
             .or(self.requested_tier)
@@ -109,6 +221,16 @@ impl Finish {
             return;
         }
         let tier = self.tier(summary.latency_tier).name();
+        let (ttft, tps) = self.speed(summary, streamed);
+        metrics::served(route, tier, self.tier_requested().name(), ttft, tps);
+    }
+
+    /// An upstream answer's TTFT and output speed (see [`Finish::served`]).
+    fn speed(
+        &self,
+        summary: &Summary,
+        streamed: bool,
+    ) -> (Option<std::time::Duration>, Option<f64>) {
         let ttft = self.answered_at.map(|t| t.duration_since(self.started));
         let output = summary.usage.map_or(0, |u| u.output_tokens) as f64;
         let span = if streamed {
@@ -119,7 +241,14 @@ impl Finish {
         let tps = span
             .filter(|d| !d.is_zero() && output > 0.0)
             .map(|d| output / d.as_secs_f64());
-        metrics::served(route, tier, ttft, tps);
+        (ttft, tps)
+    }
+
+    /// The tier the route asked for (the `requested` label).
+    fn tier_requested(&self) -> LatencyTier {
+        self.wanted_tier
+            .or(self.requested_tier)
+            .unwrap_or(LatencyTier::Standard)
     }
 
     /// Counts what an answer cost: billed tokens for upstream answers, tokens
@@ -134,6 +263,14 @@ impl Finish {
             metrics::cache_saved(route, usage, usd);
         } else {
             metrics::tokens(route, usage);
+            let held = self.started.elapsed();
+            if let (Some(served), Some((basis, usd))) = (
+                &self.record.served_by,
+                self.pricing
+                    .usd(usage, Some(self.tier(summary.latency_tier)), held),
+            ) {
+                metrics::cost(route, served.kind.name(), basis, usd);
+            }
             if usage.cache_read_input_tokens + usage.cache_write_input_tokens > 0 {
                 let (label, saved) = match &self.model {
                     Some(m) => {
@@ -163,6 +300,8 @@ impl Finish {
             outcome,
             attempts = self.record.attempts,
             target = self.record.target.as_deref().unwrap_or("-"),
+            upstream = self.record.served_by.as_ref().map_or("-", |s| &*s.upstream),
+            served_model = self.record.served_by.as_ref().map_or("-", |s| &*s.model),
             tier = summary
                 .and_then(|s| s.latency_tier)
                 .map_or("-", LatencyTier::name),
@@ -176,15 +315,18 @@ impl Finish {
 
     /// A whole answer was sent.
     pub fn whole(&self, summary: &Summary) {
+        self.settle(summary.usage.as_ref(), summary.latency_tier);
         let route = self.route_label();
         self.account(&route, summary);
         self.served(&route, summary, false);
         metrics::request_done(&route, self.op, 200, self.started.elapsed());
         self.log(200, "ok", Some(summary));
+        self.report(&report::Ending::answered(summary));
     }
 
     /// An error response was sent.
     pub fn error(&self, e: &ProxyError) {
+        self.limits.settle(Outcome::Failed);
         let status = e.status().as_u16();
         if self.route.is_none() {
             metrics::rejected(e.kind.label());
@@ -192,6 +334,7 @@ impl Finish {
         metrics::request_done(&self.route_label(), self.op, status, self.started.elapsed());
         tracing::info!(target: "access", request_id = %self.request_id, error = %e, "request failed");
         self.log(status, e.kind.label(), None);
+        self.report(&report::Ending::failed(e));
     }
 
     /// The observer that finishes the books when a stream ends.
@@ -199,6 +342,7 @@ impl Finish {
         FinishStream {
             finish: self.clone(),
             reader: StreamReader::default(),
+            transcript: Transcript::for_trace(&self.trace),
         }
     }
 }
@@ -207,11 +351,14 @@ impl Finish {
 pub struct FinishStream {
     finish: Finish,
     pub reader: StreamReader,
+    /// The stream's text, kept only for a span that captures content.
+    transcript: Transcript,
 }
 
 impl StreamObserver for FinishStream {
     fn frame(&mut self, frame: &RelayedFrame) {
         self.reader.read(frame);
+        self.transcript.read(&frame.frame);
     }
 
     fn end(&mut self, end: StreamEnd) {
@@ -220,10 +367,17 @@ impl StreamObserver for FinishStream {
             StreamEnd::Complete => "complete",
             StreamEnd::Failed(_) => "upstream_error",
             StreamEnd::ClientGone => "client_gone",
+            StreamEnd::Cut(_) => "shutdown",
         };
+        if let StreamEnd::Cut(e) = &end {
+            tracing::warn!(target: "access", request_id = %self.finish.request_id, error = %e, "stream cut at shutdown");
+        }
         if let StreamEnd::Failed(e) = &end {
             metrics::upstream_error(&route, e.kind);
         }
+        let summary = &self.reader.summary;
+        self.finish
+            .settle(summary.usage.as_ref(), summary.latency_tier);
         self.finish.account(&route, &self.reader.summary);
         if matches!(end, StreamEnd::Complete) {
             self.finish.served(&route, &self.reader.summary, true);
@@ -231,5 +385,44 @@ impl StreamObserver for FinishStream {
         metrics::stream_ended(&route, outcome);
         metrics::request_done(&route, self.finish.op, 200, self.finish.started.elapsed());
         self.finish.log(200, outcome, Some(&self.reader.summary));
+        let summary = &self.reader.summary;
+        if let Some(text) = self.transcript.text() {
+            let reason = summary.stop_reason.as_deref();
+            self.finish.trace.output_text(text, reason);
+        }
+        self.finish
+            .report(&report::Ending::streamed(summary, outcome, &end));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bedrock_wire::converse::Usage;
+    use std::time::Duration;
+
+    #[test]
+    fn an_hourly_price_is_shared_by_the_requests_served_at_once() {
+        let usage = Usage {
+            input_tokens: 1000,
+            output_tokens: 500,
+            total_tokens: 1500,
+            ..Usage::default()
+        };
+        let hourly = Pricing::Hourly(HourlyCost {
+            usd_per_hour: 3.6,
+            concurrency: 4,
+        });
+        // $3.60 an hour is $0.001 a second; 20 s of a deployment that serves
+        // 4 at once is a quarter of $0.02, whatever the tokens.
+        let (basis, usd) = hourly
+            .usd(&usage, None, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("an hourly price prices every answer"));
+        assert_eq!(basis, "hourly");
+        assert!((usd - 0.005).abs() < 1e-12, "{usd}");
+        assert_eq!(
+            Pricing::Unknown.usd(&usage, None, Duration::from_secs(20)),
+            None
+        );
     }
 }

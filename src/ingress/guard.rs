@@ -1,12 +1,20 @@
 //! The guard every API request passes first: load shedding past
 //! `limits.max_concurrent_requests` and during shutdown, the in-flight count,
-//! a handler panic turned into an error in the API's shape, and the headers
-//! every response carries. The permit and the count are held by the response
-//! body ([`Guarded`]), so a stream holds them until it ends.
+//! a handler panic turned into an error in the API's shape, a request still
+//! waiting when shutdown cuts it answered with a 503, and the headers every
+//! response carries.
+//!
+//! A request takes its concurrency slot once its body is in ([`Gate::admit`],
+//! called by the ingress's `receive`), not while the client is still sending
+//! it: slow uploads are bounded by the body deadlines and the body budget,
+//! and cannot hold the slots other tenants' requests need. A proxy already at
+//! its limit refuses here, before a byte of body is read. The slot, the body's
+//! budget and the in-flight count are held by the response body ([`Guarded`]),
+//! so a stream holds them until it ends.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Version};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
@@ -14,33 +22,106 @@ use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::budget::{BodyBudget, Reservation};
 use crate::error::ProxyError;
 use crate::metrics::{self, InFlight};
 use crate::state::AppState;
 
+/// What a request holds until its response is done.
+#[derive(Default)]
+struct Held {
+    permit: Option<OwnedSemaphorePermit>,
+    body: Option<Reservation>,
+}
+
+/// The guard's hand in a request's extensions: the ingress reads the body
+/// against [`Gate::budget`] and then takes its concurrency slot with
+/// [`Gate::admit`]; the guard keeps both with the response.
+#[derive(Clone)]
+pub struct Gate {
+    concurrency: Arc<Semaphore>,
+    budget: BodyBudget,
+    held: Arc<Mutex<Held>>,
+}
+
+impl Gate {
+    /// The budget of body bytes in flight.
+    pub fn budget(&self) -> &BodyBudget {
+        &self.budget
+    }
+
+    /// Takes a concurrency slot for the request whose body (holding `body` of
+    /// the budget) is in; a 503 when every slot is taken.
+    pub fn admit(&self, body: Option<Reservation>) -> Result<(), ProxyError> {
+        let Ok(permit) = self.concurrency.clone().try_acquire_owned() else {
+            metrics::rejected("overloaded");
+            return Err(ProxyError::overloaded(
+                "The proxy is at its concurrent request limit; retry shortly.",
+            ));
+        };
+        let mut held = crate::support::lock(&self.held);
+        held.permit = Some(permit);
+        held.body = body;
+        Ok(())
+    }
+}
+
 /// Sheds load past `max_concurrent_requests` and during shutdown, and counts
 /// requests in flight; both held until the response body (a stream too) ends.
-pub(super) async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(super) async fn guard(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path().to_owned();
+    // HTTP/1.x connections are told to close after an answer that leaves the
+    // request body unread or comes during shutdown; HTTP/2 has no such header
+    // (its streams end on their own; shutdown says GOAWAY).
+    let http1 = request.version() < Version::HTTP_2;
     if state.shutting_down.load(Ordering::Relaxed) {
         metrics::rejected("shutting_down");
         let e =
             ProxyError::overloaded("The proxy is shutting down; retry against another replica.");
-        return super::render_error(&path, &e, &bedrock_wire::new_request_id());
+        let mut response = super::render_error(&path, &e, &bedrock_wire::new_request_id());
+        if http1 {
+            response
+                .headers_mut()
+                .insert("connection", HeaderValue::from_static("close"));
+        }
+        return response;
     }
-    let Ok(permit) = state.concurrency.clone().try_acquire_owned() else {
+    if state.concurrency.available_permits() == 0 {
         metrics::rejected("overloaded");
         let e =
             ProxyError::overloaded("The proxy is at its concurrent request limit; retry shortly.");
         return super::render_error(&path, &e, &bedrock_wire::new_request_id());
+    }
+    let gate = Gate {
+        concurrency: state.concurrency.clone(),
+        budget: state.bodies.clone(),
+        held: Arc::default(),
     };
+    request.extensions_mut().insert(gate.clone());
     let in_flight = InFlight::start();
     // A bug that panics in a handler answers this request with an error in its
     // API's shape (and is logged) instead of dropping the connection.
-    let response = match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+    let run = AssertUnwindSafe(next.run(request)).catch_unwind();
+    let outcome = tokio::select! {
+        outcome = run => outcome,
+        () = state.cut.cancelled() => {
+            tracing::warn!(path = %path, "shutdown grace passed before this request was answered");
+            metrics::rejected("shutdown_cut");
+            let e = ProxyError::overloaded(
+                "The proxy shut down before this request was answered; retry against another replica.",
+            );
+            Ok(super::render_error(&path, &e, &bedrock_wire::new_request_id()))
+        }
+    };
+    let response = match outcome {
         Ok(response) => response,
         Err(panic) => {
             let what = panic
@@ -55,6 +136,14 @@ pub(super) async fn guard(State(state): State<AppState>, request: Request, next:
         }
     };
     let (mut parts, body) = response.into_parts();
+    if http1
+        && (parts.status == axum::http::StatusCode::REQUEST_TIMEOUT
+            || state.shutting_down.load(Ordering::Relaxed))
+    {
+        parts
+            .headers
+            .insert("connection", HeaderValue::from_static("close"));
+    }
     if !parts.headers.contains_key("x-amzn-requestid") {
         if let Some(id) = parts.headers.get("x-request-id").cloned() {
             parts.headers.insert("x-amzn-requestid", id);
@@ -64,20 +153,21 @@ pub(super) async fn guard(State(state): State<AppState>, request: Request, next:
         .headers
         .entry("server")
         .or_insert(HeaderValue::from_static("bedrock-proxy"));
+    let held = std::mem::take(&mut *crate::support::lock(&gate.held));
     let body = Guarded {
         inner: body,
-        _permit: permit,
+        _held: held,
         _in_flight: in_flight,
     };
     Response::from_parts(parts, Body::new(body))
 }
 
-/// A response body holding the concurrency permit and the in-flight count until
+/// A response body holding the concurrency permit, the body's budget and the in-flight count until
 /// it is done; size and end-of-stream pass through, so whole answers keep their
 /// `Content-Length`.
 struct Guarded {
     inner: Body,
-    _permit: OwnedSemaphorePermit,
+    _held: Held,
     _in_flight: InFlight,
 }
 

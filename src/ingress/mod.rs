@@ -9,11 +9,12 @@
 //!   structured output's text format, document names, tool history as text.
 //! - [`guard`]: load shedding and the in-flight count, before any of them.
 //! - [`body`]: reading a body within the limits.
+//! - [`shape`]: the JSON types of the OpenAI and Anthropic request members.
 //! - [`finish`]: the response headers, metrics and access log of each request.
 //!
 //! This module builds the API router ([`app`]) and holds the steps every
-//! adapter takes: receive (auth from the headers, then the body), route, run
-//! the pipeline, render.
+//! adapter takes: receive (auth and the limits from the headers, then the
+//! body), route, run (the limits from the body, then the pipeline), render.
 
 pub mod anthropic;
 pub mod bedrock;
@@ -21,10 +22,11 @@ pub mod body;
 pub mod converse;
 pub mod finish;
 #[cfg(test)]
-mod golden;
+pub(crate) mod golden;
 mod guard;
 pub mod models;
 pub mod openai;
+pub(crate) mod shape;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -43,12 +45,15 @@ use crate::answer::{Answer, Record};
 use crate::auth::Principal;
 use crate::cache::Directives;
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::latency;
+use crate::limits::{self, Refusal};
 use crate::metrics;
 use crate::pipeline::{self, Call};
 use crate::route::Routed;
 use crate::runtime::Runtime;
 use crate::state::AppState;
-pub use body::{parse_json, read_body};
+use crate::telemetry::{self, Trace};
+pub use body::{parse_json, read_body, BodyRules};
 pub use finish::Finish;
 
 /// The API port's router: the ingress adapters behind the load-shedding guard.
@@ -78,22 +83,74 @@ async fn unknown_path(request: Request) -> Response {
     render_error(request.uri().path(), &e, &bedrock_wire::new_request_id())
 }
 
-/// What every ingress does first: read the body within the size limit and
-/// authenticate the caller (SigV4 needs the body), recording the tenant.
+/// What every ingress does first: authenticate the caller and admit it by
+/// its limits from the headers, then read the body within the size limit and
+/// the body budget, check a SigV4 signature over it, recording the tenant, and
+/// take a concurrency slot (held, with the body's share of the budget, until
+/// the response is done).
 pub async fn receive(
+    state: &AppState,
     rt: &Runtime,
     parts: &Parts,
     body: Body,
     finish: &mut Finish,
 ) -> Result<(Bytes, Arc<Principal>), ProxyError> {
-    // The headers are checked first, so that a caller without a valid key is
-    // refused before the proxy buffers (up to max_body_bytes of) its body.
+    receive_for(state, rt, parts, body, None, finish).await
+}
+
+/// [`receive`] for a request whose route the path names (the Bedrock paths),
+/// so the route's limits are decided before the body too.
+pub async fn receive_for(
+    state: &AppState,
+    rt: &Runtime,
+    parts: &Parts,
+    body: Body,
+    route: Option<&crate::route::Route>,
+    finish: &mut Finish,
+) -> Result<(Bytes, Arc<Principal>), ProxyError> {
+    // The headers are checked first, so that a caller without a valid key, or
+    // over its limits, is refused before the proxy reads a byte of its body.
     let admission = rt.auth.admit_headers(&parts.headers)?;
-    let body = read_body(body, &parts.headers, &rt.config.limits).await?;
+    let caller = admission.principal();
+    finish.tenant = Some(caller.tenant.clone());
+    let admitted = state
+        .limiter
+        .admit_headers(
+            &rt.config.limits,
+            caller.caller(),
+            route.map(|r| (&r.name, &r.config.quota)),
+            admission.verified(),
+        )
+        .await;
+    match admitted {
+        Ok(ticket) => finish.limits = ticket,
+        Err(Refusal { error, view }) => {
+            finish.limits.view = view;
+            // hyper does not read a body nobody asked for: on HTTP/1.1 the
+            // connection cannot carry another request after this answer.
+            finish.close_connection = parts.version <= axum::http::Version::HTTP_11
+                && (parts.headers.contains_key("transfer-encoding")
+                    || parts
+                        .headers
+                        .get("content-length")
+                        .is_some_and(|v| v.as_bytes() != b"0"));
+            return Err(error);
+        }
+    }
+    let gate = parts.extensions.get::<guard::Gate>();
+    let rules = BodyRules {
+        limits: &rt.config.limits,
+        connections: &rt.config.server.connections,
+        budget: gate.map(guard::Gate::budget),
+    };
+    let (body, reservation) = read_body(body, &parts.headers, &rules).await?;
     // The whole URI: over HTTP/2 it holds the authority a signature may cover.
     let uri = parts.uri.to_string();
     let principal = admission.caller(parts.method.as_str(), &uri, &parts.headers, &body)?;
     finish.tenant = Some(principal.tenant.clone());
+    if let Some(gate) = gate {
+        gate.admit(reservation)?;
+    }
     Ok((body, principal))
 }
 
@@ -112,6 +169,18 @@ pub fn route(
         .catalog
         .get(&routed.upstream_model)
         .map(|l| l.model.clone());
+    if finish.trace.is_on() {
+        let embedding = finish
+            .model
+            .as_ref()
+            .is_some_and(|m| m.kind == crate::catalog::ModelKind::Embedding);
+        finish.trace.routed(
+            telemetry::operation_name(finish.op, embedding),
+            model_id,
+            &routed.route.name,
+            &routed.upstream_model,
+        );
+    }
     Ok(routed)
 }
 
@@ -155,10 +224,13 @@ pub fn converse_call(
         json: Some(converse),
         forward: Vec::new(),
         started: finish.started,
+        trace: finish.trace.clone(),
     }
 }
 
-/// Runs a call through the pipeline, recording what it took in `finish`.
+/// Runs a call through the pipeline, recording what it took in `finish`:
+/// first the limits the body decides (the route's, the token estimate), so a
+/// refusal never reaches the cache or an upstream.
 pub async fn run(
     state: &AppState,
     rt: &Arc<Runtime>,
@@ -167,11 +239,56 @@ pub async fn run(
     finish: &mut Finish,
 ) -> Result<Answer, ProxyError> {
     finish.requested_tier = call.requested_tier();
+    let route = &call.routed.route;
+    let embedding = finish
+        .model
+        .as_ref()
+        .is_some_and(|m| m.kind == crate::catalog::ModelKind::Embedding);
+    let default_output = rt.config.limits.output_tokens_estimate;
+    let estimate = || {
+        limits::estimate(
+            call.op,
+            call.json.as_ref(),
+            &call.body,
+            embedding,
+            default_output,
+        )
+    };
+    if let Err(Refusal { error, view }) = state
+        .limiter
+        .admit_body(
+            &mut finish.limits,
+            &rt.config.limits,
+            (&route.name, &route.config.quota),
+            estimate,
+        )
+        .await
+    {
+        finish.limits.view = view;
+        return Err(error);
+    }
+    let policy = call.routed.route.config.resilience.latency;
+    finish.wanted_tier = Some(latency::wanted(policy, finish.requested_tier));
+    finish.trace.call(call.op.is_stream(), call.json.as_ref());
     let directives = Directives::from_headers(headers);
     let mut record = Record::default();
     let result = pipeline::run(&state.pipeline, rt, call, &directives, &mut record).await;
+    finish.pricing = finish::Pricing::of(rt, &record);
     finish.record(record);
-    result
+    if let Ok(Answer::Whole { body, summary, .. }) = &result {
+        finish
+            .trace
+            .output_body(body, summary.stop_reason.as_deref());
+    }
+    // A stream still running when shutdown's grace passes ends with an
+    // exception frame (or error event) rather than a cut connection.
+    result.map(|answer| match answer {
+        Answer::Stream { headers, frames } => Answer::Stream {
+            headers,
+            frames: crate::stream::until_cut(frames, state.cut.clone()),
+        },
+        whole => whole,
+    })
 }
 
 /// The response to a failed request, in the shape `render` makes, with the
@@ -228,6 +345,12 @@ pub fn sse_answer(
 /// (fallbacks, breakers, cache tiers) carries the request id and operation.
 pub fn request_span(request_id: &str, operation: &str) -> tracing::Span {
     tracing::info_span!("request", request_id, operation)
+}
+
+/// The request's trace span (OpenTelemetry; nothing when tracing is off),
+/// continuing the client's `traceparent`. `api` names the API operation.
+pub fn start_trace(finish: &mut Finish, headers: &HeaderMap, api: &'static str) {
+    finish.trace = Trace::request(headers, finish.started, api);
 }
 
 /// Renders an error in the shape of the API `path` belongs to.

@@ -12,10 +12,11 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::{anthropic, openai, receive, Finish};
+use super::{anthropic, failed, openai, receive, Finish};
 use crate::auth::Principal;
 use crate::catalog::ModelKind;
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::limits::RateHeaders;
 use crate::route::Route;
 use crate::runtime::Runtime;
 use crate::state::AppState;
@@ -54,10 +55,12 @@ impl Shape {
         }
     }
 
-    fn error(self, e: &ProxyError, request_id: &str) -> Response {
+    /// A refusal in this shape, with the headers, metrics and log line of any
+    /// failed request.
+    fn failed(self, finish: &Finish, e: &ProxyError) -> Response {
         match self {
-            Shape::OpenAi => openai::error_response(e, request_id),
-            Shape::Anthropic => anthropic::error_response(e, request_id),
+            Shape::OpenAi => failed(finish, e, openai::error_response),
+            Shape::Anthropic => failed(finish, e, anthropic::error_response),
         }
     }
 }
@@ -94,9 +97,12 @@ async fn list(State(state): State<AppState>, request: Request) -> Response {
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
     let shape = Shape::of(&parts);
-    let principal = match receive(&rt, &parts, body, &mut finish).await {
+    if shape == Shape::Anthropic {
+        finish.rate_headers = RateHeaders::Anthropic;
+    }
+    let principal = match receive(&state, &rt, &parts, body, &mut finish).await {
         Ok((_, p)) => p,
-        Err(e) => return shape.error(&e, &finish.request_id),
+        Err(e) => return shape.failed(&finish, &e),
     };
     let data: Vec<Value> = usable(&rt, &principal)
         .flat_map(|r| listed_ids(r).into_iter().map(move |id| shape.model(id, r)))
@@ -117,9 +123,12 @@ async fn one(State(state): State<AppState>, Path(id): Path<String>, request: Req
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
     let shape = Shape::of(&parts);
-    let principal = match receive(&rt, &parts, body, &mut finish).await {
+    if shape == Shape::Anthropic {
+        finish.rate_headers = RateHeaders::Anthropic;
+    }
+    let principal = match receive(&state, &rt, &parts, body, &mut finish).await {
         Ok((_, p)) => p,
-        Err(e) => return shape.error(&e, &finish.request_id),
+        Err(e) => return shape.failed(&finish, &e),
     };
     // A model the route lists counts too; a catch-all route's stand-in for any
     // id does not: only what a route names exists.
@@ -135,7 +144,7 @@ async fn one(State(state): State<AppState>, Path(id): Path<String>, request: Req
                 Shape::Anthropic => format!("model: {id}"),
             };
             let e = ProxyError::new(ErrorKind::NotFound, Side::Client, message).with_param("model");
-            shape.error(&e, &finish.request_id)
+            shape.failed(&finish, &e)
         }
     }
 }

@@ -38,6 +38,7 @@ use crate::prompt_cache::{PrefixRegistry, Prefixes};
 use crate::route::Routed;
 use crate::runtime::Runtime;
 use crate::stream::{self, StreamReader};
+use crate::telemetry::Trace;
 use crate::upstream::breaker::Breakers;
 use crate::upstream::chain::{self, Chain, Target};
 use flight::{Flight, FlightKey, Flights, Head, Joined, Role};
@@ -55,6 +56,8 @@ pub struct Call {
     /// Request headers passed to the upstream (InvokeModel's header members).
     pub forward: Vec<(HeaderName, HeaderValue)>,
     pub started: Instant,
+    /// The request's span, which upstream attempts are children of.
+    pub trace: Trace,
 }
 
 impl Call {
@@ -201,6 +204,7 @@ pub async fn run(
                     tier,
                     age: entry.age(),
                 };
+                record.served_by = entry.served_by.clone();
                 cache.count(record.cache);
                 metrics::cache_request(&route_label, "hit", tier.label());
                 return Ok(answer);
@@ -249,11 +253,15 @@ pub async fn run(
             Role::Follower(flight, rx) => {
                 metrics::single_flight_join(&route_label);
                 match flight.join(rx).await {
-                    Joined::Answer { answer, .. } => {
+                    Joined::Answer {
+                        answer,
+                        record: leader,
+                    } => {
                         record.cache = CacheStatus::Hit {
                             tier: CacheTier::Flight,
                             age: std::time::Duration::ZERO,
                         };
+                        record.served_by = leader.served_by;
                         cache.count(record.cache);
                         metrics::cache_request(&route_label, "hit", CacheTier::Flight.label());
                         return Ok(answer);
@@ -306,6 +314,7 @@ async fn fly(
     // Another model's answer (a fallback target) is served, never stored: the
     // entry would answer for the route's own model for its whole TTL.
     let may_store = !record.other_model;
+    let served_by = record.served_by.clone();
     flight.set_record(record);
     let tenant = call.principal.tenant.clone();
     let route = call.routed.route.name.clone();
@@ -335,7 +344,9 @@ async fn fly(
                     )),
                 };
                 if let Some(entry) = entry {
-                    cache.store(key, &namespace, entry).await;
+                    cache
+                        .store(key, &namespace, entry.served_by(served_by))
+                        .await;
                 }
             }
             forget();
@@ -381,7 +392,9 @@ async fn fly(
                     _ => None,
                 };
                 if let Some(entry) = entry {
-                    cache.store(key, &namespace, entry).await;
+                    cache
+                        .store(key, &namespace, entry.served_by(served_by))
+                        .await;
                 }
             }
             forget();
@@ -407,7 +420,10 @@ async fn upstream(
         .map(|(json, format)| Prefixes::of(json, format));
     let sightings = plan::observe_prefixes(rt, &pipeline.prefixes, call, prefixes).await;
     let targets = chain::targets(&rt.upstreams, route, &call.routed.upstream_model)?;
-    let prepare = |target: &Target| plan::prepare(rt, call, target, sightings, prefixes);
+    // Targets that take chat requests get the call translated once, before
+    // any upstream call: what the primary cannot take is the client's 400.
+    let (targets, chat) = plan::egress(call, targets)?;
+    let prepare = |target: &Target| plan::prepare(rt, call, target, sightings, prefixes, &chat);
     let chain = Chain {
         route: &route.name,
         op: call.op,
@@ -416,6 +432,7 @@ async fn upstream(
         started: call.started,
         prepare: &prepare,
         attempt: &chain::Http,
+        trace: &call.trace,
     };
     let result = chain.run(&targets, record).await;
     if let Err(e) = &result {

@@ -1,16 +1,22 @@
-//! Per-attempt planning: what one attempt on one target sends. The client's
-//! request, plus the prompt-cache planner's `cachePoint` blocks for the
-//! target's model (fed by the prefix registry's sightings) and the latency
-//! planner's tier for its model and region. When neither changes anything, the
-//! client's bytes go out untouched.
+//! Per-attempt planning: what one attempt on one target sends. For Bedrock
+//! targets, the client's request, plus the prompt-cache planner's `cachePoint`
+//! blocks for the target's model (fed by the prefix registry's sightings) and
+//! the latency planner's tier for its model and region; when neither changes
+//! anything, the client's bytes go out untouched. For targets that take chat
+//! requests (`openai`, `sagemaker`), the call translated once ([`egress`]),
+//! with the target's model and stream flags: the planners leave them alone
+//! (tiers are Bedrock's; such servers cache prefixes on their own).
 
 use bedrock_wire::operation::Operation;
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::Call;
-use crate::config::{CachePosition, PromptCacheMode};
+use crate::chat::{self, ChatRequest};
+use crate::config::{CachePosition, PromptCacheMode, UpstreamKind};
+use crate::error::ProxyError;
 use crate::latency;
+use crate::metrics;
 use crate::prompt_cache::{self, PrefixRegistry, Prefixes, Sightings};
 use crate::runtime::Runtime;
 use crate::upstream::chain::{PlanNotes, Prepared, Target};
@@ -80,6 +86,62 @@ pub(super) async fn observe_prefixes(
     sightings
 }
 
+/// The chat request the call becomes for the targets that take one,
+/// translated once, and the targets that can be tried. A chat target that
+/// cannot take the call (a field chat servers have no form for, an operation
+/// other than Converse) is left out of the chain; when it is the primary, the
+/// call is refused before any upstream is called, naming the field and the route.
+pub(super) fn egress(
+    call: &Call,
+    targets: Vec<Target>,
+) -> Result<(Vec<Target>, Option<ChatRequest>), ProxyError> {
+    if !targets.iter().any(|t| t.upstream.config.kind.speaks_chat()) {
+        return Ok((targets, None));
+    }
+    let route = &call.routed.route.name;
+    let translated = match (call.op, call.json.as_ref()) {
+        (Operation::Converse | Operation::ConverseStream, Some(json)) => {
+            chat::request(json).map_err(|refused| refused.to_string())
+        }
+        (op, _) => Err(format!(
+            "the operation {} has no form on a chat server; call converse or converse-stream",
+            op.name()
+        )),
+    };
+    let refused = match translated {
+        Ok(chat) => return Ok((targets, Some(chat))),
+        Err(refused) => refused,
+    };
+    let served_by = |t: &Target| {
+        format!(
+            "route `{route}` is served by upstream `{}` ({}), which takes OpenAI chat requests",
+            t.upstream.name, t.upstream.config.kind
+        )
+    };
+    if let Some(primary) = targets
+        .first()
+        .filter(|t| t.upstream.config.kind.speaks_chat())
+    {
+        return Err(ProxyError::validation(format!(
+            "{refused}. The {}.",
+            served_by(primary)
+        )));
+    }
+    let label = metrics::route_label(route);
+    let kept = targets
+        .into_iter()
+        .filter(|t| {
+            let chat = t.upstream.config.kind.speaks_chat();
+            if chat {
+                metrics::target_skipped(&label, &t.label, "untranslatable");
+                tracing::debug!(route = %route, target = %t.label, reason = %refused, "target left out: {}", served_by(t));
+            }
+            !chat
+        })
+        .collect();
+    Ok((kept, None))
+}
+
 /// The body and headers of one attempt on `target`. What the planners decided
 /// is counted when the attempt is sent, not here: the chain also plans targets
 /// it may not try.
@@ -89,7 +151,25 @@ pub(super) fn prepare(
     target: &Target,
     sightings: Sightings,
     prefixes: Option<Prefixes>,
+    chat: &Option<ChatRequest>,
 ) -> Prepared {
+    let upstream = &target.upstream;
+    if upstream.config.kind.speaks_chat() {
+        let model = (upstream.config.kind == UpstreamKind::OpenAi).then_some(&*target.model);
+        let body = chat::finish_request(
+            chat.clone().unwrap_or_default(),
+            model,
+            call.op.is_stream(),
+            upstream.asks_stream_usage(),
+        );
+        return Prepared {
+            body: Bytes::from(body.to_string()),
+            headers: Vec::new(),
+            tier: None,
+            cache_points: 0,
+            notes: PlanNotes::default(),
+        };
+    }
     let route = &call.routed.route;
     let mut notes = PlanNotes::default();
     let lookup = rt.catalog.get(&target.model);

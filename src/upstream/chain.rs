@@ -24,12 +24,13 @@ use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerKey, Breakers};
 use super::{passed_headers, read_body, Upstream, Upstreams};
-use crate::answer::{Answer, Record};
+use crate::answer::{Answer, Record, ServedBy};
 use crate::config::{LatencyPolicy, ResilienceConfig};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::metrics;
 use crate::stream;
 use crate::support;
+use crate::telemetry::{AttemptStart, Trace};
 
 /// Largest upstream answer read into memory (streams are never read whole).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -50,6 +51,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// Who answers when this target does: its upstream, its kind, its model.
+    pub fn served_by(&self) -> ServedBy {
+        ServedBy {
+            upstream: self.upstream.name.clone(),
+            kind: self.upstream.config.kind,
+            model: self.model.clone(),
+        }
+    }
+
     /// The breaker this target answers to when asking for `tier`.
     fn breaker_key(&self, tier: Option<LatencyTier>) -> BreakerKey {
         BreakerKey {
@@ -149,6 +159,9 @@ pub struct Chain<'a, A = Http> {
     pub prepare: &'a (dyn Fn(&Target) -> Prepared + Sync),
     /// Sends one attempt: [`Http`] in the proxy; the chain's tests script it.
     pub attempt: &'a A,
+    /// The request's span: each attempt is a child span, fallbacks and hedges
+    /// are events on it.
+    pub trace: &'a Trace,
 }
 
 /// How one attempt reaches a target. The chain decides which targets to try,
@@ -255,12 +268,18 @@ impl<A: Attempt> Chain<'_, A> {
             Ok(_) => {
                 b.success(now, &self.resilience.breaker);
                 metrics::attempt(&route, &target.label, "ok");
+                metrics::upstream_kind_attempt(&route, target.upstream.config.kind.name(), "ok");
             }
             Err(e) => {
                 if counts_against_breaker(e) && b.failure(now, &self.resilience.breaker) {
                     tracing::warn!(route = %self.route, target = %target.label, error = %e, "circuit breaker opened");
                 }
                 metrics::attempt(&route, &target.label, e.kind.label());
+                metrics::upstream_kind_attempt(
+                    &route,
+                    target.upstream.config.kind.name(),
+                    e.kind.label(),
+                );
             }
         }
         metrics::breaker_state(&route, &target.label, b.state().gauge());
@@ -287,7 +306,10 @@ impl<A: Attempt> Chain<'_, A> {
         planned: Planned,
         deadline: Instant,
     ) -> (Result<Answer, ProxyError>, Record) {
-        let Planned { prepared, breaker } = planned;
+        let Planned {
+            mut prepared,
+            breaker,
+        } = planned;
         let mut record = Record {
             attempts: 1,
             ..Record::default()
@@ -297,6 +319,15 @@ impl<A: Attempt> Chain<'_, A> {
         prepared
             .notes
             .count(&metrics::route_label(self.route), &target.label);
+        let span = self.trace.attempt(AttemptStart {
+            target: &target.label,
+            upstream: &target.upstream.name,
+            model: &target.model,
+            base_url: target.upstream.base_url(),
+            tier: tier.map(LatencyTier::name),
+            cache_points,
+        });
+        span.inject(&mut prepared.headers);
         let first_byte = self.first_byte(target, deadline);
         let mut unsettled = Unsettled(Some(breaker));
         let result = self
@@ -311,7 +342,25 @@ impl<A: Attempt> Chain<'_, A> {
             record.tier_sent = tier;
             record.cache_points = cache_points;
             record.other_model = target.other_model;
+            self.trace
+                .answered(&target.label, &target.model, target.upstream.base_url());
+            record.served_by = Some(target.served_by());
         }
+        // The attempt's span ends with it; a stream's, when the stream ends.
+        let result = match result {
+            Ok(Answer::Stream { headers, frames }) if span.is_on() => Ok(Answer::Stream {
+                headers,
+                frames: Box::pin(span.follow(frames)),
+            }),
+            Ok(answer) => {
+                span.ok();
+                Ok(answer)
+            }
+            Err(e) => {
+                span.failed(&e);
+                Err(e)
+            }
+        };
         (result, record)
     }
 
@@ -334,6 +383,7 @@ impl<A: Attempt> Chain<'_, A> {
             if !self.admits(target, &planned.breaker) {
                 let next = targets.get(i + 1).map_or("none", |t| &*t.label);
                 metrics::fallback(&route, &target.label, next, "breaker_open");
+                self.trace.fallback(&target.label, next, "breaker_open");
                 last_error.get_or_insert_with(|| {
                     ProxyError::new(
                         ErrorKind::Unavailable,
@@ -396,15 +446,19 @@ impl<A: Attempt> Chain<'_, A> {
                 }
             };
             let target = &targets[i];
-            if let Some(next) = targets.get(i + 1) {
+            // Past the deadline nothing more is tried, so no fallback is counted.
+            let out_of_time = Instant::now() >= deadline;
+            if let Some(next) = targets.get(i + 1).filter(|_| !out_of_time) {
                 metrics::fallback(&route, &target.label, &next.label, error.kind.label());
+                self.trace
+                    .fallback(&target.label, &next.label, error.kind.label());
                 tracing::info!(route = %self.route, from = %target.label, to = %next.label, error = %error, "falling back");
             }
             last_error = Some(error);
-            i += 1;
-            if Instant::now() >= deadline {
+            if out_of_time {
                 break;
             }
+            i += 1;
         }
         Err(last_error.unwrap_or_else(|| self.deadline_error()))
     }
@@ -461,6 +515,7 @@ impl<A: Attempt> Chain<'_, A> {
             return Hedged::Alone(result);
         }
         metrics::hedge(&route, "fired");
+        self.trace.hedge("fired", &second.label);
         let b = self.try_target(second, second_planned, deadline);
         tokio::pin!(b);
         // The first to answer wins; if one fails, wait for the other. Leaving
@@ -473,6 +528,7 @@ impl<A: Attempt> Chain<'_, A> {
             (result, record) = &mut b => match result {
                 Ok(answer) => {
                     metrics::hedge(&route, "won");
+                    self.trace.hedge("won", &second.label);
                     ((Ok(answer), record), None)
                 }
                 Err(_) => (a.await, Some(record)),
@@ -530,6 +586,9 @@ async fn attempt(
     route: &Arc<str>,
 ) -> Result<Answer, ProxyError> {
     let upstream = &target.upstream;
+    if upstream.config.kind.speaks_chat() {
+        return super::chat::attempt(target, op, prepared, first_byte, deadline, route).await;
+    }
     let sent = Instant::now();
     let response = upstream
         .send(

@@ -1,30 +1,35 @@
 //! The upstream stage's client: one [`Upstream`] per configured endpoint, each
 //! with its own connection pool (hyper, rustls, HTTP/2 where the server offers
 //! it), its credentials (`aws-config`'s default chain or a profile, signed with
-//! `aws-sigv4` for service `bedrock`; or a Bedrock API key as a bearer token) and
+//! `aws-sigv4` for service `bedrock`, or `sagemaker` for SageMaker endpoints; a
+//! Bedrock API key or an OpenAI-compatible server's key as a bearer token) and
 //! its deadlines. Bodies go out as the bytes the pipeline hands over, so fields
 //! the proxy does not know survive untouched.
 //!
 //! The client is this file; which targets a call tries, with what retries,
-//! breakers and hedging, is [`chain`]'s; the breakers themselves are [`breaker`]'s.
+//! breakers and hedging, is [`chain`]'s; the breakers themselves are [`breaker`]'s;
+//! how an attempt on an `openai` or `sagemaker` target reads its answer, [`chat`]'s.
 
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
-use bedrock_wire::client::{http_client, model_path, sign_bedrock, HttpClient};
+use bedrock_wire::client::{http_client, model_path, sign_request, HttpClient};
 use bedrock_wire::operation::Operation;
+use bedrock_wire::sagemaker::{self, SageMakerOperation};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 pub mod breaker;
 pub mod chain;
+pub mod chat;
 
 use crate::config::{Timeouts, UpstreamConfig, UpstreamKind};
 use crate::error::{ErrorKind, ProxyError, Side};
@@ -32,7 +37,7 @@ use crate::error::{ErrorKind, ProxyError, Side};
 /// Why an upstream could not be built from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("upstreams.{0}: a simulator upstream without `endpoint` needs the embedded simulator (demo mode)")]
+    #[error("upstreams.{0}: the embedded simulator (a simulator without `endpoint`, or `embedded`) runs in demo mode only")]
     NoEmbeddedSimulator(String),
     #[error("upstreams.{0}.bearer_token: not a valid header value")]
     BadBearerToken(String),
@@ -47,8 +52,45 @@ enum Signer {
     SigV4 {
         credentials: SharedCredentialsProvider,
         region: String,
+        /// The signing name: `bedrock`, or `sagemaker`.
+        service: &'static str,
     },
     Bearer(HeaderValue),
+    /// An OpenAI-compatible server without keys (vLLM without `--api-key`).
+    Unsigned,
+}
+
+/// The key pair the embedded simulator is signed with, as `service`.
+fn simulator_signer(region: &str, service: &'static str) -> Signer {
+    Signer::SigV4 {
+        credentials: SharedCredentialsProvider::new(Credentials::new(
+            SIMULATOR_ACCESS_KEY,
+            "bedrock-proxy-simulator",
+            None,
+            None,
+            "bedrock-proxy",
+        )),
+        region: region.to_owned(),
+        service,
+    }
+}
+
+/// `aws-config`'s credentials (the default chain, or a profile) for `config`.
+async fn aws_signer(config: &UpstreamConfig, service: &'static str) -> Result<Signer, BuildError> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(aws_config::Region::new(config.region.clone()));
+    if let Some(profile) = &config.profile {
+        loader = loader.profile_name(profile);
+    }
+    let sdk = loader.load().await;
+    let credentials = sdk
+        .credentials_provider()
+        .ok_or_else(|| BuildError::NoCredentialsProvider(config.name.clone()))?;
+    Ok(Signer::SigV4 {
+        credentials,
+        region: config.region.clone(),
+        service,
+    })
 }
 
 /// One upstream endpoint, ready to call.
@@ -58,6 +100,10 @@ pub struct Upstream {
     base: String,
     client: HttpClient,
     signer: Signer,
+    /// `headers` of the config, ready to send.
+    extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The server refused `stream_options` once; streams go without it since.
+    refuses_stream_options: AtomicBool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -85,46 +131,54 @@ impl Upstream {
     ) -> Result<Upstream, BuildError> {
         let base = match (config.endpoint_url(), embedded) {
             (Some(url), _) => url,
+            // The embedded simulator serves its OpenAI face under `/v1`.
+            (None, Some(url)) if config.kind == UpstreamKind::OpenAi => {
+                format!("{}/v1", url.trim_end_matches('/'))
+            }
             (None, Some(url)) => url.trim_end_matches('/').to_owned(),
             (None, None) => return Err(BuildError::NoEmbeddedSimulator(config.name.clone())),
         };
-        let signer = match (&config.bearer_token, config.kind) {
-            (Some(token), _) => Signer::Bearer(
-                HeaderValue::from_str(&format!("Bearer {token}"))
-                    .map_err(|_| BuildError::BadBearerToken(config.name.clone()))?,
-            ),
-            (None, UpstreamKind::Simulator) => Signer::SigV4 {
-                credentials: SharedCredentialsProvider::new(Credentials::new(
-                    SIMULATOR_ACCESS_KEY,
-                    "bedrock-proxy-simulator",
-                    None,
-                    None,
-                    "bedrock-proxy",
-                )),
-                region: config.region.clone(),
-            },
-            (None, UpstreamKind::Bedrock) => {
-                let mut loader = aws_config::defaults(BehaviorVersion::latest())
-                    .region(aws_config::Region::new(config.region.clone()));
-                if let Some(profile) = &config.profile {
-                    loader = loader.profile_name(profile);
-                }
-                let sdk = loader.load().await;
-                let credentials = sdk
-                    .credentials_provider()
-                    .ok_or_else(|| BuildError::NoCredentialsProvider(config.name.clone()))?;
-                Signer::SigV4 {
-                    credentials,
-                    region: config.region.clone(),
-                }
+        let signer = match config.kind {
+            UpstreamKind::Bedrock | UpstreamKind::Simulator if config.bearer_token.is_some() => {
+                let token = config.bearer_token.as_deref().unwrap_or_default();
+                Signer::Bearer(
+                    HeaderValue::from_str(&format!("Bearer {token}"))
+                        .map_err(|_| BuildError::BadBearerToken(config.name.clone()))?,
+                )
             }
+            UpstreamKind::Simulator => simulator_signer(&config.region, "bedrock"),
+            UpstreamKind::Bedrock => aws_signer(config, "bedrock").await?,
+            UpstreamKind::SageMaker if config.embedded => {
+                simulator_signer(&config.region, sagemaker::SIGNING_NAME)
+            }
+            UpstreamKind::SageMaker => aws_signer(config, sagemaker::SIGNING_NAME).await?,
+            UpstreamKind::OpenAi => match &config.api_key {
+                Some(key) => Signer::Bearer(
+                    HeaderValue::from_str(&format!("Bearer {key}"))
+                        .map_err(|_| BuildError::BadBearerToken(config.name.clone()))?,
+                ),
+                None => Signer::Unsigned,
+            },
         };
+        // Checked when the config was validated; a header that fails here is left out.
+        let extra_headers = config
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect();
         Ok(Upstream {
             name: Arc::from(config.name.as_str()),
             config: config.clone(),
             base,
             client: http_client(config.timeouts.connect, 256, true),
             signer,
+            extra_headers,
+            refuses_stream_options: AtomicBool::new(false),
         })
     }
 
@@ -140,16 +194,102 @@ impl Upstream {
     /// Resolves credentials once, to tell whether the upstream can be called.
     pub async fn check_credentials(&self) -> Result<(), CredentialsError> {
         match &self.signer {
-            Signer::Bearer(_) => Ok(()),
+            Signer::Bearer(_) | Signer::Unsigned => Ok(()),
             Signer::SigV4 { credentials, .. } => {
                 credentials.provide_credentials().await.map(|_| ())
             }
         }
     }
 
-    /// The URL of `op` on `model_id`.
+    /// The URL of `op` on `model_id`: Bedrock's path of the operation; an
+    /// OpenAI-compatible server's `/chat/completions`; for SageMaker, the
+    /// invocation path of the endpoint `model_id` names (`ENDPOINT` or
+    /// `ENDPOINT/INFERENCE-COMPONENT`).
     pub fn url(&self, op: Operation, model_id: &str) -> String {
-        format!("{}{}", self.base, model_path(model_id, op))
+        match self.config.kind {
+            UpstreamKind::Bedrock | UpstreamKind::Simulator => {
+                format!("{}{}", self.base, model_path(model_id, op))
+            }
+            UpstreamKind::OpenAi => format!("{}/chat/completions", self.base),
+            UpstreamKind::SageMaker => {
+                let operation = if op.is_stream() {
+                    SageMakerOperation::InvokeEndpointWithResponseStream
+                } else {
+                    SageMakerOperation::InvokeEndpoint
+                };
+                let (endpoint, _) = split_endpoint(model_id);
+                format!(
+                    "{}{}",
+                    self.base,
+                    sagemaker::endpoint_path(endpoint, operation)
+                )
+            }
+        }
+    }
+
+    /// Whether streams may ask this server for usage with `stream_options`.
+    pub fn asks_stream_usage(&self) -> bool {
+        self.config.include_usage && !self.refuses_stream_options.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the server refused `stream_options`: later streams go without.
+    pub fn refused_stream_options(&self) {
+        if !self.refuses_stream_options.swap(true, Ordering::Relaxed) {
+            tracing::info!(upstream = %self.name, "the server refuses stream_options: streams go without it from now on, their usage estimated");
+        }
+    }
+
+    /// The headers a request of `op` on `model_id` carries besides the
+    /// caller's: the content type, what it accepts, the inference component
+    /// of a SageMaker endpoint, the configured extra headers.
+    fn request_headers(&self, op: Operation, model_id: &str, h: &mut HeaderMap) {
+        if !h.contains_key("content-type") {
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+        }
+        match self.config.kind {
+            UpstreamKind::Bedrock | UpstreamKind::Simulator => {
+                // InvokeModel's `Accept` is an API member (the answer's type): the
+                // client's passes through; without one, what the operation answers in.
+                h.entry("accept")
+                    .or_insert(HeaderValue::from_static(if op.is_stream() {
+                        bedrock_wire::eventstream::CONTENT_TYPE
+                    } else {
+                        "application/json"
+                    }));
+            }
+            UpstreamKind::OpenAi => {
+                h.insert(
+                    "accept",
+                    HeaderValue::from_static(if op.is_stream() {
+                        "text/event-stream"
+                    } else {
+                        "application/json"
+                    }),
+                );
+            }
+            UpstreamKind::SageMaker => {
+                if op.is_stream() {
+                    h.insert(
+                        "accept",
+                        HeaderValue::from_static(bedrock_wire::eventstream::CONTENT_TYPE),
+                    );
+                    h.insert(
+                        sagemaker::STREAM_ACCEPT_HEADER,
+                        HeaderValue::from_static("text/event-stream"),
+                    );
+                } else {
+                    h.insert("accept", HeaderValue::from_static("application/json"));
+                }
+                if let (_, Some(component)) = split_endpoint(model_id) {
+                    if let Ok(v) = HeaderValue::from_str(component) {
+                        h.insert(sagemaker::INFERENCE_COMPONENT_HEADER, v);
+                    }
+                }
+            }
+        }
+        for (name, value) in &self.extra_headers {
+            h.insert(name.clone(), value.clone());
+        }
     }
 
     /// Sends one request and waits for the response headers, within the
@@ -175,17 +315,7 @@ impl Upstream {
         for (name, value) in headers {
             h.insert(name.clone(), value.clone());
         }
-        if !h.contains_key("content-type") {
-            h.insert("content-type", HeaderValue::from_static("application/json"));
-        }
-        // InvokeModel's `Accept` is an API member (the answer's type): the
-        // client's passes through; without one, what the operation answers in.
-        h.entry("accept")
-            .or_insert(HeaderValue::from_static(if op.is_stream() {
-                bedrock_wire::eventstream::CONTENT_TYPE
-            } else {
-                "application/json"
-            }));
+        self.request_headers(op, model_id, h);
         self.authorize(&mut request, &url, &body).await?;
 
         let first_byte = first_byte.min(deadline.saturating_duration_since(Instant::now()));
@@ -229,9 +359,11 @@ impl Upstream {
                 request.headers_mut().insert("authorization", value.clone());
                 Ok(())
             }
+            Signer::Unsigned => Ok(()),
             Signer::SigV4 {
                 credentials,
                 region,
+                service,
             } => {
                 let creds = credentials
                     .provide_credentials()
@@ -247,10 +379,27 @@ impl Upstream {
                             ),
                         )
                     })?;
-                sign_bedrock(request, url, body, creds, region, SystemTime::now())
-                    .map_err(|e| ProxyError::internal(format!("signing the upstream request: {e}")))
+                sign_request(
+                    request,
+                    url,
+                    body,
+                    creds,
+                    region,
+                    service,
+                    SystemTime::now(),
+                )
+                .map_err(|e| ProxyError::internal(format!("signing the upstream request: {e}")))
             }
         }
+    }
+}
+
+/// A SageMaker target's model: `ENDPOINT`, or `ENDPOINT/INFERENCE-COMPONENT`
+/// for an endpoint that hosts several (endpoint names have no `/`).
+pub fn split_endpoint(model: &str) -> (&str, Option<&str>) {
+    match model.split_once('/') {
+        Some((endpoint, component)) => (endpoint, Some(component)),
+        None => (model, None),
     }
 }
 

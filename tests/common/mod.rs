@@ -160,6 +160,36 @@ pub async fn proxy_for(
     .expect("proxy starts")
 }
 
+/// [`stack_full`] with `server_extra` lines added to the proxy's `[server]`
+/// table (connection deadlines, caps).
+pub async fn stack_with_server(
+    sim_config: SimConfig,
+    server_extra: &str,
+    haiku_extra: &str,
+    extra: &str,
+) -> Stack {
+    let sim = bedrock_sim::testing::spawn(sim_config).await;
+    let text = config_with_route(&sim.url(), "", haiku_extra, extra).replacen(
+        "[server]\n",
+        &format!("[server]\n{server_extra}\n"),
+        1,
+    );
+    let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}"));
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let proxy = start(
+        config,
+        None,
+        StartOptions {
+            listen: Some(loopback),
+            admin_listen: Some(loopback),
+            config_path: None,
+        },
+    )
+    .await
+    .expect("proxy starts");
+    Stack { sim, proxy }
+}
+
 /// A fast simulator (no simulated delays) behind a proxy.
 pub async fn stack() -> Stack {
     stack_with(

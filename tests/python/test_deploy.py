@@ -225,6 +225,17 @@ def proxy_config(sim_url, redis_port):
         upstream = "sim"
         latency = "client"
         cache = {{ mode = "deterministic", ttl = "1h" }}
+        [[routes]]
+        name = "limited"                  # one request a minute: the workload meets the limit
+        aliases = ["limited"]
+        models = ["{HAIKU_BASE}-limited"]
+        upstream = "sim"
+        upstream_model = "{HAIKU}"
+        cache = {{ mode = "off" }}
+        requests_per_minute = 1
+        [[tenants]]
+        name = "anonymous"                # everyone, with auth = "none": a budget to watch
+        usd_per_month = 1000
     """)
 
 
@@ -405,6 +416,13 @@ def workload(env):
     wait_for("the shed counter in Prometheus", lambda: query(
         env["prom"], 'bedrock_proxy_rejected_total{reason="overloaded"}')["data"]["result"])
     burst()
+
+    # A route limited to one request a minute: the second is refused, with the headers.
+    converse(brt, "limited", "Once", temperature=None)
+    with pytest.raises(ClientError) as limited:
+        converse(brt, "limited", "Twice", temperature=None)
+    assert limited.value.response["Error"]["Code"] == "ThrottlingException"
+    assert limited.value.response["ResponseMetadata"]["HTTPHeaders"]["x-ratelimit-remaining-requests"] == "0"
 
     # Reloads: one applied, one refused (the running config stays), then the good file back.
     good = env["config"].read_text()

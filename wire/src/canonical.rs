@@ -1,6 +1,13 @@
 //! Canonical JSON for hashing requests: object keys sorted by their UTF-8 bytes,
-//! no whitespace, numbers normalized (`0.0` and `0` are the same number), and the
-//! prompt-cache markers left out, because they never change what a model answers.
+//! no whitespace, numbers by their exact decimal value (`0.0`, `0` and `0e5`
+//! are the same number; `123456789012345678901234` and `...235` are not), and
+//! the prompt-cache markers left out, because they never change what a model
+//! answers.
+//!
+//! Two writers give the same bytes: one over a parsed [`Value`], one over the
+//! JSON text itself ([`request_bytes_from_text`]). Only the second is exact for
+//! every number: parsing into a `Value` rounds numbers beyond an `f64`'s
+//! precision, so the response cache keys requests by their text.
 //!
 //! Markers are only recognized where the APIs put them, so a user's own data that
 //! happens to look like a marker (inside a tool input, say) is still hashed:
@@ -142,17 +149,357 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// Integers print as integers; floats with an integral value small enough to be
-/// exact print as integers too (as JSON's own canonical form, RFC 8785, does);
-/// other floats print in their shortest round-trip form.
+/// A parsed number, by the text `serde_json` prints for it (exact for
+/// integers; an `f64`'s shortest round-trip form otherwise).
 fn write_number(n: &Number, out: &mut Vec<u8>) {
-    if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
-        if f.is_finite() && f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
-            let _ = std::io::Write::write_fmt(out, format_args!("{}", f as i64));
-            return;
+    write_number_text(n.to_string().as_bytes(), out);
+}
+
+/// Integers of at most this many digits print in full; larger magnitudes in
+/// scientific form, so `1e1000000` stays short.
+const MAX_PLAIN_DIGITS: i64 = 40;
+
+/// Writes a JSON number literal by its exact decimal value, one spelling per
+/// value: `-0`, `0.0` and `0e9` are `0`; `1.50`, `15e-1` and `0.15e1` are
+/// `1.5`; `1E3` is `1000`; `2.5e-9` is `2.5e-9`. Text that is not a number
+/// literal is written as it is.
+pub fn write_number_text(text: &[u8], out: &mut Vec<u8>) {
+    match decimal(text) {
+        Some((negative, digits, exponent)) => write_decimal(negative, &digits, exponent, out),
+        None => out.extend_from_slice(text),
+    }
+}
+
+/// A number literal as (negative, significant digits without leading or
+/// trailing zeros, exponent): the value is `digits × 10^exponent`. Zero has no
+/// digits. `None` when `text` is not a JSON number or its exponent is absurd.
+fn decimal(text: &[u8]) -> Option<(bool, Vec<u8>, i64)> {
+    let (negative, rest) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    let mantissa_end = rest
+        .iter()
+        .position(|b| matches!(b, b'e' | b'E'))
+        .unwrap_or(rest.len());
+    let (mantissa, exp_part) = rest.split_at(mantissa_end);
+    let mut exponent: i64 = match exp_part.split_first() {
+        None => 0,
+        Some((_, e)) => {
+            let e = std::str::from_utf8(e).ok()?;
+            let e = e.strip_prefix('+').unwrap_or(e);
+            if e.is_empty() || e.len() > 15 {
+                return None;
+            }
+            e.parse().ok()?
+        }
+    };
+    let (int, frac) = match mantissa.iter().position(|b| *b == b'.') {
+        Some(dot) => (&mantissa[..dot], &mantissa[dot + 1..]),
+        None => (mantissa, &mantissa[..0]),
+    };
+    if int.is_empty() || !int.iter().chain(frac).all(u8::is_ascii_digit) {
+        return None;
+    }
+    exponent = exponent.checked_sub(i64::try_from(frac.len()).ok()?)?;
+    let mut digits: Vec<u8> = int.iter().chain(frac).copied().collect();
+    let leading = digits.iter().take_while(|d| **d == b'0').count();
+    digits.drain(..leading);
+    let trailing = digits.iter().rev().take_while(|d| **d == b'0').count();
+    digits.truncate(digits.len() - trailing);
+    exponent = exponent.checked_add(i64::try_from(trailing).ok()?)?;
+    if digits.is_empty() {
+        return Some((false, digits, 0));
+    }
+    Some((negative, digits, exponent))
+}
+
+fn write_decimal(negative: bool, digits: &[u8], exponent: i64, out: &mut Vec<u8>) {
+    if digits.is_empty() {
+        out.push(b'0');
+        return;
+    }
+    if negative {
+        out.push(b'-');
+    }
+    let len = digits.len() as i64;
+    // Where the decimal point falls, counted from the left of `digits`.
+    let point = len + exponent;
+    if exponent >= 0 && point <= MAX_PLAIN_DIGITS {
+        out.extend_from_slice(digits);
+        out.extend(std::iter::repeat_n(b'0', exponent as usize));
+    } else if exponent < 0 && point > 0 {
+        let (int, frac) = digits.split_at(point as usize);
+        out.extend_from_slice(int);
+        out.push(b'.');
+        out.extend_from_slice(frac);
+    } else if exponent < 0 && point > -6 {
+        out.extend_from_slice(b"0.");
+        out.extend(std::iter::repeat_n(b'0', (-point) as usize));
+        out.extend_from_slice(digits);
+    } else {
+        out.push(digits[0]);
+        if digits.len() > 1 {
+            out.push(b'.');
+            out.extend_from_slice(&digits[1..]);
+        }
+        let _ = std::io::Write::write_fmt(out, format_args!("e{}", point - 1));
+    }
+}
+
+/// Canonical JSON of a request given as JSON text (see [`write_request`]),
+/// every number by its exact value; `None` when `text` is not valid JSON.
+pub fn request_bytes_from_text(
+    text: &[u8],
+    markers: Markers,
+    skip_top_level: &[&str],
+) -> Option<Vec<u8>> {
+    let mut reader = Reader { text, at: 0 };
+    let mut out = Vec::with_capacity(text.len().min(1 << 20));
+    reader.value(Pos::Top, markers, skip_top_level, &mut out, 0)?;
+    reader.skip_ws();
+    (reader.at == text.len()).then_some(out)
+}
+
+/// Nesting beyond this is refused (the proxy's own limit is far below).
+const MAX_TEXT_DEPTH: usize = 512;
+
+/// A cursor over JSON text, writing canonical JSON as it reads.
+struct Reader<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn skip_ws(&mut self) {
+        while self
+            .text
+            .get(self.at)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            self.at += 1;
         }
     }
-    let _ = std::io::Write::write_fmt(out, format_args!("{n}"));
+
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.text.get(self.at).copied()
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// A string token, unescaped.
+    fn string(&mut self) -> Option<std::borrow::Cow<'_, str>> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let mut escaped = false;
+        loop {
+            let b = *self.text.get(self.at)?;
+            self.at += 1;
+            match b {
+                b'\\' => {
+                    escaped = true;
+                    self.at += 1;
+                }
+                b'"' => break,
+                0..=0x1f => return None,
+                _ => {}
+            }
+        }
+        let token = self.text.get(start - 1..self.at)?;
+        if escaped {
+            serde_json::from_slice::<String>(token)
+                .ok()
+                .map(std::borrow::Cow::Owned)
+        } else {
+            std::str::from_utf8(&token[1..token.len() - 1])
+                .ok()
+                .map(std::borrow::Cow::Borrowed)
+        }
+    }
+
+    fn value(
+        &mut self,
+        pos: Pos,
+        markers: Markers,
+        skip: &[&str],
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Option<()> {
+        if depth > MAX_TEXT_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'{' => self.object(pos, markers, skip, out, depth),
+            b'[' => self.array(pos, markers, skip, out, depth),
+            b'"' => {
+                let s = self.string()?;
+                write_string(&s, out);
+                Some(())
+            }
+            b't' => self.literal(b"true", out),
+            b'f' => self.literal(b"false", out),
+            b'n' => self.literal(b"null", out),
+            _ => {
+                let start = self.at;
+                while self
+                    .text
+                    .get(self.at)
+                    .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                {
+                    self.at += 1;
+                }
+                let token = &self.text[start..self.at];
+                let (negative, digits, exponent) = decimal(token)?;
+                write_decimal(negative, &digits, exponent, out);
+                Some(())
+            }
+        }
+    }
+
+    fn literal(&mut self, word: &[u8], out: &mut Vec<u8>) -> Option<()> {
+        let end = self.at + word.len();
+        (self.text.get(self.at..end)? == word).then_some(())?;
+        self.at = end;
+        out.extend_from_slice(word);
+        Some(())
+    }
+
+    fn array(
+        &mut self,
+        pos: Pos,
+        markers: Markers,
+        skip: &[&str],
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Option<()> {
+        self.eat(b'[')?;
+        let item_pos = match pos {
+            Pos::Messages => Pos::Message,
+            Pos::MarkerList => Pos::MarkerElement,
+            _ => Pos::Any,
+        };
+        let drop_markers = pos == Pos::MarkerList && markers == Markers::Converse;
+        out.push(b'[');
+        let mut first = true;
+        if self.peek()? == b']' {
+            self.at += 1;
+            out.push(b']');
+            return Some(());
+        }
+        let mut item = Vec::new();
+        loop {
+            item.clear();
+            let is_marker = if drop_markers && self.peek()? == b'{' {
+                self.object_checking_marker(item_pos, markers, skip, &mut item, depth + 1)?
+            } else {
+                self.value(item_pos, markers, skip, &mut item, depth + 1)?;
+                false
+            };
+            if !is_marker {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(&item);
+            }
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        out.push(b']');
+        Some(())
+    }
+
+    /// An object; returns whether it is a Converse `cachePoint` marker.
+    fn object_checking_marker(
+        &mut self,
+        pos: Pos,
+        markers: Markers,
+        skip: &[&str],
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Option<bool> {
+        let members = self.members(pos, markers, skip, depth)?;
+        let marker = members.iter().any(|(k, _)| k == "cachePoint");
+        write_members(members, out);
+        Some(marker)
+    }
+
+    fn object(
+        &mut self,
+        pos: Pos,
+        markers: Markers,
+        skip: &[&str],
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Option<()> {
+        let members = self.members(pos, markers, skip, depth)?;
+        write_members(members, out);
+        Some(())
+    }
+
+    /// An object's members, kept ones only, each value already canonical.
+    fn members(
+        &mut self,
+        pos: Pos,
+        markers: Markers,
+        skip: &[&str],
+        depth: usize,
+    ) -> Option<Vec<(String, Vec<u8>)>> {
+        self.eat(b'{')?;
+        let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(members);
+        }
+        loop {
+            let key = self.string()?.into_owned();
+            self.eat(b':')?;
+            let dropped = (pos == Pos::Top && skip.contains(&key.as_str()))
+                || (pos == Pos::MarkerElement
+                    && markers == Markers::Anthropic
+                    && key == "cache_control");
+            let mut value = Vec::new();
+            let child = child_pos(pos, &key, markers);
+            self.value(child, markers, skip, &mut value, depth + 1)?;
+            if !dropped {
+                // A repeated key: the last one counts, as serde_json reads it.
+                members.retain(|(k, _)| *k != key);
+                members.push((key, value));
+            }
+            match self.peek()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        Some(members)
+    }
+}
+
+fn write_members(mut members: Vec<(String, Vec<u8>)>, out: &mut Vec<u8>) {
+    members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.push(b'{');
+    for (i, (key, value)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+        out.extend_from_slice(value);
+    }
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -218,6 +565,57 @@ mod tests {
             canon(&with, Markers::Anthropic),
             canon(&without, Markers::Anthropic)
         );
+    }
+
+    fn from_text(text: &str, markers: Markers) -> String {
+        String::from_utf8(
+            request_bytes_from_text(text.as_bytes(), markers, &["performanceConfig"]).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn numbers_are_keyed_by_their_exact_value() {
+        let a = r#"{"x": 123456789012345678901234}"#;
+        let b = r#"{"x": 123456789012345678901235}"#;
+        assert_ne!(from_text(a, Markers::Keep), from_text(b, Markers::Keep));
+        assert_eq!(
+            from_text(a, Markers::Keep),
+            r#"{"x":123456789012345678901234}"#
+        );
+        for (spellings, canonical) in [
+            (&["0", "-0", "0.0", "0e5", "0.000e-3"][..], "0"),
+            (&["1", "1.0", "1e0", "10e-1", "0.1e1", "1E+0"][..], "1"),
+            (&["1.5", "1.50", "15e-1", "0.15e1"][..], "1.5"),
+            (&["1000", "1e3", "1E3", "0.001e6"][..], "1000"),
+            (&["0.001", "1e-3"][..], "0.001"),
+            (&["-2.5e-9", "-25e-10"][..], "-2.5e-9"),
+            (&["1e300"][..], "1e300"),
+            (
+                &["0.1000000000000000000001"][..],
+                "0.1000000000000000000001",
+            ),
+        ] {
+            for s in spellings {
+                assert_eq!(
+                    from_text(&format!("[{s}]"), Markers::Keep),
+                    format!("[{canonical}]"),
+                    "{s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn text_and_parsed_values_give_the_same_bytes() {
+        let text = r#"{"messages":[{"role":"user","content":[{"text":"h\u0069 \"x\""},{"cachePoint":{"type":"default"}}]}],
+            "b":[1,2.5,-3e2,{"z":null,"a":true}],"a":{},"performanceConfig":{"latency":"optimized"},"d":"a","d":"b"}"#;
+        let parsed: Value = serde_json::from_str(text).unwrap();
+        for markers in [Markers::Keep, Markers::Converse, Markers::Anthropic] {
+            assert_eq!(from_text(text, markers), canon(&parsed, markers));
+        }
+        assert!(request_bytes_from_text(b"{\"a\":1", Markers::Keep, &[]).is_none());
+        assert!(request_bytes_from_text(b"{\"a\":1} x", Markers::Keep, &[]).is_none());
     }
 
     #[test]

@@ -1,7 +1,32 @@
 //! Serving a router on a listener: HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN
-//! over TLS) on one port, optional TLS, a deadline on the TLS handshake and on
-//! reading request headers, and a graceful shutdown that stops accepting, lets
-//! open requests finish, and gives up after a drain deadline.
+//! over TLS) on one port, optional TLS, a deadline on every phase of a
+//! connection that has no request in flight, a cap on open connections, and a
+//! graceful shutdown that stops accepting, lets open requests finish, and gives
+//! up after a drain deadline.
+//!
+//! A connection's phases, each bounded ([`ServeOptions`]):
+//! - accepted, nothing sent yet: `first_byte_timeout`;
+//! - bytes arrived, no request yet (TLS handshake, HTTP/1.1 headers, an HTTP/2
+//!   preface without a request): `header_read_timeout` from the first byte;
+//! - between requests (keep-alive): `idle_timeout` (HTTP/2 pings do not count as
+//!   requests; `h2_keep_alive_interval` pings the client and closes a connection
+//!   whose pong does not come back within `h2_keep_alive_timeout`).
+//!
+//! While a request is in flight the application owns the deadlines (the proxy
+//! bounds body reads itself, and answers in the API's shape). One watchdog per
+//! connection enforces the rest: when its deadline passes with no request in
+//! flight, the connection is shut down gracefully (HTTP/2 GOAWAY) and dropped
+//! if that does not finish promptly.
+//!
+//! Past `max_connections`, a plain-HTTP connection gets a fixed 503 in
+//! Bedrock's error shape and is closed; a TLS one is closed. Accept errors
+//! (out of file descriptors) back off and are reported at a bounded rate.
+//!
+//! Shutdown: the listener closes; HTTP/2 connections get GOAWAY at once;
+//! HTTP/1.1 connections stay open while any request is in flight on the server
+//! (so a request arriving on a kept-alive connection gets the application's
+//! answer, a 503 in the proxy, rather than a closed socket), and close once the
+//! server has nothing in flight; whatever is left at the drain deadline is cut.
 //!
 //! A handler can ask for its connection to be cut without a response by putting
 //! [`ResetConnection`] in the response's extensions (the simulator's
@@ -9,17 +34,25 @@
 
 use axum::body::Body;
 use axum::Router;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
+use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -39,24 +72,149 @@ impl std::fmt::Display for Reset {
 
 impl std::error::Error for Reset {}
 
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The client closed it, or the protocol ended it (`Connection: close`).
+    Normal,
+    /// Nothing arrived within `first_byte_timeout` of the accept.
+    FirstByteTimeout,
+    /// Bytes arrived but no request followed within `header_read_timeout`.
+    HeaderTimeout,
+    /// No request within `idle_timeout` of the last one.
+    IdleTimeout,
+    /// Still open at the drain deadline.
+    DrainDeadline,
+}
+
+impl Closed {
+    /// A metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::Normal => "normal",
+            Closed::FirstByteTimeout => "first_byte_timeout",
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::IdleTimeout => "idle_timeout",
+            Closed::DrainDeadline => "drain_deadline",
+        }
+    }
+}
+
+/// A failed `accept`, by kind (a closed set, for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptError {
+    /// The process (EMFILE) or the system (ENFILE) is out of file descriptors.
+    FileDescriptors,
+    /// The kernel is out of memory or buffers.
+    Memory,
+    /// The connection was reset or aborted before it was accepted.
+    Aborted,
+    Other,
+}
+
+impl AcceptError {
+    fn of(e: &io::Error) -> AcceptError {
+        match e.raw_os_error() {
+            // EMFILE, ENFILE (Linux and the BSDs agree on these numbers).
+            Some(23 | 24) => AcceptError::FileDescriptors,
+            // ENOBUFS (Linux 105, BSD 55), ENOMEM.
+            Some(12 | 55 | 105) => AcceptError::Memory,
+            _ => match e.kind() {
+                io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => {
+                    AcceptError::Aborted
+                }
+                io::ErrorKind::OutOfMemory => AcceptError::Memory,
+                _ => AcceptError::Other,
+            },
+        }
+    }
+
+    /// A metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            AcceptError::FileDescriptors => "file_descriptors",
+            AcceptError::Memory => "memory",
+            AcceptError::Aborted => "aborted",
+            AcceptError::Other => "other",
+        }
+    }
+}
+
+/// What the accept loop reports, for the application's metrics. Every method
+/// does nothing by default.
+pub trait ServeEvents: Send + Sync + 'static {
+    /// A connection was accepted and is being served.
+    fn connection_opened(&self) {}
+    /// A served connection ended.
+    fn connection_closed(&self, _why: Closed) {}
+    /// A connection was turned away at `max_connections`.
+    fn connection_refused(&self) {}
+    /// `accept` failed (the loop backs off and carries on).
+    fn accept_failed(&self, _kind: AcceptError) {}
+}
+
+/// Reports nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEvents;
+
+impl ServeEvents for NoEvents {}
+
 /// Server settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
-    /// Time a client has to finish the TLS handshake, and then to send its
-    /// request headers.
+    /// Time from the accept to the connection's first byte.
+    pub first_byte_timeout: Duration,
+    /// Time from a connection's first byte (or the first byte after an idle
+    /// spell) to a complete request: TLS handshake and request headers.
     pub header_read_timeout: Duration,
+    /// Time a connection may sit between requests.
+    pub idle_timeout: Duration,
+    /// HTTP/2: ping the client this often (`None`: never).
+    pub h2_keep_alive_interval: Option<Duration>,
+    /// HTTP/2: close a connection whose ping is not answered within this.
+    pub h2_keep_alive_timeout: Duration,
+    /// Largest request head (request line or pseudo-headers, and headers);
+    /// larger gets 431 on HTTP/1.1 and HTTP/2 alike.
+    pub max_header_bytes: usize,
+    /// Open connections beyond this are refused (0: no cap).
+    pub max_connections: usize,
     /// Time open connections get to finish after shutdown starts.
     pub drain: Duration,
     /// Serve HTTPS with this certificate; plain HTTP when `None`.
     pub tls: Option<Arc<ServerConfig>>,
+    /// Where connection events go (metrics).
+    pub events: Arc<dyn ServeEvents>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("h2_keep_alive_interval", &self.h2_keep_alive_interval)
+            .field("h2_keep_alive_timeout", &self.h2_keep_alive_timeout)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("drain", &self.drain)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
+            first_byte_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            h2_keep_alive_interval: Some(Duration::from_secs(30)),
+            h2_keep_alive_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
             drain: Duration::from_secs(30),
             tls: None,
+            events: Arc::new(NoEvents),
         }
     }
 }
@@ -83,6 +241,371 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// The fixed answer of a connection over the cap: Bedrock's error shape, so an
+/// SDK reports (and retries) a ServiceUnavailableException.
+pub fn over_capacity_response() -> Bytes {
+    let body = crate::error::error_body(
+        "The server is at its connection limit; retry shortly or against another replica.",
+    );
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-amzn-errortype: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        crate::error::ErrorType::ServiceUnavailable.header_value(),
+        body.len()
+    );
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&body);
+    Bytes::from(out)
+}
+
+/// What the server as a whole is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Shutdown started: no new connections; HTTP/2 connections get GOAWAY.
+    Draining,
+    /// Shutdown, and nothing is in flight: every connection closes.
+    Closing,
+}
+
+/// Requests in flight on the whole server, and a wake-up when that reaches 0.
+#[derive(Default)]
+struct ServerLoad {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+/// What a connection's watchdog reads: requests in flight, since when it has
+/// been idle, when bytes arrived since then. Times are milliseconds after the
+/// connection's `base`; `first_read_ms` holds that plus one (0: none yet).
+struct Activity {
+    base: Instant,
+    active: AtomicUsize,
+    served: AtomicU64,
+    idle_since_ms: AtomicU64,
+    first_read_ms: AtomicU64,
+    h2: AtomicBool,
+    wake: Notify,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            base: Instant::now(),
+            active: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            first_read_ms: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.base + Duration::from_millis(ms)
+    }
+
+    /// Bytes arrived; the first since the connection went idle starts the
+    /// header deadline, so the watchdog is woken to move its deadline.
+    fn read(&self) {
+        if self.first_read_ms.load(Ordering::Relaxed) == 0
+            && self
+                .first_read_ms
+                .compare_exchange(0, self.now_ms() + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    /// When this connection must be closed unless a request starts, and why;
+    /// `None` while a request is in flight.
+    fn deadline(&self, o: &ServeOptions) -> Option<(Instant, Closed)> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let idle_since = self.idle_since_ms.load(Ordering::Acquire);
+        let first_read = self.first_read_ms.load(Ordering::Acquire);
+        let fresh = self.served.load(Ordering::Acquire) == 0;
+        let h2 = self.h2.load(Ordering::Relaxed);
+        Some(match first_read.checked_sub(1) {
+            // HTTP/2 pings and window updates on a connection that has served
+            // requests are not a request starting.
+            Some(read) if fresh || !h2 => {
+                (self.at(read) + o.header_read_timeout, Closed::HeaderTimeout)
+            }
+            _ if fresh => (
+                self.at(idle_since) + o.first_byte_timeout,
+                Closed::FirstByteTimeout,
+            ),
+            _ => (self.at(idle_since) + o.idle_timeout, Closed::IdleTimeout),
+        })
+    }
+}
+
+/// Counts a request in flight on its connection and on the server, from the
+/// moment the service is called until its response body is done (or dropped).
+struct InFlight {
+    conn: Arc<Activity>,
+    server: Arc<ServerLoad>,
+}
+
+impl InFlight {
+    fn start(conn: &Arc<Activity>, server: &Arc<ServerLoad>) -> InFlight {
+        conn.active.fetch_add(1, Ordering::AcqRel);
+        conn.served.fetch_add(1, Ordering::AcqRel);
+        server.active.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            conn: conn.clone(),
+            server: server.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let c = &self.conn;
+        if c.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            c.first_read_ms.store(0, Ordering::Release);
+            c.idle_since_ms.store(c.now_ms(), Ordering::Release);
+            c.wake.notify_one();
+        }
+        if self.server.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.server.idle.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request counted until it is done, and (on
+/// HTTP/2) the request body it answered alive until then: dropping an unread
+/// request body before the response is sent resets the stream, and the client
+/// would never see an early answer (413, 400) that HTTP/1.1 delivers.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+    _request_body: Option<Arc<Mutex<Option<Incoming>>>>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An HTTP/2 request body that, when the handler drops it, hands itself to the
+/// response ([`Tracked`]) instead of going away.
+struct Retained {
+    inner: Option<Incoming>,
+    slot: Arc<Mutex<Option<Incoming>>>,
+}
+
+impl Drop for Retained {
+    fn drop(&mut self) {
+        if let Some(body) = self.inner.take() {
+            if let Ok(mut slot) = self.slot.lock() {
+                *slot = Some(body);
+            }
+        }
+    }
+}
+
+impl http_body::Body for Retained {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.inner.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner
+            .as_ref()
+            .map(http_body::Body::size_hint)
+            .unwrap_or_default()
+    }
+}
+
+/// The accepted socket, noting when bytes arrive (and whether the first ones
+/// are an HTTP/2 preface) for the watchdog.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+    sniffed: bool,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let got = &buf.filled()[before..];
+        if !got.is_empty() {
+            if !self.sniffed {
+                self.sniffed = true;
+                if got.starts_with(b"PRI ") {
+                    self.activity.h2.store(true, Ordering::Relaxed);
+                }
+            }
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The size of a request head as HTTP/2 counts it (RFC 9113 §6.5.2: each field
+/// is its name, its value and 32 bytes), pseudo-headers included.
+fn head_size<B>(request: &hyper::Request<B>) -> usize {
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 32)
+        .sum();
+    let uri = request.uri();
+    fields
+        + request.method().as_str().len()
+        + uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + 4 * 32
+}
+
+fn header_too_large() -> axum::response::Response {
+    let mut response = axum::response::Response::new(Body::empty());
+    *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    response
+}
+
+/// Accept errors: backed off exponentially and logged at most once every 10 s.
+struct AcceptBackoff {
+    delay: Duration,
+    failures_since_log: u64,
+    last_log: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        AcceptBackoff {
+            delay: Self::FIRST,
+            failures_since_log: 0,
+            last_log: None,
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.delay = Self::FIRST;
+    }
+
+    /// Records a failure; returns how long to wait before accepting again.
+    fn failed(&mut self, e: &io::Error, kind: AcceptError) -> Duration {
+        self.failures_since_log += 1;
+        if self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+            tracing::warn!(
+                error = %e,
+                kind = kind.label(),
+                failures = self.failures_since_log,
+                "accept failed; backing off (logged at most every 10s)"
+            );
+            self.last_log = Some(Instant::now());
+            self.failures_since_log = 0;
+        }
+        let wait = self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        wait
+    }
+}
+
+/// Refusals still writing their 503: beyond this many, sockets over the cap
+/// are closed without one, so a flood cannot pile up descriptors.
+const MAX_LINGERING_REFUSALS: usize = 256;
+
+/// Answers a connection over the cap with the fixed 503 (plain HTTP) and
+/// closes it, reading what the client sent for a moment first so the close
+/// does not reset the connection before the answer is read.
+async fn refuse(mut stream: TcpStream, response: Bytes) {
+    use tokio::io::AsyncReadExt;
+    let written = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&response).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if matches!(written, Ok(Ok(()))) {
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
 /// Serves `router` until `shutdown` resolves, then drains open connections for
 /// at most `options.drain`.
 pub async fn serve(
@@ -95,67 +618,305 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
-    let graceful = GracefulShutdown::new();
+        // The watchdog bounds the wait for headers (and keep-alive idleness,
+        // which hyper's own header timer would cut short).
+        .header_read_timeout(None)
+        .max_buf_size(options.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(options.h2_keep_alive_interval)
+        .keep_alive_timeout(options.h2_keep_alive_timeout)
+        // Room above the limit, so that a head over it reaches the check below
+        // and gets a 431 response instead of a reset stream.
+        .max_header_list_size(
+            u32::try_from(options.max_header_bytes.saturating_mul(4)).unwrap_or(u32::MAX),
+        );
+    let options = Arc::new(options);
+    let cap =
+        (options.max_connections > 0).then(|| Arc::new(Semaphore::new(options.max_connections)));
+    let lingering = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
+    let refusal = over_capacity_response();
+    let load = Arc::new(ServerLoad::default());
+    let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
+    let mut connections = JoinSet::new();
+    let mut backoff = AcceptBackoff::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok((stream, _peer)) => {
+                    backoff.succeeded();
+                    stream
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let kind = AcceptError::of(&e);
+                    options.events.accept_failed(kind);
+                    let wait = backoff.failed(&e, kind);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => continue,
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = &mut shutdown => break,
+        };
+        let permit = match &cap {
+            None => None,
+            Some(cap) => match cap.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    options.events.connection_refused();
+                    if options.tls.is_none() {
+                        if let Ok(slot) = lingering.clone().try_acquire_owned() {
+                            let response = refusal.clone();
+                            tokio::spawn(async move {
+                                refuse(stream, response).await;
+                                drop(slot);
+                            });
+                            continue;
+                        }
+                        let _ = stream.try_write(&refusal);
+                    }
                     continue;
                 }
             },
-            () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let router = router.clone();
-            async move {
-                let response = match router.oneshot(req.map(Body::new)).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                };
-                if response.extensions().get::<ResetConnection>().is_some() {
-                    return Err(Reset);
-                }
-                Ok(response)
-            }
-        });
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let tls = options.tls.clone().map(TlsAcceptor::from);
-        let handshake_timeout = options.header_read_timeout;
-        tokio::spawn(async move {
-            let result = match tls {
-                None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection).await
-                }
-                Some(acceptor) => {
-                    let accepted =
-                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
-                    let Ok(Ok(tls_stream)) = accepted else {
-                        tracing::debug!("TLS handshake failed or timed out");
-                        return;
-                    };
-                    let connection = builder.serve_connection(TokioIo::new(tls_stream), service);
-                    watcher.watch(connection).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        options.events.connection_opened();
+        connections.spawn(connection(
+            stream,
+            router.clone(),
+            builder.clone(),
+            options.clone(),
+            load.clone(),
+            phase_rx.clone(),
+            permit,
+        ));
     }
     drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::debug!("all connections drained"),
-        () = tokio::time::sleep(options.drain) => tracing::warn!("drain deadline passed; closing open connections"),
+    let _ = phase_tx.send(Phase::Draining);
+    let deadline = tokio::time::sleep(options.drain);
+    tokio::pin!(deadline);
+    loop {
+        if load.active.load(Ordering::Acquire) == 0 {
+            let _ = phase_tx.send(Phase::Closing);
+        }
+        tokio::select! {
+            joined = connections.join_next() => {
+                if joined.is_none() {
+                    tracing::debug!("all connections drained");
+                    return;
+                }
+            }
+            () = load.idle.notified() => {}
+            () = &mut deadline => break,
+        }
+    }
+    let left = connections.len();
+    tracing::warn!(
+        connections = left,
+        "drain deadline passed; closing open connections"
+    );
+    for _ in 0..left {
+        options.events.connection_closed(Closed::DrainDeadline);
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+/// How long a connection told to close gets to do so gracefully (HTTP/2
+/// GOAWAY) once nothing is in flight on it, before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves one connection under its watchdog; reports how it ended (unless it is
+/// aborted at the drain deadline, which the accept loop reports).
+async fn connection(
+    stream: TcpStream,
+    router: Router,
+    builder: auto::Builder<TokioExecutor>,
+    options: Arc<ServeOptions>,
+    load: Arc<ServerLoad>,
+    mut phase: watch::Receiver<Phase>,
+    _permit: Option<OwnedSemaphorePermit>,
+) {
+    let activity = Arc::new(Activity::new());
+    let close = Arc::new(Notify::new());
+    let io = Watched {
+        inner: stream,
+        activity: activity.clone(),
+        sniffed: false,
+    };
+    let service = {
+        let activity = activity.clone();
+        let max_header_bytes = options.max_header_bytes;
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let router = router.clone();
+            let in_flight = InFlight::start(&activity, &load);
+            handle(router, req, in_flight, max_header_bytes)
+        })
+    };
+    let tls = options.tls.clone().map(TlsAcceptor::from);
+    // Asks hyper to finish gracefully when the watchdog says so.
+    macro_rules! drive {
+        ($connection:expr, $close:expr) => {{
+            let connection = $connection;
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = $close.notified() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }};
+    }
+    let serving = {
+        let activity = activity.clone();
+        let close = close.clone();
+        async move {
+            match tls {
+                None => drive!(builder.serve_connection(TokioIo::new(io), service), close),
+                Some(acceptor) => {
+                    let tls_stream = tokio::select! {
+                        accepted = acceptor.accept(io) => match accepted {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return Ok(());
+                            }
+                        },
+                        () = close.notified() => return Ok(()),
+                    };
+                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    activity.h2.store(h2, Ordering::Relaxed);
+                    // ALPN said which protocol; hyper need not read a preface to know.
+                    let builder = if h2 { builder.http2_only() } else { builder };
+                    drive!(
+                        builder.serve_connection(TokioIo::new(tls_stream), service),
+                        close
+                    )
+                }
+            }
+        }
+    };
+    let why = watch_over(serving, &activity, &close, &options, &mut phase).await;
+    options.events.connection_closed(why);
+}
+
+/// One request: a head over the limit gets 431; otherwise the router answers,
+/// and the response body carries the request's in-flight count (and, on
+/// HTTP/2, its unread body) until it is sent.
+async fn handle(
+    router: Router,
+    req: hyper::Request<Incoming>,
+    in_flight: InFlight,
+    max_header_bytes: usize,
+) -> Result<hyper::Response<Body>, Reset> {
+    let tracked = |response: axum::response::Response, slot| {
+        let (parts, body) = response.into_parts();
+        hyper::Response::from_parts(
+            parts,
+            Body::new(Tracked {
+                inner: body,
+                _in_flight: in_flight,
+                _request_body: slot,
+            }),
+        )
+    };
+    if head_size(&req) > max_header_bytes {
+        return Ok(tracked(header_too_large(), None));
+    }
+    let h2 = req.version() == http::Version::HTTP_2;
+    let (parts, body) = req.into_parts();
+    let (body, slot) = if h2 {
+        let slot = Arc::new(Mutex::new(None));
+        let retained = Retained {
+            inner: Some(body),
+            slot: slot.clone(),
+        };
+        (Body::new(retained), Some(slot))
+    } else {
+        (Body::new(body), None)
+    };
+    let request = axum::extract::Request::from_parts(parts, body);
+    let response = match router.oneshot(request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    if response.extensions().get::<ResetConnection>().is_some() {
+        return Err(Reset);
+    }
+    Ok(tracked(response, slot))
+}
+
+/// Drives a connection until it ends, asking it to close (`close`) when its
+/// watchdog deadline passes with nothing in flight, or when the server's phase
+/// says so, and dropping it if it has not closed [`CLOSE_GRACE`] after that
+/// with nothing in flight.
+async fn watch_over<F, E>(
+    serving: F,
+    activity: &Activity,
+    close: &Notify,
+    options: &ServeOptions,
+    phase: &mut watch::Receiver<Phase>,
+) -> Closed
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(serving);
+    let mut closing: Option<(Instant, Closed)> = None;
+    loop {
+        let deadline = match closing {
+            Some((at, _)) => Some(at),
+            None => activity.deadline(options).map(|(at, _)| at),
+        };
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = &mut serving => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return closing.map_or(Closed::Normal, |(_, why)| why);
+            }
+            () = activity.wake.notified() => {}
+            changed = phase.changed(), if closing.is_none() => {
+                let now = match changed {
+                    Ok(()) => *phase.borrow_and_update(),
+                    Err(_) => Phase::Closing,
+                };
+                let close_now = match now {
+                    Phase::Serving => false,
+                    // HTTP/2 says GOAWAY and finishes its streams; HTTP/1.1
+                    // stays to answer what arrives while others finish.
+                    Phase::Draining => activity.h2.load(Ordering::Relaxed),
+                    Phase::Closing => true,
+                };
+                if close_now {
+                    closing = Some((Instant::now() + CLOSE_GRACE, Closed::Normal));
+                    close.notify_one();
+                }
+            }
+            () = sleep => match closing {
+                Some((_, why)) if activity.active.load(Ordering::Acquire) == 0 => return why,
+                Some((_, why)) => closing = Some((Instant::now() + CLOSE_GRACE, why)),
+                None => {
+                    if let Some((at, why)) = activity.deadline(options) {
+                        if at <= Instant::now() {
+                            closing = Some((Instant::now() + CLOSE_GRACE, why));
+                            close.notify_one();
+                        }
+                    }
+                }
+            },
+        }
     }
 }
 

@@ -52,9 +52,18 @@ pub enum VerifyError {
 }
 
 /// Parses `AWS4-HMAC-SHA256 Credential=AKID/20240101/us-east-1/bedrock/aws4_request,
-/// SignedHeaders=a;b, Signature=hex`; `None` for anything else.
+/// SignedHeaders=a;b, Signature=hex` (the scheme in any case, as HTTP allows);
+/// `None` for anything else.
 pub fn parse_authorization(value: &str) -> Option<Authorization<'_>> {
-    let rest = value.strip_prefix("AWS4-HMAC-SHA256")?.trim_start();
+    const SCHEME: &str = "AWS4-HMAC-SHA256";
+    let rest = value
+        .get(..SCHEME.len())
+        .filter(|s| s.eq_ignore_ascii_case(SCHEME))
+        .and_then(|_| value.get(SCHEME.len()..))?;
+    if !rest.starts_with(' ') {
+        return None;
+    }
+    let rest = rest.trim_start();
     let (mut credential, mut signed, mut signature) = (None, None, None);
     for part in rest.split(',') {
         let (k, v) = part.trim().split_once('=')?;

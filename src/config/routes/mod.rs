@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use self::cache::{RawRouteCache, RouteCacheConfig};
 use self::prompt_cache::{PromptCacheConfig, RawPromptCache};
 use self::resilience::{RawBreaker, RawFallback, RawResilience, ResilienceConfig};
+use super::tenants::{quota, Quota, RawQuota};
 use super::values::check_name;
 
 /// One route: the model ids and aliases it answers, and where it sends them.
@@ -32,6 +33,8 @@ pub struct RouteConfig {
     pub cache: RouteCacheConfig,
     pub prompt_cache: PromptCacheConfig,
     pub resilience: ResilienceConfig,
+    /// Limits on the route as a whole, across tenants.
+    pub quota: Quota,
 }
 
 /// The `models` entry that makes a route the catch-all.
@@ -60,6 +63,10 @@ pub(super) struct RawRoute {
     first_byte_timeout: Option<String>,
     hedge_after: Option<String>,
     breaker: Option<RawBreaker>,
+    requests_per_minute: Option<u32>,
+    tokens_per_minute: Option<u64>,
+    usd_per_day: Option<f64>,
+    usd_per_month: Option<f64>,
 }
 
 pub(super) fn validate(raw: Vec<RawRoute>, e: &mut Vec<String>) -> Vec<RouteConfig> {
@@ -95,6 +102,10 @@ fn route(key: &str, raw: RawRoute, e: &mut Vec<String>) -> RouteConfig {
         first_byte_timeout,
         hedge_after,
         breaker,
+        requests_per_minute,
+        tokens_per_minute,
+        usd_per_day,
+        usd_per_month,
     } = raw;
     let name = name.unwrap_or_default();
     check_name(&format!("{key}.name"), &name, e);
@@ -124,6 +135,16 @@ fn route(key: &str, raw: RawRoute, e: &mut Vec<String>) -> RouteConfig {
         cache: cache::validate(key, cache, e),
         prompt_cache: prompt_cache::validate(key, prompt_cache, e),
         resilience: resilience::validate(key, resilience, e),
+        quota: quota(
+            key,
+            RawQuota {
+                requests_per_minute,
+                tokens_per_minute,
+                usd_per_day,
+                usd_per_month,
+            },
+            e,
+        ),
     }
 }
 

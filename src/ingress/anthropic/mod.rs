@@ -23,6 +23,7 @@ use super::{
 };
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError};
+use crate::limits::RateHeaders;
 use crate::state::AppState;
 use crate::stream::SseWriter;
 use bedrock_wire::operation::Operation;
@@ -43,8 +44,11 @@ fn status_and_type(e: &ProxyError) -> (u16, &'static str) {
         ErrorKind::Unauthenticated => (401, "authentication_error"),
         ErrorKind::AccessDenied => (403, "permission_error"),
         ErrorKind::NotFound => (404, "not_found_error"),
-        ErrorKind::Throttled | ErrorKind::QuotaExceeded => (429, "rate_limit_error"),
+        ErrorKind::Throttled | ErrorKind::QuotaExceeded | ErrorKind::BudgetExceeded => {
+            (429, "rate_limit_error")
+        }
         ErrorKind::Unavailable | ErrorKind::ModelNotReady => (529, "overloaded_error"),
+        ErrorKind::RequestTimeout => (408, "timeout_error"),
         ErrorKind::Timeout | ErrorKind::ModelError | ErrorKind::Internal => (500, "api_error"),
     }
 }
@@ -78,8 +82,15 @@ async fn count_tokens(State(state): State<AppState>, request: Request) -> Respon
     .await
 }
 
-async fn handle(state: AppState, request: Request, purpose: Purpose, name: &str) -> Response {
+async fn handle(
+    state: AppState,
+    request: Request,
+    purpose: Purpose,
+    name: &'static str,
+) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    finish.rate_headers = RateHeaders::Anthropic;
+    super::start_trace(&mut finish, request.headers(), name);
     let span = request_span(&finish.request_id, name);
     match serve(&state, &mut finish, request, purpose)
         .instrument(span)
@@ -114,7 +125,7 @@ async fn serve(
 ) -> Result<Response, ProxyError> {
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
-    let (body, principal) = receive(&rt, &parts, body, finish).await?;
+    let (body, principal) = receive(state, &rt, &parts, body, finish).await?;
     if !parts.headers.contains_key("anthropic-version") {
         return Err(ProxyError::validation(
             "anthropic-version: header is required",

@@ -13,6 +13,7 @@ use crate::error::ProxyError;
 use crate::ingress::converse::{
     document_name, has_tool_blocks, json_schema_format, tool_history_as_text, Features,
 };
+use crate::ingress::shape::{self, Kind};
 
 /// What a translated body is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,27 @@ pub struct Translated {
 fn invalid(field: &str, message: impl std::fmt::Display) -> ProxyError {
     ProxyError::validation(format!("{field}: {message}")).with_param(field)
 }
+
+/// The JSON types of the request members, as the Messages API defines them.
+const TYPES: &[(&str, &[Kind])] = &[
+    ("model", &[Kind::String]),
+    ("messages", &[Kind::Array]),
+    ("system", &[Kind::String, Kind::Array]),
+    ("max_tokens", &[Kind::Integer]),
+    ("temperature", &[Kind::Number]),
+    ("top_p", &[Kind::Number]),
+    ("top_k", &[Kind::Integer]),
+    ("stop_sequences", &[Kind::Array]),
+    ("stream", &[Kind::Boolean]),
+    ("tools", &[Kind::Array]),
+    ("tool_choice", &[Kind::Object]),
+    ("metadata", &[Kind::Object]),
+    ("thinking", &[Kind::Object]),
+    ("output_config", &[Kind::Object]),
+    ("output_format", &[Kind::Object]),
+    ("service_tier", &[Kind::String]),
+    ("cache_control", &[Kind::Object]),
+];
 
 const KNOWN: &[&str] = &[
     "model",
@@ -381,6 +403,7 @@ pub fn request(
     if let Some(extra) = obj.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(invalid(extra, "Extra inputs are not permitted"));
     }
+    shape::check(obj, TYPES, invalid)?;
     let model = obj
         .get("model")
         .and_then(Value::as_str)

@@ -51,8 +51,10 @@ pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
         }
         ErrorKind::NotFound => (404, "invalid_request_error", None),
         ErrorKind::Throttled => (429, "rate_limit_error", Some("rate_limit_exceeded")),
-        ErrorKind::QuotaExceeded => (429, "insufficient_quota", Some("insufficient_quota")),
-        ErrorKind::Timeout => (408, "timeout_error", Some("timeout")),
+        ErrorKind::QuotaExceeded | ErrorKind::BudgetExceeded => {
+            (429, "insufficient_quota", Some("insufficient_quota"))
+        }
+        ErrorKind::Timeout | ErrorKind::RequestTimeout => (408, "timeout_error", Some("timeout")),
         ErrorKind::Unavailable | ErrorKind::ModelNotReady => {
             (503, "service_unavailable", Some("service_unavailable"))
         }
@@ -79,6 +81,7 @@ fn now_secs() -> u64 {
 
 async fn chat(State(state): State<AppState>, request: Request) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    super::start_trace(&mut finish, request.headers(), "chat.completions");
     let span = request_span(&finish.request_id, "chat.completions");
     match serve(&state, &mut finish, request).instrument(span).await {
         Ok(response) => response,
@@ -121,7 +124,7 @@ async fn serve(
 ) -> Result<Response, ProxyError> {
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
-    let (body, principal) = receive(&rt, &parts, body, finish).await?;
+    let (body, principal) = receive(state, &rt, &parts, body, finish).await?;
     let json = parse_json(&body, rt.config.limits.max_json_depth)?;
     let model = translate::model(&json)?;
     let (routed, features) = route_translated(&rt, &principal, finish, &model, |model| {

@@ -22,6 +22,7 @@ use crate::ingress::converse::{
     document_format, document_name, has_tool_blocks, json_schema_format, tool_history_as_text,
     Features,
 };
+use crate::ingress::shape::{self, Kind};
 
 /// A Chat Completions request, translated.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +67,39 @@ impl Structured {
 fn invalid(param: &str, message: impl std::fmt::Display) -> ProxyError {
     ProxyError::validation(format!("{param}: {message}")).with_param(param)
 }
+
+/// The JSON types of the request members this proxy reads or accepts, as the
+/// Chat Completions API defines them.
+const TYPES: &[(&str, &[Kind])] = &[
+    ("model", &[Kind::String]),
+    ("messages", &[Kind::Array]),
+    ("tools", &[Kind::Array]),
+    ("tool_choice", &[Kind::String, Kind::Object]),
+    ("max_tokens", &[Kind::Integer]),
+    ("max_completion_tokens", &[Kind::Integer]),
+    ("temperature", &[Kind::Number]),
+    ("top_p", &[Kind::Number]),
+    ("stop", &[Kind::String, Kind::Array]),
+    ("stream", &[Kind::Boolean]),
+    ("stream_options", &[Kind::Object]),
+    ("n", &[Kind::Integer]),
+    ("parallel_tool_calls", &[Kind::Boolean]),
+    ("user", &[Kind::String]),
+    ("store", &[Kind::Boolean]),
+    ("metadata", &[Kind::Object]),
+    ("service_tier", &[Kind::String]),
+    ("logprobs", &[Kind::Boolean]),
+    ("frequency_penalty", &[Kind::Number]),
+    ("presence_penalty", &[Kind::Number]),
+    ("logit_bias", &[Kind::Object]),
+    ("response_format", &[Kind::Object]),
+    ("reasoning_effort", &[Kind::String]),
+    ("seed", &[Kind::Integer]),
+    ("safety_identifier", &[Kind::String]),
+    ("prompt_cache_key", &[Kind::String]),
+    ("prompt_cache_retention", &[Kind::String]),
+    ("top_logprobs", &[Kind::Integer]),
+];
 
 /// Request members that are accepted and have no effect on Bedrock (bookkeeping
 /// OpenAI does on its own side, or a determinism hint Bedrock has no form of).
@@ -285,6 +319,7 @@ pub fn model(body: &Value) -> Result<String, ProxyError> {
     let obj = body
         .as_object()
         .ok_or_else(|| invalid("body", "the request body must be a JSON object"))?;
+    shape::check(obj, TYPES, invalid)?;
     obj.get("model")
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
@@ -482,6 +517,12 @@ fn tool_specs(tools: &[Value]) -> Result<Vec<Value>, ProxyError> {
         .iter()
         .enumerate()
         .map(|(i, t)| {
+            if !t.is_object() {
+                return Err(invalid(
+                    &format!("tools[{i}]"),
+                    format!("expected an object, got {}", shape::describe(t)),
+                ));
+            }
             if t["type"].as_str().is_some_and(|ty| ty != "function") {
                 return Err(invalid(
                     &format!("tools[{i}].type"),
@@ -901,11 +942,19 @@ pub fn request(body: &Value, features: &Features) -> Result<Translated, ProxyErr
     }
 
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = obj
+    let include_usage = match obj
         .get("stream_options")
         .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(invalid(
+                "stream_options.include_usage",
+                format!("expected a boolean, got {}", shape::describe(other)),
+            ))
+        }
+    };
     Ok(Translated {
         model,
         stream,
@@ -915,26 +964,9 @@ pub fn request(body: &Value, features: &Features) -> Result<Translated, ProxyErr
     })
 }
 
-/// Bedrock's stop reason as an OpenAI `finish_reason`.
-pub fn finish_reason(stop: Option<&str>) -> &'static str {
-    match stop {
-        Some("max_tokens" | "model_context_window_exceeded") => "length",
-        Some("tool_use") => "tool_calls",
-        Some("guardrail_intervened" | "content_filtered") => "content_filter",
-        _ => "stop",
-    }
-}
-
-/// Converse usage as OpenAI usage: prompt tokens include cached ones.
-pub fn usage(u: &Usage) -> Value {
-    let prompt = u.input_tokens + u.cache_read_input_tokens + u.cache_write_input_tokens;
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": u.output_tokens,
-        "total_tokens": prompt + u.output_tokens,
-        "prompt_tokens_details": { "cached_tokens": u.cache_read_input_tokens },
-    })
-}
+// The stop-reason and usage tables are shared with the `openai` and
+// `sagemaker` upstreams, which translate the other way.
+pub use crate::chat::{finish_reason, usage};
 
 /// A Converse response body as a Chat Completion; `structured` is how the
 /// request asked for structured output.

@@ -81,6 +81,8 @@ struct Call {
     end: End,
     first_byte: Duration,
     tier: Option<LatencyTier>,
+    /// The `traceparent` the attempt was sent with (tracing on).
+    traceparent: Option<String>,
 }
 
 /// An upstream that plays each target's script, one step per attempt, and logs
@@ -155,6 +157,11 @@ impl Attempt for Fake {
                 end: End::Running,
                 first_byte,
                 tier: prepared.tier,
+                traceparent: prepared
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "traceparent")
+                    .map(|(_, v)| v.to_str().unwrap().to_owned()),
             });
             calls.len() - 1
         };
@@ -217,6 +224,8 @@ struct Setup {
     targets: Vec<Target>,
     breakers: Breakers,
     fake: Fake,
+    /// The request's span (off unless a test traces).
+    trace: Trace,
 }
 
 impl Setup {
@@ -236,6 +245,7 @@ impl Setup {
             resilience: route.config.resilience.clone(),
             breakers: Breakers::default(),
             fake: Fake::default(),
+            trace: Trace::off(),
         }
     }
 
@@ -261,6 +271,7 @@ impl Setup {
             started: Instant::now(),
             prepare: &prepare,
             attempt: &self.fake,
+            trace: &self.trace,
         };
         let mut record = Record::default();
         let result = chain.run(&self.targets, &mut record).await;
@@ -753,6 +764,8 @@ async fn when_both_hedged_attempts_fail_the_chain_goes_on_after_the_second() {
 
 #[tokio::test(start_paused = true)]
 async fn the_deadline_stops_everything_with_a_timeout() {
+    let (recorder, prom) = recorder();
+    let _local = ::metrics::set_default_local_recorder(&recorder);
     let s = Setup::new(
         "deadline = \"2500ms\"\nfirst_byte_timeout = \"1s\"\nretries = 5\nbackoff = \"50ms\"\nfallback = [{ upstream = \"west\" }]\n",
     )
@@ -785,6 +798,11 @@ async fn the_deadline_stops_everything_with_a_timeout() {
     );
     assert_eq!(record.attempts, 3);
     assert_eq!(record.target, None);
+    assert_eq!(
+        metric(&prom, crate::metrics::FALLBACKS, &[]),
+        0.0,
+        "a fallback that never happened is not counted"
+    );
 }
 
 /// A hedge that lost while it was a half-open breaker's probe hands the probe
@@ -834,4 +852,120 @@ fn backoff_is_jittered_exponential_and_capped() {
             "retry {retry}: {d:?} vs cap {cap:?}"
         );
     }
+}
+
+/// With tracing on, each attempt is a child span of the request's, sent
+/// upstream as its `traceparent`; retries and fallbacks each have their span,
+/// a hedge that lost ends `cancelled`, and the moves are events on the request.
+#[tokio::test(start_paused = true)]
+async fn every_attempt_is_a_span_under_the_request_and_goes_upstream_as_its_traceparent() {
+    use crate::telemetry::testing::{spans_of, text, tracing_on};
+    use crate::telemetry::{attr, RequestEnd};
+    use opentelemetry::trace::{SpanKind, TraceId};
+    let spans = tracing_on();
+    let traced = |trace: &Trace| TraceId::from_hex(&trace.trace_id().unwrap()).unwrap();
+
+    // Throttled twice on the primary (a retry), then the fallback answers.
+    let mut s =
+        Setup::new("retries = 1\nbackoff = \"10ms\"\nfallback = [{ upstream = \"west\" }]\n").await;
+    s.trace = Trace::request(&HeaderMap::new(), Instant::now(), "converse");
+    s.fake.script(
+        "primary",
+        [
+            fail(50, ErrorType::Throttling),
+            fail(50, ErrorType::Throttling),
+        ],
+    );
+    s.fake.script("fallback1", [ok(100)]);
+    assert_eq!(answered_by(s.run().await.0), "answer from fallback1");
+    s.trace.end(&RequestEnd {
+        status: 200,
+        outcome: "ok",
+        cache: "bypass",
+        ..RequestEnd::default()
+    });
+    let got = spans_of(&spans, traced(&s.trace));
+    let request = got
+        .iter()
+        .find(|sp| sp.span_kind == SpanKind::Server)
+        .unwrap();
+    let attempts: Vec<_> = got
+        .iter()
+        .filter(|sp| sp.span_kind == SpanKind::Client)
+        .collect();
+    let seen: Vec<(String, String)> = attempts
+        .iter()
+        .map(|a| (text(a, attr::TARGET), text(a, attr::OUTCOME)))
+        .collect();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        seen,
+        pairs(&[
+            ("primary", "throttled"),
+            ("primary", "throttled"),
+            ("fallback1", "ok")
+        ])
+    );
+    for (attempt, call) in attempts.iter().zip(s.fake.calls()) {
+        assert_eq!(attempt.parent_span_id, request.span_context.span_id());
+        assert_eq!(
+            call.traceparent.unwrap(),
+            format!(
+                "00-{}-{}-01",
+                request.span_context.trace_id(),
+                attempt.span_context.span_id()
+            ),
+            "each attempt sends its own context"
+        );
+    }
+    let moves: Vec<_> = request.events.iter().map(|e| e.name.to_string()).collect();
+    assert_eq!(moves, ["bedrock_proxy.fallback"]);
+    assert_eq!(text(request, attr::TARGET), "fallback1");
+
+    // The primary is silent: the hedge on the fallback wins, the primary's
+    // attempt is cancelled.
+    let mut s = Setup::new("hedge_after = \"1s\"\nfallback = [{ upstream = \"west\" }]\n").await;
+    s.trace = Trace::request(&HeaderMap::new(), Instant::now(), "converse");
+    s.fake.script("primary", [ok(3000)]);
+    s.fake.script("fallback1", [ok(200)]);
+    assert_eq!(answered_by(s.run().await.0), "answer from fallback1");
+    s.trace.end(&RequestEnd {
+        status: 200,
+        outcome: "ok",
+        cache: "bypass",
+        ..RequestEnd::default()
+    });
+    let got = spans_of(&spans, traced(&s.trace));
+    let mut seen: Vec<(String, String)> = got
+        .iter()
+        .filter(|sp| sp.span_kind == SpanKind::Client)
+        .map(|a| (text(a, attr::TARGET), text(a, attr::OUTCOME)))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        pairs(&[("fallback1", "ok"), ("primary", "cancelled")])
+    );
+    let request = got
+        .iter()
+        .find(|sp| sp.span_kind == SpanKind::Server)
+        .unwrap();
+    let hedges: Vec<String> = request
+        .events
+        .iter()
+        .filter(|e| e.name == "bedrock_proxy.hedge")
+        .map(|e| {
+            e.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == attr::OUTCOME)
+                .unwrap()
+                .value
+                .to_string()
+        })
+        .collect();
+    assert_eq!(hedges, ["fired", "won"]);
 }
