@@ -30,6 +30,7 @@ pub fn router(state: AppState, token_sha256: Option<[u8; 32]>, exposed: bool) ->
         .route("/admin/config", get(config))
         .route("/admin/cache", get(cache_stats).delete(cache_clear))
         .route("/admin/prefixes", get(prefixes))
+        .route("/admin/prompt-cache", get(prompt_cache))
         .route("/admin/reload", axum::routing::post(reload))
         .route("/admin/breakers", get(breakers))
         .route("/admin/usage", get(usage))
@@ -181,6 +182,13 @@ async fn prefixes(State(state): State<AppState>) -> Json<serde_json::Value> {
         "remembered": state.pipeline.prefixes.len(),
         "top": state.pipeline.prefixes.top(50),
     }))
+}
+
+/// `GET /admin/prompt-cache`: what the prompt-cache planner learned: savings by
+/// route, model and tenant, class thresholds, and the prefixes with the most
+/// at stake (their sightings, gaps, writes, reads, TTL, savings, back-off).
+async fn prompt_cache(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.pipeline.prefixes.report(100))
 }
 
 /// `POST /admin/reload`: reloads the config file now.

@@ -82,6 +82,23 @@ impl CacheStatus {
     }
 }
 
+/// Told what a complete upstream answer reported about itself (its usage),
+/// once: the prompt-cache planner learns from it this way without the ingress
+/// knowing the planner.
+pub trait UsageSink: Send + Sync {
+    fn settle(&self, summary: &Summary);
+}
+
+/// The sink of the attempt that answered.
+#[derive(Clone)]
+pub struct Settle(pub Arc<dyn UsageSink>);
+
+impl std::fmt::Debug for Settle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Settle")
+    }
+}
+
 /// What happened to one call: the upstream chain fills in its attempts and
 /// the target that answered, the pipeline the cache outcome; the ingress reads
 /// it for the response headers, the metrics and the access log. A single-flight
@@ -103,6 +120,8 @@ pub struct Record {
     /// Who served the answer (for cache hits, who served the stored answer):
     /// `x-proxy-upstream`, `x-proxy-served-model`.
     pub served_by: Option<ServedBy>,
+    /// Where the answering attempt's usage goes once the answer is complete.
+    pub settle: Option<Settle>,
 }
 
 /// The upstream and model that answered.
@@ -126,6 +145,7 @@ impl Record {
             self.cache_points = attempt.cache_points;
             self.other_model = attempt.other_model;
             self.served_by = attempt.served_by;
+            self.settle = attempt.settle;
         }
     }
 }

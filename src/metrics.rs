@@ -120,7 +120,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         PROMPT_CACHE_POINTS,
-        "cachePoint blocks the planner added, by route and position."
+        "cachePoint blocks the planner added, by route, position and TTL."
     );
     metrics::describe_counter!(
         PROMPT_CACHE_SKIPPED,
@@ -132,7 +132,11 @@ fn describe() {
     );
     metrics::describe_gauge!(
         PROMPT_CACHE_USD_SAVED,
-        "Estimated net dollars Bedrock's prompt cache saved versus no caching, by route."
+        "Net dollars Bedrock's prompt cache saved versus no caching (reported usage, catalog prices, writes at their TTL's price), by route, model and tenant."
+    );
+    metrics::describe_counter!(
+        PROMPT_CACHE_WRITE_TOKENS,
+        "Bedrock prompt-cache tokens written, by route, model and TTL."
     );
     metrics::describe_counter!(
         ATTEMPTS,
@@ -356,10 +360,12 @@ pub const PROMPT_CACHE_POINTS: &str = "bedrock_proxy_prompt_cache_points_injecte
 pub const PROMPT_CACHE_SKIPPED: &str = "bedrock_proxy_prompt_cache_skipped_total";
 pub const PROMPT_CACHE_TOKENS: &str = "bedrock_proxy_prompt_cache_tokens_total";
 pub const PROMPT_CACHE_USD_SAVED: &str = "bedrock_proxy_prompt_cache_saved_usd";
+pub const PROMPT_CACHE_WRITE_TOKENS: &str = "bedrock_proxy_prompt_cache_write_tokens_total";
 
-/// A cachePoint the planner added, by position (`tools`, `system`, `conversation`).
-pub fn prompt_cache_injected(route: &SharedString, position: &'static str) {
-    metrics::counter!(PROMPT_CACHE_POINTS, "route" => route.clone(), "position" => position)
+/// A cachePoint the planner added, by position (`tools`, `system`, `head`,
+/// `conversation`) and TTL (`5m`, `1h`).
+pub fn prompt_cache_injected(route: &SharedString, position: &'static str, ttl: &'static str) {
+    metrics::counter!(PROMPT_CACHE_POINTS, "route" => route.clone(), "position" => position, "ttl" => ttl)
         .increment(1);
 }
 
@@ -369,10 +375,29 @@ pub fn prompt_cache_skipped(route: &SharedString, position: &'static str, reason
         .increment(1);
 }
 
-/// Bedrock's prompt-cache reads and writes, and the net dollars they saved
-/// against the same tokens billed as plain input (negative while writes dominate).
-pub fn prompt_cache_usage(route: &SharedString, model: &str, usage: &Usage, usd_saved: f64) {
+/// Bedrock's prompt-cache reads and writes (writes also by TTL), and the net
+/// dollars they saved against the same tokens billed as plain input (negative
+/// while writes dominate), by route, model (catalog id) and tenant (from config).
+pub fn prompt_cache_usage(
+    route: &SharedString,
+    model: &str,
+    tenant: &str,
+    usage: &Usage,
+    usd_saved: f64,
+) {
     let model = SharedString::from(model.to_owned());
+    let one_hour = usage
+        .cache_write_1h_input_tokens
+        .min(usage.cache_write_input_tokens);
+    for (ttl, n) in [
+        ("5m", usage.cache_write_input_tokens - one_hour),
+        ("1h", one_hour),
+    ] {
+        if n > 0 {
+            metrics::counter!(PROMPT_CACHE_WRITE_TOKENS, "route" => route.clone(), "model" => model.clone(), "ttl" => ttl)
+                .increment(n);
+        }
+    }
     for (kind, n) in [
         ("read", usage.cache_read_input_tokens),
         ("write", usage.cache_write_input_tokens),
@@ -382,7 +407,8 @@ pub fn prompt_cache_usage(route: &SharedString, model: &str, usage: &Usage, usd_
                 .increment(n);
         }
     }
-    metrics::gauge!(PROMPT_CACHE_USD_SAVED, "route" => route.clone()).increment(usd_saved);
+    metrics::gauge!(PROMPT_CACHE_USD_SAVED, "route" => route.clone(), "model" => model, "tenant" => SharedString::from(tenant.to_owned()))
+        .increment(usd_saved);
 }
 
 pub const ATTEMPTS: &str = "bedrock_proxy_upstream_attempts_total";

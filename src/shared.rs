@@ -1,8 +1,9 @@
 //! The shared tier: one connection to Redis, Valkey or ElastiCache (`redis://`,
 //! TLS with `rediss://`, cluster mode with `cluster = true`) that every stage
 //! keeping state across replicas uses: the response cache's entries, the
-//! prompt-prefix registry's sighting counts, the limits' counters (Lua
-//! scripts, [`RedisTier::eval`]). Every call has a short timeout;
+//! prompt-prefix registry's ledgers (sightings, gaps, writes, reads,
+//! back-off), the limits' counters (Lua scripts, [`RedisTier::eval`]). Every
+//! call has a short timeout;
 //! when the server is down or slow, lookups miss and writes are dropped, errors
 //! are counted and logged at most once every 10 seconds, and the connection
 //! comes back by itself.
@@ -302,25 +303,36 @@ impl RedisTier {
             .await;
     }
 
-    /// Increments a counter and (re)sets its expiry, atomically; the new count,
-    /// or `None` when Redis is unavailable. Used by the prefix registry so every
-    /// replica counts the same sightings.
-    pub async fn incr_with_ttl(&self, key: &str, ttl: Duration) -> Option<u64> {
-        let conn = self.usable("incr")?;
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    /// Runs a Lua script on one key (`{prefix}{key}`), atomically; its reply as
+    /// field-value pairs, or `None` when Redis is unavailable. The prefix
+    /// registry keeps what it learns in hashes this way.
+    pub async fn script_pairs(
+        &self,
+        script: &redis::Script,
+        key: &str,
+        args: &[String],
+    ) -> Option<std::collections::HashMap<String, String>> {
+        let conn = self.usable("script")?;
         let key = format!("{}{key}", self.config.key_prefix);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .incr(&key, 1u64)
-            .pexpire(&key, i64::try_from(ms).unwrap_or(i64::MAX))
-            .ignore();
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&key);
+        for a in args {
+            invocation.arg(a);
+        }
         let call = async {
             match &*conn {
-                Conn::Single(c) => pipe.query_async::<(u64,)>(&mut c.clone()).await,
-                Conn::Cluster(c) => pipe.query_async::<(u64,)>(&mut c.clone()).await,
+                Conn::Single(c) => invocation.invoke_async(&mut c.clone()).await,
+                Conn::Cluster(c) => invocation.invoke_async(&mut c.clone()).await,
             }
         };
-        self.finish("incr", call).await.map(|(n,)| n)
+        self.finish("script", call).await
+    }
+
+    /// A hash's fields (`{prefix}{key}`), or `None` when Redis is unavailable.
+    pub async fn hash(&self, key: &str) -> Option<std::collections::HashMap<String, String>> {
+        let key = format!("{}{key}", self.config.key_prefix);
+        self.run("hgetall", redis::cmd("HGETALL").arg(key).clone())
+            .await
     }
 
     /// Deletes every key matching `{prefix}{pattern}` (a SCAN glob; escape

@@ -85,7 +85,12 @@ impl AppState {
         let pipeline = Arc::new(Pipeline {
             cache: ResponseCache::new(&runtime.config.cache, redis.clone()),
             flights: Default::default(),
-            prefixes: PrefixRegistry::new(runtime.config.prompt_cache.max_prefixes, redis),
+            prefixes: Arc::new(PrefixRegistry::new(
+                runtime.config.prompt_cache.max_prefixes,
+                runtime.config.prompt_cache.retention,
+                runtime.config.prompt_cache.time_scale,
+                redis,
+            )),
             breakers: Default::default(),
         });
         let metrics = metrics::install();
@@ -121,6 +126,12 @@ impl AppState {
     /// `/metrics` serves).
     pub fn metrics_text(&self) -> String {
         self.0.metrics.render()
+    }
+
+    /// Moves the prompt-cache planner's learning clock forward, as if `by` had
+    /// passed: tests of what it learns over minutes and hours run without waiting.
+    pub fn advance_prompt_cache_clock(&self, by: std::time::Duration) {
+        self.0.pipeline.prefixes.clock().advance(by);
     }
 
     pub(crate) fn begin_shutdown(&self) {

@@ -519,15 +519,30 @@ fn read_invoke_chunk(payload: &[u8], summary: &mut Summary) {
     {
         summary.stop_reason = Some(stop.to_owned());
     }
+    // Anthropic's message_start splits cache writes by TTL; Bedrock's
+    // invocation metrics at the end give only their sum.
+    if inner["type"] == "message_start" {
+        let one_hour = bedrock_wire::converse::anthropic_1h_writes(&inner["message"]["usage"]);
+        summary.usage = Some(Usage {
+            cache_write_1h_input_tokens: one_hour,
+            ..summary.usage.unwrap_or_default()
+        });
+    }
     let metrics = &inner["amazon-bedrock-invocationMetrics"];
     if metrics.is_object() {
         let n = |k: &str| metrics[k].as_u64().unwrap_or(0);
+        let written = n("cacheWriteInputTokenCount");
+        let one_hour = summary
+            .usage
+            .map_or(0, |u| u.cache_write_1h_input_tokens)
+            .min(written);
         let usage = Usage {
             input_tokens: n("inputTokenCount"),
             output_tokens: n("outputTokenCount"),
             total_tokens: n("inputTokenCount") + n("outputTokenCount"),
             cache_read_input_tokens: n("cacheReadInputTokenCount"),
-            cache_write_input_tokens: n("cacheWriteInputTokenCount"),
+            cache_write_input_tokens: written,
+            cache_write_1h_input_tokens: one_hour,
         };
         summary.usage = Some(usage);
         summary.latency_ms = metrics["invocationLatency"].as_u64();

@@ -1,15 +1,66 @@
-//! Two small helpers every stage may use, kept here so each is written once:
-//! the wall clock in milliseconds (stored timestamps, shared across replicas),
-//! and std locks that survive a panic in another holder.
+//! Small helpers every stage may use, kept here so each is written once: the
+//! wall clock in milliseconds (stored timestamps, shared across replicas), a
+//! [`Clock`] that tests and benchmarks can move or speed up, and std locks that
+//! survive a panic in another holder.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch (0 before it, saturating far after).
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds on the wall clock, sped up by `1 / time_scale` from when the
+/// clock was made, plus whatever [`Clock::advance`] added: learning windows are
+/// measured on it, so tests move it instead of sleeping and a benchmark against a
+/// sped-up simulator speeds it up alike. With `time_scale` 1 it is the wall clock,
+/// which replicas share.
+#[derive(Debug)]
+pub struct Clock {
+    base_ms: u64,
+    started: Instant,
+    rate: f64,
+    offset_ms: AtomicU64,
+}
+
+impl Clock {
+    /// A clock running `1 / time_scale` times as fast as the wall clock
+    /// (`time_scale` above 0; anything else runs at wall-clock speed).
+    pub fn new(time_scale: f64) -> Clock {
+        let rate = if time_scale > 0.0 && time_scale.is_finite() {
+            1.0 / time_scale
+        } else {
+            1.0
+        };
+        Clock {
+            base_ms: now_ms(),
+            started: Instant::now(),
+            rate,
+            offset_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        let run = self.started.elapsed().as_secs_f64() * 1000.0 * self.rate;
+        self.base_ms
+            .saturating_add(run as u64)
+            .saturating_add(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.offset_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// The wall-clock time that `d` on this clock takes.
+    pub fn real(&self, d: Duration) -> Duration {
+        d.div_f64(self.rate)
+    }
 }
 
 // A panic while a lock is held poisons it. Every lock here guards state that
@@ -30,4 +81,22 @@ pub fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// Write-locks an `RwLock`, recovering it if a holder panicked.
 pub fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_moves_when_advanced_and_scales_durations() {
+        let c = Clock::new(0.01);
+        let before = c.now_ms();
+        c.advance(Duration::from_secs(600));
+        assert!(c.now_ms() >= before + 600_000);
+        assert_eq!(c.real(Duration::from_secs(3600)), Duration::from_secs(36));
+        assert_eq!(
+            Clock::new(1.0).real(Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+    }
 }

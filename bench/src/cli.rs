@@ -287,6 +287,15 @@ pub struct WorkloadArgs {
     /// Base URL of the server under test.
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
+    /// The traffic: app (conversations over shared system prompts, repeats),
+    /// long-tail (one-turn requests whose prompts mostly never repeat), slow
+    /// (conversations whose turns are 6 to 10 minutes apart).
+    #[arg(long, default_value = "app", value_parser = workload::Shape::parse)]
+    pub shape: workload::Shape,
+    /// Simulated time runs this much faster than real time: pair with the
+    /// simulator's (and proxy's) time scale; 0.01 makes 10 minutes 6 seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
     /// Two base URLs, run one after the other (A first).
     #[arg(long, num_args = 2, value_names = ["URL_A", "URL_B"])]
     pub compare: Option<Vec<String>>,
@@ -417,6 +426,8 @@ pub async fn run(cli: Cli) -> Result<(), BenchError> {
                 );
             }
             let report = workload::run(workload::WorkloadOptions {
+                shape: a.shape,
+                time_scale: a.time_scale,
                 targets: targets(a.endpoint, a.compare),
                 model: a.model,
                 conversations: a.conversations,

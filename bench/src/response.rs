@@ -263,6 +263,7 @@ fn openai_usage(v: &Value) -> Usage {
         total_tokens: n("total_tokens"),
         cache_read_input_tokens: 0,
         cache_write_input_tokens: 0,
+        cache_write_1h_input_tokens: 0,
     }
 }
 

@@ -1,10 +1,15 @@
 //! The `workload` subcommand: synthetic application traffic for the prompt-cache
-//! benchmark. A few long system prompts shared by many multi-turn conversations
-//! (each turn resends the conversation so far), plus exact repeats of earlier
-//! requests; measured per target in TTFT, billed tokens and dollars.
+//! benchmark, in three shapes ([`Shape`]): `app`, a few long system prompts
+//! shared by many multi-turn conversations (each turn resends the conversation
+//! so far) plus exact repeats of earlier requests; `long-tail`, one-turn
+//! requests whose system prompts mostly never repeat; `slow`, conversations
+//! whose turns are 6 to 10 minutes apart. Measured per target in TTFT, billed
+//! tokens and dollars.
 //!
-//! The text is generated here, deterministically from a seed, so two runs (or
-//! two targets) send the same requests; prices come from `catalog`.
+//! The text and the schedule are generated here, deterministically from a seed,
+//! so two runs (or two targets) send the same requests; prices come from
+//! `catalog`. Simulated minutes pass `time_scale` times as fast, to pair with
+//! a simulator (and proxy) sped up alike.
 
 use bedrock_wire::converse::Usage;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -120,9 +125,119 @@ pub fn repeat_count(originals: u64, share: f64) -> u64 {
     (originals as f64 * share / (1.0 - share)).round() as u64
 }
 
+/// The traffic's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shape {
+    /// Conversations over a few shared system prompts, with exact repeats.
+    App,
+    /// One-turn requests, one every 15 simulated seconds: 15% use one of the
+    /// `--system-prompts` hot prompts, 20% a prompt used exactly twice (the
+    /// second time 1 to 3 minutes after the first), the rest a prompt used once.
+    LongTail,
+    /// Conversations on the shared system prompts, started 30 simulated
+    /// seconds apart, each turn 6 to 10 simulated minutes after the last.
+    Slow,
+}
+
+impl Shape {
+    pub const NAMES: &'static [(Shape, &'static str)] = &[
+        (Shape::App, "app"),
+        (Shape::LongTail, "long-tail"),
+        (Shape::Slow, "slow"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or("app", |(_, n)| n)
+    }
+
+    /// Reads `--shape`.
+    pub fn parse(name: &str) -> Result<Shape, String> {
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(s, _)| *s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::NAMES.iter().map(|(_, n)| *n).collect();
+                format!("`{name}` is not one of {}", names.join(", "))
+            })
+    }
+}
+
+/// Simulated seconds between long-tail arrivals.
+const LONG_TAIL_EVERY_S: u64 = 15;
+/// Simulated seconds between the starts of slow conversations.
+const SLOW_STAGGER_S: u64 = 30;
+/// Gaps between a slow conversation's turns, in simulated seconds.
+const SLOW_GAP_S: std::ops::RangeInclusive<u64> = 360..=600;
+
+/// One long-tail request: when (simulated, from the start) and which system prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub at_s: u64,
+    pub prompt: usize,
+}
+
+/// The long-tail schedule of `requests` arrivals: prompts `0..hot` are the hot
+/// ones; every other prompt id is used once, or twice for a pair.
+pub fn long_tail_schedule(seed: u64, requests: usize, hot: usize) -> Vec<Arrival> {
+    let mut rng = fastrand::Rng::with_seed(mix(seed, 0x7A11));
+    let mut due: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut next = hot.max(1);
+    let mut out = Vec::with_capacity(requests);
+    for slot in 0..requests {
+        let prompt = if let Some(p) = due.remove(&slot) {
+            p
+        } else {
+            let u = rng.f64();
+            if u < 0.15 && hot > 0 {
+                rng.usize(..hot)
+            } else {
+                let p = next;
+                next += 1;
+                if u < 0.25 {
+                    // Find a free slot 4 to 12 arrivals (1 to 3 minutes) later.
+                    let mut later = slot + rng.usize(4..=12);
+                    while due.contains_key(&later) {
+                        later += 1;
+                    }
+                    due.insert(later, p);
+                }
+                p
+            }
+        };
+        out.push(Arrival {
+            at_s: slot as u64 * LONG_TAIL_EVERY_S,
+            prompt,
+        });
+    }
+    out
+}
+
+/// The simulated seconds before each turn of slow conversation `c` (the first
+/// entry: its start).
+pub fn slow_schedule(seed: u64, c: usize, turns: usize) -> Vec<u64> {
+    let mut rng = fastrand::Rng::with_seed(mix(seed, 0x5105 + c as u64));
+    (0..turns)
+        .map(|t| {
+            if t == 0 {
+                c as u64 * SLOW_STAGGER_S
+            } else {
+                rng.u64(SLOW_GAP_S)
+            }
+        })
+        .collect()
+}
+
 /// How to run the workload.
 #[derive(Debug, Clone)]
 pub struct WorkloadOptions {
+    pub shape: Shape,
+    /// Real seconds per simulated second (the simulator's `--time-scale`).
+    pub time_scale: f64,
     /// One base URL, or two to compare (run one after the other, A first).
     pub targets: Vec<String>,
     pub model: String,
@@ -148,6 +263,8 @@ pub struct TokenTotals {
     pub input_tokens: u64,
     pub cache_read_input_tokens: u64,
     pub cache_write_input_tokens: u64,
+    /// Of the writes, those with the 1-hour TTL.
+    pub cache_write_1h_input_tokens: u64,
     pub output_tokens: u64,
 }
 
@@ -156,6 +273,9 @@ impl TokenTotals {
         self.input_tokens += u.input_tokens;
         self.cache_read_input_tokens += u.cache_read_input_tokens;
         self.cache_write_input_tokens += u.cache_write_input_tokens;
+        self.cache_write_1h_input_tokens += u
+            .cache_write_1h_input_tokens
+            .min(u.cache_write_input_tokens);
         self.output_tokens += u.output_tokens;
     }
 }
@@ -168,6 +288,9 @@ pub struct Cost {
     pub without_caching_usd: f64,
     /// What the answers served from the proxy's cache would have cost upstream.
     pub proxy_cache_usd: f64,
+    /// The billed input alone: plain input, cache reads, and cache writes at
+    /// their TTL's price.
+    pub input_usd: f64,
 }
 
 /// One target's results.
@@ -181,6 +304,8 @@ pub struct WorkloadTargetReport {
     pub elapsed_s: f64,
     pub ttft_ms: Option<Distribution>,
     pub total_ms: Option<Distribution>,
+    /// TTFT divided by the time scale: what it would be at full scale.
+    pub ttft_simulated_ms: Option<Distribution>,
     /// Usage of answers that reached Bedrock (not a response-cache hit).
     pub billed: TokenTotals,
     /// Answers from the gateway's response cache, and the usage they reported.
@@ -192,6 +317,8 @@ pub struct WorkloadTargetReport {
 /// The run (`workload.json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadReport {
+    pub shape: Shape,
+    pub time_scale: f64,
     pub model: String,
     pub priced_as: Option<String>,
     pub conversations: usize,
@@ -205,6 +332,8 @@ pub struct WorkloadReport {
     pub ttft_p50_change: Option<f64>,
     /// (B - A) / A of the billed cost, with two targets.
     pub cost_change: Option<f64>,
+    /// (B - A) / A of the billed input cost, with two targets.
+    pub input_cost_change: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -283,12 +412,25 @@ impl Run {
         }
     }
 
-    async fn conversation(&self, c: usize) {
+    /// Sleeps until `at_s` simulated seconds after `start`.
+    async fn until(&self, start: Instant, at_s: u64) {
+        let real = Duration::from_secs_f64(at_s as f64 * self.options.time_scale);
+        tokio::time::sleep_until(start + real).await;
+    }
+
+    /// One conversation; with `schedule` (the `slow` shape), each turn waits
+    /// its simulated gap and no repeats are sent.
+    async fn conversation(&self, c: usize, schedule: Option<(Instant, Vec<u64>)>) {
         let o = &self.options;
         let system = &self.systems[c % self.systems.len()];
         let mut messages: Vec<Value> = Vec::new();
         let mut answered: Vec<bytes::Bytes> = Vec::new();
+        let mut at_s = 0;
         for turn in 0..o.turns {
+            if let Some((start, gaps)) = &schedule {
+                at_s += gaps.get(turn).copied().unwrap_or(0);
+                self.until(*start, at_s).await;
+            }
             messages.push(json!({
                 "role": "user",
                 "content": [{ "text": user_message(o.seed, c, turn) }],
@@ -304,7 +446,9 @@ impl Run {
             if ok {
                 answered.push(body);
             }
-            self.repeats_after(c, turn, &answered).await;
+            if schedule.is_none() {
+                self.repeats_after(c, turn, &answered).await;
+            }
             if !ok {
                 // The next turn would need the answer this one did not give.
                 return;
@@ -314,6 +458,78 @@ impl Run {
                 "content": [{ "text": result.text }],
             }));
         }
+    }
+
+    /// One long-tail request: a one-turn conversation under its system prompt.
+    async fn one_off(&self, n: usize, prompt: usize) {
+        let o = &self.options;
+        let system = system_prompt(o.seed, prompt, o.system_tokens);
+        let body = json!({
+            "system": [{ "text": system }],
+            "messages": [{ "role": "user", "content": [{ "text": user_message(o.seed, n, 0) }] }],
+            "inferenceConfig": { "maxTokens": o.max_tokens, "temperature": 0 },
+        });
+        self.call(bytes::Bytes::from(body.to_string()), false).await;
+    }
+}
+
+/// Runs the shape's traffic on `run`.
+async fn drive(run: &Arc<Run>) {
+    let o = run.options.clone();
+    let mut workers = JoinSet::new();
+    let start = Instant::now();
+    match o.shape {
+        Shape::App => {
+            for _ in 0..o.concurrency.min(o.conversations) {
+                let run = run.clone();
+                workers.spawn(async move {
+                    loop {
+                        let c = run.next_conversation.fetch_add(1, Ordering::Relaxed);
+                        if c >= run.options.conversations {
+                            break;
+                        }
+                        run.conversation(c, None).await;
+                    }
+                });
+            }
+        }
+        Shape::LongTail => {
+            let gate = Arc::new(tokio::sync::Semaphore::new(o.concurrency));
+            for (n, a) in long_tail_schedule(o.seed, o.conversations, o.system_prompts)
+                .into_iter()
+                .enumerate()
+            {
+                run.until(start, a.at_s).await;
+                let Ok(permit) = gate.clone().acquire_owned().await else {
+                    break;
+                };
+                let run = run.clone();
+                workers.spawn(async move {
+                    run.one_off(n, a.prompt).await;
+                    drop(permit);
+                });
+            }
+        }
+        Shape::Slow => {
+            for c in 0..o.conversations {
+                let run = run.clone();
+                let schedule = slow_schedule(o.seed, c, o.turns);
+                workers.spawn(async move { run.conversation(c, Some((start, schedule))).await });
+            }
+        }
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+/// Requests the shape sends (repeats included).
+fn planned_requests(o: &WorkloadOptions) -> u64 {
+    match o.shape {
+        Shape::App => {
+            let originals = (o.conversations * o.turns) as u64;
+            originals + repeat_count(originals, o.repeat_share)
+        }
+        Shape::LongTail => o.conversations as u64,
+        Shape::Slow => (o.conversations * o.turns) as u64,
     }
 }
 
@@ -334,6 +550,11 @@ fn check(options: &WorkloadOptions) -> Result<(), BenchError> {
             "--repeat-share must be at least 0 and below 1".into(),
         ));
     }
+    if !(options.time_scale > 0.0 && options.time_scale.is_finite()) {
+        return Err(BenchError::Options(
+            "--time-scale must be a number above 0".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -348,7 +569,7 @@ async fn run_target(
     let originals_total = (options.conversations * options.turns) as u64;
     let repeats_total = repeat_count(originals_total, options.repeat_share);
     let progress = if options.progress {
-        let bar = ProgressBar::new(originals_total + repeats_total);
+        let bar = ProgressBar::new(planned_requests(options));
         if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} requests") {
             bar.set_style(style.progress_chars("=> "));
         }
@@ -372,20 +593,7 @@ async fn run_target(
         progress,
     });
     let started = Instant::now();
-    let mut workers = JoinSet::new();
-    for _ in 0..options.concurrency.min(options.conversations) {
-        let run = run.clone();
-        workers.spawn(async move {
-            loop {
-                let c = run.next_conversation.fetch_add(1, Ordering::Relaxed);
-                if c >= run.options.conversations {
-                    break;
-                }
-                run.conversation(c).await;
-            }
-        });
-    }
-    while workers.join_next().await.is_some() {}
+    drive(&run).await;
     let elapsed_s = started.elapsed().as_secs_f64();
     run.progress.finish_and_clear();
 
@@ -394,7 +602,7 @@ async fn run_target(
         .lock()
         .map(|mut r| std::mem::take(&mut *r))
         .unwrap_or_default();
-    summarize(label, url, &records, elapsed_s, price)
+    summarize(label, url, &records, elapsed_s, price, options.time_scale)
 }
 
 fn summarize(
@@ -403,6 +611,7 @@ fn summarize(
     records: &[Record],
     elapsed_s: f64,
     price: Option<&ModelInfo>,
+    time_scale: f64,
 ) -> WorkloadTargetReport {
     let errors = count_codes(records.iter().filter_map(|r| r.result.error.as_deref()));
     let mut billed = TokenTotals::default();
@@ -427,6 +636,7 @@ fn summarize(
             if let (Some(c), Some(p)) = (cost.as_mut(), tier_price) {
                 c.billed_usd += p.cost(usage);
                 c.without_caching_usd += p.cost_uncached(usage);
+                c.input_usd += p.input_cost(usage);
             }
         }
     }
@@ -440,6 +650,9 @@ fn summarize(
         elapsed_s,
         ttft_ms: Distribution::of(
             ok().filter_map(|r| r.result.ttft.map(|t| t.as_secs_f64() * 1000.0)),
+        ),
+        ttft_simulated_ms: Distribution::of(
+            ok().filter_map(|r| r.result.ttft.map(|t| t.as_secs_f64() * 1000.0 / time_scale)),
         ),
         total_ms: Distribution::of(ok().map(|r| r.result.total.as_secs_f64() * 1000.0)),
         billed,
@@ -470,7 +683,7 @@ pub async fn run(options: WorkloadOptions) -> Result<WorkloadReport, BenchError>
         let label = client::target_label(i, options.targets.len());
         targets.push(run_target(label, url, &options, &systems, &client, price.as_deref()).await);
     }
-    let (ttft_p50_change, cost_change) = match targets.as_slice() {
+    let (ttft_p50_change, cost_change, input_cost_change) = match targets.as_slice() {
         [a, b] => (
             a.ttft_ms
                 .zip(b.ttft_ms)
@@ -478,10 +691,15 @@ pub async fn run(options: WorkloadOptions) -> Result<WorkloadReport, BenchError>
             a.cost
                 .zip(b.cost)
                 .and_then(|(a, b)| change(a.billed_usd, b.billed_usd)),
+            a.cost
+                .zip(b.cost)
+                .and_then(|(a, b)| change(a.input_usd, b.input_usd)),
         ),
-        _ => (None, None),
+        _ => (None, None, None),
     };
     Ok(WorkloadReport {
+        shape: options.shape,
+        time_scale: options.time_scale,
         model: options.model.clone(),
         priced_as: price.map(|p| p.id.clone()),
         conversations: options.conversations,
@@ -493,6 +711,7 @@ pub async fn run(options: WorkloadOptions) -> Result<WorkloadReport, BenchError>
         targets,
         ttft_p50_change,
         cost_change,
+        input_cost_change,
     })
 }
 
@@ -504,21 +723,34 @@ fn pct(v: Option<f64>) -> String {
 /// The terminal report: one column per target.
 pub fn render(report: &WorkloadReport) -> String {
     let mut out = String::new();
+    let priced = report
+        .priced_as
+        .as_deref()
+        .map(|id| format!("priced as {id}"))
+        .unwrap_or_else(|| "no price in the catalog".into());
+    let traffic = match report.shape {
+        Shape::App => format!(
+            "{} conversations x {} turns, {} system prompts of ~{} tokens, {:.0}% repeats, {} workers",
+            report.conversations,
+            report.turns,
+            report.system_prompts,
+            report.system_tokens,
+            report.repeat_share * 100.0,
+            report.concurrency,
+        ),
+        Shape::LongTail => format!(
+            "long tail: {} one-turn requests {LONG_TAIL_EVERY_S} s apart, {} hot system prompts, the rest used once or twice, ~{} tokens each",
+            report.conversations, report.system_prompts, report.system_tokens,
+        ),
+        Shape::Slow => format!(
+            "slow: {} conversations x {} turns 6-10 min apart, {} system prompts of ~{} tokens",
+            report.conversations, report.turns, report.system_prompts, report.system_tokens,
+        ),
+    };
     let _ = writeln!(
         out,
-        "model {} ({}), {} conversations x {} turns, {} system prompts of ~{} tokens, {:.0}% repeats, {} workers",
-        report.model,
-        report
-            .priced_as
-            .as_deref()
-            .map(|id| format!("priced as {id}"))
-            .unwrap_or_else(|| "no price in the catalog".into()),
-        report.conversations,
-        report.turns,
-        report.system_prompts,
-        report.system_tokens,
-        report.repeat_share * 100.0,
-        report.concurrency,
+        "model {} ({priced}), {traffic}, time scale {}",
+        report.model, report.time_scale
     );
     let mut header = vec![String::new()];
     header.extend(
@@ -545,6 +777,11 @@ pub fn render(report: &WorkloadReport) -> String {
     row(&mut t, "TTFT p50 ms", &|r| dist(r.ttft_ms, |d| d.p50));
     row(&mut t, "TTFT p90 ms", &|r| dist(r.ttft_ms, |d| d.p90));
     row(&mut t, "TTFT p99 ms", &|r| dist(r.ttft_ms, |d| d.p99));
+    if report.time_scale != 1.0 {
+        row(&mut t, "TTFT p50 ms at full scale", &|r| {
+            dist(r.ttft_simulated_ms, |d| d.p50)
+        });
+    }
     row(&mut t, "total p50 ms", &|r| dist(r.total_ms, |d| d.p50));
     row(&mut t, "billed input tokens", &|r| {
         r.billed.input_tokens.to_string()
@@ -555,10 +792,16 @@ pub fn render(report: &WorkloadReport) -> String {
     row(&mut t, "billed cache write tokens", &|r| {
         r.billed.cache_write_input_tokens.to_string()
     });
+    row(&mut t, "  of which 1-hour", &|r| {
+        r.billed.cache_write_1h_input_tokens.to_string()
+    });
     row(&mut t, "billed output tokens", &|r| {
         r.billed.output_tokens.to_string()
     });
     row(&mut t, "cost USD", &|r| usd(r.cost.map(|c| c.billed_usd)));
+    row(&mut t, "  input cost USD", &|r| {
+        usd(r.cost.map(|c| c.input_usd))
+    });
     row(&mut t, "cost without caching USD", &|r| {
         usd(r.cost.map(|c| c.without_caching_usd))
     });
@@ -591,9 +834,10 @@ pub fn render(report: &WorkloadReport) -> String {
     if report.targets.len() == 2 {
         let _ = writeln!(
             out,
-            "B vs A: TTFT p50 {}, cost {}",
+            "B vs A: TTFT p50 {}, cost {}, input cost {}",
             pct(report.ttft_p50_change),
-            pct(report.cost_change)
+            pct(report.cost_change),
+            pct(report.input_cost_change)
         );
     }
     out
@@ -630,6 +874,51 @@ mod tests {
         assert!(many.iter().all(|&n| (2..=3).contains(&n)));
     }
 
+    #[test]
+    fn the_long_tail_mostly_never_repeats_and_its_pairs_come_close() {
+        let s = long_tail_schedule(1, 400, 3);
+        assert_eq!(s, long_tail_schedule(1, 400, 3), "the seed decides");
+        assert_eq!(s.len(), 400);
+        let mut uses: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for a in &s {
+            uses.entry(a.prompt).or_default().push(a.at_s);
+        }
+        let once = uses
+            .iter()
+            .filter(|(p, u)| **p >= 3 && u.len() == 1)
+            .count();
+        let twice: Vec<&Vec<u64>> = uses
+            .iter()
+            .filter(|(p, u)| **p >= 3 && u.len() == 2)
+            .map(|(_, u)| u)
+            .collect();
+        assert!(uses.iter().all(|(p, u)| *p < 3 || u.len() <= 2));
+        assert!(
+            once as f64 > 0.8 * uses.len() as f64,
+            "{once} of {}",
+            uses.len()
+        );
+        assert!(!twice.is_empty());
+        assert!(
+            twice.iter().all(|u| (60..=240).contains(&(u[1] - u[0]))),
+            "{twice:?}"
+        );
+        let hot: usize = (0..3).map(|p| uses.get(&p).map_or(0, Vec::len)).sum();
+        assert!((40..=80).contains(&hot), "{hot}");
+    }
+
+    #[test]
+    fn slow_turns_are_six_to_ten_minutes_apart() {
+        let s = slow_schedule(1, 2, 5);
+        assert_eq!(s[0], 60, "the third conversation starts a minute in");
+        assert!(s[1..].iter().all(|g| (360..=600).contains(g)));
+        assert_eq!(s, slow_schedule(1, 2, 5));
+        assert_eq!(Shape::parse("long-tail"), Ok(Shape::LongTail));
+        assert!(Shape::parse("bursty")
+            .unwrap_err()
+            .contains("app, long-tail, slow"));
+    }
+
     fn record(usage: Usage, hit: bool, tier: Option<&str>) -> Record {
         Record {
             result: CallResult {
@@ -657,13 +946,14 @@ mod tests {
             total_tokens: 0,
             cache_read_input_tokens: 3000,
             cache_write_input_tokens: 0,
+            cache_write_1h_input_tokens: 0,
         };
         let records = vec![
             record(usage, false, None),
             record(usage, true, None),
             record(usage, false, Some("optimized")),
         ];
-        let r = summarize("A", "u", &records, 1.0, haiku.as_deref());
+        let r = summarize("A", "u", &records, 1.0, haiku.as_deref(), 1.0);
         assert_eq!(r.billed.cache_read_input_tokens, 6000);
         assert_eq!(r.proxy_cache.cache_read_input_tokens, 3000);
         assert_eq!(r.proxy_cache_hits, 1);
@@ -676,6 +966,7 @@ mod tests {
         assert!((cost.proxy_cache_usd - standard).abs() < 1e-12);
         let uncached = (3100.0 * 0.8 + 200.0) / 1e6 + (3100.0 * 1.0 + 250.0) / 1e6;
         assert!((cost.without_caching_usd - uncached).abs() < 1e-12);
-        assert!(summarize("A", "u", &records, 1.0, None).cost.is_none());
+        assert!((cost.input_usd - (80.0 + 240.0 + 100.0 + 300.0) / 1e6).abs() < 1e-12);
+        assert!(summarize("A", "u", &records, 1.0, None, 1.0).cost.is_none());
     }
 }

@@ -151,6 +151,8 @@ async fn latency_measures_every_call_and_counts_refusals() {
 async fn workload_sends_conversations_and_repeats() {
     let sim = simulator().await;
     let report = workload::run(WorkloadOptions {
+        shape: workload::Shape::App,
+        time_scale: 1.0,
         targets: vec![sim.url()],
         model: "us.anthropic.claude-3-5-haiku-20241022-v1:0".into(),
         conversations: 4,
@@ -180,6 +182,45 @@ async fn workload_sends_conversations_and_repeats() {
     assert!(cost.billed_usd > 0.0);
     assert!((cost.billed_usd - cost.without_caching_usd).abs() < 1e-12);
     assert_eq!(t.proxy_cache_hits, 0);
+}
+
+#[tokio::test]
+async fn workload_long_tail_and_slow_shapes_run_on_a_fast_clock() {
+    let sim = simulator().await;
+    let options = |shape, conversations, turns| WorkloadOptions {
+        shape,
+        time_scale: 0.0001,
+        targets: vec![sim.url()],
+        model: "us.anthropic.claude-sonnet-4-5-20250929-v1:0".into(),
+        conversations,
+        system_prompts: 2,
+        system_tokens: 1200,
+        turns,
+        repeat_share: 0.2,
+        concurrency: 4,
+        max_tokens: 16,
+        seed: 1,
+        auth: AuthOptions::default(),
+        region: "us-east-2".into(),
+        catalog: bedrock_wire::catalog::Catalog::embedded(),
+        timeout: Duration::from_secs(10),
+        progress: false,
+    };
+    let tail = workload::run(options(workload::Shape::LongTail, 30, 5))
+        .await
+        .unwrap();
+    let t = &tail.targets[0];
+    assert_eq!(t.requests, 30, "one turn each, no repeats");
+    assert!(t.errors.is_empty(), "{:?}", t.errors);
+    assert!(workload::render(&tail).contains("long tail: 30 one-turn requests"));
+    let slow = workload::run(options(workload::Shape::Slow, 3, 3))
+        .await
+        .unwrap();
+    let t = &slow.targets[0];
+    assert_eq!(t.requests, 9, "3 conversations x 3 turns, no repeats");
+    assert!(t.errors.is_empty(), "{:?}", t.errors);
+    let cost = t.cost.unwrap();
+    assert!(cost.input_usd > 0.0 && cost.input_usd < cost.billed_usd);
 }
 
 /// Serves a baseline on an ephemeral port for the length of the test.

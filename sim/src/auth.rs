@@ -1,5 +1,6 @@
 //! Who is calling: a SigV4-signed request (checked against configured key pairs
-//! when there are any) or a Bedrock API key sent as a bearer token. The identity
+//! when there are any) or a Bedrock API key sent as a bearer token. A streamed
+//! upload (the bidirectional stream) is checked from its headers alone. The identity
 //! returned scopes the prompt cache, as Bedrock's is scoped to the account.
 //! SageMaker Runtime takes SigV4 only, for its own signing name.
 
@@ -18,6 +19,28 @@ pub fn authenticate(
     uri: &str,
     headers: &HeaderMap,
     body: &[u8],
+) -> Result<String, SimError> {
+    check(config, method, uri, headers, Some(body))
+}
+
+/// [`authenticate`] for a request whose body is a stream still arriving (the
+/// bidirectional stream): the signature is checked over the headers; the
+/// frames' own chunk signatures are not verified.
+pub fn authenticate_headers(
+    config: &SimConfig,
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+) -> Result<String, SimError> {
+    check(config, method, uri, headers, None)
+}
+
+fn check(
+    config: &SimConfig,
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
 ) -> Result<String, SimError> {
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return Err(SimError::missing_authentication());
@@ -38,7 +61,8 @@ pub fn authenticate(
 
 /// The access key of a request signed with SigV4 for `service` (the value of
 /// its `Authorization` header), checked against the configured key pairs when
-/// there are any; or the error AWS would answer with.
+/// there are any; or the error AWS would answer with. Without a `body` (a
+/// stream still arriving) the signature is checked over the headers alone.
 pub fn sigv4_identity(
     config: &SimConfig,
     service: &str,
@@ -46,7 +70,7 @@ pub fn sigv4_identity(
     method: &str,
     uri: &str,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Option<&[u8]>,
 ) -> Result<String, SimError> {
     let auth = sigv4::parse_authorization(value).ok_or_else(|| SimError {
         status: axum::http::StatusCode::FORBIDDEN,
@@ -70,8 +94,22 @@ pub fn sigv4_identity(
                 auth.region
             )));
         }
-        sigv4::verify(&auth, &cred.secret_access_key, method, uri, headers, body, SystemTime::now())
-            .map_err(|e| match e {
+        let now = SystemTime::now();
+        let verified = match body {
+            Some(body) => sigv4::verify(
+                &auth,
+                &cred.secret_access_key,
+                method,
+                uri,
+                headers,
+                body,
+                now,
+            ),
+            None => {
+                sigv4::verify_headers(&auth, &cred.secret_access_key, method, uri, headers, now)
+            }
+        };
+        verified.map_err(|e| match e {
                 VerifyError::Mismatch => SimError::invalid_signature(
                     "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
                 ),

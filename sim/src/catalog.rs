@@ -1,8 +1,9 @@
 //! The simulated Bedrock's model catalog: which model ids exist, what they support,
-//! and how fast they are. Parsed from TOML (`models.toml`, embedded by default).
+//! and how fast they are, and AWS's default prompt routers. Parsed from TOML
+//! (`models.toml`, embedded by default).
 
-use bedrock_wire::catalog::{check_kind, Lookup, ModelIds};
-
+pub use bedrock_wire::catalog::ServiceTierRegions;
+use bedrock_wire::catalog::{check_kind, check_router, prompt_router_id, Lookup, ModelIds};
 pub use bedrock_wire::catalog::{EmbeddingInfo, ModelKind};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -54,6 +55,18 @@ pub struct Model {
     pub standard: Speed,
     #[serde(default)]
     pub optimized: Option<Speed>,
+    /// Regions offering the priority and flex service tiers.
+    #[serde(default)]
+    pub service_tiers: ServiceTierRegions,
+    /// Served through StartAsyncInvoke only (video generation).
+    #[serde(default)]
+    pub async_invoke: bool,
+    /// How long an async job takes, in simulated seconds.
+    #[serde(default)]
+    pub async_job: Option<AsyncJobTime>,
+    /// Served through InvokeModelWithBidirectionalStream only (speech).
+    #[serde(default)]
+    pub bidirectional_stream: bool,
     #[serde(default)]
     pub kind: ModelKind,
     /// Extended thinking.
@@ -77,10 +90,42 @@ pub struct Model {
     pub embedding: Option<EmbeddingInfo>,
 }
 
+/// How long an async invocation runs: a base plus a share per second of output.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncJobTime {
+    pub base_s: f64,
+    pub per_output_second_s: f64,
+}
+
+/// One of AWS's default prompt routers, as the simulator runs it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Router {
+    /// The id its ARN ends with (`anthropic.claude:1`).
+    pub id: String,
+    /// The two inference profiles it routes between, the smaller model first.
+    pub models: Vec<String>,
+    /// Prompts of at least this many input tokens go to the larger model.
+    #[serde(default = "default_large_from_tokens")]
+    pub large_from_tokens: u32,
+}
+
+fn default_large_from_tokens() -> u32 {
+    1000
+}
+
 /// Bedrock's limit on cache checkpoints per request.
 pub const MAX_CACHE_POINTS: usize = bedrock_wire::catalog::BEDROCK_MAX_CACHE_POINTS as usize;
 
 impl Model {
+    /// Whether the `/model/{modelId}/{operation}` operations serve it: text
+    /// models all five, embedding models InvokeModel; video and speech models
+    /// have operations of their own.
+    pub fn serves_model_operations(&self) -> bool {
+        !self.async_invoke && !self.bidirectional_stream
+    }
+
     /// The name Anthropic-native responses carry in `model` (the id without
     /// provider prefix and version suffix).
     pub fn short_name(&self) -> &str {
@@ -98,12 +143,15 @@ pub type Resolved = Lookup<Model>;
 pub struct Catalog {
     ids: ModelIds<Model>,
     models: Vec<Arc<Model>>,
+    routers: Vec<Router>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CatalogFile {
     models: Vec<Model>,
+    #[serde(default)]
+    routers: Vec<Router>,
 }
 
 impl Catalog {
@@ -118,7 +166,19 @@ impl Catalog {
                     model.id
                 ));
             }
+            if model.async_invoke != model.async_job.is_some() {
+                return Err(format!(
+                    "model {}: `async_invoke` and `async_job` go together",
+                    model.id
+                ));
+            }
             check_kind(&model.id, model.kind, model.embedding.as_ref())?;
+            if model.kind == ModelKind::Embedding && !model.serves_model_operations() {
+                return Err(format!(
+                    "model {}: an embedding model serves InvokeModel, not `async_invoke` or `bidirectional_stream`",
+                    model.id
+                ));
+            }
             if model.interleaved_thinking && !model.reasoning {
                 return Err(format!(
                     "model {}: `interleaved_thinking` needs `reasoning`",
@@ -129,6 +189,20 @@ impl Catalog {
             catalog.ids.add(&model, &model.id, &model.profiles)?;
             catalog.models.push(model);
         }
+        for router in &file.routers {
+            let info = bedrock_wire::catalog::RouterInfo {
+                id: router.id.clone(),
+                models: router.models.clone(),
+            };
+            check_router(&info, |id| {
+                catalog.ids.get(id).is_some_and(|l| {
+                    l.via_profile
+                        && l.model.kind == ModelKind::Text
+                        && l.model.serves_model_operations()
+                })
+            })?;
+        }
+        catalog.routers = file.routers;
         Ok(catalog)
     }
 
@@ -147,6 +221,18 @@ impl Catalog {
     /// Every model.
     pub fn models(&self) -> &[Arc<Model>] {
         &self.models
+    }
+
+    /// The prompt router a model id names, when it is a prompt-router ARN of
+    /// one the catalog knows.
+    pub fn router(&self, model_id: &str) -> Option<&Router> {
+        let id = prompt_router_id(model_id)?;
+        self.routers.iter().find(|r| r.id == id)
+    }
+
+    /// Every prompt router.
+    pub fn routers(&self) -> &[Router] {
+        &self.routers
     }
 }
 
@@ -175,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn the_embedded_catalog_agrees_with_the_proxy_catalog_on_capabilities() {
+    fn it_agrees_with_the_proxys_catalog() {
         let sim = Catalog::parse(DEFAULT_CATALOG).unwrap();
         let proxy = bedrock_wire::catalog::Catalog::embedded();
         for model in sim.models() {
@@ -183,6 +269,20 @@ mod tests {
                 .get(&model.id)
                 .unwrap_or_else(|| panic!("{} is missing from config/models.toml", model.id));
             let theirs = &theirs.model;
+            assert_eq!(model.profiles, theirs.profiles, "{}", model.id);
+            assert_eq!(
+                model.optimized_regions, theirs.optimized_regions,
+                "{}",
+                model.id
+            );
+            assert_eq!(model.prompt_cache, theirs.prompt_cache, "{}", model.id);
+            assert_eq!(model.service_tiers, theirs.service_tiers, "{}", model.id);
+            assert_eq!(model.async_invoke, theirs.async_invoke, "{}", model.id);
+            assert_eq!(
+                model.bidirectional_stream, theirs.bidirectional_stream,
+                "{}",
+                model.id
+            );
             assert_eq!(model.kind, theirs.kind, "{}", model.id);
             assert_eq!(model.reasoning, theirs.reasoning, "{}", model.id);
             assert_eq!(
@@ -194,6 +294,18 @@ mod tests {
             assert_eq!(model.citations, theirs.citations, "{}", model.id);
             assert_eq!(model.embedding, theirs.embedding, "{}", model.id);
         }
+        let ids = |r: &[String]| r.to_vec();
+        let sim_routers: Vec<_> = sim
+            .routers()
+            .iter()
+            .map(|r| (r.id.clone(), ids(&r.models)))
+            .collect();
+        let proxy_routers: Vec<_> = proxy
+            .routers()
+            .iter()
+            .map(|r| (r.id.clone(), ids(&r.models)))
+            .collect();
+        assert_eq!(sim_routers, proxy_routers);
     }
 
     #[test]
@@ -201,5 +313,8 @@ mod tests {
         let err = Catalog::parse("[[models]]\nid = \"x\"\nfamily = \"anthropic\"\nbogus = 1\n")
             .unwrap_err();
         assert!(err.contains("bogus"), "{err}");
+        let video_embedder = "[[models]]\nid = \"e\"\nfamily = \"amazon\"\nkind = \"embedding\"\ncontext_tokens = 8\nmax_output_tokens = 0\nembedding = { dimensions = [8], default_dimensions = 8, max_input_tokens = 8, max_input_chars = 8, max_batch = 1 }\nstandard = { ttft_ms = 1, prefill_us_per_token = 1, tokens_per_s = 1 }\nasync_invoke = true\nasync_job = { base_s = 1, per_output_second_s = 1 }\n";
+        let err = Catalog::parse(video_embedder).unwrap_err();
+        assert!(err.contains("embedding model serves InvokeModel"), "{err}");
     }
 }

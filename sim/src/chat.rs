@@ -874,13 +874,16 @@ pub struct Meta {
 }
 
 /// The finish reason OpenAI reports: `tool_calls` unless a named `tool_choice`
-/// forced the call (then `stop`), `length` at the token limit.
+/// forced the call (then `stop`), `length` at the token limit, `content_filter`
+/// for a blocked answer.
 pub fn finish_reason(answer: &Answer, request: &ChatRequest) -> &'static str {
     match answer.stop_reason {
         StopReason::ToolUse if request.named_tool => "stop",
         StopReason::ToolUse => "tool_calls",
         StopReason::MaxTokens => "length",
         StopReason::EndTurn | StopReason::StopSequence => "stop",
+        // OpenAI's name for an answer a content filter replaced.
+        StopReason::GuardrailIntervened => "content_filter",
     }
 }
 

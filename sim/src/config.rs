@@ -4,6 +4,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::guardrail::GuardrailConfig;
 use crate::openai_face::OpenAiConfig;
 use crate::sagemaker::SageMakerConfig;
 use crate::selfhosted::{self, SelfHostedModel};
@@ -33,6 +34,20 @@ pub struct SimConfig {
     /// Latency-optimized requests per minute per model; past it, requests are
     /// served standard, as Bedrock does past its quota. None: no quota.
     pub optimized_rpm: Option<u32>,
+    /// Flex service-tier requests per minute per model; past it, flex requests
+    /// are throttled (ThrottlingException). None: no quota.
+    pub flex_rpm: Option<u32>,
+    /// Models (base or profile ids) the simulated account holds a Reserved-tier
+    /// reservation for; `serviceTier = reserved` elsewhere is refused.
+    pub reserved: Vec<String>,
+    /// The simulated AWS account: it appears in the ARNs the simulator makes.
+    pub account_id: String,
+    /// Guardrails the simulated account has (`[[guardrails]]`); by default the
+    /// demo guardrail `demoguardrail`, which blocks the word `forbidden`.
+    pub guardrails: Vec<GuardrailConfig>,
+    /// A bidirectional stream that sends nothing for this long ends with a
+    /// modelTimeoutException, in seconds (not scaled by `time_scale`).
+    pub bidi_idle_timeout_s: f64,
     /// Largest request body accepted (Bedrock's own limit is 25,000,000 bytes).
     pub max_body_bytes: usize,
     /// A catalog file replacing the embedded one.
@@ -62,6 +77,11 @@ impl Default for SimConfig {
             seed: None,
             jitter: 0.1,
             optimized_rpm: None,
+            flex_rpm: None,
+            reserved: Vec::new(),
+            account_id: "123456789012".into(),
+            guardrails: vec![GuardrailConfig::demo()],
+            bidi_idle_timeout_s: 60.0,
             max_body_bytes: 25_000_000,
             catalog: None,
             request_log: 1000,
@@ -94,9 +114,43 @@ impl SimConfig {
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(format!("jitter must be in [0, 1), got {}", self.jitter));
         }
+        check_account_id("account_id", &self.account_id)?;
+        if !(self.bidi_idle_timeout_s > 0.0 && self.bidi_idle_timeout_s.is_finite()) {
+            return Err(format!(
+                "bidi_idle_timeout_s must be more than 0, got {}",
+                self.bidi_idle_timeout_s
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for g in &self.guardrails {
+            g.validate()?;
+            if !ids.insert(g.id.as_str()) {
+                return Err(format!("guardrail {} appears twice", g.id));
+            }
+        }
+        if let Some(id) = &self.sagemaker.account_id {
+            check_account_id("sagemaker.account_id", id)?;
+        }
         selfhosted::validate_models(&self.self_hosted)?;
         self.sagemaker.validate(&self.self_hosted)?;
         Ok(())
+    }
+
+    /// The account SageMaker's endpoints belong to: `[sagemaker] account_id`,
+    /// else the simulator's one account.
+    pub fn sagemaker_account(&self) -> &str {
+        self.sagemaker
+            .account_id
+            .as_deref()
+            .unwrap_or(&self.account_id)
+    }
+}
+
+fn check_account_id(key: &str, id: &str) -> Result<(), String> {
+    if id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(format!("{key} must be 12 digits, got {id:?}"))
     }
 }
 
@@ -113,6 +167,27 @@ mod tests {
         let err = SimConfig::parse("regoin = \"x\"").unwrap_err();
         assert!(err.contains("regoin"), "{err}");
         assert!(SimConfig::parse("time_scale = -1").is_err());
+        assert!(SimConfig::parse("account_id = \"12\"").is_err());
+    }
+
+    #[test]
+    fn the_demo_guardrail_ships_and_config_replaces_it() {
+        let d = SimConfig::default();
+        assert_eq!(d.guardrails.len(), 1);
+        assert_eq!(d.guardrails[0].id, "demoguardrail");
+        assert_eq!(d.guardrails[0].versions, ["DRAFT", "1"]);
+        let c = SimConfig::parse(
+            "flex_rpm = 3\nreserved = [\"amazon.nova-pro-v1:0\"]\n[[guardrails]]\nid = \"g1\"\nwords = [\"secret plan\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.flex_rpm, Some(3));
+        assert_eq!(c.guardrails.len(), 1);
+        assert_eq!(c.guardrails[0].versions, ["DRAFT"]);
+        let err = SimConfig::parse("[[guardrails]]\nid = \"Bad-Id\"\n").unwrap_err();
+        assert!(err.contains("Bad-Id"), "{err}");
+        let err =
+            SimConfig::parse("[[guardrails]]\nid = \"g\"\nversions = [\"v2\"]\n").unwrap_err();
+        assert!(err.contains("v2"), "{err}");
     }
 
     #[test]
@@ -149,5 +224,10 @@ inference_components = { "tiny-ic" = "tiny" }
         let err = SimConfig::parse("[openai]\napi_kye = \"x\"\n").unwrap_err();
         assert!(err.contains("api_kye"), "{err}");
         assert!(SimConfig::default().validate().is_ok());
+        assert_eq!(c.sagemaker_account(), "111122223333");
+        let one_account = SimConfig::parse("account_id = \"444455556666\"\n").unwrap();
+        assert_eq!(one_account.sagemaker_account(), "444455556666");
+        let err = SimConfig::parse("[sagemaker]\naccount_id = \"12\"\n").unwrap_err();
+        assert!(err.contains("sagemaker.account_id"), "{err}");
     }
 }

@@ -2,13 +2,16 @@
 //! server or SageMaker Runtime. The request log, the counters and fault rules
 //! name it; each face's operations are listed here, in one place.
 
-use bedrock_wire::operation::Operation;
+use bedrock_wire::operation::RuntimeOperation;
 use bedrock_wire::sagemaker::SageMakerOperation;
 use serde::{Deserialize, Serialize};
 
-/// One of the simulator's APIs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// One of the simulator's APIs (Bedrock Runtime unless said otherwise).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum Face {
+    #[default]
     #[serde(rename = "bedrock")]
     Bedrock,
     #[serde(rename = "openai")]
@@ -35,7 +38,7 @@ impl Face {
     /// and the request log spell them.
     pub fn has_operation(self, operation: &str) -> bool {
         match self {
-            Face::Bedrock => Operation::from_name(operation).is_some(),
+            Face::Bedrock => RuntimeOperation::from_label(operation).is_some(),
             Face::OpenAi => operation == CHAT_COMPLETIONS,
             Face::SageMaker => [
                 SageMakerOperation::InvokeEndpoint,
@@ -82,6 +85,7 @@ mod tests {
     #[test]
     fn operations_belong_to_their_face() {
         assert!(Face::Bedrock.has_operation("converse-stream"));
+        assert!(Face::Bedrock.has_operation("start-async-invoke"));
         assert!(!Face::Bedrock.has_operation(CHAT_COMPLETIONS));
         assert!(Face::OpenAi.has_operation(CHAT_COMPLETIONS));
         assert!(Face::SageMaker.has_operation("invoke-endpoint-with-response-stream"));

@@ -1,8 +1,9 @@
 //! Scripted faults: rules added with `POST /_sim/faults` (or one-off, with the
 //! `x-sim-fault` request header) that make matching requests fail the way Bedrock
 //! fails: error responses, slow first bytes, exceptions in the middle of a
-//! stream, or a connection cut. A rule names the face it targets (Bedrock by
-//! default); each face renders the fault in its own API's shape.
+//! stream, a connection cut, or an async job that ends Failed. A rule names
+//! the face it targets (Bedrock by default); each face renders the fault in its
+//! own API's shape.
 
 use bedrock_wire::error::ErrorType;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,8 @@ pub enum FaultKind {
     SlowFirstByte,
     MidstreamError,
     ConnectionReset,
+    /// StartAsyncInvoke succeeds, and the job ends Failed.
+    JobFailure,
     /// The model (a container, for SageMaker) failed: Bedrock's
     /// ModelErrorException, SageMaker's ModelError, a 500 from an OpenAI server.
     ModelError,
@@ -51,10 +54,16 @@ pub struct FaultRule {
     /// Matches the latency tier the request asked for: `standard` or `optimized`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<String>,
-    /// Matches one operation: `converse`, `converse-stream`, `invoke`,
-    /// `invoke-with-response-stream` or `count-tokens` on Bedrock;
-    /// `chat-completions` on the OpenAI face; `invoke-endpoint` or
-    /// `invoke-endpoint-with-response-stream` on SageMaker.
+    /// Matches the service tier the request asked for: `priority`, `default`
+    /// (also a request that names none), `flex` or `reserved` (Bedrock only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
+    /// Matches one operation by its label. On Bedrock: `converse`,
+    /// `converse-stream`, `invoke`, `invoke-with-response-stream`,
+    /// `count-tokens`, `invoke-with-bidirectional-stream`, `apply-guardrail`,
+    /// `invoke-guardrail-checks`, `start-async-invoke`, `get-async-invoke` or
+    /// `list-async-invokes`; `chat-completions` on the OpenAI face;
+    /// `invoke-endpoint` or `invoke-endpoint-with-response-stream` on SageMaker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
     pub fault: FaultKind,
@@ -88,6 +97,7 @@ impl FaultRule {
             face: None,
             model: None,
             latency: None,
+            service_tier: None,
             operation: None,
             fault,
             times: None,
@@ -111,11 +121,26 @@ impl FaultRule {
                 return Err(format!("latency must be standard or optimized, got {l}"));
             }
         }
+        if let Some(t) = &self.service_tier {
+            if bedrock_wire::tier::ServiceTier::parse(t).is_none() {
+                return Err(format!(
+                    "service_tier must be priority, default, flex or reserved, got {t}"
+                ));
+            }
+        }
         let faces = self.faces();
+        if (self.latency.is_some() || self.service_tier.is_some())
+            && !faces.contains(&Face::Bedrock)
+        {
+            return Err("latency and service_tier match Bedrock requests only".to_owned());
+        }
         if let Some(op) = &self.operation {
             if !faces.iter().any(|f| f.has_operation(op)) {
                 return Err(format!("unknown operation {op}"));
             }
+        }
+        if self.fault == FaultKind::JobFailure && faces != [Face::Bedrock] {
+            return Err("job-failure is a Bedrock fault (StartAsyncInvoke)".to_owned());
         }
         if let Some(e) = &self.exception {
             if !faces.iter().any(|f| stream_exception_exists(*f, e)) {
@@ -167,14 +192,24 @@ impl FaultRule {
         Ok(rule)
     }
 
-    fn matches(&self, face: Face, names: &[&str], tier: &str, operation: &str) -> bool {
-        self.faces().contains(&face)
+    fn matches(&self, target: &Target<'_>) -> bool {
+        self.faces().contains(&target.face)
             && self
                 .model
                 .as_deref()
-                .is_none_or(|m| names.iter().any(|n| n.contains(m)))
-            && self.latency.as_deref().is_none_or(|l| l == tier)
-            && self.operation.as_deref().is_none_or(|o| o == operation)
+                .is_none_or(|m| target.ids.iter().any(|id| id.contains(m)))
+            && self
+                .latency
+                .as_deref()
+                .is_none_or(|l| Some(l) == target.latency)
+            && self
+                .service_tier
+                .as_deref()
+                .is_none_or(|t| Some(t) == target.service_tier)
+            && self
+                .operation
+                .as_deref()
+                .is_none_or(|o| o == target.operation)
     }
 
     /// The error response of an error fault; `None` for the timing faults.
@@ -222,6 +257,24 @@ impl FaultRule {
             .as_deref()
             .unwrap_or("modelStreamErrorException")
     }
+}
+
+/// What a request is, as fault rules see it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target<'a> {
+    /// The API the request came in on.
+    pub face: Face,
+    /// The ids a `model` rule may match: the model id as the caller wrote it,
+    /// and the model a prompt router chose (or a guardrail's id; on SageMaker,
+    /// the endpoint, the inference component and the model it serves).
+    pub ids: &'a [&'a str],
+    /// The latency tier asked for, for Bedrock's model operations.
+    pub latency: Option<&'a str>,
+    /// The service tier asked for (`default` when none), for Bedrock's model
+    /// operations.
+    pub service_tier: Option<&'a str>,
+    /// The operation's label.
+    pub operation: &'a str,
 }
 
 /// Whether `name` is a stream exception `face` can send.
@@ -273,23 +326,10 @@ impl Faults {
     }
 
     /// The first rule that matches and fires for this request, used up by one.
-    pub fn take(&self, model_id: &str, tier: &str, operation: &str) -> Option<FaultRule> {
-        self.take_on(Face::Bedrock, &[model_id], tier, operation)
-    }
-
-    /// [`Faults::take`] for a request on `face`; `names` are what the request
-    /// names (a model id; on SageMaker, an endpoint, a component and a model).
-    pub fn take_on(
-        &self,
-        face: Face,
-        names: &[&str],
-        tier: &str,
-        operation: &str,
-    ) -> Option<FaultRule> {
+    pub fn take(&self, target: &Target<'_>) -> Option<FaultRule> {
         let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         let index = rules.iter().position(|r| {
-            r.rule.matches(face, names, tier, operation)
-                && r.rule.probability.is_none_or(|p| fastrand::f64() < p)
+            r.rule.matches(target) && r.rule.probability.is_none_or(|p| fastrand::f64() < p)
         })?;
         let installed = &mut rules[index];
         installed.fired += 1;
@@ -312,25 +352,86 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
+    fn target<'a>(ids: &'a [&'a str], latency: &'a str, service: &'a str) -> Target<'a> {
+        Target {
+            face: Face::Bedrock,
+            ids,
+            latency: Some(latency),
+            service_tier: Some(service),
+            operation: "converse",
+        }
+    }
+
     #[test]
     fn rules_match_and_are_used_up() {
         let faults = Faults::default();
         faults.add(rule(serde_json::json!({"model": "haiku", "latency": "optimized", "fault": "throttle", "times": 2})));
+        let haiku = ["us.anthropic.claude-3-5-haiku"];
         assert!(faults
-            .take("us.anthropic.claude-3-5-haiku", "standard", "converse")
+            .take(&target(&haiku, "standard", "default"))
             .is_none());
         assert!(faults
-            .take("us.meta.llama", "optimized", "converse")
+            .take(&target(&["us.meta.llama"], "optimized", "default"))
             .is_none());
         for _ in 0..2 {
             let r = faults
-                .take("us.anthropic.claude-3-5-haiku", "optimized", "converse")
+                .take(&target(&haiku, "optimized", "default"))
                 .unwrap();
             assert_eq!(r.fault, FaultKind::Throttle);
         }
         assert!(faults
-            .take("us.anthropic.claude-3-5-haiku", "optimized", "converse")
+            .take(&target(&haiku, "optimized", "default"))
             .is_none());
+    }
+
+    #[test]
+    fn rules_match_service_tiers_operations_and_routed_models() {
+        let faults = Faults::default();
+        faults.add(rule(
+            serde_json::json!({"service_tier": "flex", "fault": "throttle"}),
+        ));
+        faults.add(rule(serde_json::json!({"model": "claude-3-haiku", "operation": "converse", "fault": "unavailable"})));
+        let nova = ["us.amazon.nova-pro-v1:0"];
+        assert!(faults.take(&target(&nova, "standard", "default")).is_none());
+        assert_eq!(
+            faults
+                .take(&target(&nova, "standard", "flex"))
+                .unwrap()
+                .fault,
+            FaultKind::Throttle
+        );
+        let routed = [
+            "arn:aws:bedrock:us-east-2:123456789012:default-prompt-router/anthropic.claude:1",
+            "us.anthropic.claude-3-haiku-20240307-v1:0",
+        ];
+        assert_eq!(
+            faults
+                .take(&target(&routed, "standard", "default"))
+                .unwrap()
+                .fault,
+            FaultKind::Unavailable
+        );
+        let apply = Target {
+            ids: &["demoguardrail"],
+            operation: "apply-guardrail",
+            ..Target::default()
+        };
+        assert!(faults.take(&apply).is_none());
+        assert!(rule(
+            serde_json::json!({"operation": "start-async-invoke", "fault": "job-failure"})
+        )
+        .validate()
+        .is_ok());
+        assert!(
+            rule(serde_json::json!({"operation": "teleport", "fault": "throttle"}))
+                .validate()
+                .is_err()
+        );
+        assert!(
+            rule(serde_json::json!({"service_tier": "gold", "fault": "throttle"}))
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]
@@ -360,30 +461,56 @@ mod tests {
             "my-component",
             "meta-llama/Llama-3.1-8B-Instruct",
         ];
+        fn self_hosted<'a>(face: Face, ids: &'a [&'a str], operation: &'a str) -> Target<'a> {
+            Target {
+                face,
+                ids,
+                operation,
+                ..Target::default()
+            }
+        }
         assert!(faults
-            .take_on(Face::OpenAi, &["qwen"], "standard", "chat-completions")
+            .take(&self_hosted(Face::OpenAi, &["qwen"], "chat-completions"))
             .is_none());
         assert!(faults
-            .take_on(
+            .take(&self_hosted(
                 Face::SageMaker,
                 &names,
-                "standard",
                 "invoke-endpoint-with-response-stream"
-            )
+            ))
             .is_none());
         let fired = faults
-            .take_on(Face::SageMaker, &names, "standard", "invoke-endpoint")
+            .take(&self_hosted(Face::SageMaker, &names, "invoke-endpoint"))
             .unwrap();
         assert_eq!(fired.fault, FaultKind::Internal);
         assert!(faults
-            .take_on(Face::SageMaker, &names, "standard", "invoke-endpoint")
+            .take(&self_hosted(Face::SageMaker, &names, "invoke-endpoint"))
             .is_none());
-        assert!(faults.take("anything", "standard", "converse").is_some());
+        assert!(faults
+            .take(&target(&["anything"], "standard", "default"))
+            .is_some());
 
         let bad_op = rule(
             serde_json::json!({"face": "openai", "operation": "converse", "fault": "throttle"}),
         );
         assert!(bad_op.validate().unwrap_err().contains("converse"));
+        let guardrail_on_openai = rule(
+            serde_json::json!({"face": "openai", "operation": "apply-guardrail", "fault": "throttle"}),
+        );
+        assert!(guardrail_on_openai.validate().is_err());
+        let tier_on_sagemaker = rule(
+            serde_json::json!({"face": "sagemaker", "service_tier": "flex", "fault": "throttle"}),
+        );
+        assert!(tier_on_sagemaker.validate().is_err());
+        assert!(
+            rule(serde_json::json!({"face": "any", "fault": "job-failure"}))
+                .validate()
+                .is_err()
+        );
+        assert!(FaultRule::from_header_on("job-failure", Face::OpenAi).is_err());
+        let tier_on_any =
+            rule(serde_json::json!({"face": "any", "service_tier": "flex", "fault": "throttle"}));
+        assert!(tier_on_any.validate().is_ok());
         let sm = rule(
             serde_json::json!({"face": "sagemaker", "fault": "midstream-error",
             "exception": "InternalStreamFailure"}),

@@ -42,16 +42,29 @@ pub enum StopReason {
     ToolUse,
     MaxTokens,
     StopSequence,
+    /// A guardrail replaced the prompt's or the answer's content.
+    GuardrailIntervened,
 }
 
 impl StopReason {
-    /// The Converse / Anthropic spelling.
+    /// The Converse spelling.
     pub fn name(self) -> &'static str {
         match self {
             StopReason::EndTurn => "end_turn",
             StopReason::ToolUse => "tool_use",
             StopReason::MaxTokens => "max_tokens",
             StopReason::StopSequence => "stop_sequence",
+            StopReason::GuardrailIntervened => "guardrail_intervened",
+        }
+    }
+
+    /// The Anthropic Messages spelling: Anthropic has no guardrail stop reason,
+    /// so a guardrail's replacement ends its turn (the body's
+    /// `amazon-bedrock-guardrailAction` says why).
+    pub fn anthropic_name(self) -> &'static str {
+        match self {
+            StopReason::GuardrailIntervened => "end_turn",
+            other => other.name(),
         }
     }
 }
@@ -201,6 +214,30 @@ fn cut_at_stop(pieces: &mut Vec<Piece>, stops: &[String]) -> Option<String> {
     }
     *pieces = kept;
     Some(seq.clone())
+}
+
+/// The message a guardrail shows instead of blocked content.
+pub fn blocked(message: &str) -> Answer {
+    let pieces: Vec<Piece> = message.split_inclusive(' ').map(str::to_owned).collect();
+    Answer {
+        output_tokens: u32::try_from(pieces.len()).unwrap_or(u32::MAX),
+        blocks: vec![Block::Text(pieces)],
+        stop_reason: StopReason::GuardrailIntervened,
+        stop_sequence: None,
+    }
+}
+
+/// All the text of an answer (cited text included), its reasoning and tool
+/// calls left out.
+pub fn text(answer: &Answer) -> String {
+    answer
+        .blocks
+        .iter()
+        .filter_map(|b| match b {
+            Block::Text(p) | Block::Cited { pieces: p, .. } => Some(p.concat()),
+            Block::Reasoning { .. } | Block::ToolUse { .. } => None,
+        })
+        .collect()
 }
 
 /// Generates the answer to `prompt` from `seed`, within `max_tokens`.

@@ -26,6 +26,9 @@ struct Cli {
     /// Latency-optimized requests per minute per model before serving standard.
     #[arg(long)]
     optimized_rpm: Option<u32>,
+    /// Flex service-tier requests per minute per model before throttling.
+    #[arg(long)]
+    flex_rpm: Option<u32>,
     /// A TOML config file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -70,6 +73,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if cli.optimized_rpm.is_some() {
         config.optimized_rpm = cli.optimized_rpm;
+    }
+    if cli.flex_rpm.is_some() {
+        config.flex_rpm = cli.flex_rpm;
     }
     let listen = config.listen;
     let region = config.region.clone();

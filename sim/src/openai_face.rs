@@ -178,9 +178,11 @@ fn fault_error(rule: &FaultRule) -> Option<ChatError> {
             None,
             "The model failed while generating the response.",
         ),
-        FaultKind::SlowFirstByte | FaultKind::MidstreamError | FaultKind::ConnectionReset => {
-            return None
-        }
+        // job-failure rules are Bedrock's (validated), never taken here.
+        FaultKind::SlowFirstByte
+        | FaultKind::MidstreamError
+        | FaultKind::ConnectionReset
+        | FaultKind::JobFailure => return None,
     };
     Some(error(
         status,

@@ -25,6 +25,9 @@ const SWEEP_ABOVE: usize = 100_000;
 pub struct CacheUse {
     pub read: u32,
     pub write: u32,
+    /// Of `write`, the tokens written with the 1-hour TTL: each written token
+    /// takes the TTL of the first checkpoint at or after it.
+    pub write_1h: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +83,15 @@ impl PromptCache {
         }
         let end = prompt.units[last.unit].tokens_end;
         let write = end.saturating_sub(read);
+        let mut write_1h = 0u32;
+        let mut segment_start = 0u32;
+        for checkpoint in &eligible {
+            let segment_end = prompt.units[checkpoint.unit].tokens_end;
+            if checkpoint.ttl_1h {
+                write_1h += segment_end.saturating_sub(segment_start.max(read));
+            }
+            segment_start = segment_start.max(segment_end);
+        }
         for checkpoint in &eligible {
             let ttl = if checkpoint.ttl_1h { TTL_1H } else { TTL_5M };
             let k = key(identity, &prompt.units[checkpoint.unit].hash);
@@ -91,7 +103,11 @@ impl PromptCache {
                 },
             );
         }
-        CacheUse { read, write }
+        CacheUse {
+            read,
+            write,
+            write_1h: write_1h.min(write),
+        }
     }
 
     pub fn clear(&self) {
@@ -149,7 +165,8 @@ mod tests {
             second,
             CacheUse {
                 read: p.input_tokens,
-                write: 0
+                write: 0,
+                write_1h: 0
             }
         );
         // Each hit resets the TTL: 4 minutes after the hit is still within it.
@@ -166,6 +183,27 @@ mod tests {
                 .read,
             0
         );
+    }
+
+    #[test]
+    fn one_hour_writes_are_counted_apart_and_outlive_five_minutes() {
+        let m = model("us.anthropic.claude-sonnet-4-5-20250929-v1:0");
+        let cache = PromptCache::default();
+        let mut body = request(3000, &["q1", "a1", "q2"]);
+        body["system"][1] = json!({"cachePoint": {"type": "default", "ttl": "1h"}});
+        let p = converse(&body, &m).unwrap();
+        let system_end = p.units[p.checkpoints[0].unit].tokens_end;
+        let first = cache.apply("me", &m, &p, Duration::ZERO);
+        assert_eq!(first.write, p.input_tokens);
+        assert_eq!(
+            first.write_1h, system_end,
+            "the system prompt's segment is 1h"
+        );
+        // Twenty minutes later the 5-minute tail is gone, the 1-hour head is not.
+        let later = cache.apply("me", &m, &p, Duration::from_secs(20 * 60));
+        assert_eq!(later.read, system_end);
+        assert_eq!(later.write, p.input_tokens - system_end);
+        assert_eq!(later.write_1h, 0);
     }
 
     #[test]

@@ -20,10 +20,19 @@ pub struct Meta {
     pub output_tokens: u32,
     pub cache_read: u32,
     pub cache_write: u32,
+    /// Of `cache_write`, the tokens written with the 1-hour TTL.
+    pub cache_write_1h: u32,
     pub latency_ms: u64,
     pub first_byte_ms: u64,
     /// The tier to report in `performanceConfig`, when the caller asked for one.
     pub tier: Option<&'static str>,
+    /// The service tier to report in `serviceTier`, when the caller asked for one.
+    pub service_tier: Option<&'static str>,
+    /// Converse's `trace` (prompt router, guardrail), when there is one.
+    pub trace: Option<Value>,
+    /// Members InvokeModel adds to a native body and to a stream's last chunk
+    /// (`amazon-bedrock-guardrailAction`, `amazon-bedrock-trace`).
+    pub native: Map<String, Value>,
     /// `model` of Anthropic-native answers.
     pub model_name: String,
     /// Seeds the delta sizes and padding, so streams are reproducible.
@@ -45,6 +54,7 @@ impl Meta {
             total_tokens: input + output + read + write,
             cache_read_input_tokens: read,
             cache_write_input_tokens: write,
+            cache_write_1h_input_tokens: u64::from(self.cache_write_1h).min(write),
         }
     }
 }
@@ -199,6 +209,12 @@ pub fn converse_events(answer: &Answer, meta: &Meta, pad: bool) -> Vec<(Converse
     if let Some(tier) = meta.tier {
         metadata.insert("performanceConfig".into(), json!({"latency": tier}));
     }
+    if let Some(tier) = meta.service_tier {
+        metadata.insert("serviceTier".into(), json!({"type": tier}));
+    }
+    if let Some(trace) = &meta.trace {
+        metadata.insert("trace".into(), trace.clone());
+    }
     push(EventKind::Metadata, Value::Object(metadata), 0, &mut rng);
     events
 }
@@ -239,23 +255,38 @@ fn anthropic_usage(meta: &Meta, output: u32) -> Value {
     json!({
         "input_tokens": meta.input_tokens,
         "cache_creation_input_tokens": meta.cache_write,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": meta.cache_write.saturating_sub(meta.cache_write_1h),
+            "ephemeral_1h_input_tokens": meta.cache_write_1h,
+        },
         "cache_read_input_tokens": meta.cache_read,
         "output_tokens": output,
     })
 }
 
+/// `v` with InvokeModel's extra members added.
+fn with_native(mut v: Value, meta: &Meta) -> Value {
+    if let Some(obj) = v.as_object_mut() {
+        obj.extend(meta.native.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    v
+}
+
 /// An Anthropic Messages response body.
 pub fn anthropic_body(answer: &Answer, meta: &Meta) -> Value {
-    json!({
-        "id": message_id(meta.seed),
-        "type": "message",
-        "role": "assistant",
-        "model": meta.model_name,
-        "content": anthropic_content(answer),
-        "stop_reason": answer.stop_reason.name(),
-        "stop_sequence": answer.stop_sequence,
-        "usage": anthropic_usage(meta, meta.output_tokens),
-    })
+    with_native(
+        json!({
+            "id": message_id(meta.seed),
+            "type": "message",
+            "role": "assistant",
+            "model": meta.model_name,
+            "content": anthropic_content(answer),
+            "stop_reason": answer.stop_reason.anthropic_name(),
+            "stop_sequence": answer.stop_sequence,
+            "usage": anthropic_usage(meta, meta.output_tokens),
+        }),
+        meta,
+    )
 }
 
 fn invocation_metrics(meta: &Meta) -> Value {
@@ -345,12 +376,15 @@ pub fn anthropic_events(answer: &Answer, meta: &Meta) -> Vec<(Value, u32)> {
         out.push((json!({"type": "content_block_stop", "index": i}), 0));
     }
     out.push((
-        json!({"type": "message_delta", "delta": {"stop_reason": answer.stop_reason.name(), "stop_sequence": answer.stop_sequence},
+        json!({"type": "message_delta", "delta": {"stop_reason": answer.stop_reason.anthropic_name(), "stop_sequence": answer.stop_sequence},
             "usage": {"output_tokens": meta.output_tokens}}),
         0,
     ));
     out.push((
-        json!({"type": "message_stop", "amazon-bedrock-invocationMetrics": invocation_metrics(meta)}),
+        with_native(
+            json!({"type": "message_stop", "amazon-bedrock-invocationMetrics": invocation_metrics(meta)}),
+            meta,
+        ),
         0,
     ));
     out
@@ -363,25 +397,17 @@ fn llama_stop(answer: &Answer) -> &'static str {
     }
 }
 
-fn answer_text(answer: &Answer) -> String {
-    answer
-        .blocks
-        .iter()
-        .filter_map(|b| match b {
-            Block::Text(p) | Block::Cited { pieces: p, .. } => Some(p.concat()),
-            Block::Reasoning { .. } | Block::ToolUse { .. } => None,
-        })
-        .collect()
-}
-
 /// A Llama response body.
 pub fn llama_body(answer: &Answer, meta: &Meta) -> Value {
-    json!({
-        "generation": answer_text(answer),
-        "prompt_token_count": meta.input_tokens,
-        "generation_token_count": meta.output_tokens,
-        "stop_reason": llama_stop(answer),
-    })
+    with_native(
+        json!({
+            "generation": crate::generate::text(answer),
+            "prompt_token_count": meta.input_tokens,
+            "generation_token_count": meta.output_tokens,
+            "stop_reason": llama_stop(answer),
+        }),
+        meta,
+    )
 }
 
 /// Llama stream chunks: one per delta, the last with the stop reason and metrics.
@@ -406,8 +432,11 @@ pub fn llama_events(answer: &Answer, meta: &Meta) -> Vec<(Value, u32)> {
         ));
     }
     out.push((
-        json!({"generation": "", "prompt_token_count": null, "generation_token_count": generated,
-            "stop_reason": llama_stop(answer), "amazon-bedrock-invocationMetrics": invocation_metrics(meta)}),
+        with_native(
+            json!({"generation": "", "prompt_token_count": null, "generation_token_count": generated,
+                "stop_reason": llama_stop(answer), "amazon-bedrock-invocationMetrics": invocation_metrics(meta)}),
+            meta,
+        ),
         0,
     ));
     out
@@ -438,9 +467,15 @@ mod tests {
             output_tokens: 9,
             cache_read: 100,
             cache_write: 0,
+            cache_write_1h: 0,
             latency_ms: 42,
             first_byte_ms: 10,
             tier: Some("optimized"),
+            service_tier: Some("priority"),
+            trace: Some(
+                json!({"promptRouter": {"invokedModelId": "arn:aws:bedrock:us-east-2:123456789012:inference-profile/us.anthropic.claude-3-haiku-20240307-v1:0"}}),
+            ),
+            native: Map::new(),
             model_name: "claude".into(),
             seed: 1,
             report_stop_sequence: false,
@@ -463,6 +498,11 @@ mod tests {
         assert_eq!(body["usage"]["totalTokens"], 119);
         assert_eq!(body["usage"]["cacheReadInputTokens"], 100);
         assert_eq!(body["performanceConfig"]["latency"], "optimized");
+        assert_eq!(body["serviceTier"]["type"], "priority");
+        assert!(body["trace"]["promptRouter"]["invokedModelId"]
+            .as_str()
+            .unwrap()
+            .ends_with("claude-3-haiku-20240307-v1:0"));
         let streamed: Vec<_> = converse_events(&answer, &meta, true)
             .into_iter()
             .map(|(e, _)| e)

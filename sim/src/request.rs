@@ -307,6 +307,14 @@ fn cache_ttl(ttl: &Value, model: &Model) -> Result<bool, SimError> {
     }
 }
 
+/// Longer TTLs first: a 1-hour checkpoint may not follow a 5-minute one (the
+/// cache's rule for mixing TTLs, in tools, system, messages order).
+fn ttls_non_increasing(checkpoints: &[Checkpoint]) -> bool {
+    checkpoints
+        .windows(2)
+        .all(|pair| pair[0].ttl_1h || !pair[1].ttl_1h)
+}
+
 fn too_many_points(found: usize) -> SimError {
     SimError::validation(format!(
         "A maximum of {MAX_CACHE_POINTS} cachePoint blocks may be provided. Found {found}."
@@ -640,6 +648,11 @@ pub fn converse(body: &Value, model: &Model) -> Result<Prompt, SimError> {
     if points > MAX_CACHE_POINTS {
         return Err(too_many_points(points));
     }
+    if !ttls_non_increasing(&prefix.checkpoints) {
+        return Err(SimError::validation(
+            "A cachePoint with ttl 1h must not come after a cachePoint with ttl 5m. Cache points are processed in the order toolConfig.tools, system, messages.",
+        ));
+    }
 
     let last = messages.last();
     let last_blocks = last
@@ -892,6 +905,11 @@ pub fn anthropic(body: &Value, model: &Model) -> Result<Prompt, SimError> {
             "A maximum of {MAX_CACHE_POINTS} blocks with cache_control may be provided. Found {points}."
         )));
     }
+    if !ttls_non_increasing(&prefix.checkpoints) {
+        return Err(SimError::validation(
+            "a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block. Note that blocks are processed in the following order: `tools`, `system`, `messages`.",
+        ));
+    }
 
     let last = messages.last().filter(|m| m["role"] == "user");
     let (last_user_text, after_tool_result) = match last.map(|m| &m["content"]) {
@@ -1121,6 +1139,34 @@ mod tests {
         let one_hour = json!({"system": [{"text": "a"}, {"cachePoint": {"type": "default", "ttl": "1h"}}],
             "messages": [{"role": "user", "content": [{"text": "c"}]}]});
         assert!(converse(&one_hour, &m).unwrap_err().message.contains("1h"));
+    }
+
+    #[test]
+    fn a_one_hour_point_may_not_follow_a_five_minute_one() {
+        let m = Catalog::embedded()
+            .resolve("us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+            .unwrap()
+            .model;
+        let five = json!({"cachePoint": {"type": "default"}});
+        let hour = json!({"cachePoint": {"type": "default", "ttl": "1h"}});
+        let body = |a: &Value, b: &Value| {
+            json!({"system": [{"text": "s"}, a],
+                "messages": [{"role": "user", "content": [{"text": "q"}, b]}]})
+        };
+        assert!(converse(&body(&hour, &five), &m).is_ok());
+        assert!(converse(&body(&hour, &hour), &m).is_ok());
+        let err = converse(&body(&five, &hour), &m).unwrap_err();
+        assert!(
+            err.message.contains("must not come after"),
+            "{}",
+            err.message
+        );
+        let body = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5,
+            "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "q",
+                "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]});
+        let err = anthropic(&body, &m).unwrap_err();
+        assert!(err.message.contains("ttl='1h'"), "{}", err.message);
     }
 
     #[test]

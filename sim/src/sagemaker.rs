@@ -49,8 +49,9 @@ use crate::SimState;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SageMakerConfig {
-    /// The account the endpoints belong to, as error messages and ARNs name it.
-    pub account_id: String,
+    /// The account the endpoints belong to, as error messages and ARNs name
+    /// it; the simulator's `account_id` when absent.
+    pub account_id: Option<String>,
     /// SageMaker's own time per invocation, before the container's first byte.
     pub overhead_ms: f64,
     /// The endpoints served.
@@ -90,7 +91,7 @@ fn endpoint(name: &str, model: &str) -> EndpointConfig {
 impl Default for SageMakerConfig {
     fn default() -> Self {
         SageMakerConfig {
-            account_id: "123456789012".into(),
+            account_id: None,
             overhead_ms: 15.0,
             endpoints: vec![
                 endpoint(
@@ -212,7 +213,7 @@ impl SageMakerError {
     /// The container answered `status` with `original`: SageMaker's 424.
     fn model_error(config: &SimConfig, endpoint: &str, status: u16, original: &str) -> Self {
         let region = &config.region;
-        let account = &config.sagemaker.account_id;
+        let account = config.sagemaker_account();
         let partition = if region.starts_with("cn-") {
             "aws-cn"
         } else {
@@ -298,9 +299,11 @@ fn fault_error(config: &SimConfig, endpoint: &str, rule: &FaultRule) -> Option<S
             };
             SageMakerError::from_container(config, endpoint, &original)
         }
-        FaultKind::SlowFirstByte | FaultKind::MidstreamError | FaultKind::ConnectionReset => {
-            return None
-        }
+        // job-failure rules are Bedrock's (validated), never taken here.
+        FaultKind::SlowFirstByte
+        | FaultKind::MidstreamError
+        | FaultKind::ConnectionReset
+        | FaultKind::JobFailure => return None,
     })
 }
 
@@ -361,7 +364,8 @@ fn resolve<'a>(
         (Some(name), None) => endpoint.inference_components.get(name).ok_or_else(|| {
             SageMakerError::validation(format!(
                 "Inference Component {name} not found for endpoint {} of account {}.",
-                endpoint.name, state.config.sagemaker.account_id
+                endpoint.name,
+                state.config.sagemaker_account()
             ))
         })?,
     };
@@ -408,7 +412,7 @@ async fn serve(
         parts.method.as_str(),
         &uri,
         &parts.headers,
-        &bytes,
+        Some(&bytes),
     )
     .map_err(SageMakerError::from_auth)?;
 
@@ -455,7 +459,7 @@ async fn serve(
         .ok_or_else(|| {
             SageMakerError::validation(format!(
                 "Endpoint {endpoint_name} of account {} not found.",
-                config.sagemaker.account_id
+                config.sagemaker_account()
             ))
         })?;
     let (model, component) = resolve(state, endpoint, &parts.headers)?;

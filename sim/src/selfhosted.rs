@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::catalog::Speed;
 use crate::chat::{self, ChatRequest, ChatUsage, Limits, StreamOptions};
 use crate::face::Face;
-use crate::faults::FaultRule;
+use crate::faults::{FaultRule, Target};
 use crate::generate::Answer;
 use crate::latency::{timing, Timing};
 use crate::request::Unit;
@@ -191,7 +191,12 @@ pub fn take_fault(
         Some(header) => {
             Some(FaultRule::from_header_on(header, face).map_err(|e| format!("x-sim-fault: {e}"))?)
         }
-        None => state.faults.take_on(face, names, "standard", operation),
+        None => state.faults.take(&Target {
+            face,
+            ids: names,
+            operation,
+            ..Target::default()
+        }),
     };
     if fault.is_some() {
         state.stats.fault_fired();
@@ -256,6 +261,7 @@ pub fn serve(
         output_tokens: answer.output_tokens,
         cache_read: cached,
         cache_write: 0,
+        cache_write_1h: 0,
     });
     let meta = chat::Meta {
         id: format!("chatcmpl-{:032x}", fastrand::u128(..)),

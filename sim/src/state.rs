@@ -1,7 +1,7 @@
 //! What the simulator remembers between requests: its clock, the requests it
 //! received (for `/_sim/requests`), counters (for `/_sim/stats`) and the
-//! latency-optimized quota. Short critical sections under std mutexes: nothing
-//! here is held across an `.await`.
+//! per-minute quotas (latency-optimized, flex). Short critical sections under
+//! std mutexes: nothing here is held across an `.await`.
 //!
 //! The request log keeps each body as the bytes received (shared with the
 //! request, not copied, and never a parsed tree, which costs many times its
@@ -13,32 +13,58 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::face::Face;
 
-/// The simulator's notion of now: real time plus whatever tests advanced it by,
-/// so prompt-cache TTLs can expire without waiting.
+/// The simulator's notion of now: real time (sped up as `time_scale` speeds up
+/// every delay) plus whatever tests advanced it by, so prompt-cache TTLs can
+/// expire and async jobs finish without waiting.
 #[derive(Debug)]
 pub struct Clock {
     start: Instant,
+    /// The wall-clock time at `start`: timestamps the API reports are this plus
+    /// the simulated time since.
+    wall_start: SystemTime,
     offset_ms: AtomicU64,
+    /// Simulated seconds per real second: `1 / time_scale`, or 1 when
+    /// `time_scale` is 0 (answers without delay on a real-time clock).
+    rate: f64,
 }
 
 impl Default for Clock {
     fn default() -> Self {
-        Clock {
-            start: Instant::now(),
-            offset_ms: AtomicU64::new(0),
-        }
+        Clock::scaled(1.0)
     }
 }
 
 impl Clock {
+    /// A clock for a simulator whose delays are multiplied by `time_scale`: at
+    /// 0.01, five simulated minutes pass in three real seconds.
+    pub fn scaled(time_scale: f64) -> Clock {
+        let rate = if time_scale > 0.0 && time_scale.is_finite() {
+            1.0 / time_scale
+        } else {
+            1.0
+        };
+        Clock {
+            start: Instant::now(),
+            wall_start: SystemTime::now(),
+            offset_ms: AtomicU64::new(0),
+            rate,
+        }
+    }
+
     /// Time since the simulator started, advances included.
     pub fn now(&self) -> Duration {
-        self.start.elapsed() + Duration::from_millis(self.offset_ms.load(Ordering::Relaxed))
+        self.start.elapsed().mul_f64(self.rate)
+            + Duration::from_millis(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// The wall-clock time of simulated instant `at` (a [`Clock::now`] value).
+    pub fn wall(&self, at: Duration) -> SystemTime {
+        self.wall_start + at
     }
 
     /// Moves the clock forward.
@@ -187,14 +213,24 @@ struct StatsInner {
     by_operation: BTreeMap<&'static str, u64>,
     by_model: BTreeMap<String, u64>,
     served_tier: BTreeMap<&'static str, u64>,
+    served_service_tier: BTreeMap<&'static str, u64>,
     errors: BTreeMap<&'static str, u64>,
     faults_fired: u64,
     demoted_to_standard: u64,
+    flex_throttled: u64,
     streams_cancelled: u64,
+    prompt_router: BTreeMap<String, BTreeMap<String, u64>>,
+    guardrail_assessments: u64,
+    guardrail_interventions: u64,
+    async_jobs_started: u64,
+    bidi_sessions: u64,
+    bidi_events_in: u64,
+    bidi_events_out: u64,
     input_tokens: u64,
     output_tokens: u64,
     cache_read_input_tokens: u64,
     cache_write_input_tokens: u64,
+    cache_write_1h_input_tokens: u64,
 }
 
 impl StatsInner {
@@ -203,6 +239,7 @@ impl StatsInner {
         self.output_tokens += u64::from(billed.output_tokens);
         self.cache_read_input_tokens += u64::from(billed.cache_read);
         self.cache_write_input_tokens += u64::from(billed.cache_write);
+        self.cache_write_1h_input_tokens += u64::from(billed.cache_write_1h);
     }
 }
 
@@ -213,6 +250,8 @@ pub struct Billed {
     pub output_tokens: u32,
     pub cache_read: u32,
     pub cache_write: u32,
+    /// Of `cache_write`, the tokens written with the 1-hour TTL.
+    pub cache_write_1h: u32,
 }
 
 impl Stats {
@@ -230,7 +269,9 @@ impl Stats {
             s.requests += 1;
             *s.by_face.entry(face.name()).or_default() += 1;
             *s.by_operation.entry(operation).or_default() += 1;
-            *s.by_model.entry(model.to_owned()).or_default() += 1;
+            if !model.is_empty() {
+                *s.by_model.entry(model.to_owned()).or_default() += 1;
+            }
         });
     }
 
@@ -249,6 +290,55 @@ impl Stats {
     /// A stream whose reader went away before its end.
     pub fn stream_cancelled(&self) {
         self.with(|s| s.streams_cancelled += 1);
+    }
+
+    /// A flex request refused past the flex quota.
+    pub fn flex_throttled(&self) {
+        self.with(|s| s.flex_throttled += 1);
+    }
+
+    /// The service tier a request was served on.
+    pub fn served_service_tier(&self, tier: &'static str) {
+        self.with(|s| *s.served_service_tier.entry(tier).or_default() += 1);
+    }
+
+    /// A prompt router sent a request to `invoked`.
+    pub fn routed(&self, router: &str, invoked: &str) {
+        self.with(|s| {
+            *s.prompt_router
+                .entry(router.to_owned())
+                .or_default()
+                .entry(invoked.to_owned())
+                .or_default() += 1;
+        });
+    }
+
+    /// A guardrail looked at some content; `intervened` when it blocked it.
+    pub fn guardrail(&self, intervened: bool) {
+        self.with(|s| {
+            s.guardrail_assessments += 1;
+            if intervened {
+                s.guardrail_interventions += 1;
+            }
+        });
+    }
+
+    /// A StartAsyncInvoke made a new job.
+    pub fn async_job_started(&self) {
+        self.with(|s| s.async_jobs_started += 1);
+    }
+
+    /// A bidirectional stream opened.
+    pub fn bidi_session(&self) {
+        self.with(|s| s.bidi_sessions += 1);
+    }
+
+    /// Events a bidirectional stream received and sent.
+    pub fn bidi_events(&self, received: u64, sent: u64) {
+        self.with(|s| {
+            s.bidi_events_in += received;
+            s.bidi_events_out += sent;
+        });
     }
 
     pub fn served(&self, tier: &'static str, billed: Billed) {
@@ -278,14 +368,24 @@ impl Stats {
                 "by_operation": counts(&s.by_operation),
                 "by_model": s.by_model,
                 "served_tier": counts(&s.served_tier),
+                "served_service_tier": counts(&s.served_service_tier),
                 "errors": counts(&s.errors),
                 "faults_fired": s.faults_fired,
                 "demoted_to_standard": s.demoted_to_standard,
+                "flex_throttled": s.flex_throttled,
                 "streams_cancelled": s.streams_cancelled,
+                "prompt_router": s.prompt_router,
+                "guardrail_assessments": s.guardrail_assessments,
+                "guardrail_interventions": s.guardrail_interventions,
+                "async_jobs_started": s.async_jobs_started,
+                "bidi_sessions": s.bidi_sessions,
+                "bidi_events_in": s.bidi_events_in,
+                "bidi_events_out": s.bidi_events_out,
                 "input_tokens": s.input_tokens,
                 "output_tokens": s.output_tokens,
                 "cache_read_input_tokens": s.cache_read_input_tokens,
                 "cache_write_input_tokens": s.cache_write_input_tokens,
+                "cache_write_1h_input_tokens": s.cache_write_1h_input_tokens,
             })
         })
     }
@@ -295,14 +395,14 @@ impl Stats {
     }
 }
 
-/// Latency-optimized requests per model over the last minute.
+/// Requests per model over the last minute, for a per-minute quota.
 #[derive(Debug, Default)]
 pub struct Quota {
     recent: Mutex<HashMap<String, VecDeque<Duration>>>,
 }
 
 impl Quota {
-    /// Counts one optimized request at `now`; false when the model is over `per_minute`.
+    /// Counts one request at `now`; false when the model is over `per_minute`.
     pub fn admit(&self, model: &str, per_minute: u32, now: Duration) -> bool {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let window = recent.entry(model.to_owned()).or_default();
@@ -398,5 +498,22 @@ mod tests {
         let before = c.now();
         c.advance(Duration::from_secs(300));
         assert!(c.now() >= before + Duration::from_secs(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scaled_clock_runs_as_fast_as_delays_shrink() {
+        let fast = Clock::scaled(0.01);
+        let instant = Clock::scaled(0.0);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            fast.now(),
+            Duration::from_secs(300),
+            "3 s real = 5 simulated minutes"
+        );
+        assert_eq!(
+            instant.now(),
+            Duration::from_secs(3),
+            "time_scale 0 keeps real time"
+        );
     }
 }

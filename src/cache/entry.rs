@@ -412,6 +412,7 @@ impl Entry {
                     u.total_tokens,
                     u.cache_read_input_tokens,
                     u.cache_write_input_tokens,
+                    u.cache_write_1h_input_tokens,
                 ] {
                     w.u64(n);
                 }
@@ -489,6 +490,7 @@ impl Entry {
                 total_tokens: r.u64()?,
                 cache_read_input_tokens: r.u64()?,
                 cache_write_input_tokens: r.u64()?,
+                cache_write_1h_input_tokens: r.u64()?,
             }),
         };
         let content = match r.u8()? {
@@ -549,8 +551,9 @@ impl Entry {
     }
 }
 
-// Version 2 added who served the entry; version 1 entries read as misses.
-const MAGIC: &[u8] = b"BPCE2";
+// Version 3 keeps who served the entry and its 1-hour cache writes; older
+// versions read as misses (a corrupt entry), and the answer is asked again.
+const MAGIC: &[u8] = b"BPCE3";
 
 const EVENT_KINDS: [EventKind; 6] = [
     EventKind::MessageStart,
@@ -743,6 +746,33 @@ mod tests {
         assert_eq!(back, i);
         assert!(back.headers(true).get("x-amzn-requestid").is_none());
         assert_eq!(back.headers(true)["x-amzn-bedrock-output-token-count"], "5");
+    }
+
+    #[test]
+    fn one_hour_cache_writes_survive_encoding_and_old_entries_still_decode() {
+        let marker: u64 = 0x0102_0304_0506_0708;
+        let body = json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": "Hi."}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 10, "outputTokens": 2, "totalTokens": 12,
+                "cacheWriteInputTokens": u64::MAX / 2,
+                "cacheDetails": [{"ttl": "1h", "inputTokens": marker}, {"ttl": "5m", "inputTokens": 5}]},
+        });
+        let e = Entry::from_converse_body(
+            Arc::from("t"),
+            Arc::from("haiku"),
+            "m",
+            Duration::from_secs(60),
+            &Bytes::from(body.to_string()),
+        )
+        .unwrap();
+        assert_eq!(e.summary.usage.unwrap().cache_write_1h_input_tokens, marker);
+        let encoded = e.encode();
+        assert_eq!(Entry::decode(&encoded).unwrap(), e);
+        // An entry an older version wrote is a miss, not a wrong answer.
+        let mut older = encoded.clone();
+        older[..MAGIC.len()].copy_from_slice(b"BPCE2");
+        assert!(Entry::decode(&older).is_err());
     }
 
     #[test]

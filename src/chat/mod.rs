@@ -73,6 +73,7 @@ pub fn usage_from(v: &Value) -> Option<Usage> {
         total_tokens: prompt + output,
         cache_read_input_tokens: cached,
         cache_write_input_tokens: 0,
+        cache_write_1h_input_tokens: 0,
     })
 }
 

@@ -72,7 +72,7 @@ pub use prompt_cache::PromptCacheGlobal;
 pub use routes::cache::{
     CacheMode, Replay, RouteCacheConfig, DEFAULT_CACHED_STOP_REASONS, NEVER_CACHED_STOP_REASONS,
 };
-pub use routes::prompt_cache::{CachePosition, PromptCacheConfig, PromptCacheMode};
+pub use routes::prompt_cache::{CachePosition, CacheTtl, PromptCacheConfig, PromptCacheMode};
 pub use routes::resilience::{
     BreakerConfig, FallbackTarget, LatencyPolicy, ResilienceConfig, DEFAULT_FALLBACK_ON,
 };

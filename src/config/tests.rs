@@ -351,6 +351,22 @@ file = "${CONFIG_TEST_UNSET_CATALOG}"
     // Numbers that cannot work are read as the smallest that does.
     let c = Config::parse(&with("[prompt_cache]\nmax_prefixes = 0")).unwrap();
     assert_eq!(c.prompt_cache.max_prefixes, 1);
+    let e = errors(&with(
+        "[prompt_cache]\nretention = \"10m\"\ntime_scale = 0.0",
+    ));
+    assert_eq!(
+        e,
+        [
+            "prompt_cache.retention: must be at least 1h",
+            "prompt_cache.time_scale: must be a number above 0, got 0",
+        ]
+    );
+    let c = Config::parse(&with(
+        "[prompt_cache]\nretention = \"2h\"\ntime_scale = 0.01",
+    ))
+    .unwrap();
+    assert_eq!(c.prompt_cache.retention, Duration::from_secs(7200));
+    assert_eq!(c.prompt_cache.time_scale, 0.01);
 }
 
 #[test]
@@ -377,8 +393,8 @@ prompt_cache = { mode = "never", ttl = "2h", min_repeats = 0, positions = ["syst
         "routes[0].cache.stop_reasons: `guardrail_intervened` answers are never cached",
         "routes[0].cache.ttl: must be more than 0",
         "routes[0].prompt_cache.mode: `never` is not one of off, auto, always",
-        "routes[0].prompt_cache.ttl: `2h` is not one of 5m, 1h",
-        "routes[0].prompt_cache.positions: `footer` is not one of tools, system, conversation",
+        "routes[0].prompt_cache.ttl: `2h` is not one of 5m, 1h, auto",
+        "routes[0].prompt_cache.positions: `footer` is not one of tools, system, head, conversation",
         "routes[0].prompt_cache.min_repeats: must be at least 1",
         "routes[0].latency: `fast` is not one of optimized, standard, client",
         "routes[0].fallback[0]: give at least one of upstream, model, latency",
@@ -617,12 +633,14 @@ prompt_cache = { mode = "off", window = "1m" }
         assert_eq!(r.cache.stop_reasons, DEFAULT_CACHED_STOP_REASONS);
         assert_eq!(r.prompt_cache.window, Duration::from_secs(window));
         assert_eq!(r.prompt_cache.min_repeats, 2);
-        assert!(!r.prompt_cache.ttl_1h);
+        assert_eq!(r.prompt_cache.ttl, CacheTtl::FiveMinutes);
+        assert!(r.prompt_cache.learn);
         assert_eq!(
             r.prompt_cache.positions,
             [
                 CachePosition::Tools,
                 CachePosition::System,
+                CachePosition::Head,
                 CachePosition::Conversation
             ]
         );
@@ -667,6 +685,7 @@ fn every_name_table_round_trips() {
         PromptCacheMode::parse,
         PromptCacheMode::name,
     );
+    assert_round_trip(CacheTtl::NAMES, CacheTtl::parse, CacheTtl::name);
     assert_round_trip(
         LatencyPolicy::NAMES,
         LatencyPolicy::parse,
@@ -743,8 +762,11 @@ fn the_file_accepts_exactly_the_names_in_the_tables() {
     let r = route(&format!("prompt_cache = {{ positions = {all:?} }}"));
     let expected: Vec<CachePosition> = CachePosition::NAMES.iter().rev().map(|(p, _)| *p).collect();
     assert_eq!(r.prompt_cache.positions, expected);
-    assert!(route("prompt_cache = { ttl = \"1h\" }").prompt_cache.ttl_1h);
-    assert!(!route("prompt_cache = { ttl = \"5m\" }").prompt_cache.ttl_1h);
+    for (ttl, name) in CacheTtl::NAMES {
+        let r = route(&format!("prompt_cache = {{ ttl = \"{name}\" }}"));
+        assert_eq!(r.prompt_cache.ttl, *ttl);
+    }
+    assert!(!route("prompt_cache = { learn = false }").prompt_cache.learn);
     for (policy, name) in LatencyPolicy::NAMES {
         let r = route(&format!(
             "latency = \"{name}\"\nfallback = [{{ latency = \"{name}\" }}]"

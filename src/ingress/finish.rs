@@ -275,15 +275,23 @@ impl Finish {
                 let (label, saved) = match &self.model {
                     Some(m) => {
                         let price = m.price_for(summary.latency_tier.map(LatencyTier::name));
-                        (
-                            m.id.as_str(),
-                            price.cost_uncached(usage) - price.cost(usage),
-                        )
+                        (m.id.as_str(), price.prompt_cache_savings(usage))
                     }
                     None => ("unknown", 0.0),
                 };
-                metrics::prompt_cache_usage(route, label, usage, saved);
+                let tenant = self.tenant.as_deref().unwrap_or("-");
+                metrics::prompt_cache_usage(route, label, tenant, usage, saved);
             }
+        }
+    }
+
+    /// Tells the answering attempt's planner what a complete answer reported.
+    fn settle_prompt_cache(&self, summary: &Summary) {
+        if self.record.cache.is_hit() {
+            return;
+        }
+        if let Some(settle) = &self.record.settle {
+            settle.0.settle(summary);
         }
     }
 
@@ -318,6 +326,7 @@ impl Finish {
         self.settle(summary.usage.as_ref(), summary.latency_tier);
         let route = self.route_label();
         self.account(&route, summary);
+        self.settle_prompt_cache(summary);
         self.served(&route, summary, false);
         metrics::request_done(&route, self.op, 200, self.started.elapsed());
         self.log(200, "ok", Some(summary));
@@ -380,6 +389,7 @@ impl StreamObserver for FinishStream {
             .settle(summary.usage.as_ref(), summary.latency_tier);
         self.finish.account(&route, &self.reader.summary);
         if matches!(end, StreamEnd::Complete) {
+            self.finish.settle_prompt_cache(&self.reader.summary);
             self.finish.served(&route, &self.reader.summary, true);
         }
         metrics::stream_ended(&route, outcome);

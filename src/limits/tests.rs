@@ -216,6 +216,7 @@ async fn budgets_refuse_once_spent_until_the_utc_day_turns() {
         output: 2.0,
         cache_write: None,
         cache_read: None,
+        cache_write_1h: None,
     };
     // 600k tokens of output at $2/M: $1.20, more than the day's $1.
     let mut t = l
@@ -267,6 +268,7 @@ async fn cache_hits_and_failures_cost_nothing() {
         output: 1.0,
         cache_write: None,
         cache_read: None,
+        cache_write_1h: None,
     });
     let usage = Usage {
         input_tokens: 1000,

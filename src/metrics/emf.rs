@@ -190,6 +190,7 @@ mod tests {
             total_tokens: 160,
             cache_read_input_tokens: 1000,
             cache_write_input_tokens: 0,
+            cache_write_1h_input_tokens: 0,
         };
         let doc = render(
             "BedrockProxy",

@@ -87,7 +87,7 @@ impl Call {
 pub struct Pipeline {
     pub cache: ResponseCache,
     pub flights: Flights,
-    pub prefixes: PrefixRegistry,
+    pub prefixes: Arc<PrefixRegistry>,
     pub breakers: Breakers,
 }
 
@@ -418,12 +418,22 @@ async fn upstream(
     let prefixes = plan::plannable(call)
         .filter(|_| route.config.prompt_cache.mode != crate::config::PromptCacheMode::Off)
         .map(|(json, format)| Prefixes::of(json, format));
-    let sightings = plan::observe_prefixes(rt, &pipeline.prefixes, call, prefixes).await;
+    let observed = plan::observe_prefixes(rt, &pipeline.prefixes, call, prefixes).await;
     let targets = chain::targets(&rt.upstreams, route, &call.routed.upstream_model)?;
     // Targets that take chat requests get the call translated once, before
     // any upstream call: what the primary cannot take is the client's 400.
     let (targets, chat) = plan::egress(call, targets)?;
-    let prepare = |target: &Target| plan::prepare(rt, call, target, sightings, prefixes, &chat);
+    let prepare = |target: &Target| {
+        plan::prepare(
+            rt,
+            &pipeline.prefixes,
+            call,
+            target,
+            &observed,
+            prefixes,
+            &chat,
+        )
+    };
     let chain = Chain {
         route: &route.name,
         op: call.op,

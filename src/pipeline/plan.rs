@@ -1,23 +1,29 @@
 //! Per-attempt planning: what one attempt on one target sends. For Bedrock
 //! targets, the client's request, plus the prompt-cache planner's `cachePoint`
-//! blocks for the target's model (fed by the prefix registry's sightings) and
+//! blocks for the target's model (fed by what the prefix registry learned) and
 //! the latency planner's tier for its model and region; when neither changes
 //! anything, the client's bytes go out untouched. For targets that take chat
 //! requests (`openai`, `sagemaker`), the call translated once ([`egress`]),
 //! with the target's model and stream flags: the planners leave them alone
-//! (tiers are Bedrock's; such servers cache prefixes on their own).
+//! (tiers are Bedrock's; such servers cache prefixes on their own). Each
+//! attempt carries the settlement its answer's usage is attributed by.
 
 use bedrock_wire::operation::Operation;
 use bytes::Bytes;
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use super::Call;
+use crate::answer::Settle;
 use crate::chat::{self, ChatRequest};
-use crate::config::{CachePosition, PromptCacheMode, UpstreamKind};
+use crate::config::{CachePosition, CacheTtl, PromptCacheMode, UpstreamKind};
 use crate::error::ProxyError;
 use crate::latency;
 use crate::metrics;
-use crate::prompt_cache::{self, PrefixRegistry, Prefixes, Sightings};
+use crate::prompt_cache::ledger::{self, field, Prices, Sight, Update};
+use crate::prompt_cache::settle::Settlement;
+use crate::prompt_cache::{self, Observations, Observed, PrefixRegistry, Prefixes};
 use crate::runtime::Runtime;
 use crate::upstream::chain::{PlanNotes, Prepared, Target};
 
@@ -32,22 +38,24 @@ pub(super) fn plannable(call: &Call) -> Option<(&Value, prompt_cache::Format)> {
     Some((json, format))
 }
 
-/// Records one sighting of the call's fixed prefixes (system prompt, tool
-/// definitions) in the registry; only `auto` routes need the counts, and only
-/// prefixes long enough for the model's prompt cache are worth tracking.
+/// Records one sighting of each of the call's prefixes (tools, system prompt,
+/// opening message, conversation) in the registry and reads what was learned
+/// about them: only routes that count sightings (`auto`) or choose TTLs from gaps
+/// (`ttl = "auto"`) need it, and only prefixes long enough for the model's
+/// prompt cache are worth tracking.
 pub(super) async fn observe_prefixes(
     rt: &Runtime,
     registry: &PrefixRegistry,
     call: &Call,
     prefixes: Option<Prefixes>,
-) -> Sightings {
+) -> Observations {
     let policy = &call.routed.route.config.prompt_cache;
-    let mut sightings = Sightings::default();
-    if policy.mode != PromptCacheMode::Auto {
-        return sightings;
+    let mut observed = Observations::default();
+    if policy.mode != PromptCacheMode::Auto && policy.ttl != CacheTtl::Auto {
+        return observed;
     }
     let (Some((json, format)), Some(sizes)) = (plannable(call), prefixes) else {
-        return sightings;
+        return observed;
     };
     let model_id = &call.routed.upstream_model;
     let Some(model) = rt
@@ -56,34 +64,82 @@ pub(super) async fn observe_prefixes(
         .map(|l| l.model.clone())
         .filter(|m| m.prompt_cache)
     else {
-        return sightings;
+        return observed;
     };
-    for (section, tokens) in [
-        (CachePosition::Tools, sizes.tools_end),
-        (CachePosition::System, sizes.system_end),
+    let learn = policy.mode == PromptCacheMode::Auto && policy.learn;
+    let prices = Prices::of(&model.price);
+    let now = registry.now_ms();
+    let retention = i64::try_from(registry.retention().as_millis()).unwrap_or(i64::MAX);
+    let window = i64::try_from(policy.window.as_millis()).unwrap_or(i64::MAX);
+    let tenant = &call.principal.tenant;
+    for section in [
+        CachePosition::Tools,
+        CachePosition::System,
+        CachePosition::Head,
+        CachePosition::Conversation,
     ] {
-        if !policy.positions.contains(&section) || tokens < model.cache_min_tokens {
+        let tokens = sizes.at(section);
+        // A conversation's first turn is tracked only to see the gap before
+        // its second, which `ttl = "auto"` needs.
+        let first_turn = section == CachePosition::Conversation
+            && sizes.user_turns == 1
+            && policy.ttl == CacheTtl::Auto;
+        if !policy.positions.contains(&section)
+            || !(sizes.has(section) || first_turn)
+            || tokens < model.cache_min_tokens.max(1)
+        {
             continue;
         }
         let Some(digest) = prompt_cache::registry::section_digest(json, format, section) else {
             continue;
         };
-        let seen = registry
-            .observe(
-                &call.principal.tenant,
-                &model.id,
-                section,
-                &digest,
-                tokens,
-                policy.window,
-            )
-            .await;
-        match section {
-            CachePosition::Tools => sightings.tools = Some(seen),
-            _ => sightings.system = Some(seen),
+        let key = PrefixRegistry::prefix_key(tenant, &model.id, section, &digest, tokens);
+        let sight = Update {
+            sight: Some(Sight {
+                now_ms: now,
+                window_ms: window,
+            }),
+            ..Update::default()
+        };
+        let fields = registry.update(&key, &sight, policy.window).await;
+        let ttl_1h = model.cache_ttl_1h
+            && policy.ttl == CacheTtl::Auto
+            && ledger::one_hour_pays(
+                &prices,
+                fields.get(field::GAPS_SHORT),
+                fields.get(field::GAPS_MID),
+                fields.get(field::GAPS_LONG),
+            );
+        let mut hold = None;
+        let mut extra = 0;
+        if learn {
+            let judged = ledger::judge(&fields, now, ttl_1h, retention);
+            hold = judged.hold;
+            if !judged.update.is_empty() {
+                registry.update(&key, &judged.update, policy.window).await;
+            }
+            let class = PrefixRegistry::class_key(tenant, &model.id, section);
+            let class_fields = registry.read(&class).await;
+            let judged = ledger::judge_class(&class_fields, now, retention);
+            extra = judged.extra;
+            if !judged.update.is_empty() {
+                registry.update(&class, &judged.update, policy.window).await;
+            }
         }
+        let (reads, writes) = (fields.get(field::READS), fields.get(field::WRITES));
+        *observed.slot(section) = Some(Observed {
+            key: Some(key),
+            sightings: u64::try_from(fields.get(field::SIGHTINGS)).unwrap_or(0),
+            extra: u64::try_from(extra).unwrap_or(0),
+            hold,
+            ttl_1h,
+            reads_per_write: (reads + 1) as f64 / (writes + 1) as f64,
+            proven: writes > 0 && fields.get(field::SAVED) > 0,
+            first_write: writes == 0,
+            credit_bucket: fields.get(field::CREDIT_BUCKET),
+        });
     }
-    sightings
+    observed
 }
 
 /// The chat request the call becomes for the targets that take one,
@@ -147,9 +203,10 @@ pub(super) fn egress(
 /// it may not try.
 pub(super) fn prepare(
     rt: &Runtime,
+    registry: &Arc<PrefixRegistry>,
     call: &Call,
     target: &Target,
-    sightings: Sightings,
+    observed: &Observations,
     prefixes: Option<Prefixes>,
     chat: &Option<ChatRequest>,
 ) -> Prepared {
@@ -168,6 +225,7 @@ pub(super) fn prepare(
             tier: None,
             cache_points: 0,
             notes: PlanNotes::default(),
+            settle: None,
         };
     }
     let route = &call.routed.route;
@@ -184,12 +242,34 @@ pub(super) fn prepare(
 
     let mut edited: Option<Value> = None;
     let mut cache_points = 0;
+    let mut settle = None;
     let policy = &route.config.prompt_cache;
     if let (Some((json, format)), Some(prefixes)) = (plannable(call), prefixes) {
         let model = lookup.map(|l| l.model.clone());
-        let plan =
-            prompt_cache::decide(json, format, model.as_deref(), policy, sightings, prefixes);
-        notes.injected = plan.injected.iter().map(|p| p.name()).collect();
+        // What was observed is about the route's model: a fallback to another
+        // model is planned on sightings alone and teaches nothing.
+        let same_model = model
+            .as_ref()
+            .zip(rt.catalog.get(&call.routed.upstream_model))
+            .is_some_and(|(m, routed)| m.id == routed.model.id);
+        let stripped;
+        let observed = if same_model {
+            observed
+        } else {
+            stripped = Observations {
+                tools: observed.tools.as_ref().map(sightings_only),
+                system: observed.system.as_ref().map(sightings_only),
+                head: observed.head.as_ref().map(sightings_only),
+                conversation: observed.conversation.as_ref().map(sightings_only),
+            };
+            &stripped
+        };
+        let plan = prompt_cache::decide(json, format, model.as_deref(), policy, observed, prefixes);
+        notes.injected = plan
+            .injected
+            .iter()
+            .map(|p| (p.position.name(), if p.ttl_1h { "1h" } else { "5m" }))
+            .collect();
         notes.skipped = plan
             .skipped
             .iter()
@@ -200,6 +280,20 @@ pub(super) fn prepare(
             let mut body = json.clone();
             prompt_cache::apply(&mut body, format, &plan);
             edited = Some(body);
+        }
+        if let Some(model) = model.filter(|m| m.prompt_cache) {
+            settle = Some(Settle(Arc::new(Settlement::new(
+                registry.clone(),
+                route.name.clone(),
+                call.principal.tenant.clone(),
+                model,
+                policy.window,
+                json,
+                format,
+                prefixes,
+                &plan,
+                same_model.then_some(observed),
+            ))));
         }
     }
 
@@ -231,5 +325,16 @@ pub(super) fn prepare(
         tier: tier.send.or_else(|| call.requested_tier()),
         cache_points,
         notes,
+        settle,
+    }
+}
+
+/// What a fallback to another model may use of an observation: its sightings.
+fn sightings_only(o: &Observed) -> Observed {
+    Observed {
+        sightings: o.sightings,
+        reads_per_write: 1.0,
+        first_write: true,
+        ..Observed::default()
     }
 }

@@ -1,10 +1,11 @@
 //! The prompt-cache planner: Bedrock's prompt cache for applications that never
 //! mark their prompts. It inserts `cachePoint` blocks (Converse) or
 //! `cache_control` markers (Anthropic bodies on InvokeModel) after the tools,
-//! after the system prompt, and at the tail of a multi-turn conversation, only
-//! where the prefix reaches the model's minimum, within the model's limit
-//! counting the client's own markers, never on models without prompt caching,
-//! and only where caching pays for itself. Nothing else in the request changes.
+//! after the system prompt, after a conversation's long opening message, and at
+//! the tail of a multi-turn conversation, only where the prefix reaches the
+//! model's minimum, within the model's limit counting the client's own markers
+//! (which it never touches), never on models without prompt caching, and only
+//! where caching pays for itself. Nothing else in the request changes.
 //!
 //! # When it pays off
 //! A prefix of P tokens used n times within the cache TTL costs, without caching,
@@ -19,24 +20,39 @@
 //! conversation usually continues, and its next turn reads everything the last
 //! one wrote. `always` marks wherever the minimum is reached.
 //!
-//! - [`registry`]: which prefixes repeat.
+//! # Learning from outcomes
+//! With `learn` (the default), `auto` also learns from what Bedrock reports for
+//! the points it added ([`settle`]): a prefix whose writes are not read back
+//! often enough to repay them is backed off, and a class of prefixes (tenant,
+//! model, section) whose first writes go unread needs one more sighting. When
+//! the budget of points is short, the positions with the most tokens re-used
+//! per write win. `ttl = "auto"` picks 1 hour per prefix from the gaps between
+//! its uses ([`ledger::one_hour_pays`]).
+//!
+//! - [`registry`]: the ledgers of prefixes and classes, shared through Redis.
+//! - [`ledger`]: the arithmetic on them.
+//! - [`settle`]: a response's usage attributed to the points that caused it.
 
+pub mod ledger;
 pub mod registry;
+pub mod settle;
 
 use serde_json::{json, Map, Value};
 
 use crate::catalog::ModelInfo;
-use crate::config::{CachePosition, PromptCacheConfig, PromptCacheMode};
+use crate::config::{CachePosition, CacheTtl, PromptCacheConfig, PromptCacheMode};
 use bedrock_wire::tokens;
 
-pub use registry::PrefixRegistry;
+pub use ledger::Hold;
+pub use registry::{LedgerKey, PrefixRegistry};
 
 /// Why a position got no cache point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
     /// The model has no prompt cache, or is not in the catalog.
     UnsupportedModel,
-    /// The prefix is shorter than the model's minimum per checkpoint.
+    /// The prefix is shorter than the model's minimum per checkpoint (or, for a
+    /// conversation's opening, adds less than that to the system prompt).
     BelowMinimum,
     /// The model's limit is reached, counting the client's own points.
     NoBudget,
@@ -48,6 +64,8 @@ pub enum Skip {
     ToolsNotCacheable,
     /// The route asked for the 1h TTL, which the model lacks: 5 minutes was used.
     TtlUnavailable,
+    /// Its writes were not read back enough to pay for themselves: backed off.
+    Unpaid,
 }
 
 impl Skip {
@@ -60,25 +78,86 @@ impl Skip {
             Skip::ClientHasIt => "client_marked",
             Skip::ToolsNotCacheable => "tools_not_cacheable",
             Skip::TtlUnavailable => "ttl_unavailable",
+            Skip::Unpaid => "unpaid",
         }
     }
+}
+
+/// One cache point the planner adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Point {
+    pub position: CachePosition,
+    /// It asks for the 1-hour TTL.
+    pub ttl_1h: bool,
 }
 
 /// What the planner did to one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    pub injected: Vec<CachePosition>,
+    /// In cache order (tools, system, head, conversation).
+    pub injected: Vec<Point>,
     pub skipped: Vec<(CachePosition, Skip)>,
-    /// The injected points ask for the 1-hour TTL.
-    pub ttl_1h: bool,
 }
 
-/// How often the registry has seen a request's fixed prefixes (this sighting
-/// included); `None` when the request has no such section.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sightings {
-    pub tools: Option<u64>,
-    pub system: Option<u64>,
+#[cfg(test)]
+impl Plan {
+    /// The positions that got a point, in cache order.
+    pub fn positions(&self) -> Vec<CachePosition> {
+        self.injected.iter().map(|p| p.position).collect()
+    }
+}
+
+/// What the registry knows about one of a request's prefixes (this sighting
+/// included), for the planner.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Its ledger, where outcomes are recorded.
+    pub key: Option<LedgerKey>,
+    /// Sightings within the route's window.
+    pub sightings: u64,
+    /// Sightings (or user turns, for a conversation) its class needs beyond the
+    /// route's rule, as learned.
+    pub extra: u64,
+    pub hold: Option<Hold>,
+    /// `ttl = "auto"` chose the hour for it.
+    pub ttl_1h: bool,
+    /// Reads per write so far (Laplace-smoothed: 1 with no record).
+    pub reads_per_write: f64,
+    /// Its own writes have paid for themselves.
+    pub proven: bool,
+    /// The proxy never wrote it before.
+    pub first_write: bool,
+    /// The class bucket of its last write, which its reads credit.
+    pub credit_bucket: i64,
+}
+
+/// What the registry knows about each of a request's prefixes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observations {
+    pub tools: Option<Observed>,
+    pub system: Option<Observed>,
+    pub head: Option<Observed>,
+    pub conversation: Option<Observed>,
+}
+
+impl Observations {
+    pub fn get(&self, position: CachePosition) -> Option<&Observed> {
+        match position {
+            CachePosition::Tools => self.tools.as_ref(),
+            CachePosition::System => self.system.as_ref(),
+            CachePosition::Head => self.head.as_ref(),
+            CachePosition::Conversation => self.conversation.as_ref(),
+        }
+    }
+
+    pub fn slot(&mut self, position: CachePosition) -> &mut Option<Observed> {
+        match position {
+            CachePosition::Tools => &mut self.tools,
+            CachePosition::System => &mut self.system,
+            CachePosition::Head => &mut self.head,
+            CachePosition::Conversation => &mut self.conversation,
+        }
+    }
 }
 
 /// The body format being planned.
@@ -103,9 +182,12 @@ impl Format {
 pub struct Prefixes {
     pub tools_end: u32,
     pub system_end: u32,
+    /// The end of the first message.
+    pub head_end: u32,
     pub total: u32,
     pub has_tools: bool,
     pub has_system: bool,
+    pub messages: usize,
     pub user_turns: usize,
 }
 
@@ -123,12 +205,19 @@ fn has_control(v: &Value) -> bool {
     v.get("cache_control").is_some()
 }
 
+/// Tools end, system end, whether each is there, and how a message is counted.
+type Sections = (u32, u32, bool, bool, fn(&Value) -> u32);
+
+/// A test on one block (is it a marker, does it ask for the hour).
+type Test = fn(&Value) -> bool;
+
 impl Prefixes {
     /// Measures a body.
     pub fn of(body: &Value, format: Format) -> Prefixes {
         let messages = array(body, "messages");
         let user_turns = messages.iter().filter(|m| m["role"] == "user").count();
-        match format {
+        let (tools_end, system_end, has_tools, has_system, message_tokens): Sections = match format
+        {
             Format::Converse => {
                 let tools = body
                     .get("toolConfig")
@@ -136,87 +225,139 @@ impl Prefixes {
                 let system = array(body, "system");
                 let tools_end: u32 = tools.iter().map(tokens::converse_tool).sum();
                 let system_end = tools_end + system.iter().map(tokens::converse_block).sum::<u32>();
-                Prefixes {
+                (
                     tools_end,
                     system_end,
-                    total: system_end + messages.iter().map(tokens::converse_message).sum::<u32>(),
-                    has_tools: tools.iter().any(|t| !is_point(t)),
-                    has_system: system.iter().any(|b| !is_point(b)),
-                    user_turns,
-                }
+                    tools.iter().any(|t| !is_point(t)),
+                    system.iter().any(|b| !is_point(b)),
+                    tokens::converse_message,
+                )
             }
             Format::Anthropic => {
                 let tools = array(body, "tools");
                 let tools_end: u32 = tools.iter().map(tokens::anthropic_tool).sum();
                 let system = body.get("system").unwrap_or(&Value::Null);
                 let system_end = tools_end + tokens::anthropic_content(system);
-                Prefixes {
+                let has_system = match system {
+                    Value::String(s) => !s.is_empty(),
+                    Value::Array(a) => !a.is_empty(),
+                    _ => false,
+                };
+                (
                     tools_end,
                     system_end,
-                    total: system_end + messages.iter().map(tokens::anthropic_message).sum::<u32>(),
-                    has_tools: !tools.is_empty(),
-                    has_system: match system {
-                        Value::String(s) => !s.is_empty(),
-                        Value::Array(a) => !a.is_empty(),
-                        _ => false,
-                    },
-                    user_turns,
-                }
+                    !tools.is_empty(),
+                    has_system,
+                    tokens::anthropic_message,
+                )
             }
+        };
+        let head_end = system_end + messages.first().map_or(0, message_tokens);
+        Prefixes {
+            tools_end,
+            system_end,
+            head_end,
+            total: system_end + messages.iter().map(message_tokens).sum::<u32>(),
+            has_tools,
+            has_system,
+            messages: messages.len(),
+            user_turns,
         }
     }
 
-    fn at(&self, position: CachePosition) -> u32 {
+    /// Estimated tokens up to the end of a position.
+    pub fn at(&self, position: CachePosition) -> u32 {
         match position {
             CachePosition::Tools => self.tools_end,
             CachePosition::System => self.system_end,
+            CachePosition::Head => self.head_end,
             CachePosition::Conversation => self.total,
         }
     }
 
-    fn has(&self, position: CachePosition) -> bool {
+    /// Whether the request has a place for a point at `position`: tools, a
+    /// system prompt, a conversation past its opening message (head), a
+    /// conversation of two or more user turns.
+    pub fn has(&self, position: CachePosition) -> bool {
         match position {
             CachePosition::Tools => self.has_tools,
             CachePosition::System => self.has_system,
+            CachePosition::Head => self.messages >= 2,
             CachePosition::Conversation => self.user_turns >= 2,
         }
     }
 }
 
-/// The client's own markers, and whether each position (tools, system,
-/// conversation tail) already ends with one.
-fn client_marks(body: &Value, format: Format) -> (u32, [bool; 3]) {
-    let (tools, marked): (&[Value], fn(&Value) -> bool) = match format {
+/// Where a marker sits in cache order: section (tools 0, system 1, messages 2),
+/// then block. Points the planner adds sit at the end of their block list.
+type Order = (u8, u64);
+
+const END: u64 = 999_999;
+
+fn order_of(position: CachePosition, messages: usize) -> Order {
+    match position {
+        CachePosition::Tools => (0, u64::MAX),
+        CachePosition::System => (1, u64::MAX),
+        CachePosition::Head => (2, END),
+        CachePosition::Conversation => (2, messages.saturating_sub(1) as u64 * 1_000_000 + END),
+    }
+}
+
+/// The client's own markers.
+#[derive(Debug, Default)]
+struct ClientMarks {
+    count: u32,
+    /// Whether tools, system, the first message and the last message end with one.
+    ends: [bool; 4],
+    /// Each marker's place and whether it asks for the hour.
+    ttls: Vec<(Order, bool)>,
+}
+
+fn client_marks(body: &Value, format: Format) -> ClientMarks {
+    let (tools, marked, one_hour): (&[Value], Test, Test) = match format {
         Format::Converse => (
             body.get("toolConfig")
                 .map_or(&[][..], |t| array(t, "tools")),
             is_point,
+            |v| v["cachePoint"]["ttl"] == "1h",
         ),
-        Format::Anthropic => (array(body, "tools"), has_control),
+        Format::Anthropic => (array(body, "tools"), has_control, |v| {
+            v["cache_control"]["ttl"] == "1h"
+        }),
     };
     let system = array(body, "system");
     let messages = array(body, "messages");
-    let count = tools.iter().filter(|v| marked(v)).count()
-        + system.iter().filter(|v| marked(v)).count()
-        + messages
-            .iter()
-            .map(|m| array(m, "content").iter().filter(|v| marked(v)).count())
-            .sum::<usize>();
-    let ends = [
+    let mut marks = ClientMarks::default();
+    let mut note = |list: &[Value], section: u8, base: u64| {
+        for (i, v) in list.iter().enumerate() {
+            if marked(v) {
+                marks.count += 1;
+                marks.ttls.push(((section, base + i as u64), one_hour(v)));
+            }
+        }
+    };
+    note(tools, 0, 0);
+    note(system, 1, 0);
+    for (i, m) in messages.iter().enumerate() {
+        note(array(m, "content"), 2, i as u64 * 1_000_000);
+    }
+    let ends_marked =
+        |m: Option<&Value>| m.is_some_and(|m| array(m, "content").last().is_some_and(marked));
+    marks.ends = [
         tools.last().is_some_and(marked),
         system.last().is_some_and(marked),
-        messages
-            .last()
-            .is_some_and(|m| array(m, "content").last().is_some_and(marked)),
+        ends_marked(messages.first()),
+        ends_marked(messages.last()),
     ];
-    (count as u32, ends)
+    marks
 }
 
 fn index(position: CachePosition) -> usize {
     match position {
         CachePosition::Tools => 0,
         CachePosition::System => 1,
-        CachePosition::Conversation => 2,
+        CachePosition::Head => 2,
+        CachePosition::Conversation => 3,
     }
 }
 
@@ -231,14 +372,15 @@ pub fn sightings_needed(model: &ModelInfo, policy: &PromptCacheConfig) -> u64 {
 }
 
 /// Decides where cache points go in `body`, whose section sizes are
-/// `prefixes` ([`Prefixes::of`] the same body); [`apply`] puts them there. The
-/// body is only read, so a request is copied only when something is injected.
+/// `prefixes` ([`Prefixes::of`] the same body), from what the registry
+/// `observed`; [`apply`] puts them there. The body is only read, so a request
+/// is copied only when something is injected.
 pub fn decide(
     body: &Value,
     format: Format,
     model: Option<&ModelInfo>,
     policy: &PromptCacheConfig,
-    sightings: Sightings,
+    observed: &Observations,
     prefixes: Prefixes,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -249,6 +391,7 @@ pub fn decide(
         CachePosition::System,
         CachePosition::Conversation,
         CachePosition::Tools,
+        CachePosition::Head,
     ]
     .into_iter()
     .filter(|p| policy.positions.contains(p) && prefixes.has(*p))
@@ -260,55 +403,125 @@ pub fn decide(
             .collect();
         return plan;
     };
-    let (client_points, client_ends) = client_marks(body, format);
-    let mut budget = model.max_cache_points.saturating_sub(client_points);
+    let client = client_marks(body, format);
+    let budget = model.max_cache_points.saturating_sub(client.count) as usize;
     let needed = sightings_needed(model, policy);
+    let auto = policy.mode == PromptCacheMode::Auto;
+    let learn = auto && policy.learn;
+    let minimum = model.cache_min_tokens.max(1);
+    let mut candidates = Vec::new();
     for position in wanted {
-        let seen = match position {
-            CachePosition::Tools => sightings.tools,
-            CachePosition::System => sightings.system,
-            CachePosition::Conversation => None,
-        };
-        let skip = if client_ends[index(position)] {
+        let seen = observed.get(position);
+        let extra = seen.filter(|o| learn && !o.proven).map_or(0, |o| o.extra);
+        let skip = if client.ends[index(position)] {
             Some(Skip::ClientHasIt)
         } else if position == CachePosition::Tools && !model.cache_tools {
             Some(Skip::ToolsNotCacheable)
-        } else if prefixes.at(position) < model.cache_min_tokens.max(1) {
+        } else if prefixes.at(position) < minimum
+            || (position == CachePosition::Head
+                && prefixes.head_end.saturating_sub(prefixes.system_end) < minimum)
+        {
             Some(Skip::BelowMinimum)
-        } else if policy.mode == PromptCacheMode::Auto
-            && position != CachePosition::Conversation
-            && seen.unwrap_or(0) < needed
+        } else if auto
+            && match position {
+                CachePosition::Conversation => (prefixes.user_turns as u64) < 2 + extra,
+                _ => seen.map_or(0, |o| o.sightings) < needed + extra,
+            }
         {
             Some(Skip::NotRepeated)
-        } else if budget == 0 {
-            Some(Skip::NoBudget)
+        } else if learn && seen.is_some_and(|o| o.hold == Some(Hold::Unpaid)) {
+            Some(Skip::Unpaid)
         } else {
             None
         };
         match skip {
             Some(reason) => plan.skipped.push((position, reason)),
-            None => {
-                budget -= 1;
-                plan.injected.push(position);
-            }
+            None => candidates.push(position),
         }
     }
-    if plan.injected.is_empty() {
+    if candidates.len() > budget {
+        // Most tokens re-used per write first: the tokens a point adds beyond the
+        // candidate before it, times the reads each of its writes has seen.
+        let mut in_order = candidates.clone();
+        in_order.sort();
+        let value = |p: CachePosition| {
+            let before = in_order
+                .iter()
+                .take_while(|q| **q < p)
+                .last()
+                .map_or(0, |q| prefixes.at(*q));
+            let reuse = observed.get(p).map_or(1.0, |o| o.reads_per_write);
+            f64::from(prefixes.at(p).saturating_sub(before)) * reuse
+        };
+        let mut ranked: Vec<(usize, f64, CachePosition)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, value(*p), *p))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (_, _, p) in ranked.into_iter().skip(budget) {
+            candidates.retain(|q| *q != p);
+            plan.skipped.push((p, Skip::NoBudget));
+        }
+    }
+    if candidates.is_empty() {
         return plan;
     }
-    plan.ttl_1h = policy.ttl_1h && model.cache_ttl_1h;
-    if policy.ttl_1h && !model.cache_ttl_1h {
-        plan.skipped.push((plan.injected[0], Skip::TtlUnavailable));
+    candidates.sort();
+    if policy.ttl == CacheTtl::OneHour && !model.cache_ttl_1h {
+        plan.skipped.push((candidates[0], Skip::TtlUnavailable));
     }
+    let desired = |p: CachePosition| {
+        model.cache_ttl_1h
+            && match policy.ttl {
+                CacheTtl::FiveMinutes => false,
+                CacheTtl::OneHour => true,
+                CacheTtl::Auto => observed.get(p).is_some_and(|o| o.ttl_1h),
+            }
+    };
+    let mut points: Vec<(Order, Point)> = candidates
+        .into_iter()
+        .map(|p| {
+            (
+                order_of(p, prefixes.messages),
+                Point {
+                    position: p,
+                    ttl_1h: desired(p),
+                },
+            )
+        })
+        .collect();
+    order_ttls(&mut points, &client.ttls, model.cache_ttl_1h);
+    plan.injected = points.into_iter().map(|(_, p)| p).collect();
     plan
+}
+
+/// Makes TTLs non-increasing in cache order, as Bedrock requires: none of ours
+/// asks for the hour after a 5-minute point of the client's; then each of ours
+/// before a 1-hour point (the client's or ours) asks for the hour too.
+fn order_ttls(points: &mut [(Order, Point)], client: &[(Order, bool)], one_hour_offered: bool) {
+    for (at, point) in points.iter_mut() {
+        if client.iter().any(|(c, hour)| c < at && !hour) {
+            point.ttl_1h = false;
+        }
+    }
+    for i in (0..points.len()).rev() {
+        let at = points[i].0;
+        let later_hour = client.iter().any(|(c, hour)| *c > at && *hour)
+            || points[i + 1..].iter().any(|(_, p)| p.ttl_1h);
+        let capped = client.iter().any(|(c, hour)| *c < at && !hour);
+        if later_hour && one_hour_offered && !capped {
+            points[i].1.ttl_1h = true;
+        }
+    }
 }
 
 /// Puts the cache points `plan` decided into `body`.
 pub fn apply(body: &mut Value, format: Format, plan: &Plan) {
-    for position in &plan.injected {
+    for point in &plan.injected {
         match format {
-            Format::Converse => mark_converse(body, *position, plan.ttl_1h),
-            Format::Anthropic => mark_anthropic(body, *position, plan.ttl_1h),
+            Format::Converse => mark_converse(body, point.position, point.ttl_1h),
+            Format::Anthropic => mark_anthropic(body, point.position, point.ttl_1h),
         }
     }
 }
@@ -334,6 +547,11 @@ fn mark_converse(body: &mut Value, position: CachePosition, ttl_1h: bool) {
     let list = match position {
         CachePosition::Tools => body.get_mut("toolConfig").and_then(|t| t.get_mut("tools")),
         CachePosition::System => body.get_mut("system"),
+        CachePosition::Head => body
+            .get_mut("messages")
+            .and_then(Value::as_array_mut)
+            .and_then(|m| m.first_mut())
+            .and_then(|m| m.get_mut("content")),
         CachePosition::Conversation => body
             .get_mut("messages")
             .and_then(Value::as_array_mut)
@@ -372,11 +590,17 @@ fn mark_anthropic(body: &mut Value, position: CachePosition, ttl_1h: bool) {
                 mark_last_block(system, ttl_1h);
             }
         }
-        CachePosition::Conversation => {
+        CachePosition::Head | CachePosition::Conversation => {
             if let Some(content) = body
                 .get_mut("messages")
                 .and_then(Value::as_array_mut)
-                .and_then(|m| m.last_mut())
+                .and_then(|m| {
+                    if position == CachePosition::Head {
+                        m.first_mut()
+                    } else {
+                        m.last_mut()
+                    }
+                })
                 .and_then(|m| m.get_mut("content"))
             {
                 mark_last_block(content, ttl_1h);

@@ -1,5 +1,6 @@
 use super::*;
 use crate::catalog::Catalog;
+use crate::config::CacheTtl;
 use serde_json::json;
 use std::time::Duration;
 
@@ -37,10 +38,20 @@ fn request(system_tokens: usize, turns: usize) -> Value {
     json!({"system": [{"text": text(system_tokens)}], "messages": messages})
 }
 
-fn seen(n: u64) -> Sightings {
-    Sightings {
-        tools: Some(n),
-        system: Some(n),
+/// Tools and system prompt seen `n` times, nothing learned yet.
+fn seen(n: u64) -> Observations {
+    let seen = || {
+        Some(Observed {
+            sightings: n,
+            reads_per_write: 1.0,
+            first_write: true,
+            ..Observed::default()
+        })
+    };
+    Observations {
+        tools: seen(),
+        system: seen(),
+        ..Observations::default()
     }
 }
 
@@ -61,10 +72,10 @@ fn plan(
     format: Format,
     model: Option<&ModelInfo>,
     policy: &PromptCacheConfig,
-    sightings: Sightings,
+    observed: Observations,
 ) -> Plan {
     let prefixes = Prefixes::of(body, format);
-    let plan = decide(body, format, model, policy, sightings, prefixes);
+    let plan = decide(body, format, model, policy, &observed, prefixes);
     apply(body, format, &plan);
     plan
 }
@@ -80,7 +91,7 @@ fn a_long_repeated_system_prompt_gets_a_point_and_nothing_else_changes() {
         &policy(PromptCacheMode::Auto),
         seen(2),
     );
-    assert_eq!(plan.injected, [CachePosition::System]);
+    assert_eq!(plan.positions(), [CachePosition::System]);
     assert_eq!(
         body["system"][1],
         json!({"cachePoint": {"type": "default"}})
@@ -110,7 +121,7 @@ fn auto_waits_until_the_prefix_repeats_and_always_does_not() {
         &policy(PromptCacheMode::Always),
         seen(1),
     );
-    assert_eq!(p.injected, [CachePosition::System]);
+    assert_eq!(p.positions(), [CachePosition::System]);
 }
 
 #[test]
@@ -132,7 +143,7 @@ fn writes_without_a_premium_pay_off_at_once() {
         &policy(PromptCacheMode::Auto),
         seen(1),
     );
-    assert_eq!(p.injected, [CachePosition::System]);
+    assert_eq!(p.positions(), [CachePosition::System]);
 }
 
 #[test]
@@ -183,7 +194,7 @@ fn multi_turn_conversations_get_a_tail_point() {
         seen(2),
     );
     assert_eq!(
-        p.injected,
+        p.positions(),
         [CachePosition::System, CachePosition::Conversation]
     );
     let last = body["messages"].as_array().unwrap().last().unwrap();
@@ -200,7 +211,7 @@ fn multi_turn_conversations_get_a_tail_point() {
         seen(2),
     );
     assert!(
-        !p.injected.contains(&CachePosition::Conversation),
+        !p.positions().contains(&CachePosition::Conversation),
         "one turn is not a conversation yet"
     );
 }
@@ -219,8 +230,14 @@ fn the_clients_own_points_count_and_are_not_duplicated() {
         &policy(PromptCacheMode::Always),
         seen(9),
     );
-    assert_eq!(p.injected, [CachePosition::Conversation]);
-    assert_eq!(p.skipped, [(CachePosition::System, Skip::ClientHasIt)]);
+    assert_eq!(p.positions(), [CachePosition::Conversation]);
+    assert_eq!(
+        p.skipped,
+        [
+            (CachePosition::System, Skip::ClientHasIt),
+            (CachePosition::Head, Skip::BelowMinimum)
+        ]
+    );
 
     // Four points of the client's own in its messages: nothing more may be added.
     let mut full = request(3000, 3);
@@ -259,7 +276,7 @@ fn tools_are_cached_only_where_the_model_allows() {
         &policy(PromptCacheMode::Always),
         seen(9),
     );
-    assert!(p.injected.contains(&CachePosition::Tools), "{p:?}");
+    assert!(p.positions().contains(&CachePosition::Tools), "{p:?}");
     assert_eq!(
         claude["toolConfig"]["tools"][1],
         json!({"cachePoint": {"type": "default"}})
@@ -281,7 +298,7 @@ fn tools_are_cached_only_where_the_model_allows() {
 #[test]
 fn the_one_hour_ttl_is_asked_for_only_where_it_exists() {
     let one_hour = PromptCacheConfig {
-        ttl_1h: true,
+        ttl: CacheTtl::OneHour,
         ..policy(PromptCacheMode::Always)
     };
     let mut sonnet = request(3000, 1);
@@ -331,7 +348,7 @@ fn anthropic_bodies_get_cache_control() {
         seen(2),
     );
     assert_eq!(
-        p.injected,
+        p.positions(),
         [CachePosition::System, CachePosition::Conversation]
     );
     assert_eq!(
@@ -359,6 +376,288 @@ fn prefix_sizes_follow_the_simulators_estimator() {
     assert_eq!(p.user_turns, 2);
 }
 
+/// An observation of a prefix seen `n` times with what learning says about it.
+fn observed(n: u64, f: impl FnOnce(&mut Observed)) -> Option<Observed> {
+    let mut o = Observed {
+        sightings: n,
+        reads_per_write: 1.0,
+        first_write: true,
+        ..Observed::default()
+    };
+    f(&mut o);
+    Some(o)
+}
+
+#[test]
+fn learning_holds_back_what_did_not_pay_and_asks_a_class_for_more() {
+    let auto = policy(PromptCacheMode::Auto);
+    let mut body = request(3000, 1);
+    let held = Observations {
+        system: observed(5, |o| o.hold = Some(Hold::Unpaid)),
+        ..Observations::default()
+    };
+    let p = plan(
+        &mut body,
+        Format::Converse,
+        Some(&model(HAIKU)),
+        &auto,
+        held.clone(),
+    );
+    assert_eq!(p.skipped, [(CachePosition::System, Skip::Unpaid)]);
+    assert_eq!(body, request(3000, 1));
+    // Without learning the static rule applies.
+    let static_auto = PromptCacheConfig {
+        learn: false,
+        ..auto.clone()
+    };
+    let p = plan(
+        &mut body.clone(),
+        Format::Converse,
+        Some(&model(HAIKU)),
+        &static_auto,
+        held,
+    );
+    assert_eq!(p.positions(), [CachePosition::System]);
+
+    // Its class learned that a second sighting is not enough...
+    let class = Observations {
+        system: observed(2, |o| o.extra = 1),
+        ..Observations::default()
+    };
+    let p = plan(
+        &mut body.clone(),
+        Format::Converse,
+        Some(&model(HAIKU)),
+        &auto,
+        class,
+    );
+    assert_eq!(p.skipped, [(CachePosition::System, Skip::NotRepeated)]);
+    let third = Observations {
+        system: observed(3, |o| o.extra = 1),
+        ..Observations::default()
+    };
+    let p = plan(
+        &mut body.clone(),
+        Format::Converse,
+        Some(&model(HAIKU)),
+        &auto,
+        third,
+    );
+    assert_eq!(p.positions(), [CachePosition::System]);
+    // ...unless the prefix's own record has paid.
+    let proven = Observations {
+        system: observed(2, |o| {
+            o.extra = 1;
+            o.proven = true;
+        }),
+        ..Observations::default()
+    };
+    let p = plan(
+        &mut body.clone(),
+        Format::Converse,
+        Some(&model(HAIKU)),
+        &auto,
+        proven,
+    );
+    assert_eq!(p.positions(), [CachePosition::System]);
+
+    // A conversation class may need a third user turn.
+    let conversations = Observations {
+        system: observed(2, |_| {}),
+        conversation: observed(2, |o| o.extra = 1),
+        ..Observations::default()
+    };
+    let p = plan(
+        &mut request(3000, 2),
+        Format::Converse,
+        Some(&model(HAIKU)),
+        &auto,
+        conversations.clone(),
+    );
+    assert_eq!(p.positions(), [CachePosition::System]);
+    assert!(p
+        .skipped
+        .contains(&(CachePosition::Conversation, Skip::NotRepeated)));
+    let p = plan(
+        &mut request(3000, 3),
+        Format::Converse,
+        Some(&model(HAIKU)),
+        &auto,
+        conversations,
+    );
+    assert_eq!(
+        p.positions(),
+        [CachePosition::System, CachePosition::Conversation]
+    );
+}
+
+#[test]
+fn auto_ttl_follows_each_prefix_and_keeps_longer_ttls_first() {
+    let auto_ttl = PromptCacheConfig {
+        ttl: CacheTtl::Auto,
+        ..policy(PromptCacheMode::Auto)
+    };
+    let slow_tail = Observations {
+        system: observed(2, |_| {}),
+        conversation: observed(3, |o| o.ttl_1h = true),
+        ..Observations::default()
+    };
+    let mut body = request(3000, 3);
+    let p = plan(
+        &mut body,
+        Format::Converse,
+        Some(&model(SONNET_45)),
+        &auto_ttl,
+        slow_tail.clone(),
+    );
+    // The tail wants the hour; the system point before it must not be shorter.
+    assert_eq!(
+        p.injected,
+        [
+            Point {
+                position: CachePosition::System,
+                ttl_1h: true
+            },
+            Point {
+                position: CachePosition::Conversation,
+                ttl_1h: true
+            },
+        ]
+    );
+    assert_eq!(
+        body["system"][1],
+        json!({"cachePoint": {"type": "default", "ttl": "1h"}})
+    );
+    // A model without the hour gets 5 minutes, silently: auto asked for nothing it lacks.
+    let p = plan(
+        &mut request(3000, 3),
+        Format::Converse,
+        Some(&model(HAIKU)),
+        &auto_ttl,
+        slow_tail.clone(),
+    );
+    assert!(p.injected.iter().all(|p| !p.ttl_1h));
+    assert!(!p.skipped.iter().any(|(_, s)| *s == Skip::TtlUnavailable));
+    // The client's own 5-minute point in the history caps the tail at 5 minutes.
+    let mut marked = request(3000, 3);
+    marked["messages"][0]["content"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"cachePoint": {"type": "default"}}));
+    let p = plan(
+        &mut marked,
+        Format::Converse,
+        Some(&model(SONNET_45)),
+        &auto_ttl,
+        slow_tail,
+    );
+    assert_eq!(
+        p.positions(),
+        [CachePosition::System, CachePosition::Conversation]
+    );
+    assert!(p.injected.iter().all(|p| !p.ttl_1h), "{p:?}");
+    // The client's own 1-hour point later on lifts ours before it to the hour.
+    let mut later_hour = request(3000, 3);
+    let last = later_hour["messages"]
+        .as_array_mut()
+        .unwrap()
+        .last_mut()
+        .unwrap();
+    last["content"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"cachePoint": {"type": "default", "ttl": "1h"}}));
+    let p = plan(
+        &mut later_hour,
+        Format::Converse,
+        Some(&model(SONNET_45)),
+        &auto_ttl,
+        seen(2),
+    );
+    assert_eq!(
+        p.injected,
+        [Point {
+            position: CachePosition::System,
+            ttl_1h: true
+        }]
+    );
+}
+
+#[test]
+fn a_long_opening_message_gets_its_own_point() {
+    let mut body = request(1100, 3);
+    body["messages"][0]["content"][0]["text"] = json!(text(1500));
+    let opened = Observations {
+        system: observed(2, |_| {}),
+        head: observed(2, |_| {}),
+        ..Observations::default()
+    };
+    let p = plan(
+        &mut body,
+        Format::Converse,
+        Some(&model(SONNET_45)),
+        &policy(PromptCacheMode::Auto),
+        opened.clone(),
+    );
+    assert_eq!(
+        p.positions(),
+        [
+            CachePosition::System,
+            CachePosition::Head,
+            CachePosition::Conversation
+        ]
+    );
+    assert_eq!(
+        body["messages"][0]["content"][1],
+        json!({"cachePoint": {"type": "default"}})
+    );
+    // A short opening adds too little to be worth a point.
+    let p = plan(
+        &mut request(1100, 3),
+        Format::Converse,
+        Some(&model(SONNET_45)),
+        &policy(PromptCacheMode::Auto),
+        opened,
+    );
+    assert!(
+        p.skipped
+            .contains(&(CachePosition::Head, Skip::BelowMinimum)),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_short_budget_goes_to_the_most_tokens_reused_per_write() {
+    // Three points of the client's own leave one.
+    let mut body = request(3000, 3);
+    body["toolConfig"] = json!({"tools": [
+        {"toolSpec": {"name": "search", "description": text(2000), "inputSchema": {"json": {"type": "object"}}}},
+        {"cachePoint": {"type": "default"}}
+    ]});
+    let messages = body["messages"].as_array_mut().unwrap();
+    for m in messages.iter_mut().take(2) {
+        m["content"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"cachePoint": {"type": "default"}}));
+    }
+    messages[4]["content"][0]["text"] = json!(text(1000));
+    // The conversation's tail re-used far more per write than the system prompt.
+    let observed = Observations {
+        system: observed(9, |o| o.reads_per_write = 0.1),
+        conversation: observed(3, |o| o.reads_per_write = 5.0),
+        ..Observations::default()
+    };
+    let p = plan(
+        &mut body,
+        Format::Converse,
+        Some(&model(HAIKU)),
+        &policy(PromptCacheMode::Auto),
+        observed,
+    );
+    assert_eq!(p.positions(), [CachePosition::Conversation], "{p:?}");
+    assert!(p.skipped.contains(&(CachePosition::System, Skip::NoBudget)));
+}
 /// A PDF of `pages` pages, as base64 (its `/Type /Page` objects counted).
 fn pdf(pages: usize) -> String {
     use base64::Engine;
@@ -400,7 +699,13 @@ fn documents_count_in_prefix_sizes_and_earn_a_tail_point() {
         &policy(PromptCacheMode::Auto),
         seen(2),
     );
-    assert_eq!(plan.injected, [CachePosition::Conversation]);
+    assert_eq!(
+        plan.injected,
+        [Point {
+            position: CachePosition::Conversation,
+            ttl_1h: false
+        }]
+    );
     assert_eq!(
         body["messages"][2]["content"][1],
         json!({"cachePoint": {"type": "default"}})

@@ -66,6 +66,7 @@ fn a_request_continues_the_clients_trace_and_its_attempt_carries_its_own_context
         total_tokens: 12,
         cache_read_input_tokens: 100,
         cache_write_input_tokens: 5,
+        cache_write_1h_input_tokens: 0,
     };
     trace.end(&RequestEnd {
         status: 200,

@@ -120,6 +120,8 @@ pub struct Prepared {
     pub tier: Option<LatencyTier>,
     pub cache_points: u32,
     pub notes: PlanNotes,
+    /// Told the answer's usage, if the attempt answers.
+    pub settle: Option<crate::answer::Settle>,
 }
 
 /// What planning an attempt decided, counted in metrics when the attempt is
@@ -128,8 +130,8 @@ pub struct Prepared {
 pub struct PlanNotes {
     /// Why the latency tier asked for was not sent.
     pub downgraded: Option<&'static str>,
-    /// Positions where cachePoint blocks were added.
-    pub injected: Vec<&'static str>,
+    /// Positions where cachePoint blocks were added, with their TTL (`5m`, `1h`).
+    pub injected: Vec<(&'static str, &'static str)>,
     /// Positions left without one, and why.
     pub skipped: Vec<(&'static str, &'static str)>,
 }
@@ -139,8 +141,8 @@ impl PlanNotes {
         if let Some(reason) = self.downgraded {
             metrics::latency_downgrade(route, target, reason);
         }
-        for position in &self.injected {
-            metrics::prompt_cache_injected(route, position);
+        for (position, ttl) in &self.injected {
+            metrics::prompt_cache_injected(route, position, ttl);
         }
         for (position, reason) in &self.skipped {
             metrics::prompt_cache_skipped(route, position, reason);
@@ -316,6 +318,7 @@ impl<A: Attempt> Chain<'_, A> {
         };
         let tier = prepared.tier;
         let cache_points = prepared.cache_points;
+        let settle = prepared.settle.clone();
         prepared
             .notes
             .count(&metrics::route_label(self.route), &target.label);
@@ -345,6 +348,7 @@ impl<A: Attempt> Chain<'_, A> {
             self.trace
                 .answered(&target.label, &target.model, target.upstream.base_url());
             record.served_by = Some(target.served_by());
+            record.settle = settle;
         }
         // The attempt's span ends with it; a stream's, when the stream ends.
         let result = match result {

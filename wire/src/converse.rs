@@ -114,19 +114,63 @@ pub struct Usage {
     pub total_tokens: u64,
     pub cache_read_input_tokens: u64,
     pub cache_write_input_tokens: u64,
+    /// Of `cache_write_input_tokens`, those written with the 1-hour TTL (from
+    /// `cacheDetails`, whose other entries are the 5-minute writes); they are
+    /// billed at the 1-hour write price.
+    #[serde(rename = "cacheDetails", deserialize_with = "one_hour_writes")]
+    pub cache_write_1h_input_tokens: u64,
+}
+
+/// Bedrock's cache-TTL names as `CacheDetail.ttl` and `cachePoint.ttl` spell them.
+pub const TTL_1H: &str = "1h";
+pub const TTL_5M: &str = "5m";
+
+/// The 1-hour tokens of a `cacheDetails` list (`[{"ttl": "1h", "inputTokens": N}, ...]`).
+fn one_hour_writes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Detail {
+        ttl: Option<String>,
+        #[serde(default)]
+        input_tokens: u64,
+    }
+    let details: Option<Vec<Detail>> = serde::Deserialize::deserialize(d)?;
+    Ok(details
+        .unwrap_or_default()
+        .iter()
+        .filter(|d| d.ttl.as_deref() == Some(TTL_1H))
+        .map(|d| d.input_tokens)
+        .sum())
 }
 
 impl Usage {
     /// Reads a `TokenUsage` object; missing members count as zero.
     pub fn from_json(v: &Value) -> Usage {
         let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let one_hour = v
+            .get("cacheDetails")
+            .and_then(Value::as_array)
+            .map_or(0, |details| {
+                details
+                    .iter()
+                    .filter(|d| d["ttl"] == TTL_1H)
+                    .filter_map(|d| d["inputTokens"].as_u64())
+                    .sum()
+            });
         Usage {
             input_tokens: n("inputTokens"),
             output_tokens: n("outputTokens"),
             total_tokens: n("totalTokens"),
             cache_read_input_tokens: n("cacheReadInputTokens"),
             cache_write_input_tokens: n("cacheWriteInputTokens"),
+            cache_write_1h_input_tokens: one_hour,
         }
+    }
+
+    /// The cache writes with the 5-minute TTL.
+    pub fn cache_write_5m_input_tokens(&self) -> u64 {
+        self.cache_write_input_tokens
+            .saturating_sub(self.cache_write_1h_input_tokens)
     }
 
     /// The `TokenUsage` object; cache members only when non-zero, as Bedrock does.
@@ -146,9 +190,27 @@ impl Usage {
                 "cacheWriteInputTokens".into(),
                 self.cache_write_input_tokens.into(),
             );
+            // Sorted as Bedrock sorts them: 1h before 5m; empty TTLs left out.
+            let details: Vec<Value> = [
+                (TTL_1H, self.cache_write_1h_input_tokens),
+                (TTL_5M, self.cache_write_5m_input_tokens()),
+            ]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(ttl, n)| serde_json::json!({"ttl": ttl, "inputTokens": n}))
+            .collect();
+            m.insert("cacheDetails".into(), details.into());
         }
         Value::Object(m)
     }
+}
+
+/// The 1-hour cache writes of an Anthropic Messages `usage` object
+/// (`cache_creation.ephemeral_1h_input_tokens`; 0 when absent).
+pub fn anthropic_1h_writes(usage: &Value) -> u64 {
+    usage["cache_creation"]["ephemeral_1h_input_tokens"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// The members of a Converse body, or of a `messageStop` or `metadata` event,
@@ -250,20 +312,28 @@ impl Summary {
                 };
                 let input = n("x-amzn-bedrock-input-token-count");
                 let output = n("x-amzn-bedrock-output-token-count");
-                // Only the stop reason is read; the rest of the body is skipped, not built.
+                // Only the stop reason and Anthropic's split of cache writes by
+                // TTL are read; the rest of the body is skipped, not built.
                 #[derive(serde::Deserialize)]
                 struct Stop {
                     stop_reason: Option<Value>,
                     #[serde(rename = "stopReason")]
                     stop_reason_camel: Option<Value>,
+                    usage: Option<Value>,
                 }
-                let stop_reason = serde_json::from_slice::<Stop>(body).ok().and_then(|v| {
+                let parsed = serde_json::from_slice::<Stop>(body).ok();
+                let one_hour = parsed
+                    .as_ref()
+                    .and_then(|v| v.usage.as_ref())
+                    .map_or(0, anthropic_1h_writes);
+                let stop_reason = parsed.and_then(|v| {
                     let text = |v: Option<Value>| match v {
                         Some(Value::String(s)) => Some(s),
                         _ => None,
                     };
                     text(v.stop_reason).or_else(|| text(v.stop_reason_camel))
                 });
+                let written = n("x-amzn-bedrock-cache-write-input-token-count");
                 Summary {
                     stop_reason,
                     usage: Some(Usage {
@@ -271,7 +341,8 @@ impl Summary {
                         output_tokens: output,
                         total_tokens: input + output,
                         cache_read_input_tokens: n("x-amzn-bedrock-cache-read-input-token-count"),
-                        cache_write_input_tokens: n("x-amzn-bedrock-cache-write-input-token-count"),
+                        cache_write_input_tokens: written,
+                        cache_write_1h_input_tokens: one_hour.min(written),
                     }),
                     latency_tier: headers
                         .get(LATENCY_HEADER)

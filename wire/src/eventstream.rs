@@ -2,8 +2,9 @@
 //! streaming operations send them.
 //!
 //! Encoding and decoding (prelude, headers, both CRCs) are `aws-smithy-eventstream`'s;
-//! this module adds the Bedrock header conventions and a splitter that cuts an
-//! arbitrary byte stream into whole frames without copying them twice.
+//! this module adds the Bedrock header conventions, a splitter that cuts an
+//! arbitrary byte stream into whole frames without copying them twice, and the
+//! signed envelopes a bidirectional stream's upload comes in.
 
 use aws_smithy_eventstream::frame::{read_message_from, write_message_to};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
@@ -154,6 +155,37 @@ pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
     })
 }
 
+/// What an uploaded frame of a bidirectional stream holds. SDKs wrap each
+/// message they send in a signed envelope: a frame whose headers are `:date`
+/// and `:chunk-signature` and whose payload is the message frame itself; the
+/// last envelope is empty and ends the upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upload {
+    /// A message frame (unwrapped from its envelope when it came in one).
+    Message(Bytes),
+    /// The empty signed envelope that ends the upload.
+    End,
+}
+
+/// Reads one uploaded frame: unwraps a signed envelope, or passes a bare
+/// message frame through. The chunk signature itself is not checked here.
+pub fn read_upload(frame: Bytes) -> Result<Upload, FrameError> {
+    let message =
+        read_message_from(frame.clone()).map_err(|e| FrameError::Corrupt(e.to_string()))?;
+    let signed = message
+        .headers()
+        .iter()
+        .any(|h| h.name().as_str() == ":chunk-signature");
+    if !signed {
+        return Ok(Upload::Message(frame));
+    }
+    if message.payload().is_empty() {
+        Ok(Upload::End)
+    } else {
+        Ok(Upload::Message(message.payload().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +239,31 @@ mod tests {
             assert_eq!(frames.concat(), stream);
             assert_eq!(splitter.pending(), 0);
         }
+    }
+
+    #[test]
+    fn signed_envelopes_unwrap_to_their_message() {
+        let inner = event_frame("chunk", r#"{"bytes":"e30="}"#);
+        let envelope = |payload: Bytes| {
+            encode(
+                &Message::new(payload)
+                    .add_header(Header::new(
+                        ":date",
+                        HeaderValue::Timestamp(aws_smithy_types::DateTime::from_secs(1)),
+                    ))
+                    .add_header(Header::new(
+                        ":chunk-signature",
+                        HeaderValue::ByteArray(Bytes::from_static(&[1, 2, 3])),
+                    )),
+            )
+        };
+        assert_eq!(
+            read_upload(envelope(inner.clone())).unwrap(),
+            Upload::Message(inner.clone())
+        );
+        assert_eq!(read_upload(envelope(Bytes::new())).unwrap(), Upload::End);
+        assert_eq!(read_upload(inner.clone()).unwrap(), Upload::Message(inner));
+        assert!(read_upload(Bytes::from_static(b"not a frame at all!")).is_err());
     }
 
     #[test]

@@ -149,6 +149,41 @@ pub fn verify(
     body: &[u8],
     now: SystemTime,
 ) -> Result<(), VerifyError> {
+    verify_signed(
+        auth,
+        secret_access_key,
+        method,
+        uri,
+        headers,
+        Some(body),
+        now,
+    )
+}
+
+/// Checks the signature of a request whose body is still arriving (an
+/// event-stream upload): the signature covers the headers and the payload hash
+/// the client claimed, or the empty payload's when it claimed none (what the
+/// AWS SDKs sign for an event-stream upload), never the body itself.
+pub fn verify_headers(
+    auth: &Authorization<'_>,
+    secret_access_key: &str,
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Result<(), VerifyError> {
+    verify_signed(auth, secret_access_key, method, uri, headers, None, now)
+}
+
+fn verify_signed(
+    auth: &Authorization<'_>,
+    secret_access_key: &str,
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+    now: SystemTime,
+) -> Result<(), VerifyError> {
     let date_header = headers
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
@@ -173,22 +208,32 @@ pub fn verify(
     let content_sha = headers
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok());
-    let signable_body = match content_sha {
-        Some("UNSIGNED-PAYLOAD") => SignableBody::UnsignedPayload,
-        Some(claimed) => {
+    let signable_body = match (content_sha, body) {
+        (Some("UNSIGNED-PAYLOAD"), _) => SignableBody::UnsignedPayload,
+        (Some(claimed), Some(body)) => {
             if hex::encode(Sha256::digest(body)) != claimed {
                 return Err(VerifyError::BodyHash);
             }
             SignableBody::Bytes(body)
         }
-        None => SignableBody::Bytes(body),
+        // A body not read yet: the claimed hash (or the event-stream marker,
+        // each frame then carrying its own chunk signature) is what was signed.
+        (Some(claimed), None) => SignableBody::Precomputed(claimed.to_owned()),
+        (None, Some(body)) => SignableBody::Bytes(body),
+        // An event-stream upload without the header: the AWS SDKs sign its
+        // headers over the empty payload; the frames are signed one by one.
+        (None, None) => SignableBody::Bytes(&[]),
     };
 
     if auth.signed_headers.iter().any(|n| n.starts_with(':')) {
         // The claimed hash was checked against the body above (or is
-        // UNSIGNED-PAYLOAD, which signs as those words).
-        let payload_hash =
-            content_sha.map_or_else(|| hex::encode(Sha256::digest(body)), str::to_owned);
+        // UNSIGNED-PAYLOAD, which signs as those words, or stands for a body
+        // not read yet); without a claim, the body's hash (an unread body's
+        // is the empty payload's, as for `SignableBody` above).
+        let payload_hash = content_sha.map_or_else(
+            || hex::encode(Sha256::digest(body.unwrap_or_default())),
+            str::to_owned,
+        );
         let canonical = canonical_request(method, path_and_query, &signed, &payload_hash);
         let signature = sign_canonical(auth, secret_access_key, date_header, time, &canonical);
         return if constant_time_eq(signature.as_bytes(), auth.signature.as_bytes()) {
@@ -343,6 +388,10 @@ mod tests {
 
     /// Signs like an SDK would, with `aws-sigv4` and its default settings.
     fn signed_headers(body: &[u8], time: SystemTime) -> HeaderMap {
+        signed_headers_for(SignableBody::Bytes(body), time)
+    }
+
+    fn signed_headers_for(signable: SignableBody<'_>, time: SystemTime) -> HeaderMap {
         let identity: Identity = Credentials::new("AKIDEXAMPLE", "secret", None, None, "t").into();
         let params = v4::SigningParams::builder()
             .identity(&identity)
@@ -362,7 +411,7 @@ mod tests {
             "POST",
             "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse",
             base.iter().copied(),
-            SignableBody::Bytes(body),
+            signable,
         )
         .unwrap();
         let (instructions, _) = sign(req, &params).unwrap().into_parts();
@@ -590,6 +639,27 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn a_streaming_upload_verifies_from_its_headers() {
+        let now = SystemTime::now();
+        let headers = signed_headers_for(SignableBody::Bytes(&[]), now);
+        let value = headers["authorization"].to_str().unwrap().to_owned();
+        let auth = parse_authorization(&value).unwrap();
+        let uri = "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse";
+        assert_eq!(
+            verify_headers(&auth, "secret", "POST", uri, &headers, now),
+            Ok(())
+        );
+        assert_eq!(
+            verify_headers(&auth, "wrong", "POST", uri, &headers, now),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            verify_headers(&auth, "secret", "POST", "/model/x/converse", &headers, now),
+            Err(VerifyError::Mismatch)
+        );
     }
 
     #[test]

@@ -22,20 +22,33 @@ named_enum! {
 }
 
 named_enum! {
-    /// Where the prompt-cache planner may put cachePoint blocks.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    /// Where the prompt-cache planner may put cachePoint blocks, in cache order.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub enum CachePosition {
         /// After the tool definitions.
         Tools = "tools",
         /// After the system prompt.
         System = "system",
+        /// After a conversation's first message (a long opening, such as a
+        /// document or examples, that many conversations or turns share).
+        Head = "head",
         /// At the end of a multi-turn conversation, so the next turn reads it.
         Conversation = "conversation",
     }
 }
 
-/// `ttl`'s names, as whether the 1-hour cache TTL is asked for.
-const TTL_NAMES: &[(bool, &str)] = &[(false, "5m"), (true, "1h")];
+named_enum! {
+    /// The cache TTL the planner's points ask for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum CacheTtl {
+        #[default]
+        FiveMinutes = "5m",
+        /// Where the model offers it; 5 minutes elsewhere.
+        OneHour = "1h",
+        /// Per prefix, from the gaps between its uses (1 hour where it pays).
+        Auto = "auto",
+    }
+}
 
 /// A route's prompt-cache policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,10 +57,14 @@ pub struct PromptCacheConfig {
     /// Sightings of a prefix within `window` before `auto` caches it (when
     /// writing costs more than reading it back saves on one use).
     pub min_repeats: u32,
-    /// A prefix not seen for this long is forgotten.
+    /// Sightings of a prefix count while each follows the last within this long.
     pub window: Duration,
-    /// Request the 1-hour cache TTL (where the model offers it) instead of 5 minutes.
-    pub ttl_1h: bool,
+    /// The TTL the points ask for.
+    pub ttl: CacheTtl,
+    /// `auto` learns from what Bedrock reports: prefixes whose writes are not
+    /// read back are backed off, and classes of prefixes whose first writes go
+    /// unread need more sightings.
+    pub learn: bool,
     pub positions: Vec<CachePosition>,
 }
 
@@ -58,10 +75,12 @@ impl Default for PromptCacheConfig {
             mode: PromptCacheMode::default(),
             min_repeats: 2,
             window: Duration::from_secs(600),
-            ttl_1h: false,
+            ttl: CacheTtl::FiveMinutes,
+            learn: true,
             positions: vec![
                 CachePosition::Tools,
                 CachePosition::System,
+                CachePosition::Head,
                 CachePosition::Conversation,
             ],
         }
@@ -87,6 +106,7 @@ pub(super) struct RawPromptCache {
     min_repeats: Option<u32>,
     window: Option<String>,
     ttl: Option<String>,
+    learn: Option<bool>,
     positions: Option<Vec<String>>,
 }
 
@@ -104,10 +124,10 @@ pub(super) fn validate(
         .mode
         .and_then(|v| choose(&format!("{key}.mode"), &v, PromptCacheMode::NAMES, e))
         .unwrap_or(d.mode);
-    let ttl_1h = raw
+    let ttl = raw
         .ttl
-        .and_then(|v| choose(&format!("{key}.ttl"), &v, TTL_NAMES, e))
-        .unwrap_or(d.ttl_1h);
+        .and_then(|v| choose(&format!("{key}.ttl"), &v, CacheTtl::NAMES, e))
+        .unwrap_or(d.ttl);
     let positions = match raw.positions {
         None => d.positions,
         Some(list) => list
@@ -123,7 +143,8 @@ pub(super) fn validate(
         mode,
         min_repeats,
         window: duration_or(&format!("{key}.window"), raw.window, d.window, e),
-        ttl_1h,
+        ttl,
+        learn: raw.learn.unwrap_or(d.learn),
         positions,
     }
 }

@@ -262,6 +262,7 @@ impl Setup {
             },
             cache_points: u32::from(target.label.as_ref() == "primary"),
             notes: PlanNotes::default(),
+            settle: None,
         };
         let chain = Chain {
             route: &self.route,
