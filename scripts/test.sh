@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine, installing what it needs:
 # Python clients in .venv, then formatting and lint checks, the Rust tests
-# (unit and end to end, with the AWS SDK for Rust) and the Python client tests
+# (unit and end to end, with the AWS SDK for Rust), the Python client tests
 # (boto3, openai, anthropic) against the built binaries, with the deploy/ kit
-# checked against a real Prometheus, promtool, kustomize and the Kubernetes schemas.
+# checked against a real Prometheus, promtool, kustomize and the Kubernetes
+# schemas, and the Node client tests (tests/node, from its package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "System packages (redis-server for the shared-cache tests; prometheus and promtool for deploy/)"
+step "System packages (redis-server for the shared-cache tests; prometheus and promtool for deploy/; node, npm and openssl for the Node SDK tests)"
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
+{ command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)
+# The Node tests make a throwaway certificate for the TLS (HTTP/2 by ALPN) case.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
@@ -52,5 +56,11 @@ fi
 step "Python client tests"
 target_dir=$(cargo metadata --format-version 1 --no-deps | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 BEDROCK_BIN_DIR="$target_dir/debug" .venv/bin/python -m pytest -q "$root/tests/python"
+
+step "Node client tests (@aws-sdk/client-bedrock-runtime over HTTP/2, openai, @anthropic-ai/sdk)"
+node --version
+# Exactly the committed lockfile's packages; npm's cache makes it work offline once filled.
+(cd tests/node && npm ci --no-audit --no-fund --prefer-offline)
+(cd tests/node && BEDROCK_BIN_DIR="$target_dir/debug" node --test)
 
 step "all tests passed"

@@ -236,14 +236,25 @@ fn ended_by(e: ProxyError) -> StreamEnd {
     }
 }
 
-/// The error an upstream exception frame reports.
+/// The error an upstream exception frame reports. Its payload is
+/// `{"message": ...}` (Bedrock) or `{"Message": ...}` (SageMaker): the message
+/// is its text, not the JSON, so each API renders it in one level of JSON.
 fn frame_error(kind: &str, payload: &[u8]) -> ProxyError {
+    let message = serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .or_else(|| v.get("Message"))
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(payload).into_owned());
     ProxyError::new(
         bedrock_wire::error::ErrorType::parse(kind)
             .map(ErrorKind::from_bedrock)
             .unwrap_or(ErrorKind::Internal),
         crate::error::Side::Upstream,
-        String::from_utf8_lossy(payload).into_owned(),
+        message,
     )
 }
 
@@ -565,6 +576,28 @@ mod tests {
         fn end(&mut self, end: StreamEnd) {
             *self.0.lock().unwrap() = Some(format!("{end:?}"));
         }
+    }
+
+    #[test]
+    fn an_exception_frame_reports_its_message_text_not_its_json() {
+        let e = frame_error(
+            "throttlingException",
+            br#"{"message":"Too many requests, please wait before trying again."}"#,
+        );
+        assert_eq!(e.kind, ErrorKind::Throttled);
+        assert_eq!(
+            e.message,
+            "Too many requests, please wait before trying again."
+        );
+        let sagemaker = frame_error(
+            "modelStreamErrorException",
+            br#"{"Message":"stream broke","ErrorCode":"StreamBroken"}"#,
+        );
+        assert_eq!(sagemaker.message, "stream broke");
+        assert_eq!(
+            frame_error("internalServerException", b"not json").message,
+            "not json"
+        );
     }
 
     #[tokio::test]

@@ -140,11 +140,12 @@ pub(crate) async fn admit(
             ))
         })?
         .to_bytes();
-    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // The whole URI: over HTTP/2 it holds the authority a signature may cover.
+    let uri = parts.uri.to_string();
     let identity = crate::auth::authenticate(
         &state.config,
         parts.method.as_str(),
-        uri,
+        &uri,
         &parts.headers,
         &bytes,
     )?;
@@ -846,6 +847,7 @@ async fn respond(state: &Arc<SimState>, plan: Plan) -> Result<Response, SimError
         native,
         model_name: plan.model.short_name().to_owned(),
         seed: plan.seed,
+        report_stop_sequence: plan.prompt.report_stop_sequence,
     };
 
     if !plan.op.is_stream() {

@@ -711,6 +711,7 @@ pub fn read(body: &Value, limits: &Limits<'_>) -> Result<ChatRequest, ChatError>
         stop_sequences,
         fingerprint: hasher.finalize().into(),
         tier: Tier::Standard,
+        report_stop_sequence: false,
     };
     Ok(ChatRequest {
         prompt,

@@ -37,6 +37,9 @@ pub struct Meta {
     pub model_name: String,
     /// Seeds the delta sizes and padding, so streams are reproducible.
     pub seed: u64,
+    /// Name the stop sequence in `additionalModelResponseFields` (Converse
+    /// asked for `/stop_sequence` on a Claude model).
+    pub report_stop_sequence: bool,
 }
 
 impl Meta {
@@ -195,12 +198,11 @@ pub fn converse_events(answer: &Answer, meta: &Meta, pad: bool) -> Vec<(Converse
             &mut rng,
         );
     }
-    push(
-        EventKind::MessageStop,
-        json!({"stopReason": answer.stop_reason.name()}),
-        0,
-        &mut rng,
-    );
+    let mut stop = json!({"stopReason": answer.stop_reason.name()});
+    if meta.report_stop_sequence {
+        stop["additionalModelResponseFields"] = json!({"stop_sequence": answer.stop_sequence});
+    }
+    push(EventKind::MessageStop, stop, 0, &mut rng);
     let mut metadata = Map::new();
     metadata.insert("usage".into(), meta.usage().to_json());
     metadata.insert("metrics".into(), json!({"latencyMs": meta.latency_ms}));
@@ -476,6 +478,7 @@ mod tests {
             native: Map::new(),
             model_name: "claude".into(),
             seed: 1,
+            report_stop_sequence: false,
         };
         (answer, meta)
     }

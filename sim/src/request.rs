@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 pub use bedrock_wire::operation::Operation;
 
-use crate::catalog::{Model, MAX_CACHE_POINTS};
+use crate::catalog::{Family, Model, MAX_CACHE_POINTS};
 use crate::documents::{self, Citable};
 use crate::error::SimError;
 use crate::reasoning::{self, Api, Effort, Part, Thinking, Turn};
@@ -102,6 +102,9 @@ pub struct Prompt {
     pub fingerprint: [u8; 32],
     /// The tier the caller asked for.
     pub tier: Tier,
+    /// Converse asked for `additionalModelResponseFieldPaths: ["/stop_sequence"]`
+    /// on a Claude model: the answer names the stop sequence that ended it.
+    pub report_stop_sequence: bool,
 }
 
 fn constraint(value: impl std::fmt::Display, field: &str, rule: &str) -> SimError {
@@ -685,6 +688,11 @@ pub fn converse(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         stop_sequences,
         fingerprint: fingerprint(model, body, Markers::Converse),
         tier,
+        report_stop_sequence: model.family == Family::Anthropic
+            && obj
+                .get("additionalModelResponseFieldPaths")
+                .and_then(Value::as_array)
+                .is_some_and(|paths| paths.iter().any(|p| p == "/stop_sequence")),
     };
     check_context(&prompt, model)?;
     Ok(prompt)
@@ -943,6 +951,7 @@ pub fn anthropic(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         stop_sequences,
         fingerprint: fingerprint(model, body, Markers::Anthropic),
         tier: Tier::Standard,
+        report_stop_sequence: false,
     };
     check_context(&prompt, model)?;
     Ok(prompt)
@@ -999,6 +1008,7 @@ pub fn llama(body: &Value, model: &Model) -> Result<Prompt, SimError> {
         stop_sequences: Vec::new(),
         fingerprint: fingerprint(model, body, Markers::Keep),
         tier: Tier::Standard,
+        report_stop_sequence: false,
     };
     check_context(&prompt, model)?;
     Ok(prompt)

@@ -403,13 +403,14 @@ async fn serve(
     else {
         return Err(SageMakerError::from_auth(SimError::missing_authentication()));
     };
-    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // The whole URI: over HTTP/2 it holds the authority a signature may cover.
+    let uri = parts.uri.to_string();
     crate::auth::sigv4_identity(
         &state.config,
         wire::SIGNING_NAME,
         authorization,
         parts.method.as_str(),
-        uri,
+        &uri,
         &parts.headers,
         Some(&bytes),
     )

@@ -4,8 +4,11 @@
 //! - [`bedrock`]: the Bedrock Runtime model paths, byte for byte.
 //! - [`operations`]: Bedrock Runtime's guardrail and async-invoke operations, passed through.
 //! - [`bidi`]: InvokeModelWithBidirectionalStream, relayed frame by frame both ways.
-//! - [`openai`]: the OpenAI Chat Completions API (`/v1/chat/completions`, `/v1/models`).
-//! - [`anthropic`]: the Anthropic Messages API (`/v1/messages`).
+//! - [`openai`]: the OpenAI Chat Completions API (`/v1/chat/completions`).
+//! - [`anthropic`]: the Anthropic Messages API (`/v1/messages`, `/v1/messages/count_tokens`).
+//! - [`models`]: `/v1/models` and `/v1/models/{id}`, in either API's shape.
+//! - [`converse`]: what both translators share: the routed model's features,
+//!   structured output's text format, document names, tool history as text.
 //! - [`guard`]: load shedding and the in-flight count, before any of them.
 //! - [`body`]: reading a body within the limits.
 //! - [`shape`]: the JSON types of the OpenAI and Anthropic request members.
@@ -19,10 +22,12 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod bidi;
 pub mod body;
+pub mod converse;
 pub mod finish;
 #[cfg(test)]
 pub(crate) mod golden;
 mod guard;
+pub mod models;
 pub mod openai;
 pub mod operations;
 pub(crate) mod shape;
@@ -63,6 +68,7 @@ pub fn app(state: AppState) -> Router {
         .merge(bidi::routes())
         .merge(openai::routes())
         .merge(anthropic::routes())
+        .merge(models::routes())
         .fallback(unknown_path)
         .method_not_allowed_fallback(unknown_path)
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
@@ -74,7 +80,7 @@ async fn unknown_path(request: Request) -> Response {
         ErrorKind::NotFound,
         Side::Client,
         format!(
-            "No API at {} {} on this proxy.",
+            "Invalid URL ({} {}): this proxy has no such endpoint.",
             request.method(),
             request.uri().path()
         ),
@@ -144,8 +150,9 @@ pub async fn receive_for(
         budget: gate.map(guard::Gate::budget),
     };
     let (body, reservation) = read_body(body, &parts.headers, &rules).await?;
-    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let principal = admission.caller(parts.method.as_str(), uri, &signed_headers(parts), &body)?;
+    // The whole URI: over HTTP/2 it holds the authority a signature may cover.
+    let uri = parts.uri.to_string();
+    let principal = admission.caller(parts.method.as_str(), &uri, &signed_headers(parts), &body)?;
     finish.tenant = Some(principal.tenant.clone());
     if let Some(gate) = gate {
         gate.admit(reservation)?;
@@ -199,32 +206,39 @@ pub fn route(
     Ok(routed)
 }
 
-/// The Converse call a request of another API (OpenAI, Anthropic) becomes:
-/// routed by the model it names (one no route serves is `NotFound`, told as
-/// `unknown(model)`), sending the translated body, streamed or not.
-pub fn translated_call(
+/// Routes the model a request of another API names, with what the routed
+/// model supports (the translators decide by it). A model no route serves is
+/// `NotFound` about the `model` field, told as `unknown(model)`.
+pub fn route_translated(
     rt: &Runtime,
-    principal: Arc<Principal>,
+    principal: &Principal,
     finish: &mut Finish,
     model: &str,
-    converse: Value,
-    stream: bool,
     unknown: fn(&str) -> String,
-) -> Result<Call, ProxyError> {
-    let routed = route(rt, &principal, model, finish).map_err(|e| {
+) -> Result<(Routed, converse::Features), ProxyError> {
+    let routed = route(rt, principal, model, finish).map_err(|e| {
         if e.kind == ErrorKind::Validation {
-            ProxyError::new(ErrorKind::NotFound, Side::Client, unknown(model))
+            ProxyError::new(ErrorKind::NotFound, Side::Client, unknown(model)).with_param("model")
         } else {
             e
         }
     })?;
-    let op = if stream {
-        Operation::ConverseStream
-    } else {
-        Operation::Converse
-    };
+    let info = rt.catalog.get(&routed.upstream_model).map(|l| &*l.model);
+    let features = converse::Features::of(&routed.upstream_model, info);
+    Ok((routed, features))
+}
+
+/// The call that sends a translated Converse body (`op`: Converse,
+/// ConverseStream or CountTokens) on a routed model.
+pub fn converse_call(
+    principal: Arc<Principal>,
+    routed: Routed,
+    finish: &mut Finish,
+    converse: Value,
+    op: Operation,
+) -> Call {
     finish.op = op;
-    Ok(Call {
+    Call {
         op,
         principal,
         routed,
@@ -233,7 +247,7 @@ pub fn translated_call(
         forward: Vec::new(),
         started: finish.started,
         trace: finish.trace.clone(),
-    })
+    }
 }
 
 /// Runs a call through the pipeline, recording what it took in `finish`:

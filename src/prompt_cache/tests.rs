@@ -658,3 +658,56 @@ fn a_short_budget_goes_to_the_most_tokens_reused_per_write() {
     assert_eq!(p.positions(), [CachePosition::Conversation], "{p:?}");
     assert!(p.skipped.contains(&(CachePosition::System, Skip::NoBudget)));
 }
+/// A PDF of `pages` pages, as base64 (its `/Type /Page` objects counted).
+fn pdf(pages: usize) -> String {
+    use base64::Engine;
+    let mut bytes = b"%PDF-1.4\n".to_vec();
+    for i in 0..pages {
+        bytes.extend(format!("{} 0 obj << /Type /Page >> endobj\n", i + 3).as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn documents_count_in_prefix_sizes_and_earn_a_tail_point() {
+    // A short question about a two-page PDF, then a follow-up: the document is
+    // most of the conversation's prefix.
+    let data = pdf(2);
+    let converse = json!({"messages": [
+        {"role": "user", "content": [
+            {"document": {"format": "pdf", "name": "report", "source": {"bytes": data}}},
+            {"text": "Summarize."}]},
+        {"role": "assistant", "content": [{"text": "Revenue grew."}]},
+        {"role": "user", "content": [{"text": "By how much?"}]}]});
+    let p = Prefixes::of(&converse, Format::Converse);
+    assert!(p.total >= 3000, "two pages at 1,500 tokens: {}", p.total);
+    assert_eq!(p.total, bedrock_wire::tokens::converse_request(&converse));
+    let anthropic = json!({"messages": [
+        {"role": "user", "content": [
+            {"type": "document", "title": "report",
+                "source": {"type": "base64", "media_type": "application/pdf", "data": data}},
+            {"type": "text", "text": "Summarize."}]},
+        {"role": "assistant", "content": "Revenue grew."},
+        {"role": "user", "content": "By how much?"}]});
+    assert_eq!(Prefixes::of(&anthropic, Format::Anthropic).total, p.total);
+
+    let mut body = converse.clone();
+    let plan = plan(
+        &mut body,
+        Format::Converse,
+        Some(&model(HAIKU)),
+        &policy(PromptCacheMode::Auto),
+        seen(2),
+    );
+    assert_eq!(
+        plan.injected,
+        [Point {
+            position: CachePosition::Conversation,
+            ttl_1h: false
+        }]
+    );
+    assert_eq!(
+        body["messages"][2]["content"][1],
+        json!({"cachePoint": {"type": "default"}})
+    );
+}

@@ -173,6 +173,30 @@ fn every_answer_changing_difference_misses() {
             "an unknown field",
             Box::new(|v| v["futureField"] = json!(1)),
         ),
+        (
+            "structured output's schema",
+            Box::new(|v| {
+                v["outputConfig"]["textFormat"] = json!({"type": "json_schema",
+                    "structure": {"jsonSchema": {"schema": "{\"type\":\"object\"}"}}})
+            }),
+        ),
+        (
+            "thinking turned on",
+            Box::new(|v| {
+                v["additionalModelRequestFields"]["thinking"] =
+                    json!({"type": "enabled", "budget_tokens": 1024})
+            }),
+        ),
+        (
+            "a document",
+            Box::new(|v| {
+                v["messages"][0]["content"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"document": {"format": "txt", "name": "notes",
+                        "source": {"bytes": "UmV2ZW51ZSBncmV3Lg=="}}}))
+            }),
+        ),
     ];
     let mut seen = std::collections::HashSet::new();
     for (name, change) in changes {
@@ -308,4 +332,31 @@ fn every_invoke_header_member_is_forwarded() {
     for (out, _) in INVOKE_HEADERS_OUT {
         assert!(crate::ingress::bedrock::FORWARDED.contains(out));
     }
+}
+
+/// Reasoning sent back is part of what the model reads in the current turn:
+/// with or without it, or with another signature, is another request.
+#[test]
+fn reasoning_sent_back_is_in_the_key() {
+    let conversation = |reasoning: Option<&str>| {
+        let mut assistant =
+            vec![json!({"toolUse": {"toolUseId": "t1", "name": "lookup", "input": {}}})];
+        if let Some(signature) = reasoning {
+            assistant.insert(
+                0,
+                json!({"reasoningContent": {"reasoningText": {"text": "Look it up.", "signature": signature}}}),
+            );
+        }
+        let mut v = base();
+        let messages = v["messages"].as_array_mut().unwrap();
+        messages.push(json!({"role": "assistant", "content": assistant}));
+        messages.push(json!({"role": "user", "content": [
+            {"toolResult": {"toolUseId": "t1", "content": [{"text": "Paris"}]}}]}));
+        key_of(&v)
+    };
+    let without = conversation(None);
+    let with = conversation(Some("c2ln"));
+    assert_ne!(with, without);
+    assert_ne!(conversation(Some("b3RoZXI=")), with);
+    assert_eq!(conversation(Some("c2ln")), with);
 }

@@ -1,7 +1,8 @@
 //! The Anthropic-compatible API: `POST /v1/messages` (JSON and server-sent
-//! events), over the same pipeline as Bedrock's own paths. `model` is a route
-//! alias; keys are the same API keys (`x-api-key`); `cache_control` markers
-//! become Bedrock cache points. Errors are Anthropic error objects.
+//! events) and `POST /v1/messages/count_tokens` (Bedrock's CountTokens), over
+//! the same pipeline as Bedrock's own paths. `model` is a route alias; keys are
+//! the same API keys (`x-api-key`); `cache_control` markers become Bedrock
+//! cache points. Errors are Anthropic error objects.
 
 pub mod translate;
 
@@ -17,19 +18,22 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{
-    converse_json, failed, json_answer, parse_json, receive, request_span, run, sse_answer,
-    translated_call, Finish,
+    converse_call, converse_json, failed, json_answer, parse_json, receive, request_span,
+    route_translated, run, sse_answer, Finish,
 };
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError};
 use crate::limits::RateHeaders;
 use crate::state::AppState;
 use crate::stream::SseWriter;
-use translate::EventWriter;
+use bedrock_wire::operation::Operation;
+use translate::{EventWriter, Purpose};
 
 /// The Anthropic routes.
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/messages", post(messages))
+    Router::new()
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
 }
 
 /// Anthropic's error status and type for a proxy error.
@@ -65,11 +69,33 @@ pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
 }
 
 async fn messages(State(state): State<AppState>, request: Request) -> Response {
+    handle(state, request, Purpose::Messages, "messages").await
+}
+
+async fn count_tokens(State(state): State<AppState>, request: Request) -> Response {
+    handle(
+        state,
+        request,
+        Purpose::CountTokens,
+        "messages.count_tokens",
+    )
+    .await
+}
+
+async fn handle(
+    state: AppState,
+    request: Request,
+    purpose: Purpose,
+    name: &'static str,
+) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
     finish.rate_headers = RateHeaders::Anthropic;
-    super::start_trace(&mut finish, request.headers(), "messages");
-    let span = request_span(&finish.request_id, "messages");
-    match serve(&state, &mut finish, request).instrument(span).await {
+    super::start_trace(&mut finish, request.headers(), name);
+    let span = request_span(&finish.request_id, name);
+    match serve(&state, &mut finish, request, purpose)
+        .instrument(span)
+        .await
+    {
         Ok(response) => response,
         Err(e) => failed(&finish, &e, error_response),
     }
@@ -95,6 +121,7 @@ async fn serve(
     state: &AppState,
     finish: &mut Finish,
     request: Request,
+    purpose: Purpose,
 ) -> Result<Response, ProxyError> {
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
@@ -105,30 +132,37 @@ async fn serve(
         ));
     }
     let json = parse_json(&body, rt.config.limits.max_json_depth)?;
-    let t = translate::request(&json)?;
-    let call = translated_call(
-        &rt,
-        principal,
-        finish,
-        &t.model,
-        t.converse,
-        t.stream,
-        |model| format!("model: {model}"),
-    )?;
+    let model = json
+        .get("model")
+        .and_then(|m| m.as_str())
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ProxyError::validation("model: Field required").with_param("model"))?;
+    let (routed, features) = route_translated(&rt, &principal, finish, model, |model| {
+        format!("model: {model}")
+    })?;
+    let t = translate::request(&json, &features, purpose)?;
+    let op = match (purpose, t.stream) {
+        (Purpose::CountTokens, _) => Operation::CountTokens,
+        (Purpose::Messages, true) => Operation::ConverseStream,
+        (Purpose::Messages, false) => Operation::Converse,
+    };
+    let call = converse_call(principal, routed, finish, t.converse, op);
     let id = format!("msg_bdrk_{}", finish.request_id.replace('-', ""));
     Ok(match run(state, &rt, call, &parts.headers, finish).await? {
         Answer::Whole { body, summary, .. } => {
             let converse = converse_json(&body)?;
-            json_answer(
-                finish,
-                &translate::response(&converse, &t.model, &id),
-                &summary,
-            )
+            let answer = match purpose {
+                Purpose::CountTokens => translate::count_response(&converse),
+                Purpose::Messages => {
+                    translate::response(&converse, &t.model, &id, &t.stop_sequences)
+                }
+            };
+            json_answer(finish, &answer, &summary)
         }
         Answer::Stream { frames, .. } => sse_answer(
             finish,
             frames,
-            AnthropicEvents(EventWriter::new(id, t.model.clone())),
+            AnthropicEvents(EventWriter::new(id, t.model.clone(), t.stop_sequences)),
         ),
     })
 }

@@ -1,14 +1,15 @@
 //! The OpenAI-compatible API: `POST /v1/chat/completions` (JSON and server-sent
-//! events) and `GET /v1/models`, over the same pipeline as Bedrock's own paths.
-//! `model` is a route alias; keys are the same API keys (`Authorization:
-//! Bearer`). Errors are OpenAI error objects.
+//! events), over the same pipeline as Bedrock's own paths. `model` is a route
+//! alias; keys are the same API keys (`Authorization: Bearer`). Errors are
+//! OpenAI error objects, with `param` naming the field they are about.
+//! (`/v1/models` is [`super::models`], shared with the Anthropic API.)
 
 pub mod translate;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use bedrock_wire::converse::ConverseEvent;
 use bytes::Bytes;
@@ -18,20 +19,22 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{
-    converse_json, failed, json_answer, parse_json, receive, request_span, run, sse_answer,
-    translated_call, Finish,
+    converse_call, converse_json, failed, json_answer, parse_json, receive, request_span,
+    route_translated, run, sse_answer, Finish,
 };
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError};
 use crate::state::AppState;
 use crate::stream::SseWriter;
+use bedrock_wire::operation::Operation;
 use translate::ChunkWriter;
+
+/// The response header that says how structured output was produced.
+pub const STRUCTURED_OUTPUT_HEADER: &str = "x-proxy-structured-output";
 
 /// The OpenAI routes.
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/models", get(models))
+    Router::new().route("/v1/chat/completions", post(chat))
 }
 
 /// OpenAI's error object for a proxy error, with its status.
@@ -42,7 +45,11 @@ pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
         }
         ErrorKind::Unauthenticated => (401, "invalid_request_error", Some("invalid_api_key")),
         ErrorKind::AccessDenied => (403, "permission_error", None),
-        ErrorKind::NotFound => (404, "invalid_request_error", Some("model_not_found")),
+        // A model no route serves is about `model`; an unknown path is not.
+        ErrorKind::NotFound if e.param.as_deref() == Some("model") => {
+            (404, "invalid_request_error", Some("model_not_found"))
+        }
+        ErrorKind::NotFound => (404, "invalid_request_error", None),
         ErrorKind::Throttled => (429, "rate_limit_error", Some("rate_limit_exceeded")),
         ErrorKind::QuotaExceeded | ErrorKind::BudgetExceeded => {
             (429, "insufficient_quota", Some("insufficient_quota"))
@@ -107,7 +114,7 @@ fn error_body(e: &ProxyError) -> Value {
         }
         _ => "server_error",
     };
-    json!({ "error": { "message": e.message, "type": response_kind, "param": null, "code": null } })
+    json!({ "error": { "message": e.message, "type": response_kind, "param": e.param, "code": null } })
 }
 
 async fn serve(
@@ -119,65 +126,43 @@ async fn serve(
     let (parts, body) = request.into_parts();
     let (body, principal) = receive(state, &rt, &parts, body, finish).await?;
     let json = parse_json(&body, rt.config.limits.max_json_depth)?;
-    let t = translate::request(&json)?;
-    let call = translated_call(
-        &rt,
-        principal,
-        finish,
-        &t.model,
-        t.converse,
-        t.stream,
-        |model| format!("The model `{model}` does not exist or you do not have access to it."),
-    )?;
+    let model = translate::model(&json)?;
+    let (routed, features) = route_translated(&rt, &principal, finish, &model, |model| {
+        format!("The model `{model}` does not exist or you do not have access to it.")
+    })?;
+    let t = translate::request(&json, &features)?;
+    let op = if t.stream {
+        Operation::ConverseStream
+    } else {
+        Operation::Converse
+    };
+    let call = converse_call(principal, routed, finish, t.converse, op);
     let id = format!("chatcmpl-{}", finish.request_id);
     let created = now_secs();
-    Ok(match run(state, &rt, call, &parts.headers, finish).await? {
+    let structured = t.structured.as_ref();
+    let mut response = match run(state, &rt, call, &parts.headers, finish).await? {
         Answer::Whole { body, summary, .. } => {
             let converse = converse_json(&body)?;
             json_answer(
                 finish,
-                &translate::response(&converse, &t.model, &id, created),
+                &translate::response(&converse, &t.model, &id, created, structured),
                 &summary,
             )
         }
         Answer::Stream { frames, .. } => sse_answer(
             finish,
             frames,
-            OpenAiChunks(ChunkWriter::new(
-                id,
-                t.model.clone(),
-                created,
-                t.include_usage,
-            )),
+            OpenAiChunks(
+                ChunkWriter::new(id, t.model.clone(), created, t.include_usage)
+                    .structured(structured),
+            ),
         ),
-    })
-}
-
-/// `GET /v1/models`: the routes the caller's key may use, by alias and name.
-async fn models(State(state): State<AppState>, request: Request) -> Response {
-    let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
-    let rt = state.runtime();
-    let (parts, body) = request.into_parts();
-    let principal = match receive(&state, &rt, &parts, body, &mut finish).await {
-        Ok((_, p)) => p,
-        Err(e) => return failed(&finish, &e, error_response),
     };
-    let mut data = Vec::new();
-    for r in rt
-        .routes
-        .routes()
-        .iter()
-        .filter(|r| principal.may_use(&r.name))
-    {
-        let mut ids: Vec<&str> = r.config.aliases.iter().map(String::as_str).collect();
-        if !ids.contains(&&*r.name) {
-            ids.insert(0, &r.name);
-        }
-        for id in ids {
-            data.push(
-                json!({ "id": id, "object": "model", "created": 0, "owned_by": "bedrock-proxy" }),
-            );
-        }
+    if let Some(s) = structured {
+        response.headers_mut().insert(
+            STRUCTURED_OUTPUT_HEADER,
+            HeaderValue::from_static(s.label()),
+        );
     }
-    Json(json!({ "object": "list", "data": data })).into_response()
+    Ok(response)
 }
