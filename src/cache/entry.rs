@@ -9,7 +9,7 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bedrock_wire::converse::{assemble, split, ConverseEvent, EventKind, Summary, Usage};
 use bedrock_wire::eventstream::{event_frame, Frame, FrameKind};
-use bedrock_wire::tier::LatencyTier;
+use bedrock_wire::tier::{LatencyTier, ServiceTier};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -403,6 +403,8 @@ impl Entry {
         w.opt_str(self.summary.stop_reason.as_deref());
         w.opt_str(self.summary.latency_tier.map(LatencyTier::name));
         w.u64(self.summary.latency_ms.unwrap_or(u64::MAX));
+        w.opt_str(self.summary.service_tier.map(ServiceTier::name));
+        w.opt_str(self.summary.invoked_model.as_deref());
         match &self.summary.usage {
             Some(u) => {
                 w.u8(1);
@@ -481,6 +483,8 @@ impl Entry {
         let stop_reason = r.opt_string()?;
         let latency_tier = r.opt_string()?.as_deref().and_then(LatencyTier::parse);
         let latency_ms = Some(r.u64()?).filter(|v| *v != u64::MAX);
+        let service_tier = r.opt_string()?.as_deref().and_then(ServiceTier::parse);
+        let invoked_model = r.opt_string()?;
         let usage = match r.u8()? {
             0 => None,
             _ => Some(Usage {
@@ -543,14 +547,17 @@ impl Entry {
                 usage,
                 latency_tier,
                 latency_ms,
+                service_tier,
+                invoked_model,
             },
             content,
         })
     }
 }
 
-// Version 2 added who served the entry; version 1 entries read as misses.
-const MAGIC: &[u8] = b"BPCE2";
+// Version 2 added who served the entry, version 3 the service tier and a
+// prompt router's model; older entries read as misses.
+const MAGIC: &[u8] = b"BPCE3";
 
 const EVENT_KINDS: [EventKind; 6] = [
     EventKind::MessageStart,

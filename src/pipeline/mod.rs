@@ -20,7 +20,7 @@ pub mod plan;
 use axum::http::{HeaderName, HeaderValue};
 use bedrock_wire::eventstream::FrameKind;
 use bedrock_wire::operation::Operation;
-use bedrock_wire::tier::{LatencyTier, LATENCY_HEADER};
+use bedrock_wire::tier::{LatencyTier, ServiceTier, LATENCY_HEADER, SERVICE_TIER_HEADER};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -78,6 +78,42 @@ impl Call {
                     .and_then(|(_, v)| v.to_str().ok())
             })
             .and_then(LatencyTier::parse)
+    }
+
+    /// The service tier the request asks for (`serviceTier.type`, or
+    /// InvokeModel's header); `None` when it asks for none or for a tier
+    /// Bedrock does not have (which the upstream will refuse).
+    pub fn requested_service_tier(&self) -> Option<ServiceTier> {
+        let from_body = self
+            .json
+            .as_ref()
+            .filter(|_| matches!(self.op, Operation::Converse | Operation::ConverseStream))
+            .and_then(|j| j["serviceTier"]["type"].as_str());
+        from_body
+            .or_else(|| {
+                self.forward
+                    .iter()
+                    .find(|(k, _)| k == SERVICE_TIER_HEADER)
+                    .and_then(|(_, v)| v.to_str().ok())
+            })
+            .and_then(ServiceTier::parse)
+    }
+
+    /// Marks the call with a service tier (the `x-proxy-service-tier` request
+    /// header), as if the client had written it where Bedrock reads it.
+    pub fn mark_service_tier(&mut self, tier: ServiceTier) {
+        match self.op {
+            Operation::Converse | Operation::ConverseStream => {
+                if let Some(json) = self.json.as_mut() {
+                    crate::service_tier::apply_converse(json, tier);
+                    self.body = Bytes::from(json.to_string());
+                }
+            }
+            Operation::Invoke | Operation::InvokeStream => {
+                crate::service_tier::apply_invoke(&mut self.forward, tier)
+            }
+            Operation::CountTokens => {}
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Per-attempt planning: what one attempt on one target sends. For Bedrock
 //! targets, the client's request, plus the prompt-cache planner's `cachePoint`
 //! blocks for the target's model (fed by the prefix registry's sightings) and
-//! the latency planner's tier for its model and region; when neither changes
+//! the latency and service-tier planners' tiers for its model and region; when none changes
 //! anything, the client's bytes go out untouched. For targets that take chat
 //! requests (`openai`, `sagemaker`), the call translated once ([`egress`]),
 //! with the target's model and stream flags: the planners leave them alone
@@ -19,7 +19,9 @@ use crate::latency;
 use crate::metrics;
 use crate::prompt_cache::{self, PrefixRegistry, Prefixes, Sightings};
 use crate::runtime::Runtime;
+use crate::service_tier;
 use crate::upstream::chain::{PlanNotes, Prepared, Target};
+use bedrock_wire::tier::{LatencyTier, ServiceTier};
 
 /// The body format the prompt-cache planner can mark in this call, if any.
 pub(super) fn plannable(call: &Call) -> Option<(&Value, prompt_cache::Format)> {
@@ -50,11 +52,7 @@ pub(super) async fn observe_prefixes(
         return sightings;
     };
     let model_id = &call.routed.upstream_model;
-    let Some(model) = rt
-        .catalog
-        .get(model_id)
-        .map(|l| l.model.clone())
-        .filter(|m| m.prompt_cache)
+    let Some(model) = prompt_cache::limits_for(&rt.catalog, model_id).filter(|m| m.prompt_cache)
     else {
         return sightings;
     };
@@ -166,6 +164,7 @@ pub(super) fn prepare(
             body: Bytes::from(body.to_string()),
             headers: Vec::new(),
             tier: None,
+            service_tier: None,
             cache_points: 0,
             notes: PlanNotes::default(),
         };
@@ -174,19 +173,32 @@ pub(super) fn prepare(
     let mut notes = PlanNotes::default();
     let lookup = rt.catalog.get(&target.model);
     let mut headers = call.forward.clone();
-    let tier = latency::plan(
-        target.latency,
-        call.requested_tier(),
-        lookup,
-        &target.upstream.config.region,
-    );
+    let region = &target.upstream.config.region;
+    let mut tier = latency::plan(target.latency, call.requested_tier(), lookup, region);
     notes.downgraded = tier.downgraded.map(|reason| reason.label());
+    let service = service_tier::plan(
+        target.service_tier,
+        call.requested_service_tier(),
+        &rt.catalog,
+        &target.model,
+        region,
+    );
+    notes.service_downgraded = service.downgraded.map(|reason| reason.label());
+    let service_sent = service.send.or_else(|| call.requested_service_tier());
+    // Flex trades speed for price: it goes with the standard latency tier.
+    if service_sent == Some(ServiceTier::Flex)
+        && (tier.send == Some(LatencyTier::Optimized)
+            || (tier.send.is_none() && call.requested_tier() == Some(LatencyTier::Optimized)))
+    {
+        tier.send = Some(LatencyTier::Standard);
+        notes.downgraded = Some(latency::FLEX_DOWNGRADE);
+    }
 
     let mut edited: Option<Value> = None;
     let mut cache_points = 0;
     let policy = &route.config.prompt_cache;
     if let (Some((json, format)), Some(prefixes)) = (plannable(call), prefixes) {
-        let model = lookup.map(|l| l.model.clone());
+        let model = prompt_cache::limits_for(&rt.catalog, &target.model);
         let plan =
             prompt_cache::decide(json, format, model.as_deref(), policy, sightings, prefixes);
         notes.injected = plan.injected.iter().map(|p| p.name()).collect();
@@ -221,6 +233,24 @@ pub(super) fn prepare(
             Operation::CountTokens => {}
         }
     }
+    if let Some(send) = service.send {
+        match call.op {
+            Operation::Converse | Operation::ConverseStream => {
+                if call.requested_service_tier() != Some(send) {
+                    if edited.is_none() {
+                        edited = call.json.clone();
+                    }
+                    if let Some(json) = edited.as_mut() {
+                        service_tier::apply_converse(json, send);
+                    }
+                }
+            }
+            Operation::Invoke | Operation::InvokeStream => {
+                service_tier::apply_invoke(&mut headers, send)
+            }
+            Operation::CountTokens => {}
+        }
+    }
     let body = match edited {
         Some(json) => Bytes::from(json.to_string()),
         None => call.body.clone(),
@@ -229,6 +259,7 @@ pub(super) fn prepare(
         body,
         headers,
         tier: tier.send.or_else(|| call.requested_tier()),
+        service_tier: service_sent,
         cache_points,
         notes,
     }
