@@ -176,13 +176,17 @@ pub(super) fn prepare(
     let region = &target.upstream.config.region;
     let mut tier = latency::plan(target.latency, call.requested_tier(), lookup, region);
     notes.downgraded = tier.downgraded.map(|reason| reason.label());
-    let service = service_tier::plan(
-        target.service_tier,
-        call.requested_service_tier(),
-        &rt.catalog,
-        &target.model,
-        region,
-    );
+    // CountTokens has no service tier: nothing is planned, sent or counted.
+    let service = match call.op {
+        Operation::CountTokens => service_tier::ServicePlan::default(),
+        _ => service_tier::plan(
+            target.service_tier,
+            call.requested_service_tier(),
+            &rt.catalog,
+            &target.model,
+            region,
+        ),
+    };
     notes.service_downgraded = service.downgraded.map(|reason| reason.label());
     let service_sent = service.send.or_else(|| call.requested_service_tier());
     // Flex trades speed for price: it goes with the standard latency tier.
