@@ -35,6 +35,7 @@ upstream = "sim"
 upstream_model = "{NOVA_PRO}"
 service_tier = "flex"
 fallback = [{{ service_tier = "default" }}]
+cache = {{ mode = "deterministic" }}
 
 [[routes]]
 name = "nova-pro"
@@ -237,6 +238,40 @@ async fn flex_throttled_is_served_by_default_and_says_so() {
         assert_eq!(
             r.service_tier().map(|t| t.r#type()),
             Some(&ServiceTierType::Default)
+        );
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replayed_stream_reports_the_tier_that_served_it() {
+    let s = stack().await;
+    let client = sdk_client(&s.url());
+    let seen = Seen::default();
+    for expected_cache in ["miss", "hit"] {
+        let out = client
+            .converse_stream()
+            .model_id("background")
+            .messages(user_text("Stream the nightly report"))
+            .inference_config(InferenceConfiguration::builder().temperature(0.0).build())
+            .customize()
+            .interceptor(seen.clone())
+            .send()
+            .await
+            .unwrap();
+        let mut stream = out.stream;
+        let mut served = None;
+        while let Some(event) = stream.recv().await.unwrap() {
+            if let aws_sdk_bedrockruntime::types::ConverseStreamOutput::Metadata(m) = event {
+                served = m.service_tier().map(|t| t.r#type().clone());
+            }
+        }
+        assert_eq!(served, Some(ServiceTierType::Flex), "{expected_cache}");
+        assert_eq!(seen.last("x-cache").as_deref(), Some(expected_cache));
+        assert_eq!(
+            seen.last("x-proxy-service-tier").as_deref(),
+            Some("flex"),
+            "{expected_cache}"
         );
     }
     s.shutdown().await;

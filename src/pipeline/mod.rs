@@ -241,6 +241,9 @@ pub async fn run(
                     age: entry.age(),
                 };
                 record.served_by = entry.served_by.clone();
+                // A replayed stream carries no tier before its last event: the
+                // headers report the tier that served the stored answer.
+                record.service_tier_sent = entry.summary.service_tier;
                 cache.count(record.cache);
                 metrics::cache_request(&route_label, "hit", tier.label());
                 return Ok(answer);
@@ -298,6 +301,7 @@ pub async fn run(
                             age: std::time::Duration::ZERO,
                         };
                         record.served_by = leader.served_by;
+                        record.service_tier_sent = leader.service_tier_sent;
                         cache.count(record.cache);
                         metrics::cache_request(&route_label, "hit", CacheTier::Flight.label());
                         return Ok(answer);
