@@ -42,6 +42,9 @@ pub struct AccessLine {
     pub upstream: Option<Arc<str>>,
     pub served_model: Option<Arc<str>>,
     pub tier: Option<&'static str>,
+    pub service_tier: Option<&'static str>,
+    /// The model a prompt router chose.
+    pub invoked_model: Option<Arc<str>>,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
@@ -317,8 +320,8 @@ fn text(line: &AccessLine, at: &str, out: &mut Vec<u8>) {
         s,
         "{at}  INFO access: request_id={} tenant={:?} route={:?} operation={:?} status={} \
          cache={:?} outcome={:?} attempts={} target={:?} upstream={:?} served_model={:?} \
-         tier={:?} input_tokens={} output_tokens={} cache_read_tokens={} \
-         cache_write_tokens={} duration_ms={:?}",
+         tier={:?} service_tier={:?} invoked_model={:?} input_tokens={} output_tokens={} \
+         cache_read_tokens={} cache_write_tokens={} duration_ms={:?}",
         line.request_id,
         dash(&line.tenant),
         dash(&line.route),
@@ -331,6 +334,8 @@ fn text(line: &AccessLine, at: &str, out: &mut Vec<u8>) {
         dash(&line.upstream),
         dash(&line.served_model),
         line.tier.unwrap_or("-"),
+        line.service_tier.unwrap_or("-"),
+        dash(&line.invoked_model),
         line.input_tokens,
         line.output_tokens,
         line.cache_read_tokens,
@@ -366,6 +371,8 @@ struct Fields<'a> {
     upstream: &'a str,
     served_model: &'a str,
     tier: &'a str,
+    service_tier: &'a str,
+    invoked_model: &'a str,
     input_tokens: u64,
     output_tokens: u64,
     cache_read_tokens: u64,
@@ -390,6 +397,8 @@ impl<'a> Fields<'a> {
             upstream: dash(&l.upstream),
             served_model: dash(&l.served_model),
             tier: l.tier.unwrap_or("-"),
+            service_tier: l.service_tier.unwrap_or("-"),
+            invoked_model: dash(&l.invoked_model),
             input_tokens: l.input_tokens,
             output_tokens: l.output_tokens,
             cache_read_tokens: l.cache_read_tokens,

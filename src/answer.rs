@@ -8,7 +8,7 @@
 
 use axum::http::HeaderMap;
 use bedrock_wire::converse::Summary;
-use bedrock_wire::tier::LatencyTier;
+use bedrock_wire::tier::{LatencyTier, ServiceTier};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,6 +113,9 @@ pub struct Record {
     /// The latency tier the answering attempt asked for (`None`: the client's
     /// request as sent, without one).
     pub tier_sent: Option<LatencyTier>,
+    /// The service tier the answering attempt asked for (`None`: as the
+    /// client sent it).
+    pub service_tier_sent: Option<ServiceTier>,
     /// The target that answered (`primary`, `fallback1`, ...).
     pub target: Option<Arc<str>>,
     /// The answering target is a fallback to another model than the route's.
@@ -142,6 +145,7 @@ impl Record {
         if attempt.target.is_some() {
             self.target = attempt.target;
             self.tier_sent = attempt.tier_sent;
+            self.service_tier_sent = attempt.service_tier_sent;
             self.cache_points = attempt.cache_points;
             self.other_model = attempt.other_model;
             self.served_by = attempt.served_by;

@@ -36,6 +36,10 @@ impl Downgrade {
     }
 }
 
+/// The downgrade label of an `optimized` ask dropped because the attempt
+/// sends the flex service tier (see `service_tier.rs`).
+pub const FLEX_DOWNGRADE: &str = "service_tier_flex";
+
 /// The tier decided for one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TierPlan {

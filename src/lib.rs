@@ -16,6 +16,7 @@
 //! - [`cache`]: the response cache's storage (keys, entries, L1 and L2 tiers).
 //! - [`prompt_cache`]: Bedrock prompt caching for unmarked prompts (registry, planner).
 //! - [`latency`]: which latency tier each attempt asks for.
+//! - [`service_tier`]: which service tier each attempt asks for (its sibling).
 //! - [`upstream`]: signed, pooled, deadline-bound calls to Bedrock, to
 //!   OpenAI-compatible servers and to SageMaker endpoints; the chain of targets
 //!   with retries, circuit breakers and hedging.
@@ -70,6 +71,7 @@ pub(crate) mod reload;
 pub(crate) mod route;
 pub(crate) mod runtime;
 pub mod server;
+pub(crate) mod service_tier;
 pub(crate) mod shared;
 pub mod state;
 pub(crate) mod stream;

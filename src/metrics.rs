@@ -159,6 +159,18 @@ fn describe() {
         "Attempts sent standard where optimized was wanted, by route, target and reason."
     );
     metrics::describe_counter!(
+        SERVICE_TIER_DOWNGRADES,
+        "Attempts sent the default service tier where priority or flex was wanted and the catalog says it cannot work, by route, target and reason."
+    );
+    metrics::describe_counter!(
+        SERVICE_TIER_SERVED,
+        "Upstream answers by the service tier Bedrock says served them (served; `none` for non-Bedrock upstreams) and the one the route asked for (requested)."
+    );
+    metrics::describe_counter!(
+        PROMPT_ROUTER_INVOKED,
+        "Answers of prompt routers by the model the router chose (the catalog's base model id; `other` for a model the catalog does not know)."
+    );
+    metrics::describe_counter!(
         SERVED_TIER,
         "Upstream answers by the latency tier Bedrock reports as having served them (tier) and the tier the route asked for (requested)."
     );
@@ -559,6 +571,9 @@ pub const BREAKER_STATE: &str = "bedrock_proxy_breaker_state";
 pub const HEDGES: &str = "bedrock_proxy_hedges_total";
 pub const LATENCY_DOWNGRADES: &str = "bedrock_proxy_latency_downgrades_total";
 pub const SERVED_TIER: &str = "bedrock_proxy_served_tier_total";
+pub const SERVICE_TIER_DOWNGRADES: &str = "bedrock_proxy_service_tier_downgrades_total";
+pub const SERVICE_TIER_SERVED: &str = "bedrock_proxy_service_tier_served_total";
+pub const PROMPT_ROUTER_INVOKED: &str = "bedrock_proxy_prompt_router_invoked_total";
 pub const TTFT: &str = "bedrock_proxy_ttft_seconds";
 pub const OUTPUT_TOKENS_PER_SECOND: &str = "bedrock_proxy_output_tokens_per_second";
 pub const CONFIG_RELOADS: &str = "bedrock_proxy_config_reloads_total";
@@ -590,6 +605,25 @@ pub fn hedge(route: &SharedString, outcome: &'static str) {
 /// `optimized` wanted where the catalog says it cannot work; standard was sent.
 pub fn latency_downgrade(route: &SharedString, target: &Arc<str>, reason: &'static str) {
     metrics::counter!(LATENCY_DOWNGRADES, "route" => route.clone(), "target" => route_label(target), "reason" => reason)
+        .increment(1);
+}
+
+/// Priority or flex wanted where the catalog says it cannot work; default was sent.
+pub fn service_tier_downgrade(route: &SharedString, target: &Arc<str>, reason: &'static str) {
+    metrics::counter!(SERVICE_TIER_DOWNGRADES, "route" => route.clone(), "target" => route_label(target), "reason" => reason)
+        .increment(1);
+}
+
+/// The service tier that served an upstream answer and the one the route
+/// asked for (its policy applied to the client's request).
+pub fn service_tier_served(route: &SharedString, served: &'static str, requested: &'static str) {
+    metrics::counter!(SERVICE_TIER_SERVED, "route" => route.clone(), "served" => served, "requested" => requested)
+        .increment(1);
+}
+
+/// The model a prompt router chose (`model`: a catalog id or `other`).
+pub fn prompt_router_invoked(route: &SharedString, model: SharedString) {
+    metrics::counter!(PROMPT_ROUTER_INVOKED, "route" => route.clone(), "model" => model)
         .increment(1);
 }
 

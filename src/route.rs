@@ -2,7 +2,7 @@
 //! model or inference-profile id, or an ARN of one) to the route that serves it
 //! and the model id to send upstream.
 
-use bedrock_wire::catalog::arn_resource;
+use bedrock_wire::catalog::{arn_resource, prompt_router_id};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -51,6 +51,11 @@ impl RouteTable {
             }
             for model in &r.models {
                 table.by_model.insert(model.clone(), i);
+                // Any ARN of a listed prompt router (another account or
+                // region) finds the route, as ARNs of listed models do.
+                if let Some(router) = prompt_router_id(model) {
+                    table.by_model.entry(router.to_owned()).or_insert(i);
+                }
             }
             if r.catch_all {
                 table.catch_all = Some(i);
@@ -160,6 +165,28 @@ mod tests {
             t.resolve("pinned").unwrap().upstream_model,
             "us.amazon.nova-pro-v1:0"
         );
+    }
+
+    #[test]
+    fn prompt_router_arns_are_model_ids_and_targets() {
+        let listed =
+            "arn:aws:bedrock:us-east-2:123456789012:default-prompt-router/anthropic.claude:1";
+        let t = table(&format!(
+            "[[routes]]\nname = \"router\"\naliases = [\"router\"]\nmodels = [\"{listed}\"]\nupstream = \"sim\"\n"
+        ));
+        let by_alias = t.resolve("router").unwrap();
+        assert_eq!(by_alias.upstream_model, listed);
+        let elsewhere =
+            "arn:aws:bedrock:us-west-2:111122223333:default-prompt-router/anthropic.claude:1";
+        let other = t.resolve(elsewhere).unwrap();
+        assert_eq!(&*other.route.name, "router");
+        assert_eq!(
+            other.upstream_model, elsewhere,
+            "the client's ARN goes upstream"
+        );
+        assert!(t
+            .resolve("arn:aws:bedrock:us-east-2:123456789012:default-prompt-router/meta.llama:1")
+            .is_err());
     }
 
     #[test]

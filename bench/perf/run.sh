@@ -3,7 +3,7 @@
 #
 #   bench/perf/run.sh [SECTION...]
 #
-# Sections: overhead cache memory streams prompt-cache fallback soak hostile
+# Sections: overhead cache memory streams prompt-cache fallback service-tiers soak hostile
 # bigbody limits litellm (default: all but litellm; `litellm` installs LiteLLM into a
 # throwaway venv with bench/litellm/setup.sh the first time; `overhead` installs
 # Debian's nginx-light with apt-get when nginx is missing). Results (tables as
@@ -27,13 +27,13 @@ mkdir -p "$out"
 
 sections=("$@")
 if [ ${#sections[@]} -eq 0 ]; then
-    sections=(overhead cache memory streams prompt-cache fallback soak hostile bigbody limits)
+    sections=(overhead cache memory streams prompt-cache fallback service-tiers soak hostile bigbody limits)
 fi
 for s in "${sections[@]}"; do
     case "$s" in
-        overhead | cache | memory | streams | prompt-cache | fallback | soak | hostile | bigbody | limits | litellm) ;;
+        overhead | cache | memory | streams | prompt-cache | fallback | service-tiers | soak | hostile | bigbody | limits | litellm) ;;
         *)
-            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback soak hostile bigbody limits litellm)" >&2
+            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback service-tiers soak hostile bigbody limits litellm)" >&2
             exit 2
             ;;
     esac
@@ -365,6 +365,20 @@ fallback() {
     stop "$p"
 }
 
+service_tiers() {
+    heading "Service-tier workload (time-scale 1): interactive at priority + background at flex, versus both at default, interleaved in one run"
+    proxy proxy-service-tiers "$perf/service-tiers.toml" "$REAL_SIM"
+    local p=$last_pid
+    wait_for http://127.0.0.1:19099/healthz
+    curl -s -X POST "$REAL_SIM/_sim/reset" >/dev/null
+    record bench latency --input "$perf/service-tier-prompts.jsonl" --endpoint http://127.0.0.1:18089 \
+        --api-key "$KEY" --concurrency 8 --repetitions 50 --out "$out/service-tiers"
+    heading "dollars by route (the tier that served each answer, at its catalog price)"
+    curl -s http://127.0.0.1:19099/metrics | grep -E '^bedrock_proxy_(cost_usd|service_tier_served_total)' |
+        tee -a "$out/results.txt" || true
+    stop "$p"
+}
+
 soak() {
     local duration="${SOAK_DURATION:-10m}" warmup="${SOAK_WARMUP:-1m}" rate="${SOAK_RATE:-100}"
     heading "Soak: $duration at $rate arrivals/s (simulator at time-scale 1): hits, misses, streams, upstream errors, slow and idle clients"
@@ -522,6 +536,7 @@ for s in "${sections[@]}"; do
         streams) streams ;;
         prompt-cache) prompt_cache ;;
         fallback) fallback ;;
+        service-tiers) service_tiers ;;
         soak) soak ;;
         hostile) hostile ;;
         bigbody) bigbody ;;

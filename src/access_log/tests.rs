@@ -65,6 +65,8 @@ fn line(id: &str) -> AccessLine {
         upstream: Some("sim".into()),
         served_model: Some("us.anthropic.claude-3-5-haiku-20241022-v1:0".into()),
         tier: Some("standard"),
+        service_tier: Some("flex"),
+        invoked_model: None,
         input_tokens: 12,
         output_tokens: 34,
         cache_read_tokens: 0,
@@ -184,7 +186,7 @@ fn lines_keep_tracings_text_and_json_layouts() {
          route=\"haiku\" operation=\"Converse\" status=400 cache=\"miss\" outcome=\"validation\" \
          attempts=1 target=\"sim\" upstream=\"sim\" \
          served_model=\"us.anthropic.claude-3-5-haiku-20241022-v1:0\" tier=\"standard\" \
-         input_tokens=12 output_tokens=34 cache_read_tokens=0 cache_write_tokens=0 \
+         service_tier=\"flex\" invoked_model=\"-\" input_tokens=12 output_tokens=34 cache_read_tokens=0 cache_write_tokens=0 \
          duration_ms=1.5 error=\"maxTokens must be \\\"positive\\\"\"\n"
     );
     let mut out = Vec::new();
@@ -196,6 +198,7 @@ fn lines_keep_tracings_text_and_json_layouts() {
     assert_eq!(json["fields"]["request_id"], "req-2");
     assert_eq!(json["fields"]["tenant"], "team a");
     assert_eq!(json["fields"]["output_tokens"], 34);
+    assert_eq!(json["fields"]["service_tier"], "flex");
     assert!(json["fields"].get("error").is_none());
 }
 

@@ -9,7 +9,7 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bedrock_wire::converse::{assemble, split, ConverseEvent, EventKind, Summary, Usage};
 use bedrock_wire::eventstream::{decode, event_frame, Frame, FrameKind};
-use bedrock_wire::tier::LatencyTier;
+use bedrock_wire::tier::{LatencyTier, ServiceTier};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -460,6 +460,8 @@ impl Entry {
         w.opt_str(self.summary.stop_reason.as_deref());
         w.opt_str(self.summary.latency_tier.map(LatencyTier::name));
         w.u64(self.summary.latency_ms.unwrap_or(u64::MAX));
+        w.opt_str(self.summary.service_tier.map(ServiceTier::name));
+        w.opt_str(self.summary.invoked_model.as_deref());
         match &self.summary.usage {
             Some(u) => {
                 w.u8(1);
@@ -544,6 +546,8 @@ impl Entry {
         let stop_reason = r.opt_string()?;
         let latency_tier = r.opt_string()?.as_deref().and_then(LatencyTier::parse);
         let latency_ms = Some(r.u64()?).filter(|v| *v != u64::MAX);
+        let service_tier = r.opt_string()?.as_deref().and_then(ServiceTier::parse);
+        let invoked_model = r.opt_string()?;
         let usage = match r.u8()? {
             0 => None,
             _ => Some(Usage {
@@ -616,6 +620,8 @@ impl Entry {
                 usage,
                 latency_tier,
                 latency_ms,
+                service_tier,
+                invoked_model,
             },
             content,
         })
@@ -623,9 +629,10 @@ impl Entry {
 }
 
 // Version 3 keeps who served the entry and its 1-hour cache writes; version 4
-// stores stream events as encoded frames (replayed without encoding). Older
-// versions read as misses (a corrupt entry), and the answer is asked again.
-const MAGIC: &[u8] = b"BPCE4";
+// stores stream events as encoded frames (replayed without encoding); version
+// 5 the service tier that served and a prompt router's model. Older versions
+// read as misses, and the answer is asked again.
+const MAGIC: &[u8] = b"BPCE5";
 
 struct Writer(Vec<u8>);
 

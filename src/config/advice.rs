@@ -1,11 +1,11 @@
 //! What `check-config` advises without refusing: settings that are valid but
-//! do nothing where they point. Latency tiers and Bedrock prompt caching apply
+//! do nothing where they point. Latency and service tiers and Bedrock prompt caching apply
 //! to Bedrock targets only, so a route that asks for them on an `openai` or
 //! `sagemaker` target is told so; a fallback to such an upstream that names no
 //! model would send it the route's Bedrock model id. The proxy logs the same
 //! lines when it loads the config.
 
-use super::{Config, LatencyPolicy, PromptCacheMode, UpstreamConfig};
+use super::{Config, LatencyPolicy, PromptCacheMode, ServicePolicy, UpstreamConfig};
 
 impl Config {
     /// Advice about settings that have no effect where they point, each line
@@ -24,6 +24,13 @@ impl Config {
                         "{key}.latency: `{}` applies to Bedrock targets only; the primary \
                          upstream `{}` is `{primary}`, which has no latency tiers",
                         r.resilience.latency, r.upstream
+                    ));
+                }
+                if r.resilience.service_tier != ServicePolicy::Client {
+                    out.push(format!(
+                        "{key}.service_tier: `{}` applies to Bedrock targets only; the primary \
+                         upstream `{}` is `{primary}`, which has no service tiers",
+                        r.resilience.service_tier, r.upstream
                     ));
                 }
                 if r.prompt_cache.mode != PromptCacheMode::Off {
@@ -54,6 +61,12 @@ impl Config {
                 if let Some(latency) = f.latency {
                     out.push(format!(
                         "{key}.latency: `{latency}` applies to Bedrock targets only; upstream \
+                         `{upstream}` is `{kind}`"
+                    ));
+                }
+                if let Some(tier) = f.service_tier {
+                    out.push(format!(
+                        "{key}.service_tier: `{tier}` applies to Bedrock targets only; upstream \
                          `{upstream}` is `{kind}`"
                     ));
                 }
@@ -99,8 +112,9 @@ name = "self"
 aliases = ["self"]
 upstream = "vllm"
 latency = "optimized"
+service_tier = "flex"
 prompt_cache = { mode = "auto" }
-fallback = [{ latency = "standard" }]
+fallback = [{ latency = "standard", service_tier = "default" }]
 "#,
         );
         let keys: Vec<&str> = notes.iter().map(|n| n.split(':').next().unwrap()).collect();
@@ -108,9 +122,11 @@ fallback = [{ latency = "standard" }]
             keys,
             [
                 "routes[0].latency",
+                "routes[0].service_tier",
                 "routes[0].prompt_cache",
                 "routes[0].upstream_model",
-                "routes[0].fallback[0].latency"
+                "routes[0].fallback[0].latency",
+                "routes[0].fallback[0].service_tier"
             ],
             "{notes:#?}"
         );

@@ -74,7 +74,8 @@ pub use routes::cache::{
 };
 pub use routes::prompt_cache::{CachePosition, CacheTtl, PromptCacheConfig, PromptCacheMode};
 pub use routes::resilience::{
-    BreakerConfig, FallbackTarget, LatencyPolicy, ResilienceConfig, DEFAULT_FALLBACK_ON,
+    BreakerConfig, FallbackTarget, LatencyPolicy, ResilienceConfig, ServicePolicy,
+    DEFAULT_FALLBACK_ON,
 };
 pub use routes::RouteConfig;
 pub use server::{AuthMode, Connections, ServerConfig, TlsFiles};

@@ -397,7 +397,7 @@ prompt_cache = { mode = "never", ttl = "2h", min_repeats = 0, positions = ["syst
         "routes[0].prompt_cache.positions: `footer` is not one of tools, system, head, conversation",
         "routes[0].prompt_cache.min_repeats: must be at least 1",
         "routes[0].latency: `fast` is not one of optimized, standard, client",
-        "routes[0].fallback[0]: give at least one of upstream, model, latency",
+        "routes[0].fallback[0]: give at least one of upstream, model, latency, service_tier",
         "routes[0].fallback[1].latency: `slow` is not one of optimized, standard, client",
         "routes[0].fallback_on: `validation` is not one of throttled, unavailable, timeout, model_not_ready, unsupported, model_error, quota_exceeded, internal",
         "routes[0].fallback_on: `gremlins` is not one of throttled, unavailable, timeout, model_not_ready, unsupported, model_error, quota_exceeded, internal",
@@ -692,6 +692,11 @@ fn every_name_table_round_trips() {
         LatencyPolicy::name,
     );
     assert_round_trip(
+        ServicePolicy::NAMES,
+        ServicePolicy::parse,
+        ServicePolicy::name,
+    );
+    assert_round_trip(
         SharedFailure::NAMES,
         SharedFailure::parse,
         SharedFailure::name,
@@ -774,6 +779,14 @@ fn the_file_accepts_exactly_the_names_in_the_tables() {
         assert_eq!(r.resilience.latency, *policy);
         assert_eq!(r.resilience.fallback[0].latency, Some(*policy));
     }
+    for (policy, name) in ServicePolicy::NAMES {
+        let r = route(&format!(
+            "service_tier = \"{name}\"\nfallback = [{{ service_tier = \"{name}\" }}]"
+        ));
+        assert_eq!(r.resilience.service_tier, *policy);
+        assert_eq!(r.resilience.fallback[0].service_tier, Some(*policy));
+    }
+    assert_eq!(route("").resilience.service_tier, ServicePolicy::Client);
     // fallback_on reads the error kinds' own labels.
     let r = route("fallback_on = [\"model_error\", \"quota_exceeded\"]");
     assert_eq!(

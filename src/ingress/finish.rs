@@ -6,15 +6,16 @@
 mod report;
 
 use axum::http::{HeaderMap, HeaderValue};
+use bedrock_wire::catalog::Price;
 use bedrock_wire::converse::Summary;
 use bedrock_wire::operation::Operation;
-use bedrock_wire::tier::LatencyTier;
+use bedrock_wire::tier::{LatencyTier, ServiceTier};
 use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::access_log::{self, AccessLine};
 use crate::answer::{CacheStatus, Record};
-use crate::catalog::ModelInfo;
+use crate::catalog::{Catalog, ModelInfo};
 use crate::config::HourlyCost;
 use crate::error::ProxyError;
 use crate::limits::{Outcome, RateHeaders, Ticket};
@@ -58,6 +59,18 @@ pub struct Finish {
     pub wanted_tier: Option<LatencyTier>,
     /// What the answering target charges.
     pub pricing: Pricing,
+    /// The service tier the client's request asked for (its body, InvokeModel's
+    /// header, or the proxy's `x-proxy-service-tier` request header).
+    pub requested_service_tier: Option<ServiceTier>,
+    /// The service tier the route wants: its policy applied to the client's ask.
+    pub wanted_service_tier: Option<ServiceTier>,
+    /// What the answer says served it, read before its headers are written
+    /// (a whole answer's body, a stream's response headers).
+    pub answer_service_tier: Option<ServiceTier>,
+    /// The model a prompt router chose, when a whole answer says.
+    pub invoked_model: Option<String>,
+    /// The catalog, for the model a prompt router chose (prices, metric label).
+    pub catalog: Option<Arc<Catalog>>,
 }
 
 /// What an upstream answer costs: the catalog's prices for the model that
@@ -67,6 +80,8 @@ pub enum Pricing {
     #[default]
     Unknown,
     Tokens(Arc<ModelInfo>),
+    /// A prompt router: the catalog's prices for the model it chose.
+    Router,
     Hourly(HourlyCost),
 }
 
@@ -84,25 +99,23 @@ impl Pricing {
         match (hourly, rt.catalog.get(&served.model)) {
             (Some(h), _) => Pricing::Hourly(h),
             (None, Some(lookup)) => Pricing::Tokens(lookup.model.clone()),
+            (None, None) if rt.catalog.router(&served.model).is_some() => Pricing::Router,
             (None, None) => Pricing::Unknown,
         }
     }
 
-    /// Dollars for an answer with `usage`, served at `tier`, that held its
-    /// upstream for `held` (an hourly price is shared by the requests the
-    /// deployment serves at once).
+    /// Dollars for an answer with `usage`, at the token `price` of the model
+    /// and tiers that served it, that held its upstream for `held` (an hourly
+    /// price is shared by the requests the deployment serves at once).
     fn usd(
         &self,
         usage: &bedrock_wire::converse::Usage,
-        tier: Option<LatencyTier>,
+        price: Option<Price>,
         held: std::time::Duration,
     ) -> Option<(&'static str, f64)> {
         match self {
             Pricing::Unknown => None,
-            Pricing::Tokens(m) => Some((
-                "tokens",
-                m.price_for(tier.map(LatencyTier::name)).cost(usage),
-            )),
+            Pricing::Tokens(_) | Pricing::Router => price.map(|p| ("tokens", p.cost(usage))),
             Pricing::Hourly(h) => Some((
                 "hourly",
                 h.usd_per_hour / 3600.0 * held.as_secs_f64() / f64::from(h.concurrency),
@@ -130,12 +143,20 @@ impl Finish {
             trace: Trace::off(),
             wanted_tier: None,
             pricing: Pricing::Unknown,
+            requested_service_tier: None,
+            wanted_service_tier: None,
+            answer_service_tier: None,
+            invoked_model: None,
+            catalog: None,
         }
     }
 
     /// Adds `x-proxy-route`, `x-proxy-attempts` and, for answers,
     /// `x-proxy-latency-tier` (the tier that served the request when known, else
-    /// the one asked for, else `standard`), `x-proxy-upstream` and
+    /// the one asked for, else `standard`), `x-proxy-service-tier` (likewise,
+    /// else `default`; Bedrock upstreams only), `x-proxy-invoked-model` (the
+    /// model a prompt router chose, when the answer said so before its
+    /// headers: whole answers), `x-proxy-upstream` and
     /// `x-proxy-served-model` (who served it; for a cache hit, who served the
     /// stored answer).
     pub fn headers(&self, headers: &mut HeaderMap, served_tier: Option<LatencyTier>) {
@@ -159,6 +180,12 @@ impl Finish {
         }
         if record.attempts > 0 || record.cache.is_hit() {
             set("x-proxy-latency-tier", self.tier(served_tier).name());
+            if let Some(tier) = self.service_tier(None) {
+                set("x-proxy-service-tier", tier.name());
+            }
+            if let Some(model) = &self.invoked_model {
+                set("x-proxy-invoked-model", model);
+            }
         }
         if let Some(served) = &record.served_by {
             set("x-proxy-upstream", &served.upstream);
@@ -172,11 +199,11 @@ impl Finish {
 
     /// Settles the limits' counters with what the answer used (`None`: it did
     /// not say), at the price of the tier that served it.
-    fn settle(&self, usage: Option<&bedrock_wire::converse::Usage>, tier: Option<LatencyTier>) {
+    fn settle(&self, usage: Option<&bedrock_wire::converse::Usage>, summary: &Summary) {
         let price = self
-            .model
-            .as_ref()
-            .map(|m| m.price_for(tier.map(LatencyTier::name)));
+            .invoked(summary)
+            .or_else(|| self.model.clone())
+            .map(|m| self.price_at(&m, summary));
         self.limits.settle(match usage {
             Some(usage) => Outcome::Answered {
                 usage: *usage,
@@ -203,6 +230,44 @@ impl Finish {
             .unwrap_or(LatencyTier::Standard)
     }
 
+    /// The service tier an answer is reported as served by: what Bedrock said
+    /// when it said, else what the answering attempt asked for, else what the
+    /// client asked for, else `default`; `None` for answers of other upstreams
+    /// (service tiers are Bedrock's).
+    fn service_tier(&self, summary: Option<&Summary>) -> Option<ServiceTier> {
+        if let Some(s) = &self.record.served_by {
+            if !s.kind.is_bedrock() {
+                return None;
+            }
+        }
+        Some(
+            summary
+                .and_then(|s| s.service_tier)
+                .or(self.answer_service_tier)
+                .or(self.record.service_tier_sent)
+                .or(self.requested_service_tier)
+                .unwrap_or(ServiceTier::Default),
+        )
+    }
+
+    /// The catalog's entry for the model a prompt router chose.
+    fn invoked(&self, summary: &Summary) -> Option<Arc<ModelInfo>> {
+        let id = summary.invoked_model.as_deref()?;
+        self.catalog.as_ref()?.get(id).map(|l| l.model.clone())
+    }
+
+    /// The token price of `model` at the tiers that served `summary`: a
+    /// priority or flex service tier's price, else the latency tier's (the
+    /// catalog prices no combination of the two).
+    fn price_at(&self, model: &ModelInfo, summary: &Summary) -> Price {
+        match self.service_tier(Some(summary)) {
+            Some(tier @ (ServiceTier::Priority | ServiceTier::Flex)) => {
+                model.price_for_service(tier)
+            }
+            _ => model.price_for(Some(self.tier(summary.latency_tier).name())),
+        }
+    }
+
     /// Takes in what the pipeline did: attempts, cache outcome, the tier the
     /// answering attempt asked for.
     pub fn record(&mut self, record: Record) {
@@ -220,6 +285,22 @@ impl Finish {
         let tier = self.tier(summary.latency_tier).name();
         let (ttft, tps) = self.speed(summary, streamed);
         metrics::served(route.label(), tier, self.tier_requested().name(), ttft, tps);
+        let requested = self
+            .wanted_service_tier
+            .or(self.requested_service_tier)
+            .unwrap_or(ServiceTier::Default);
+        let served = self
+            .service_tier(Some(summary))
+            .map_or("none", ServiceTier::name);
+        metrics::service_tier_served(route.label(), served, requested.name());
+        if summary.invoked_model.is_some() {
+            let label = self
+                .invoked(summary)
+                .map_or(metrics::SharedString::const_str("other"), |m| {
+                    metrics::SharedString::from(m.id.clone())
+                });
+            metrics::prompt_router_invoked(route.label(), label);
+        }
     }
 
     /// An upstream answer's TTFT and output speed (see [`Finish::served`]).
@@ -253,25 +334,29 @@ impl Finish {
     fn account(&self, route: &metrics::RouteMetrics, summary: &Summary) {
         let Some(usage) = &summary.usage else { return };
         if self.record.cache.is_hit() {
-            let usd = self.model.as_ref().map_or(0.0, |m| {
-                m.price_for(summary.latency_tier.map(LatencyTier::name))
-                    .cost(usage)
-            });
+            let usd = self
+                .invoked(summary)
+                .or_else(|| self.model.clone())
+                .map_or(0.0, |m| self.price_at(&m, summary).cost(usage));
             metrics::cache_saved(route.label(), usage, usd);
         } else {
             route.tokens(usage);
             let held = self.started.elapsed();
-            if let (Some(served), Some((basis, usd))) = (
-                &self.record.served_by,
-                self.pricing
-                    .usd(usage, Some(self.tier(summary.latency_tier)), held),
-            ) {
+            let price = match &self.pricing {
+                Pricing::Tokens(m) => Some(self.price_at(m, summary)),
+                Pricing::Router => self.invoked(summary).map(|m| self.price_at(&m, summary)),
+                _ => None,
+            };
+            if let (Some(served), Some((basis, usd))) =
+                (&self.record.served_by, self.pricing.usd(usage, price, held))
+            {
                 metrics::cost(route.label(), served.kind.name(), basis, usd);
             }
             if usage.cache_read_input_tokens + usage.cache_write_input_tokens > 0 {
-                let (label, saved) = match &self.model {
+                let model = self.invoked(summary).or_else(|| self.model.clone());
+                let (label, saved) = match &model {
                     Some(m) => {
-                        let price = m.price_for(summary.latency_tier.map(LatencyTier::name));
+                        let price = self.price_at(m, summary);
                         (m.id.as_str(), price.prompt_cache_savings(usage))
                     }
                     None => ("unknown", 0.0),
@@ -321,6 +406,10 @@ impl Finish {
                 upstream: served.map(|s| s.upstream.clone()),
                 served_model: served.map(|s| s.model.clone()),
                 tier: summary.and_then(|s| s.latency_tier).map(LatencyTier::name),
+                service_tier: summary
+                    .and_then(|s| self.service_tier(Some(s)))
+                    .map(ServiceTier::name),
+                invoked_model: summary.and_then(|s| s.invoked_model.as_deref().map(Arc::from)),
                 input_tokens: usage.input_tokens,
                 output_tokens: usage.output_tokens,
                 cache_read_tokens: usage.cache_read_input_tokens,
@@ -333,7 +422,7 @@ impl Finish {
 
     /// A whole answer was sent.
     pub fn whole(&self, summary: &Summary) {
-        self.settle(summary.usage.as_ref(), summary.latency_tier);
+        self.settle(summary.usage.as_ref(), summary);
         let route = &self.route_metrics;
         self.account(route, summary);
         self.settle_prompt_cache(summary);
@@ -395,8 +484,7 @@ impl StreamObserver for FinishStream {
             metrics::upstream_error(route.label(), e.kind);
         }
         let summary = &self.reader.summary;
-        self.finish
-            .settle(summary.usage.as_ref(), summary.latency_tier);
+        self.finish.settle(summary.usage.as_ref(), summary);
         self.finish.account(&route, &self.reader.summary);
         if matches!(end, StreamEnd::Complete) {
             self.finish.settle_prompt_cache(&self.reader.summary);

@@ -41,6 +41,7 @@ use axum::response::Response;
 use axum::Router;
 use bedrock_wire::converse::Summary;
 use bedrock_wire::operation::Operation;
+use bedrock_wire::tier::{ServiceTier, SERVICE_TIER_HEADER};
 use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
@@ -48,6 +49,7 @@ use std::sync::Arc;
 use crate::answer::{Answer, Record};
 use crate::auth::Principal;
 use crate::cache::Directives;
+use crate::config::ServicePolicy;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::latency;
 use crate::limits::{self, Refusal};
@@ -55,6 +57,7 @@ use crate::metrics;
 use crate::pipeline::{self, Call};
 use crate::route::Routed;
 use crate::runtime::Runtime;
+use crate::service_tier;
 use crate::state::AppState;
 use crate::telemetry::{self, Trace};
 pub use body::{parse_json, read_body, BodyRules};
@@ -256,11 +259,25 @@ pub fn converse_call(
 pub async fn run(
     state: &AppState,
     rt: &Arc<Runtime>,
-    call: Call,
+    mut call: Call,
     headers: &HeaderMap,
     finish: &mut Finish,
 ) -> Result<Answer, ProxyError> {
     finish.requested_tier = call.requested_tier();
+    // An app marks one call's service tier with a header where the route
+    // leaves the tier to the client; a value that is no tier is refused.
+    let service_policy = call.routed.route.config.resilience.service_tier;
+    if let Some(tier) = service_tier::from_request_header(headers)? {
+        if service_policy == ServicePolicy::Client {
+            call.mark_service_tier(tier);
+        }
+    }
+    finish.requested_service_tier = call.requested_service_tier();
+    finish.wanted_service_tier = Some(service_tier::wanted(
+        service_policy,
+        finish.requested_service_tier,
+    ));
+    finish.catalog = Some(rt.catalog.clone());
     let route = &call.routed.route;
     let embedding = finish
         .model
@@ -297,6 +314,19 @@ pub async fn run(
     let result = pipeline::run(&state.pipeline, rt, call, &directives, &mut record).await;
     finish.pricing = finish::Pricing::of(rt, &record);
     finish.record(record);
+    match &result {
+        Ok(Answer::Whole { summary, .. }) => {
+            finish.answer_service_tier = summary.service_tier;
+            finish.invoked_model = summary.invoked_model.clone();
+        }
+        Ok(Answer::Stream { headers, .. }) => {
+            finish.answer_service_tier = headers
+                .get(SERVICE_TIER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(ServiceTier::parse);
+        }
+        Err(_) => {}
+    }
     if let Ok(Answer::Whole { body, summary, .. }) = &result {
         finish
             .trace

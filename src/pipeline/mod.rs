@@ -20,7 +20,7 @@ pub mod plan;
 use axum::http::{HeaderName, HeaderValue};
 use bedrock_wire::eventstream::FrameKind;
 use bedrock_wire::operation::Operation;
-use bedrock_wire::tier::{LatencyTier, LATENCY_HEADER};
+use bedrock_wire::tier::{LatencyTier, ServiceTier, LATENCY_HEADER, SERVICE_TIER_HEADER};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -78,6 +78,42 @@ impl Call {
                     .and_then(|(_, v)| v.to_str().ok())
             })
             .and_then(LatencyTier::parse)
+    }
+
+    /// The service tier the request asks for (`serviceTier.type`, or
+    /// InvokeModel's header); `None` when it asks for none or for a tier
+    /// Bedrock does not have (which the upstream will refuse).
+    pub fn requested_service_tier(&self) -> Option<ServiceTier> {
+        let from_body = self
+            .json
+            .as_ref()
+            .filter(|_| matches!(self.op, Operation::Converse | Operation::ConverseStream))
+            .and_then(|j| j["serviceTier"]["type"].as_str());
+        from_body
+            .or_else(|| {
+                self.forward
+                    .iter()
+                    .find(|(k, _)| k == SERVICE_TIER_HEADER)
+                    .and_then(|(_, v)| v.to_str().ok())
+            })
+            .and_then(ServiceTier::parse)
+    }
+
+    /// Marks the call with a service tier (the `x-proxy-service-tier` request
+    /// header), as if the client had written it where Bedrock reads it.
+    pub fn mark_service_tier(&mut self, tier: ServiceTier) {
+        match self.op {
+            Operation::Converse | Operation::ConverseStream => {
+                if let Some(json) = self.json.as_mut() {
+                    crate::service_tier::apply_converse(json, tier);
+                    self.body = Bytes::from(json.to_string());
+                }
+            }
+            Operation::Invoke | Operation::InvokeStream => {
+                crate::service_tier::apply_invoke(&mut self.forward, tier)
+            }
+            Operation::CountTokens => {}
+        }
     }
 }
 
@@ -205,6 +241,9 @@ pub async fn run(
                     age: entry.age(),
                 };
                 record.served_by = entry.served_by.clone();
+                // A replayed stream carries no tier before its last event: the
+                // headers report the tier that served the stored answer.
+                record.service_tier_sent = entry.summary.service_tier;
                 cache.count(record.cache);
                 route_metrics.cache_request("hit", tier.label());
                 return Ok(answer);
@@ -262,6 +301,7 @@ pub async fn run(
                             age: std::time::Duration::ZERO,
                         };
                         record.served_by = leader.served_by;
+                        record.service_tier_sent = leader.service_tier_sent;
                         cache.count(record.cache);
                         route_metrics.cache_request("hit", CacheTier::Flight.label());
                         return Ok(answer);

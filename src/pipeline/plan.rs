@@ -1,7 +1,7 @@
 //! Per-attempt planning: what one attempt on one target sends. For Bedrock
 //! targets, the client's request, plus the prompt-cache planner's `cachePoint`
 //! blocks for the target's model (fed by what the prefix registry learned) and
-//! the latency planner's tier for its model and region; when neither changes
+//! the latency and service-tier planners' tiers for its model and region; when none changes
 //! anything, the client's bytes go out untouched. For targets that take chat
 //! requests (`openai`, `sagemaker`), the call translated once ([`egress`]),
 //! with the target's model and stream flags: the planners leave them alone
@@ -25,7 +25,9 @@ use crate::prompt_cache::ledger::{self, field, Prices, Sight, Update};
 use crate::prompt_cache::settle::Settlement;
 use crate::prompt_cache::{self, Observations, Observed, PrefixRegistry, Prefixes};
 use crate::runtime::Runtime;
+use crate::service_tier;
 use crate::upstream::chain::{PlanNotes, Prepared, Target};
+use bedrock_wire::tier::{LatencyTier, ServiceTier};
 
 /// The body format the prompt-cache planner can mark in this call, if any.
 pub(super) fn plannable(call: &Call) -> Option<(&Value, prompt_cache::Format)> {
@@ -58,11 +60,7 @@ pub(super) async fn observe_prefixes(
         return observed;
     };
     let model_id = &call.routed.upstream_model;
-    let Some(model) = rt
-        .catalog
-        .get(model_id)
-        .map(|l| l.model.clone())
-        .filter(|m| m.prompt_cache)
+    let Some(model) = prompt_cache::limits_for(&rt.catalog, model_id).filter(|m| m.prompt_cache)
     else {
         return observed;
     };
@@ -223,6 +221,7 @@ pub(super) fn prepare(
             body: Bytes::from(body.to_string()),
             headers: Vec::new(),
             tier: None,
+            service_tier: None,
             cache_points: 0,
             notes: PlanNotes::default(),
             settle: None,
@@ -232,26 +231,41 @@ pub(super) fn prepare(
     let mut notes = PlanNotes::default();
     let lookup = rt.catalog.get(&target.model);
     let mut headers = call.forward.clone();
-    let tier = latency::plan(
-        target.latency,
-        call.requested_tier(),
-        lookup,
-        &target.upstream.config.region,
-    );
+    let region = &target.upstream.config.region;
+    let mut tier = latency::plan(target.latency, call.requested_tier(), lookup, region);
     notes.downgraded = tier.downgraded.map(|reason| reason.label());
+    // CountTokens has no service tier: nothing is planned, sent or counted.
+    let service = match call.op {
+        Operation::CountTokens => service_tier::ServicePlan::default(),
+        _ => service_tier::plan(
+            target.service_tier,
+            call.requested_service_tier(),
+            &rt.catalog,
+            &target.model,
+            region,
+        ),
+    };
+    notes.service_downgraded = service.downgraded.map(|reason| reason.label());
+    let service_sent = service.send.or_else(|| call.requested_service_tier());
+    // Flex trades speed for price: it goes with the standard latency tier.
+    if service_sent == Some(ServiceTier::Flex)
+        && (tier.send == Some(LatencyTier::Optimized)
+            || (tier.send.is_none() && call.requested_tier() == Some(LatencyTier::Optimized)))
+    {
+        tier.send = Some(LatencyTier::Standard);
+        notes.downgraded = Some(latency::FLEX_DOWNGRADE);
+    }
 
     let mut edited: Option<Value> = None;
     let mut cache_points = 0;
     let mut settle = None;
     let policy = &route.config.prompt_cache;
     if let (Some((json, format)), Some(prefixes)) = (plannable(call), prefixes) {
-        let model = lookup.map(|l| l.model.clone());
+        // A prompt router is planned with its most restrictive model's limits.
+        let model = prompt_cache::limits_for(&rt.catalog, &target.model);
         // What was observed is about the route's model: a fallback to another
         // model is planned on sightings alone and teaches nothing.
-        let same_model = model
-            .as_ref()
-            .zip(rt.catalog.get(&call.routed.upstream_model))
-            .is_some_and(|(m, routed)| m.id == routed.model.id);
+        let same_model = model.is_some() && !target.other_model;
         let stripped;
         let observed = if same_model {
             observed
@@ -315,6 +329,24 @@ pub(super) fn prepare(
             Operation::CountTokens => {}
         }
     }
+    if let Some(send) = service.send {
+        match call.op {
+            Operation::Converse | Operation::ConverseStream => {
+                if call.requested_service_tier() != Some(send) {
+                    if edited.is_none() {
+                        edited = call.json.clone();
+                    }
+                    if let Some(json) = edited.as_mut() {
+                        service_tier::apply_converse(json, send);
+                    }
+                }
+            }
+            Operation::Invoke | Operation::InvokeStream => {
+                service_tier::apply_invoke(&mut headers, send)
+            }
+            Operation::CountTokens => {}
+        }
+    }
     let body = match edited {
         Some(json) => Bytes::from(json.to_string()),
         None => call.body.clone(),
@@ -323,6 +355,7 @@ pub(super) fn prepare(
         body,
         headers,
         tier: tier.send.or_else(|| call.requested_tier()),
+        service_tier: service_sent,
         cache_points,
         notes,
         settle,

@@ -38,6 +38,7 @@ pub mod registry;
 pub mod settle;
 
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 use crate::catalog::ModelInfo;
 use crate::config::{CachePosition, CacheTtl, PromptCacheConfig, PromptCacheMode};
@@ -359,6 +360,42 @@ fn index(position: CachePosition) -> usize {
         CachePosition::Head => 2,
         CachePosition::Conversation => 3,
     }
+}
+
+/// The prompt-cache limits to plan with for a model id: the catalog's model,
+/// or, for a prompt router, the most restrictive of the models it may choose
+/// (the router decides after the call is sent): caching only if every member
+/// caches, the highest minimum, the fewest points, tools and the 1-hour TTL
+/// only if all have them, and the dearest cache write relative to input. A
+/// router with a member the catalog does not know gets no limits, so the
+/// request is left alone.
+pub fn limits_for(catalog: &crate::catalog::Catalog, model_id: &str) -> Option<Arc<ModelInfo>> {
+    let Some(router) = catalog.router(model_id) else {
+        return catalog.get(model_id).map(|l| l.model.clone());
+    };
+    let members = router
+        .models
+        .iter()
+        .map(|id| catalog.get(id).map(|l| l.model.clone()))
+        .collect::<Option<Vec<_>>>()?;
+    let write_ratio = |m: &ModelInfo| {
+        if m.price.input > 0.0 {
+            m.price.cache_write() / m.price.input
+        } else {
+            1.0
+        }
+    };
+    let dearest = members
+        .iter()
+        .max_by(|a, b| write_ratio(a).total_cmp(&write_ratio(b)))?;
+    let mut limits = ModelInfo::clone(dearest);
+    limits.id = router.id.clone();
+    limits.prompt_cache = members.iter().all(|m| m.prompt_cache);
+    limits.cache_tools = members.iter().all(|m| m.cache_tools);
+    limits.cache_ttl_1h = members.iter().all(|m| m.cache_ttl_1h);
+    limits.cache_min_tokens = members.iter().map(|m| m.cache_min_tokens).max()?;
+    limits.max_cache_points = members.iter().map(|m| m.max_cache_points).min()?;
+    Some(Arc::new(limits))
 }
 
 /// Sightings a prefix needs before `auto` marks it: `min_repeats`, or 1 when

@@ -711,3 +711,61 @@ fn documents_count_in_prefix_sizes_and_earn_a_tail_point() {
         json!({"cachePoint": {"type": "default"}})
     );
 }
+
+#[test]
+fn a_prompt_router_is_planned_with_its_most_restrictive_model() {
+    let catalog = crate::catalog::Catalog::parse(
+        r#"
+[[models]]
+id = "small"
+profiles = ["us.small"]
+prompt_cache = true
+cache_min_tokens = 1024
+max_cache_points = 4
+cache_tools = true
+price = { input = 1.0, output = 2.0, cache_write = 1.25, cache_read = 0.1 }
+
+[[models]]
+id = "large"
+profiles = ["us.large"]
+prompt_cache = true
+cache_min_tokens = 2048
+max_cache_points = 2
+price = { input = 3.0, output = 6.0, cache_write = 3.0, cache_read = 0.3 }
+
+[[models]]
+id = "plain"
+profiles = ["us.plain"]
+price = { input = 1.0, output = 1.0 }
+
+[[routers]]
+id = "both:1"
+models = ["us.small", "us.large"]
+
+[[routers]]
+id = "mixed:1"
+models = ["us.small", "us.plain"]
+"#,
+    )
+    .unwrap();
+    let arn =
+        |id: &str| format!("arn:aws:bedrock:us-east-2:111122223333:default-prompt-router/{id}");
+    let both = super::limits_for(&catalog, &arn("both:1")).unwrap();
+    assert!(both.prompt_cache);
+    assert_eq!(both.cache_min_tokens, 2048, "the larger minimum");
+    assert_eq!(both.max_cache_points, 2, "the fewer points");
+    assert!(!both.cache_tools, "tools only if every member caches them");
+    assert_eq!(both.id, "both:1");
+    assert_eq!(
+        both.price.cache_write,
+        Some(1.25),
+        "the dearest write relative to input decides how many sightings it takes"
+    );
+    let mixed = super::limits_for(&catalog, &arn("mixed:1")).unwrap();
+    assert!(
+        !mixed.prompt_cache,
+        "a member without a prompt cache: leave it alone"
+    );
+    assert_eq!(super::limits_for(&catalog, "us.large").unwrap().id, "large");
+    assert!(super::limits_for(&catalog, &arn("unknown:1")).is_none());
+}

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::time::Instant;
 
-use bedrock_wire::tier::LatencyTier;
+use bedrock_wire::tier::{LatencyTier, ServiceTier};
 
 use crate::config::BreakerConfig;
 use crate::support;
@@ -44,7 +44,7 @@ impl State {
     }
 }
 
-/// What a breaker is kept for: the same upstream, model and latency tier share
+/// What a breaker is kept for: the same upstream, model and tiers share
 /// one breaker whichever route uses them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BreakerKey {
@@ -52,12 +52,15 @@ pub struct BreakerKey {
     pub model: Arc<str>,
     /// The tier the attempt asks for (`None`: as the client sent it).
     pub tier: Option<LatencyTier>,
+    /// The service tier it asks for (`None`: as the client sent it).
+    pub service_tier: Option<ServiceTier>,
 }
 
 impl std::fmt::Display for BreakerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let tier = self.tier.map_or("-", LatencyTier::name);
-        write!(f, "{}|{}|{tier}", self.upstream, self.model)
+        let service = self.service_tier.map_or("-", ServiceTier::name);
+        write!(f, "{}|{}|{tier}|{service}", self.upstream, self.model)
     }
 }
 

@@ -15,7 +15,7 @@ use bedrock_wire::converse::Summary;
 use bedrock_wire::error::ErrorType;
 use bedrock_wire::eventstream::FrameKind;
 use bedrock_wire::operation::Operation;
-use bedrock_wire::tier::LatencyTier;
+use bedrock_wire::tier::{LatencyTier, ServiceTier};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::breaker::{Breaker, BreakerKey, Breakers};
 use super::{passed_headers, read_body, Upstream, Upstreams};
 use crate::answer::{Answer, Record, ServedBy};
-use crate::config::{LatencyPolicy, ResilienceConfig};
+use crate::config::{LatencyPolicy, ResilienceConfig, ServicePolicy};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::metrics;
 use crate::stream;
@@ -45,6 +45,7 @@ pub struct Target {
     pub upstream: Arc<Upstream>,
     pub model: Arc<str>,
     pub latency: LatencyPolicy,
+    pub service_tier: ServicePolicy,
     /// A fallback to another model than the route's primary (its answers are
     /// served but never cached under the route's key).
     pub other_model: bool,
@@ -60,12 +61,14 @@ impl Target {
         }
     }
 
-    /// The breaker this target answers to when asking for `tier`.
-    fn breaker_key(&self, tier: Option<LatencyTier>) -> BreakerKey {
+    /// The breaker this target answers to when asking for these tiers (flex
+    /// throttled must not take the model's default tier out of rotation).
+    fn breaker_key(&self, prepared: &Prepared) -> BreakerKey {
         BreakerKey {
             upstream: self.upstream.name.clone(),
             model: self.model.clone(),
-            tier,
+            tier: prepared.tier,
+            service_tier: prepared.service_tier,
         }
     }
 }
@@ -90,6 +93,7 @@ pub fn targets(
         upstream: lookup(&config.upstream)?,
         model: Arc::from(primary_model),
         latency: config.resilience.latency,
+        service_tier: config.resilience.service_tier,
         other_model: false,
     };
     let mut all = vec![primary.clone()];
@@ -105,6 +109,7 @@ pub fn targets(
                 .as_deref()
                 .map_or_else(|| primary.model.clone(), Arc::from),
             latency: f.latency.unwrap_or(primary.latency),
+            service_tier: f.service_tier.unwrap_or(primary.service_tier),
             other_model: f.model.as_deref().is_some_and(|m| m != primary_model),
         });
     }
@@ -118,6 +123,8 @@ pub struct Prepared {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The tier asked for (`None`: as the client sent it).
     pub tier: Option<LatencyTier>,
+    /// The service tier asked for (`None`: as the client sent it).
+    pub service_tier: Option<ServiceTier>,
     pub cache_points: u32,
     pub notes: PlanNotes,
     /// Told the answer's usage, if the attempt answers.
@@ -130,6 +137,8 @@ pub struct Prepared {
 pub struct PlanNotes {
     /// Why the latency tier asked for was not sent.
     pub downgraded: Option<&'static str>,
+    /// Why the service tier wanted was not sent.
+    pub service_downgraded: Option<&'static str>,
     /// Positions where cachePoint blocks were added, with their TTL (`5m`, `1h`).
     pub injected: Vec<(&'static str, &'static str)>,
     /// Positions left without one, and why.
@@ -140,6 +149,9 @@ impl PlanNotes {
     fn count(&self, route: &metrics::SharedString, target: &Arc<str>) {
         if let Some(reason) = self.downgraded {
             metrics::latency_downgrade(route, target, reason);
+        }
+        if let Some(reason) = self.service_downgraded {
+            metrics::service_tier_downgrade(route, target, reason);
         }
         for (position, ttl) in &self.injected {
             metrics::prompt_cache_injected(route, position, ttl);
@@ -251,7 +263,7 @@ impl<A: Attempt> Chain<'_, A> {
         plans[i]
             .get_or_insert_with(|| {
                 let prepared = (self.prepare)(&targets[i]);
-                let breaker = self.breakers.get(&targets[i].breaker_key(prepared.tier));
+                let breaker = self.breakers.get(&targets[i].breaker_key(&prepared));
                 Planned { prepared, breaker }
             })
             .clone()
@@ -317,6 +329,7 @@ impl<A: Attempt> Chain<'_, A> {
             ..Record::default()
         };
         let tier = prepared.tier;
+        let service_tier = prepared.service_tier;
         let cache_points = prepared.cache_points;
         let settle = prepared.settle.clone();
         prepared
@@ -343,6 +356,7 @@ impl<A: Attempt> Chain<'_, A> {
         if result.is_ok() {
             record.target = Some(target.label.clone());
             record.tier_sent = tier;
+            record.service_tier_sent = service_tier;
             record.cache_points = cache_points;
             record.other_model = target.other_model;
             self.trace

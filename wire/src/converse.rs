@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use crate::eventstream::{event_frame, Frame, FrameKind};
 use crate::operation::Operation;
-use crate::tier::{LatencyTier, LATENCY_HEADER};
+use crate::tier::{LatencyTier, ServiceTier, LATENCY_HEADER, SERVICE_TIER_HEADER};
 
 /// The event types of the ConverseStream union (its exceptions aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -222,6 +222,26 @@ struct Tail {
     usage: Option<Usage>,
     performance_config: Option<TailPerformance>,
     metrics: Option<TailMetrics>,
+    service_tier: Option<TailServiceTier>,
+    trace: Option<TailTrace>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct TailServiceTier {
+    #[serde(rename = "type")]
+    kind: Option<ServiceTier>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TailTrace {
+    prompt_router: Option<TailRouter>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TailRouter {
+    invoked_model_id: Option<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -248,6 +268,11 @@ pub struct Summary {
     /// `performanceConfig.latency` of the answer: the tier that actually served it.
     pub latency_tier: Option<LatencyTier>,
     pub latency_ms: Option<u64>,
+    /// `serviceTier.type` of the answer (InvokeModel: its
+    /// `X-Amzn-Bedrock-Service-Tier` header): the service tier that served it.
+    pub service_tier: Option<ServiceTier>,
+    /// `trace.promptRouter.invokedModelId`: the model a prompt router chose.
+    pub invoked_model: Option<String>,
 }
 
 impl Summary {
@@ -292,6 +317,11 @@ impl Summary {
         }
         self.latency_tier = tail.performance_config.and_then(|p| p.latency);
         self.latency_ms = tail.metrics.and_then(|m| m.latency_ms);
+        self.service_tier = tail.service_tier.and_then(|t| t.kind);
+        self.invoked_model = tail
+            .trace
+            .and_then(|t| t.prompt_router)
+            .and_then(|r| r.invoked_model_id);
     }
 
     /// The summary of a parsed Converse JSON response body.
@@ -328,12 +358,20 @@ impl Summary {
                     usage: Option<Value>,
                     #[serde(rename = "amazon-bedrock-guardrailAction")]
                     guardrail_action: Option<Value>,
+                    /// Where a prompt router names its model in a native body.
+                    #[serde(rename = "amazon-bedrock-trace")]
+                    trace: Option<TailTrace>,
                 }
                 let parsed = serde_json::from_slice::<Stop>(body).ok();
                 let one_hour = parsed
                     .as_ref()
                     .and_then(|v| v.usage.as_ref())
                     .map_or(0, anthropic_1h_writes);
+                let invoked_model = parsed
+                    .as_ref()
+                    .and_then(|s| s.trace.as_ref())
+                    .and_then(|t| t.prompt_router.as_ref())
+                    .and_then(|r| r.invoked_model_id.clone());
                 let stop_reason = parsed.and_then(|v| {
                     // A guardrail that intervened says so beside the model's
                     // own stop reason: that answer is the guardrail's.
@@ -362,6 +400,11 @@ impl Summary {
                         .and_then(|v| v.to_str().ok())
                         .and_then(LatencyTier::parse),
                     latency_ms: Some(n("x-amzn-bedrock-invocation-latency")),
+                    service_tier: headers
+                        .get(SERVICE_TIER_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(ServiceTier::parse),
+                    invoked_model,
                 }
             }
             _ => Summary::default(),
@@ -729,6 +772,40 @@ mod tests {
             let back = ConverseEvent::from_frame(&decode(e.to_frame()).unwrap()).unwrap();
             assert_eq!(&back, e);
         }
+    }
+
+    #[test]
+    fn summary_reads_the_service_tier_and_the_routers_model() {
+        let mut body = sample_body();
+        body["serviceTier"] = json!({"type": "flex"});
+        body["trace"] = json!({"promptRouter": {"invokedModelId": "arn:aws:bedrock:us-east-2:1:inference-profile/us.anthropic.claude-3-haiku-20240307-v1:0"}});
+        let whole = Summary::of_response_bytes(body.to_string().as_bytes());
+        assert_eq!(whole.service_tier, Some(ServiceTier::Flex));
+        let invoked = "arn:aws:bedrock:us-east-2:1:inference-profile/us.anthropic.claude-3-haiku-20240307-v1:0";
+        assert_eq!(whole.invoked_model.as_deref(), Some(invoked));
+        let mut streamed = Summary::default();
+        for e in split(&body).unwrap() {
+            streamed.observe(&e);
+        }
+        assert_eq!(
+            streamed, whole,
+            "the stream's metadata says what the body says"
+        );
+        assert_eq!(
+            Summary::of_response_bytes(sample_body().to_string().as_bytes()).service_tier,
+            None
+        );
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            SERVICE_TIER_HEADER,
+            http::HeaderValue::from_static("priority"),
+        );
+        let native = json!({"stop_reason": "end_turn", "amazon-bedrock-trace": {"promptRouter": {"invokedModelId": invoked}}});
+        let invoke = Summary::of_answer(Operation::Invoke, &headers, native.to_string().as_bytes());
+        assert_eq!(invoke.service_tier, Some(ServiceTier::Priority));
+        assert_eq!(invoke.invoked_model.as_deref(), Some(invoked));
+        assert_eq!(invoke.stop_reason.as_deref(), Some("end_turn"));
     }
 
     #[test]

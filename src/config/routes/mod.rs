@@ -53,6 +53,7 @@ pub(super) struct RawRoute {
     cache: Option<RawRouteCache>,
     prompt_cache: Option<RawPromptCache>,
     latency: Option<String>,
+    service_tier: Option<String>,
     #[serde(default)]
     fallback: Vec<RawFallback>,
     fallback_on: Option<Vec<String>>,
@@ -93,6 +94,7 @@ fn route(key: &str, raw: RawRoute, e: &mut Vec<String>) -> RouteConfig {
         cache,
         prompt_cache,
         latency,
+        service_tier,
         fallback,
         fallback_on,
         retries,
@@ -115,6 +117,7 @@ fn route(key: &str, raw: RawRoute, e: &mut Vec<String>) -> RouteConfig {
     let catch_all = models.iter().any(|m| m == CATCH_ALL);
     let resilience = RawResilience {
         latency,
+        service_tier,
         fallback,
         fallback_on,
         retries,

@@ -1,4 +1,4 @@
-//! A route's latency and resilience keys (`latency`, `fallback`, `fallback_on`,
+//! A route's tier and resilience keys (`latency`, `service_tier`, `fallback`, `fallback_on`,
 //! `retries`, backoff, deadlines, `hedge_after`, `breaker`): which tier it asks
 //! for and what happens when a target fails. Whether a fallback's upstream
 //! exists is checked with the other cross-table references in `config/mod.rs`.
@@ -23,12 +23,30 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// Which service tier (`serviceTier.type`) a route asks Bedrock for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum ServicePolicy {
+        /// Priority wherever the catalog offers it for the model and region, default elsewhere.
+        Priority = "priority",
+        Default = "default",
+        /// Flex wherever the catalog offers it, default elsewhere.
+        Flex = "flex",
+        /// Whatever the request asked (its body, InvokeModel's header, or the
+        /// proxy's `x-proxy-service-tier` request header), unless the catalog
+        /// says it cannot work.
+        #[default]
+        Client = "client",
+    }
+}
+
 /// One step of a fallback chain: what changes from the route's primary target.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FallbackTarget {
     pub upstream: Option<String>,
     pub model: Option<String>,
     pub latency: Option<LatencyPolicy>,
+    pub service_tier: Option<ServicePolicy>,
 }
 
 /// When a target is taken out of rotation.
@@ -60,6 +78,7 @@ impl Default for BreakerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResilienceConfig {
     pub latency: LatencyPolicy,
+    pub service_tier: ServicePolicy,
     pub fallback: Vec<FallbackTarget>,
     /// Error kinds that move on to a retry or the next target.
     pub fallback_on: Vec<ErrorKind>,
@@ -92,6 +111,7 @@ impl Default for ResilienceConfig {
     fn default() -> Self {
         ResilienceConfig {
             latency: LatencyPolicy::default(),
+            service_tier: ServicePolicy::default(),
             fallback: Vec::new(),
             fallback_on: DEFAULT_FALLBACK_ON.to_vec(),
             retries: 0,
@@ -109,6 +129,7 @@ impl Default for ResilienceConfig {
 /// table, so `RawRoute` holds them and hands them over).
 pub(super) struct RawResilience {
     pub latency: Option<String>,
+    pub service_tier: Option<String>,
     pub fallback: Vec<RawFallback>,
     pub fallback_on: Option<Vec<String>>,
     pub retries: Option<u32>,
@@ -126,6 +147,7 @@ pub(super) struct RawFallback {
     upstream: Option<String>,
     model: Option<String>,
     latency: Option<String>,
+    service_tier: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +172,10 @@ pub(super) fn validate(
             .latency
             .and_then(|v| choose(&key("latency"), &v, LatencyPolicy::NAMES, e))
             .unwrap_or(d.latency),
+        service_tier: raw
+            .service_tier
+            .and_then(|v| choose(&key("service_tier"), &v, ServicePolicy::NAMES, e))
+            .unwrap_or(d.service_tier),
         fallback: raw
             .fallback
             .into_iter()
@@ -176,9 +202,13 @@ pub(super) fn validate(
 }
 
 fn fallback(key: &str, raw: RawFallback, e: &mut Vec<String>) -> FallbackTarget {
-    if raw.upstream.is_none() && raw.model.is_none() && raw.latency.is_none() {
+    if raw.upstream.is_none()
+        && raw.model.is_none()
+        && raw.latency.is_none()
+        && raw.service_tier.is_none()
+    {
         e.push(format!(
-            "{key}: give at least one of upstream, model, latency"
+            "{key}: give at least one of upstream, model, latency, service_tier"
         ));
     }
     FallbackTarget {
@@ -187,6 +217,9 @@ fn fallback(key: &str, raw: RawFallback, e: &mut Vec<String>) -> FallbackTarget 
         latency: raw
             .latency
             .and_then(|v| choose(&format!("{key}.latency"), &v, LatencyPolicy::NAMES, e)),
+        service_tier: raw
+            .service_tier
+            .and_then(|v| choose(&format!("{key}.service_tier"), &v, ServicePolicy::NAMES, e)),
     }
 }
 

@@ -261,6 +261,12 @@ impl Setup {
                 LatencyPolicy::Standard => Some(LatencyTier::Standard),
                 LatencyPolicy::Client => None,
             },
+            service_tier: match target.service_tier {
+                ServicePolicy::Priority => Some(ServiceTier::Priority),
+                ServicePolicy::Default => Some(ServiceTier::Default),
+                ServicePolicy::Flex => Some(ServiceTier::Flex),
+                ServicePolicy::Client => None,
+            },
             cache_points: u32::from(target.label.as_ref() == "primary"),
             notes: PlanNotes::default(),
             settle: None,
@@ -368,7 +374,7 @@ async fn the_primary_answers_on_the_first_try() {
         1.0
     );
     assert_eq!(metric(&prom, metrics::FALLBACKS, &[]), 0.0);
-    assert_eq!(s.breaker("east|model-a|optimized"), Some(State::Closed));
+    assert_eq!(s.breaker("east|model-a|optimized|-"), Some(State::Closed));
 }
 
 #[tokio::test(start_paused = true)]
@@ -558,7 +564,7 @@ async fn an_open_breaker_is_skipped_until_open_for_has_passed() {
         assert_eq!(answered_by(result), "answer from fallback1");
         assert_eq!(record.attempts, 2);
     }
-    assert_eq!(s.breaker("east|model-a|-"), Some(State::Open));
+    assert_eq!(s.breaker("east|model-a|-|-"), Some(State::Open));
     let gauge = [("target", "primary")];
     assert_eq!(metric(&prom, metrics::BREAKER_STATE, &gauge), 2.0);
 
@@ -584,7 +590,7 @@ async fn an_open_breaker_is_skipped_until_open_for_has_passed() {
     let (result, record) = s.run().await;
     assert_eq!(answered_by(result), "answer from primary");
     assert_eq!(record.attempts, 1);
-    assert_eq!(s.breaker("east|model-a|-"), Some(State::Closed));
+    assert_eq!(s.breaker("east|model-a|-|-"), Some(State::Closed));
     assert_eq!(metric(&prom, metrics::BREAKER_STATE, &gauge), 0.0);
     assert_eq!(answered_by(s.run().await.0), "answer from primary");
 }
@@ -603,7 +609,7 @@ async fn a_failed_probe_reopens_the_breaker() {
     let (result, record) = s.run().await;
     assert_eq!(answered_by(result), "answer from fallback1");
     assert_eq!(record.attempts, 2, "the probe, then the fallback");
-    assert_eq!(s.breaker("east|model-a|-"), Some(State::Open));
+    assert_eq!(s.breaker("east|model-a|-|-"), Some(State::Open));
     let (result, record) = s.run().await;
     assert_eq!(answered_by(result), "answer from fallback1");
     assert_eq!(record.attempts, 1, "open again: skipped");
@@ -821,8 +827,8 @@ async fn a_cancelled_probe_is_handed_back() {
     s.fake
         .script("fallback1", [fail(0, ErrorType::ServiceUnavailable)]);
     assert_eq!(failed(s.run().await.0).kind, ErrorKind::Unavailable);
-    assert_eq!(s.breaker("east|model-a|-"), Some(State::Open));
-    assert_eq!(s.breaker("west|model-a|-"), Some(State::Open));
+    assert_eq!(s.breaker("east|model-a|-|-"), Some(State::Open));
+    assert_eq!(s.breaker("west|model-a|-|-"), Some(State::Open));
     tokio::time::advance(Duration::from_secs(10)).await;
 
     // Past open_for, the primary is probed and slow; fallback1, probed as the
@@ -830,13 +836,13 @@ async fn a_cancelled_probe_is_handed_back() {
     s.fake.script("primary", [ok(5_000)]);
     s.fake.script("fallback1", [ok(100)]);
     assert_eq!(answered_by(s.run().await.0), "answer from fallback1");
-    assert_eq!(s.breaker("west|model-a|-"), Some(State::Closed));
-    assert_eq!(s.breaker("east|model-a|-"), Some(State::HalfOpen));
+    assert_eq!(s.breaker("west|model-a|-|-"), Some(State::Closed));
+    assert_eq!(s.breaker("east|model-a|-|-"), Some(State::HalfOpen));
 
     // The primary's probe was cancelled, not spent: the next call probes again.
     s.fake.script("primary", [ok(0)]);
     assert_eq!(answered_by(s.run().await.0), "answer from primary");
-    assert_eq!(s.breaker("east|model-a|-"), Some(State::Closed));
+    assert_eq!(s.breaker("east|model-a|-|-"), Some(State::Closed));
 }
 
 #[test]
