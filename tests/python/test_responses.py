@@ -112,3 +112,32 @@ def test_what_bedrock_cannot_do_is_refused_by_name(oai):
     with pytest.raises(openai.NotFoundError) as e:
         oai.responses.create(model="gpt-4o", input="x")
     assert e.value.body["code"] == "model_not_found"
+
+
+def test_the_agents_sdk_runs_an_agent_with_a_function_tool_to_its_final_answer(demo):
+    # The OpenAI Agents SDK with its default model (the Responses API), unchanged
+    # but for the client's base URL and key.
+    import asyncio
+
+    from agents import (Agent, Runner, function_tool, set_default_openai_client,
+                        set_tracing_disabled)
+
+    calls = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """Current weather for a city."""
+        calls.append(city)
+        return f"18C and sunny in {city}"
+
+    set_tracing_disabled(True)
+    set_default_openai_client(openai.AsyncOpenAI(base_url=demo.urls["bedrock-proxy"] + "/v1",
+                                                 api_key="demo", max_retries=0))
+    agent = Agent(name="weather", instructions="Answer with the weather tool.", model=PLAIN,
+                  tools=[get_weather])
+    result = asyncio.run(Runner.run(agent, "Use get_weather for Paris."))
+    kinds = [type(item).__name__ for item in result.new_items]
+    assert kinds[:3] == ["MessageOutputItem", "ToolCallItem", "ToolCallOutputItem"] or \
+        kinds[:2] == ["ToolCallItem", "ToolCallOutputItem"], kinds
+    assert len(calls) == 1 and isinstance(calls[0], str)
+    assert kinds[-1] == "MessageOutputItem" and result.final_output
