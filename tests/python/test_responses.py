@@ -141,3 +141,36 @@ def test_the_agents_sdk_runs_an_agent_with_a_function_tool_to_its_final_answer(d
         kinds[:2] == ["ToolCallItem", "ToolCallOutputItem"], kinds
     assert len(calls) == 1 and isinstance(calls[0], str)
     assert kinds[-1] == "MessageOutputItem" and result.final_output
+
+
+def test_a_streamed_response_is_the_event_sequence(oai):
+    events = list(oai.responses.create(model=PLAIN, input="Say hello in one sentence.", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress",
+                         "response.output_item.added", "response.content_part.added"], kinds
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done",
+                          "response.output_item.done", "response.completed"], kinds
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) > 1, "the text streams"
+    final = events[-1].response
+    assert final.status == "completed" and final.output_text == "".join(deltas)
+    assert final.usage.output_tokens > 0
+
+
+def test_a_streamed_function_call_and_structured_output(oai):
+    events = list(oai.responses.create(model=PLAIN, input="Use get_weather for Paris.", tools=[WEATHER],
+                                       stream=True))
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    [done] = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert done.arguments == args and isinstance(json.loads(args)["city"], str)
+    [call] = [o for o in events[-1].response.output if o.type == "function_call"]
+    assert call.name == "get_weather" and call.arguments == args
+
+    with oai.responses.stream(model=THINKER, text_format=CalendarEvent, input=[
+            {"role": "system", "content": "Extract the event information."},
+            {"role": "user", "content": "Alice and Bob are going to a science fair on Friday."}]) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_response()
+    assert isinstance(final.output_parsed, CalendarEvent)

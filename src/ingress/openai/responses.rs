@@ -12,8 +12,11 @@
 //! tools, `tool_choice`, `parallel_tool_calls`, `max_output_tokens`,
 //! `temperature`, `top_p`, `text.format`, `reasoning.effort`, `metadata`, usage
 //! with `input_tokens_details.cached_tokens`.
-//! Not yet (refused with a 400 naming the field): `stream`, `previous_response_id`
-//! and the stored-response endpoints.
+//! `stream: true` is the Responses event sequence ([`stream`]).
+//! Not yet (refused with a 400 naming the field): `previous_response_id` and
+//! the stored-response endpoints.
+
+pub mod stream;
 
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
@@ -28,7 +31,7 @@ use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::ingress::{
     converse_call, converse_json, failed, json_answer, parse_json, receive, request_span,
-    route_translated, run, Finish,
+    route_translated, run, sse_answer, Finish,
 };
 use crate::state::AppState;
 
@@ -348,13 +351,9 @@ pub fn as_chat(body: &Value) -> Result<AsChat, ProxyError> {
                     chat.insert("reasoning_effort".into(), effort.clone());
                 }
             }
-            "stream" if value.as_bool() == Some(true) => {
-                return Err(invalid(
-                    "stream",
-                    "streamed responses are not supported by this proxy yet",
-                ))
+            "stream" => {
+                chat.insert("stream".into(), value.clone());
             }
-            "stream" => {}
             "previous_response_id" | "conversation" if !value.is_null() => {
                 return Err(invalid(
                     key,
@@ -494,7 +493,12 @@ async fn serve(
         format!("The model `{model}` does not exist or you do not have access to it.")
     })?;
     let t = translate::request(&as_chat.chat, &features)?;
-    let call = converse_call(principal, routed, finish, t.converse, Operation::Converse);
+    let op = if t.stream {
+        Operation::ConverseStream
+    } else {
+        Operation::Converse
+    };
+    let call = converse_call(principal, routed, finish, t.converse, op);
     let id = format!("resp_{}", finish.request_id);
     let created = now_secs();
     let structured = t.structured.as_ref();
@@ -508,11 +512,18 @@ async fn serve(
                 &summary,
             )
         }
-        Answer::Stream { .. } => {
-            return Err(ProxyError::internal(
-                "a Converse call answered with a stream",
-            ))
-        }
+        Answer::Stream { frames, .. } => sse_answer(
+            finish,
+            frames,
+            stream::ResponseEvents::new(
+                translate::ChunkWriter::new(id.clone(), t.model.clone(), created, true)
+                    .structured(structured),
+                id,
+                created,
+                t.model.clone(),
+                as_chat.echo,
+            ),
+        ),
     };
     if let Some(s) = structured {
         response.headers_mut().insert(
