@@ -42,14 +42,18 @@ def oai(demo):
 
 
 def test_a_plain_response(oai):
-    r = oai.responses.create(model=PLAIN, input="Say hello in one sentence.", max_output_tokens=100)
+    r = oai.responses.create(model=PLAIN, input="Say hello in one sentence.")
     assert r.object == "response" and r.id.startswith("resp_")
-    assert r.status == "completed"
+    assert r.status == "completed" and r.incomplete_details is None
     assert r.output_text
     assert r.output[0].type == "message" and r.output[0].role == "assistant"
     assert r.usage.input_tokens > 0 and r.usage.output_tokens > 0
     assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
     assert r.usage.input_tokens_details.cached_tokens == 0
+
+    cut = oai.responses.create(model=PLAIN, input="Tell me a long story.", max_output_tokens=5)
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
+    assert cut.usage.output_tokens <= 5
 
 
 def test_instructions_and_an_item_list(oai):
