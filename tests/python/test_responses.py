@@ -178,3 +178,14 @@ def test_a_streamed_function_call_and_structured_output(oai):
             pass
         final = stream.get_final_response()
     assert isinstance(final.output_parsed, CalendarEvent)
+
+
+def test_cached_tokens_come_from_bedrocks_cache_reads(oai):
+    # The demo's prompt cache marks a long system prompt once it has seen it
+    # repeat; later calls read it from Bedrock's prompt cache.
+    instructions = "You are the archivist of a large library of responses. " * 300
+    usages = [oai.responses.create(model=PLAIN, instructions=instructions, input=f"Question {i}?").usage
+              for i in range(4)]
+    cached = [u.input_tokens_details.cached_tokens for u in usages]
+    assert cached[0] == 0 and cached[-1] > 2000, cached
+    assert all(u.input_tokens > c for u, c in zip(usages, cached))
