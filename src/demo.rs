@@ -31,6 +31,7 @@ Demo mode: Bedrock is simulated in this process (no AWS account needed).
 
   OpenAI SDK:     OpenAI(base_url="http://{api}/v1", api_key="demo").chat.completions.create(model="haiku", ...)
   Anthropic SDK:  Anthropic(base_url="http://{api}", api_key="demo").messages.create(model="haiku", ...)
+  embeddings:     OpenAI(base_url="http://{api}/v1", api_key="demo").embeddings.create(model="titan-embed-v2", input=["..."])
 
   curl:
     curl -s http://{api}/model/haiku/converse -H 'content-type: application/json' \

@@ -1,7 +1,7 @@
 //! Issue 14 end to end: a SigV4-signed request over cleartext HTTP/2 (no `Host`
 //! header, the authority in the URI); reasoning and its signature replayed
 //! exactly from the response cache in the Bedrock, OpenAI and Anthropic formats,
-//! whole and streamed; and the models endpoints leaving embedding models out.
+//! whole and streamed; and the models endpoints (embedding models in the OpenAI list only).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod common;
@@ -326,7 +326,7 @@ async fn reasoning_replays_from_the_cache_exactly_in_every_format() {
 }
 
 #[tokio::test]
-async fn models_lists_chat_routes_in_either_shape() {
+async fn models_lists_routes_in_either_shape() {
     let s = thinking_stack().await;
     let get = |path: &str, anthropic: bool| {
         let url = format!("{}{path}", s.url());
@@ -351,8 +351,8 @@ async fn models_lists_chat_routes_in_either_shape() {
         "{ids:?}"
     );
     assert!(
-        !ids.contains(&"titan"),
-        "an embedding model is no chat model"
+        ids.contains(&"titan"),
+        "OpenAI's list has its embedding models: {ids:?}"
     );
 
     let one = get("/v1/models/thinker", false).await;
@@ -363,7 +363,9 @@ async fn models_lists_chat_routes_in_either_shape() {
     );
     let by_model_id = get(&format!("/v1/models/{THINKER}"), false).await;
     assert_eq!(by_model_id.json()["id"], THINKER);
-    for missing in ["/v1/models/titan", "/v1/models/gpt-4o"] {
+    assert_eq!(get("/v1/models/titan", false).await.status, 200);
+    assert_eq!(get("/v1/models/titan", true).await.status, 404);
+    for missing in ["/v1/models/gpt-4o"] {
         let r = get(missing, false).await;
         assert_eq!(r.status, 404);
         assert_eq!(r.json()["error"]["code"], "model_not_found");
@@ -371,6 +373,14 @@ async fn models_lists_chat_routes_in_either_shape() {
     }
 
     let list = get("/v1/models", true).await.json();
+    assert!(
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["id"] != "titan"),
+        "the Anthropic API has no embeddings"
+    );
     assert_eq!(list["has_more"], false);
     assert_eq!(list["data"][0]["type"], "model");
     assert_eq!(list["first_id"], list["data"][0]["id"]);

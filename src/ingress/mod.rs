@@ -46,7 +46,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
 
-use crate::answer::{Answer, Record};
+use crate::answer::{Answer, CacheStatus, Record};
 use crate::auth::Principal;
 use crate::cache::Directives;
 use crate::config::ServicePolicy;
@@ -341,6 +341,115 @@ pub async fn run(
         },
         whole => whole,
     })
+}
+
+/// Runs several calls that answer one request (an embeddings batch a model
+/// takes one text at a time) concurrently through the pipeline, answers in the
+/// calls' order. The limits admit the calls' summed estimate once; `finish`
+/// records the calls together: attempts summed, a cache hit only when every
+/// call was one, a miss when any call missed.
+pub async fn run_many(
+    state: &AppState,
+    rt: &Arc<Runtime>,
+    mut calls: Vec<Call>,
+    headers: &HeaderMap,
+    finish: &mut Finish,
+) -> Result<Vec<Answer>, ProxyError> {
+    let Some(first) = calls.first() else {
+        return Ok(Vec::new());
+    };
+    let route = first.routed.route.clone();
+    let service_policy = route.config.resilience.service_tier;
+    if let Some(tier) = service_tier::from_request_header(headers)? {
+        if service_policy == ServicePolicy::Client {
+            for call in &mut calls {
+                call.mark_service_tier(tier);
+            }
+        }
+    }
+    if let Some(first) = calls.first() {
+        finish.op = first.op;
+        finish.requested_tier = first.requested_tier();
+        finish.requested_service_tier = first.requested_service_tier();
+    }
+    finish.wanted_service_tier = Some(service_tier::wanted(
+        service_policy,
+        finish.requested_service_tier,
+    ));
+    finish.catalog = Some(rt.catalog.clone());
+    let embedding = finish
+        .model
+        .as_ref()
+        .is_some_and(|m| m.kind == crate::catalog::ModelKind::Embedding);
+    let default_output = rt.config.limits.output_tokens_estimate;
+    let estimate = || {
+        calls.iter().fold(limits::Estimate::default(), |sum, call| {
+            let one = limits::estimate(
+                call.op,
+                call.json.as_ref(),
+                &call.body,
+                embedding,
+                default_output,
+            );
+            limits::Estimate {
+                input: sum.input + one.input,
+                output: sum.output + one.output,
+            }
+        })
+    };
+    if let Err(Refusal { error, view }) = state
+        .limiter
+        .admit_body(
+            &mut finish.limits,
+            &rt.config.limits,
+            (&route.name, &route.config.quota),
+            estimate,
+        )
+        .await
+    {
+        finish.limits.view = view;
+        return Err(error);
+    }
+    finish.wanted_tier = Some(latency::wanted(
+        route.config.resilience.latency,
+        finish.requested_tier,
+    ));
+    let directives = Directives::from_headers(headers);
+    let runs = calls.into_iter().map(|call| {
+        let directives = &directives;
+        async move {
+            let mut record = Record::default();
+            let result = pipeline::run(&state.pipeline, rt, call, directives, &mut record).await;
+            (result, record)
+        }
+    });
+    let done = futures_util::future::join_all(runs).await;
+    let mut merged = Record::default();
+    let mut cache: Option<CacheStatus> = None;
+    let mut answers = Vec::with_capacity(done.len());
+    let mut failure = None;
+    for (result, record) in done {
+        cache = Some(match (cache, record.cache) {
+            (None, c) => c,
+            (Some(CacheStatus::Miss), _) | (_, CacheStatus::Miss) => CacheStatus::Miss,
+            (Some(CacheStatus::Bypass), _) | (_, CacheStatus::Bypass) => CacheStatus::Bypass,
+            (Some(hit), _) => hit,
+        });
+        merged.absorb(record);
+        match result {
+            Ok(answer) => answers.push(answer),
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    merged.cache = cache.unwrap_or_default();
+    finish.pricing = finish::Pricing::of(rt, &merged);
+    finish.record(merged);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(answers),
+    }
 }
 
 /// The response to a failed request, in the shape `render` makes, with the

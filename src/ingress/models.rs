@@ -2,7 +2,8 @@
 //! caller's key may use, by route name and alias, in the OpenAI shape, or in
 //! the Anthropic shape when the request carries `anthropic-version` (the
 //! Anthropic SDK always sends it; the OpenAI SDK never does). Routes whose
-//! model is an embedding model are not chat models and are not listed.
+//! model is an embedding model are listed in the OpenAI shape (OpenAI's list
+//! has its embedding models, callable at `/v1/embeddings`), not in Anthropic's.
 
 use axum::extract::{Path, Request, State};
 use axum::http::request::Parts;
@@ -83,13 +84,18 @@ fn listed_ids(route: &Route) -> Vec<&str> {
     ids
 }
 
-/// The chat routes `principal` may use.
-fn usable<'a>(rt: &'a Runtime, principal: &'a Principal) -> impl Iterator<Item = &'a Route> {
+/// The routes `principal` may use that the API of `shape` can call (the
+/// Anthropic API has no embeddings).
+fn usable<'a>(
+    rt: &'a Runtime,
+    principal: &'a Principal,
+    shape: Shape,
+) -> impl Iterator<Item = &'a Route> {
     rt.routes
         .routes()
         .iter()
         .map(|r| &**r)
-        .filter(|r| principal.may_use(&r.name) && is_chat(rt, r))
+        .filter(move |r| principal.may_use(&r.name) && (shape == Shape::OpenAi || is_chat(rt, r)))
 }
 
 async fn list(State(state): State<AppState>, request: Request) -> Response {
@@ -104,7 +110,7 @@ async fn list(State(state): State<AppState>, request: Request) -> Response {
         Ok((_, p)) => p,
         Err(e) => return shape.failed(&finish, &e),
     };
-    let data: Vec<Value> = usable(&rt, &principal)
+    let data: Vec<Value> = usable(&rt, &principal, shape)
         .flat_map(|r| listed_ids(r).into_iter().map(move |id| shape.model(id, r)))
         .collect();
     match shape {
@@ -132,7 +138,7 @@ async fn one(State(state): State<AppState>, Path(id): Path<String>, request: Req
     };
     // A model the route lists counts too; a catch-all route's stand-in for any
     // id does not: only what a route names exists.
-    let found = usable(&rt, &principal)
+    let found = usable(&rt, &principal, shape)
         .find(|r| listed_ids(r).contains(&id.as_str()) || r.config.models.contains(&id));
     match found {
         Some(route) => Json(shape.model(&id, route)).into_response(),

@@ -143,15 +143,16 @@ fn family(op: Operation) -> Option<Family> {
     }
 }
 
-/// Whether and how `call` is cached: the route's mode, the temperature, the
-/// request's `Cache-Control`.
-fn cacheable(call: &Call, directives: &Directives) -> Option<Cacheable> {
+/// Whether and how `call` is cached: the route's mode, the temperature (an
+/// embedding model's answer is deterministic at any), the request's
+/// `Cache-Control`.
+fn cacheable(call: &Call, rt: &Runtime, directives: &Directives) -> Option<Cacheable> {
     let policy = &call.routed.route.config.cache;
     let family = family(call.op)?;
     let allowed = match policy.mode {
         CacheMode::Off => false,
         CacheMode::Always => true,
-        CacheMode::Deterministic => is_deterministic(call.json.as_ref()),
+        CacheMode::Deterministic => is_deterministic(call.json.as_ref()) || is_embedding(call, rt),
     };
     if !allowed || directives.no_store {
         return None;
@@ -217,7 +218,7 @@ pub async fn run(
 ) -> Result<Answer, ProxyError> {
     let cache = &pipeline.cache;
     let route_metrics = call.routed.route.metrics.clone();
-    let Some(c) = cacheable(&call, directives) else {
+    let Some(c) = cacheable(&call, rt, directives) else {
         record.cache = CacheStatus::Bypass;
         cache.count(CacheStatus::Bypass);
         route_metrics.cache_request("bypass", "none");
@@ -315,8 +316,20 @@ pub async fn run(
     Err(last_error.unwrap_or_else(|| ProxyError::internal("no answer after retrying")))
 }
 
-/// Whether a finished answer may be stored.
-fn storable(policy: &RouteCacheConfig, stop_reason: Option<&str>) -> bool {
+/// Whether `call` goes to an embedding model (whose answers are vectors:
+/// deterministic, and without a stop reason).
+fn is_embedding(call: &Call, rt: &Runtime) -> bool {
+    rt.catalog
+        .get(&call.routed.upstream_model)
+        .is_some_and(|l| l.model.kind == crate::catalog::ModelKind::Embedding)
+}
+
+/// Whether a finished answer may be stored: one that stopped for a reason the
+/// route caches, or an embedding model's (which has no stop reason).
+fn storable(policy: &RouteCacheConfig, stop_reason: Option<&str>, embedding: bool) -> bool {
+    if embedding && stop_reason.is_none() {
+        return true;
+    }
     stop_reason.is_some_and(|reason| {
         policy.stop_reasons.iter().any(|r| r == reason)
             && !NEVER_CACHED_STOP_REASONS.contains(&reason)
@@ -374,7 +387,13 @@ async fn fly(
                 body: body.clone(),
                 summary: summary.clone(),
             });
-            if may_store && storable(policy, summary.stop_reason.as_deref()) {
+            if may_store
+                && storable(
+                    policy,
+                    summary.stop_reason.as_deref(),
+                    is_embedding(&call, &rt),
+                )
+            {
                 let entry = match call.op {
                     Operation::Converse => {
                         Entry::from_converse_body(tenant, route, model, policy.ttl, &body).ok()
@@ -418,7 +437,10 @@ async fn fly(
             };
             drop(frames);
             let complete = end.is_ok() && !upstream_exception;
-            if may_store && complete && storable(policy, reader.summary.stop_reason.as_deref()) {
+            if may_store
+                && complete
+                && storable(policy, reader.summary.stop_reason.as_deref(), false)
+            {
                 let summary = reader.summary.clone();
                 let offsets = std::mem::take(&mut reader.offsets_ms);
                 let entry = match (reader.events.take(), reader.chunks.take()) {

@@ -1,9 +1,12 @@
 //! The OpenAI-compatible API: `POST /v1/chat/completions` (JSON and server-sent
-//! events), over the same pipeline as Bedrock's own paths. `model` is a route
+//! events), `POST /v1/embeddings` ([`embeddings`]) and `POST /v1/responses`
+//! ([`responses`]), over the same pipeline as Bedrock's own paths. `model` is a route
 //! alias; keys are the same API keys (`Authorization: Bearer`). Errors are
 //! OpenAI error objects, with `param` naming the field they are about.
 //! (`/v1/models` is [`super::models`], shared with the Anthropic API.)
 
+pub mod embeddings;
+pub mod responses;
 pub mod translate;
 
 use axum::extract::{Request, State};
@@ -34,7 +37,10 @@ pub const STRUCTURED_OUTPUT_HEADER: &str = "x-proxy-structured-output";
 
 /// The OpenAI routes.
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/chat/completions", post(chat))
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/responses", post(responses::create))
 }
 
 /// OpenAI's error object for a proxy error, with its status.
