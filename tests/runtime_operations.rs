@@ -11,15 +11,10 @@
 
 mod common;
 
-use aws_sdk_bedrockruntime::types::{
-    AsyncInvokeOutputDataConfig, AsyncInvokeS3OutputDataConfig, AsyncInvokeStatus, GuardrailAction,
-    GuardrailContentBlock, GuardrailContentSource, GuardrailTextBlock,
-};
-use aws_smithy_types::Document;
-use bedrock_sim::testing::{sdk_client, sdk_client_signed};
+use aws_sdk_bedrockruntime::types::{AsyncInvokeStatus, GuardrailAction, GuardrailContentSource};
+use bedrock_sim::testing::{guarded_text, s3, sdk_client, sdk_client_signed, video_input};
 use bedrock_sim::SimConfig;
 use common::*;
-use std::collections::HashMap;
 use std::time::Duration;
 
 const REEL: &str = "amazon.nova-reel-v1:1";
@@ -50,40 +45,6 @@ async fn ops_stack() -> Stack {
         EXTRA,
     )
     .await
-}
-
-fn guarded_text(text: &str) -> GuardrailContentBlock {
-    GuardrailContentBlock::Text(GuardrailTextBlock::builder().text(text).build().unwrap())
-}
-
-fn video_input(text: &str) -> Document {
-    Document::Object(HashMap::from([
-        ("taskType".to_owned(), Document::String("TEXT_VIDEO".into())),
-        (
-            "textToVideoParams".to_owned(),
-            Document::Object(HashMap::from([(
-                "text".to_owned(),
-                Document::String(text.into()),
-            )])),
-        ),
-        (
-            "videoGenerationConfig".to_owned(),
-            Document::Object(HashMap::from([
-                ("durationSeconds".to_owned(), Document::from(6u64)),
-                ("fps".to_owned(), Document::from(24u64)),
-                ("dimension".to_owned(), Document::String("1280x720".into())),
-            ])),
-        ),
-    ]))
-}
-
-fn s3(uri: &str) -> AsyncInvokeOutputDataConfig {
-    AsyncInvokeOutputDataConfig::S3OutputDataConfig(
-        AsyncInvokeS3OutputDataConfig::builder()
-            .s3_uri(uri)
-            .build()
-            .unwrap(),
-    )
 }
 
 #[tokio::test]

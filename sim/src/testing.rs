@@ -6,12 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aws_sdk_bedrockruntime::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_bedrockruntime::types::{ContentBlock, ConversationRole, Message};
+use aws_sdk_bedrockruntime::types::{
+    AsyncInvokeOutputDataConfig, AsyncInvokeS3OutputDataConfig, ContentBlock, ConversationRole,
+    GuardrailContentBlock, GuardrailTextBlock, Message,
+};
+use aws_smithy_types::Document;
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::http::{HeaderMap, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::{SimConfig, SimHandle, Simulator};
@@ -145,4 +150,41 @@ pub async fn post_json(url: &str, body: impl Into<Bytes>) -> Result<RawResponse,
         body,
     )
     .await
+}
+
+/// A text block for ApplyGuardrail.
+pub fn guarded_text(text: &str) -> GuardrailContentBlock {
+    GuardrailContentBlock::Text(GuardrailTextBlock::builder().text(text).build().unwrap())
+}
+
+/// Nova Reel's model input for a 6-second 720p video of `text`.
+pub fn video_input(text: &str) -> Document {
+    Document::Object(HashMap::from([
+        ("taskType".to_owned(), Document::String("TEXT_VIDEO".into())),
+        (
+            "textToVideoParams".to_owned(),
+            Document::Object(HashMap::from([(
+                "text".to_owned(),
+                Document::String(text.into()),
+            )])),
+        ),
+        (
+            "videoGenerationConfig".to_owned(),
+            Document::Object(HashMap::from([
+                ("durationSeconds".to_owned(), Document::from(6u64)),
+                ("fps".to_owned(), Document::from(24u64)),
+                ("dimension".to_owned(), Document::String("1280x720".into())),
+            ])),
+        ),
+    ]))
+}
+
+/// An async invoke's output location.
+pub fn s3(uri: &str) -> AsyncInvokeOutputDataConfig {
+    AsyncInvokeOutputDataConfig::S3OutputDataConfig(
+        AsyncInvokeS3OutputDataConfig::builder()
+            .s3_uri(uri)
+            .build()
+            .unwrap(),
+    )
 }

@@ -8,21 +8,22 @@
 use aws_sdk_bedrockruntime::error::ProvideErrorMetadata;
 use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::types::{
-    AsyncInvokeOutputDataConfig, AsyncInvokeS3OutputDataConfig, AsyncInvokeStatus,
-    BidirectionalInputPayloadPart, ContentBlock, ConversationRole, ConverseStreamOutput,
-    GuardrailAction, GuardrailChecksConfig, GuardrailChecksContentBlock,
+    AsyncInvokeStatus, BidirectionalInputPayloadPart, ContentBlock, ConversationRole,
+    ConverseStreamOutput, GuardrailAction, GuardrailChecksConfig, GuardrailChecksContentBlock,
     GuardrailChecksContentFilterCategory, GuardrailChecksContentFilterCategoryConfig,
     GuardrailChecksContentFilterConfig, GuardrailChecksMessage, GuardrailChecksRole,
     GuardrailChecksSensitiveInformationConfig, GuardrailChecksSensitiveInformationEntityConfig,
-    GuardrailChecksSensitiveInformationEntityType, GuardrailConfiguration, GuardrailContentBlock,
-    GuardrailContentSource, GuardrailConverseContentBlock, GuardrailConverseTextBlock,
-    GuardrailTextBlock, GuardrailTrace, InferenceConfiguration,
-    InvokeModelWithBidirectionalStreamInput, InvokeModelWithBidirectionalStreamOutput, Message,
-    ServiceTier, ServiceTierType, SortOrder, StopReason, Trace,
+    GuardrailChecksSensitiveInformationEntityType, GuardrailConfiguration, GuardrailContentSource,
+    GuardrailConverseContentBlock, GuardrailConverseTextBlock, GuardrailTrace,
+    InferenceConfiguration, InvokeModelWithBidirectionalStreamInput,
+    InvokeModelWithBidirectionalStreamOutput, Message, ServiceTier, ServiceTierType, SortOrder,
+    StopReason, Trace,
 };
 use aws_smithy_types::Document;
 use bedrock_sim::guardrail::GuardrailConfig;
-use bedrock_sim::testing::{sdk_client, spawn, spawn_fast, user_text};
+use bedrock_sim::testing::{
+    guarded_text, s3, sdk_client, spawn, spawn_fast, user_text, video_input,
+};
 use bedrock_sim::{FaultKind, FaultRule, SimConfig, SimHandle};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -467,10 +468,6 @@ async fn a_prompt_router_answers_as_the_model_it_picks_and_says_which() {
 
 // ---- Guardrails ---------------------------------------------------------
 
-fn guarded_text(text: &str) -> GuardrailContentBlock {
-    GuardrailContentBlock::Text(GuardrailTextBlock::builder().text(text).build().unwrap())
-}
-
 #[tokio::test]
 async fn apply_guardrail_intervenes_on_a_blocked_word_and_passes_the_rest() {
     let sim = spawn_fast().await;
@@ -844,36 +841,6 @@ async fn guardrail_checks_score_the_requested_checks() {
 }
 
 // ---- Async invoke -------------------------------------------------------
-
-fn video_input(text: &str) -> Document {
-    Document::Object(HashMap::from([
-        ("taskType".to_owned(), Document::String("TEXT_VIDEO".into())),
-        (
-            "textToVideoParams".to_owned(),
-            Document::Object(HashMap::from([(
-                "text".to_owned(),
-                Document::String(text.into()),
-            )])),
-        ),
-        (
-            "videoGenerationConfig".to_owned(),
-            Document::Object(HashMap::from([
-                ("durationSeconds".to_owned(), Document::from(6u64)),
-                ("fps".to_owned(), Document::from(24u64)),
-                ("dimension".to_owned(), Document::String("1280x720".into())),
-            ])),
-        ),
-    ]))
-}
-
-fn s3(uri: &str) -> AsyncInvokeOutputDataConfig {
-    AsyncInvokeOutputDataConfig::S3OutputDataConfig(
-        AsyncInvokeS3OutputDataConfig::builder()
-            .s3_uri(uri)
-            .build()
-            .unwrap(),
-    )
-}
 
 #[tokio::test]
 async fn an_async_video_job_runs_on_the_simulated_clock() {
