@@ -374,8 +374,8 @@ fn the_responses_store_has_defaults_and_bounds() {
     let c = Config::parse(&with("")).unwrap();
     assert_eq!(c.responses.ttl, Duration::from_secs(30 * 24 * 3600));
     assert_eq!(c.responses.max_bytes, 64 * 1024 * 1024);
-    let c = Config::parse(&with("[responses]\nttl = \"2h\"\nmax_bytes = 1048576")).unwrap();
-    assert_eq!(c.responses.ttl, Duration::from_secs(7200));
+    let c = Config::parse(&with("[responses]\nttl = \"7d\"\nmax_bytes = 1048576")).unwrap();
+    assert_eq!(c.responses.ttl, Duration::from_secs(7 * 24 * 3600));
     assert_eq!(c.responses.max_bytes, 1 << 20);
     let e = errors(&with("[responses]\nttl = \"0s\"\nmax_bytes = 10"));
     assert_eq!(

@@ -13,8 +13,12 @@
 //! `temperature`, `top_p`, `text.format`, `reasoning.effort`, `metadata`, usage
 //! with `input_tokens_details.cached_tokens`.
 //! `stream: true` is the Responses event sequence ([`stream`]).
-//! Not yet (refused with a 400 naming the field): `previous_response_id` and
-//! the stored-response endpoints.
+//! Conversation state: `store` (default true) keeps the answer, with its
+//! conversation, in the tenant's [`crate::responses_store`];
+//! `previous_response_id` continues one (its items before `input`, its
+//! `instructions` not carried over); [`stored`] serves `GET`/`DELETE
+//! /v1/responses/{id}` and `input_items`. Errors the Chat Completions
+//! translator raises name the Responses field they are about ([`Origin`]).
 
 pub mod stored;
 pub mod stream;
