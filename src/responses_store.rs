@@ -53,6 +53,9 @@ impl ResponseStore {
     /// each readable for `config.ttl`.
     pub fn new(config: &ResponsesConfig, redis: Option<Arc<RedisTier>>) -> ResponseStore {
         let local = Cache::builder()
+            // Least recently used goes first, and a new response is always
+            // admitted (TinyLFU could refuse one a client is about to continue).
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .max_capacity(config.max_bytes)
             .weigher(|_k: &(Arc<str>, String), v: &Arc<Local>| v.weight)
             // A backstop on the wall clock; reads check `expires`.
@@ -193,5 +196,9 @@ mod tests {
             kept += usize::from(store.get(&tenant, &format!("resp_{i}")).await.is_some());
         }
         assert!((1..=3).contains(&kept), "{kept} kept");
+        assert!(
+            store.get(&tenant, "resp_19").await.is_some(),
+            "the newest response is kept"
+        );
     }
 }
