@@ -68,6 +68,7 @@ pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub(crate) mod prompt_cache;
 pub(crate) mod reload;
+pub(crate) mod responses_store;
 pub(crate) mod route;
 pub(crate) mod runtime;
 pub mod server;

@@ -5,9 +5,9 @@
 //! finish on the runtime they started with. A file that does not validate
 //! changes nothing: the reason is logged and `bedrock_proxy_config_reload_failures_total` grows.
 //!
-//! Listener addresses, TLS files, limits on concurrency, the cache tiers, trace
-//! export and EMF output are read at start only; a reload that changes them
-//! says so in the log.
+//! Listener addresses, TLS files, limits on concurrency, the cache tiers, the
+//! stored-responses store (`[responses]`), trace export and EMF output are
+//! read at start only; a reload that changes them says so in the log.
 
 use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
@@ -63,6 +63,7 @@ pub async fn reload(state: &AppState, path: &Path) -> Result<String, ReloadError
                 old.limits.max_concurrent_requests != config.limits.max_concurrent_requests,
             ),
             ("[cache]", old.cache != config.cache),
+            ("[responses]", old.responses != config.responses),
             (
                 "[tracing], logging.cloudwatch_emf / cloudwatch_namespace",
                 old.tracing != config.tracing

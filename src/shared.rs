@@ -278,7 +278,13 @@ impl RedisTier {
 
     /// Stores an entry's encoded bytes for `ttl` (the tier's own TTL caps it).
     pub async fn set(&self, key: &str, encoded: &[u8], ttl: Duration) {
-        let ttl = ttl.min(self.config.ttl).max(Duration::from_millis(1));
+        self.set_for(key, encoded, ttl.min(self.config.ttl)).await;
+    }
+
+    /// Stores an entry's encoded bytes for exactly `ttl`, past the tier's own
+    /// TTL: stored Responses keep their own (`[responses] ttl`).
+    pub async fn set_for(&self, key: &str, encoded: &[u8], ttl: Duration) {
+        let ttl = ttl.max(Duration::from_millis(1));
         let value = if encoded.len() >= self.config.compress_min_bytes {
             let mut v = vec![LZ4];
             v.extend_from_slice(&lz4_flex::compress_prepend_size(encoded));
@@ -430,6 +436,15 @@ impl RedisTier {
             }
         }
         removed
+    }
+
+    /// Deletes one key (already prefixed); whether it was there. `None` when
+    /// Redis is unavailable.
+    pub async fn delete(&self, key: &str) -> Option<bool> {
+        let n: u64 = self
+            .run("del", redis::cmd("UNLINK").arg(key).clone())
+            .await?;
+        Some(n > 0)
     }
 
     /// Unlinks keys one by one (on a cluster each goes to its own slot's node).

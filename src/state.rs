@@ -16,6 +16,7 @@ use crate::limits::Limiter;
 use crate::metrics;
 use crate::pipeline::Pipeline;
 use crate::prompt_cache::PrefixRegistry;
+use crate::responses_store::ResponseStore;
 use crate::runtime::Runtime;
 use crate::shared::RedisTier;
 
@@ -35,6 +36,9 @@ pub struct Shared {
     /// The rate-limit and budget counters: built once, they survive reloads
     /// (the limits themselves are the runtime's config).
     pub(crate) limiter: Arc<Limiter>,
+    /// The Responses API's stored responses (`[responses]`, read at start):
+    /// built once, they survive reloads.
+    pub(crate) responses: Arc<ResponseStore>,
     /// The config file reloads read (none in built-in demo mode).
     pub(crate) config_path: RwLock<Option<std::path::PathBuf>>,
     pub(crate) metrics: PrometheusHandle,
@@ -82,6 +86,7 @@ impl AppState {
             .clone()
             .map(|r| RedisTier::start(r, stop));
         let limiter = Limiter::new(runtime.config.limits.clock, redis.clone());
+        let responses = Arc::new(ResponseStore::new(&runtime.config.responses, redis.clone()));
         let pipeline = Arc::new(Pipeline {
             cache: ResponseCache::new(&runtime.config.cache, redis.clone()),
             flights: Default::default(),
@@ -99,6 +104,7 @@ impl AppState {
             runtime: ArcSwap::from_pointee(runtime),
             pipeline,
             limiter,
+            responses,
             config_path: RwLock::new(None),
             metrics,
             concurrency: Arc::new(Semaphore::new(permits)),

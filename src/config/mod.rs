@@ -13,7 +13,7 @@
 //! typed config with the `Default` impls (the one place defaults live: raw
 //! parsing falls back to them), and `validate`, which reads the table alone:
 //! `server`, `admin`, `limits`, `logging`, `tracing`, `upstreams`, `cache`,
-//! `prompt_cache`, `catalog`, `routes/` (with the route's own `cache`,
+//! `prompt_cache`, `responses`, `catalog`, `routes/` (with the route's own `cache`,
 //! `prompt_cache` and `resilience` parts), `keys`, `tenants` (with `Quota`,
 //! the limit keys tenants, keys and routes share). Checks that one table makes
 //! of another (a route naming a missing upstream, a key naming a missing
@@ -49,6 +49,7 @@ mod keys;
 mod limits;
 mod logging;
 mod prompt_cache;
+mod responses;
 mod routes;
 mod server;
 mod tenants;
@@ -69,6 +70,7 @@ pub use keys::{KeyConfig, KeyCredential, RouteAccess};
 pub use limits::{Limits, LimitsClock, SharedFailure};
 pub use logging::{LogFormat, LogOverflow, LoggingConfig};
 pub use prompt_cache::PromptCacheGlobal;
+pub use responses::ResponsesConfig;
 pub use routes::cache::{
     CacheMode, Replay, RouteCacheConfig, DEFAULT_CACHED_STOP_REASONS, NEVER_CACHED_STOP_REASONS,
 };
@@ -102,6 +104,8 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     pub cache: CacheConfig,
     pub prompt_cache: PromptCacheGlobal,
+    /// Stored Responses (`store`, `previous_response_id`; read at start).
+    pub responses: ResponsesConfig,
     /// A model catalog file replacing the embedded one.
     pub catalog_file: Option<PathBuf>,
     /// SHA-256 of the source text.
@@ -137,6 +141,8 @@ struct RawConfig {
     catalog: catalog::RawCatalog,
     #[serde(default)]
     prompt_cache: prompt_cache::RawPromptCacheGlobal,
+    #[serde(default)]
+    responses: responses::RawResponses,
 }
 
 impl RawConfig {
@@ -156,6 +162,7 @@ impl RawConfig {
             cache,
             catalog,
             prompt_cache,
+            responses,
         } = self;
         let mut errors = Vec::new();
         let e = &mut errors;
@@ -167,6 +174,7 @@ impl RawConfig {
         let upstreams = upstreams::validate(upstreams, e);
         let cache = cache::validate(cache, e);
         let prompt_cache = prompt_cache::validate(prompt_cache, e);
+        let responses = responses::validate(responses, e);
         let catalog_file = catalog::validate(catalog, e);
         let routes = routes::validate(routes, e);
         let keys = keys::validate(keys, e);
@@ -188,6 +196,7 @@ impl RawConfig {
             tenants,
             cache,
             prompt_cache,
+            responses,
             catalog_file,
             hash: String::new(),
             loaded_at: SystemTime::now(),

@@ -370,6 +370,31 @@ file = "${CONFIG_TEST_UNSET_CATALOG}"
 }
 
 #[test]
+fn the_responses_store_has_defaults_and_bounds() {
+    let c = Config::parse(&with("")).unwrap();
+    assert_eq!(c.responses.ttl, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(c.responses.max_bytes, 64 * 1024 * 1024);
+    let c = Config::parse(&with("[responses]\nttl = \"7d\"\nmax_bytes = 1048576")).unwrap();
+    assert_eq!(c.responses.ttl, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(c.responses.max_bytes, 1 << 20);
+    let e = errors(&with("[responses]\nttl = \"0s\"\nmax_bytes = 10"));
+    assert_eq!(
+        e,
+        [
+            "responses.ttl: must be at least 1s",
+            "responses.max_bytes: must be at least 1024, got 10",
+        ]
+    );
+    let e = errors(&with("[responses]\nttl = \"soon\""));
+    assert!(
+        e[0].starts_with("responses.ttl: `soon` is not a duration"),
+        "{e:#?}"
+    );
+    let e = errors(&with("[responses]\nmax_entries = 3"));
+    assert!(e[0].contains("unknown field `max_entries`"), "{e:#?}");
+}
+
+#[test]
 fn a_routes_own_problems_name_their_keys() {
     let e = errors(&with_routes(
         r#"

@@ -489,6 +489,16 @@ pub fn sse_answer(
     frames: crate::stream::FrameStream,
     writer: impl crate::stream::SseWriter,
 ) -> axum::response::Response {
+    let body = crate::stream::to_sse_client(frames, finish.stream_observer(), writer);
+    sse_body(finish, body)
+}
+
+/// A server-sent-events response of `body` (what [`sse_answer`] renders,
+/// possibly with more done between its chunks).
+pub fn sse_body(
+    finish: &Finish,
+    body: impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
+) -> axum::response::Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         "content-type",
@@ -496,7 +506,6 @@ pub fn sse_answer(
     );
     headers.insert("cache-control", HeaderValue::from_static("no-cache"));
     finish.headers(&mut headers, None);
-    let body = crate::stream::to_sse_client(frames, finish.stream_observer(), writer);
     let mut response = axum::response::Response::new(Body::from_stream(body));
     *response.headers_mut() = headers;
     response

@@ -1,8 +1,9 @@
 //! The OpenAI-compatible API: `POST /v1/chat/completions` (JSON and server-sent
-//! events), `POST /v1/embeddings` ([`embeddings`]) and `POST /v1/responses`
-//! ([`responses`]), over the same pipeline as Bedrock's own paths. `model` is a route
-//! alias; keys are the same API keys (`Authorization: Bearer`). Errors are
-//! OpenAI error objects, with `param` naming the field they are about.
+//! events), `POST /v1/embeddings` ([`embeddings`]) and the Responses API
+//! ([`responses`]: `POST /v1/responses` and the stored responses), over the
+//! same pipeline as Bedrock's own paths. `model` is a route alias; keys are
+//! the same API keys (`Authorization: Bearer`). Errors are OpenAI error
+//! objects, with `param` naming the field they are about.
 //! (`/v1/models` is [`super::models`], shared with the Anthropic API.)
 
 pub mod embeddings;
@@ -12,7 +13,7 @@ pub mod translate;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use bedrock_wire::converse::ConverseEvent;
 use bytes::Bytes;
@@ -41,11 +42,24 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::stored::retrieve).delete(responses::stored::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::stored::input_items),
+        )
 }
 
 /// OpenAI's error object for a proxy error, with its status.
 pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
-    let (status, kind, code) = match e.kind {
+    error_with_code(e, request_id, None)
+}
+
+/// [`error_response`] with `code` in place of the one the error's kind has.
+pub fn error_with_code(e: &ProxyError, request_id: &str, code: Option<&str>) -> Response {
+    let (status, kind, default_code) = match e.kind {
         ErrorKind::Validation | ErrorKind::Unsupported | ErrorKind::TooLarge => {
             (400, "invalid_request_error", None)
         }
@@ -55,6 +69,11 @@ pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
         ErrorKind::NotFound if e.param.as_deref() == Some("model") => {
             (404, "invalid_request_error", Some("model_not_found"))
         }
+        ErrorKind::NotFound if e.param.as_deref() == Some("previous_response_id") => (
+            404,
+            "invalid_request_error",
+            Some("previous_response_not_found"),
+        ),
         ErrorKind::NotFound => (404, "invalid_request_error", None),
         ErrorKind::Throttled => (429, "rate_limit_error", Some("rate_limit_exceeded")),
         ErrorKind::QuotaExceeded | ErrorKind::BudgetExceeded => {
@@ -66,6 +85,7 @@ pub fn error_response(e: &ProxyError, request_id: &str) -> Response {
         }
         ErrorKind::ModelError | ErrorKind::Internal => (500, "server_error", None),
     };
+    let code = code.or(default_code);
     let body =
         json!({ "error": { "message": e.message, "type": kind, "param": e.param, "code": code } });
     let mut response = (

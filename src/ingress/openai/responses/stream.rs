@@ -10,6 +10,7 @@
 use bedrock_wire::converse::ConverseEvent;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
+use std::sync::{Arc, Mutex};
 
 use super::super::translate::ChunkWriter;
 use super::response;
@@ -23,6 +24,9 @@ enum Open {
     Reasoning { index: usize },
     Call { index: usize, id: String },
 }
+
+/// Where a complete stream leaves its final Response (to be stored).
+pub type Completed = Arc<Mutex<Option<Value>>>;
 
 /// Writes a Response's events.
 pub struct ResponseEvents {
@@ -42,6 +46,7 @@ pub struct ResponseEvents {
     reasoning: String,
     finish: Option<String>,
     usage: Value,
+    completed: Option<Completed>,
 }
 
 impl ResponseEvents {
@@ -68,7 +73,15 @@ impl ResponseEvents {
             reasoning: String::new(),
             finish: None,
             usage: Value::Null,
+            completed: None,
         }
+    }
+
+    /// Leaves the final Response in `completed` when the stream completes
+    /// (the model finished: a stream that ends without its stop is no answer).
+    pub fn on_complete(mut self, completed: Completed) -> ResponseEvents {
+        self.completed = Some(completed);
+        self
     }
 
     fn emit(&mut self, out: &mut Vec<Bytes>, kind: &str, mut body: Value) {
@@ -348,6 +361,11 @@ impl SseWriter for ResponseEvents {
         let mut out = Vec::new();
         self.close_all(&mut out);
         let r = self.snapshot("completed");
+        if self.finish.is_some() {
+            if let Some(mut slot) = self.completed.as_ref().and_then(|c| c.lock().ok()) {
+                *slot = Some(r.clone());
+            }
+        }
         self.emit(&mut out, "response.completed", json!({ "response": r }));
         out
     }
