@@ -58,6 +58,8 @@ pub fn install() -> PrometheusHandle {
             // Fails only when another recorder is installed (an embedding
             // application's); the handle then renders nothing, which is visible.
             let _ = metrics::set_global_recorder(recorder);
+            let _ = IN_FLIGHT_GAUGE.set(metrics::gauge!(IN_FLIGHT));
+            let _ = BODY_BYTES_GAUGE.set(metrics::gauge!(BODY_BYTES_IN_FLIGHT));
             describe();
             describe_protection();
             start_at_zero();
@@ -262,6 +264,47 @@ pub struct RouteMetrics {
     cache: [OnceLock<metrics::Counter>; 5],
     /// By outcome, in [`STREAM_OUTCOMES`]' order.
     streams: [OnceLock<metrics::Counter>; 4],
+    /// By (tier, requested).
+    served_tier: Memo<[&'static str; 2], metrics::Counter, 6>,
+    /// By tier.
+    ttft: Memo<&'static str, metrics::Histogram, 3>,
+    /// By tier.
+    output_speed: Memo<&'static str, metrics::Histogram, 3>,
+    /// By (served, requested).
+    service_tier: Memo<[&'static str; 2], metrics::Counter, 6>,
+    /// By (upstream kind, basis).
+    cost: Memo<[&'static str; 2], metrics::Gauge, 4>,
+}
+
+/// Handles by label values from a small set (tiers, kinds), each resolved on
+/// first use into one of `N` slots and found again by a scan of the filled
+/// ones: no lock and no allocation once resolved. Label values beyond `N`
+/// distinct ones are looked up in the registry each time (still correct).
+#[derive(Debug)]
+struct Memo<L, H, const N: usize> {
+    slots: [OnceLock<(L, H)>; N],
+}
+
+impl<L, H, const N: usize> Default for Memo<L, H, N> {
+    fn default() -> Self {
+        Memo {
+            slots: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+}
+
+impl<L: PartialEq + Copy, H: Clone, const N: usize> Memo<L, H, N> {
+    /// The handle of `labels`, made by `make` the first time. Two threads may
+    /// race for an empty slot with different labels: the loser moves on.
+    fn get(&self, labels: L, make: impl Fn() -> H) -> H {
+        for slot in &self.slots {
+            let (l, h) = slot.get_or_init(|| (labels, make()));
+            if *l == labels {
+                return h.clone();
+            }
+        }
+        make()
+    }
 }
 
 const CACHE_OUTCOMES: [(&str, &str); 5] = [
@@ -308,6 +351,11 @@ impl RouteMetrics {
             tokens: Default::default(),
             cache: Default::default(),
             streams: Default::default(),
+            served_tier: Memo::default(),
+            ttft: Memo::default(),
+            output_speed: Memo::default(),
+            service_tier: Memo::default(),
+            cost: Memo::default(),
         }
     }
 
@@ -388,6 +436,64 @@ impl RouteMetrics {
             None => stream_ended(&self.label, outcome),
         }
     }
+
+    /// The tier Bedrock says served an answer and the one the route asked for
+    /// (`requested`: the route's latency policy applied to the client's request,
+    /// before catalog downgrades and fallbacks), its time to first byte (from the
+    /// client's request) and its output speed.
+    pub fn served(
+        &self,
+        tier: &'static str,
+        requested: &'static str,
+        ttft: Option<Duration>,
+        output_tokens_per_s: Option<f64>,
+    ) {
+        let label = &self.label;
+        self.served_tier
+            .get([tier, requested], || {
+                metrics::counter!(SERVED_TIER, "route" => label.clone(), "tier" => tier, "requested" => requested)
+            })
+            .increment(1);
+        if let Some(t) = ttft {
+            self.ttft
+                .get(
+                    tier,
+                    || metrics::histogram!(TTFT, "route" => label.clone(), "tier" => tier),
+                )
+                .record(t.as_secs_f64());
+        }
+        if let Some(tps) = output_tokens_per_s {
+            self.output_speed
+                .get(tier, || {
+                    metrics::histogram!(OUTPUT_TOKENS_PER_SECOND, "route" => label.clone(), "tier" => tier)
+                })
+                .record(tps);
+        }
+    }
+
+    /// The service tier that served an upstream answer and the one the route
+    /// asked for (its policy applied to the client's request).
+    pub fn service_tier_served(&self, served: &'static str, requested: &'static str) {
+        let label = &self.label;
+        self.service_tier
+            .get([served, requested], || {
+                metrics::counter!(SERVICE_TIER_SERVED, "route" => label.clone(), "served" => served, "requested" => requested)
+            })
+            .increment(1);
+    }
+
+    /// What an upstream answer cost: `basis` is `tokens` (catalog prices) or
+    /// `hourly` (a self-hosted upstream's price per hour, shared by its requests).
+    pub fn cost(&self, kind: &'static str, basis: &'static str, usd: f64) {
+        if usd > 0.0 {
+            let label = &self.label;
+            self.cost
+                .get([kind, basis], || {
+                    metrics::gauge!(COST_USD, "route" => label.clone(), "upstream_kind" => kind, "basis" => basis)
+                })
+                .increment(usd);
+        }
+    }
 }
 
 fn status_class(status: u16) -> &'static str {
@@ -443,15 +549,28 @@ pub struct InFlight(());
 
 impl InFlight {
     pub fn start() -> InFlight {
-        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        in_flight_gauge().increment(1.0);
         InFlight(())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+        in_flight_gauge().decrement(1.0);
     }
+}
+
+/// Gauges every request moves, resolved by [`install`] once the recorder is
+/// in place (a handle taken before would be a no-op for ever); until then
+/// each use looks its gauge up.
+static IN_FLIGHT_GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
+static BODY_BYTES_GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
+
+fn in_flight_gauge() -> metrics::Gauge {
+    IN_FLIGHT_GAUGE
+        .get()
+        .cloned()
+        .unwrap_or_else(|| metrics::gauge!(IN_FLIGHT))
 }
 
 pub const CACHE_REQUESTS: &str = "bedrock_proxy_cache_requests_total";
@@ -614,39 +733,10 @@ pub fn service_tier_downgrade(route: &SharedString, target: &Arc<str>, reason: &
         .increment(1);
 }
 
-/// The service tier that served an upstream answer and the one the route
-/// asked for (its policy applied to the client's request).
-pub fn service_tier_served(route: &SharedString, served: &'static str, requested: &'static str) {
-    metrics::counter!(SERVICE_TIER_SERVED, "route" => route.clone(), "served" => served, "requested" => requested)
-        .increment(1);
-}
-
 /// The model a prompt router chose (`model`: a catalog id or `other`).
 pub fn prompt_router_invoked(route: &SharedString, model: SharedString) {
     metrics::counter!(PROMPT_ROUTER_INVOKED, "route" => route.clone(), "model" => model)
         .increment(1);
-}
-
-/// The tier Bedrock says served an answer and the one the route asked for
-/// (`requested`: the route's latency policy applied to the client's request,
-/// before catalog downgrades and fallbacks), its time to first byte (from the
-/// client's request) and its output speed.
-pub fn served(
-    route: &SharedString,
-    tier: &'static str,
-    requested: &'static str,
-    ttft: Option<Duration>,
-    output_tokens_per_s: Option<f64>,
-) {
-    metrics::counter!(SERVED_TIER, "route" => route.clone(), "tier" => tier, "requested" => requested)
-        .increment(1);
-    if let Some(t) = ttft {
-        metrics::histogram!(TTFT, "route" => route.clone(), "tier" => tier).record(t.as_secs_f64());
-    }
-    if let Some(tps) = output_tokens_per_s {
-        metrics::histogram!(OUTPUT_TOKENS_PER_SECOND, "route" => route.clone(), "tier" => tier)
-            .record(tps);
-    }
 }
 
 /// A config reload: applied, or refused (the running config stays).
@@ -727,7 +817,10 @@ pub fn log_buffer_full(action: &'static str) {
 
 /// Request-body bytes reserved now.
 pub fn body_bytes_in_flight(bytes: usize) {
-    metrics::gauge!(BODY_BYTES_IN_FLIGHT).set(bytes as f64);
+    match BODY_BYTES_GAUGE.get() {
+        Some(g) => g.set(bytes as f64),
+        None => metrics::gauge!(BODY_BYTES_IN_FLIGHT).set(bytes as f64),
+    }
 }
 
 /// Whether the shared Redis tier is in use (`true`) or skipped after failures.
@@ -788,15 +881,6 @@ pub fn target_skipped(route: &SharedString, target: &Arc<str>, reason: &'static 
         .increment(1);
 }
 
-/// What an upstream answer cost: `basis` is `tokens` (catalog prices) or
-/// `hourly` (a self-hosted upstream's price per hour, shared by its requests).
-pub fn cost(route: &SharedString, kind: &'static str, basis: &'static str, usd: f64) {
-    if usd > 0.0 {
-        metrics::gauge!(COST_USD, "route" => route.clone(), "upstream_kind" => kind, "basis" => basis)
-            .increment(usd);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -835,5 +919,60 @@ mod tests {
         // A series appears when it first counts, not before.
         assert!(!text.contains(r#"kind="cache_read""#), "{text}");
         assert!(!text.contains(r#"tier="l1""#), "{text}");
+    }
+
+    #[test]
+    fn memoized_handles_keep_each_label_set_apart_even_past_their_slots() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let route = RouteMetrics::new(&std::sync::Arc::from("haiku"));
+        // Four served/requested pairs, five times each, through six slots, and
+        // four upstream kinds through a cost memo of four: every series must
+        // count only its own.
+        let pairs = [
+            ("standard", "standard"),
+            ("optimized", "optimized"),
+            ("standard", "optimized"),
+            ("optimized", "standard"),
+        ];
+        let kinds = ["bedrock", "simulator", "openai", "sagemaker", "bedrock"];
+        metrics::with_local_recorder(&recorder, || {
+            for _ in 0..5 {
+                for (tier, requested) in pairs {
+                    route.served(tier, requested, Some(Duration::from_millis(20)), None);
+                    route.service_tier_served("priority", requested);
+                }
+                for kind in kinds {
+                    route.cost(kind, "tokens", 0.5);
+                }
+                // Seven distinct service-tier pairs: one more than the memo holds.
+                for (served, requested) in [
+                    ("default", "default"),
+                    ("flex", "flex"),
+                    ("default", "flex"),
+                    ("flex", "default"),
+                    ("none", "priority"),
+                ] {
+                    route.service_tier_served(served, requested);
+                }
+            }
+        });
+        let text = handle.render();
+        for (tier, requested) in pairs {
+            let line = format!(
+                r#"bedrock_proxy_served_tier_total{{route="haiku",tier="{tier}",requested="{requested}"}} 5"#
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        for line in [
+            r#"bedrock_proxy_ttft_seconds_count{route="haiku",tier="standard"} 10"#,
+            r#"bedrock_proxy_service_tier_served_total{route="haiku",served="priority",requested="standard"} 10"#,
+            r#"bedrock_proxy_service_tier_served_total{route="haiku",served="none",requested="priority"} 5"#,
+            r#"bedrock_proxy_service_tier_served_total{route="haiku",served="flex",requested="default"} 5"#,
+            r#"bedrock_proxy_cost_usd{route="haiku",upstream_kind="bedrock",basis="tokens"} 5"#,
+            r#"bedrock_proxy_cost_usd{route="haiku",upstream_kind="sagemaker",basis="tokens"} 2.5"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

@@ -284,7 +284,7 @@ impl Finish {
         }
         let tier = self.tier(summary.latency_tier).name();
         let (ttft, tps) = self.speed(summary, streamed);
-        metrics::served(route.label(), tier, self.tier_requested().name(), ttft, tps);
+        route.served(tier, self.tier_requested().name(), ttft, tps);
         let requested = self
             .wanted_service_tier
             .or(self.requested_service_tier)
@@ -292,7 +292,7 @@ impl Finish {
         let served = self
             .service_tier(Some(summary))
             .map_or("none", ServiceTier::name);
-        metrics::service_tier_served(route.label(), served, requested.name());
+        route.service_tier_served(served, requested.name());
         if summary.invoked_model.is_some() {
             let label = self
                 .invoked(summary)
@@ -350,7 +350,7 @@ impl Finish {
             if let (Some(served), Some((basis, usd))) =
                 (&self.record.served_by, self.pricing.usd(usage, price, held))
             {
-                metrics::cost(route.label(), served.kind.name(), basis, usd);
+                route.cost(served.kind.name(), basis, usd);
             }
             if usage.cache_read_input_tokens + usage.cache_write_input_tokens > 0 {
                 let model = self.invoked(summary).or_else(|| self.model.clone());

@@ -279,10 +279,25 @@ impl Counters {
     /// Applies what answers used. Through Redis when it answers; else here,
     /// keeping budget spend to add to Redis when it is back.
     pub(super) async fn settle(&self, now: f64, changes: Vec<Change>) {
+        if let Some(changes) = self.settle_here(now, changes) {
+            self.settle_redis(now, changes).await;
+        }
+    }
+
+    /// Applies `changes` to this process's counters, and returns them when
+    /// Redis must take them too (the caller awaits [`Counters::settle_redis`],
+    /// off the response path); without Redis nothing is left to wait for, so
+    /// no task is spawned per request.
+    pub(super) fn settle_here(&self, now: f64, changes: Vec<Change>) -> Option<Vec<Change>> {
         if changes.is_empty() {
-            return;
+            return None;
         }
         self.settle_local(now, &changes);
+        self.shared.as_ref().map(|_| changes)
+    }
+
+    /// The Redis half of [`Counters::settle`].
+    pub(super) async fn settle_redis(&self, now: f64, changes: Vec<Change>) {
         let Some(redis) = &self.shared else { return };
         if self.settle_shared(redis, now, &changes).await {
             self.flush_pending(redis, now).await;

@@ -955,12 +955,12 @@ impl Held {
             metrics::spend(&self.tenant, &route, usd_cost);
         }
         drop(taken);
-        if changes.is_empty() {
+        let Some(changes) = limiter.counters.settle_here(now, changes) else {
             return;
-        }
+        };
         // Off the response path; bounded by the Redis timeout.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { limiter.counters.settle(now, changes).await });
+            runtime.spawn(async move { limiter.counters.settle_redis(now, changes).await });
         }
     }
 }
