@@ -12,7 +12,8 @@
 # its PID, on exit.
 #
 # Set SKIP_BUILD=1 to use the release binaries already built (in target/release,
-# or under CARGO_TARGET_DIR when it is set).
+# or under CARGO_TARGET_DIR when it is set). PROFILE=debug builds and runs debug
+# binaries instead (quicker to build; for measuring memory, not speed).
 # SOAK_DURATION (10m), SOAK_WARMUP (1m) and SOAK_RATE (100 arrivals/s) shape the
 # soak; HOSTILE_SLOW and HOSTILE_IDLE (1000 each) the hostile section.
 # Ports 17070-17071, 18080-18095 and 19090-19099 on 127.0.0.1 must be free.
@@ -20,7 +21,16 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+profile="${PROFILE:-release}"
+case "$profile" in
+    release) profile_flag=--release ;;
+    debug) profile_flag= ;;
+    *)
+        echo "PROFILE must be release or debug, not $profile" >&2
+        exit 2
+        ;;
+esac
+bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
 perf="$root/bench/perf"
 out="${OUT:-$root/target/perf}"
 mkdir -p "$out"
@@ -43,7 +53,7 @@ done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ -z "${SKIP_BUILD:-}" ]; then
-    cargo build --release --locked -p bedrock-proxy -p bedrock-sim -p bedrock-bench --bins
+    cargo build $profile_flag --locked -p bedrock-proxy -p bedrock-sim -p bedrock-bench --bins
 fi
 
 # The key the bench configs accept: sha256("bench-key").

@@ -29,15 +29,18 @@ use crate::service_tier;
 use crate::upstream::chain::{PlanNotes, Prepared, Target};
 use bedrock_wire::tier::{LatencyTier, ServiceTier};
 
-/// The body format the prompt-cache planner can mark in this call, if any.
+/// The body format the prompt-cache planner can mark in this call, if any,
+/// with the body's tree (built here when no stage has built it yet).
 pub(super) fn plannable(call: &Call) -> Option<(&Value, prompt_cache::Format)> {
-    let json = call.json.as_ref()?;
+    let body = call.json.as_ref()?;
     let format = match call.op {
         Operation::Converse | Operation::ConverseStream => prompt_cache::Format::Converse,
-        Operation::Invoke | Operation::InvokeStream => prompt_cache::Format::of_invoke_body(json)?,
+        Operation::Invoke | Operation::InvokeStream => {
+            prompt_cache::Format::of_invoke_body(body.head())?
+        }
         Operation::CountTokens => return None,
     };
-    Some((json, format))
+    Some((body.tree(), format))
 }
 
 /// Records one sighting of each of the call's prefixes (tools, system prompt,
@@ -56,7 +59,10 @@ pub(super) async fn observe_prefixes(
     if policy.mode != PromptCacheMode::Auto && policy.ttl != CacheTtl::Auto {
         return observed;
     }
-    let (Some((json, format)), Some(sizes)) = (plannable(call), prefixes) else {
+    let Some(sizes) = prefixes else {
+        return observed;
+    };
+    let Some((json, format)) = plannable(call) else {
         return observed;
     };
     let model_id = &call.routed.upstream_model;
@@ -153,7 +159,7 @@ pub(super) fn egress(
         return Ok((targets, None));
     }
     let route = &call.routed.route.name;
-    let translated = match (call.op, call.json.as_ref()) {
+    let translated = match (call.op, call.tree()) {
         (Operation::Converse | Operation::ConverseStream, Some(json)) => {
             chat::request(json).map_err(|refused| refused.to_string())
         }
@@ -256,11 +262,14 @@ pub(super) fn prepare(
         notes.downgraded = Some(latency::FLEX_DOWNGRADE);
     }
 
+    // The planners' edits: cache points in a copy of the tree (which the
+    // prompt-cache planner had built), the tiers in the head.
     let mut edited: Option<Value> = None;
     let mut cache_points = 0;
     let mut settle = None;
     let policy = &route.config.prompt_cache;
-    if let (Some((json, format)), Some(prefixes)) = (plannable(call), prefixes) {
+    let planned = prefixes.and_then(|p| plannable(call).map(|(json, format)| (json, format, p)));
+    if let Some((json, format, prefixes)) = planned {
         // A prompt router is planned with its most restrictive model's limits.
         let model = prompt_cache::limits_for(&rt.catalog, &target.model);
         // What was observed is about the route's model: a fallback to another
@@ -311,45 +320,38 @@ pub(super) fn prepare(
         }
     }
 
-    if let Some(send) = tier.send {
-        match call.op {
-            Operation::Converse | Operation::ConverseStream => {
-                if call.requested_tier() != Some(send) {
-                    if edited.is_none() {
-                        edited = call.json.clone();
-                    }
-                    if let Some(json) = edited.as_mut() {
-                        latency::apply_converse(json, send);
-                    }
-                }
-            }
-            Operation::Invoke | Operation::InvokeStream => {
-                latency::apply_invoke(&mut headers, send)
-            }
-            Operation::CountTokens => {}
+    let converse = matches!(call.op, Operation::Converse | Operation::ConverseStream);
+    let latency_edit = tier
+        .send
+        .filter(|send| converse && call.requested_tier() != Some(*send));
+    let service_edit = service
+        .send
+        .filter(|send| converse && call.requested_service_tier() != Some(*send));
+    if !converse {
+        if let Some(send) = tier.send.filter(|_| call.op != Operation::CountTokens) {
+            latency::apply_invoke(&mut headers, send);
+        }
+        if let Some(send) = service.send.filter(|_| call.op != Operation::CountTokens) {
+            service_tier::apply_invoke(&mut headers, send);
         }
     }
-    if let Some(send) = service.send {
-        match call.op {
-            Operation::Converse | Operation::ConverseStream => {
-                if call.requested_service_tier() != Some(send) {
-                    if edited.is_none() {
-                        edited = call.json.clone();
-                    }
-                    if let Some(json) = edited.as_mut() {
-                        service_tier::apply_converse(json, send);
-                    }
-                }
-            }
-            Operation::Invoke | Operation::InvokeStream => {
-                service_tier::apply_invoke(&mut headers, send)
-            }
-            Operation::CountTokens => {}
+    let tiers = |json: &mut Value| {
+        if let Some(send) = latency_edit {
+            latency::apply_converse(json, send);
         }
-    }
-    let body = match edited {
-        Some(json) => Bytes::from(json.to_string()),
-        None => call.body.clone(),
+        if let Some(send) = service_edit {
+            service_tier::apply_converse(json, send);
+        }
+    };
+    let body = match (edited, &call.json) {
+        (Some(mut json), _) => {
+            tiers(&mut json);
+            Bytes::from(json.to_string())
+        }
+        (None, Some(json)) if latency_edit.is_some() || service_edit.is_some() => {
+            json.edited(tiers)
+        }
+        _ => call.body.clone(),
     };
     Prepared {
         body,
