@@ -420,10 +420,6 @@ hostile() {
 
 bigbody() {
     heading "Big bodies: peak RSS with four concurrent 25 MB Converse bodies of many small messages"
-    proxy proxy-bigbody "$perf/overhead.toml" "$FAST_SIM" \
-        --listen 127.0.0.1:18095 --admin-listen 127.0.0.1:19099
-    local p=$last_pid
-    wait_for http://127.0.0.1:19099/healthz
     # Just under limits.max_body_bytes (25,000,000): messages of about 60 bytes,
     # user and assistant in turn, the last one the user's.
     local body="$out/bigbody.json"
@@ -438,6 +434,21 @@ bigbody() {
         if (i % 2 == 0) printf ",{\"role\":\"user\",\"content\":[{\"text\":\"last\"}]}"
         printf "],\"inferenceConfig\":{\"maxTokens\":16}}"
     }' >"$body"
+    # Caches off (the body passes as bytes), then a route whose response cache
+    # and prompt-cache planning read it.
+    bigbody_with "caches off (overhead.toml)" "$perf/overhead.toml" "$body"
+    bigbody_with "response cache and prompt-cache planning on (bigbody-cached.toml)" \
+        "$perf/bigbody-cached.toml" "$body"
+    rm -f "$body"
+}
+
+# bigbody_with LABEL CONFIG BODY: one proxy, four concurrent BODYs, its peak RSS.
+bigbody_with() {
+    local label="$1" config="$2" body="$3"
+    proxy proxy-bigbody "$config" "$FAST_SIM" \
+        --listen 127.0.0.1:18095 --admin-listen 127.0.0.1:19099
+    local p=$last_pid
+    wait_for http://127.0.0.1:19099/healthz
     local bytes idle_kb i curls=()
     bytes=$(wc -c <"$body")
     idle_kb=$(awk '/VmRSS/ { print $2 }' "/proc/$p/status")
@@ -452,15 +463,16 @@ bigbody() {
     for i in "${curls[@]}"; do
         wait "$i" || true
     done
+    sleep 1
     {
+        echo "$label:"
         cat "$out"/bigbody-[1-4].status
         awk -v b="$bytes" -v idle="$idle_kb" '/VmHWM/ {
             peak = $2 / 1024; base = idle / 1024; in_flight = 4 * b / 1048576
-            printf "body %.1f MB x 4 = %.1f MB in flight; RSS idle %.1f MB, peak %.1f MB: +%.1f MB, %.1fx the bytes in flight\n",
-                b / 1048576, in_flight, base, peak, peak - base, (peak - base) / in_flight
-        }' "/proc/$p/status"
+            printf "body %.1f MB x 4 = %.1f MB in flight; RSS idle %.1f MB, peak %.1f MB: +%.1f MB, %.1fx the bytes in flight", b / 1048576, in_flight, base, peak, peak - base, (peak - base) / in_flight
+        } /VmRSS/ { printf "; settled %.1f MB\n", $2 / 1024 }' "/proc/$p/status"
+        awk '{ printf "proxy CPU (utime+stime): %.2f s\n", ($14 + $15) / 100 }' "/proc/$p/stat"
     } | tee -a "$out/results.txt"
-    rm -f "$body"
     stop "$p"
     # The simulator's request log keeps the last bodies: let them go.
     curl -s -X DELETE "$FAST_SIM/_sim/requests" >/dev/null
