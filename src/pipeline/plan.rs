@@ -262,9 +262,33 @@ pub(super) fn prepare(
         notes.downgraded = Some(latency::FLEX_DOWNGRADE);
     }
 
-    // The planners' edits: cache points in a copy of the tree (which the
-    // prompt-cache planner had built), the tiers in the head.
-    let mut edited: Option<Value> = None;
+    let converse = matches!(call.op, Operation::Converse | Operation::ConverseStream);
+    let latency_edit = tier
+        .send
+        .filter(|send| converse && call.requested_tier() != Some(*send));
+    let service_edit = service
+        .send
+        .filter(|send| converse && call.requested_service_tier() != Some(*send));
+    if !converse {
+        if let Some(send) = tier.send.filter(|_| call.op != Operation::CountTokens) {
+            latency::apply_invoke(&mut headers, send);
+        }
+        if let Some(send) = service.send.filter(|_| call.op != Operation::CountTokens) {
+            service_tier::apply_invoke(&mut headers, send);
+        }
+    }
+    let tiers = |json: &mut Value| {
+        if let Some(send) = latency_edit {
+            latency::apply_converse(json, send);
+        }
+        if let Some(send) = service_edit {
+            service_tier::apply_converse(json, send);
+        }
+    };
+
+    // The planners' edits: cache points (with the tiers) written from the
+    // tree the prompt-cache planner read, else the tiers spliced into the text.
+    let mut edited: Option<Bytes> = None;
     let mut cache_points = 0;
     let mut settle = None;
     let policy = &route.config.prompt_cache;
@@ -300,9 +324,7 @@ pub(super) fn prepare(
             .collect();
         cache_points = plan.injected.len() as u32;
         if cache_points > 0 {
-            let mut body = json.clone();
-            prompt_cache::apply(&mut body, format, &plan);
-            edited = Some(body);
+            edited = Some(planned_body(json, format, &plan, &tiers));
         }
         if let Some(model) = model.filter(|m| m.prompt_cache) {
             settle = Some(Settle(Arc::new(Settlement::new(
@@ -320,34 +342,8 @@ pub(super) fn prepare(
         }
     }
 
-    let converse = matches!(call.op, Operation::Converse | Operation::ConverseStream);
-    let latency_edit = tier
-        .send
-        .filter(|send| converse && call.requested_tier() != Some(*send));
-    let service_edit = service
-        .send
-        .filter(|send| converse && call.requested_service_tier() != Some(*send));
-    if !converse {
-        if let Some(send) = tier.send.filter(|_| call.op != Operation::CountTokens) {
-            latency::apply_invoke(&mut headers, send);
-        }
-        if let Some(send) = service.send.filter(|_| call.op != Operation::CountTokens) {
-            service_tier::apply_invoke(&mut headers, send);
-        }
-    }
-    let tiers = |json: &mut Value| {
-        if let Some(send) = latency_edit {
-            latency::apply_converse(json, send);
-        }
-        if let Some(send) = service_edit {
-            service_tier::apply_converse(json, send);
-        }
-    };
     let body = match (edited, &call.json) {
-        (Some(mut json), _) => {
-            tiers(&mut json);
-            Bytes::from(json.to_string())
-        }
+        (Some(body), _) => body,
         (None, Some(json)) if latency_edit.is_some() || service_edit.is_some() => {
             json.edited(tiers)
         }
@@ -364,6 +360,67 @@ pub(super) fn prepare(
     }
 }
 
+/// The text of `json` with `plan`'s cache points and the `tiers` edit. The
+/// points go at the ends of the tools, the system prompt and the first and
+/// last messages, so only those are copied and edited: the messages between
+/// are written from the client's tree, never cloned.
+fn planned_body(
+    json: &Value,
+    format: prompt_cache::Format,
+    plan: &prompt_cache::Plan,
+    tiers: &dyn Fn(&mut Value),
+) -> Bytes {
+    let Some(members) = json.as_object() else {
+        return Bytes::new();
+    };
+    let middle: &[Value] = match members.get("messages").and_then(Value::as_array) {
+        Some(m) if m.len() > 2 => &m[1..m.len() - 1],
+        _ => &[],
+    };
+    let mut skeleton = serde_json::Map::new();
+    for (name, value) in members {
+        let value = match value.as_array() {
+            Some(m) if name == "messages" && !middle.is_empty() => {
+                Value::Array(vec![m[0].clone(), m[m.len() - 1].clone()])
+            }
+            _ => value.clone(),
+        };
+        skeleton.insert(name.clone(), value);
+    }
+    let mut skeleton = Value::Object(skeleton);
+    prompt_cache::apply(&mut skeleton, format, plan);
+    tiers(&mut skeleton);
+    let mut out = Vec::with_capacity(512);
+    let write = |out: &mut Vec<u8>, v: &Value| {
+        // Writing a Value to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, v);
+    };
+    out.push(b'{');
+    for (i, (name, value)) in skeleton.as_object().into_iter().flatten().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(&mut out, &Value::String(name.clone()));
+        out.push(b':');
+        match value.as_array() {
+            Some(ends) if name == "messages" && !middle.is_empty() && ends.len() == 2 => {
+                out.push(b'[');
+                write(&mut out, &ends[0]);
+                for message in middle {
+                    out.push(b',');
+                    write(&mut out, message);
+                }
+                out.push(b',');
+                write(&mut out, &ends[1]);
+                out.push(b']');
+            }
+            _ => write(&mut out, value),
+        }
+    }
+    out.push(b'}');
+    Bytes::from(out)
+}
+
 /// What a fallback to another model may use of an observation: its sightings.
 fn sightings_only(o: &Observed) -> Observed {
     Observed {
@@ -371,5 +428,60 @@ fn sightings_only(o: &Observed) -> Observed {
         reads_per_write: 1.0,
         first_write: true,
         ..Observed::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CachePosition;
+    use crate::prompt_cache::{Format, Plan, Point};
+    use serde_json::json;
+
+    #[test]
+    fn a_planned_body_is_the_tree_edited_without_copying_the_middle() {
+        let message = |i: usize| {
+            json!({"role": if i % 2 == 0 { "user" } else { "assistant" },
+                   "content": [{"text": format!("message {i}")}]})
+        };
+        let all = [
+            CachePosition::Tools,
+            CachePosition::System,
+            CachePosition::Head,
+            CachePosition::Conversation,
+        ];
+        for n in [1, 2, 3, 7] {
+            for format in [Format::Converse, Format::Anthropic] {
+                let body = json!({
+                    "toolConfig": {"tools": [{"toolSpec": {"name": "t"}}]},
+                    "tools": [{"name": "t"}],
+                    "system": [{"text": "be brief"}],
+                    "messages": (0..n).map(message).collect::<Vec<_>>(),
+                    "inferenceConfig": {"maxTokens": 5},
+                });
+                let plan = Plan {
+                    injected: all
+                        .iter()
+                        .map(|&position| Point {
+                            position,
+                            ttl_1h: position == CachePosition::Tools,
+                        })
+                        .collect(),
+                    skipped: Vec::new(),
+                };
+                let tiers = |v: &mut Value| {
+                    crate::latency::apply_converse(v, bedrock_wire::tier::LatencyTier::Optimized)
+                };
+                let mut wanted = body.clone();
+                prompt_cache::apply(&mut wanted, format, &plan);
+                tiers(&mut wanted);
+                let got = planned_body(&body, format, &plan, &tiers);
+                assert_eq!(
+                    std::str::from_utf8(&got).unwrap(),
+                    wanted.to_string(),
+                    "{n} messages, {format:?}"
+                );
+            }
+        }
     }
 }
