@@ -31,6 +31,12 @@ pub const HEAD_MEMBERS: &[&str] = &[
     "temperature",
 ];
 
+/// The most JSON text a head member may have. Every one of them is a few
+/// fields that Bedrock bounds far below this; a larger one, which Bedrock
+/// would refuse too, is refused before it is parsed, so no member can make
+/// the head cost a multiple of the body.
+pub const HEAD_MEMBER_MAX_BYTES: usize = 64 * 1024;
+
 /// A JSON object request body (see the module docs).
 #[derive(Debug)]
 pub struct JsonBody {
@@ -251,6 +257,11 @@ fn head_of(members: &[(String, &RawValue)]) -> Result<(Value, Vec<String>), Prox
     let mut head = Map::new();
     for (name, raw) in members {
         if HEAD_MEMBERS.contains(&name.as_str()) {
+            if raw.get().len() > HEAD_MEMBER_MAX_BYTES {
+                return Err(ProxyError::validation(format!(
+                    "Malformed input request: `{name}` is larger than {HEAD_MEMBER_MAX_BYTES} bytes, please reformat your input and try again."
+                )));
+            }
             let value: Value = serde_json::from_str(raw.get()).map_err(malformed)?;
             head.insert(name.clone(), value);
         }

@@ -44,6 +44,22 @@ fn bad_bodies_get_clear_messages_either_way() {
 }
 
 #[test]
+fn a_head_member_cannot_be_made_to_cost_a_multiple_of_the_body() {
+    let items = vec![json!({"a": 1}); 20_000];
+    let text = json!({"messages": [], "guardrailConfig": {"guardrailIdentifier": "g", "x": items}});
+    let e = JsonBody::parse(Bytes::from(text.to_string()), 64).unwrap_err();
+    assert_eq!(e.kind, crate::error::ErrorKind::Validation);
+    assert!(
+        e.message.contains("`guardrailConfig` is larger than"),
+        "{}",
+        e.message
+    );
+    // The same bulk anywhere else is the tree's business, built on demand.
+    let text = json!({"messages": [], "futureField": items});
+    assert!(JsonBody::parse(Bytes::from(text.to_string()), 64).is_ok());
+}
+
+#[test]
 fn the_head_holds_the_small_members_and_the_tree_waits() {
     let b = body(
         r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}],
