@@ -43,8 +43,9 @@ pub struct JsonBody {
     raw: Bytes,
     /// The [`HEAD_MEMBERS`] present, parsed (an object).
     head: Value,
-    /// Every top-level member's name, in order.
-    names: Vec<String>,
+    /// Every top-level member's name and where its text is in `raw`, in order
+    /// (empty spans for a body built from a tree, whose tree is kept).
+    names: Vec<(String, std::ops::Range<usize>)>,
     tree: OnceLock<Value>,
 }
 
@@ -158,7 +159,7 @@ impl JsonBody {
         }
         let (head, names) = {
             let members: Members<'_> = serde_json::from_slice(&raw).map_err(malformed)?;
-            head_of(&members.0)?
+            head_of(&raw, &members.0)?
         };
         Ok(JsonBody {
             raw,
@@ -193,7 +194,50 @@ impl JsonBody {
 
     /// Whether the body has a top-level member `name`.
     pub fn has(&self, name: &str) -> bool {
-        self.names.iter().any(|n| n == name)
+        self.names.iter().any(|(n, _)| n == name)
+    }
+
+    /// The top-level member `name` parsed on its own (borrowed from the tree
+    /// when it is built).
+    pub fn member(&self, name: &str) -> Option<std::borrow::Cow<'_, Value>> {
+        if let Some(tree) = self.tree.get() {
+            return tree.get(name).map(std::borrow::Cow::Borrowed);
+        }
+        // The last of a repeated name counts, as in a tree.
+        let (_, span) = self.names.iter().rev().find(|(n, _)| n == name)?;
+        let text = self.raw.get(span.clone())?;
+        serde_json::from_slice(text)
+            .ok()
+            .map(std::borrow::Cow::Owned)
+    }
+
+    /// Calls `f` with each element of the top-level array `name`, parsed one
+    /// at a time and dropped after (taken from the tree when it is built), so
+    /// a stage can walk a long conversation without building its tree.
+    /// Nothing when the member is missing or not an array.
+    pub fn for_each_element(&self, name: &str, mut f: impl FnMut(&Value)) {
+        if let Some(tree) = self.tree.get() {
+            tree.get(name)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .for_each(f);
+            return;
+        }
+        let Some((_, span)) = self.names.iter().rev().find(|(n, _)| n == name) else {
+            return;
+        };
+        let Some(text) = self.raw.get(span.clone()) else {
+            return;
+        };
+        let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(text) else {
+            return;
+        };
+        for item in items {
+            if let Ok(value) = serde_json::from_str::<Value>(item.get()) {
+                f(&value);
+            }
+        }
     }
 
     /// The whole body parsed, built on first use and shared after.
@@ -205,7 +249,6 @@ impl JsonBody {
     }
 
     /// Whether the tree has been built (by a stage that needed it).
-    #[cfg(test)]
     pub fn has_tree(&self) -> bool {
         self.tree.get().is_some()
     }
@@ -242,18 +285,29 @@ impl JsonBody {
             (self.head, self.names) = head_of_tree(tree);
         } else {
             let raw = splice(&self.raw, &self.head, &head);
-            self.names = match serde_json::from_slice::<Members<'_>>(&raw) {
-                Ok(members) => members.0.into_iter().map(|(n, _)| n).collect(),
-                Err(_) => self.names.clone(),
-            };
+            if let Ok(members) = serde_json::from_slice::<Members<'_>>(&raw) {
+                self.names = members
+                    .0
+                    .iter()
+                    .map(|(n, v)| (n.clone(), span(&raw, v)))
+                    .collect();
+            }
             self.raw = raw;
             self.head = head;
         }
     }
 }
 
-/// The head and member names of an object's members.
-fn head_of(members: &[(String, &RawValue)]) -> Result<(Value, Vec<String>), ProxyError> {
+/// Where a member's text (a slice of `raw`) is in `raw`.
+fn span(raw: &[u8], text: &RawValue) -> std::ops::Range<usize> {
+    let start = (text.get().as_ptr() as usize).saturating_sub(raw.as_ptr() as usize);
+    start..start + text.get().len()
+}
+
+type Names = Vec<(String, std::ops::Range<usize>)>;
+
+/// The head and member names of an object's members (`raw`, the object's text).
+fn head_of(raw: &[u8], members: &[(String, &RawValue)]) -> Result<(Value, Names), ProxyError> {
     let mut head = Map::new();
     for (name, raw) in members {
         if HEAD_MEMBERS.contains(&name.as_str()) {
@@ -266,11 +320,14 @@ fn head_of(members: &[(String, &RawValue)]) -> Result<(Value, Vec<String>), Prox
             head.insert(name.clone(), value);
         }
     }
-    let names = members.iter().map(|(n, _)| n.clone()).collect();
+    let names = members
+        .iter()
+        .map(|(n, v)| (n.clone(), span(raw, v)))
+        .collect();
     Ok((Value::Object(head), names))
 }
 
-fn head_of_tree(tree: &Value) -> (Value, Vec<String>) {
+fn head_of_tree(tree: &Value) -> (Value, Names) {
     let Some(obj) = tree.as_object() else {
         return (Value::Object(Map::new()), Vec::new());
     };
@@ -279,7 +336,8 @@ fn head_of_tree(tree: &Value) -> (Value, Vec<String>) {
         .filter(|(k, _)| HEAD_MEMBERS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    (Value::Object(head), obj.keys().cloned().collect())
+    let names = obj.keys().map(|k| (k.clone(), 0..0)).collect();
+    (Value::Object(head), names)
 }
 
 /// What an edit of the head did: members set (changed or added), in the new

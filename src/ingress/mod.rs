@@ -286,7 +286,15 @@ pub async fn run(
         .as_ref()
         .is_some_and(|m| m.kind == crate::catalog::ModelKind::Embedding);
     let default_output = rt.config.limits.output_tokens_estimate;
-    let estimate = || limits::estimate(call.op, call.tree(), &call.body, embedding, default_output);
+    let estimate = || {
+        limits::estimate_body(
+            call.op,
+            call.json.as_ref(),
+            &call.body,
+            embedding,
+            default_output,
+        )
+    };
     if let Err(Refusal { error, view }) = state
         .limiter
         .admit_body(
@@ -381,7 +389,13 @@ pub async fn run_many(
     let default_output = rt.config.limits.output_tokens_estimate;
     let estimate = || {
         calls.iter().fold(limits::Estimate::default(), |sum, call| {
-            let one = limits::estimate(call.op, call.tree(), &call.body, embedding, default_output);
+            let one = limits::estimate_body(
+                call.op,
+                call.json.as_ref(),
+                &call.body,
+                embedding,
+                default_output,
+            );
             limits::Estimate {
                 input: sum.input + one.input,
                 output: sum.output + one.output,
