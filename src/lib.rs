@@ -37,6 +37,7 @@
 //! - [`catalog`]: what each model supports and costs.
 //! - [`shared`]: the Redis connection state shared across replicas lives on.
 //! - [`budget`]: the request-body bytes all requests may hold in memory.
+//! - [`json_body`]: JSON request bodies, parsed only as far as a stage reads them.
 //! - [`support`]: wall-clock milliseconds and poison-proof locks.
 //!
 //! Composing them:
@@ -57,6 +58,7 @@ pub mod auth;
 pub(crate) mod budget;
 pub(crate) mod cache;
 pub(crate) mod chat;
+pub(crate) mod json_body;
 pub(crate) use bedrock_wire::catalog;
 pub mod config;
 pub mod demo;

@@ -826,3 +826,112 @@ async fn admin_endpoints_beyond_loopback_need_the_admin_token() {
     assert_eq!(call(local, "/admin/cache", None).await, 200);
     s.shutdown().await;
 }
+
+/// A client's JSON as a hand-written client might send it: spacing, escapes, a
+/// number spelt `1.50`, a field the proxy does not know.
+const HAND_WRITTEN: &str = "{ \"messages\" : [ {\"role\":\"user\", \"content\":[{\"text\":\"caf\\u00e9 \\\"1.50\\\"\"}]} ],\n  \"inferenceConfig\": {\"temperature\" : 0.50, \"maxTokens\": 100},\n  \"futureField\": {\"nested\": [1, 2.50, 1E2, \"x\"]} }";
+
+#[tokio::test]
+async fn a_body_no_stage_reads_goes_upstream_byte_for_byte() {
+    // No response cache, no prompt-cache planning, no token limit, no
+    // translation: the body is checked and passed on as sent.
+    let s = stack().await;
+    let r = post_b(&s.op_url(HAIKU, "converse"), HAND_WRITTEN).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let received = s.upstream_bodies().pop().unwrap();
+    assert_eq!(
+        std::str::from_utf8(&received).unwrap(),
+        HAND_WRITTEN,
+        "the simulator received the client's bytes"
+    );
+    // The proxy's own checks still hold on that path.
+    let r = post_b(&s.op_url(HAIKU, "converse"), "{\"messages\": [}").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(error_type(&r), "ValidationException");
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Malformed input request"));
+    let deep = format!("{{\"messages\":{}{}}}", "[".repeat(100), "]".repeat(100));
+    let r = post_b(&s.op_url(HAIKU, "converse"), deep).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("nested deeper"));
+    assert_eq!(
+        s.upstream_bodies().len(),
+        1,
+        "refused bodies never go upstream"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tier_the_route_sets_is_spliced_into_the_clients_text() {
+    let fast = SimConfig {
+        time_scale: 0.0,
+        ..SimConfig::default()
+    };
+    let s = stack_full(fast, "", "latency = \"optimized\"", "").await;
+    let r = post_b(&s.op_url(HAIKU, "converse"), HAND_WRITTEN).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-proxy-latency-tier"), Some("optimized"));
+    let received = s.upstream_bodies().pop().unwrap();
+    let text = std::str::from_utf8(&received).unwrap();
+    let mut wanted: serde_json::Value = serde_json::from_str(HAND_WRITTEN).unwrap();
+    wanted["performanceConfig"] = json!({"latency": "optimized"});
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(text).unwrap(),
+        wanted
+    );
+    // Every member the planner did not touch goes out as the client wrote it.
+    assert!(
+        text.contains("{\"temperature\" : 0.50, \"maxTokens\": 100}"),
+        "{text}"
+    );
+    assert!(text.contains("[1, 2.50, 1E2, \"x\"]"), "{text}");
+    assert!(text.contains("caf\\u00e9"), "{text}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_route_that_reads_the_body_keys_and_plans_it_from_one_parse() {
+    let fast = SimConfig {
+        time_scale: 0.0,
+        ..SimConfig::default()
+    };
+    let route = "cache = { mode = \"deterministic\" }\nprompt_cache = { mode = \"always\" }";
+    let s = stack_full(fast, "", route, "").await;
+    let system = "You are the support assistant of an online bookshop. ".repeat(300);
+    let body = json!({
+        "system": [{"text": system}],
+        "messages": [{"role": "user", "content": [{"text": "Where is my order?"}]}],
+        "inferenceConfig": {"temperature": 0, "maxTokens": 40},
+    });
+    let first = post_b(&s.op_url(HAIKU, "converse"), body.to_string()).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.header("x-cache"), Some("miss"));
+    assert_eq!(first.header("x-proxy-cache-points"), Some("1"));
+    let sent: serde_json::Value =
+        serde_json::from_slice(&s.upstream_bodies().pop().unwrap()).unwrap();
+    assert_eq!(
+        sent["system"][1],
+        json!({"cachePoint": {"type": "default"}})
+    );
+    assert_eq!(sent["messages"], body["messages"]);
+
+    // The same request written another way is the same entry.
+    let pretty = serde_json::to_string_pretty(&json!({
+        "inferenceConfig": {"maxTokens": 40, "temperature": 0.0},
+        "messages": body["messages"],
+        "system": body["system"],
+    }))
+    .unwrap();
+    let second = post_b(&s.op_url(HAIKU, "converse"), pretty).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-cache"), Some("hit"));
+    assert_eq!(second.json()["output"], first.json()["output"]);
+    assert_eq!(s.upstream_bodies().len(), 1);
+    s.shutdown().await;
+}

@@ -12,7 +12,8 @@
 # its PID, on exit.
 #
 # Set SKIP_BUILD=1 to use the release binaries already built (in target/release,
-# or under CARGO_TARGET_DIR when it is set).
+# or under CARGO_TARGET_DIR when it is set). PROFILE=debug builds and runs debug
+# binaries instead (quicker to build; for measuring memory, not speed).
 # SOAK_DURATION (10m), SOAK_WARMUP (1m) and SOAK_RATE (100 arrivals/s) shape the
 # soak; HOSTILE_SLOW and HOSTILE_IDLE (1000 each) the hostile section.
 # Ports 17070-17071, 18080-18095 and 19090-19099 on 127.0.0.1 must be free.
@@ -20,7 +21,16 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+profile="${PROFILE:-release}"
+case "$profile" in
+    release) profile_flag=--release ;;
+    debug) profile_flag= ;;
+    *)
+        echo "PROFILE must be release or debug, not $profile" >&2
+        exit 2
+        ;;
+esac
+bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
 perf="$root/bench/perf"
 out="${OUT:-$root/target/perf}"
 mkdir -p "$out"
@@ -43,7 +53,7 @@ done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ -z "${SKIP_BUILD:-}" ]; then
-    cargo build --release --locked -p bedrock-proxy -p bedrock-sim -p bedrock-bench --bins
+    cargo build $profile_flag --locked -p bedrock-proxy -p bedrock-sim -p bedrock-bench --bins
 fi
 
 # The key the bench configs accept: sha256("bench-key").
@@ -410,10 +420,6 @@ hostile() {
 
 bigbody() {
     heading "Big bodies: peak RSS with four concurrent 25 MB Converse bodies of many small messages"
-    proxy proxy-bigbody "$perf/overhead.toml" "$FAST_SIM" \
-        --listen 127.0.0.1:18095 --admin-listen 127.0.0.1:19099
-    local p=$last_pid
-    wait_for http://127.0.0.1:19099/healthz
     # Just under limits.max_body_bytes (25,000,000): messages of about 60 bytes,
     # user and assistant in turn, the last one the user's.
     local body="$out/bigbody.json"
@@ -428,6 +434,21 @@ bigbody() {
         if (i % 2 == 0) printf ",{\"role\":\"user\",\"content\":[{\"text\":\"last\"}]}"
         printf "],\"inferenceConfig\":{\"maxTokens\":16}}"
     }' >"$body"
+    # Caches off (the body passes as bytes), then a route whose response cache
+    # and prompt-cache planning read it.
+    bigbody_with "caches off (overhead.toml)" "$perf/overhead.toml" "$body"
+    bigbody_with "response cache and prompt-cache planning on (bigbody-cached.toml)" \
+        "$perf/bigbody-cached.toml" "$body"
+    rm -f "$body"
+}
+
+# bigbody_with LABEL CONFIG BODY: one proxy, four concurrent BODYs, its peak RSS.
+bigbody_with() {
+    local label="$1" config="$2" body="$3"
+    proxy proxy-bigbody "$config" "$FAST_SIM" \
+        --listen 127.0.0.1:18095 --admin-listen 127.0.0.1:19099
+    local p=$last_pid
+    wait_for http://127.0.0.1:19099/healthz
     local bytes idle_kb i curls=()
     bytes=$(wc -c <"$body")
     idle_kb=$(awk '/VmRSS/ { print $2 }' "/proc/$p/status")
@@ -442,15 +463,16 @@ bigbody() {
     for i in "${curls[@]}"; do
         wait "$i" || true
     done
+    sleep 1
     {
+        echo "$label:"
         cat "$out"/bigbody-[1-4].status
         awk -v b="$bytes" -v idle="$idle_kb" '/VmHWM/ {
             peak = $2 / 1024; base = idle / 1024; in_flight = 4 * b / 1048576
-            printf "body %.1f MB x 4 = %.1f MB in flight; RSS idle %.1f MB, peak %.1f MB: +%.1f MB, %.1fx the bytes in flight\n",
-                b / 1048576, in_flight, base, peak, peak - base, (peak - base) / in_flight
-        }' "/proc/$p/status"
+            printf "body %.1f MB x 4 = %.1f MB in flight; RSS idle %.1f MB, peak %.1f MB: +%.1f MB, %.1fx the bytes in flight", b / 1048576, in_flight, base, peak, peak - base, (peak - base) / in_flight
+        } /VmRSS/ { printf "; settled %.1f MB\n", $2 / 1024 }' "/proc/$p/status"
+        awk '{ printf "proxy CPU (utime+stime): %.2f s\n", ($14 + $15) / 100 }' "/proc/$p/stat"
     } | tee -a "$out/results.txt"
-    rm -f "$body"
     stop "$p"
     # The simulator's request log keeps the last bodies: let them go.
     curl -s -X DELETE "$FAST_SIM/_sim/requests" >/dev/null

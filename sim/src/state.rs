@@ -188,6 +188,19 @@ impl RequestLog {
         entries.kept.iter().skip(skip).map(Kept::read).collect()
     }
 
+    /// The bodies of the newest `limit` requests exactly as received, oldest
+    /// first (for tests that check what a proxy forwarded byte for byte).
+    pub fn recent_raw(&self, limit: usize) -> Vec<Bytes> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = entries.kept.len().saturating_sub(limit);
+        entries
+            .kept
+            .iter()
+            .skip(skip)
+            .map(|k| k.raw.clone())
+            .collect()
+    }
+
     /// Body bytes held.
     pub fn bytes(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).bytes

@@ -20,6 +20,8 @@ use bedrock_wire::tier::{LATENCY_HEADER, SERVICE_TIER_HEADER};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::json_body::JsonBody;
+
 /// Bump when the encoding changes: old entries then simply miss.
 pub const KEY_VERSION: &str = "bedrock-proxy/response-cache/v2";
 
@@ -128,8 +130,9 @@ pub struct KeyParts<'a> {
     pub route: &'a str,
     pub upstream_model: &'a str,
     pub family: Family,
-    /// The parsed body, when it is JSON.
-    pub json: Option<&'a Value>,
+    /// The body read as JSON, when it is JSON (its text is what is keyed;
+    /// the tree is built only for a body whose text does not read back).
+    pub json: Option<&'a JsonBody>,
     /// The raw body (hashed as is when it is not JSON).
     pub raw: &'a [u8],
     /// InvokeModel headers, `(name, value)`, lowercase names.
@@ -142,10 +145,10 @@ fn field(h: &mut Sha256, bytes: &[u8]) {
 }
 
 /// The cache markers of a model-native body.
-fn invoke_markers(body: &Value) -> Markers {
-    if body.get("anthropic_version").is_some() {
+fn invoke_markers(body: &JsonBody) -> Markers {
+    if body.has("anthropic_version") {
         Markers::Anthropic
-    } else if body.get("messages").is_some() {
+    } else if body.has("messages") {
         // Nova's native body marks prefixes with Converse-style cachePoint blocks.
         Markers::Converse
     } else {
@@ -198,18 +201,19 @@ pub fn cache_key(parts: &KeyParts<'_>) -> CacheKey {
 /// The canonical request, from its text (`raw`, exact for every number); from
 /// its parsed value only if the text does not read as the JSON it was parsed
 /// from (never for a body the ingress parsed).
-fn canonical(json: &Value, raw: &[u8], markers: Markers, excluded: &[&str]) -> Vec<u8> {
+fn canonical(json: &JsonBody, raw: &[u8], markers: Markers, excluded: &[&str]) -> Vec<u8> {
     if let Some(bytes) = request_bytes_from_text(raw, markers, excluded) {
         return bytes;
     }
     let mut out = Vec::with_capacity(512);
-    write_request(json, markers, excluded, &mut out);
+    write_request(json.tree(), markers, excluded, &mut out);
     out
 }
 
 /// Whether a request asks for a deterministic answer: temperature explicitly 0
 /// (`inferenceConfig.temperature` in Converse and Nova bodies, `temperature` in
-/// Anthropic and Llama bodies).
+/// Anthropic and Llama bodies). `json` is the body or its head (both members
+/// are head members).
 pub fn is_deterministic(json: Option<&Value>) -> bool {
     let Some(json) = json else {
         return false;

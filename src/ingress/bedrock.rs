@@ -16,9 +16,10 @@ use bedrock_wire::tier::{LatencyTier, LATENCY_HEADER, SERVICE_TIER_HEADER};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{failed, parse_json, receive_for, route, run, start_trace, Finish};
+use super::{failed, receive_for, route, run, start_trace, Finish};
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::json_body::JsonBody;
 use crate::pipeline::Call;
 use crate::state::AppState;
 use crate::stream::to_bedrock_client;
@@ -94,7 +95,8 @@ async fn serve(
     // InvokeModel bodies are model-native. A body declared JSON must parse; the
     // AWS SDKs send JSON bodies as application/octet-stream unless told
     // otherwise, so those are read as JSON when they are, and passed through
-    // untouched when they are not.
+    // untouched when they are not. Reading validates the text and parses its
+    // few small members; the tree is built only if a stage asks for it.
     let limits = &rt.config.limits;
     let content_type = parts
         .headers
@@ -102,19 +104,19 @@ async fn serve(
         .and_then(|v| v.to_str().ok());
     let declared_json = content_type.is_none_or(|ct| ct.contains("json"));
     let looks_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let read = || JsonBody::parse(body.clone(), limits.max_json_depth);
     let json = match op {
-        Operation::Converse | Operation::ConverseStream | Operation::CountTokens => {
-            Some(parse_json(&body, limits.max_json_depth)?)
-        }
-        Operation::Invoke | Operation::InvokeStream if declared_json => {
-            Some(parse_json(&body, limits.max_json_depth)?)
-        }
-        Operation::Invoke | Operation::InvokeStream if looks_json => {
-            parse_json(&body, limits.max_json_depth).ok()
-        }
+        Operation::Converse | Operation::ConverseStream | Operation::CountTokens => Some(read()?),
+        Operation::Invoke | Operation::InvokeStream if declared_json => Some(read()?),
+        Operation::Invoke | Operation::InvokeStream if looks_json => read().ok(),
         _ => None,
     };
-    super::operations::admit_model_guardrail(&principal, op, &parts.headers, json.as_ref())?;
+    super::operations::admit_model_guardrail(
+        &principal,
+        op,
+        &parts.headers,
+        json.as_ref().map(JsonBody::head),
+    )?;
     let forward = match op {
         Operation::Invoke | Operation::InvokeStream => FORWARDED
             .iter()

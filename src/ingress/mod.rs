@@ -51,6 +51,7 @@ use crate::auth::Principal;
 use crate::cache::Directives;
 use crate::config::ServicePolicy;
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::json_body::JsonBody;
 use crate::latency;
 use crate::limits::{self, Refusal};
 use crate::metrics;
@@ -241,12 +242,13 @@ pub fn converse_call(
     op: Operation,
 ) -> Call {
     finish.op = op;
+    let json = JsonBody::from_value(converse);
     Call {
         op,
         principal,
         routed,
-        body: Bytes::from(converse.to_string()),
-        json: Some(converse),
+        body: json.raw().clone(),
+        json: Some(json),
         forward: Vec::new(),
         started: finish.started,
         trace: finish.trace.clone(),
@@ -285,7 +287,7 @@ pub async fn run(
         .is_some_and(|m| m.kind == crate::catalog::ModelKind::Embedding);
     let default_output = rt.config.limits.output_tokens_estimate;
     let estimate = || {
-        limits::estimate(
+        limits::estimate_body(
             call.op,
             call.json.as_ref(),
             &call.body,
@@ -308,7 +310,10 @@ pub async fn run(
     }
     let policy = call.routed.route.config.resilience.latency;
     finish.wanted_tier = Some(latency::wanted(policy, finish.requested_tier));
-    finish.trace.call(call.op.is_stream(), call.json.as_ref());
+    if finish.trace.is_on() {
+        // Only a traced request builds the tree for its attributes.
+        finish.trace.call(call.op.is_stream(), call.tree());
+    }
     let directives = Directives::from_headers(headers);
     let mut record = Record::default();
     let result = pipeline::run(&state.pipeline, rt, call, &directives, &mut record).await;
@@ -384,7 +389,7 @@ pub async fn run_many(
     let default_output = rt.config.limits.output_tokens_estimate;
     let estimate = || {
         calls.iter().fold(limits::Estimate::default(), |sum, call| {
-            let one = limits::estimate(
+            let one = limits::estimate_body(
                 call.op,
                 call.json.as_ref(),
                 &call.body,

@@ -418,7 +418,7 @@ impl TenantTag {
 }
 
 /// InvokeModel's guardrail headers and Converse's `guardrailConfig` name a
-/// guardrail: the key must be allowed it.
+/// guardrail: the key must be allowed it. `json` is the body or its head.
 pub(crate) fn admit_model_guardrail(
     principal: &Principal,
     op: bedrock_wire::operation::Operation,

@@ -8,6 +8,8 @@ use bedrock_wire::operation::Operation;
 use bedrock_wire::tokens;
 use serde_json::Value;
 
+use crate::json_body::JsonBody;
+
 /// Estimated tokens of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Estimate {
@@ -76,6 +78,46 @@ pub(crate) fn estimate(
     }
 }
 
+/// [`estimate`] for a call's body: a Converse body whose tree no stage has
+/// built is counted one message at a time, so a token limit does not build
+/// the tree of a long conversation.
+pub(crate) fn estimate_body(
+    op: Operation,
+    json: Option<&JsonBody>,
+    body: &[u8],
+    embedding: bool,
+    default_output: u32,
+) -> Estimate {
+    match (op, json) {
+        (Operation::Converse | Operation::ConverseStream, Some(j)) if !j.has_tree() => {
+            let mut input = 0u32;
+            if let Some(config) = j.member("toolConfig") {
+                for tool in config["tools"].as_array().into_iter().flatten() {
+                    input += tokens::converse_tool(tool);
+                }
+            }
+            j.for_each_element("system", |block| input += tokens::converse_block(block));
+            j.for_each_element("messages", |m| input += tokens::converse_message(m));
+            let asked = j.head()["inferenceConfig"]["maxTokens"].as_u64();
+            Estimate {
+                input: u64::from(input),
+                output: if embedding {
+                    0
+                } else {
+                    asked.unwrap_or(u64::from(default_output))
+                },
+            }
+        }
+        _ => estimate(
+            op,
+            json.map(JsonBody::tree),
+            body,
+            embedding,
+            default_output,
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +144,34 @@ mod tests {
             estimate(Operation::CountTokens, Some(&body), b"", false, 1024),
             Estimate::default()
         );
+    }
+
+    #[test]
+    fn a_converse_body_counted_message_by_message_agrees_with_its_tree() {
+        let bodies = [
+            json!({"messages": [{"role": "user", "content": [{"text": "x".repeat(400)}]}],
+                   "inferenceConfig": {"maxTokens": 50}}),
+            json!({"toolConfig": {"tools": [{"toolSpec": {"name": "t", "inputSchema": {"json": {}}}},
+                                            {"cachePoint": {"type": "default"}}]},
+                   "system": [{"text": "be brief"}, {"cachePoint": {"type": "default"}}],
+                   "messages": (0..50).map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" },
+                       "content": [{"text": format!("message {i}")}, {"image": {"format": "png", "source": {"bytes": "AAAA"}}}]}))
+                       .collect::<Vec<_>>()}),
+            json!({"messages": "not a list", "system": {"text": "nor this"}}),
+        ];
+        for body in bodies {
+            let text = body.to_string();
+            let lazy = JsonBody::parse(bytes::Bytes::from(text.clone()), 64).unwrap();
+            for op in [Operation::Converse, Operation::ConverseStream] {
+                for embedding in [false, true] {
+                    let by_tree = estimate(op, Some(&body), text.as_bytes(), embedding, 1024);
+                    let by_message =
+                        estimate_body(op, Some(&lazy), text.as_bytes(), embedding, 1024);
+                    assert_eq!(by_message, by_tree, "{body}");
+                }
+            }
+            assert!(!lazy.has_tree(), "counted without building the tree");
+        }
     }
 
     #[test]

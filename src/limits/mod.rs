@@ -44,7 +44,7 @@ use crate::shared::RedisTier;
 use crate::support::lock;
 use bucket::{calendar, nano_usd, usd, Bucket, Period};
 use counters::{Change, Check, CheckOp, Counters, Found, Source, TAG};
-pub(crate) use estimate::{estimate, Estimate};
+pub(crate) use estimate::{estimate_body, Estimate};
 pub use headers::{RateHeaders, RateView};
 
 /// What kind of scope a counter belongs to.

@@ -33,6 +33,7 @@ use crate::cache::key::is_deterministic;
 use crate::cache::{cache_key, CacheKey, Directives, Entry, Family, KeyParts, ResponseCache};
 use crate::config::{CacheMode, Replay, RouteCacheConfig, NEVER_CACHED_STOP_REASONS};
 use crate::error::{ProxyError, Side};
+use crate::json_body::JsonBody;
 use crate::metrics;
 use crate::prompt_cache::{PrefixRegistry, Prefixes};
 use crate::route::Routed;
@@ -49,10 +50,11 @@ pub struct Call {
     pub op: Operation,
     pub principal: Arc<Principal>,
     pub routed: Routed,
-    /// The body as the client sent it.
+    /// The body as the client sent it (or as the service-tier header marked it).
     pub body: Bytes,
-    /// The body parsed, when it is JSON.
-    pub json: Option<Value>,
+    /// The body read as JSON, when it is JSON: its head always, its tree only
+    /// once a stage asks for it ([`Call::tree`]).
+    pub json: Option<JsonBody>,
     /// Request headers passed to the upstream (InvokeModel's header members).
     pub forward: Vec<(HeaderName, HeaderValue)>,
     pub started: Instant,
@@ -61,13 +63,23 @@ pub struct Call {
 }
 
 impl Call {
+    /// The JSON body's head members (see [`crate::json_body::HEAD_MEMBERS`]).
+    pub fn head(&self) -> Option<&Value> {
+        self.json.as_ref().map(JsonBody::head)
+    }
+
+    /// The JSON body parsed whole: built by the first stage that asks, shared
+    /// by the others. Stages that read only head members use [`Call::head`].
+    pub fn tree(&self) -> Option<&Value> {
+        self.json.as_ref().map(JsonBody::tree)
+    }
+
     /// The latency tier the request asks for (`performanceConfig.latency`, or
     /// InvokeModel's header); `None` when it asks for none (or for a tier
     /// Bedrock does not have, which the upstream will refuse).
     pub fn requested_tier(&self) -> Option<LatencyTier> {
         let from_body = self
-            .json
-            .as_ref()
+            .head()
             .filter(|_| matches!(self.op, Operation::Converse | Operation::ConverseStream))
             .and_then(|j| j["performanceConfig"]["latency"].as_str());
         from_body
@@ -85,8 +97,7 @@ impl Call {
     /// Bedrock does not have (which the upstream will refuse).
     pub fn requested_service_tier(&self) -> Option<ServiceTier> {
         let from_body = self
-            .json
-            .as_ref()
+            .head()
             .filter(|_| matches!(self.op, Operation::Converse | Operation::ConverseStream))
             .and_then(|j| j["serviceTier"]["type"].as_str());
         from_body
@@ -105,8 +116,8 @@ impl Call {
         match self.op {
             Operation::Converse | Operation::ConverseStream => {
                 if let Some(json) = self.json.as_mut() {
-                    crate::service_tier::apply_converse(json, tier);
-                    self.body = Bytes::from(json.to_string());
+                    json.edit(|head| crate::service_tier::apply_converse(head, tier));
+                    self.body = json.raw().clone();
                 }
             }
             Operation::Invoke | Operation::InvokeStream => {
@@ -152,7 +163,7 @@ fn cacheable(call: &Call, rt: &Runtime, directives: &Directives) -> Option<Cache
     let allowed = match policy.mode {
         CacheMode::Off => false,
         CacheMode::Always => true,
-        CacheMode::Deterministic => is_deterministic(call.json.as_ref()) || is_embedding(call, rt),
+        CacheMode::Deterministic => is_deterministic(call.head()) || is_embedding(call, rt),
     };
     if !allowed || directives.no_store {
         return None;
@@ -476,9 +487,11 @@ async fn upstream(
     let route = &call.routed.route;
     let route_label = metrics::route_label(&route.name);
     // The client's section sizes, measured once for the registry and every
-    // target's plan (routes with prompt caching on only).
-    let prefixes = plan::plannable(call)
-        .filter(|_| route.config.prompt_cache.mode != crate::config::PromptCacheMode::Off)
+    // target's plan (routes with prompt caching on only: the others never
+    // build the body's tree for it).
+    let prefixes = (route.config.prompt_cache.mode != crate::config::PromptCacheMode::Off)
+        .then(|| plan::plannable(call))
+        .flatten()
         .map(|(json, format)| Prefixes::of(json, format));
     let observed = plan::observe_prefixes(rt, &pipeline.prefixes, call, prefixes).await;
     let targets = chain::targets(&rt.upstreams, route, &call.routed.upstream_model)?;

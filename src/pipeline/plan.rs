@@ -29,15 +29,18 @@ use crate::service_tier;
 use crate::upstream::chain::{PlanNotes, Prepared, Target};
 use bedrock_wire::tier::{LatencyTier, ServiceTier};
 
-/// The body format the prompt-cache planner can mark in this call, if any.
+/// The body format the prompt-cache planner can mark in this call, if any,
+/// with the body's tree (built here when no stage has built it yet).
 pub(super) fn plannable(call: &Call) -> Option<(&Value, prompt_cache::Format)> {
-    let json = call.json.as_ref()?;
+    let body = call.json.as_ref()?;
     let format = match call.op {
         Operation::Converse | Operation::ConverseStream => prompt_cache::Format::Converse,
-        Operation::Invoke | Operation::InvokeStream => prompt_cache::Format::of_invoke_body(json)?,
+        Operation::Invoke | Operation::InvokeStream => {
+            prompt_cache::Format::of_invoke_body(body.head())?
+        }
         Operation::CountTokens => return None,
     };
-    Some((json, format))
+    Some((body.tree(), format))
 }
 
 /// Records one sighting of each of the call's prefixes (tools, system prompt,
@@ -56,7 +59,10 @@ pub(super) async fn observe_prefixes(
     if policy.mode != PromptCacheMode::Auto && policy.ttl != CacheTtl::Auto {
         return observed;
     }
-    let (Some((json, format)), Some(sizes)) = (plannable(call), prefixes) else {
+    let Some(sizes) = prefixes else {
+        return observed;
+    };
+    let Some((json, format)) = plannable(call) else {
         return observed;
     };
     let model_id = &call.routed.upstream_model;
@@ -153,7 +159,7 @@ pub(super) fn egress(
         return Ok((targets, None));
     }
     let route = &call.routed.route.name;
-    let translated = match (call.op, call.json.as_ref()) {
+    let translated = match (call.op, call.tree()) {
         (Operation::Converse | Operation::ConverseStream, Some(json)) => {
             chat::request(json).map_err(|refused| refused.to_string())
         }
@@ -256,11 +262,38 @@ pub(super) fn prepare(
         notes.downgraded = Some(latency::FLEX_DOWNGRADE);
     }
 
-    let mut edited: Option<Value> = None;
+    let converse = matches!(call.op, Operation::Converse | Operation::ConverseStream);
+    let latency_edit = tier
+        .send
+        .filter(|send| converse && call.requested_tier() != Some(*send));
+    let service_edit = service
+        .send
+        .filter(|send| converse && call.requested_service_tier() != Some(*send));
+    if !converse {
+        if let Some(send) = tier.send.filter(|_| call.op != Operation::CountTokens) {
+            latency::apply_invoke(&mut headers, send);
+        }
+        if let Some(send) = service.send.filter(|_| call.op != Operation::CountTokens) {
+            service_tier::apply_invoke(&mut headers, send);
+        }
+    }
+    let tiers = |json: &mut Value| {
+        if let Some(send) = latency_edit {
+            latency::apply_converse(json, send);
+        }
+        if let Some(send) = service_edit {
+            service_tier::apply_converse(json, send);
+        }
+    };
+
+    // The planners' edits: cache points (with the tiers) written from the
+    // tree the prompt-cache planner read, else the tiers spliced into the text.
+    let mut edited: Option<Bytes> = None;
     let mut cache_points = 0;
     let mut settle = None;
     let policy = &route.config.prompt_cache;
-    if let (Some((json, format)), Some(prefixes)) = (plannable(call), prefixes) {
+    let planned = prefixes.and_then(|p| plannable(call).map(|(json, format)| (json, format, p)));
+    if let Some((json, format, prefixes)) = planned {
         // A prompt router is planned with its most restrictive model's limits.
         let model = prompt_cache::limits_for(&rt.catalog, &target.model);
         // What was observed is about the route's model: a fallback to another
@@ -291,9 +324,7 @@ pub(super) fn prepare(
             .collect();
         cache_points = plan.injected.len() as u32;
         if cache_points > 0 {
-            let mut body = json.clone();
-            prompt_cache::apply(&mut body, format, &plan);
-            edited = Some(body);
+            edited = Some(planned_body(json, format, &plan, &tiers));
         }
         if let Some(model) = model.filter(|m| m.prompt_cache) {
             settle = Some(Settle(Arc::new(Settlement::new(
@@ -311,45 +342,12 @@ pub(super) fn prepare(
         }
     }
 
-    if let Some(send) = tier.send {
-        match call.op {
-            Operation::Converse | Operation::ConverseStream => {
-                if call.requested_tier() != Some(send) {
-                    if edited.is_none() {
-                        edited = call.json.clone();
-                    }
-                    if let Some(json) = edited.as_mut() {
-                        latency::apply_converse(json, send);
-                    }
-                }
-            }
-            Operation::Invoke | Operation::InvokeStream => {
-                latency::apply_invoke(&mut headers, send)
-            }
-            Operation::CountTokens => {}
+    let body = match (edited, &call.json) {
+        (Some(body), _) => body,
+        (None, Some(json)) if latency_edit.is_some() || service_edit.is_some() => {
+            json.edited(tiers)
         }
-    }
-    if let Some(send) = service.send {
-        match call.op {
-            Operation::Converse | Operation::ConverseStream => {
-                if call.requested_service_tier() != Some(send) {
-                    if edited.is_none() {
-                        edited = call.json.clone();
-                    }
-                    if let Some(json) = edited.as_mut() {
-                        service_tier::apply_converse(json, send);
-                    }
-                }
-            }
-            Operation::Invoke | Operation::InvokeStream => {
-                service_tier::apply_invoke(&mut headers, send)
-            }
-            Operation::CountTokens => {}
-        }
-    }
-    let body = match edited {
-        Some(json) => Bytes::from(json.to_string()),
-        None => call.body.clone(),
+        _ => call.body.clone(),
     };
     Prepared {
         body,
@@ -362,6 +360,67 @@ pub(super) fn prepare(
     }
 }
 
+/// The text of `json` with `plan`'s cache points and the `tiers` edit. The
+/// points go at the ends of the tools, the system prompt and the first and
+/// last messages, so only those are copied and edited: the messages between
+/// are written from the client's tree, never cloned.
+fn planned_body(
+    json: &Value,
+    format: prompt_cache::Format,
+    plan: &prompt_cache::Plan,
+    tiers: &dyn Fn(&mut Value),
+) -> Bytes {
+    let Some(members) = json.as_object() else {
+        return Bytes::new();
+    };
+    let middle: &[Value] = match members.get("messages").and_then(Value::as_array) {
+        Some(m) if m.len() > 2 => &m[1..m.len() - 1],
+        _ => &[],
+    };
+    let mut skeleton = serde_json::Map::new();
+    for (name, value) in members {
+        let value = match value.as_array() {
+            Some(m) if name == "messages" && !middle.is_empty() => {
+                Value::Array(vec![m[0].clone(), m[m.len() - 1].clone()])
+            }
+            _ => value.clone(),
+        };
+        skeleton.insert(name.clone(), value);
+    }
+    let mut skeleton = Value::Object(skeleton);
+    prompt_cache::apply(&mut skeleton, format, plan);
+    tiers(&mut skeleton);
+    let mut out = Vec::with_capacity(512);
+    let write = |out: &mut Vec<u8>, v: &Value| {
+        // Writing a Value to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, v);
+    };
+    out.push(b'{');
+    for (i, (name, value)) in skeleton.as_object().into_iter().flatten().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(&mut out, &Value::String(name.clone()));
+        out.push(b':');
+        match value.as_array() {
+            Some(ends) if name == "messages" && !middle.is_empty() && ends.len() == 2 => {
+                out.push(b'[');
+                write(&mut out, &ends[0]);
+                for message in middle {
+                    out.push(b',');
+                    write(&mut out, message);
+                }
+                out.push(b',');
+                write(&mut out, &ends[1]);
+                out.push(b']');
+            }
+            _ => write(&mut out, value),
+        }
+    }
+    out.push(b'}');
+    Bytes::from(out)
+}
+
 /// What a fallback to another model may use of an observation: its sightings.
 fn sightings_only(o: &Observed) -> Observed {
     Observed {
@@ -369,5 +428,60 @@ fn sightings_only(o: &Observed) -> Observed {
         reads_per_write: 1.0,
         first_write: true,
         ..Observed::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CachePosition;
+    use crate::prompt_cache::{Format, Plan, Point};
+    use serde_json::json;
+
+    #[test]
+    fn a_planned_body_is_the_tree_edited_without_copying_the_middle() {
+        let message = |i: usize| {
+            json!({"role": if i % 2 == 0 { "user" } else { "assistant" },
+                   "content": [{"text": format!("message {i}")}]})
+        };
+        let all = [
+            CachePosition::Tools,
+            CachePosition::System,
+            CachePosition::Head,
+            CachePosition::Conversation,
+        ];
+        for n in [1, 2, 3, 7] {
+            for format in [Format::Converse, Format::Anthropic] {
+                let body = json!({
+                    "toolConfig": {"tools": [{"toolSpec": {"name": "t"}}]},
+                    "tools": [{"name": "t"}],
+                    "system": [{"text": "be brief"}],
+                    "messages": (0..n).map(message).collect::<Vec<_>>(),
+                    "inferenceConfig": {"maxTokens": 5},
+                });
+                let plan = Plan {
+                    injected: all
+                        .iter()
+                        .map(|&position| Point {
+                            position,
+                            ttl_1h: position == CachePosition::Tools,
+                        })
+                        .collect(),
+                    skipped: Vec::new(),
+                };
+                let tiers = |v: &mut Value| {
+                    crate::latency::apply_converse(v, bedrock_wire::tier::LatencyTier::Optimized)
+                };
+                let mut wanted = body.clone();
+                prompt_cache::apply(&mut wanted, format, &plan);
+                tiers(&mut wanted);
+                let got = planned_body(&body, format, &plan, &tiers);
+                assert_eq!(
+                    std::str::from_utf8(&got).unwrap(),
+                    wanted.to_string(),
+                    "{n} messages, {format:?}"
+                );
+            }
+        }
     }
 }

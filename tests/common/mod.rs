@@ -37,6 +37,11 @@ impl Stack {
         self.sim.sim.state().log.recent(usize::MAX)
     }
 
+    /// The bodies the simulator received, exactly as received, oldest first.
+    pub fn upstream_bodies(&self) -> Vec<bytes::Bytes> {
+        self.sim.sim.state().log.recent_raw(usize::MAX)
+    }
+
     /// The simulator's counters.
     pub fn sim_stats(&self) -> serde_json::Value {
         self.sim.sim.state().stats.snapshot()

@@ -1,4 +1,5 @@
 use super::*;
+use crate::json_body::JsonBody;
 use serde_json::json;
 
 fn base() -> Value {
@@ -26,7 +27,7 @@ fn key_with(json: &Value, ns: &str, route: &str, model: &str, family: Family) ->
         route,
         upstream_model: model,
         family,
-        json: Some(json),
+        json: Some(&JsonBody::from_value(json.clone())),
         raw: b"",
         headers: &[],
     })
@@ -245,7 +246,7 @@ fn invoke_keys_follow_the_native_format() {
             route: "r",
             upstream_model: "m",
             family: Family::Invoke,
-            json: Some(v),
+            json: Some(&JsonBody::from_value(v.clone())),
             raw: b"",
             headers,
         })

@@ -13,7 +13,6 @@ use axum::response::Response;
 use base64::Engine;
 use bedrock_wire::converse::{Summary, Usage};
 use bedrock_wire::operation::Operation;
-use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -25,6 +24,7 @@ use crate::error::{ErrorKind, ProxyError, Side};
 use crate::ingress::{
     failed, json_answer, parse_json, receive, request_span, route_translated, run_many, Finish,
 };
+use crate::json_body::JsonBody;
 use crate::pipeline::Call;
 use crate::state::AppState;
 
@@ -262,12 +262,13 @@ async fn serve(
     };
     let calls: Vec<Call> = bodies(&request, family, &info)?
         .into_iter()
-        .map(|body| Call {
+        .map(JsonBody::from_value)
+        .map(|json| Call {
             op: Operation::Invoke,
             principal: principal.clone(),
             routed: routed.clone(),
-            body: Bytes::from(body.to_string()),
-            json: Some(body),
+            body: json.raw().clone(),
+            json: Some(json),
             forward: vec![
                 (
                     HeaderName::from_static("content-type"),

@@ -1,0 +1,418 @@
+//! A JSON request body, parsed only as far as the stages that read it need:
+//! validated once (UTF-8, nesting, syntax, an object), its few small top-level
+//! members that every request may read ([`HEAD_MEMBERS`]: tiers, temperature,
+//! guardrail) kept parsed, and the whole tree built only when a stage asks for
+//! it ([`JsonBody::tree`]: prompt-cache planning, token estimates, translation,
+//! traces that capture content), then shared by every stage of the call.
+//!
+//! A `serde_json::Value` of many small objects costs 10 to 20 times its text;
+//! a call that no stage reads goes out as the bytes the client sent, and edits
+//! of head members (the tiers the planners set) are spliced into the text
+//! without building the tree.
+
+use bytes::Bytes;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::sync::OnceLock;
+
+use crate::error::ProxyError;
+
+/// The top-level members kept parsed in the head: the ones stages read on every
+/// request, all small in any request Bedrock accepts.
+pub const HEAD_MEMBERS: &[&str] = &[
+    // Converse
+    "performanceConfig",
+    "serviceTier",
+    "inferenceConfig",
+    "guardrailConfig",
+    // InvokeModel bodies (the cache markers' format, determinism)
+    "anthropic_version",
+    "temperature",
+];
+
+/// The most JSON text a head member may have. Every one of them is a few
+/// fields that Bedrock bounds far below this; a larger one, which Bedrock
+/// would refuse too, is refused before it is parsed, so no member can make
+/// the head cost a multiple of the body.
+pub const HEAD_MEMBER_MAX_BYTES: usize = 64 * 1024;
+
+/// A JSON object request body (see the module docs).
+#[derive(Debug)]
+pub struct JsonBody {
+    raw: Bytes,
+    /// The [`HEAD_MEMBERS`] present, parsed (an object).
+    head: Value,
+    /// Every top-level member's name and where its text is in `raw`, in order
+    /// (empty spans for a body built from a tree, whose tree is kept).
+    names: Vec<(String, std::ops::Range<usize>)>,
+    tree: OnceLock<Value>,
+}
+
+/// The top-level members of an object as their JSON text, in order (a
+/// repeated name appears twice: the last one counts, as in a parsed tree).
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Walk;
+        impl<'de> Visitor<'de> for Walk {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push((name, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Walk)
+    }
+}
+
+fn malformed(e: impl std::fmt::Display) -> ProxyError {
+    ProxyError::validation(format!(
+        "Malformed input request: {e}, please reformat your input and try again."
+    ))
+}
+
+fn not_an_object() -> ProxyError {
+    ProxyError::validation("Malformed input request: the body must be a JSON object.")
+}
+
+/// Whether JSON text nests arrays and objects deeper than `max` (strings and
+/// escapes are skipped, so brackets inside strings do not count).
+pub fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The checks every JSON body passes before anything reads it: UTF-8, at most
+/// `max_depth` levels of nesting.
+fn check_text(bytes: &[u8], max_depth: usize) -> Result<(), ProxyError> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(ProxyError::validation(format!(
+            "Malformed input request: the body is not valid UTF-8 (invalid byte at offset {}), please reformat your input and try again.",
+            e.valid_up_to()
+        )));
+    }
+    if nesting_exceeds(bytes, max_depth) {
+        return Err(ProxyError::validation(format!(
+            "Malformed input request: JSON is nested deeper than this proxy's limit of {max_depth} levels."
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a JSON request body into a tree: valid UTF-8, nested at most
+/// `max_depth`, an object (for the ingresses that translate every body).
+pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, ProxyError> {
+    check_text(bytes, max_depth)?;
+    let value: Value = serde_json::from_slice(bytes).map_err(malformed)?;
+    if !value.is_object() {
+        return Err(not_an_object());
+    }
+    Ok(value)
+}
+
+impl JsonBody {
+    /// Validates a body as [`parse_json`] does, with the same messages, without
+    /// building its tree: the text is read once, its top-level members located
+    /// and the head members parsed.
+    pub fn parse(raw: Bytes, max_depth: usize) -> Result<JsonBody, ProxyError> {
+        check_text(&raw, max_depth)?;
+        if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            // Still a syntax error first, as a tree parse would say.
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&raw) {
+                    Err(e) => malformed(e),
+                    Ok(_) => not_an_object(),
+                },
+            );
+        }
+        let (head, names) = {
+            let members: Members<'_> = serde_json::from_slice(&raw).map_err(malformed)?;
+            head_of(&raw, &members.0)?
+        };
+        Ok(JsonBody {
+            raw,
+            head,
+            names,
+            tree: OnceLock::new(),
+        })
+    }
+
+    /// A body the proxy built (a translation): its text and tree, both kept.
+    pub fn from_value(tree: Value) -> JsonBody {
+        let raw = Bytes::from(tree.to_string());
+        let (head, names) = head_of_tree(&tree);
+        JsonBody {
+            raw,
+            head,
+            names,
+            tree: OnceLock::from(tree),
+        }
+    }
+
+    /// The body's text.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The head: an object of the [`HEAD_MEMBERS`] the body has. Any other
+    /// member is read from [`JsonBody::tree`].
+    pub fn head(&self) -> &Value {
+        &self.head
+    }
+
+    /// Whether the body has a top-level member `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.names.iter().any(|(n, _)| n == name)
+    }
+
+    /// The top-level member `name` parsed on its own (borrowed from the tree
+    /// when it is built).
+    pub fn member(&self, name: &str) -> Option<std::borrow::Cow<'_, Value>> {
+        if let Some(tree) = self.tree.get() {
+            return tree.get(name).map(std::borrow::Cow::Borrowed);
+        }
+        // The last of a repeated name counts, as in a tree.
+        let (_, span) = self.names.iter().rev().find(|(n, _)| n == name)?;
+        let text = self.raw.get(span.clone())?;
+        serde_json::from_slice(text)
+            .ok()
+            .map(std::borrow::Cow::Owned)
+    }
+
+    /// Calls `f` with each element of the top-level array `name`, parsed one
+    /// at a time and dropped after (taken from the tree when it is built), so
+    /// a stage can walk a long conversation without building its tree.
+    /// Nothing when the member is missing or not an array.
+    pub fn for_each_element(&self, name: &str, mut f: impl FnMut(&Value)) {
+        if let Some(tree) = self.tree.get() {
+            tree.get(name)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .for_each(f);
+            return;
+        }
+        let Some((_, span)) = self.names.iter().rev().find(|(n, _)| n == name) else {
+            return;
+        };
+        let Some(text) = self.raw.get(span.clone()) else {
+            return;
+        };
+        let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(text) else {
+            return;
+        };
+        for item in items {
+            if let Ok(value) = serde_json::from_str::<Value>(item.get()) {
+                f(&value);
+            }
+        }
+    }
+
+    /// The whole body parsed, built on first use and shared after.
+    pub fn tree(&self) -> &Value {
+        self.tree.get_or_init(|| {
+            // The text was read as an object when this was made.
+            serde_json::from_slice(&self.raw).unwrap_or_else(|_| Value::Object(Map::new()))
+        })
+    }
+
+    /// Whether the tree has been built (by a stage that needed it).
+    pub fn has_tree(&self) -> bool {
+        self.tree.get().is_some()
+    }
+
+    /// The body's text after `edit`, which may change, add or remove head
+    /// members only (it is given the head): the members it changed are
+    /// spliced into the text, every other member goes out as it came.
+    pub fn edited(&self, edit: impl FnOnce(&mut Value)) -> Bytes {
+        let mut head = self.head.clone();
+        edit(&mut head);
+        if head == self.head {
+            return self.raw.clone();
+        }
+        match self.tree.get() {
+            Some(tree) => {
+                let mut tree = tree.clone();
+                apply_head(&mut tree, &self.head, &head);
+                Bytes::from(tree.to_string())
+            }
+            None => splice(&self.raw, &self.head, &head),
+        }
+    }
+
+    /// [`JsonBody::edited`], kept: the body becomes the edited one.
+    pub fn edit(&mut self, edit: impl FnOnce(&mut Value)) {
+        let mut head = self.head.clone();
+        edit(&mut head);
+        if head == self.head {
+            return;
+        }
+        if let Some(tree) = self.tree.get_mut() {
+            apply_head(tree, &self.head, &head);
+            self.raw = Bytes::from(tree.to_string());
+            (self.head, self.names) = head_of_tree(tree);
+        } else {
+            let raw = splice(&self.raw, &self.head, &head);
+            if let Ok(members) = serde_json::from_slice::<Members<'_>>(&raw) {
+                self.names = members
+                    .0
+                    .iter()
+                    .map(|(n, v)| (n.clone(), span(&raw, v)))
+                    .collect();
+            }
+            self.raw = raw;
+            self.head = head;
+        }
+    }
+}
+
+/// Where a member's text (a slice of `raw`) is in `raw`.
+fn span(raw: &[u8], text: &RawValue) -> std::ops::Range<usize> {
+    let start = (text.get().as_ptr() as usize).saturating_sub(raw.as_ptr() as usize);
+    start..start + text.get().len()
+}
+
+type Names = Vec<(String, std::ops::Range<usize>)>;
+
+/// The head and member names of an object's members (`raw`, the object's text).
+fn head_of(raw: &[u8], members: &[(String, &RawValue)]) -> Result<(Value, Names), ProxyError> {
+    let mut head = Map::new();
+    for (name, raw) in members {
+        if HEAD_MEMBERS.contains(&name.as_str()) {
+            if raw.get().len() > HEAD_MEMBER_MAX_BYTES {
+                return Err(ProxyError::validation(format!(
+                    "Malformed input request: `{name}` is larger than {HEAD_MEMBER_MAX_BYTES} bytes, please reformat your input and try again."
+                )));
+            }
+            let value: Value = serde_json::from_str(raw.get()).map_err(malformed)?;
+            head.insert(name.clone(), value);
+        }
+    }
+    let names = members
+        .iter()
+        .map(|(n, v)| (n.clone(), span(raw, v)))
+        .collect();
+    Ok((Value::Object(head), names))
+}
+
+fn head_of_tree(tree: &Value) -> (Value, Names) {
+    let Some(obj) = tree.as_object() else {
+        return (Value::Object(Map::new()), Vec::new());
+    };
+    let head = obj
+        .iter()
+        .filter(|(k, _)| HEAD_MEMBERS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let names = obj.keys().map(|k| (k.clone(), 0..0)).collect();
+    (Value::Object(head), names)
+}
+
+/// What an edit of the head did: members set (changed or added), in the new
+/// head's order, and members removed.
+fn head_changes<'a>(old: &'a Value, new: &'a Value) -> (Vec<(&'a str, &'a Value)>, Vec<&'a str>) {
+    // A head is an object; an edit that made it something else changes nothing.
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return (Vec::new(), Vec::new());
+    };
+    let set = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let removed = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    (set, removed)
+}
+
+fn apply_head(tree: &mut Value, old: &Value, new: &Value) {
+    let (set, removed) = head_changes(old, new);
+    if let Some(obj) = tree.as_object_mut() {
+        for name in removed {
+            obj.shift_remove(name);
+        }
+        for (name, value) in set {
+            obj.insert(name.to_owned(), value.clone());
+        }
+    }
+}
+
+/// The object text `raw` with the head's changes: a member set where it was
+/// (its repeats dropped) or at the end when new, a removed member left out.
+fn splice(raw: &[u8], old: &Value, new: &Value) -> Bytes {
+    let Ok(members) = serde_json::from_slice::<Members<'_>>(raw) else {
+        return Bytes::copy_from_slice(raw);
+    };
+    let (set, removed) = head_changes(old, new);
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    out.push(b'{');
+    let mut written: Vec<&str> = Vec::new();
+    for (name, text) in &members.0 {
+        if removed.contains(&name.as_str()) || written.contains(&name.as_str()) {
+            continue;
+        }
+        match set.iter().find(|(n, _)| n == name) {
+            Some((n, value)) => {
+                put(&mut out, name, &value.to_string());
+                written.push(n);
+            }
+            None => put(&mut out, name, text.get()),
+        }
+    }
+    for (name, value) in &set {
+        if !written.contains(name) {
+            put(&mut out, name, &value.to_string());
+        }
+    }
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// Appends one member to object text being written.
+fn put(out: &mut Vec<u8>, name: &str, text: &str) {
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    // A name is a string: serializing it cannot fail.
+    out.extend_from_slice(serde_json::to_string(name).unwrap_or_default().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+//! JsonBody: validation as a tree parse would do it, the head, edits spliced
+//! into the text, and the tree built only when asked for.
+
+use super::*;
+use serde_json::json;
+
+fn body(text: &str) -> JsonBody {
+    JsonBody::parse(Bytes::from(text.to_owned()), 64).unwrap()
+}
+
+#[test]
+fn nesting_is_counted_outside_strings_only() {
+    assert!(!nesting_exceeds(br#"{"a":[{"b":1}]}"#, 3));
+    assert!(nesting_exceeds(br#"{"a":[{"b":[1]}]}"#, 3));
+    assert!(!nesting_exceeds(br#"{"a":"[[[[[[[[\"[[["}"#, 1));
+    let deep = "[".repeat(5000) + &"]".repeat(5000);
+    assert!(nesting_exceeds(deep.as_bytes(), 64));
+}
+
+#[test]
+fn bad_bodies_get_clear_messages_either_way() {
+    let deep = "[".repeat(5000) + &"]".repeat(5000);
+    let deep_object = format!("{{\"a\":{deep}}}");
+    let cases: [(&[u8], &str); 7] = [
+        (b"{\"a\": \"\xff\"}", "UTF-8"),
+        (deep.as_bytes(), "nested deeper"),
+        (deep_object.as_bytes(), "nested deeper"),
+        (b"{oops", "Malformed input request"),
+        (b"[1]", "JSON object"),
+        (b"{\"a\":1} x", "trailing characters"),
+        (
+            b"{\"messages\":[{\"role\":\"user\",}]}",
+            "Malformed input request",
+        ),
+    ];
+    for (text, wanted) in cases {
+        let tree = parse_json(text, 64).unwrap_err();
+        assert!(tree.message.contains(wanted), "{}", tree.message);
+        let lazy = JsonBody::parse(Bytes::copy_from_slice(text), 64).unwrap_err();
+        assert!(lazy.message.contains(wanted), "{}", lazy.message);
+        assert_eq!(lazy.kind, tree.kind);
+    }
+    assert!(parse_json(br#"{"messages":[]}"#, 64).is_ok());
+}
+
+#[test]
+fn a_head_member_cannot_be_made_to_cost_a_multiple_of_the_body() {
+    let items = vec![json!({"a": 1}); 20_000];
+    let text = json!({"messages": [], "guardrailConfig": {"guardrailIdentifier": "g", "x": items}});
+    let e = JsonBody::parse(Bytes::from(text.to_string()), 64).unwrap_err();
+    assert_eq!(e.kind, crate::error::ErrorKind::Validation);
+    assert!(
+        e.message.contains("`guardrailConfig` is larger than"),
+        "{}",
+        e.message
+    );
+    // The same bulk anywhere else is the tree's business, built on demand.
+    let text = json!({"messages": [], "futureField": items});
+    assert!(JsonBody::parse(Bytes::from(text.to_string()), 64).is_ok());
+}
+
+#[test]
+fn the_head_holds_the_small_members_and_the_tree_waits() {
+    let b = body(
+        r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}],
+            "inferenceConfig":{"temperature":0,"maxTokens":5},
+            "performanceConfig":{"latency":"optimized"}}"#,
+    );
+    assert_eq!(
+        b.head(),
+        &json!({"inferenceConfig":{"temperature":0,"maxTokens":5},
+                "performanceConfig":{"latency":"optimized"}})
+    );
+    assert!(b.has("messages") && !b.has("system"));
+    assert!(!b.has_tree(), "nothing asked for the tree yet");
+    assert_eq!(b.tree()["messages"][0]["content"][0]["text"], "hi");
+    assert!(b.has_tree());
+}
+
+#[test]
+fn an_edit_of_the_head_splices_the_text() {
+    // The client's formatting and number spelling stay as sent.
+    let text = r#"{ "messages" : [ {"role":"user","content":[{"text":"1.50"}]} ],
+        "inferenceConfig": {"temperature": 1.50},
+        "serviceTier": {"type": "flex"} }"#;
+    let b = body(text);
+    assert_eq!(b.edited(|_| {}), b.raw(), "no change: the same bytes");
+    let edited = b.edited(|head| {
+        head["serviceTier"] = json!({"type": "priority"});
+        head["performanceConfig"] = json!({"latency": "optimized"});
+    });
+    let s = std::str::from_utf8(&edited).unwrap();
+    assert_eq!(
+        s,
+        r#"{"messages":[ {"role":"user","content":[{"text":"1.50"}]} ],"inferenceConfig":{"temperature": 1.50},"serviceTier":{"type":"priority"},"performanceConfig":{"latency":"optimized"}}"#
+    );
+    let removed = b.edited(|head| {
+        head.as_object_mut().unwrap().remove("serviceTier");
+    });
+    let v: Value = serde_json::from_slice(&removed).unwrap();
+    assert!(v.get("serviceTier").is_none() && v.get("messages").is_some());
+    assert!(!b.has_tree(), "an edit of the head builds no tree");
+}
+
+#[test]
+fn edits_agree_with_editing_the_tree() {
+    let texts = [
+        r#"{"messages":[],"serviceTier":{"type":"flex"},"serviceTier":{"type":"default"}}"#,
+        r#"{"a":{"b":[1,2,{"c":null}]},"performanceConfig":{"latency":"standard","x":1}}"#,
+        r#"{"\u0041":"escaped name","inferenceConfig":{}}"#,
+    ];
+    for text in texts {
+        let edit = |head: &mut Value| {
+            crate::service_tier::apply_converse(head, bedrock_wire::tier::ServiceTier::Priority);
+            crate::latency::apply_converse(head, bedrock_wire::tier::LatencyTier::Optimized);
+        };
+        let mut tree: Value = serde_json::from_str(text).unwrap();
+        edit(&mut tree);
+        let spliced: Value = serde_json::from_slice(&body(text).edited(edit)).unwrap();
+        assert_eq!(spliced, tree, "{text}");
+        // Kept: the head and the text move together.
+        let mut kept = body(text);
+        kept.edit(edit);
+        assert_eq!(serde_json::from_slice::<Value>(kept.raw()).unwrap(), tree);
+        assert_eq!(kept.head()["serviceTier"]["type"], "priority");
+        assert_eq!(kept.tree(), &tree);
+        // A body the proxy built edits its tree.
+        let mut built = JsonBody::from_value(serde_json::from_str(text).unwrap());
+        built.edit(edit);
+        assert_eq!(built.raw(), &Bytes::from(tree.to_string()));
+    }
+}
