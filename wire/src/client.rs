@@ -5,11 +5,8 @@
 //! (or any other signing name, such as SageMaker Runtime's `sagemaker`).
 
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
-use http::Request;
+use http::{HeaderName, HeaderValue, Request};
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,6 +16,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::time::{Duration, SystemTime};
 
 use crate::operation::Operation;
+use crate::signing;
 
 /// What the AWS SDKs leave unescaped in a path segment.
 pub(crate) const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -132,7 +130,9 @@ pub fn sign_request(
 /// Signs `request` (any method and body type; the signature covers `body`,
 /// which for an event-stream upload is empty, as the AWS SDKs sign it) and
 /// returns the signature: the seed an event-stream upload's chunk signatures
-/// chain from ([`crate::eventstream::sign_envelope`]).
+/// chain from ([`crate::eventstream::sign_envelope`]). Signs as `aws-sigv4`'s
+/// `sign` does with default settings, by [`signing::sign`], with a signing key
+/// derived once per day rather than on every request.
 pub fn sign_any<B>(
     request: &mut Request<B>,
     url: &str,
@@ -142,28 +142,38 @@ pub fn sign_any<B>(
     service: &str,
     time: SystemTime,
 ) -> Result<String, String> {
-    let method = request.method().as_str().to_owned();
-    let identity: Identity = credentials.into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(time)
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| format!("signing parameters: {e}"))?
-        .into();
+    let uri: http::Uri = url.parse().map_err(|e| format!("signing: {e}"))?;
+    let keys = signing::Keys {
+        access_key_id: credentials.access_key_id(),
+        secret_access_key: credentials.secret_access_key(),
+        session_token: credentials.session_token(),
+    };
     let headers = request
         .headers()
         .iter()
         .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-    let signable = SignableRequest::new(&method, url, headers, SignableBody::Bytes(body))
-        .map_err(|e| format!("signing: {e}"))?;
-    let (instructions, signature) = sign(signable, &params)
-        .map_err(|e| format!("signing: {e}"))?
-        .into_parts();
-    instructions.apply_to_request_http1x(request);
-    Ok(signature)
+    let signed = signing::sign(
+        request.method().as_str(),
+        &uri,
+        headers,
+        &signing::payload_hash(body),
+        keys,
+        region,
+        service,
+        time,
+    )?;
+    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| format!("signing: {e}"));
+    let amz_date = value(&signed.amz_date)?;
+    let authorization = value(&signed.authorization)?;
+    let token = signed.security_token.as_deref().map(value).transpose()?;
+    let headers = request.headers_mut();
+    headers.insert(HeaderName::from_static("x-amz-date"), amz_date);
+    headers.insert(http::header::AUTHORIZATION, authorization);
+    if let Some(mut token) = token {
+        token.set_sensitive(true);
+        headers.insert(HeaderName::from_static("x-amz-security-token"), token);
+    }
+    Ok(signed.signature)
 }
 
 #[cfg(test)]
