@@ -143,6 +143,95 @@ async fn the_rust_sdk_runs_all_five_operations_through_the_proxy() {
     s.shutdown().await;
 }
 
+/// Converse, ConverseStream and InvokeModelWithResponseStream through a proxy
+/// whose upstream table has `upstream_extra`, to a simulator that checks the
+/// proxy's SigV4 signature; the HTTP versions the simulator received them on.
+async fn upstream_versions(upstream_extra: &str) -> Vec<&'static str> {
+    let s = stack_with(
+        SimConfig {
+            time_scale: 0.0,
+            credentials: vec![bedrock_sim::config::StaticCredential {
+                access_key_id: "AKIDBEDROCKPROXY".into(),
+                secret_access_key: "bedrock-proxy-simulator".into(),
+            }],
+            ..SimConfig::default()
+        },
+        upstream_extra,
+        "",
+    )
+    .await;
+    let client = sdk_client(&s.url());
+    for _ in 0..3 {
+        let out = client
+            .converse()
+            .model_id("haiku")
+            .messages(user_text("Explain caching."))
+            .send()
+            .await
+            .expect("converse");
+        assert!(out.output().is_some());
+        let mut stream = client
+            .converse_stream()
+            .model_id("haiku")
+            .messages(user_text("Explain streams."))
+            .send()
+            .await
+            .expect("converse-stream");
+        let mut text = String::new();
+        let mut stopped = false;
+        while let Some(event) = stream.stream.recv().await.expect("event") {
+            match event {
+                ConverseStreamOutput::ContentBlockDelta(d) => {
+                    text.push_str(d.delta().unwrap().as_text().unwrap())
+                }
+                ConverseStreamOutput::MessageStop(_) => stopped = true,
+                _ => {}
+            }
+        }
+        assert!(stopped && !text.is_empty(), "the stream ran to its end");
+        let body = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 50,
+            "messages": [{"role": "user", "content": "Explain chunks."}]});
+        let mut chunks = client
+            .invoke_model_with_response_stream()
+            .model_id(HAIKU)
+            .body(Blob::new(body.to_string()))
+            .send()
+            .await
+            .expect("invoke-with-response-stream");
+        let mut n = 0;
+        while let Some(event) = chunks.body.recv().await.expect("chunk") {
+            if let ResponseStream::Chunk(_) = event {
+                n += 1;
+            }
+        }
+        assert!(n > 0);
+    }
+    let received = s.upstream_requests();
+    assert_eq!(received.len(), 9, "every call reached the simulator");
+    let versions = received.iter().map(|r| r.http_version).collect();
+    s.shutdown().await;
+    versions
+}
+
+#[tokio::test]
+async fn the_upstream_is_reached_over_the_configured_http_version() {
+    assert!(
+        upstream_versions("http = \"http2\"\nhttp2_connections = 3")
+            .await
+            .iter()
+            .all(|v| *v == "HTTP/2.0"),
+        "http2 on a plain http endpoint is h2c with prior knowledge"
+    );
+    assert!(upstream_versions("http = \"http1\"")
+        .await
+        .iter()
+        .all(|v| *v == "HTTP/1.1"));
+    assert!(
+        upstream_versions("").await.iter().all(|v| *v == "HTTP/1.1"),
+        "auto on plain http: HTTP/1.1 (HTTP/2 is negotiated by ALPN on https only)"
+    );
+}
+
 #[tokio::test]
 async fn the_upstream_receives_exactly_what_the_client_sent() {
     let s = stack().await;

@@ -414,3 +414,39 @@ secret_access_key = "bedrock-proxy-simulator"
     inner.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_upload_travels_over_h2c_when_the_upstream_is_configured_for_http2() {
+    // As above, both hops on HTTP/2 (h2c): the outer proxy's re-signed
+    // chunk-signature chain is checked by the inner one, whose own signature
+    // is checked by the simulator, which logs the version it was reached on.
+    let sim = bedrock_sim::testing::spawn(SimConfig {
+        time_scale: 0.0,
+        credentials: vec![StaticCredential {
+            access_key_id: "AKIDBEDROCKPROXY".into(),
+            secret_access_key: "bedrock-proxy-simulator".into(),
+        }],
+        ..SimConfig::default()
+    })
+    .await;
+    let inner_keys = r#"
+[[keys]]
+tenant = "proxy-a"
+access_key_id = "AKIDBEDROCKPROXY"
+secret_access_key = "bedrock-proxy-simulator"
+"#;
+    let http2 = "http = \"http2\"";
+    let inner = proxy_for(&sim.url(), http2, "", &format!("{}{inner_keys}", extra())).await;
+    let outer = proxy_for(&inner.url(), http2, "", &extra()).await;
+    let reply = text_turn(sdk_client(&outer.url()), "sonic").await;
+    assert!(!reply.is_empty());
+    let state = sim.sim.state();
+    assert_eq!(state.stats.snapshot()["bidi_sessions"], 1);
+    let logged = state.log.recent(usize::MAX);
+    let session = logged.last().unwrap();
+    assert_eq!(session.operation, "invoke-with-bidirectional-stream");
+    assert_eq!(session.http_version, "HTTP/2.0");
+    outer.shutdown().await;
+    inner.shutdown().await;
+    sim.shutdown().await;
+}

@@ -14,6 +14,11 @@
 # Set SKIP_BUILD=1 to use the release binaries already built (in target/release,
 # or under CARGO_TARGET_DIR when it is set). PROFILE=debug builds and runs debug
 # binaries instead (quicker to build; for measuring memory, not speed).
+# UPSTREAM_HTTP=auto|http1|http2 sets `http` in every [upstreams.*] table of the
+# proxy configs (the simulator is plain http: `http2` is h2c, `auto` HTTP/1.1),
+# UPSTREAM_H2_CONNECTIONS their `http2_connections`; unset, the configs'
+# defaults apply. E.g. `UPSTREAM_HTTP=http2 OUT=target/perf-h2 bench/perf/run.sh
+# overhead streams` next to a run with UPSTREAM_HTTP=http1.
 # SOAK_DURATION (10m), SOAK_WARMUP (1m) and SOAK_RATE (100 arrivals/s) shape the
 # soak; HOSTILE_SLOW and HOSTILE_IDLE (1000 each) the hostile section.
 # Ports 17070-17071, 18080-18095 and 19090-19099 on 127.0.0.1 must be free.
@@ -133,6 +138,18 @@ start_sims() {
 proxy() {
     local name="$1" config="$2" sim="$3"
     shift 3
+    if [ -n "${UPSTREAM_HTTP:-}${UPSTREAM_H2_CONNECTIONS:-}" ]; then
+        # A copy of the config with the upstream connection keys added.
+        local lines="" variant="$out/$name.toml"
+        if [ -n "${UPSTREAM_HTTP:-}" ]; then
+            lines="http = \"$UPSTREAM_HTTP\""
+        fi
+        if [ -n "${UPSTREAM_H2_CONNECTIONS:-}" ]; then
+            lines="$lines${lines:+\n}http2_connections = $UPSTREAM_H2_CONNECTIONS"
+        fi
+        sed "/^\[upstreams\.[^].]*\]/a $lines" "$config" >"$variant"
+        config="$variant"
+    fi
     SIM_URL="$sim" start "$name" "$bin/bedrock-proxy" --config "$config" "$@"
 }
 

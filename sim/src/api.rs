@@ -186,6 +186,7 @@ pub(crate) fn log(
             operation: op.label(),
             model_id: subject.to_owned(),
             path: parts.uri.path().to_owned(),
+            http_version: LoggedRequest::version_name(parts.version),
             headers: LoggedRequest::headers_without_secrets(&parts.headers),
             body: Value::Null,
             at_ms: u64::try_from(state.clock.now().as_millis()).unwrap_or(u64::MAX),

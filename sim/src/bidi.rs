@@ -74,8 +74,10 @@ fn open(
     let op = RuntimeOperation::InvokeModelWithBidirectionalStream;
     let (parts, body) = request.into_parts();
     // The body is the conversation, still to come: only the headers are signed.
-    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    crate::auth::authenticate_headers(&state.config, parts.method.as_str(), uri, &parts.headers)?;
+    // The whole URI: over HTTP/2 it holds the authority a signature may cover
+    // (there is no Host header).
+    let uri = parts.uri.to_string();
+    crate::auth::authenticate_headers(&state.config, parts.method.as_str(), &uri, &parts.headers)?;
     log(state, request_id, op, model_id, &parts, bytes::Bytes::new());
     let resolved = state
         .catalog

@@ -239,6 +239,7 @@ async fn serve_chat(
             operation: CHAT_COMPLETIONS,
             model_id: name.clone(),
             path: parts.uri.path().to_owned(),
+            http_version: LoggedRequest::version_name(parts.version),
             headers: LoggedRequest::headers_without_secrets(&parts.headers),
             body: Value::Null,
             at_ms: u64::try_from(state.clock.now().as_millis()).unwrap_or(u64::MAX),

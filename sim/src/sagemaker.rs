@@ -425,6 +425,7 @@ async fn serve(
             operation: op.name(),
             model_id: endpoint_name.to_owned(),
             path: parts.uri.path().to_owned(),
+            http_version: LoggedRequest::version_name(parts.version),
             headers: LoggedRequest::headers_without_secrets(&parts.headers),
             body: Value::Null,
             at_ms: u64::try_from(state.clock.now().as_millis()).unwrap_or(u64::MAX),

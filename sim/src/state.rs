@@ -85,6 +85,8 @@ pub struct LoggedRequest {
     /// The model as the caller named it (on SageMaker, the endpoint name).
     pub model_id: String,
     pub path: String,
+    /// The HTTP version it came in on: `HTTP/1.1` or `HTTP/2.0`.
+    pub http_version: &'static str,
     pub headers: BTreeMap<String, String>,
     /// The body as JSON when it is JSON, else as a string (read from the raw
     /// bytes the log keeps; [`Value::Null`] when pushing).
@@ -119,6 +121,17 @@ const SECRET_HEADERS: [&str; 4] = [
 ];
 
 impl LoggedRequest {
+    /// How a request's HTTP version is logged (`HTTP/2.0`, `HTTP/1.1`).
+    pub fn version_name(version: axum::http::Version) -> &'static str {
+        match version {
+            axum::http::Version::HTTP_09 => "HTTP/0.9",
+            axum::http::Version::HTTP_10 => "HTTP/1.0",
+            axum::http::Version::HTTP_2 => "HTTP/2.0",
+            axum::http::Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        }
+    }
+
     pub fn headers_without_secrets(headers: &axum::http::HeaderMap) -> BTreeMap<String, String> {
         headers
             .iter()
@@ -463,6 +476,7 @@ mod tests {
             operation: "converse",
             model_id: String::new(),
             path: String::new(),
+            http_version: "HTTP/1.1",
             headers: BTreeMap::new(),
             body: Value::Null,
             at_ms: 0,

@@ -82,7 +82,9 @@ pub use routes::resilience::{
 pub use routes::RouteConfig;
 pub use server::{AuthMode, Connections, ServerConfig, TlsFiles};
 pub use tenants::{Quota, TenantConfig};
-pub use upstreams::{HourlyCost, Timeouts, UpstreamConfig, UpstreamKind, EMBEDDED};
+pub use upstreams::{
+    HourlyCost, HttpProtocol, Timeouts, UpstreamConfig, UpstreamConnections, UpstreamKind, EMBEDDED,
+};
 
 /// Why a config could not be used: every problem found, each naming its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -41,6 +41,79 @@ impl UpstreamKind {
     }
 }
 
+named_enum! {
+    /// Which HTTP version the proxy speaks to an upstream.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum HttpProtocol {
+        /// HTTP/2 where an https server picks it by ALPN (Bedrock does),
+        /// else HTTP/1.1 (plain http included).
+        #[default]
+        Auto = "auto",
+        /// HTTP/1.1 only.
+        Http1 = "http1",
+        /// HTTP/2 only: by ALPN on https, with prior knowledge (h2c) on plain http.
+        Http2 = "http2",
+    }
+}
+
+/// How the proxy connects to an upstream and keeps its connections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpstreamConnections {
+    pub http: HttpProtocol,
+    /// HTTP/2 connections requests are spread over (each multiplexes streams).
+    pub http2_connections: usize,
+    /// HTTP/2 PING interval (also while idle); `None`: no pings.
+    pub http2_keep_alive_interval: Option<Duration>,
+    /// A PING unanswered this long closes its connection.
+    pub http2_keep_alive_timeout: Duration,
+    /// How long an unused connection is kept open.
+    pub pool_idle_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept (per HTTP/2 connection slot).
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConnections {
+    fn default() -> Self {
+        UpstreamConnections {
+            http: HttpProtocol::default(),
+            http2_connections: 2,
+            http2_keep_alive_interval: Some(Duration::from_secs(30)),
+            http2_keep_alive_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+impl UpstreamConnections {
+    /// The wire client's options, with `connect_timeout`.
+    pub fn client_options(&self, connect_timeout: Duration) -> bedrock_wire::client::ClientOptions {
+        use bedrock_wire::client::{ClientOptions, HttpVersion};
+        ClientOptions {
+            connect_timeout,
+            version: match self.http {
+                HttpProtocol::Auto => HttpVersion::Auto,
+                HttpProtocol::Http1 => HttpVersion::Http1,
+                HttpProtocol::Http2 => HttpVersion::Http2,
+            },
+            pool_idle_timeout: self.pool_idle_timeout,
+            pool_max_idle_per_host: self.pool_max_idle_per_host,
+            http2_keep_alive_interval: self.http2_keep_alive_interval,
+            http2_keep_alive_timeout: self.http2_keep_alive_timeout,
+            http2_adaptive_window: true,
+        }
+    }
+
+    /// How many clients requests are spread over: one per HTTP/2 connection
+    /// when HTTP/2 may be spoken, one pool for HTTP/1.1.
+    pub fn spread(&self) -> usize {
+        match self.http {
+            HttpProtocol::Http1 => 1,
+            HttpProtocol::Auto | HttpProtocol::Http2 => self.http2_connections.max(1),
+        }
+    }
+}
+
 /// The value of `base_url` (openai) or `endpoint` (sagemaker) that means the
 /// simulator embedded in the proxy (demo mode).
 pub const EMBEDDED: &str = "embedded";
@@ -105,6 +178,7 @@ pub struct UpstreamConfig {
     /// A self-hosted model's price, when it is billed by the hour.
     pub hourly: Option<HourlyCost>,
     pub timeouts: Timeouts,
+    pub connections: UpstreamConnections,
 }
 
 /// An unnamed upstream with every key at its default (the name is the table's).
@@ -124,6 +198,7 @@ impl Default for UpstreamConfig {
             include_usage: true,
             hourly: None,
             timeouts: Timeouts::default(),
+            connections: UpstreamConnections::default(),
         }
     }
 }
@@ -170,6 +245,12 @@ pub(super) struct RawUpstream {
     first_byte_timeout: Option<String>,
     idle_timeout: Option<String>,
     total_timeout: Option<String>,
+    http: Option<String>,
+    http2_connections: Option<usize>,
+    h2_keep_alive_interval: Option<String>,
+    h2_keep_alive_timeout: Option<String>,
+    pool_idle_timeout: Option<String>,
+    pool_max_idle_per_host: Option<usize>,
 }
 
 pub(super) fn validate(
@@ -287,6 +368,44 @@ fn upstream(name: String, raw: RawUpstream, e: &mut Vec<String>) -> UpstreamConf
         idle: timeout("idle_timeout", raw.idle_timeout, dt.idle, e),
         total: timeout("total_timeout", raw.total_timeout, dt.total, e),
     };
+    let dc = d.connections;
+    if raw.http2_connections == Some(0) {
+        e.push(format!("{key}.http2_connections: must be 1 or more"));
+    }
+    let connections = UpstreamConnections {
+        http: raw
+            .http
+            .as_deref()
+            .and_then(|v| choose(&format!("{key}.http"), v, HttpProtocol::NAMES, e))
+            .unwrap_or(dc.http),
+        http2_connections: raw.http2_connections.unwrap_or(dc.http2_connections).max(1),
+        // "0s" turns pings off.
+        http2_keep_alive_interval: match raw.h2_keep_alive_interval {
+            Some(v) => Some(timeout(
+                "h2_keep_alive_interval",
+                Some(v),
+                Duration::ZERO,
+                e,
+            ))
+            .filter(|d| !d.is_zero()),
+            None => dc.http2_keep_alive_interval,
+        },
+        http2_keep_alive_timeout: timeout(
+            "h2_keep_alive_timeout",
+            raw.h2_keep_alive_timeout,
+            dc.http2_keep_alive_timeout,
+            e,
+        ),
+        pool_idle_timeout: timeout(
+            "pool_idle_timeout",
+            raw.pool_idle_timeout,
+            dc.pool_idle_timeout,
+            e,
+        ),
+        pool_max_idle_per_host: raw
+            .pool_max_idle_per_host
+            .unwrap_or(dc.pool_max_idle_per_host),
+    };
     UpstreamConfig {
         name,
         kind,
@@ -301,6 +420,7 @@ fn upstream(name: String, raw: RawUpstream, e: &mut Vec<String>) -> UpstreamConf
         include_usage: raw.include_usage.unwrap_or(d.include_usage),
         hourly,
         timeouts,
+        connections,
     }
 }
 
@@ -421,6 +541,56 @@ region = "cn-northwest-1"
         );
         assert!(sm.include_usage && sm.hourly.is_none());
         assert!(!c.needs_embedded_simulator());
+    }
+
+    #[test]
+    fn connection_keys_choose_the_protocol_and_pool() {
+        use crate::config::HttpProtocol;
+        use std::time::Duration;
+        let c = with(
+            r#"
+[upstreams.u]
+kind = "simulator"
+endpoint = "http://127.0.0.1:9"
+http = "http2"
+http2_connections = 4
+h2_keep_alive_interval = "0s"
+h2_keep_alive_timeout = "5s"
+pool_idle_timeout = "20s"
+pool_max_idle_per_host = 8
+[upstreams.d]
+kind = "bedrock"
+"#,
+            "",
+        )
+        .unwrap();
+        let u = c.upstreams["u"].connections;
+        assert_eq!(u.http, HttpProtocol::Http2);
+        assert_eq!(u.spread(), 4);
+        assert_eq!(u.http2_keep_alive_interval, None, "0s: no pings");
+        assert_eq!(u.http2_keep_alive_timeout, Duration::from_secs(5));
+        let options = u.client_options(Duration::from_secs(1));
+        assert_eq!(options.pool_idle_timeout, Duration::from_secs(20));
+        assert_eq!(options.pool_max_idle_per_host, 8);
+        assert_eq!(options.version, bedrock_wire::client::HttpVersion::Http2);
+        let d = c.upstreams["d"].connections;
+        assert_eq!(d.http, HttpProtocol::Auto);
+        assert_eq!(d.http2_keep_alive_interval, Some(Duration::from_secs(30)));
+
+        let e = with(
+            "[upstreams.u]\nkind = \"simulator\"\nhttp = \"h3\"\nhttp2_connections = 0\n",
+            "",
+        )
+        .unwrap_err();
+        assert!(
+            e.iter().any(|m| m.starts_with("upstreams.u.http: ")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m == "upstreams.u.http2_connections: must be 1 or more"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -132,7 +132,7 @@ async fn open(
     finish.record.served_by = Some(ServedBy {
         upstream: upstream.name.clone(),
         kind: upstream.config.kind,
-        model: Arc::from(routed.upstream_model.as_str()),
+        model: routed.upstream_model.clone(),
     });
 
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(UPLOAD_QUEUE);

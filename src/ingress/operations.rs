@@ -116,7 +116,7 @@ async fn start_async(State(state): State<AppState>, request: Request) -> Respons
                     routed.route.name
                 ))
             })?;
-        json["modelId"] = Value::String(routed.upstream_model.clone());
+        json["modelId"] = Value::String(routed.upstream_model.to_string());
         if let Some(tag) = TenantTag::of(&principal) {
             let token = json["clientRequestToken"].as_str().map(str::to_owned);
             json["clientRequestToken"] = Value::String(tag.token(token.as_deref()));

@@ -382,7 +382,7 @@ async fn fly(
     flight.set_record(record);
     let tenant = call.principal.tenant.clone();
     let route = call.routed.route.name.clone();
-    let model = call.routed.upstream_model.as_str();
+    let model = &*call.routed.upstream_model;
     match result {
         Err(e) => {
             forget();

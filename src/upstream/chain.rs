@@ -73,11 +73,12 @@ impl Target {
     }
 }
 
-/// A route's targets, primary first.
+/// A route's targets, primary first (labels and models shared with the
+/// route, upstreams looked up by `&str`: nothing but the list allocated).
 pub fn targets(
     upstreams: &Upstreams,
     route: &crate::route::Route,
-    primary_model: &str,
+    primary_model: &Arc<str>,
 ) -> Result<Vec<Target>, ProxyError> {
     let config = &route.config;
     let lookup = |name: &str| {
@@ -89,28 +90,27 @@ pub fn targets(
         })
     };
     let primary = Target {
-        label: Arc::from("primary"),
+        label: route.primary_label.clone(),
         upstream: lookup(&config.upstream)?,
-        model: Arc::from(primary_model),
+        model: primary_model.clone(),
         latency: config.resilience.latency,
         service_tier: config.resilience.service_tier,
         other_model: false,
     };
-    let mut all = vec![primary.clone()];
-    for (i, f) in config.resilience.fallback.iter().enumerate() {
+    let mut all = Vec::with_capacity(1 + route.fallbacks.len());
+    all.push(primary.clone());
+    for (f, shared) in config.resilience.fallback.iter().zip(&route.fallbacks) {
+        let model = &shared.model;
         all.push(Target {
-            label: Arc::from(format!("fallback{}", i + 1)),
+            label: shared.label.clone(),
             upstream: match &f.upstream {
                 Some(name) => lookup(name)?,
                 None => primary.upstream.clone(),
             },
-            model: f
-                .model
-                .as_deref()
-                .map_or_else(|| primary.model.clone(), Arc::from),
+            model: model.as_ref().unwrap_or(&primary.model).clone(),
             latency: f.latency.unwrap_or(primary.latency),
             service_tier: f.service_tier.unwrap_or(primary.service_tier),
-            other_model: f.model.as_deref().is_some_and(|m| m != primary_model),
+            other_model: model.as_deref().is_some_and(|m| m != &**primary_model),
         });
     }
     Ok(all)

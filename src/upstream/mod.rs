@@ -15,7 +15,7 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
-use bedrock_wire::client::{http_client, http_client_for, model_path, sign_any, HttpClient};
+use bedrock_wire::client::{model_path, sign_any, Spread};
 use bedrock_wire::eventstream::EnvelopeSigner;
 use bedrock_wire::operation::Operation;
 use bedrock_wire::sagemaker::{self, SageMakerOperation};
@@ -99,10 +99,11 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub config: UpstreamConfig,
     base: String,
-    client: HttpClient,
+    /// Requests with whole bodies, spread over the configured connections.
+    client: Spread<Full<Bytes>>,
     /// For requests whose body is still being written (the bidirectional
     /// stream's upload).
-    stream_client: StreamClient,
+    stream_client: Spread<UploadBody>,
     signer: Signer,
     /// `headers` of the config, ready to send.
     extra_headers: Vec<(HeaderName, HeaderValue)>,
@@ -121,7 +122,6 @@ impl std::fmt::Debug for Upstream {
 
 /// A request body written as it goes: the frames of an upload.
 pub type UploadBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
-type StreamClient = bedrock_wire::client::StreamingClient<UploadBody>;
 
 /// How a bidirectional stream's upload frames go upstream: in envelopes
 /// signed for the proxy's own credentials (SigV4), or bare (a bearer token).
@@ -200,12 +200,14 @@ impl Upstream {
                 ))
             })
             .collect();
+        let options = config.connections.client_options(config.timeouts.connect);
+        let spread = config.connections.spread();
         Ok(Upstream {
             name: Arc::from(config.name.as_str()),
             config: config.clone(),
             base,
-            client: http_client(config.timeouts.connect, 256, true),
-            stream_client: http_client_for(config.timeouts.connect, 16, true),
+            client: Spread::new(&options, spread),
+            stream_client: Spread::new(&options, spread),
             signer,
             extra_headers,
             refuses_stream_options: AtomicBool::new(false),

@@ -1,24 +1,24 @@
 //! Outbound HTTP to Bedrock, shared by the proxy's upstream client and the
-//! benchmark tool: one pooled HTTPS client (rustls with aws-lc-rs and the webpki
-//! roots; HTTP/2 by ALPN where the server offers it), the path of an operation on
+//! benchmark tool: pooled HTTPS clients (rustls with aws-lc-rs and the webpki
+//! roots; HTTP/1.1, HTTP/2 by ALPN where the server offers it, or HTTP/2 only,
+//! h2c on plain http; requests spread over several), the path of an operation on
 //! a model as the AWS SDKs encode it, and SigV4 signing for service `bedrock`
 //! (or any other signing name, such as SageMaker Runtime's `sagemaker`).
 
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
-use http::Request;
+use http::{HeaderName, HeaderValue, Request};
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::operation::Operation;
+use crate::signing;
 
 /// What the AWS SDKs leave unescaped in a path segment.
 pub(crate) const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -52,8 +52,72 @@ where
     B: http_body::Body + Send + 'static + Unpin,
     B::Data: Send,
 {
+    client_with(&ClientOptions {
+        connect_timeout,
+        version: if http2 {
+            HttpVersion::Auto
+        } else {
+            HttpVersion::Http1
+        },
+        pool_max_idle_per_host: max_idle_per_host,
+        ..ClientOptions::default()
+    })
+}
+
+/// Which HTTP version a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpVersion {
+    /// HTTP/2 where the server picks it by ALPN (https), else HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: by ALPN on https, with prior knowledge (h2c) on plain http.
+    Http2,
+}
+
+/// How a client connects and keeps connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientOptions {
+    /// TCP and TLS.
+    pub connect_timeout: Duration,
+    pub version: HttpVersion,
+    /// How long an unused connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept per host.
+    pub pool_max_idle_per_host: usize,
+    /// HTTP/2 PING interval, also while idle (`None`: no pings); a connection
+    /// whose PING is not answered within `http2_keep_alive_timeout` is closed.
+    pub http2_keep_alive_interval: Option<Duration>,
+    pub http2_keep_alive_timeout: Duration,
+    /// HTTP/2 flow-control windows sized from the measured bandwidth-delay
+    /// product (instead of hyper's fixed 64 KiB stream / 1 MiB connection).
+    pub http2_adaptive_window: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(3),
+            version: HttpVersion::Auto,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+            http2_keep_alive_interval: Some(Duration::from_secs(30)),
+            http2_keep_alive_timeout: Duration::from_secs(10),
+            http2_adaptive_window: true,
+        }
+    }
+}
+
+/// Builds one pooled client by `options` (over HTTP/2, all requests to a host
+/// share one connection: see [`Spread`] for several).
+pub fn client_with<B>(options: &ClientOptions) -> StreamingClient<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+{
     let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
+    http.set_connect_timeout(Some(options.connect_timeout));
     http.set_nodelay(true);
     http.enforce_http(false);
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
@@ -64,17 +128,68 @@ where
             hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
         })
         .https_or_http();
-    let https = if http2 {
-        builder.enable_all_versions().wrap_connector(http)
-    } else {
-        builder.enable_http1().wrap_connector(http)
+    let https = match options.version {
+        HttpVersion::Auto => builder.enable_all_versions().wrap_connector(http),
+        HttpVersion::Http1 => builder.enable_http1().wrap_connector(http),
+        HttpVersion::Http2 => builder.enable_http2().wrap_connector(http),
     };
-    Client::builder(TokioExecutor::new())
+    let mut client = Client::builder(TokioExecutor::new());
+    client
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(max_idle_per_host)
-        .build(https)
+        .pool_idle_timeout(options.pool_idle_timeout)
+        .pool_max_idle_per_host(options.pool_max_idle_per_host);
+    if options.version != HttpVersion::Http1 {
+        client
+            .http2_only(options.version == HttpVersion::Http2)
+            .http2_keep_alive_interval(options.http2_keep_alive_interval)
+            .http2_keep_alive_timeout(options.http2_keep_alive_timeout)
+            .http2_keep_alive_while_idle(options.http2_keep_alive_interval.is_some())
+            .http2_adaptive_window(options.http2_adaptive_window);
+    }
+    client.build(https)
+}
+
+/// Several clients with requests spread over them in turn. Over HTTP/2 a
+/// client multiplexes every request to a host on one connection, whose flow
+/// control and single TCP stream then serialize a loaded upstream; `n` clients
+/// give `n` connections. (Over HTTP/1.1 they split one pool `n` ways.)
+pub struct Spread<B> {
+    clients: Box<[StreamingClient<B>]>,
+    next: AtomicUsize,
+}
+
+impl<B> Spread<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// `connections` clients (at least one) built by `options`.
+    pub fn new(options: &ClientOptions, connections: usize) -> Spread<B> {
+        Spread {
+            clients: (0..connections.max(1))
+                .map(|_| client_with(options))
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Sends `request` on the next client in turn.
+    pub fn request(&self, request: Request<B>) -> ResponseFuture {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        self.clients[i].request(request)
+    }
+
+    /// How many clients requests are spread over.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Never: a spread has at least one client.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
 }
 
 /// `/model/{modelId}/{operation}`, the model id escaped as the SDKs do (an ARN's
@@ -132,7 +247,9 @@ pub fn sign_request(
 /// Signs `request` (any method and body type; the signature covers `body`,
 /// which for an event-stream upload is empty, as the AWS SDKs sign it) and
 /// returns the signature: the seed an event-stream upload's chunk signatures
-/// chain from ([`crate::eventstream::sign_envelope`]).
+/// chain from ([`crate::eventstream::sign_envelope`]). Signs as `aws-sigv4`'s
+/// `sign` does with default settings, by [`signing::sign`], with a signing key
+/// derived once per day rather than on every request.
 pub fn sign_any<B>(
     request: &mut Request<B>,
     url: &str,
@@ -142,28 +259,38 @@ pub fn sign_any<B>(
     service: &str,
     time: SystemTime,
 ) -> Result<String, String> {
-    let method = request.method().as_str().to_owned();
-    let identity: Identity = credentials.into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(time)
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| format!("signing parameters: {e}"))?
-        .into();
+    let uri: http::Uri = url.parse().map_err(|e| format!("signing: {e}"))?;
+    let keys = signing::Keys {
+        access_key_id: credentials.access_key_id(),
+        secret_access_key: credentials.secret_access_key(),
+        session_token: credentials.session_token(),
+    };
     let headers = request
         .headers()
         .iter()
         .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-    let signable = SignableRequest::new(&method, url, headers, SignableBody::Bytes(body))
-        .map_err(|e| format!("signing: {e}"))?;
-    let (instructions, signature) = sign(signable, &params)
-        .map_err(|e| format!("signing: {e}"))?
-        .into_parts();
-    instructions.apply_to_request_http1x(request);
-    Ok(signature)
+    let signed = signing::sign(
+        request.method().as_str(),
+        &uri,
+        headers,
+        &signing::payload_hash(body),
+        keys,
+        region,
+        service,
+        time,
+    )?;
+    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| format!("signing: {e}"));
+    let amz_date = value(&signed.amz_date)?;
+    let authorization = value(&signed.authorization)?;
+    let token = signed.security_token.as_deref().map(value).transpose()?;
+    let headers = request.headers_mut();
+    headers.insert(HeaderName::from_static("x-amz-date"), amz_date);
+    headers.insert(http::header::AUTHORIZATION, authorization);
+    if let Some(mut token) = token {
+        token.set_sensitive(true);
+        headers.insert(HeaderName::from_static("x-amz-security-token"), token);
+    }
+    Ok(signed.signature)
 }
 
 #[cfg(test)]

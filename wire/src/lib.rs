@@ -15,7 +15,9 @@
 //! - [`sagemaker`]: SageMaker Runtime's paths, headers, error types and
 //!   `PayloadPart` stream frames.
 //! - [`sse`]: server-sent events (OpenAI-compatible streams), read and written.
-//! - [`sigv4`]: checking an incoming SigV4 signature with `aws-sigv4`.
+//! - [`sigv4`]: checking an incoming SigV4 signature.
+//! - [`signing`]: SigV4's canonical request, string to sign and signing keys
+//!   (derived once per day, cached), shared by [`sigv4`] and [`client`].
 //! - [`serve`]: the HTTP accept loop both servers run (timeouts, graceful drain).
 //! - [`client`]: outbound HTTPS to Bedrock and SigV4 signing for any AWS service
 //!   (proxy and benchmark).
@@ -32,6 +34,7 @@ pub mod eventstream;
 pub mod operation;
 pub mod sagemaker;
 pub mod serve;
+pub mod signing;
 pub mod sigv4;
 pub mod sse;
 pub mod tier;

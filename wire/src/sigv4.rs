@@ -1,23 +1,19 @@
 //! Verifying an incoming SigV4 `Authorization` header.
 //!
-//! The signature is recomputed with `aws-sigv4` over exactly the headers the
-//! client listed as signed, at the time in its `x-amz-date`, in the region and
-//! service of its credential scope, then compared in constant time. Signing
-//! outgoing requests is the proxy's upstream client's business, not this module's.
+//! The signature is recomputed over exactly the headers the client listed as
+//! signed, at the time in its `x-amz-date`, in the region and service of its
+//! credential scope, then compared in constant time. The canonical request is
+//! built by [`crate::signing`] (held to `aws-sigv4` and AWS's test suite by the
+//! tests) and signed with a signing key derived once per day, region, service
+//! and secret. Signing outgoing requests is [`crate::client`]'s business.
 //!
 //! Over HTTP/2 the AWS SDK for JavaScript signs the `:authority` pseudo-header
-//! instead of `host`. `aws-sigv4` only takes valid HTTP header names, so a
-//! request that signed a pseudo-header gets its canonical request built here
-//! ([`canonical_request`]), by the same rules (and checked against `aws-sigv4`
-//! by the tests).
+//! instead of `host`; such a request is checked by the JavaScript signer's
+//! rules ([`canonical_request`]).
 
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
+use crate::signing::{self, Dialect};
 use http::HeaderMap;
-use sha2::{Digest, Sha256};
-use std::fmt::Write as _;
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How far a request's `x-amz-date` may be from now, as AWS allows.
@@ -113,23 +109,35 @@ pub fn parse_amz_date(s: &str) -> Option<SystemTime> {
 /// The value of a signed header: a pseudo-header from the request line or the
 /// URI (HTTP/2 carries `:authority`, `:scheme` and `:path` there), `host` from
 /// the URI's authority when the request has no `Host` header (HTTP/2 again),
-/// any other from the headers.
+/// any other from the headers (a repeated one as its values joined with `,`,
+/// as signers sign it).
 fn signed_value<'a>(
     name: &str,
     method: &'a str,
     uri: &'a http::Uri,
     headers: &'a HeaderMap,
-) -> Option<&'a str> {
+) -> Option<Cow<'a, str>> {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let authority = || uri.authority().map(http::uri::Authority::as_str);
-    match name {
+    let value = match name {
         ":authority" => authority().or_else(|| header("host")),
         ":method" => Some(method),
         ":path" => Some(uri.path_and_query().map_or("/", |p| p.as_str())),
         ":scheme" => uri.scheme_str(),
         "host" => header("host").or_else(authority),
-        other => header(other),
-    }
+        other => {
+            let mut values = headers.get_all(other).iter();
+            let first = values.next()?.to_str().ok()?;
+            let mut joined: Option<String> = None;
+            for more in values {
+                let all = joined.get_or_insert_with(|| signing::trim_value(first).into_owned());
+                all.push(',');
+                all.push_str(&signing::trim_value(more.to_str().ok()?));
+            }
+            return Some(joined.map_or(Cow::Borrowed(first), Cow::Owned));
+        }
+    };
+    value.map(Cow::Borrowed)
 }
 
 /// Checks a request's SigV4 signature against `secret_access_key`.
@@ -199,163 +207,97 @@ fn verify_signed(
 
     let uri: http::Uri = uri.parse().map_err(|_| VerifyError::Malformed)?;
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut signed: Vec<(&str, &str)> = Vec::with_capacity(auth.signed_headers.len());
+    let mut values: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(auth.signed_headers.len());
     for name in &auth.signed_headers {
         let value = signed_value(name, method, &uri, headers)
             .ok_or_else(|| VerifyError::MissingHeader((*name).to_owned()))?;
-        signed.push((name, value));
+        values.push((name, value));
     }
+    let signed: Vec<(&str, &str)> = values.iter().map(|(n, v)| (*n, v.as_ref())).collect();
     let content_sha = headers
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok());
     let signable_body = match (content_sha, body) {
-        (Some("UNSIGNED-PAYLOAD"), _) => SignableBody::UnsignedPayload,
+        (Some("UNSIGNED-PAYLOAD"), _) => SignedPayload::Unsigned,
         (Some(claimed), Some(body)) => {
-            if hex::encode(Sha256::digest(body)) != claimed {
+            if signing::payload_hash(body) != claimed {
                 return Err(VerifyError::BodyHash);
             }
-            SignableBody::Bytes(body)
+            SignedPayload::Claimed(claimed)
         }
         // A body not read yet: the claimed hash (or the event-stream marker,
         // each frame then carrying its own chunk signature) is what was signed.
-        (Some(claimed), None) => SignableBody::Precomputed(claimed.to_owned()),
-        (None, Some(body)) => SignableBody::Bytes(body),
+        (Some(claimed), None) => SignedPayload::Claimed(claimed),
+        (None, Some(body)) => SignedPayload::Body(body),
         // An event-stream upload without the header: the AWS SDKs sign its
         // headers over the empty payload; the frames are signed one by one.
-        (None, None) => SignableBody::Bytes(&[]),
+        (None, None) => SignedPayload::Body(&[]),
     };
 
-    if auth.signed_headers.iter().any(|n| n.starts_with(':')) {
-        // The claimed hash was checked against the body above (or is
-        // UNSIGNED-PAYLOAD, which signs as those words, or stands for a body
-        // not read yet); without a claim, the body's hash (an unread body's
-        // is the empty payload's, as for `SignableBody` above).
-        let payload_hash = content_sha.map_or_else(
-            || hex::encode(Sha256::digest(body.unwrap_or_default())),
-            str::to_owned,
-        );
-        let canonical = canonical_request(method, path_and_query, &signed, &payload_hash);
-        let signature = sign_canonical(auth, secret_access_key, date_header, time, &canonical);
-        return if constant_time_eq(signature.as_bytes(), auth.signature.as_bytes()) {
-            Ok(())
-        } else {
-            Err(VerifyError::Mismatch)
-        };
+    // A pseudo-header is signed only by the JavaScript SDK (over HTTP/2);
+    // everything else is checked by `aws-sigv4`'s rules, which also add
+    // `x-amz-date` and `host` to what they sign: a list without them could
+    // never verify.
+    let dialect = if auth.signed_headers.iter().any(|n| n.starts_with(':')) {
+        Dialect::JavaScript
+    } else {
+        if !auth.signed_headers.contains(&"x-amz-date") {
+            return Err(VerifyError::Mismatch);
+        }
+        if !auth.signed_headers.contains(&"host") {
+            return Err(VerifyError::MissingHeader("host".to_owned()));
+        }
+        Dialect::AwsSigv4
+    };
+    let hashed;
+    let payload_hash = match signable_body {
+        SignedPayload::Unsigned => "UNSIGNED-PAYLOAD",
+        SignedPayload::Claimed(claimed) => claimed,
+        SignedPayload::Body(body) => {
+            hashed = signing::payload_hash(body);
+            &hashed
+        }
+    };
+    let mut signed = signed;
+    if dialect == Dialect::AwsSigv4 {
+        // `aws-sigv4` sorts what it signs; a client's list is sorted anyway.
+        signed.sort_by(|a, b| a.0.cmp(b.0));
+        signed.dedup_by(|a, b| a.0 == b.0);
     }
-
-    let identity: Identity = Credentials::new(
-        auth.access_key_id,
-        secret_access_key,
-        None,
-        None,
-        "sigv4-verify",
-    )
-    .into();
-    let mut settings = SigningSettings::default();
-    // Sign exactly the client's list: nothing excluded, nothing added.
-    settings.excluded_headers = Some(Vec::new());
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(auth.region)
-        .name(auth.service)
-        .time(time)
-        .settings(settings)
-        .build()
-        .map_err(|_| VerifyError::Malformed)?
-        .into();
-    let request = SignableRequest::new(method, path_and_query, signed.into_iter(), signable_body)
-        .map_err(|_| VerifyError::Malformed)?;
-    let output = sign(request, &params).map_err(|_| VerifyError::Malformed)?;
-    if constant_time_eq(output.signature().as_bytes(), auth.signature.as_bytes()) {
+    let canonical =
+        signing::canonical_request(dialect, method, path_and_query, &signed, payload_hash);
+    let signature = sign_canonical(auth, secret_access_key, date_header, time, &canonical);
+    if constant_time_eq(signature.as_bytes(), auth.signature.as_bytes()) {
         Ok(())
     } else {
         Err(VerifyError::Mismatch)
     }
 }
 
-/// Characters SigV4 leaves as they are in a canonical path (besides `/`) and
-/// in query keys and values: RFC 3986's unreserved set.
-const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// The canonical path of a non-S3 service: dot segments and empty segments
-/// removed, then every byte but unreserved ones and `/` percent-encoded (so an
-/// already-encoded `%3A` becomes `%253A`: AWS services encode twice).
-fn canonical_path(path: &str) -> String {
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in path.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            other => segments.push(other),
-        }
-    }
-    let mut normalized = format!("/{}", segments.join("/"));
-    let trailing = ["/", "/.", "/..", "/./", "/../"]
-        .iter()
-        .any(|end| path.ends_with(end));
-    if trailing && !normalized.ends_with('/') {
-        normalized.push('/');
-    }
-    normalized
-        .split('/')
-        .map(|s| percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// The canonical query: each key and value decoded, then encoded the SigV4
-/// way, the pairs sorted.
-fn canonical_query(query: &str) -> String {
-    let encode = |s: &str| {
-        let decoded = percent_encoding::percent_decode_str(s).decode_utf8_lossy();
-        percent_encoding::utf8_percent_encode(&decoded, UNRESERVED).to_string()
-    };
-    let mut pairs: Vec<(String, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (encode(k), encode(v))
-        })
-        .collect();
-    pairs.sort();
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
+/// What the payload hash in a canonical request stands for.
+enum SignedPayload<'a> {
+    Unsigned,
+    Claimed(&'a str),
+    Body(&'a [u8]),
 }
 
 /// The SigV4 canonical request over `signed` (name, value) pairs in the order
 /// the client listed them (sorted, as every signer sends them), pseudo-headers
-/// included.
+/// included, by the JavaScript SDK's rules (the one signer that signs
+/// pseudo-headers).
 pub fn canonical_request(
     method: &str,
     path_and_query: &str,
     signed: &[(&str, &str)],
     payload_hash: &str,
 ) -> String {
-    let (path, query) = path_and_query
-        .split_once('?')
-        .unwrap_or((path_and_query, ""));
-    let mut out = format!(
-        "{method}\n{}\n{}\n",
-        canonical_path(path),
-        canonical_query(query)
-    );
-    for (name, value) in signed {
-        let value = value.split_whitespace().collect::<Vec<_>>().join(" ");
-        let _ = writeln!(out, "{}:{value}", name.to_ascii_lowercase());
-    }
-    let names: Vec<String> = signed.iter().map(|(n, _)| n.to_ascii_lowercase()).collect();
-    let _ = write!(out, "\n{}\n{payload_hash}", names.join(";"));
-    out
+    signing::canonical_request(
+        Dialect::JavaScript,
+        method,
+        path_and_query,
+        signed,
+        payload_hash,
+    )
 }
 
 /// The signature of a canonical request, for `auth`'s credential scope.
@@ -366,15 +308,16 @@ fn sign_canonical(
     time: SystemTime,
     canonical: &str,
 ) -> String {
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{}/{}/{}/aws4_request\n{}",
+    let scope = signing::scope(auth.date, auth.region, auth.service);
+    let string_to_sign = signing::string_to_sign(amz_date, &scope, canonical);
+    signing::signature(
+        secret_access_key,
         auth.date,
+        time,
         auth.region,
         auth.service,
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
-    let key = v4::generate_signing_key(secret_access_key, time, auth.region, auth.service);
-    v4::calculate_signature(key, string_to_sign.as_bytes())
+        &string_to_sign,
+    )
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -384,7 +327,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_credential_types::Credentials;
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    use aws_sigv4::sign::v4;
+    use aws_smithy_runtime_api::client::identity::Identity;
     use http::HeaderValue;
+    use sha2::{Digest, Sha256};
 
     /// Signs like an SDK would, with `aws-sigv4` and its default settings.
     fn signed_headers(body: &[u8], time: SystemTime) -> HeaderMap {

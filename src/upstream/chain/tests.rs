@@ -235,13 +235,9 @@ impl Setup {
         let upstreams = Upstreams::build(&config.upstreams, None, None)
             .await
             .unwrap();
-        let route = Route {
-            name: Arc::from("chat"),
-            config: config.routes[0].clone(),
-            metrics: Arc::new(crate::metrics::RouteMetrics::new(&Arc::from("chat"))),
-        };
+        let route = Route::new(Arc::from("chat"), config.routes[0].clone());
         Setup {
-            targets: targets(&upstreams, &route, "model-a").unwrap(),
+            targets: targets(&upstreams, &route, &Arc::from("model-a")).unwrap(),
             route: route.name.clone(),
             resilience: route.config.resilience.clone(),
             breakers: Breakers::default(),
