@@ -310,6 +310,17 @@ cache() {
     heading "static vs cache hits, alternating"
     record bench load --compare http://127.0.0.1:18090 http://127.0.0.1:18081 --api-key "$KEY" \
         --concurrency 16 --duration 20s --out "$out/cache-compare"
+    # Streamed hits: the static server answers ConverseStream with frames
+    # encoded once, the proxy with the cached answer's frames.
+    heading "static axum server alone, ConverseStream"
+    record bench load --endpoint http://127.0.0.1:18090 --stream --concurrency 16 --duration 20s \
+        --out "$out/cache-static-stream"
+    heading "bedrock-proxy streamed cache hits alone"
+    record bench load --endpoint http://127.0.0.1:18081 --api-key "$KEY" --stream \
+        --concurrency 16 --duration 20s --out "$out/cache-proxy-stream"
+    heading "static vs streamed cache hits, alternating"
+    record bench load --compare http://127.0.0.1:18090 http://127.0.0.1:18081 --api-key "$KEY" \
+        --stream --concurrency 16 --duration 20s --out "$out/cache-compare-stream"
     stop "$p"
     stop "$s"
 }

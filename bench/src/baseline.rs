@@ -2,8 +2,9 @@
 //! any proxy logic runs.
 //!
 //! - [`Baseline::Static`]: an axum server answering every POST with one fixed
-//!   body. A cache hit does at least this much work, so its requests/s are the
-//!   ceiling cache-hit throughput is compared with.
+//!   body (and a ConverseStream path with fixed event-stream frames, encoded
+//!   once). A cache hit does at least this much work, so its requests/s are
+//!   the ceiling cache-hit throughput is compared with.
 //! - [`Baseline::Forward`]: the least a reverse proxy can do (hyper in, the body
 //!   read whole, hyper out to the same upstream, the answer streamed back; no
 //!   auth, parsing, logging or metrics). Its added latency is the floor
@@ -15,6 +16,7 @@ use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bedrock_wire::client::{http_client, HttpClient};
+use bedrock_wire::eventstream::event_frame;
 use bedrock_wire::serve::{serve, ServeOptions};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -43,12 +45,52 @@ struct Forward {
     client: HttpClient,
 }
 
-async fn answer_static(State(body): State<Bytes>) -> Response {
+#[derive(Clone)]
+struct Static {
+    body: Bytes,
+    /// [`CONVERSE_ANSWER`] as ConverseStream frames, for `/converse-stream`.
+    stream: Bytes,
+}
+
+async fn answer_static(State(s): State<Static>, uri: Uri) -> Response {
+    if uri.path().ends_with("/converse-stream") {
+        return (
+            [(
+                "content-type",
+                HeaderValue::from_static("application/vnd.amazon.eventstream"),
+            )],
+            s.stream,
+        )
+            .into_response();
+    }
     (
         [("content-type", HeaderValue::from_static("application/json"))],
-        body,
+        s.body,
     )
         .into_response()
+}
+
+/// [`CONVERSE_ANSWER`]'s text as the simulator streams it: message start,
+/// deltas of two words, block and message stop, metadata.
+fn static_stream() -> Bytes {
+    let text = "The sea keeps its own slow time, folding light and salt into waves that arrive, retreat and arrive again.";
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    let mut out = Vec::new();
+    out.extend_from_slice(&event_frame("messageStart", r#"{"role":"assistant"}"#));
+    for pair in words.chunks(2) {
+        let delta = serde_json::json!({"contentBlockIndex": 0, "delta": {"text": pair.concat()}});
+        out.extend_from_slice(&event_frame("contentBlockDelta", delta.to_string()));
+    }
+    out.extend_from_slice(&event_frame(
+        "contentBlockStop",
+        r#"{"contentBlockIndex":0}"#,
+    ));
+    out.extend_from_slice(&event_frame("messageStop", r#"{"stopReason":"end_turn"}"#));
+    out.extend_from_slice(&event_frame(
+        "metadata",
+        r#"{"usage":{"inputTokens":14,"outputTokens":24,"totalTokens":38},"metrics":{"latencyMs":212}}"#,
+    ));
+    Bytes::from(out)
 }
 
 async fn forward(State(f): State<Forward>, request: Request) -> Response {
@@ -73,7 +115,10 @@ async fn forward(State(f): State<Forward>, request: Request) -> Response {
 /// The router of a baseline.
 pub fn router(baseline: Baseline) -> Router {
     match baseline {
-        Baseline::Static(body) => Router::new().fallback(answer_static).with_state(body),
+        Baseline::Static(body) => Router::new().fallback(answer_static).with_state(Static {
+            body,
+            stream: static_stream(),
+        }),
         Baseline::Forward(base) => Router::new().fallback(forward).with_state(Forward {
             base: Arc::from(base.trim_end_matches('/')),
             client: http_client(Duration::from_secs(5), 256, false),
