@@ -125,6 +125,9 @@ pub struct Record {
     pub served_by: Option<ServedBy>,
     /// Where the answering attempt's usage goes once the answer is complete.
     pub settle: Option<Settle>,
+    /// A streamed cache hit's stored summary (usage, stop reason, tiers):
+    /// what reading its frames again would find, so they are not read.
+    pub stored_summary: Option<Summary>,
 }
 
 /// The upstream and model that answered.

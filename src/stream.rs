@@ -451,6 +451,9 @@ pub struct StreamReader {
     /// When each kept event or chunk arrived, in ms after the first.
     pub offsets_ms: Vec<u32>,
     first: Option<Instant>,
+    /// What the frames say, known before they pass (a replayed cache entry):
+    /// they are not parsed, and [`StreamReader::finished`] takes this.
+    known: Option<Summary>,
 }
 
 impl StreamReader {
@@ -463,6 +466,23 @@ impl StreamReader {
         }
     }
 
+    /// A reader of frames whose summary is already known (a streamed cache
+    /// hit replaying a stored answer): reading them would find `summary`.
+    pub fn known(summary: Summary) -> Self {
+        StreamReader {
+            known: Some(summary),
+            ..StreamReader::default()
+        }
+    }
+
+    /// The stream ran to its end: a known summary is now what was read (a
+    /// replay cut short keeps the empty one: the client did not get it all).
+    pub fn finished(&mut self) {
+        if let Some(known) = self.known.take() {
+            self.summary = known;
+        }
+    }
+
     fn offset(&mut self) -> u32 {
         let now = Instant::now();
         let first = *self.first.get_or_insert(now);
@@ -470,6 +490,9 @@ impl StreamReader {
     }
 
     pub fn read(&mut self, f: &RelayedFrame) {
+        if self.known.is_some() {
+            return;
+        }
         let FrameKind::Event(name) = &f.frame.kind else {
             return;
         };

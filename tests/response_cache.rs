@@ -873,3 +873,53 @@ async fn streamed_hits_replay_the_stored_bytes_and_entries_of_another_version_mi
     }
     sim.shutdown().await;
 }
+
+/// A streamed hit replays stored frames without reading them again: the
+/// stored answer's usage still reaches the books (tokens saved) once the
+/// replay has gone out whole.
+#[tokio::test]
+async fn a_streamed_hit_counts_the_stored_usage_as_saved() {
+    let s = cached_stack().await;
+    let client = sdk_client(&s.url());
+    let config = InferenceConfiguration::builder()
+        .temperature(0.0)
+        .max_tokens(200)
+        .build();
+    let stream_usage = || async {
+        let mut stream = client
+            .converse_stream()
+            .model_id("haiku")
+            .messages(user_text("Count what a replay saves."))
+            .inference_config(config.clone())
+            .send()
+            .await
+            .unwrap();
+        let mut usage = None;
+        while let Some(event) = stream.stream.recv().await.unwrap() {
+            if let ConverseStreamOutput::Metadata(m) = &event {
+                usage = m.usage().cloned();
+            }
+        }
+        usage.expect("the stream ends with its usage")
+    };
+    let saved = |m: &str| {
+        metric(
+            m,
+            "bedrock_proxy_cache_tokens_saved_total",
+            &["route=\"haiku\"", "kind=\"output\""],
+        )
+    };
+    let miss = stream_usage().await;
+    let before = saved(&s.metrics().await);
+    let hit = stream_usage().await;
+    assert_eq!(calls(&s), 1, "the second stream is a hit");
+    assert_eq!(hit, miss);
+    let after = saved(&s.metrics().await);
+    assert!(miss.output_tokens() > 0);
+    assert!(
+        after - before >= f64::from(miss.output_tokens()),
+        "saved output tokens grew by {} for a hit of {}",
+        after - before,
+        miss.output_tokens()
+    );
+}

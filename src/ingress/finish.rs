@@ -449,7 +449,10 @@ impl Finish {
     pub fn stream_observer(&self) -> FinishStream {
         FinishStream {
             finish: self.clone(),
-            reader: StreamReader::default(),
+            reader: match &self.record.stored_summary {
+                Some(summary) => StreamReader::known(summary.clone()),
+                None => StreamReader::default(),
+            },
             transcript: Transcript::for_trace(&self.trace),
         }
     }
@@ -482,6 +485,9 @@ impl StreamObserver for FinishStream {
         }
         if let StreamEnd::Failed(e) = &end {
             metrics::upstream_error(route.label(), e.kind);
+        }
+        if matches!(end, StreamEnd::Complete) {
+            self.reader.finished();
         }
         let summary = &self.reader.summary;
         self.finish.settle(summary.usage.as_ref(), summary);

@@ -256,6 +256,9 @@ pub async fn run(
                 // A replayed stream carries no tier before its last event: the
                 // headers report the tier that served the stored answer.
                 record.service_tier_sent = entry.summary.service_tier;
+                if call.op.is_stream() {
+                    record.stored_summary = Some(entry.summary.clone());
+                }
                 cache.count(record.cache);
                 route_metrics.cache_request("hit", tier.label());
                 return Ok(answer);
