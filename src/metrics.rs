@@ -276,6 +276,71 @@ pub struct RouteMetrics {
     cost: Memo<[&'static str; 2], metrics::Gauge, 4>,
 }
 
+/// The metrics every attempt on one target of a route updates (attempts by
+/// outcome and upstream kind, the breaker's state, the upstream's TTFT),
+/// resolved once per target and label set; built with the route.
+#[derive(Debug)]
+pub struct TargetMetrics {
+    route: SharedString,
+    target: SharedString,
+    /// By outcome (`ok` or an error kind).
+    attempts: Memo<&'static str, metrics::Counter, 8>,
+    /// By (upstream kind, outcome).
+    kind_attempts: Memo<[&'static str; 2], metrics::Counter, 8>,
+    breaker: OnceLock<metrics::Gauge>,
+    /// By operation.
+    upstream_ttft: [OnceLock<metrics::Histogram>; 5],
+}
+
+impl TargetMetrics {
+    /// The handles of target `target` (`primary`, `fallback1`...) of route `route`.
+    pub fn new(route: &Arc<str>, target: &Arc<str>) -> TargetMetrics {
+        TargetMetrics {
+            route: route_label(route),
+            target: route_label(target),
+            attempts: Memo::default(),
+            kind_attempts: Memo::default(),
+            breaker: OnceLock::new(),
+            upstream_ttft: Default::default(),
+        }
+    }
+
+    /// One upstream attempt on the target, to an upstream of `kind`: `ok` or
+    /// the error kind (`bedrock_proxy_attempts_total` and
+    /// `bedrock_proxy_upstream_kind_attempts_total`).
+    pub fn attempt(&self, kind: &'static str, outcome: &'static str) {
+        let (route, target) = (&self.route, &self.target);
+        self.attempts
+            .get(outcome, || {
+                metrics::counter!(ATTEMPTS, "route" => route.clone(), "target" => target.clone(), "outcome" => outcome)
+            })
+            .increment(1);
+        self.kind_attempts
+            .get([kind, outcome], || {
+                metrics::counter!(UPSTREAM_KIND_ATTEMPTS, "route" => route.clone(), "upstream_kind" => kind, "outcome" => outcome)
+            })
+            .increment(1);
+    }
+
+    /// The target's breaker: 0 closed, 1 half-open, 2 open.
+    pub fn breaker_state(&self, gauge: f64) {
+        self.breaker
+            .get_or_init(|| {
+                metrics::gauge!(BREAKER_STATE, "route" => self.route.clone(), "target" => self.target.clone())
+            })
+            .set(gauge);
+    }
+
+    /// Time to the upstream's first byte (by route and operation).
+    pub fn upstream_ttft(&self, op: Operation, elapsed: Duration) {
+        self.upstream_ttft[operation_index(op)]
+            .get_or_init(|| {
+                metrics::histogram!(UPSTREAM_TTFT, "route" => self.route.clone(), "operation" => op.name())
+            })
+            .record(elapsed.as_secs_f64());
+    }
+}
+
 /// Handles by label values from a small set (tiers, kinds), each resolved on
 /// first use into one of `N` slots and found again by a scan of the filled
 /// ones: no lock and no allocation once resolved. Label values beyond `N`
@@ -521,12 +586,6 @@ pub fn operation_done(
         .record(elapsed.as_secs_f64());
 }
 
-/// Time to the upstream's first byte.
-pub fn upstream_ttft(route: &SharedString, op: Operation, elapsed: Duration) {
-    metrics::histogram!(UPSTREAM_TTFT, "route" => route.clone(), "operation" => op.name())
-        .record(elapsed.as_secs_f64());
-}
-
 /// An upstream error.
 pub fn upstream_error(route: &SharedString, kind: ErrorKind) {
     metrics::counter!(UPSTREAM_ERRORS, "route" => route.clone(), "kind" => kind.label())
@@ -698,22 +757,10 @@ pub const OUTPUT_TOKENS_PER_SECOND: &str = "bedrock_proxy_output_tokens_per_seco
 pub const CONFIG_RELOADS: &str = "bedrock_proxy_config_reloads_total";
 pub const CONFIG_RELOAD_FAILURES: &str = "bedrock_proxy_config_reload_failures_total";
 
-/// One upstream attempt on a target (`primary`, `fallback1`, ...): `ok` or the error kind.
-pub fn attempt(route: &SharedString, target: &Arc<str>, outcome: &'static str) {
-    metrics::counter!(ATTEMPTS, "route" => route.clone(), "target" => route_label(target), "outcome" => outcome)
-        .increment(1);
-}
-
 /// A move from one target to the next, and why.
 pub fn fallback(route: &SharedString, from: &str, to: &str, reason: &'static str) {
     metrics::counter!(FALLBACKS, "route" => route.clone(), "from" => from.to_owned(), "to" => to.to_owned(), "reason" => reason)
         .increment(1);
-}
-
-/// A target's breaker: 0 closed, 1 half-open, 2 open.
-pub fn breaker_state(route: &SharedString, target: &Arc<str>, gauge: f64) {
-    metrics::gauge!(BREAKER_STATE, "route" => route.clone(), "target" => route_label(target))
-        .set(gauge);
 }
 
 /// A hedge `fired`, or `won` (the hedged attempt answered first).
@@ -862,13 +909,6 @@ pub const USAGE_ESTIMATED: &str = "bedrock_proxy_usage_estimated_total";
 pub const TARGETS_SKIPPED: &str = "bedrock_proxy_targets_skipped_total";
 pub const COST_USD: &str = "bedrock_proxy_cost_usd";
 
-/// One upstream attempt, by the kind of upstream it went to (`bedrock`,
-/// `simulator`, `openai`, `sagemaker`): `ok` or the error kind.
-pub fn upstream_kind_attempt(route: &SharedString, kind: &'static str, outcome: &'static str) {
-    metrics::counter!(UPSTREAM_KIND_ATTEMPTS, "route" => route.clone(), "upstream_kind" => kind, "outcome" => outcome)
-        .increment(1);
-}
-
 /// An upstream answer whose usage the proxy estimated (the server sent none).
 pub fn usage_estimated(route: &SharedString, kind: &'static str) {
     metrics::counter!(USAGE_ESTIMATED, "route" => route.clone(), "upstream_kind" => kind)
@@ -919,6 +959,37 @@ mod tests {
         // A series appears when it first counts, not before.
         assert!(!text.contains(r#"kind="cache_read""#), "{text}");
         assert!(!text.contains(r#"tier="l1""#), "{text}");
+    }
+
+    #[test]
+    fn target_handles_count_attempts_by_outcome_and_kind_and_set_the_breaker() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let route: std::sync::Arc<str> = std::sync::Arc::from("haiku");
+        let primary = TargetMetrics::new(&route, &std::sync::Arc::from("primary"));
+        let fallback = TargetMetrics::new(&route, &std::sync::Arc::from("fallback1"));
+        metrics::with_local_recorder(&recorder, || {
+            primary.attempt("bedrock", "ok");
+            primary.attempt("bedrock", "throttled");
+            primary.attempt("bedrock", "throttled");
+            primary.breaker_state(2.0);
+            fallback.attempt("openai", "ok");
+            fallback.breaker_state(0.0);
+            primary.upstream_ttft(Operation::ConverseStream, Duration::from_millis(4));
+        });
+        let text = handle.render();
+        for line in [
+            r#"bedrock_proxy_upstream_attempts_total{route="haiku",target="primary",outcome="ok"} 1"#,
+            r#"bedrock_proxy_upstream_attempts_total{route="haiku",target="primary",outcome="throttled"} 2"#,
+            r#"bedrock_proxy_upstream_attempts_total{route="haiku",target="fallback1",outcome="ok"} 1"#,
+            r#"bedrock_proxy_upstream_kind_attempts_total{route="haiku",upstream_kind="bedrock",outcome="throttled"} 2"#,
+            r#"bedrock_proxy_upstream_kind_attempts_total{route="haiku",upstream_kind="openai",outcome="ok"} 1"#,
+            r#"bedrock_proxy_breaker_state{route="haiku",target="primary"} 2"#,
+            r#"bedrock_proxy_breaker_state{route="haiku",target="fallback1"} 0"#,
+            r#"bedrock_proxy_upstream_ttft_seconds_count{route="haiku",operation="converse-stream"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 
     #[test]

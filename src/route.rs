@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, RouteConfig};
 use crate::error::ProxyError;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{RouteMetrics, TargetMetrics};
 
 /// A route, as the pipeline uses it: its config, and what every request on
 /// it would otherwise allocate again (model ids, target labels) made once.
@@ -24,6 +24,8 @@ pub struct Route {
     first_model: Option<Arc<str>>,
     /// `primary`: the label of the route's first target.
     pub(crate) primary_label: Arc<str>,
+    /// The first target's metric handles.
+    pub(crate) primary_metrics: Arc<TargetMetrics>,
     /// Per fallback in config order: its label and model.
     pub(crate) fallbacks: Box<[FallbackTarget]>,
 }
@@ -35,26 +37,33 @@ pub(crate) struct FallbackTarget {
     pub label: Arc<str>,
     /// Its own model, when it names one.
     pub model: Option<Arc<str>>,
+    pub metrics: Arc<TargetMetrics>,
 }
 
 impl Route {
     pub fn new(name: Arc<str>, config: RouteConfig) -> Route {
+        let primary_label: Arc<str> = Arc::from("primary");
         Route {
             metrics: Arc::new(RouteMetrics::new(&name)),
-            name,
+            primary_metrics: Arc::new(TargetMetrics::new(&name, &primary_label)),
             pinned_model: config.upstream_model.as_deref().map(Arc::from),
             first_model: config.models.first().map(|m| Arc::from(m.as_str())),
-            primary_label: Arc::from("primary"),
+            primary_label,
             fallbacks: config
                 .resilience
                 .fallback
                 .iter()
                 .enumerate()
-                .map(|(i, f)| FallbackTarget {
-                    label: Arc::from(format!("fallback{}", i + 1)),
-                    model: f.model.as_deref().map(Arc::from),
+                .map(|(i, f)| {
+                    let label: Arc<str> = Arc::from(format!("fallback{}", i + 1));
+                    FallbackTarget {
+                        metrics: Arc::new(TargetMetrics::new(&name, &label)),
+                        label,
+                        model: f.model.as_deref().map(Arc::from),
+                    }
                 })
                 .collect(),
+            name,
             config,
         }
     }

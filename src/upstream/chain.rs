@@ -42,6 +42,8 @@ const MAX_ERROR_BYTES: usize = 1024 * 1024;
 pub struct Target {
     /// `primary`, `fallback1`, ...: the label in metrics and logs.
     pub label: Arc<str>,
+    /// Its metric handles (made with the route).
+    pub metrics: Arc<metrics::TargetMetrics>,
     pub upstream: Arc<Upstream>,
     pub model: Arc<str>,
     pub latency: LatencyPolicy,
@@ -91,6 +93,7 @@ pub fn targets(
     };
     let primary = Target {
         label: route.primary_label.clone(),
+        metrics: route.primary_metrics.clone(),
         upstream: lookup(&config.upstream)?,
         model: primary_model.clone(),
         latency: config.resilience.latency,
@@ -103,6 +106,7 @@ pub fn targets(
         let model = &shared.model;
         all.push(Target {
             label: shared.label.clone(),
+            metrics: shared.metrics.clone(),
             upstream: match &f.upstream {
                 Some(name) => lookup(name)?,
                 None => primary.upstream.clone(),
@@ -276,38 +280,28 @@ impl<A: Attempt> Chain<'_, A> {
         result: &Result<Answer, ProxyError>,
     ) {
         let mut b = support::lock(breaker);
-        let route = metrics::route_label(self.route);
         let now = Instant::now();
+        let kind = target.upstream.config.kind.name();
         match result {
             Ok(_) => {
                 b.success(now, &self.resilience.breaker);
-                metrics::attempt(&route, &target.label, "ok");
-                metrics::upstream_kind_attempt(&route, target.upstream.config.kind.name(), "ok");
+                target.metrics.attempt(kind, "ok");
             }
             Err(e) => {
                 if counts_against_breaker(e) && b.failure(now, &self.resilience.breaker) {
                     tracing::warn!(route = %self.route, target = %target.label, error = %e, "circuit breaker opened");
                 }
-                metrics::attempt(&route, &target.label, e.kind.label());
-                metrics::upstream_kind_attempt(
-                    &route,
-                    target.upstream.config.kind.name(),
-                    e.kind.label(),
-                );
+                target.metrics.attempt(kind, e.kind.label());
             }
         }
-        metrics::breaker_state(&route, &target.label, b.state().gauge());
+        target.metrics.breaker_state(b.state().gauge());
     }
 
     /// Whether the target's breaker lets a request through now.
     fn admits(&self, target: &Target, breaker: &Mutex<Breaker>) -> bool {
         let mut b = support::lock(breaker);
         let allowed = b.allow(Instant::now());
-        metrics::breaker_state(
-            &metrics::route_label(self.route),
-            &target.label,
-            b.state().gauge(),
-        );
+        target.metrics.breaker_state(b.state().gauge());
         allowed
     }
 
@@ -627,7 +621,6 @@ async fn attempt(
         ));
     }
     let headers = passed_headers(&response.headers);
-    let label = metrics::route_label(route);
 
     if op.is_stream() {
         let mut frames = stream::frames(
@@ -652,7 +645,7 @@ async fn attempt(
             }
             Ok(Some(first)) => first?,
         };
-        metrics::upstream_ttft(&label, op, sent.elapsed());
+        target.metrics.upstream_ttft(op, sent.elapsed());
         if let FrameKind::Exception(kind) = &first.frame.kind {
             // Nothing has reached the client yet: treat it as the error response
             // Bedrock would have sent had it failed a moment earlier.
@@ -676,7 +669,7 @@ async fn attempt(
     }
 
     let body = read_body(response.body, MAX_RESPONSE_BYTES, deadline, &upstream.name).await?;
-    metrics::upstream_ttft(&label, op, sent.elapsed());
+    target.metrics.upstream_ttft(op, sent.elapsed());
     let summary = Summary::of_answer(op, &headers, &body);
     Ok(Answer::Whole {
         headers,

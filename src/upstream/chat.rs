@@ -86,7 +86,7 @@ pub async fn attempt(
     let mut headers = HeaderMap::new();
     if !op.is_stream() {
         let raw = read_body(response.body, MAX_RESPONSE_BYTES, deadline, &upstream.name).await?;
-        metrics::upstream_ttft(&label, op, sent.elapsed());
+        target.metrics.upstream_ttft(op, sent.elapsed());
         let answer: Value = serde_json::from_slice(&raw).map_err(|e| {
             ProxyError::upstream_unreachable(format!(
                 "upstream {} answered with something that is not JSON: {e}",
@@ -140,7 +140,7 @@ pub async fn attempt(
         }
         Ok(Some(first)) => first?,
     };
-    metrics::upstream_ttft(&label, op, sent.elapsed());
+    target.metrics.upstream_ttft(op, sent.elapsed());
     headers.insert(
         "content-type",
         HeaderValue::from_static(bedrock_wire::eventstream::CONTENT_TYPE),
