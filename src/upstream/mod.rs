@@ -351,33 +351,8 @@ impl Upstream {
         self.authorize(&mut request, &url, &body).await?;
 
         let first_byte = first_byte.min(deadline.saturating_duration_since(Instant::now()));
-        let response = match tokio::time::timeout(first_byte, self.client.request(request)).await {
-            Err(_) => {
-                return Err(ProxyError::upstream_timeout(format!(
-                    "upstream {} sent no response within {first_byte:?}",
-                    self.name
-                )))
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(ProxyError::upstream_unreachable(format!(
-                    "could not connect to upstream {}: {e}",
-                    self.name
-                )))
-            }
-            Ok(Err(e)) => {
-                return Err(ProxyError::upstream_unreachable(format!(
-                    "upstream {} broke the connection: {e}",
-                    self.name
-                )))
-            }
-            Ok(Ok(r)) => r,
-        };
-        let (parts, body) = response.into_parts();
-        Ok(UpstreamResponse {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+        let response = self.client.request(request);
+        self.answered(tokio::time::timeout(first_byte, response).await, first_byte)
     }
 
     /// The upstream that serves a Bedrock Runtime operation needing `path`
