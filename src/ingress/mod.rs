@@ -457,6 +457,24 @@ pub async fn run_many(
     }
 }
 
+/// One request of a translated API (OpenAI's, Anthropic's), start to end: the
+/// trace from the client's headers, the request's span around `serve`, and a
+/// failure answered in the shape `render` makes.
+pub async fn handled(
+    mut finish: Finish,
+    request: Request,
+    name: &'static str,
+    render: fn(&ProxyError, &str) -> Response,
+    serve: impl AsyncFnOnce(&mut Finish, Request) -> Result<Response, ProxyError>,
+) -> Response {
+    start_trace(&mut finish, request.headers(), name);
+    let span = request_span(&finish.request_id, name);
+    match tracing::Instrument::instrument(serve(&mut finish, request), span).await {
+        Ok(response) => response,
+        Err(e) => failed(&finish, &e, render),
+    }
+}
+
 /// The response to a failed request, in the shape `render` makes, with the
 /// proxy's headers; the books are closed on it.
 pub fn failed(

@@ -15,11 +15,10 @@ use bedrock_wire::converse::ConverseEvent;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use super::{
-    converse_call, converse_json, failed, json_answer, parse_json, receive, request_span,
-    route_translated, run, sse_answer, Finish,
+    converse_call, converse_json, handled, json_answer, parse_json, receive, route_translated, run,
+    sse_answer, Finish,
 };
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError};
@@ -90,15 +89,10 @@ async fn handle(
 ) -> Response {
     let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
     finish.rate_headers = RateHeaders::Anthropic;
-    super::start_trace(&mut finish, request.headers(), name);
-    let span = request_span(&finish.request_id, name);
-    match serve(&state, &mut finish, request, purpose)
-        .instrument(span)
-        .await
-    {
-        Ok(response) => response,
-        Err(e) => failed(&finish, &e, error_response),
-    }
+    handled(finish, request, name, error_response, async |f, r| {
+        serve(&state, f, r, purpose).await
+    })
+    .await
 }
 
 struct AnthropicEvents(EventWriter);

@@ -15,14 +15,13 @@ use bedrock_wire::converse::{Summary, Usage};
 use bedrock_wire::operation::Operation;
 use serde_json::{json, Value};
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use super::error_response;
 use crate::answer::Answer;
 use crate::catalog::{EmbeddingInfo, ModelKind};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::ingress::{
-    failed, json_answer, parse_json, receive, request_span, route_translated, run_many, Finish,
+    handled, json_answer, parse_json, receive, route_translated, run_many, Finish,
 };
 use crate::json_body::JsonBody;
 use crate::pipeline::Call;
@@ -220,13 +219,15 @@ fn encode(vector: &[f64], encoding: Encoding) -> Value {
 
 /// `POST /v1/embeddings`.
 pub async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
-    let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
-    crate::ingress::start_trace(&mut finish, request.headers(), "embeddings");
-    let span = request_span(&finish.request_id, "embeddings");
-    match serve(&state, &mut finish, request).instrument(span).await {
-        Ok(response) => response,
-        Err(e) => failed(&finish, &e, error_response),
-    }
+    let finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    handled(
+        finish,
+        request,
+        "embeddings",
+        error_response,
+        async |f, r| serve(&state, f, r).await,
+    )
+    .await
 }
 
 async fn serve(

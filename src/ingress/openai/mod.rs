@@ -20,11 +20,10 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use super::{
-    converse_call, converse_json, failed, json_answer, parse_json, receive, request_span,
-    route_translated, run, sse_answer, Finish,
+    converse_call, converse_json, handled, json_answer, parse_json, receive, route_translated, run,
+    sse_answer, Finish,
 };
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError};
@@ -106,13 +105,15 @@ fn now_secs() -> u64 {
 }
 
 async fn chat(State(state): State<AppState>, request: Request) -> Response {
-    let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
-    super::start_trace(&mut finish, request.headers(), "chat.completions");
-    let span = request_span(&finish.request_id, "chat.completions");
-    match serve(&state, &mut finish, request).instrument(span).await {
-        Ok(response) => response,
-        Err(e) => failed(&finish, &e, error_response),
-    }
+    let finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    handled(
+        finish,
+        request,
+        "chat.completions",
+        error_response,
+        async |f, r| serve(&state, f, r).await,
+    )
+    .await
 }
 
 struct OpenAiChunks(ChunkWriter);

@@ -31,14 +31,13 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use super::{error_response, now_secs, translate, STRUCTURED_OUTPUT_HEADER};
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::ingress::{
-    converse_call, converse_json, failed, json_answer, parse_json, receive, request_span,
-    route_translated, run, sse_answer, sse_body, Finish,
+    converse_call, converse_json, handled, json_answer, parse_json, receive, route_translated, run,
+    sse_answer, sse_body, Finish,
 };
 use crate::responses_store::Stored;
 use crate::state::AppState;
@@ -707,13 +706,15 @@ pub fn response(completion: &Value, echo: &Map<String, Value>, id: &str, created
 
 /// `POST /v1/responses`.
 pub async fn create(State(state): State<AppState>, request: Request) -> Response {
-    let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
-    crate::ingress::start_trace(&mut finish, request.headers(), "responses");
-    let span = request_span(&finish.request_id, "responses");
-    match serve(&state, &mut finish, request).instrument(span).await {
-        Ok(response) => response,
-        Err(e) => failed(&finish, &e, error_response),
-    }
+    let finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    handled(
+        finish,
+        request,
+        "responses",
+        error_response,
+        async |f, r| serve(&state, f, r).await,
+    )
+    .await
 }
 
 async fn serve(
