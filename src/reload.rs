@@ -98,48 +98,51 @@ pub async fn reload(state: &AppState, path: &Path) -> Result<String, ReloadError
 }
 
 /// Watches `path` and SIGHUP until `stop`, reloading on each.
+///
+/// The file watch is in place when this returns (not once the task first
+/// runs), so a change made right after startup is never missed.
 pub fn watch(state: AppState, path: PathBuf, stop: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
-        let file_name = path.file_name().map(|n| n.to_owned());
-        let watched_dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        // Editors replace files by renaming, so the directory is watched and
-        // events are filtered by name. A Kubernetes ConfigMap volume never
-        // touches the file itself: it writes a new `..<timestamp>` directory and
-        // swaps the `..data` symlink the file points through, so events on
-        // `..`-names count too (a reload of unchanged content changes nothing).
-        let sender = tx.clone();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                let ours = event.paths.iter().any(|p| {
-                    let name = p.file_name();
-                    name.map(|n| n.to_owned()) == file_name
-                        || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
-                });
-                if ours && (event.kind.is_modify() || event.kind.is_create()) {
-                    let _ = sender.try_send(());
-                }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+    let file_name = path.file_name().map(|n| n.to_owned());
+    let watched_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    // Editors replace files by renaming, so the directory is watched and
+    // events are filtered by name. A Kubernetes ConfigMap volume never
+    // touches the file itself: it writes a new `..<timestamp>` directory and
+    // swaps the `..data` symlink the file points through, so events on
+    // `..`-names count too (a reload of unchanged content changes nothing).
+    let sender = tx;
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let ours = event.paths.iter().any(|p| {
+                let name = p.file_name();
+                name.map(|n| n.to_owned()) == file_name
+                    || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
+            });
+            if ours && (event.kind.is_modify() || event.kind.is_create()) {
+                let _ = sender.try_send(());
             }
-        });
-        let _watcher = match watcher {
-            Ok(mut w) => match w.watch(&watched_dir, RecursiveMode::NonRecursive) {
-                Ok(()) => Some(w),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /admin/reload");
-                    None
-                }
-            },
+        }
+    });
+    let watcher = match watcher {
+        Ok(mut w) => match w.watch(&watched_dir, RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
             Err(e) => {
-                tracing::warn!(error = %e, "no file watcher; reload with SIGHUP or POST /admin/reload");
+                tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /admin/reload");
                 None
             }
-        };
-        #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no file watcher; reload with SIGHUP or POST /admin/reload");
+            None
+        }
+    };
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    tokio::spawn(async move {
+        let _watcher = watcher;
         loop {
             #[cfg(unix)]
             let hup = async {
