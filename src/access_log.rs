@@ -294,7 +294,7 @@ fn run(shared: &Shared, mut sink: Box<dyn Write + Send>) {
 /// `tracing-subscriber`'s own layout, so log tooling reads the access lines
 /// as it did when they were `tracing` events with target `access`.
 fn format_line(line: &AccessLine, format: LogFormat, out: &mut Vec<u8>) {
-    let at = timestamp(line.at);
+    let at = crate::log_tag::timestamp(line.at);
     match format {
         LogFormat::Text => text(line, &at, out),
         LogFormat::Json => {
@@ -411,21 +411,6 @@ impl<'a> Fields<'a> {
 
 fn dash(v: &Option<Arc<str>>) -> &str {
     v.as_deref().unwrap_or("-")
-}
-
-/// RFC 3339 in UTC with microseconds, as `tracing-subscriber` writes it.
-fn timestamp(at: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(at);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
 }
 
 #[cfg(test)]

@@ -66,6 +66,7 @@ pub(crate) mod error;
 pub(crate) mod ingress;
 pub(crate) mod latency;
 pub(crate) mod limits;
+pub(crate) mod log_tag;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub(crate) mod prompt_cache;

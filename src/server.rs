@@ -385,9 +385,14 @@ pub fn init_logging(
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
+    // Lines logged while a request is served carry its id and operation
+    // (`log_tag`), in the layout `tracing-subscriber` writes.
     let _ = match config.format {
-        crate::config::LogFormat::Json => builder.json().try_init(),
-        crate::config::LogFormat::Text => builder.try_init(),
+        crate::config::LogFormat::Json => builder
+            .json()
+            .map_event_format(crate::log_tag::Json)
+            .try_init(),
+        crate::config::LogFormat::Text => builder.event_format(crate::log_tag::Text).try_init(),
     };
     Ok(guard)
 }

@@ -3,7 +3,6 @@
 //! pointed at the proxy works unchanged: same bytes in, same bytes, frames and
 //! errors out, plus the proxy's `x-proxy-*` headers.
 
-use crate::ingress::request_span;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
@@ -14,12 +13,12 @@ use axum::Router;
 use bedrock_wire::operation::Operation;
 use bedrock_wire::tier::{LatencyTier, LATENCY_HEADER, SERVICE_TIER_HEADER};
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use super::{failed, receive_for, route, run, start_trace, Finish};
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::json_body::JsonBody;
+use crate::log_tag::{self, Tag};
 use crate::pipeline::Call;
 use crate::state::AppState;
 use crate::stream::to_bedrock_client;
@@ -55,10 +54,8 @@ async fn handle(
             Some(op) => {
                 finish.op = op;
                 start_trace(&mut finish, request.headers(), op.name());
-                let span = request_span(&finish.request_id, op.name());
-                serve(&state, &mut finish, op, &model_id, request)
-                    .instrument(span)
-                    .await
+                let tag = Tag::new(&finish.request_id, op.name());
+                log_tag::scope(tag, serve(&state, &mut finish, op, &model_id, request)).await
             }
             None => Err(ProxyError::new(
                 ErrorKind::NotFound,

@@ -14,6 +14,7 @@
 //! upstream's deadline for the whole session, metrics and the access log
 //! apply as to the other operations (see [`super::operations`]).
 
+use crate::log_tag::{self, Tagged};
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
@@ -35,7 +36,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::operations::{begin, books, end};
 use super::{route, signed_headers, Finish};
@@ -60,10 +60,8 @@ async fn handle(
     path: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    let (mut finish, span) = begin(OP);
-    let opened = open(&state, &mut finish, path, request)
-        .instrument(span)
-        .await;
+    let (mut finish, tag) = begin(OP);
+    let opened = open(&state, &mut finish, path, request).tagged(tag).await;
     match opened {
         Ok(Opened::Stream(response)) => response,
         Ok(Opened::Whole(response)) => end(&finish, OP, Ok(response)),
@@ -145,9 +143,10 @@ async fn open(
         .await?;
     let counts = Arc::new(Counts::default());
     let (failed_tx, mut failed_rx) = oneshot::channel();
-    let pump = tokio::spawn(
-        pump(body, verifier, signing, tx, failed_tx, counts.clone()).in_current_span(),
-    );
+    let pump = tokio::spawn(log_tag::within(
+        log_tag::current(),
+        pump(body, verifier, signing, tx, failed_tx, counts.clone()),
+    ));
     // Whichever side ends first ends the other: the pump stops with the relay.
     let pump = AbortOnDrop(pump.abort_handle());
     let answer = match upstream.stream_response(response).await {

@@ -31,14 +31,14 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::time::Instant;
-use tracing::Instrument;
 
-use super::{parse_json, receive_for, request_span, route, Finish};
+use super::{parse_json, receive_for, route, Finish};
 use crate::answer::ServedBy;
 use crate::auth::Principal;
 use crate::config::ANONYMOUS_TENANT;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::limits::Outcome;
+use crate::log_tag::{Tag, Tagged};
 use crate::metrics;
 use crate::runtime::Runtime;
 use crate::state::AppState;
@@ -65,7 +65,7 @@ async fn apply_guardrail(
     request: Request,
 ) -> Response {
     let op = RuntimeOperation::ApplyGuardrail;
-    let (mut finish, span) = begin(op);
+    let (mut finish, tag) = begin(op);
     let result = async {
         let Path((id, version)) = path.map_err(bad_path)?;
         let (rt, parts, body, principal) = receive(&state, &mut finish, request).await?;
@@ -73,28 +73,28 @@ async fn apply_guardrail(
         let upstream = operations_upstream(&rt)?;
         pass(&mut finish, &upstream, &parts, body, None).await
     }
-    .instrument(span)
+    .tagged(tag)
     .await;
     end(&finish, op, result)
 }
 
 async fn guardrail_checks(State(state): State<AppState>, request: Request) -> Response {
     let op = RuntimeOperation::InvokeGuardrailChecks;
-    let (mut finish, span) = begin(op);
+    let (mut finish, tag) = begin(op);
     let result = async {
         let (rt, parts, body, principal) = receive(&state, &mut finish, request).await?;
         principal.admit_guardrail_checks()?;
         let upstream = operations_upstream(&rt)?;
         pass(&mut finish, &upstream, &parts, body, None).await
     }
-    .instrument(span)
+    .tagged(tag)
     .await;
     end(&finish, op, result)
 }
 
 async fn start_async(State(state): State<AppState>, request: Request) -> Response {
     let op = RuntimeOperation::StartAsyncInvoke;
-    let (mut finish, span) = begin(op);
+    let (mut finish, tag) = begin(op);
     let result = async {
         let (rt, parts, body, principal) = receive(&state, &mut finish, request).await?;
         let mut json = parse_json(&body, rt.config.limits.max_json_depth)?;
@@ -124,7 +124,7 @@ async fn start_async(State(state): State<AppState>, request: Request) -> Respons
         let body = Bytes::from(json.to_string());
         pass(&mut finish, &upstream, &parts, body, Some(&routed.upstream_model)).await
     }
-    .instrument(span)
+    .tagged(tag)
     .await;
     end(&finish, op, result)
 }
@@ -135,7 +135,7 @@ async fn get_async(
     request: Request,
 ) -> Response {
     let op = RuntimeOperation::GetAsyncInvoke;
-    let (mut finish, span) = begin(op);
+    let (mut finish, tag) = begin(op);
     let result = async {
         let Path(arn) = path.map_err(bad_path)?;
         let (rt, parts, body, principal) = receive(&state, &mut finish, request).await?;
@@ -161,14 +161,14 @@ async fn get_async(
         }
         Ok(response)
     }
-    .instrument(span)
+    .tagged(tag)
     .await;
     end(&finish, op, result)
 }
 
 async fn list_async(State(state): State<AppState>, request: Request) -> Response {
     let op = RuntimeOperation::ListAsyncInvokes;
-    let (mut finish, span) = begin(op);
+    let (mut finish, tag) = begin(op);
     let result = async {
         let (rt, parts, body, principal) = receive(&state, &mut finish, request).await?;
         let upstream = operations_upstream(&rt)?;
@@ -185,7 +185,7 @@ async fn list_async(State(state): State<AppState>, request: Request) -> Response
         }
         Ok(response)
     }
-    .instrument(span)
+    .tagged(tag)
     .await;
     end(&finish, op, result)
 }
@@ -197,11 +197,11 @@ fn bad_path(e: PathRejection) -> ProxyError {
 /// A request's head.
 type Parts = axum::http::request::Parts;
 
-/// A request's books and the span its work runs in.
-pub(crate) fn begin(op: RuntimeOperation) -> (Finish, tracing::Span) {
+/// A request's books and the tag its log lines carry.
+pub(crate) fn begin(op: RuntimeOperation) -> (Finish, Tag) {
     let finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
-    let span = request_span(&finish.request_id, op.label());
-    (finish, span)
+    let tag = Tag::new(&finish.request_id, op.label());
+    (finish, tag)
 }
 
 /// The response to an operation, with the proxy's headers; its books closed
