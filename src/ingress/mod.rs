@@ -54,6 +54,7 @@ use crate::error::{ErrorKind, ProxyError, Side};
 use crate::json_body::JsonBody;
 use crate::latency;
 use crate::limits::{self, Refusal};
+use crate::log_tag::{self, Tag};
 use crate::metrics;
 use crate::pipeline::{self, Call};
 use crate::route::Routed;
@@ -316,7 +317,16 @@ pub async fn run(
     }
     let directives = Directives::from_headers(headers);
     let mut record = Record::default();
-    let result = pipeline::run(&state.pipeline, rt, call, &directives, &mut record).await;
+    // Boxed: the pipeline's state is most of a request's future, which axum
+    // and tower move (copy) several times before it first runs.
+    let result = Box::pin(pipeline::run(
+        &state.pipeline,
+        rt,
+        call,
+        &directives,
+        &mut record,
+    ))
+    .await;
     finish.pricing = finish::Pricing::of(rt, &record);
     finish.record(record);
     match &result {
@@ -458,7 +468,7 @@ pub async fn run_many(
 }
 
 /// One request of a translated API (OpenAI's, Anthropic's), start to end: the
-/// trace from the client's headers, the request's span around `serve`, and a
+/// trace from the client's headers, the request's log tag around `serve`, and a
 /// failure answered in the shape `render` makes.
 pub async fn handled(
     mut finish: Finish,
@@ -468,8 +478,8 @@ pub async fn handled(
     serve: impl AsyncFnOnce(&mut Finish, Request) -> Result<Response, ProxyError>,
 ) -> Response {
     start_trace(&mut finish, request.headers(), name);
-    let span = request_span(&finish.request_id, name);
-    match tracing::Instrument::instrument(serve(&mut finish, request), span).await {
+    let tag = Tag::new(&finish.request_id, name);
+    match log_tag::scope(tag, serve(&mut finish, request)).await {
         Ok(response) => response,
         Err(e) => failed(&finish, &e, render),
     }
@@ -532,12 +542,6 @@ pub fn sse_body(
     let mut response = axum::response::Response::new(Body::from_stream(body));
     *response.headers_mut() = headers;
     response
-}
-
-/// The span a request's work runs in: what the pipeline logs on the way
-/// (fallbacks, breakers, cache tiers) carries the request id and operation.
-pub fn request_span(request_id: &str, operation: &str) -> tracing::Span {
-    tracing::info_span!("request", request_id, operation)
 }
 
 /// The request's trace span (OpenTelemetry; nothing when tracing is off),

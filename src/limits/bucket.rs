@@ -8,6 +8,8 @@
 //! at once, then one every 60/N seconds. The state is a count, not a time, so
 //! a limit changed by a reload applies to what was already used.
 
+use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The span a per-minute limit refills over, in milliseconds.
@@ -93,13 +95,38 @@ impl Period {
 /// One calendar window: its label (`2025-01-31`, `2025-01`) and when it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CalendarWindow {
-    pub(crate) label: String,
+    pub(crate) label: Arc<str>,
     /// The next window's first millisecond (epoch ms, UTC).
     pub(crate) ends_ms: i64,
 }
 
-/// The UTC day or month `now_ms` falls in.
+/// The UTC day or month `now_ms` falls in. Every answered request settles its
+/// spend in both, so each thread keeps the current day's two windows and
+/// works them out again only when the day changes.
 pub(crate) fn calendar(period: Period, now_ms: f64) -> CalendarWindow {
+    thread_local! {
+        static TODAY: RefCell<Option<(i64, [CalendarWindow; 2])>> = const { RefCell::new(None) };
+    }
+    let day = (now_ms / 86_400_000.0).floor() as i64;
+    let slot = match period {
+        Period::Day => 0,
+        Period::Month => 1,
+    };
+    TODAY.with(|today| {
+        let mut today = today.borrow_mut();
+        match &*today {
+            Some((cached, windows)) if *cached == day => windows[slot].clone(),
+            _ => {
+                let windows = [window(Period::Day, now_ms), window(Period::Month, now_ms)];
+                let found = windows[slot].clone();
+                *today = Some((day, windows));
+                found
+            }
+        }
+    })
+}
+
+fn window(period: Period, now_ms: f64) -> CalendarWindow {
     let now = time::OffsetDateTime::from_unix_timestamp_nanos(now_ms as i128 * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let date = now.date();
@@ -127,7 +154,10 @@ pub(crate) fn calendar(period: Period, now_ms: f64) -> CalendarWindow {
     let ends_ms = next
         .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
         .unwrap_or(i64::MAX);
-    CalendarWindow { label, ends_ms }
+    CalendarWindow {
+        label: Arc::from(label),
+        ends_ms,
+    }
 }
 
 /// Dollars as the integer nano-dollars counters hold (sums stay exact).
@@ -214,15 +244,21 @@ mod tests {
         // 2024-02-29T23:59:59.500Z
         let leap = 1_709_251_199_500.0;
         let day = calendar(Period::Day, leap);
-        assert_eq!(day.label, "2024-02-29");
+        assert_eq!(&*day.label, "2024-02-29");
         assert_eq!(day.ends_ms, 1_709_251_200_000);
         let month = calendar(Period::Month, leap);
-        assert_eq!(month.label, "2024-02");
+        assert_eq!(&*month.label, "2024-02");
         assert_eq!(month.ends_ms, 1_709_251_200_000);
         // 2024-12-31T12:00:00Z: the month ends with the year.
         let december = calendar(Period::Month, 1_735_646_400_000.0);
-        assert_eq!(december.label, "2024-12");
+        assert_eq!(&*december.label, "2024-12");
         assert_eq!(december.ends_ms, 1_735_689_600_000);
+        // The same thread half a second later, past midnight: the next day
+        // and month, not the windows it kept for the day before.
+        let next = calendar(Period::Day, leap + 500.0);
+        assert_eq!(&*next.label, "2024-03-01");
+        assert_eq!(&*calendar(Period::Month, leap + 500.0).label, "2024-03");
+        assert_eq!(&*calendar(Period::Day, leap).label, "2024-02-29");
     }
 
     #[test]

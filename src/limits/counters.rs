@@ -324,18 +324,16 @@ impl Counters {
         for c in changes {
             match c {
                 Change::Bucket { key, limit, amount } => {
-                    let b = bucket(cells.get(key)).add(*limit, *amount, now);
-                    cells.insert(key.clone(), Cell::Bucket(b));
+                    let b = Cell::Bucket(bucket(cells.get(key)).add(*limit, *amount, now));
+                    put(&mut cells, key, b);
                 }
                 Change::Budget { key, nano, ttl_ms } => {
                     let total = spent(cells.get(key), now) + nano;
-                    cells.insert(
-                        key.clone(),
-                        Cell::Spent {
-                            nano: total,
-                            expires_ms: now + *ttl_ms as f64,
-                        },
-                    );
+                    let cell = Cell::Spent {
+                        nano: total,
+                        expires_ms: now + *ttl_ms as f64,
+                    };
+                    put(&mut cells, key, cell);
                 }
             }
         }
@@ -426,6 +424,16 @@ fn bucket(cell: Option<&Cell>) -> Bucket {
     match cell {
         Some(Cell::Bucket(b)) => *b,
         _ => Bucket::default(),
+    }
+}
+
+/// Sets `key`'s cell, copying the key only the first time it is seen.
+fn put(cells: &mut HashMap<String, Cell>, key: &str, cell: Cell) {
+    match cells.get_mut(key) {
+        Some(slot) => *slot = cell,
+        None => {
+            cells.insert(key.to_owned(), cell);
+        }
     }
 }
 

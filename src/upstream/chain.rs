@@ -426,7 +426,13 @@ impl<A: Attempt> Chain<'_, A> {
                 let result = match hedge {
                     Some((after, j, partner)) => {
                         let second = (&targets[j], partner);
-                        match self.hedge(target, p, second, after, deadline, done).await {
+                        // Boxed: a hedge holds two attempts at once, and inline
+                        // its state would make every request's future (copied
+                        // as the request moves through axum and tower) 5 KB
+                        // larger, hedged or not.
+                        let hedged_attempt =
+                            Box::pin(self.hedge(target, p, second, after, deadline, done));
+                        match hedged_attempt.await {
                             Hedged::Alone(result) => result,
                             Hedged::Raced(Ok(answer)) => return Ok(answer),
                             Hedged::Raced(Err(e)) if !self.falls_back(&e) => return Err(e),

@@ -43,13 +43,41 @@ pub mod tokens;
 /// A request id in the format Bedrock uses (a random UUID v4). Not secret, so
 /// a fast non-cryptographic generator is enough.
 pub fn new_request_id() -> String {
-    let h = format!("{:032x}", fastrand::u128(..));
-    format!(
-        "{}-{}-4{}-a{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // 8-4-4-4-12 hex digits; the version nibble is 4 and the variant's top
+    // bits are 10 (written as `a`, as before).
+    let mut bits = fastrand::u128(..);
+    let mut out = [0u8; 36];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = match i {
+            8 | 13 | 18 | 23 => b'-',
+            14 => b'4',
+            19 => b'a',
+            _ => {
+                let digit = HEX[(bits & 0xf) as usize];
+                bits >>= 4;
+                digit
+            }
+        };
+    }
+    out.iter().map(|&b| char::from(b)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_uuid_v4_shaped_and_differ() {
+        let a = super::new_request_id();
+        let b = super::new_request_id();
+        assert_ne!(a, b);
+        let groups: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(a
+            .chars()
+            .all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(groups[2].starts_with('4') && groups[3].starts_with('a'));
+    }
 }
