@@ -3,6 +3,7 @@
 //! operations, status classes, error kinds, token kinds, tiers. Never a raw path,
 //! a request id or a model id a client typed.
 
+use crate::support::Memo;
 use bedrock_wire::converse::Usage;
 use bedrock_wire::operation::Operation;
 pub use metrics::SharedString;
@@ -338,37 +339,6 @@ impl TargetMetrics {
                 metrics::histogram!(UPSTREAM_TTFT, "route" => self.route.clone(), "operation" => op.name())
             })
             .record(elapsed.as_secs_f64());
-    }
-}
-
-/// Handles by label values from a small set (tiers, kinds), each resolved on
-/// first use into one of `N` slots and found again by a scan of the filled
-/// ones: no lock and no allocation once resolved. Label values beyond `N`
-/// distinct ones are looked up in the registry each time (still correct).
-#[derive(Debug)]
-struct Memo<L, H, const N: usize> {
-    slots: [OnceLock<(L, H)>; N],
-}
-
-impl<L, H, const N: usize> Default for Memo<L, H, N> {
-    fn default() -> Self {
-        Memo {
-            slots: std::array::from_fn(|_| OnceLock::new()),
-        }
-    }
-}
-
-impl<L: PartialEq + Copy, H: Clone, const N: usize> Memo<L, H, N> {
-    /// The handle of `labels`, made by `make` the first time. Two threads may
-    /// race for an empty slot with different labels: the loser moves on.
-    fn get(&self, labels: L, make: impl Fn() -> H) -> H {
-        for slot in &self.slots {
-            let (l, h) = slot.get_or_init(|| (labels, make()));
-            if *l == labels {
-                return h.clone();
-            }
-        }
-        make()
     }
 }
 

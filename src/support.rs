@@ -1,10 +1,10 @@
 //! Small helpers every stage may use, kept here so each is written once: the
 //! wall clock in milliseconds (stored timestamps, shared across replicas), a
 //! [`Clock`] that tests and benchmarks can move or speed up, and std locks that
-//! survive a panic in another holder.
+//! survive a panic in another holder, and a small lock-free memo.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch (0 before it, saturating far after).
@@ -98,5 +98,44 @@ mod tests {
             Clock::new(1.0).real(Duration::from_secs(5)),
             Duration::from_secs(5)
         );
+    }
+}
+
+/// Values by key from a small set (label values, an upstream's model paths),
+/// each made on first use into one of `N` slots and found again by a scan of
+/// the filled ones: no lock and no allocation once made. Keys beyond `N`
+/// distinct ones are made each time (still correct, only slower).
+#[derive(Debug)]
+pub struct Memo<K, V, const N: usize> {
+    slots: [OnceLock<(K, V)>; N],
+}
+
+impl<K, V, const N: usize> Default for Memo<K, V, N> {
+    fn default() -> Self {
+        Memo {
+            slots: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+}
+
+impl<K: PartialEq + Copy, V: Clone, const N: usize> Memo<K, V, N> {
+    /// The value of `key`, made by `make` the first time.
+    pub fn get(&self, key: K, make: impl Fn() -> V) -> V {
+        self.find(|k| *k == key, || (key, make()))
+    }
+}
+
+impl<K, V: Clone, const N: usize> Memo<K, V, N> {
+    /// The value whose key `is` picks, made by `make` (key and value) the first
+    /// time. Two threads may race for an empty slot with different keys: the
+    /// loser moves on to the next.
+    pub fn find(&self, is: impl Fn(&K) -> bool, make: impl Fn() -> (K, V)) -> V {
+        for slot in &self.slots {
+            let (k, v) = slot.get_or_init(&make);
+            if is(k) {
+                return v.clone();
+            }
+        }
+        make().1
     }
 }

@@ -100,7 +100,6 @@ async fn a_signed_request_verifies_over_cleartext_http2() {
         let credentials = Credentials::new(TEST_ACCESS_KEY, secret, None, None, "test");
         bedrock_wire::client::sign_bedrock(
             &mut request,
-            &url,
             &body,
             credentials,
             "us-east-2",

@@ -352,7 +352,7 @@ impl BenchClient {
         if let Some(fault) = &shape.sim_fault {
             request.headers_mut().insert(SIM_FAULT, fault.clone());
         }
-        self.authorize(&mut request, url, region, body).await?;
+        self.authorize(&mut request, region, body).await?;
         Ok(request)
     }
 
@@ -388,7 +388,6 @@ impl BenchClient {
     async fn authorize(
         &self,
         request: &mut Request<Full<Bytes>>,
-        url: &str,
         region: &str,
         body: &[u8],
     ) -> Result<(), &'static str> {
@@ -404,8 +403,7 @@ impl BenchClient {
             .provide_credentials()
             .await
             .map_err(|_| "CredentialsError")?;
-        sign_bedrock(request, url, body, creds, region, SystemTime::now())
-            .map_err(|_| "SigningError")
+        sign_bedrock(request, body, creds, region, SystemTime::now()).map_err(|_| "SigningError")
     }
 }
 

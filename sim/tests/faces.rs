@@ -597,7 +597,6 @@ async fn signed(
     let mut request = builder.body(Full::new(bytes.clone())).unwrap();
     sign_request(
         &mut request,
-        &url,
         &bytes,
         Credentials::new(TEST_ACCESS_KEY, secret, None, None, "test"),
         "us-east-2",

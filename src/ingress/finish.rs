@@ -5,7 +5,7 @@
 
 mod report;
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use bedrock_wire::catalog::Price;
 use bedrock_wire::converse::Summary;
 use bedrock_wire::operation::Operation;
@@ -160,39 +160,52 @@ impl Finish {
     /// `x-proxy-served-model` (who served it; for a cache hit, who served the
     /// stored answer).
     pub fn headers(&self, headers: &mut HeaderMap, served_tier: Option<LatencyTier>) {
-        let mut set = |name: &'static str, value: &str| {
+        // Names made at compile time and fixed values taken as they are: a
+        // header name given as a `&str` is parsed again on every insert.
+        const ROUTE: HeaderName = HeaderName::from_static("x-proxy-route");
+        const ATTEMPTS: HeaderName = HeaderName::from_static("x-proxy-attempts");
+        const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+        const CACHE: HeaderName = HeaderName::from_static("x-cache");
+        const CACHE_POINTS: HeaderName = HeaderName::from_static("x-proxy-cache-points");
+        const LATENCY_TIER: HeaderName = HeaderName::from_static("x-proxy-latency-tier");
+        const SERVICE_TIER: HeaderName = HeaderName::from_static("x-proxy-service-tier");
+        const INVOKED_MODEL: HeaderName = HeaderName::from_static("x-proxy-invoked-model");
+        const UPSTREAM: HeaderName = HeaderName::from_static("x-proxy-upstream");
+        const SERVED_MODEL: HeaderName = HeaderName::from_static("x-proxy-served-model");
+        fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
             if let Ok(v) = HeaderValue::from_str(value) {
                 headers.insert(name, v);
             }
-        };
+        }
         if let Some(route) = &self.route {
-            set("x-proxy-route", route);
+            set(headers, ROUTE, route);
         }
         let record = &self.record;
-        set("x-proxy-attempts", &record.attempts.to_string());
-        set("x-request-id", &self.request_id);
-        set("x-cache", record.cache.header());
+        headers.insert(ATTEMPTS, HeaderValue::from(record.attempts));
+        set(headers, REQUEST_ID, &self.request_id);
+        headers.insert(CACHE, HeaderValue::from_static(record.cache.header()));
         if record.attempts > 0 {
-            set("x-proxy-cache-points", &record.cache_points.to_string());
+            headers.insert(CACHE_POINTS, HeaderValue::from(record.cache_points));
         }
         if let CacheStatus::Hit { age, .. } = record.cache {
-            set("age", &age.as_secs().to_string());
+            headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
         }
         if record.attempts > 0 || record.cache.is_hit() {
-            set("x-proxy-latency-tier", self.tier(served_tier).name());
+            let tier = self.tier(served_tier).name();
+            headers.insert(LATENCY_TIER, HeaderValue::from_static(tier));
             if let Some(tier) = self.service_tier(None) {
-                set("x-proxy-service-tier", tier.name());
+                headers.insert(SERVICE_TIER, HeaderValue::from_static(tier.name()));
             }
             if let Some(model) = &self.invoked_model {
-                set("x-proxy-invoked-model", model);
+                set(headers, INVOKED_MODEL, model);
             }
         }
         if let Some(served) = &record.served_by {
-            set("x-proxy-upstream", &served.upstream);
-            set("x-proxy-served-model", &served.model);
+            set(headers, UPSTREAM, &served.upstream);
+            set(headers, SERVED_MODEL, &served.model);
         }
         if self.close_connection {
-            set("connection", "close");
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         self.limits.view.write(self.rate_headers, headers);
     }

@@ -14,7 +14,7 @@ use aws_config::BehaviorVersion;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use bedrock_wire::client::{model_path, sign_any, Spread};
 use bedrock_wire::eventstream::EnvelopeSigner;
 use bedrock_wire::operation::Operation;
@@ -34,6 +34,7 @@ pub mod chat;
 
 use crate::config::{Timeouts, UpstreamConfig, UpstreamKind};
 use crate::error::{ErrorKind, ProxyError, Side};
+use crate::support::Memo;
 
 /// Why an upstream could not be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,8 @@ pub struct Upstream {
     extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// The server refused `stream_options` once; streams go without it since.
     refuses_stream_options: AtomicBool,
+    /// Request URIs by operation and model ([`Upstream::uri`]).
+    uris: Memo<(Operation, Box<str>), Option<Uri>, 16>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -211,6 +214,7 @@ impl Upstream {
             signer,
             extra_headers,
             refuses_stream_options: AtomicBool::new(false),
+            uris: Memo::default(),
         })
     }
 
@@ -231,6 +235,26 @@ impl Upstream {
                 credentials.provide_credentials().await.map(|_| ())
             }
         }
+    }
+
+    /// [`Upstream::url`] parsed, made once per operation and model (a route
+    /// sends to one or two models, so every request after the first finds it).
+    fn uri(&self, op: Operation, model_id: &str) -> Result<Uri, ProxyError> {
+        self.uris
+            .find(
+                |(o, m)| *o == op && **m == *model_id,
+                || {
+                    (
+                        (op, Box::from(model_id)),
+                        self.url(op, model_id).parse().ok(),
+                    )
+                },
+            )
+            .ok_or_else(|| {
+                ProxyError::validation(format!(
+                    "cannot build the upstream request: `{model_id}` makes no valid URL"
+                ))
+            })
     }
 
     /// The URL of `op` on `model_id`: Bedrock's path of the operation; an
@@ -335,10 +359,9 @@ impl Upstream {
         first_byte: Duration,
         deadline: Instant,
     ) -> Result<UpstreamResponse, ProxyError> {
-        let url = self.url(op, model_id);
         let mut request = Request::builder()
             .method(Method::POST)
-            .uri(&url)
+            .uri(self.uri(op, model_id)?)
             .body(Full::new(body.clone()))
             .map_err(|e| {
                 ProxyError::validation(format!("cannot build the upstream request: {e}"))
@@ -348,7 +371,7 @@ impl Upstream {
             h.insert(name.clone(), value.clone());
         }
         self.request_headers(op, model_id, h);
-        self.authorize(&mut request, &url, &body).await?;
+        self.authorize(&mut request, &body).await?;
 
         let first_byte = first_byte.min(deadline.saturating_duration_since(Instant::now()));
         let response = self.client.request(request);
@@ -384,7 +407,7 @@ impl Upstream {
         }
         h.entry("accept")
             .or_insert(HeaderValue::from_static("application/json"));
-        self.authorize(&mut request, &url, &body).await?;
+        self.authorize(&mut request, &body).await?;
         let first_byte = self
             .config
             .timeouts
@@ -446,7 +469,6 @@ impl Upstream {
                 // its own signature, chained from this one.
                 let seed = sign_any(
                     &mut request,
-                    &url,
                     &[],
                     creds.clone(),
                     region,
@@ -530,7 +552,6 @@ impl Upstream {
     async fn authorize(
         &self,
         request: &mut Request<Full<Bytes>>,
-        url: &str,
         body: &[u8],
     ) -> Result<(), ProxyError> {
         match &self.signer {
@@ -558,17 +579,9 @@ impl Upstream {
                             ),
                         )
                     })?;
-                sign_any(
-                    request,
-                    url,
-                    body,
-                    creds,
-                    region,
-                    service,
-                    SystemTime::now(),
-                )
-                .map(|_| ())
-                .map_err(|e| ProxyError::internal(format!("signing the upstream request: {e}")))
+                sign_any(request, body, creds, region, service, SystemTime::now())
+                    .map(|_| ())
+                    .map_err(|e| ProxyError::internal(format!("signing the upstream request: {e}")))
             }
         }
     }

@@ -221,27 +221,25 @@ pub fn bedrock_runtime_endpoint(region: &str) -> String {
 /// temporary credentials, `x-amz-security-token`.
 pub fn sign_bedrock(
     request: &mut Request<Full<Bytes>>,
-    url: &str,
     body: &[u8],
     credentials: Credentials,
     region: &str,
     time: SystemTime,
 ) -> Result<(), String> {
-    sign_request(request, url, body, credentials, region, "bedrock", time)
+    sign_request(request, body, credentials, region, "bedrock", time)
 }
 
 /// Signs a POST of `body` to `url` with SigV4 for `service` (its signing name:
 /// `bedrock`, `sagemaker`) in `region`, as [`sign_bedrock`] does.
 pub fn sign_request(
     request: &mut Request<Full<Bytes>>,
-    url: &str,
     body: &[u8],
     credentials: Credentials,
     region: &str,
     service: &str,
     time: SystemTime,
 ) -> Result<(), String> {
-    sign_any(request, url, body, credentials, region, service, time).map(|_| ())
+    sign_any(request, body, credentials, region, service, time).map(|_| ())
 }
 
 /// Signs `request` (any method and body type; the signature covers `body`,
@@ -252,14 +250,13 @@ pub fn sign_request(
 /// derived once per day rather than on every request.
 pub fn sign_any<B>(
     request: &mut Request<B>,
-    url: &str,
     body: &[u8],
     credentials: Credentials,
     region: &str,
     service: &str,
     time: SystemTime,
 ) -> Result<String, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("signing: {e}"))?;
+    let uri = request.uri().clone();
     let keys = signing::Keys {
         access_key_id: credentials.access_key_id(),
         secret_access_key: credentials.secret_access_key(),
@@ -323,7 +320,6 @@ mod tests {
         let now = SystemTime::now();
         sign_bedrock(
             &mut request,
-            &url,
             body,
             Credentials::new("AKID", "secret", None, None, "t"),
             "us-east-2",
