@@ -65,12 +65,24 @@ pub fn amz_date(time: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    // Digits written directly: every signed and verified request makes one.
+    fn push_digits(out: &mut String, n: i64, width: u32) {
+        for i in (0..width).rev() {
+            let digit = (n / 10_i64.pow(i)).rem_euclid(10);
+            out.push(char::from(b'0' + digit as u8));
+        }
+    }
+    let rem = i64::try_from(rem).unwrap_or(0);
+    let mut out = String::with_capacity(16);
+    push_digits(&mut out, year, 4);
+    push_digits(&mut out, month, 2);
+    push_digits(&mut out, day, 2);
+    out.push('T');
+    for n in [rem / 3600, rem % 3600 / 60, rem % 60] {
+        push_digits(&mut out, n, 2);
+    }
+    out.push('Z');
+    out
 }
 
 /// The canonical path of a non-S3 service: dot segments and empty segments
@@ -207,15 +219,21 @@ pub fn canonical_request(
 
 /// The credential scope, `20240101/us-east-1/bedrock/aws4_request`.
 pub fn scope(date: &str, region: &str, service: &str) -> String {
-    format!("{date}/{region}/{service}/aws4_request")
+    let mut scope = String::with_capacity(date.len() + region.len() + service.len() + 15);
+    for part in [date, "/", region, "/", service, "/aws4_request"] {
+        scope.push_str(part);
+    }
+    scope
 }
 
 /// The string to sign for a canonical request made at `amz_date`.
 pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> String {
-    format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical_request.as_bytes()))
-    )
+    let hash = hex::encode(Sha256::digest(canonical_request.as_bytes()));
+    let mut sts = String::with_capacity(ALGORITHM.len() + amz_date.len() + scope.len() + 67);
+    for part in [ALGORITHM, "\n", amz_date, "\n", scope, "\n", &hash] {
+        sts.push_str(part);
+    }
+    sts
 }
 
 /// The hex signature of `string_to_sign` with the signing key of `secret` on
