@@ -312,12 +312,12 @@ fn format_line(line: &AccessLine, format: LogFormat, out: &mut Vec<u8>) {
 }
 
 fn text(line: &AccessLine, at: &str, out: &mut Vec<u8>) {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(400);
+    use std::io::Write as _;
+    // Written straight into the batch (a write to a `Vec` cannot fail).
     // Strings are written as Rust debug strings (quoted, escaped), as
     // tracing's formatter writes `&str` fields: a tenant name cannot break a line.
     let _ = write!(
-        s,
+        out,
         "{at}  INFO access: request_id={} tenant={:?} route={:?} operation={:?} status={} \
          cache={:?} outcome={:?} attempts={} target={:?} upstream={:?} served_model={:?} \
          tier={:?} service_tier={:?} invoked_model={:?} input_tokens={} output_tokens={} \
@@ -343,10 +343,9 @@ fn text(line: &AccessLine, at: &str, out: &mut Vec<u8>) {
         line.duration_ms,
     );
     if let Some(e) = &line.error {
-        let _ = write!(s, " error={e:?}");
+        let _ = write!(out, " error={e:?}");
     }
-    s.push('\n');
-    out.extend_from_slice(s.as_bytes());
+    out.push(b'\n');
 }
 
 #[derive(serde::Serialize)]
