@@ -36,16 +36,21 @@
 pub mod ledger;
 pub mod registry;
 pub mod settle;
+pub mod survey;
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+#[cfg(test)]
+use serde_json::{json, Map};
 use std::sync::Arc;
 
 use crate::catalog::ModelInfo;
 use crate::config::{CachePosition, CacheTtl, PromptCacheConfig, PromptCacheMode};
+#[cfg(test)]
 use bedrock_wire::tokens;
 
 pub use ledger::Hold;
 pub use registry::{LedgerKey, PrefixRegistry};
+pub use survey::Survey;
 
 /// Why a position got no cache point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,28 +197,34 @@ pub struct Prefixes {
     pub user_turns: usize,
 }
 
+#[cfg(test)]
 fn array<'a>(v: &'a Value, key: &str) -> &'a [Value] {
     v.get(key)
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice)
 }
 
+#[cfg(test)]
 fn is_point(v: &Value) -> bool {
     v.get("cachePoint").is_some()
 }
 
+#[cfg(test)]
 fn has_control(v: &Value) -> bool {
     v.get("cache_control").is_some()
 }
 
+#[cfg(test)]
 /// Tools end, system end, whether each is there, and how a message is counted.
 type Sections = (u32, u32, bool, bool, fn(&Value) -> u32);
 
+#[cfg(test)]
 /// A test on one block (is it a marker, does it ask for the hour).
 type Test = fn(&Value) -> bool;
 
 impl Prefixes {
     /// Measures a body.
+    #[cfg(test)]
     pub fn of(body: &Value, format: Format) -> Prefixes {
         let messages = array(body, "messages");
         let user_turns = messages.iter().filter(|m| m["role"] == "user").count();
@@ -304,17 +315,8 @@ fn order_of(position: CachePosition, messages: usize) -> Order {
     }
 }
 
-/// The client's own markers.
-#[derive(Debug, Default)]
-struct ClientMarks {
-    count: u32,
-    /// Whether tools, system, the first message and the last message end with one.
-    ends: [bool; 4],
-    /// Each marker's place and whether it asks for the hour.
-    ttls: Vec<(Order, bool)>,
-}
-
-fn client_marks(body: &Value, format: Format) -> ClientMarks {
+#[cfg(test)]
+pub(crate) fn client_marks(body: &Value, format: Format) -> survey::ClientMarks {
     let (tools, marked, one_hour): (&[Value], Test, Test) = match format {
         Format::Converse => (
             body.get("toolConfig")
@@ -328,7 +330,7 @@ fn client_marks(body: &Value, format: Format) -> ClientMarks {
     };
     let system = array(body, "system");
     let messages = array(body, "messages");
-    let mut marks = ClientMarks::default();
+    let mut marks = survey::ClientMarks::default();
     let mut note = |list: &[Value], section: u8, base: u64| {
         for (i, v) in list.iter().enumerate() {
             if marked(v) {
@@ -353,7 +355,7 @@ fn client_marks(body: &Value, format: Format) -> ClientMarks {
     marks
 }
 
-fn index(position: CachePosition) -> usize {
+pub(crate) fn index(position: CachePosition) -> usize {
     match position {
         CachePosition::Tools => 0,
         CachePosition::System => 1,
@@ -408,18 +410,16 @@ pub fn sightings_needed(model: &ModelInfo, policy: &PromptCacheConfig) -> u64 {
     }
 }
 
-/// Decides where cache points go in `body`, whose section sizes are
-/// `prefixes` ([`Prefixes::of`] the same body), from what the registry
-/// `observed`; [`apply`] puts them there. The body is only read, so a request
-/// is copied only when something is injected.
+/// Decides where cache points go in the body `survey` read, from what the
+/// registry `observed`; [`Survey::planned`] puts them there. The body is only
+/// read, so a request is copied only when something is injected.
 pub fn decide(
-    body: &Value,
-    format: Format,
+    survey: &Survey,
     model: Option<&ModelInfo>,
     policy: &PromptCacheConfig,
     observed: &Observations,
-    prefixes: Prefixes,
 ) -> Plan {
+    let prefixes = survey.prefixes;
     let mut plan = Plan::default();
     if policy.mode == PromptCacheMode::Off {
         return plan;
@@ -440,7 +440,7 @@ pub fn decide(
             .collect();
         return plan;
     };
-    let client = client_marks(body, format);
+    let client = &survey.client;
     let budget = model.max_cache_points.saturating_sub(client.count) as usize;
     let needed = sightings_needed(model, policy);
     let auto = policy.mode == PromptCacheMode::Auto;
@@ -553,6 +553,7 @@ fn order_ttls(points: &mut [(Order, Point)], client: &[(Order, bool)], one_hour_
     }
 }
 
+#[cfg(test)]
 /// Puts the cache points `plan` decided into `body`.
 pub fn apply(body: &mut Value, format: Format, plan: &Plan) {
     for point in &plan.injected {
@@ -563,6 +564,7 @@ pub fn apply(body: &mut Value, format: Format, plan: &Plan) {
     }
 }
 
+#[cfg(test)]
 fn cache_point(ttl_1h: bool) -> Value {
     let mut point = Map::new();
     point.insert("type".into(), "default".into());
@@ -572,6 +574,7 @@ fn cache_point(ttl_1h: bool) -> Value {
     json!({ "cachePoint": point })
 }
 
+#[cfg(test)]
 fn cache_control(ttl_1h: bool) -> Value {
     if ttl_1h {
         json!({"type": "ephemeral", "ttl": "1h"})
@@ -580,6 +583,7 @@ fn cache_control(ttl_1h: bool) -> Value {
     }
 }
 
+#[cfg(test)]
 fn mark_converse(body: &mut Value, position: CachePosition, ttl_1h: bool) {
     let list = match position {
         CachePosition::Tools => body.get_mut("toolConfig").and_then(|t| t.get_mut("tools")),
@@ -600,6 +604,7 @@ fn mark_converse(body: &mut Value, position: CachePosition, ttl_1h: bool) {
     }
 }
 
+#[cfg(test)]
 /// Puts `cache_control` on the last block of `value`, turning a plain string
 /// into one text block first.
 fn mark_last_block(value: &mut Value, ttl_1h: bool) {
@@ -615,6 +620,7 @@ fn mark_last_block(value: &mut Value, ttl_1h: bool) {
     }
 }
 
+#[cfg(test)]
 fn mark_anthropic(body: &mut Value, position: CachePosition, ttl_1h: bool) {
     match position {
         CachePosition::Tools => {

@@ -19,10 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::ledger::{field, usd, Fields, Update};
+#[cfg(test)]
 use super::Format;
 use crate::config::CachePosition;
 use crate::shared::RedisTier;
 use crate::support::{lock, Clock};
+#[cfg(test)]
 use bedrock_wire::canonical;
 
 /// Applies an [`Update`] to a ledger hash the way [`Fields::apply`] does, sets
@@ -116,6 +118,7 @@ pub struct PrefixRegistry {
 /// Route, model, tenant.
 type TotalsKey = (Arc<str>, String, Arc<str>);
 
+#[cfg(test)]
 /// The canonical digest of a body up to the end of one section, cache markers
 /// excluded: tools; tools and system; tools, system and the first message (for
 /// `head` and `conversation`, which a conversation's turns share). `None` when
@@ -151,6 +154,7 @@ pub fn section_digest(body: &Value, format: Format, section: CachePosition) -> O
     Some(h.finalize().into())
 }
 
+#[cfg(test)]
 fn hash_content(content: &Value, h: &mut Sha256, buf: &mut Vec<u8>) {
     match content {
         Value::Array(items) => {

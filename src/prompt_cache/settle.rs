@@ -14,18 +14,22 @@
 //! points count toward the totals but teach nothing: the planner never touches
 //! those points.
 
+#[cfg(test)]
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::ledger::{bucket, field, Prices, Update};
 use super::registry::{LedgerKey, Totals};
-use super::{Format, Observed, Plan, PrefixRegistry, Prefixes};
+#[cfg(test)]
+use super::Format;
+use super::{Observed, Plan, PrefixRegistry, Survey};
 use crate::answer::UsageSink;
 use crate::catalog::ModelInfo;
 use crate::config::CachePosition;
 use bedrock_wire::converse::{Summary, Usage};
 use bedrock_wire::tier::LatencyTier;
+#[cfg(test)]
 use bedrock_wire::tokens;
 
 /// A share smaller than this part of its segment is estimation noise, not a
@@ -68,9 +72,10 @@ struct Share {
     write_1h: f64,
 }
 
+#[cfg(test)]
 /// The token end of each of the client's own markers, in cache order, with
 /// whether it asks for the hour.
-fn client_marks(body: &Value, format: Format) -> Vec<(u32, bool)> {
+pub(crate) fn client_marks(body: &Value, format: Format) -> Vec<(u32, bool)> {
     let mut out = Vec::new();
     let mut at = 0u32;
     let empty = json!({"content": []});
@@ -132,7 +137,7 @@ fn client_marks(body: &Value, format: Format) -> Vec<(u32, bool)> {
 
 impl Settlement {
     /// The settlement of an attempt whose plan is `plan`, made from the
-    /// client's `body` measured as `prefixes`; `observed` names the ledgers of
+    /// client's body as `survey` read it; `observed` names the ledgers of
     /// the planned positions (none when the attempt goes to another model than
     /// the one observed: nothing is learned from it).
     #[allow(clippy::too_many_arguments)]
@@ -142,15 +147,15 @@ impl Settlement {
         tenant: Arc<str>,
         model: Arc<ModelInfo>,
         window: Duration,
-        body: &Value,
-        format: Format,
-        prefixes: Prefixes,
+        survey: &Survey,
         plan: &Plan,
         observed: Option<&super::Observations>,
     ) -> Settlement {
-        let mut marks: Vec<Mark> = client_marks(body, format)
-            .into_iter()
-            .map(|(end, ttl_1h)| Mark {
+        let prefixes = survey.prefixes;
+        let mut marks: Vec<Mark> = survey
+            .settle
+            .iter()
+            .map(|&(end, ttl_1h)| Mark {
                 end,
                 ttl_1h,
                 ours: None,
@@ -460,7 +465,8 @@ mod tests {
     fn the_clients_own_points_teach_nothing() {
         let body = json!({"system": [{"text": "x".repeat(12_000)}, {"cachePoint": {"type": "default", "ttl": "1h"}}],
             "messages": [{"role": "user", "content": [{"text": "hi"}]}]});
-        let prefixes = Prefixes::of(&body, Format::Converse);
+        let json = crate::json_body::JsonBody::from_value(body);
+        let survey = Survey::of(&json, Format::Converse);
         let s = Settlement::new(
             Arc::new(PrefixRegistry::new(
                 10,
@@ -472,9 +478,7 @@ mod tests {
             Arc::from("t"),
             Catalog::embedded().get(HAIKU).unwrap().model.clone(),
             Duration::from_secs(600),
-            &body,
-            Format::Converse,
-            prefixes,
+            &survey,
             &Plan {
                 injected: vec![],
                 skipped: vec![],
