@@ -357,68 +357,6 @@ pub(super) fn prepare(
     }
 }
 
-#[cfg(test)]
-/// The text of `json` with `plan`'s cache points and the `tiers` edit. The
-/// points go at the ends of the tools, the system prompt and the first and
-/// last messages, so only those are copied and edited: the messages between
-/// are written from the client's tree, never cloned.
-pub(crate) fn planned_body(
-    json: &Value,
-    format: prompt_cache::Format,
-    plan: &prompt_cache::Plan,
-    tiers: &dyn Fn(&mut Value),
-) -> Bytes {
-    let Some(members) = json.as_object() else {
-        return Bytes::new();
-    };
-    let middle: &[Value] = match members.get("messages").and_then(Value::as_array) {
-        Some(m) if m.len() > 2 => &m[1..m.len() - 1],
-        _ => &[],
-    };
-    let mut skeleton = serde_json::Map::new();
-    for (name, value) in members {
-        let value = match value.as_array() {
-            Some(m) if name == "messages" && !middle.is_empty() => {
-                Value::Array(vec![m[0].clone(), m[m.len() - 1].clone()])
-            }
-            _ => value.clone(),
-        };
-        skeleton.insert(name.clone(), value);
-    }
-    let mut skeleton = Value::Object(skeleton);
-    prompt_cache::apply(&mut skeleton, format, plan);
-    tiers(&mut skeleton);
-    let mut out = Vec::with_capacity(512);
-    let write = |out: &mut Vec<u8>, v: &Value| {
-        // Writing a Value to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, v);
-    };
-    out.push(b'{');
-    for (i, (name, value)) in skeleton.as_object().into_iter().flatten().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write(&mut out, &Value::String(name.clone()));
-        out.push(b':');
-        match value.as_array() {
-            Some(ends) if name == "messages" && !middle.is_empty() && ends.len() == 2 => {
-                out.push(b'[');
-                write(&mut out, &ends[0]);
-                for message in middle {
-                    out.push(b',');
-                    write(&mut out, message);
-                }
-                out.push(b',');
-                write(&mut out, &ends[1]);
-                out.push(b']');
-            }
-            _ => write(&mut out, value),
-        }
-    }
-    out.push(b'}');
-    Bytes::from(out)
-}
-
 /// What a fallback to another model may use of an observation: its sightings.
 fn sightings_only(o: &Observed) -> Observed {
     Observed {
@@ -426,60 +364,5 @@ fn sightings_only(o: &Observed) -> Observed {
         reads_per_write: 1.0,
         first_write: true,
         ..Observed::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::CachePosition;
-    use crate::prompt_cache::{Format, Plan, Point};
-    use serde_json::json;
-
-    #[test]
-    fn a_planned_body_is_the_tree_edited_without_copying_the_middle() {
-        let message = |i: usize| {
-            json!({"role": if i % 2 == 0 { "user" } else { "assistant" },
-                   "content": [{"text": format!("message {i}")}]})
-        };
-        let all = [
-            CachePosition::Tools,
-            CachePosition::System,
-            CachePosition::Head,
-            CachePosition::Conversation,
-        ];
-        for n in [1, 2, 3, 7] {
-            for format in [Format::Converse, Format::Anthropic] {
-                let body = json!({
-                    "toolConfig": {"tools": [{"toolSpec": {"name": "t"}}]},
-                    "tools": [{"name": "t"}],
-                    "system": [{"text": "be brief"}],
-                    "messages": (0..n).map(message).collect::<Vec<_>>(),
-                    "inferenceConfig": {"maxTokens": 5},
-                });
-                let plan = Plan {
-                    injected: all
-                        .iter()
-                        .map(|&position| Point {
-                            position,
-                            ttl_1h: position == CachePosition::Tools,
-                        })
-                        .collect(),
-                    skipped: Vec::new(),
-                };
-                let tiers = |v: &mut Value| {
-                    crate::latency::apply_converse(v, bedrock_wire::tier::LatencyTier::Optimized)
-                };
-                let mut wanted = body.clone();
-                prompt_cache::apply(&mut wanted, format, &plan);
-                tiers(&mut wanted);
-                let got = planned_body(&body, format, &plan, &tiers);
-                assert_eq!(
-                    std::str::from_utf8(&got).unwrap(),
-                    wanted.to_string(),
-                    "{n} messages, {format:?}"
-                );
-            }
-        }
     }
 }

@@ -14,23 +14,17 @@
 //! points count toward the totals but teach nothing: the planner never touches
 //! those points.
 
-#[cfg(test)]
-use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::ledger::{bucket, field, Prices, Update};
 use super::registry::{LedgerKey, Totals};
-#[cfg(test)]
-use super::Format;
 use super::{Observed, Plan, PrefixRegistry, Survey};
 use crate::answer::UsageSink;
 use crate::catalog::ModelInfo;
 use crate::config::CachePosition;
 use bedrock_wire::converse::{Summary, Usage};
 use bedrock_wire::tier::LatencyTier;
-#[cfg(test)]
-use bedrock_wire::tokens;
 
 /// A share smaller than this part of its segment is estimation noise, not a
 /// write or read event (its tokens and dollars still count).
@@ -70,69 +64,6 @@ struct Share {
     read: f64,
     write_5m: f64,
     write_1h: f64,
-}
-
-#[cfg(test)]
-/// The token end of each of the client's own markers, in cache order, with
-/// whether it asks for the hour.
-pub(crate) fn client_marks(body: &Value, format: Format) -> Vec<(u32, bool)> {
-    let mut out = Vec::new();
-    let mut at = 0u32;
-    let empty = json!({"content": []});
-    match format {
-        Format::Converse => {
-            for tool in body["toolConfig"]["tools"].as_array().into_iter().flatten() {
-                at += tokens::converse_tool(tool);
-                if tool.get("cachePoint").is_some() {
-                    out.push((at, tool["cachePoint"]["ttl"] == "1h"));
-                }
-            }
-            for block in body["system"].as_array().into_iter().flatten() {
-                at += tokens::converse_block(block);
-                if block.get("cachePoint").is_some() {
-                    out.push((at, block["cachePoint"]["ttl"] == "1h"));
-                }
-            }
-            let overhead = tokens::converse_message(&empty);
-            for m in body["messages"].as_array().into_iter().flatten() {
-                at += overhead;
-                for block in m["content"].as_array().into_iter().flatten() {
-                    at += tokens::converse_block(block);
-                    if block.get("cachePoint").is_some() {
-                        out.push((at, block["cachePoint"]["ttl"] == "1h"));
-                    }
-                }
-            }
-        }
-        Format::Anthropic => {
-            let mut blocks = |list: &Value, at: &mut u32, tool: bool| {
-                for block in list.as_array().into_iter().flatten() {
-                    *at += if tool {
-                        tokens::anthropic_tool(block)
-                    } else {
-                        tokens::anthropic_block(block)
-                    };
-                    if block.get("cache_control").is_some() {
-                        out.push((*at, block["cache_control"]["ttl"] == "1h"));
-                    }
-                }
-            };
-            blocks(&body["tools"], &mut at, true);
-            match &body["system"] {
-                Value::String(s) => at += tokens::text(s),
-                system => blocks(system, &mut at, false),
-            }
-            let overhead = tokens::anthropic_message(&empty);
-            for m in body["messages"].as_array().into_iter().flatten() {
-                at += overhead;
-                match &m["content"] {
-                    Value::String(s) => at += tokens::text(s),
-                    content => blocks(content, &mut at, false),
-                }
-            }
-        }
-    }
-    out
 }
 
 impl Settlement {
@@ -352,7 +283,8 @@ impl UsageSink for Settlement {
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
-    use crate::prompt_cache::Observations;
+    use crate::prompt_cache::{Format, Observations};
+    use serde_json::json;
 
     const HAIKU: &str = "us.anthropic.claude-3-5-haiku-20241022-v1:0";
 

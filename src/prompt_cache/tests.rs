@@ -39,6 +39,13 @@ fn request(system_tokens: usize, turns: usize) -> Value {
     json!({"system": [{"text": text(system_tokens)}], "messages": messages})
 }
 
+impl Prefixes {
+    /// The sizes the survey reads of `body`.
+    fn of(body: &Value, format: Format) -> Prefixes {
+        Survey::of(&JsonBody::from_value(body.clone()), format).prefixes
+    }
+}
+
 /// Tools and system prompt seen `n` times, nothing learned yet.
 fn seen(n: u64) -> Observations {
     let seen = || {
