@@ -121,8 +121,8 @@ struct Walk {
 }
 
 impl Walk {
-    /// Notes block `i` of a list in `section` (`base`: the list's first
-    /// block's place), whose tokens are `tokens`; whether it is a marker.
+    /// Notes one block (or tool) of `section` at `place` in cache order,
+    /// whose tokens are `tokens`; whether it is a client's marker.
     fn block(&mut self, v: &Value, tokens: u32, section: u8, place: u64) -> bool {
         self.at = self.at.saturating_add(tokens);
         let marked = marked(self.format, v);
