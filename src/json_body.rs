@@ -242,16 +242,24 @@ impl JsonBody {
         });
     }
 
-    /// The body's text (checked as UTF-8 when the body was made).
-    pub fn text(&self) -> &str {
-        std::str::from_utf8(&self.raw).unwrap_or_default()
+    /// The text at `span` of [`JsonBody::raw`] (only that part is checked as
+    /// UTF-8, which the whole body was when it was made).
+    pub fn text_at(&self, span: std::ops::Range<usize>) -> Option<&str> {
+        std::str::from_utf8(self.raw.get(span)?).ok()
+    }
+
+    /// Where `text`, a slice of [`JsonBody::raw`] (from [`JsonBody::member_text`]
+    /// and what was read from it), is in it.
+    pub fn span_of(&self, text: &str) -> std::ops::Range<usize> {
+        let start = (text.as_ptr() as usize).saturating_sub(self.raw.as_ptr() as usize);
+        start..start + text.len()
     }
 
     /// The text of the top-level member `name` (the last of a repeated name,
-    /// as in a tree), a slice of [`JsonBody::text`]; never builds the tree.
+    /// as in a tree), a slice of [`JsonBody::raw`]; never builds the tree.
     pub fn member_text(&self, name: &str) -> Option<&str> {
         let (_, span) = self.names.iter().rev().find(|(n, _)| n == name)?;
-        self.text().get(span.clone())
+        self.text_at(span.clone())
     }
 
     /// The body's text with `edits` (spans of [`JsonBody::raw`], empty to

@@ -139,8 +139,7 @@ impl Walk {
 impl Survey {
     /// Reads `body`'s prompt sections as `format` lays them out.
     pub fn of(body: &JsonBody, format: Format) -> Survey {
-        let text = body.text();
-        let at = |raw: &RawValue| span_in(text, raw);
+        let at = |raw: &RawValue| body.span_of(raw.get());
         let mut walk = Walk {
             format,
             client: ClientMarks::default(),
@@ -329,7 +328,6 @@ impl Survey {
         plan: &Plan,
         edit: impl FnOnce(&mut Value),
     ) -> bytes::Bytes {
-        let text = body.text();
         let mut edits: Vec<(Range<usize>, String)> = Vec::new();
         // Lists already given a point (only a plan no planner makes puts two
         // in one list: the first and last message of a one-message body).
@@ -342,7 +340,8 @@ impl Survey {
             done.push(span.clone());
             match self.format {
                 Format::Converse => {
-                    let Some(list) = text.get(span.clone()).filter(|l| l.starts_with('[')) else {
+                    let Some(list) = body.text_at(span.clone()).filter(|l| l.starts_with('['))
+                    else {
                         continue;
                     };
                     let end = span.end - 1;
@@ -354,7 +353,7 @@ impl Survey {
                     if again {
                         edits.retain(|(r, _)| !(span.start <= r.start && r.end <= span.end));
                     }
-                    edits.extend(mark_last_block(text, span, point.ttl_1h));
+                    edits.extend(mark_last_block(body, span, point.ttl_1h));
                 }
             }
         }
@@ -362,10 +361,14 @@ impl Survey {
     }
 }
 
-/// The edits of `text` that put `cache_control` on the last block of the
+/// The edits of `body`'s text that put `cache_control` on the last block of the
 /// value at `span`, turning a plain string into one text block first.
-fn mark_last_block(text: &str, span: Range<usize>, ttl_1h: bool) -> Vec<(Range<usize>, String)> {
-    let Some(value) = text.get(span.clone()) else {
+fn mark_last_block(
+    body: &JsonBody,
+    span: Range<usize>,
+    ttl_1h: bool,
+) -> Vec<(Range<usize>, String)> {
+    let Some(value) = body.text_at(span.clone()) else {
         return Vec::new();
     };
     let marker = cache_control(ttl_1h).to_string();
@@ -389,19 +392,13 @@ fn mark_last_block(text: &str, span: Range<usize>, ttl_1h: bool) -> Vec<(Range<u
     // A marker already there is replaced where it is, as setting a key of a
     // parsed object would.
     match json_body::member(block.get(), "cache_control") {
-        Some(old) => vec![(span_in(text, old), marker)],
+        Some(old) => vec![(body.span_of(old.get()), marker)],
         None => {
-            let end = span_in(text, block).end - 1;
+            let end = body.span_of(block.get()).end - 1;
             let comma = if is_empty(block.get()) { "" } else { "," };
             vec![(end..end, format!(r#"{comma}"cache_control":{marker}"#))]
         }
     }
-}
-
-/// Where `raw`, a slice of `text`, is in it.
-fn span_in(text: &str, raw: &RawValue) -> Range<usize> {
-    let start = (raw.get().as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
-    start..start + raw.get().len()
 }
 
 /// Whether array or object text has nothing between its brackets.
