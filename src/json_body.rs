@@ -2,16 +2,18 @@
 //! validated once (UTF-8, nesting, syntax, an object), its few small top-level
 //! members that every request may read ([`HEAD_MEMBERS`]: tiers, temperature,
 //! guardrail) kept parsed, and the whole tree built only when a stage asks for
-//! it ([`JsonBody::tree`]: prompt-cache planning, token estimates, translation,
-//! traces that capture content), then shared by every stage of the call.
+//! it ([`JsonBody::tree`]: translation, traces that capture content), then
+//! shared by every stage of the call. Stages that walk a long member (token
+//! estimates, prompt-cache planning) read it element by element from the text
+//! ([`JsonBody::member_text`], [`each_element`], [`member`]).
 //!
 //! A `serde_json::Value` of many small objects costs 10 to 20 times its text;
 //! a call that no stage reads goes out as the bytes the client sent, and edits
-//! of head members (the tiers the planners set) are spliced into the text
-//! without building the tree.
+//! (the tiers the planners set, the prompt-cache points) are spliced into the
+//! text without building the tree ([`JsonBody::edited`], [`JsonBody::spliced`]).
 
 use bytes::Bytes;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
@@ -43,8 +45,7 @@ pub struct JsonBody {
     raw: Bytes,
     /// The [`HEAD_MEMBERS`] present, parsed (an object).
     head: Value,
-    /// Every top-level member's name and where its text is in `raw`, in order
-    /// (empty spans for a body built from a tree, whose tree is kept).
+    /// Every top-level member's name and where its text is in `raw`, in order.
     names: Vec<(String, std::ops::Range<usize>)>,
     tree: OnceLock<Value>,
 }
@@ -172,7 +173,8 @@ impl JsonBody {
     /// A body the proxy built (a translation): its text and tree, both kept.
     pub fn from_value(tree: Value) -> JsonBody {
         let raw = Bytes::from(tree.to_string());
-        let (head, names) = head_of_tree(&tree);
+        let head = head_of_tree(&tree);
+        let names = names_in(&raw);
         JsonBody {
             raw,
             head,
@@ -230,14 +232,64 @@ impl JsonBody {
         let Some(text) = self.raw.get(span.clone()) else {
             return;
         };
-        let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(text) else {
+        let Ok(text) = std::str::from_utf8(text) else {
             return;
         };
-        for item in items {
+        each_element(text, |item| {
             if let Ok(value) = serde_json::from_str::<Value>(item.get()) {
                 f(&value);
             }
+        });
+    }
+
+    /// The text at `span` of [`JsonBody::raw`] (only that part is checked as
+    /// UTF-8, which the whole body was when it was made).
+    pub fn text_at(&self, span: std::ops::Range<usize>) -> Option<&str> {
+        std::str::from_utf8(self.raw.get(span)?).ok()
+    }
+
+    /// Where `text`, a slice of [`JsonBody::raw`] (from [`JsonBody::member_text`]
+    /// and what was read from it), is in it.
+    pub fn span_of(&self, text: &str) -> std::ops::Range<usize> {
+        let start = (text.as_ptr() as usize).saturating_sub(self.raw.as_ptr() as usize);
+        start..start + text.len()
+    }
+
+    /// The text of the top-level member `name` (the last of a repeated name,
+    /// as in a tree), a slice of [`JsonBody::raw`]; never builds the tree.
+    pub fn member_text(&self, name: &str) -> Option<&str> {
+        let (_, span) = self.names.iter().rev().find(|(n, _)| n == name)?;
+        self.text_at(span.clone())
+    }
+
+    /// The body's text with `edits` (spans of [`JsonBody::raw`], empty to
+    /// insert, and the text to put there; spans that overlap an earlier one
+    /// are left out) and then `edit`'s head changes, as [`JsonBody::edited`]
+    /// makes them: everything else goes out as it came.
+    pub fn spliced(
+        &self,
+        mut edits: Vec<(std::ops::Range<usize>, String)>,
+        edit: impl FnOnce(&mut Value),
+    ) -> Bytes {
+        edits.sort_by_key(|(span, _)| (span.start, span.end));
+        let added: usize = edits.iter().map(|(_, text)| text.len()).sum();
+        let mut out = Vec::with_capacity(self.raw.len() + added);
+        let mut from = 0;
+        for (span, text) in &edits {
+            if span.start < from || span.end < span.start || span.end > self.raw.len() {
+                continue;
+            }
+            out.extend_from_slice(self.raw.get(from..span.start).unwrap_or_default());
+            out.extend_from_slice(text.as_bytes());
+            from = span.end;
         }
+        out.extend_from_slice(self.raw.get(from..).unwrap_or_default());
+        let mut head = self.head.clone();
+        edit(&mut head);
+        if head == self.head {
+            return Bytes::from(out);
+        }
+        splice(&out, &self.head, &head)
     }
 
     /// The whole body parsed, built on first use and shared after.
@@ -282,16 +334,11 @@ impl JsonBody {
         if let Some(tree) = self.tree.get_mut() {
             apply_head(tree, &self.head, &head);
             self.raw = Bytes::from(tree.to_string());
-            (self.head, self.names) = head_of_tree(tree);
+            self.head = head_of_tree(tree);
+            self.names = names_in(&self.raw);
         } else {
             let raw = splice(&self.raw, &self.head, &head);
-            if let Ok(members) = serde_json::from_slice::<Members<'_>>(&raw) {
-                self.names = members
-                    .0
-                    .iter()
-                    .map(|(n, v)| (n.clone(), span(&raw, v)))
-                    .collect();
-            }
+            self.names = names_in(&raw);
             self.raw = raw;
             self.head = head;
         }
@@ -327,17 +374,76 @@ fn head_of(raw: &[u8], members: &[(String, &RawValue)]) -> Result<(Value, Names)
     Ok((Value::Object(head), names))
 }
 
-fn head_of_tree(tree: &Value) -> (Value, Names) {
+fn head_of_tree(tree: &Value) -> Value {
     let Some(obj) = tree.as_object() else {
-        return (Value::Object(Map::new()), Vec::new());
+        return Value::Object(Map::new());
     };
     let head = obj
         .iter()
         .filter(|(k, _)| HEAD_MEMBERS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let names = obj.keys().map(|k| (k.clone(), 0..0)).collect();
-    (Value::Object(head), names)
+    Value::Object(head)
+}
+
+/// Every top-level member's name and span in object text `raw` (none when it
+/// does not read as an object).
+fn names_in(raw: &[u8]) -> Names {
+    serde_json::from_slice::<Members<'_>>(raw)
+        .map(|members| {
+            members
+                .0
+                .iter()
+                .map(|(n, v)| (n.clone(), span(raw, v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The members of the JSON object `text` as their text, in order (a repeated
+/// name appears each time); `None` when `text` is not an object.
+pub fn members(text: &str) -> Option<Vec<(String, &RawValue)>> {
+    serde_json::from_str::<Members<'_>>(text).ok().map(|m| m.0)
+}
+
+/// The text of the member `name` of the JSON object `text` (the last of a
+/// repeated name, as in a tree); `None` when there is none or `text` is not
+/// an object.
+pub fn member<'a>(text: &'a str, name: &str) -> Option<&'a RawValue> {
+    members(text)?
+        .into_iter()
+        .rev()
+        .find_map(|(n, v)| (n == name).then_some(v))
+}
+
+/// Calls `f` with the text of each element of the JSON array `text`, in
+/// order, one at a time: nothing collects them, so a long array costs no more
+/// than its longest element. False (and no call) when `text` is not an array.
+pub fn each_element<'a>(text: &'a str, mut f: impl FnMut(&'a RawValue)) -> bool {
+    struct Each<'f, F>(&'f mut F);
+    impl<'de, F: FnMut(&'de RawValue)> Visitor<'de> for Each<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                (self.0)(item);
+            }
+            Ok(())
+        }
+    }
+    impl<'de, F: FnMut(&'de RawValue)> DeserializeSeed<'de> for Each<'_, F> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_seq(self)
+        }
+    }
+    if !text.trim_start().starts_with('[') {
+        return false;
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    Each(&mut f).deserialize(&mut de).is_ok() && de.end().is_ok()
 }
 
 /// What an edit of the head did: members set (changed or added), in the new

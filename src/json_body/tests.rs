@@ -130,3 +130,73 @@ fn edits_agree_with_editing_the_tree() {
         assert_eq!(built.raw(), &Bytes::from(tree.to_string()));
     }
 }
+
+#[test]
+fn long_members_are_read_element_by_element_from_the_text() {
+    let b = body(
+        r#"{"messages": [ {"role":"user","content":"a"} , {"role":"user","content":"b"}, 7 ],
+            "toolConfig": {"tools": 1, "tools": [ ]},
+            "messages2": {}}"#,
+    );
+    let mut seen = Vec::new();
+    assert!(each_element(b.member_text("messages").unwrap(), |e| seen
+        .push(e.get().to_owned())));
+    assert_eq!(
+        seen,
+        [
+            r#"{"role":"user","content":"a"}"#,
+            r#"{"role":"user","content":"b"}"#,
+            "7"
+        ]
+    );
+    assert!(!each_element(b.member_text("messages2").unwrap(), |_| {}));
+    // The last of a repeated name counts, as in a tree.
+    let tools = member(b.member_text("toolConfig").unwrap(), "tools").unwrap();
+    assert_eq!(tools.get(), "[ ]");
+    assert!(member("[1]", "tools").is_none());
+    assert!(b.member_text("system").is_none());
+    assert!(!b.has_tree());
+}
+
+#[test]
+fn splices_go_where_they_are_put_and_the_head_edit_after() {
+    let text = r#"{"messages":[1, 2],"serviceTier":{"type":"flex"}}"#;
+    let b = body(text);
+    let end = text.find(']').unwrap();
+    let one = text.find('1').unwrap();
+    let spliced = b.spliced(
+        vec![(end..end, ",3".into()), (one..one + 1, "0".into())],
+        |_| {},
+    );
+    assert_eq!(
+        std::str::from_utf8(&spliced).unwrap(),
+        r#"{"messages":[0, 2,3],"serviceTier":{"type":"flex"}}"#
+    );
+    let spliced = b.spliced(vec![(end..end, ",3".into())], |head| {
+        crate::service_tier::apply_converse(head, bedrock_wire::tier::ServiceTier::Priority)
+    });
+    assert_eq!(
+        std::str::from_utf8(&spliced).unwrap(),
+        r#"{"messages":[1, 2,3],"serviceTier":{"type":"priority"}}"#
+    );
+    // Out of range, or overlapping one before it: left out, never a panic.
+    let spliced = b.spliced(
+        vec![
+            (0..text.len() + 5, "x".into()),
+            (end..end, ",3".into()),
+            (end - 1..end + 1, "9]".into()),
+        ],
+        |_| {},
+    );
+    assert_eq!(
+        std::str::from_utf8(&spliced).unwrap(),
+        r#"{"messages":[1, 9],"serviceTier":{"type":"flex"}}"#
+    );
+}
+
+#[test]
+fn a_body_the_proxy_built_locates_its_members_in_its_text() {
+    let built = JsonBody::from_value(json!({"system": [{"text": "s"}], "messages": []}));
+    assert_eq!(built.member_text("system"), Some(r#"[{"text":"s"}]"#));
+    assert_eq!(built.member_text("messages"), Some("[]"));
+}

@@ -35,7 +35,7 @@ use crate::config::{CacheMode, Replay, RouteCacheConfig, NEVER_CACHED_STOP_REASO
 use crate::error::{ProxyError, Side};
 use crate::json_body::JsonBody;
 use crate::metrics;
-use crate::prompt_cache::{PrefixRegistry, Prefixes};
+use crate::prompt_cache::{PrefixRegistry, Survey};
 use crate::route::Routed;
 use crate::runtime::Runtime;
 use crate::stream::{self, StreamReader};
@@ -489,14 +489,14 @@ async fn upstream(
 ) -> Result<Answer, ProxyError> {
     let route = &call.routed.route;
     let route_label = metrics::route_label(&route.name);
-    // The client's section sizes, measured once for the registry and every
-    // target's plan (routes with prompt caching on only: the others never
-    // build the body's tree for it).
-    let prefixes = (route.config.prompt_cache.mode != crate::config::PromptCacheMode::Off)
+    // The client's prompt sections, read once (from the text, element by
+    // element) for the registry and every target's plan, on routes with
+    // prompt caching on only.
+    let survey = (route.config.prompt_cache.mode != crate::config::PromptCacheMode::Off)
         .then(|| plan::plannable(call))
         .flatten()
-        .map(|(json, format)| Prefixes::of(json, format));
-    let observed = plan::observe_prefixes(rt, &pipeline.prefixes, call, prefixes).await;
+        .map(|(json, format)| Survey::of(json, format));
+    let observed = plan::observe_prefixes(rt, &pipeline.prefixes, call, survey.as_ref()).await;
     let targets = chain::targets(&rt.upstreams, route, &call.routed.upstream_model)?;
     // Targets that take chat requests get the call translated once, before
     // any upstream call: what the primary cannot take is the client's 400.
@@ -508,7 +508,7 @@ async fn upstream(
             call,
             target,
             &observed,
-            prefixes,
+            survey.as_ref(),
             &chat,
         )
     };

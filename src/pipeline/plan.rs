@@ -19,19 +19,20 @@ use crate::answer::Settle;
 use crate::chat::{self, ChatRequest};
 use crate::config::{CachePosition, CacheTtl, PromptCacheMode, UpstreamKind};
 use crate::error::ProxyError;
+use crate::json_body::JsonBody;
 use crate::latency;
 use crate::metrics;
 use crate::prompt_cache::ledger::{self, field, Prices, Sight, Update};
 use crate::prompt_cache::settle::Settlement;
-use crate::prompt_cache::{self, Observations, Observed, PrefixRegistry, Prefixes};
+use crate::prompt_cache::{self, Observations, Observed, PrefixRegistry, Survey};
 use crate::runtime::Runtime;
 use crate::service_tier;
 use crate::upstream::chain::{PlanNotes, Prepared, Target};
 use bedrock_wire::tier::{LatencyTier, ServiceTier};
 
 /// The body format the prompt-cache planner can mark in this call, if any,
-/// with the body's tree (built here when no stage has built it yet).
-pub(super) fn plannable(call: &Call) -> Option<(&Value, prompt_cache::Format)> {
+/// with the body (read from its text: the planner never builds its tree).
+pub(super) fn plannable(call: &Call) -> Option<(&JsonBody, prompt_cache::Format)> {
     let body = call.json.as_ref()?;
     let format = match call.op {
         Operation::Converse | Operation::ConverseStream => prompt_cache::Format::Converse,
@@ -40,7 +41,7 @@ pub(super) fn plannable(call: &Call) -> Option<(&Value, prompt_cache::Format)> {
         }
         Operation::CountTokens => return None,
     };
-    Some((body.tree(), format))
+    Some((body, format))
 }
 
 /// Records one sighting of each of the call's prefixes (tools, system prompt,
@@ -52,19 +53,17 @@ pub(super) async fn observe_prefixes(
     rt: &Runtime,
     registry: &PrefixRegistry,
     call: &Call,
-    prefixes: Option<Prefixes>,
+    survey: Option<&Survey>,
 ) -> Observations {
     let policy = &call.routed.route.config.prompt_cache;
     let mut observed = Observations::default();
     if policy.mode != PromptCacheMode::Auto && policy.ttl != CacheTtl::Auto {
         return observed;
     }
-    let Some(sizes) = prefixes else {
+    let Some(survey) = survey else {
         return observed;
     };
-    let Some((json, format)) = plannable(call) else {
-        return observed;
-    };
+    let sizes = survey.prefixes;
     let model_id = &call.routed.upstream_model;
     let Some(model) = prompt_cache::limits_for(&rt.catalog, model_id).filter(|m| m.prompt_cache)
     else {
@@ -94,7 +93,7 @@ pub(super) async fn observe_prefixes(
         {
             continue;
         }
-        let Some(digest) = prompt_cache::registry::section_digest(json, format, section) else {
+        let Some(digest) = survey.digest(section) else {
             continue;
         };
         let key = PrefixRegistry::prefix_key(tenant, &model.id, section, &digest, tokens);
@@ -211,7 +210,7 @@ pub(super) fn prepare(
     call: &Call,
     target: &Target,
     observed: &Observations,
-    prefixes: Option<Prefixes>,
+    survey: Option<&Survey>,
     chat: &Option<ChatRequest>,
 ) -> Prepared {
     let upstream = &target.upstream;
@@ -286,14 +285,14 @@ pub(super) fn prepare(
         }
     };
 
-    // The planners' edits: cache points (with the tiers) written from the
-    // tree the prompt-cache planner read, else the tiers spliced into the text.
+    // The planners' edits, spliced into the client's text: cache points (with
+    // the tiers), else the tiers alone.
     let mut edited: Option<Bytes> = None;
     let mut cache_points = 0;
     let mut settle = None;
     let policy = &route.config.prompt_cache;
-    let planned = prefixes.and_then(|p| plannable(call).map(|(json, format)| (json, format, p)));
-    if let Some((json, format, prefixes)) = planned {
+    let planned = survey.and_then(|survey| call.json.as_ref().map(|json| (json, survey)));
+    if let Some((json, survey)) = planned {
         // A prompt router is planned with its most restrictive model's limits.
         let model = prompt_cache::limits_for(&rt.catalog, &target.model);
         // What was observed is about the route's model: a fallback to another
@@ -311,7 +310,7 @@ pub(super) fn prepare(
             };
             &stripped
         };
-        let plan = prompt_cache::decide(json, format, model.as_deref(), policy, observed, prefixes);
+        let plan = prompt_cache::decide(survey, model.as_deref(), policy, observed);
         notes.injected = plan
             .injected
             .iter()
@@ -324,7 +323,7 @@ pub(super) fn prepare(
             .collect();
         cache_points = plan.injected.len() as u32;
         if cache_points > 0 {
-            edited = Some(planned_body(json, format, &plan, &tiers));
+            edited = Some(survey.planned(json, &plan, tiers));
         }
         if let Some(model) = model.filter(|m| m.prompt_cache) {
             settle = Some(Settle(Arc::new(Settlement::new(
@@ -333,9 +332,7 @@ pub(super) fn prepare(
                 call.principal.tenant.clone(),
                 model,
                 policy.window,
-                json,
-                format,
-                prefixes,
+                survey,
                 &plan,
                 same_model.then_some(observed),
             ))));
@@ -360,67 +357,6 @@ pub(super) fn prepare(
     }
 }
 
-/// The text of `json` with `plan`'s cache points and the `tiers` edit. The
-/// points go at the ends of the tools, the system prompt and the first and
-/// last messages, so only those are copied and edited: the messages between
-/// are written from the client's tree, never cloned.
-fn planned_body(
-    json: &Value,
-    format: prompt_cache::Format,
-    plan: &prompt_cache::Plan,
-    tiers: &dyn Fn(&mut Value),
-) -> Bytes {
-    let Some(members) = json.as_object() else {
-        return Bytes::new();
-    };
-    let middle: &[Value] = match members.get("messages").and_then(Value::as_array) {
-        Some(m) if m.len() > 2 => &m[1..m.len() - 1],
-        _ => &[],
-    };
-    let mut skeleton = serde_json::Map::new();
-    for (name, value) in members {
-        let value = match value.as_array() {
-            Some(m) if name == "messages" && !middle.is_empty() => {
-                Value::Array(vec![m[0].clone(), m[m.len() - 1].clone()])
-            }
-            _ => value.clone(),
-        };
-        skeleton.insert(name.clone(), value);
-    }
-    let mut skeleton = Value::Object(skeleton);
-    prompt_cache::apply(&mut skeleton, format, plan);
-    tiers(&mut skeleton);
-    let mut out = Vec::with_capacity(512);
-    let write = |out: &mut Vec<u8>, v: &Value| {
-        // Writing a Value to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, v);
-    };
-    out.push(b'{');
-    for (i, (name, value)) in skeleton.as_object().into_iter().flatten().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write(&mut out, &Value::String(name.clone()));
-        out.push(b':');
-        match value.as_array() {
-            Some(ends) if name == "messages" && !middle.is_empty() && ends.len() == 2 => {
-                out.push(b'[');
-                write(&mut out, &ends[0]);
-                for message in middle {
-                    out.push(b',');
-                    write(&mut out, message);
-                }
-                out.push(b',');
-                write(&mut out, &ends[1]);
-                out.push(b']');
-            }
-            _ => write(&mut out, value),
-        }
-    }
-    out.push(b'}');
-    Bytes::from(out)
-}
-
 /// What a fallback to another model may use of an observation: its sightings.
 fn sightings_only(o: &Observed) -> Observed {
     Observed {
@@ -428,60 +364,5 @@ fn sightings_only(o: &Observed) -> Observed {
         reads_per_write: 1.0,
         first_write: true,
         ..Observed::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::CachePosition;
-    use crate::prompt_cache::{Format, Plan, Point};
-    use serde_json::json;
-
-    #[test]
-    fn a_planned_body_is_the_tree_edited_without_copying_the_middle() {
-        let message = |i: usize| {
-            json!({"role": if i % 2 == 0 { "user" } else { "assistant" },
-                   "content": [{"text": format!("message {i}")}]})
-        };
-        let all = [
-            CachePosition::Tools,
-            CachePosition::System,
-            CachePosition::Head,
-            CachePosition::Conversation,
-        ];
-        for n in [1, 2, 3, 7] {
-            for format in [Format::Converse, Format::Anthropic] {
-                let body = json!({
-                    "toolConfig": {"tools": [{"toolSpec": {"name": "t"}}]},
-                    "tools": [{"name": "t"}],
-                    "system": [{"text": "be brief"}],
-                    "messages": (0..n).map(message).collect::<Vec<_>>(),
-                    "inferenceConfig": {"maxTokens": 5},
-                });
-                let plan = Plan {
-                    injected: all
-                        .iter()
-                        .map(|&position| Point {
-                            position,
-                            ttl_1h: position == CachePosition::Tools,
-                        })
-                        .collect(),
-                    skipped: Vec::new(),
-                };
-                let tiers = |v: &mut Value| {
-                    crate::latency::apply_converse(v, bedrock_wire::tier::LatencyTier::Optimized)
-                };
-                let mut wanted = body.clone();
-                prompt_cache::apply(&mut wanted, format, &plan);
-                tiers(&mut wanted);
-                let got = planned_body(&body, format, &plan, &tiers);
-                assert_eq!(
-                    std::str::from_utf8(&got).unwrap(),
-                    wanted.to_string(),
-                    "{n} messages, {format:?}"
-                );
-            }
-        }
     }
 }

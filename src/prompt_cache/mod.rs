@@ -32,20 +32,24 @@
 //! - [`registry`]: the ledgers of prefixes and classes, shared through Redis.
 //! - [`ledger`]: the arithmetic on them.
 //! - [`settle`]: a response's usage attributed to the points that caused it.
+//! - [`survey`]: what planning needs of a body, read from its text element by
+//!   element (never its whole tree), and the points spliced into that text.
 
 pub mod ledger;
 pub mod registry;
 pub mod settle;
+pub mod survey;
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 use crate::catalog::ModelInfo;
 use crate::config::{CachePosition, CacheTtl, PromptCacheConfig, PromptCacheMode};
-use bedrock_wire::tokens;
 
 pub use ledger::Hold;
 pub use registry::{LedgerKey, PrefixRegistry};
+use survey::Order;
+pub use survey::Survey;
 
 /// Why a position got no cache point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +182,8 @@ impl Format {
 }
 
 /// Token counts at the end of each section, in cache order (tools, then system,
-/// then messages), by the same estimator the simulator bills with.
+/// then messages), by the same estimator the simulator bills with (measured
+/// by [`Survey::of`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Prefixes {
     pub tools_end: u32,
@@ -192,80 +197,7 @@ pub struct Prefixes {
     pub user_turns: usize,
 }
 
-fn array<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
-}
-
-fn is_point(v: &Value) -> bool {
-    v.get("cachePoint").is_some()
-}
-
-fn has_control(v: &Value) -> bool {
-    v.get("cache_control").is_some()
-}
-
-/// Tools end, system end, whether each is there, and how a message is counted.
-type Sections = (u32, u32, bool, bool, fn(&Value) -> u32);
-
-/// A test on one block (is it a marker, does it ask for the hour).
-type Test = fn(&Value) -> bool;
-
 impl Prefixes {
-    /// Measures a body.
-    pub fn of(body: &Value, format: Format) -> Prefixes {
-        let messages = array(body, "messages");
-        let user_turns = messages.iter().filter(|m| m["role"] == "user").count();
-        let (tools_end, system_end, has_tools, has_system, message_tokens): Sections = match format
-        {
-            Format::Converse => {
-                let tools = body
-                    .get("toolConfig")
-                    .map_or(&[][..], |t| array(t, "tools"));
-                let system = array(body, "system");
-                let tools_end: u32 = tools.iter().map(tokens::converse_tool).sum();
-                let system_end = tools_end + system.iter().map(tokens::converse_block).sum::<u32>();
-                (
-                    tools_end,
-                    system_end,
-                    tools.iter().any(|t| !is_point(t)),
-                    system.iter().any(|b| !is_point(b)),
-                    tokens::converse_message,
-                )
-            }
-            Format::Anthropic => {
-                let tools = array(body, "tools");
-                let tools_end: u32 = tools.iter().map(tokens::anthropic_tool).sum();
-                let system = body.get("system").unwrap_or(&Value::Null);
-                let system_end = tools_end + tokens::anthropic_content(system);
-                let has_system = match system {
-                    Value::String(s) => !s.is_empty(),
-                    Value::Array(a) => !a.is_empty(),
-                    _ => false,
-                };
-                (
-                    tools_end,
-                    system_end,
-                    !tools.is_empty(),
-                    has_system,
-                    tokens::anthropic_message,
-                )
-            }
-        };
-        let head_end = system_end + messages.first().map_or(0, message_tokens);
-        Prefixes {
-            tools_end,
-            system_end,
-            head_end,
-            total: system_end + messages.iter().map(message_tokens).sum::<u32>(),
-            has_tools,
-            has_system,
-            messages: messages.len(),
-            user_turns,
-        }
-    }
-
     /// Estimated tokens up to the end of a position.
     pub fn at(&self, position: CachePosition) -> u32 {
         match position {
@@ -289,10 +221,6 @@ impl Prefixes {
     }
 }
 
-/// Where a marker sits in cache order: section (tools 0, system 1, messages 2),
-/// then block. Points the planner adds sit at the end of their block list.
-type Order = (u8, u64);
-
 const END: u64 = 999_999;
 
 fn order_of(position: CachePosition, messages: usize) -> Order {
@@ -304,56 +232,7 @@ fn order_of(position: CachePosition, messages: usize) -> Order {
     }
 }
 
-/// The client's own markers.
-#[derive(Debug, Default)]
-struct ClientMarks {
-    count: u32,
-    /// Whether tools, system, the first message and the last message end with one.
-    ends: [bool; 4],
-    /// Each marker's place and whether it asks for the hour.
-    ttls: Vec<(Order, bool)>,
-}
-
-fn client_marks(body: &Value, format: Format) -> ClientMarks {
-    let (tools, marked, one_hour): (&[Value], Test, Test) = match format {
-        Format::Converse => (
-            body.get("toolConfig")
-                .map_or(&[][..], |t| array(t, "tools")),
-            is_point,
-            |v| v["cachePoint"]["ttl"] == "1h",
-        ),
-        Format::Anthropic => (array(body, "tools"), has_control, |v| {
-            v["cache_control"]["ttl"] == "1h"
-        }),
-    };
-    let system = array(body, "system");
-    let messages = array(body, "messages");
-    let mut marks = ClientMarks::default();
-    let mut note = |list: &[Value], section: u8, base: u64| {
-        for (i, v) in list.iter().enumerate() {
-            if marked(v) {
-                marks.count += 1;
-                marks.ttls.push(((section, base + i as u64), one_hour(v)));
-            }
-        }
-    };
-    note(tools, 0, 0);
-    note(system, 1, 0);
-    for (i, m) in messages.iter().enumerate() {
-        note(array(m, "content"), 2, i as u64 * 1_000_000);
-    }
-    let ends_marked =
-        |m: Option<&Value>| m.is_some_and(|m| array(m, "content").last().is_some_and(marked));
-    marks.ends = [
-        tools.last().is_some_and(marked),
-        system.last().is_some_and(marked),
-        ends_marked(messages.first()),
-        ends_marked(messages.last()),
-    ];
-    marks
-}
-
-fn index(position: CachePosition) -> usize {
+pub(crate) fn index(position: CachePosition) -> usize {
     match position {
         CachePosition::Tools => 0,
         CachePosition::System => 1,
@@ -408,18 +287,16 @@ pub fn sightings_needed(model: &ModelInfo, policy: &PromptCacheConfig) -> u64 {
     }
 }
 
-/// Decides where cache points go in `body`, whose section sizes are
-/// `prefixes` ([`Prefixes::of`] the same body), from what the registry
-/// `observed`; [`apply`] puts them there. The body is only read, so a request
-/// is copied only when something is injected.
+/// Decides where cache points go in the body `survey` read, from what the
+/// registry `observed`; [`Survey::planned`] puts them there. The body is only
+/// read, so a request is copied only when something is injected.
 pub fn decide(
-    body: &Value,
-    format: Format,
+    survey: &Survey,
     model: Option<&ModelInfo>,
     policy: &PromptCacheConfig,
     observed: &Observations,
-    prefixes: Prefixes,
 ) -> Plan {
+    let prefixes = survey.prefixes;
     let mut plan = Plan::default();
     if policy.mode == PromptCacheMode::Off {
         return plan;
@@ -440,7 +317,7 @@ pub fn decide(
             .collect();
         return plan;
     };
-    let client = client_marks(body, format);
+    let client = &survey.client;
     let budget = model.max_cache_points.saturating_sub(client.count) as usize;
     let needed = sightings_needed(model, policy);
     let auto = policy.mode == PromptCacheMode::Auto;
@@ -549,99 +426,6 @@ fn order_ttls(points: &mut [(Order, Point)], client: &[(Order, bool)], one_hour_
         let capped = client.iter().any(|(c, hour)| *c < at && !hour);
         if later_hour && one_hour_offered && !capped {
             points[i].1.ttl_1h = true;
-        }
-    }
-}
-
-/// Puts the cache points `plan` decided into `body`.
-pub fn apply(body: &mut Value, format: Format, plan: &Plan) {
-    for point in &plan.injected {
-        match format {
-            Format::Converse => mark_converse(body, point.position, point.ttl_1h),
-            Format::Anthropic => mark_anthropic(body, point.position, point.ttl_1h),
-        }
-    }
-}
-
-fn cache_point(ttl_1h: bool) -> Value {
-    let mut point = Map::new();
-    point.insert("type".into(), "default".into());
-    if ttl_1h {
-        point.insert("ttl".into(), "1h".into());
-    }
-    json!({ "cachePoint": point })
-}
-
-fn cache_control(ttl_1h: bool) -> Value {
-    if ttl_1h {
-        json!({"type": "ephemeral", "ttl": "1h"})
-    } else {
-        json!({"type": "ephemeral"})
-    }
-}
-
-fn mark_converse(body: &mut Value, position: CachePosition, ttl_1h: bool) {
-    let list = match position {
-        CachePosition::Tools => body.get_mut("toolConfig").and_then(|t| t.get_mut("tools")),
-        CachePosition::System => body.get_mut("system"),
-        CachePosition::Head => body
-            .get_mut("messages")
-            .and_then(Value::as_array_mut)
-            .and_then(|m| m.first_mut())
-            .and_then(|m| m.get_mut("content")),
-        CachePosition::Conversation => body
-            .get_mut("messages")
-            .and_then(Value::as_array_mut)
-            .and_then(|m| m.last_mut())
-            .and_then(|m| m.get_mut("content")),
-    };
-    if let Some(list) = list.and_then(Value::as_array_mut) {
-        list.push(cache_point(ttl_1h));
-    }
-}
-
-/// Puts `cache_control` on the last block of `value`, turning a plain string
-/// into one text block first.
-fn mark_last_block(value: &mut Value, ttl_1h: bool) {
-    if let Value::String(text) = value {
-        *value = json!([{ "type": "text", "text": std::mem::take(text) }]);
-    }
-    if let Some(last) = value
-        .as_array_mut()
-        .and_then(|a| a.last_mut())
-        .and_then(Value::as_object_mut)
-    {
-        last.insert("cache_control".into(), cache_control(ttl_1h));
-    }
-}
-
-fn mark_anthropic(body: &mut Value, position: CachePosition, ttl_1h: bool) {
-    match position {
-        CachePosition::Tools => {
-            if let Some(tools) = body.get_mut("tools") {
-                mark_last_block(tools, ttl_1h);
-            }
-        }
-        CachePosition::System => {
-            if let Some(system) = body.get_mut("system") {
-                mark_last_block(system, ttl_1h);
-            }
-        }
-        CachePosition::Head | CachePosition::Conversation => {
-            if let Some(content) = body
-                .get_mut("messages")
-                .and_then(Value::as_array_mut)
-                .and_then(|m| {
-                    if position == CachePosition::Head {
-                        m.first_mut()
-                    } else {
-                        m.last_mut()
-                    }
-                })
-                .and_then(|m| m.get_mut("content"))
-            {
-                mark_last_block(content, ttl_1h);
-            }
         }
     }
 }

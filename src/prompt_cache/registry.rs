@@ -19,11 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::ledger::{field, usd, Fields, Update};
-use super::Format;
 use crate::config::CachePosition;
 use crate::shared::RedisTier;
 use crate::support::{lock, Clock};
-use bedrock_wire::canonical;
 
 /// Applies an [`Update`] to a ledger hash the way [`Fields::apply`] does, sets
 /// its expiry and returns all its fields. ARGV: now (-1: no sighting), window,
@@ -115,79 +113,6 @@ pub struct PrefixRegistry {
 
 /// Route, model, tenant.
 type TotalsKey = (Arc<str>, String, Arc<str>);
-
-/// The canonical digest of a body up to the end of one section, cache markers
-/// excluded: tools; tools and system; tools, system and the first message (for
-/// `head` and `conversation`, which a conversation's turns share). `None` when
-/// the body has no such section.
-pub fn section_digest(body: &Value, format: Format, section: CachePosition) -> Option<[u8; 32]> {
-    let tools = match format {
-        Format::Converse => body.get("toolConfig").and_then(|t| t.get("tools")),
-        Format::Anthropic => body.get("tools"),
-    };
-    let system = body.get("system");
-    let first = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .and_then(|m| m.first());
-    let parts: Vec<Option<&Value>> = match section {
-        CachePosition::Tools => vec![Some(tools?)],
-        CachePosition::System => vec![tools, Some(system?)],
-        CachePosition::Head | CachePosition::Conversation => {
-            vec![tools, system, Some(first?.get("content")?)]
-        }
-    };
-    let mut h = Sha256::new();
-    let mut buf = Vec::with_capacity(1024);
-    for part in parts {
-        match part {
-            None => h.update([0u8]),
-            Some(content) => {
-                h.update([1u8]);
-                hash_content(content, &mut h, &mut buf);
-            }
-        }
-    }
-    Some(h.finalize().into())
-}
-
-fn hash_content(content: &Value, h: &mut Sha256, buf: &mut Vec<u8>) {
-    match content {
-        Value::Array(items) => {
-            for item in items {
-                if item.get("cachePoint").is_some() {
-                    continue;
-                }
-                buf.clear();
-                match item.get("cache_control") {
-                    Some(_) => {
-                        let mut copy = item.clone();
-                        if let Some(o) = copy.as_object_mut() {
-                            o.remove("cache_control");
-                        }
-                        canonical::write(&copy, buf);
-                    }
-                    None => canonical::write(item, buf),
-                }
-                h.update((buf.len() as u64).to_be_bytes());
-                h.update(&buf[..]);
-            }
-        }
-        // A plain-string system prompt or message hashes like one text block,
-        // so the planner turning it into a block does not change the prefix.
-        Value::String(text) => {
-            buf.clear();
-            canonical::write(&json!({"type": "text", "text": text}), buf);
-            h.update((buf.len() as u64).to_be_bytes());
-            h.update(&buf[..]);
-        }
-        other => {
-            buf.clear();
-            canonical::write(other, buf);
-            h.update(&buf[..]);
-        }
-    }
-}
 
 fn id(parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -456,7 +381,14 @@ impl PrefixRegistry {
 #[cfg(test)]
 mod tests {
     use super::super::ledger::Sight;
+    use super::super::{Format, Survey};
     use super::*;
+    use crate::json_body::JsonBody;
+
+    /// The digest the survey of `body` gives `section`.
+    fn section_digest(body: &Value, format: Format, section: CachePosition) -> Option<[u8; 32]> {
+        Survey::of(&JsonBody::from_value(body.clone()), format).digest(section)
+    }
 
     fn registry(max: u64) -> PrefixRegistry {
         PrefixRegistry::new(max, Duration::from_secs(86_400), 1.0, None)

@@ -14,19 +14,17 @@
 //! points count toward the totals but teach nothing: the planner never touches
 //! those points.
 
-use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::ledger::{bucket, field, Prices, Update};
 use super::registry::{LedgerKey, Totals};
-use super::{Format, Observed, Plan, PrefixRegistry, Prefixes};
+use super::{Observed, Plan, PrefixRegistry, Survey};
 use crate::answer::UsageSink;
 use crate::catalog::ModelInfo;
 use crate::config::CachePosition;
 use bedrock_wire::converse::{Summary, Usage};
 use bedrock_wire::tier::LatencyTier;
-use bedrock_wire::tokens;
 
 /// A share smaller than this part of its segment is estimation noise, not a
 /// write or read event (its tokens and dollars still count).
@@ -68,71 +66,9 @@ struct Share {
     write_1h: f64,
 }
 
-/// The token end of each of the client's own markers, in cache order, with
-/// whether it asks for the hour.
-fn client_marks(body: &Value, format: Format) -> Vec<(u32, bool)> {
-    let mut out = Vec::new();
-    let mut at = 0u32;
-    let empty = json!({"content": []});
-    match format {
-        Format::Converse => {
-            for tool in body["toolConfig"]["tools"].as_array().into_iter().flatten() {
-                at += tokens::converse_tool(tool);
-                if tool.get("cachePoint").is_some() {
-                    out.push((at, tool["cachePoint"]["ttl"] == "1h"));
-                }
-            }
-            for block in body["system"].as_array().into_iter().flatten() {
-                at += tokens::converse_block(block);
-                if block.get("cachePoint").is_some() {
-                    out.push((at, block["cachePoint"]["ttl"] == "1h"));
-                }
-            }
-            let overhead = tokens::converse_message(&empty);
-            for m in body["messages"].as_array().into_iter().flatten() {
-                at += overhead;
-                for block in m["content"].as_array().into_iter().flatten() {
-                    at += tokens::converse_block(block);
-                    if block.get("cachePoint").is_some() {
-                        out.push((at, block["cachePoint"]["ttl"] == "1h"));
-                    }
-                }
-            }
-        }
-        Format::Anthropic => {
-            let mut blocks = |list: &Value, at: &mut u32, tool: bool| {
-                for block in list.as_array().into_iter().flatten() {
-                    *at += if tool {
-                        tokens::anthropic_tool(block)
-                    } else {
-                        tokens::anthropic_block(block)
-                    };
-                    if block.get("cache_control").is_some() {
-                        out.push((*at, block["cache_control"]["ttl"] == "1h"));
-                    }
-                }
-            };
-            blocks(&body["tools"], &mut at, true);
-            match &body["system"] {
-                Value::String(s) => at += tokens::text(s),
-                system => blocks(system, &mut at, false),
-            }
-            let overhead = tokens::anthropic_message(&empty);
-            for m in body["messages"].as_array().into_iter().flatten() {
-                at += overhead;
-                match &m["content"] {
-                    Value::String(s) => at += tokens::text(s),
-                    content => blocks(content, &mut at, false),
-                }
-            }
-        }
-    }
-    out
-}
-
 impl Settlement {
     /// The settlement of an attempt whose plan is `plan`, made from the
-    /// client's `body` measured as `prefixes`; `observed` names the ledgers of
+    /// client's body as `survey` read it; `observed` names the ledgers of
     /// the planned positions (none when the attempt goes to another model than
     /// the one observed: nothing is learned from it).
     #[allow(clippy::too_many_arguments)]
@@ -142,15 +78,15 @@ impl Settlement {
         tenant: Arc<str>,
         model: Arc<ModelInfo>,
         window: Duration,
-        body: &Value,
-        format: Format,
-        prefixes: Prefixes,
+        survey: &Survey,
         plan: &Plan,
         observed: Option<&super::Observations>,
     ) -> Settlement {
-        let mut marks: Vec<Mark> = client_marks(body, format)
-            .into_iter()
-            .map(|(end, ttl_1h)| Mark {
+        let prefixes = survey.prefixes;
+        let mut marks: Vec<Mark> = survey
+            .settle
+            .iter()
+            .map(|&(end, ttl_1h)| Mark {
                 end,
                 ttl_1h,
                 ours: None,
@@ -347,7 +283,8 @@ impl UsageSink for Settlement {
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
-    use crate::prompt_cache::Observations;
+    use crate::prompt_cache::{Format, Observations};
+    use serde_json::json;
 
     const HAIKU: &str = "us.anthropic.claude-3-5-haiku-20241022-v1:0";
 
@@ -460,7 +397,8 @@ mod tests {
     fn the_clients_own_points_teach_nothing() {
         let body = json!({"system": [{"text": "x".repeat(12_000)}, {"cachePoint": {"type": "default", "ttl": "1h"}}],
             "messages": [{"role": "user", "content": [{"text": "hi"}]}]});
-        let prefixes = Prefixes::of(&body, Format::Converse);
+        let json = crate::json_body::JsonBody::from_value(body);
+        let survey = Survey::of(&json, Format::Converse);
         let s = Settlement::new(
             Arc::new(PrefixRegistry::new(
                 10,
@@ -472,9 +410,7 @@ mod tests {
             Arc::from("t"),
             Catalog::embedded().get(HAIKU).unwrap().model.clone(),
             Duration::from_secs(600),
-            &body,
-            Format::Converse,
-            prefixes,
+            &survey,
             &Plan {
                 injected: vec![],
                 skipped: vec![],

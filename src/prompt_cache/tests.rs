@@ -1,6 +1,7 @@
 use super::*;
 use crate::catalog::Catalog;
 use crate::config::CacheTtl;
+use crate::json_body::JsonBody;
 use serde_json::json;
 use std::time::Duration;
 
@@ -36,6 +37,13 @@ fn request(system_tokens: usize, turns: usize) -> Value {
         }
     }
     json!({"system": [{"text": text(system_tokens)}], "messages": messages})
+}
+
+impl Prefixes {
+    /// The sizes the survey reads of `body`.
+    fn of(body: &Value, format: Format) -> Prefixes {
+        Survey::of(&JsonBody::from_value(body.clone()), format).prefixes
+    }
 }
 
 /// Tools and system prompt seen `n` times, nothing learned yet.
@@ -74,9 +82,10 @@ fn plan(
     policy: &PromptCacheConfig,
     observed: Observations,
 ) -> Plan {
-    let prefixes = Prefixes::of(body, format);
-    let plan = decide(body, format, model, policy, &observed, prefixes);
-    apply(body, format, &plan);
+    let json = JsonBody::parse(bytes::Bytes::from(body.to_string()), 64).unwrap();
+    let survey = Survey::of(&json, format);
+    let plan = decide(&survey, model, policy, &observed);
+    *body = serde_json::from_slice(&survey.planned(&json, &plan, |_| {})).unwrap();
     plan
 }
 
