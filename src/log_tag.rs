@@ -80,36 +80,31 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let ansi = writer.has_ansi_escapes();
-        let meta = event.metadata();
-        let at = timestamp(SystemTime::now());
-        if ansi {
-            write!(writer, "\x1b[2m{at}\x1b[0m ")?;
-        } else {
-            write!(writer, "{at} ")?;
-        }
-        let level = meta.level();
-        if ansi {
-            let color = match *level {
-                Level::ERROR => "31",
-                Level::WARN => "33",
-                Level::INFO => "32",
-                Level::DEBUG => "34",
-                Level::TRACE => "35",
-            };
-            write!(writer, "\x1b[{color}m{level:>5}\x1b[0m ")?;
-        } else {
-            write!(writer, "{level:>5} ")?;
-        }
-        let bold = |w: &mut Writer<'_>, name: &str| {
+        // `text` in SGR style `code` on a terminal, plain otherwise.
+        let paint = |w: &mut Writer<'_>, code: &str, text: fmt::Arguments<'_>| {
             if ansi {
-                write!(w, "\x1b[1m{name}\x1b[0m")
+                write!(w, "\x1b[{code}m{text}\x1b[0m")
             } else {
-                w.write_str(name)
+                w.write_fmt(text)
             }
         };
+        let meta = event.metadata();
+        let at = timestamp(SystemTime::now());
+        paint(&mut writer, "2", format_args!("{at}"))?;
+        writer.write_char(' ')?;
+        let level = meta.level();
+        let color = match *level {
+            Level::ERROR => "31",
+            Level::WARN => "33",
+            Level::INFO => "32",
+            Level::DEBUG => "34",
+            Level::TRACE => "35",
+        };
+        paint(&mut writer, color, format_args!("{level:>5}"))?;
+        writer.write_char(' ')?;
         let mut spans = false;
         if let Some(tag) = current() {
-            bold(&mut writer, "request")?;
+            paint(&mut writer, "1", format_args!("request"))?;
             write!(
                 writer,
                 "{{request_id={} operation={}}}:",
@@ -119,7 +114,7 @@ where
         }
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
-                bold(&mut writer, span.name())?;
+                paint(&mut writer, "1", format_args!("{}", span.name()))?;
                 let ext = span.extensions();
                 if let Some(fields) = ext.get::<FormattedFields<N>>() {
                     if !fields.is_empty() {
@@ -133,11 +128,8 @@ where
         if spans {
             writer.write_char(' ')?;
         }
-        if ansi {
-            write!(writer, "\x1b[2m{}:\x1b[0m ", meta.target())?;
-        } else {
-            write!(writer, "{}: ", meta.target())?;
-        }
+        paint(&mut writer, "2", format_args!("{}:", meta.target()))?;
+        writer.write_char(' ')?;
         ctx.format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
@@ -198,34 +190,7 @@ pub fn timestamp(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-    use tracing_subscriber::fmt::MakeWriter;
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buffer {
-        type Writer = Buffer;
-        fn make_writer(&'a self) -> Buffer {
-            self.clone()
-        }
-    }
-
-    impl Buffer {
-        fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-        }
-    }
+    use crate::support::TestSink;
 
     async fn work() {
         tracing::warn!(attempt = 2, "falling back");
@@ -238,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn text_lines_name_their_request_and_others_do_not() {
-        let out = Buffer::default();
+        let out = TestSink::default();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
             .with_writer(out.clone())
@@ -247,9 +212,8 @@ mod tests {
         let _guard = tracing::subscriber::set_default(subscriber);
         scope(Tag::new("3f1c-id", "converse"), work()).await;
         tracing::info!("outside");
-        let text = out.text();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        let lines = out.lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(
             lines[0].ends_with(
                 " WARN request{request_id=3f1c-id operation=converse}: bedrock_proxy::log_tag::tests: falling back attempt=2"
@@ -268,8 +232,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn on_a_terminal_the_layout_is_the_same_with_colours() {
+        let out = TestSink::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(true)
+            .with_writer(out.clone())
+            .event_format(Text)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        scope(Tag::new("3f1c-id", "converse"), async {
+            tracing::warn!("falling back")
+        })
+        .await;
+        let lines = out.lines();
+        assert!(lines[0].starts_with("\x1b[2m"), "{:?}", lines[0]);
+        assert!(
+            lines[0].ends_with(
+                "Z\x1b[0m \x1b[33m WARN\x1b[0m \x1b[1mrequest\x1b[0m{request_id=3f1c-id operation=converse}: \x1b[2mbedrock_proxy::log_tag::tests:\x1b[0m falling back"
+            ),
+            "{:?}",
+            lines[0]
+        );
+    }
+
+    #[tokio::test]
     async fn json_lines_carry_the_request_as_an_object() {
-        let out = Buffer::default();
+        let out = TestSink::default();
         let subscriber = tracing_subscriber::fmt()
             .json()
             .with_writer(out.clone())
@@ -279,8 +267,8 @@ mod tests {
         scope(Tag::new("3f1c-id", "converse"), work()).await;
         tracing::info!("outside");
         let lines: Vec<serde_json::Value> = out
-            .text()
             .lines()
+            .iter()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines.len(), 3);

@@ -2,32 +2,8 @@
 //! counts exactly what it drops, and lines keep tracing's layout.
 
 use super::*;
+use crate::support::TestSink as Sink;
 use std::sync::mpsc;
-
-/// A sink the test reads after the writer stopped.
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Sink {
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
 
 /// A stderr nobody reads: the first write says it started, then blocks until
 /// the test lets it go.
