@@ -113,9 +113,8 @@ impl Scope {
             Period::Day => "d",
             Period::Month => "m",
         };
-        // Six of these per answered request: built without the formatter.
-        let mut key = String::with_capacity(TAG.len() + 9 + label.len() + self.name.len());
-        for part in [
+        // Six of these per answered request: joined without the formatter.
+        [
             TAG,
             "usd:",
             what,
@@ -125,10 +124,8 @@ impl Scope {
             self.kind.code(),
             ":",
             &self.name,
-        ] {
-            key.push_str(part);
-        }
-        key
+        ]
+        .concat()
     }
 
     fn rate_limit(&self, rate: Rate) -> Option<f64> {

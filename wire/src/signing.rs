@@ -219,21 +219,13 @@ pub fn canonical_request(
 
 /// The credential scope, `20240101/us-east-1/bedrock/aws4_request`.
 pub fn scope(date: &str, region: &str, service: &str) -> String {
-    let mut scope = String::with_capacity(date.len() + region.len() + service.len() + 15);
-    for part in [date, "/", region, "/", service, "/aws4_request"] {
-        scope.push_str(part);
-    }
-    scope
+    [date, "/", region, "/", service, "/aws4_request"].concat()
 }
 
 /// The string to sign for a canonical request made at `amz_date`.
 pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> String {
     let hash = hex::encode(Sha256::digest(canonical_request.as_bytes()));
-    let mut sts = String::with_capacity(ALGORITHM.len() + amz_date.len() + scope.len() + 67);
-    for part in [ALGORITHM, "\n", amz_date, "\n", scope, "\n", &hash] {
-        sts.push_str(part);
-    }
-    sts
+    [ALGORITHM, "\n", amz_date, "\n", scope, "\n", &hash].concat()
 }
 
 /// The hex signature of `string_to_sign` with the signing key of `secret` on
