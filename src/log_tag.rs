@@ -201,15 +201,20 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn text_lines_name_their_request_and_others_do_not() {
+    /// The [`Text`] format, written to a sink the test reads, until the guard drops.
+    fn text_lines(ansi: bool) -> (TestSink, tracing::subscriber::DefaultGuard) {
         let out = TestSink::default();
         let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
+            .with_ansi(ansi)
             .with_writer(out.clone())
             .event_format(Text)
             .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        (out, tracing::subscriber::set_default(subscriber))
+    }
+
+    #[tokio::test]
+    async fn text_lines_name_their_request_and_others_do_not() {
+        let (out, _guard) = text_lines(/* ansi: */ false);
         scope(Tag::new("3f1c-id", "converse"), work()).await;
         tracing::info!("outside");
         let lines = out.lines();
@@ -233,13 +238,7 @@ mod tests {
 
     #[tokio::test]
     async fn on_a_terminal_the_layout_is_the_same_with_colours() {
-        let out = TestSink::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(true)
-            .with_writer(out.clone())
-            .event_format(Text)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (out, _guard) = text_lines(/* ansi: */ true);
         scope(Tag::new("3f1c-id", "converse"), async {
             tracing::warn!("falling back")
         })
