@@ -7,9 +7,9 @@
 //! Why not `tracing_appender::non_blocking` (which the EMF lines use): it takes
 //! lines already formatted on the request's thread, and its worker wakes for
 //! every line, which at one connection is a thread switch per request on a
-//! loaded machine. This writer wakes at most once per [`BATCH_WINDOW`] under
-//! steady traffic (sooner when the buffer is half full) and writes what came
-//! in with one `write`.
+//! loaded machine. This writer polls once per [`BATCH_WINDOW`] while lines
+//! keep coming (sooner when the buffer is half full), so a request never wakes
+//! it at steady traffic, and writes what came in with one `write`.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -81,6 +81,17 @@ struct Shared {
 }
 
 impl Shared {
+    fn wait_for_work<'a>(
+        &self,
+        q: MutexGuard<'a, Queue>,
+        at_most: Duration,
+    ) -> MutexGuard<'a, Queue> {
+        self.work
+            .wait_timeout(q, at_most)
+            .map(|(q, _)| q)
+            .unwrap_or_else(|p| p.into_inner().0)
+    }
+
     // A std Mutex: held for a push or a swap of the queue, never across I/O
     // or an await.
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -119,26 +130,38 @@ impl Shared {
     }
 
     /// The writer's wait for the next batch; `None` once closed and drained.
+    ///
+    /// While lines keep coming the writer polls: it waits one window for the
+    /// next lines without marking itself idle, so requests never wake it
+    /// (no futex call on a request's thread at steady traffic). Only after a
+    /// whole window without a line does it sleep until the next line wakes it.
     fn next_batch(&self, batch: &mut VecDeque<Item>) -> Option<()> {
         let mut q = self.lock();
-        while q.items.is_empty() {
-            if q.closed {
-                return None;
+        let mut deadline = Instant::now() + BATCH_WINDOW;
+        while q.items.is_empty() && !q.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
-            q.writer_idle = true;
-            q = self.work.wait(q).unwrap_or_else(|p| p.into_inner());
+            q = self.wait_for_work(q, left);
         }
-        let deadline = Instant::now() + BATCH_WINDOW;
+        if q.items.is_empty() {
+            while q.items.is_empty() {
+                if q.closed {
+                    return None;
+                }
+                q.writer_idle = true;
+                q = self.work.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            // Woken by a first line: let the others of its window gather.
+            deadline = Instant::now() + BATCH_WINDOW;
+        }
         while !q.closed && q.items.len() < self.capacity.div_ceil(2) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            q = self
-                .work
-                .wait_timeout(q, left)
-                .map(|(q, _)| q)
-                .unwrap_or_else(|p| p.into_inner().0);
+            q = self.wait_for_work(q, left);
         }
         std::mem::swap(&mut q.items, batch);
         drop(q);
@@ -277,10 +300,11 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 fn run(shared: &Shared, mut sink: Box<dyn Write + Send>) {
     let mut batch = VecDeque::new();
     let mut out = Vec::with_capacity(64 * 1024);
+    let mut clock = Timestamps::default();
     while shared.next_batch(&mut batch).is_some() {
         for item in batch.drain(..) {
             match item {
-                Item::Access(line) => format_line(&line, shared.format, &mut out),
+                Item::Access(line) => format_line(&line, shared.format, &mut clock, &mut out),
                 Item::Raw(bytes) => out.extend_from_slice(&bytes),
             }
         }
@@ -291,15 +315,51 @@ fn run(shared: &Shared, mut sink: Box<dyn Write + Send>) {
     }
 }
 
+/// RFC 3339 timestamps with microseconds, as `tracing-subscriber` writes
+/// them; the part up to the second is formatted once per second.
+#[derive(Default)]
+struct Timestamps {
+    second: Option<u64>,
+    /// `YYYY-MM-DDTHH:MM:SS.`
+    prefix: String,
+}
+
+impl Timestamps {
+    fn write(&mut self, at: SystemTime, out: &mut Vec<u8>) {
+        let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        if self.second != Some(since.as_secs()) {
+            let full = crate::log_tag::timestamp(at);
+            // `...SS.ffffffZ`: the part before the fraction.
+            self.prefix.clear();
+            self.prefix.push_str(&full[..full.len() - 7]);
+            self.second = Some(since.as_secs());
+        }
+        out.extend_from_slice(self.prefix.as_bytes());
+        let micros = since.subsec_micros();
+        let mut digits = [b'0'; 6];
+        let mut n = micros;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out.extend_from_slice(&digits);
+        out.push(b'Z');
+    }
+}
+
 /// `tracing-subscriber`'s own layout, so log tooling reads the access lines
 /// as it did when they were `tracing` events with target `access`.
-fn format_line(line: &AccessLine, format: LogFormat, out: &mut Vec<u8>) {
-    let at = crate::log_tag::timestamp(line.at);
+fn format_line(line: &AccessLine, format: LogFormat, clock: &mut Timestamps, out: &mut Vec<u8>) {
     match format {
-        LogFormat::Text => text(line, &at, out),
+        LogFormat::Text => {
+            clock.write(line.at, out);
+            text(line, out);
+        }
         LogFormat::Json => {
+            let mut at = Vec::with_capacity(27);
+            clock.write(line.at, &mut at);
             let record = JsonLine {
-                timestamp: &at,
+                timestamp: std::str::from_utf8(&at).unwrap_or_default(),
                 level: "INFO",
                 fields: Fields::of(line),
                 target: "access",
@@ -311,39 +371,73 @@ fn format_line(line: &AccessLine, format: LogFormat, out: &mut Vec<u8>) {
     }
 }
 
-fn text(line: &AccessLine, at: &str, out: &mut Vec<u8>) {
-    use std::io::Write as _;
-    // Written straight into the batch (a write to a `Vec` cannot fail).
-    // Strings are written as Rust debug strings (quoted, escaped), as
-    // tracing's formatter writes `&str` fields: a tenant name cannot break a line.
-    let _ = write!(
-        out,
-        "{at}  INFO access: request_id={} tenant={:?} route={:?} operation={:?} status={} \
-         cache={:?} outcome={:?} attempts={} target={:?} upstream={:?} served_model={:?} \
-         tier={:?} service_tier={:?} invoked_model={:?} input_tokens={} output_tokens={} \
-         cache_read_tokens={} cache_write_tokens={} duration_ms={:?}",
-        line.request_id,
-        dash(&line.tenant),
-        dash(&line.route),
-        line.operation,
-        line.status,
-        line.cache,
-        line.outcome,
-        line.attempts,
-        dash(&line.target),
-        dash(&line.upstream),
-        dash(&line.served_model),
-        line.tier.unwrap_or("-"),
-        line.service_tier.unwrap_or("-"),
-        dash(&line.invoked_model),
-        line.input_tokens,
-        line.output_tokens,
-        line.cache_read_tokens,
-        line.cache_write_tokens,
-        line.duration_ms,
-    );
+/// Writes `s` as a Rust debug string (quoted, escaped), as tracing's
+/// formatter writes `&str` fields, so a tenant name cannot break a line. Plain
+/// printable ASCII, which nearly every value is, is copied as it is.
+fn debug_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        use std::io::Write as _;
+        let _ = write!(out, "{s:?}");
+    }
+}
+
+fn text(line: &AccessLine, out: &mut Vec<u8>) {
+    let mut int = itoa::Buffer::new();
+    let field = |out: &mut Vec<u8>, name: &str| {
+        out.push(b' ');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+    };
+    out.extend_from_slice(b"  INFO access: request_id=");
+    out.extend_from_slice(line.request_id.as_bytes());
+    for (name, value) in [("tenant", dash(&line.tenant)), ("route", dash(&line.route))] {
+        field(out, name);
+        debug_str(out, value);
+    }
+    field(out, "operation");
+    debug_str(out, line.operation);
+    field(out, "status");
+    out.extend_from_slice(int.format(line.status).as_bytes());
+    for (name, value) in [("cache", line.cache), ("outcome", line.outcome)] {
+        field(out, name);
+        debug_str(out, value);
+    }
+    field(out, "attempts");
+    out.extend_from_slice(int.format(line.attempts).as_bytes());
+    for (name, value) in [
+        ("target", dash(&line.target)),
+        ("upstream", dash(&line.upstream)),
+        ("served_model", dash(&line.served_model)),
+        ("tier", line.tier.unwrap_or("-")),
+        ("service_tier", line.service_tier.unwrap_or("-")),
+        ("invoked_model", dash(&line.invoked_model)),
+    ] {
+        field(out, name);
+        debug_str(out, value);
+    }
+    for (name, value) in [
+        ("input_tokens", line.input_tokens),
+        ("output_tokens", line.output_tokens),
+        ("cache_read_tokens", line.cache_read_tokens),
+        ("cache_write_tokens", line.cache_write_tokens),
+    ] {
+        field(out, name);
+        out.extend_from_slice(int.format(value).as_bytes());
+    }
+    field(out, "duration_ms");
+    {
+        use std::io::Write as _;
+        let _ = write!(out, "{:?}", line.duration_ms);
+    }
     if let Some(e) = &line.error {
-        let _ = write!(out, " error={e:?}");
+        field(out, "error");
+        debug_str(out, e);
     }
     out.push(b'\n');
 }

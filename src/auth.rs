@@ -280,8 +280,9 @@ impl Auth {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Arc<Principal>, ProxyError> {
+        let uri: axum::http::Uri = uri.parse().expect("a test request's URI");
         self.admit_headers(headers)?
-            .caller(method, uri, headers, body)
+            .caller(method, &uri, headers, body)
     }
 
     /// A SigV4 header, parsed and checked against what the headers alone can
@@ -360,7 +361,7 @@ impl Admission<'_> {
     pub(crate) fn caller(
         self,
         method: &str,
-        uri: &str,
+        uri: &http::Uri,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Arc<Principal>, ProxyError> {
@@ -371,13 +372,21 @@ impl Admission<'_> {
                 secret,
                 principal,
             } => {
-                sigv4::verify(&auth, secret, method, uri, headers, body, SystemTime::now())
-                    .map_err(|e| match e {
-                        sigv4::VerifyError::Mismatch => ProxyError::unauthenticated(BAD_SIGNATURE),
-                        e => {
-                            ProxyError::unauthenticated(format!("SigV4 verification failed: {e}."))
-                        }
-                    })?;
+                // The whole URI: over HTTP/2 it holds the authority a signature may cover.
+                let uri = uri.to_string();
+                sigv4::verify(
+                    &auth,
+                    secret,
+                    method,
+                    &uri,
+                    headers,
+                    body,
+                    SystemTime::now(),
+                )
+                .map_err(|e| match e {
+                    sigv4::VerifyError::Mismatch => ProxyError::unauthenticated(BAD_SIGNATURE),
+                    e => ProxyError::unauthenticated(format!("SigV4 verification failed: {e}.")),
+                })?;
                 Ok(principal.clone())
             }
         }

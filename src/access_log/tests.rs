@@ -154,7 +154,12 @@ fn lines_keep_tracings_text_and_json_layouts() {
     failed.status = 400;
     failed.outcome = "validation";
     failed.error = Some("maxTokens must be \"positive\"".into());
-    format_line(&failed, LogFormat::Text, &mut out);
+    format_line(
+        &failed,
+        LogFormat::Text,
+        &mut Timestamps::default(),
+        &mut out,
+    );
     let text = String::from_utf8(out).unwrap();
     assert_eq!(
         text,
@@ -166,7 +171,12 @@ fn lines_keep_tracings_text_and_json_layouts() {
          duration_ms=1.5 error=\"maxTokens must be \\\"positive\\\"\"\n"
     );
     let mut out = Vec::new();
-    format_line(&line("req-2"), LogFormat::Json, &mut out);
+    format_line(
+        &line("req-2"),
+        LogFormat::Json,
+        &mut Timestamps::default(),
+        &mut out,
+    );
     let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(json["target"], "access");
     assert_eq!(json["level"], "INFO");
@@ -201,4 +211,38 @@ fn tracing_lines_share_the_queue_and_arrive_whole() {
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[0].ends_with("upstream sim: credentials did not resolve"));
     assert_eq!(request_id(&lines[1]), "after-warning");
+}
+
+#[test]
+fn timestamps_follow_the_clock_across_seconds_and_days() {
+    let mut clock = Timestamps::default();
+    let base = std::time::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+    for offset_us in [
+        0,
+        7,
+        999_999,
+        1_000_000,
+        1_000_001,
+        86_399_999_999,
+        86_400_000_000,
+    ] {
+        let at = base + Duration::from_micros(offset_us);
+        let mut out = Vec::new();
+        clock.write(at, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            crate::log_tag::timestamp(at),
+            "{offset_us} us after the base"
+        );
+    }
+}
+
+proptest::proptest! {
+    /// The fast path for plain values writes what `{:?}` writes.
+    #[test]
+    fn debug_str_writes_what_debug_formatting_writes(s in "\\PC*|[ -~]*|.*[\"\\\\\n\t\u{7f}\u{301}].*") {
+        let mut out = Vec::new();
+        debug_str(&mut out, &s);
+        proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), format!("{s:?}"));
+    }
 }

@@ -177,15 +177,24 @@ impl Finish {
                 headers.insert(name, v);
             }
         }
+        // Attempts and cache points are nearly always one digit: those values
+        // are static, not formatted into a new buffer per response.
+        fn count(n: u64) -> HeaderValue {
+            const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+            usize::try_from(n)
+                .ok()
+                .and_then(|i| DIGITS.get(i))
+                .map_or_else(|| HeaderValue::from(n), |d| HeaderValue::from_static(d))
+        }
         if let Some(route) = &self.route {
             set(headers, ROUTE, route);
         }
         let record = &self.record;
-        headers.insert(ATTEMPTS, HeaderValue::from(record.attempts));
+        headers.insert(ATTEMPTS, count(record.attempts.into()));
         set(headers, REQUEST_ID, &self.request_id);
         headers.insert(CACHE, HeaderValue::from_static(record.cache.header()));
         if record.attempts > 0 {
-            headers.insert(CACHE_POINTS, HeaderValue::from(record.cache_points));
+            headers.insert(CACHE_POINTS, count(record.cache_points.into()));
         }
         if let CacheStatus::Hit { age, .. } = record.cache {
             headers.insert(header::AGE, HeaderValue::from(age.as_secs()));

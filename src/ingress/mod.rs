@@ -155,9 +155,12 @@ pub async fn receive_for(
         budget: gate.map(guard::Gate::budget),
     };
     let (body, reservation) = read_body(body, &parts.headers, &rules).await?;
-    // The whole URI: over HTTP/2 it holds the authority a signature may cover.
-    let uri = parts.uri.to_string();
-    let principal = admission.caller(parts.method.as_str(), &uri, &signed_headers(parts), &body)?;
+    let principal = admission.caller(
+        parts.method.as_str(),
+        &parts.uri,
+        &signed_headers(parts),
+        &body,
+    )?;
     finish.tenant = Some(principal.tenant.clone());
     if let Some(gate) = gate {
         gate.admit(reservation)?;

@@ -83,6 +83,38 @@ pub(super) enum Change {
     Budget { key: String, nano: i64, ttl_ms: u64 },
 }
 
+/// A [`Change`] with its key borrowed, for settling here only.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ChangeRef<'a> {
+    Bucket {
+        key: &'a str,
+        limit: f64,
+        amount: f64,
+    },
+    Budget {
+        key: &'a str,
+        nano: i64,
+        ttl_ms: u64,
+    },
+}
+
+impl Change {
+    fn borrowed(&self) -> ChangeRef<'_> {
+        match self {
+            Change::Bucket { key, limit, amount } => ChangeRef::Bucket {
+                key,
+                limit: *limit,
+                amount: *amount,
+            },
+            Change::Budget { key, nano, ttl_ms } => ChangeRef::Budget {
+                key,
+                nano: *nano,
+                ttl_ms: *ttl_ms,
+            },
+        }
+    }
+}
+
 /// Where an admission was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Source {
@@ -314,6 +346,21 @@ impl Counters {
     }
 
     fn settle_local(&self, now: f64, changes: &[Change]) {
+        self.settle_local_with(now, |apply| {
+            for c in changes {
+                apply(c.borrowed());
+            }
+        });
+    }
+
+    /// Settles here the changes `changes` hands to its applier, their keys
+    /// borrowed: without Redis, an answered request settles without making a
+    /// `String` per counter it touches.
+    pub(super) fn settle_local_with(
+        &self,
+        now: f64,
+        changes: impl FnOnce(&mut dyn FnMut(ChangeRef<'_>)),
+    ) {
         let mut cells = lock(&self.local);
         if cells.len() > PRUNE_ABOVE {
             cells.retain(|_, cell| match cell {
@@ -321,22 +368,20 @@ impl Counters {
                 Cell::Spent { expires_ms, .. } => *expires_ms > now,
             });
         }
-        for c in changes {
-            match c {
-                Change::Bucket { key, limit, amount } => {
-                    let b = Cell::Bucket(bucket(cells.get(key)).add(*limit, *amount, now));
-                    put(&mut cells, key, b);
-                }
-                Change::Budget { key, nano, ttl_ms } => {
-                    let total = spent(cells.get(key), now) + nano;
-                    let cell = Cell::Spent {
-                        nano: total,
-                        expires_ms: now + *ttl_ms as f64,
-                    };
-                    put(&mut cells, key, cell);
-                }
+        changes(&mut |c| match c {
+            ChangeRef::Bucket { key, limit, amount } => {
+                let b = Cell::Bucket(bucket(cells.get(key)).add(limit, amount, now));
+                put(&mut cells, key, b);
             }
-        }
+            ChangeRef::Budget { key, nano, ttl_ms } => {
+                let total = spent(cells.get(key), now) + nano;
+                let cell = Cell::Spent {
+                    nano: total,
+                    expires_ms: now + ttl_ms as f64,
+                };
+                put(&mut cells, key, cell);
+            }
+        });
     }
 
     /// Whether Redis took the changes (this process's copy then follows it).

@@ -43,7 +43,7 @@ use crate::metrics;
 use crate::shared::RedisTier;
 use crate::support::lock;
 use bucket::{calendar, nano_usd, usd, Bucket, Period};
-use counters::{Change, Check, CheckOp, Counters, Found, Source, TAG};
+use counters::{Change, ChangeRef, Check, CheckOp, Counters, Found, Source, TAG};
 pub(crate) use estimate::{estimate_body, Estimate};
 pub use headers::{RateHeaders, RateView};
 
@@ -109,12 +109,20 @@ impl Scope {
     }
 
     fn budget_key(&self, period: Period, label: &str) -> String {
+        let mut key = String::new();
+        self.write_budget_key(period, label, &mut key);
+        key
+    }
+
+    /// [`Scope::budget_key`] written into `out` (cleared first): an answered
+    /// request settles up to six, into one buffer.
+    fn write_budget_key(&self, period: Period, label: &str, out: &mut String) {
         let what = match period {
             Period::Day => "d",
             Period::Month => "m",
         };
-        // Six of these per answered request: joined without the formatter.
-        [
+        out.clear();
+        for part in [
             TAG,
             "usd:",
             what,
@@ -124,8 +132,9 @@ impl Scope {
             self.kind.code(),
             ":",
             &self.name,
-        ]
-        .concat()
+        ] {
+            out.push_str(part);
+        }
     }
 
     fn rate_limit(&self, rate: Rate) -> Option<f64> {
@@ -931,31 +940,9 @@ impl Held {
                 price.map_or(0.0, |p| estimate.input as f64 * p.input / 1_000_000.0),
             ),
         };
-        let mut changes = Vec::new();
         let delta = tokens as f64 - estimate.total() as f64;
-        if delta != 0.0 {
-            for (key, limit) in &taken.tokens {
-                changes.push(Change::Bucket {
-                    key: key.clone(),
-                    limit: *limit,
-                    amount: delta,
-                });
-            }
-        }
         let nano = nano_usd(usd_cost);
         if nano > 0 {
-            for period in [Period::Day, Period::Month] {
-                let window = calendar(period, now);
-                // Kept a day past the window's end, for late readers.
-                let ttl_ms = (window.ends_ms as f64 - now).max(0.0) as u64 + 86_400_000;
-                for s in &taken.scopes {
-                    changes.push(Change::Budget {
-                        key: s.budget_key(period, &window.label),
-                        nano,
-                        ttl_ms,
-                    });
-                }
-            }
             let route = taken
                 .scopes
                 .iter()
@@ -965,6 +952,64 @@ impl Held {
                     |s| metrics::route_label(&s.name),
                 );
             metrics::spend(&self.tenant, &route, usd_cost);
+        }
+        // The budgets' windows, each kept a day past its end for late readers.
+        let windows = [Period::Day, Period::Month].map(|period| {
+            let window = calendar(period, now);
+            let ttl_ms = (window.ends_ms as f64 - now).max(0.0) as u64 + 86_400_000;
+            (period, window, ttl_ms)
+        });
+        if (delta == 0.0 || taken.tokens.is_empty()) && nano <= 0 {
+            return;
+        }
+        if !limiter.counters.is_shared() {
+            // Nothing goes to Redis: settled here with borrowed keys.
+            limiter.counters.settle_local_with(now, |apply| {
+                if delta != 0.0 {
+                    for (key, limit) in &taken.tokens {
+                        apply(ChangeRef::Bucket {
+                            key,
+                            limit: *limit,
+                            amount: delta,
+                        });
+                    }
+                }
+                if nano > 0 {
+                    let mut key = String::with_capacity(64);
+                    for (period, window, ttl_ms) in &windows {
+                        for s in &taken.scopes {
+                            s.write_budget_key(*period, &window.label, &mut key);
+                            apply(ChangeRef::Budget {
+                                key: &key,
+                                nano,
+                                ttl_ms: *ttl_ms,
+                            });
+                        }
+                    }
+                }
+            });
+            return;
+        }
+        let mut changes = Vec::new();
+        if delta != 0.0 {
+            for (key, limit) in &taken.tokens {
+                changes.push(Change::Bucket {
+                    key: key.clone(),
+                    limit: *limit,
+                    amount: delta,
+                });
+            }
+        }
+        if nano > 0 {
+            for (period, window, ttl_ms) in &windows {
+                for s in &taken.scopes {
+                    changes.push(Change::Budget {
+                        key: s.budget_key(*period, &window.label),
+                        nano,
+                        ttl_ms: *ttl_ms,
+                    });
+                }
+            }
         }
         drop(taken);
         let Some(changes) = limiter.counters.settle_here(now, changes) else {

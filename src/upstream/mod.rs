@@ -14,7 +14,7 @@ use aws_config::BehaviorVersion;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use bedrock_wire::client::{model_path, sign_any, Spread};
 use bedrock_wire::eventstream::EnvelopeSigner;
 use bedrock_wire::operation::Operation;
@@ -299,14 +299,17 @@ impl Upstream {
     /// caller's: the content type, what it accepts, the inference component
     /// of a SageMaker endpoint, the configured extra headers.
     fn request_headers(&self, op: Operation, model_id: &str, h: &mut HeaderMap) {
-        if !h.contains_key("content-type") {
-            h.insert("content-type", HeaderValue::from_static("application/json"));
+        if !h.contains_key(header::CONTENT_TYPE) {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
         match self.config.kind {
             UpstreamKind::Bedrock | UpstreamKind::Simulator => {
                 // InvokeModel's `Accept` is an API member (the answer's type): the
                 // client's passes through; without one, what the operation answers in.
-                h.entry("accept")
+                h.entry(header::ACCEPT)
                     .or_insert(HeaderValue::from_static(if op.is_stream() {
                         bedrock_wire::eventstream::CONTENT_TYPE
                     } else {

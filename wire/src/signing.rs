@@ -101,7 +101,7 @@ fn write_canonical_path(out: &mut String, path: &str) {
     }
     for segment in &segments {
         out.push('/');
-        let _ = write!(out, "{}", utf8_percent_encode(segment, UNRESERVED));
+        out.extend(utf8_percent_encode(segment, UNRESERVED));
     }
     let trailing = ["/", "/.", "/..", "/./", "/../"]
         .iter()
@@ -199,8 +199,16 @@ pub fn canonical_request(
     out.push('\n');
     write_canonical_query(&mut out, query, dialect);
     out.push('\n');
+    // Names are lower case already but for a verified request's own.
+    let push_name = |out: &mut String, name: &str| {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            out.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+        } else {
+            out.push_str(name);
+        }
+    };
     for (name, value) in signed {
-        out.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+        push_name(&mut out, name);
         out.push(':');
         write_value(&mut out, value, dialect);
         out.push('\n');
@@ -210,7 +218,7 @@ pub fn canonical_request(
         if i > 0 {
             out.push(';');
         }
-        out.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+        push_name(&mut out, name);
     }
     out.push('\n');
     out.push_str(payload_hash);
@@ -224,8 +232,9 @@ pub fn scope(date: &str, region: &str, service: &str) -> String {
 
 /// The string to sign for a canonical request made at `amz_date`.
 pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> String {
-    let hash = hex::encode(Sha256::digest(canonical_request.as_bytes()));
-    [ALGORITHM, "\n", amz_date, "\n", scope, "\n", &hash].concat()
+    let mut hash = [0u8; 64];
+    let hash = hex_digest(canonical_request.as_bytes(), &mut hash);
+    [ALGORITHM, "\n", amz_date, "\n", scope, "\n", hash].concat()
 }
 
 /// The hex signature of `string_to_sign` with the signing key of `secret` on
@@ -378,19 +387,25 @@ pub fn sign<'h>(
     }
     // Stable: repeated headers keep their order, then join with `,`.
     list.sort_by(|a, b| a.0.cmp(b.0));
-    let mut joined: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(list.len());
-    for (name, value) in list {
-        match joined.last_mut() {
-            Some((last, v)) if *last == name => {
-                let mut both = trim_value(&std::mem::take(v)).into_owned();
-                both.push(',');
-                both.push_str(&trim_value(value));
-                *v = Cow::Owned(both);
+    // A header sent twice is signed once, its values joined with `,` (rare:
+    // without one, the sorted list is signed as it is).
+    let repeated = list.windows(2).any(|w| w[0].0 == w[1].0);
+    let mut joined: Vec<(&str, Cow<'_, str>)> = Vec::new();
+    if repeated {
+        for &(name, value) in &list {
+            match joined.last_mut() {
+                Some((last, v)) if *last == name => {
+                    let mut both = trim_value(&std::mem::take(v)).into_owned();
+                    both.push(',');
+                    both.push_str(&trim_value(value));
+                    *v = Cow::Owned(both);
+                }
+                _ => joined.push((name, Cow::Borrowed(value))),
             }
-            _ => joined.push((name, Cow::Borrowed(value))),
         }
+        list = joined.iter().map(|(n, v)| (*n, v.as_ref())).collect();
     }
-    let signed: Vec<(&str, &str)> = joined.iter().map(|(n, v)| (*n, v.as_ref())).collect();
+    let signed = list;
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
     let canonical = canonical_request(
         Dialect::AwsSigv4,
@@ -403,19 +418,26 @@ pub fn sign<'h>(
     let scope = scope(date, region, service);
     let sts = string_to_sign(&amz_date, &scope, &canonical);
     let signature = signature(keys.secret_access_key, date, time, region, service, &sts);
-    let mut authorization = String::with_capacity(160);
-    let _ = write!(
-        authorization,
-        "{ALGORITHM} Credential={}/{scope}, SignedHeaders=",
-        keys.access_key_id
-    );
+    let mut authorization =
+        String::with_capacity(160 + keys.access_key_id.len() + scope.len() + signed.len() * 24);
+    for part in [
+        ALGORITHM,
+        " Credential=",
+        keys.access_key_id,
+        "/",
+        &scope,
+        ", SignedHeaders=",
+    ] {
+        authorization.push_str(part);
+    }
     for (i, (name, _)) in signed.iter().enumerate() {
         if i > 0 {
             authorization.push(';');
         }
         authorization.push_str(name);
     }
-    let _ = write!(authorization, ", Signature={signature}");
+    authorization.push_str(", Signature=");
+    authorization.push_str(&signature);
     Ok(Signed {
         amz_date,
         authorization,
@@ -426,7 +448,15 @@ pub fn sign<'h>(
 
 /// The hex SHA-256 of a payload, as the canonical request carries it.
 pub fn payload_hash(body: &[u8]) -> String {
-    hex::encode(Sha256::digest(body))
+    let mut hex = [0u8; 64];
+    hex_digest(body, &mut hex).to_owned()
+}
+
+/// The hex SHA-256 of `bytes`, written into `out`.
+fn hex_digest<'a>(bytes: &[u8], out: &'a mut [u8; 64]) -> &'a str {
+    // Cannot fail: 32 bytes make exactly 64 hex digits.
+    let _ = hex::encode_to_slice(Sha256::digest(bytes), out);
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
