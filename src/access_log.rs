@@ -30,7 +30,7 @@ const BATCH_WINDOW: Duration = Duration::from_millis(20);
 pub struct AccessLine {
     /// When the request ended.
     pub at: SystemTime,
-    pub request_id: String,
+    pub request_id: Arc<str>,
     pub tenant: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
     pub operation: &'static str,

@@ -27,9 +27,9 @@ tokio::task_local! {
 }
 
 impl Tag {
-    pub fn new(request_id: &str, operation: &'static str) -> Tag {
+    pub fn new(request_id: impl Into<Arc<str>>, operation: &'static str) -> Tag {
         Tag {
-            request_id: Arc::from(request_id),
+            request_id: request_id.into(),
             operation,
         }
     }

@@ -29,7 +29,7 @@ impl Write for Stuck {
 fn line(id: &str) -> AccessLine {
     AccessLine {
         at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456),
-        request_id: id.to_owned(),
+        request_id: id.into(),
         tenant: Some("team a".into()),
         route: Some("haiku".into()),
         operation: "Converse",

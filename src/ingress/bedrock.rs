@@ -67,7 +67,7 @@ fn model_path(path: &str) -> Result<(Cow<'_, str>, Cow<'_, str>), ProxyError> {
 
 async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
-    let mut finish = Finish::new(bedrock_wire::new_request_id(), started);
+    let mut finish = Finish::new(bedrock_wire::new_shared_request_id(), started);
     // Read from the URI rather than with `Path<(String, String)>`: two
     // strings fewer per request.
     let uri = request.uri().clone();
@@ -76,7 +76,7 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
             Some(op) => {
                 finish.op = op;
                 start_trace(&mut finish, request.headers(), op.name());
-                let tag = Tag::new(&finish.request_id, op.name());
+                let tag = Tag::new(finish.request_id.clone(), op.name());
                 log_tag::scope(tag, serve(&state, &mut finish, op, &model_id, request)).await
             }
             None => Err(ProxyError::new(

@@ -29,7 +29,7 @@ use crate::telemetry::{Trace, Transcript};
 /// (for a stream, when it ends).
 #[derive(Debug, Clone)]
 pub struct Finish {
-    pub request_id: String,
+    pub request_id: Arc<str>,
     pub started: Instant,
     pub op: Operation,
     pub route: Option<Arc<str>>,
@@ -125,7 +125,7 @@ impl Pricing {
 }
 
 impl Finish {
-    pub fn new(request_id: String, started: Instant) -> Finish {
+    pub fn new(request_id: Arc<str>, started: Instant) -> Finish {
         Finish {
             request_id,
             started,

@@ -14,7 +14,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Version};
+use axum::http::{header, HeaderName, HeaderValue, Version};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
@@ -77,7 +77,9 @@ pub(super) async fn guard(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let path = request.uri().path().to_owned();
+    // The URI shares the request's bytes: kept for an error's shape, not copied.
+    let uri = request.uri().clone();
+    let path = uri.path();
     // HTTP/1.x connections are told to close after an answer that leaves the
     // request body unread or comes during shutdown; HTTP/2 has no such header
     // (its streams end on their own; shutdown says GOAWAY).
@@ -86,11 +88,11 @@ pub(super) async fn guard(
         metrics::rejected("shutting_down");
         let e =
             ProxyError::overloaded("The proxy is shutting down; retry against another replica.");
-        let mut response = super::render_error(&path, &e, &bedrock_wire::new_request_id());
+        let mut response = super::render_error(path, &e, &bedrock_wire::new_request_id());
         if http1 {
             response
                 .headers_mut()
-                .insert("connection", HeaderValue::from_static("close"));
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         return response;
     }
@@ -98,7 +100,7 @@ pub(super) async fn guard(
         metrics::rejected("overloaded");
         let e =
             ProxyError::overloaded("The proxy is at its concurrent request limit; retry shortly.");
-        return super::render_error(&path, &e, &bedrock_wire::new_request_id());
+        return super::render_error(path, &e, &bedrock_wire::new_request_id());
     }
     let gate = Gate {
         concurrency: state.concurrency.clone(),
@@ -118,7 +120,7 @@ pub(super) async fn guard(
             let e = ProxyError::overloaded(
                 "The proxy shut down before this request was answered; retry against another replica.",
             );
-            Ok(super::render_error(&path, &e, &bedrock_wire::new_request_id()))
+            Ok(super::render_error(path, &e, &bedrock_wire::new_request_id()))
         }
     };
     let response = match outcome {
@@ -132,7 +134,7 @@ pub(super) async fn guard(
             tracing::error!(path = %path, panic = %what, "a request handler panicked");
             metrics::rejected("internal_error");
             let e = ProxyError::internal("The proxy failed on this request; it has been logged.");
-            super::render_error(&path, &e, &bedrock_wire::new_request_id())
+            super::render_error(path, &e, &bedrock_wire::new_request_id())
         }
     };
     let (mut parts, body) = response.into_parts();
@@ -142,16 +144,18 @@ pub(super) async fn guard(
     {
         parts
             .headers
-            .insert("connection", HeaderValue::from_static("close"));
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if !parts.headers.contains_key("x-amzn-requestid") {
-        if let Some(id) = parts.headers.get("x-request-id").cloned() {
-            parts.headers.insert("x-amzn-requestid", id);
+    const AMZN_REQUEST_ID: HeaderName = HeaderName::from_static("x-amzn-requestid");
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    if !parts.headers.contains_key(&AMZN_REQUEST_ID) {
+        if let Some(id) = parts.headers.get(&REQUEST_ID).cloned() {
+            parts.headers.insert(AMZN_REQUEST_ID, id);
         }
     }
     parts
         .headers
-        .entry("server")
+        .entry(header::SERVER)
         .or_insert(HeaderValue::from_static("bedrock-proxy"));
     let held = std::mem::take(&mut *crate::support::lock(&gate.held));
     let body = Guarded {

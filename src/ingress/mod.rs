@@ -481,7 +481,7 @@ pub async fn handled(
     serve: impl AsyncFnOnce(&mut Finish, Request) -> Result<Response, ProxyError>,
 ) -> Response {
     start_trace(&mut finish, request.headers(), name);
-    let tag = Tag::new(&finish.request_id, name);
+    let tag = Tag::new(finish.request_id.clone(), name);
     match log_tag::scope(tag, serve(&mut finish, request)).await {
         Ok(response) => response,
         Err(e) => failed(&finish, &e, render),

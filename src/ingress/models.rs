@@ -99,7 +99,7 @@ fn usable<'a>(
 }
 
 async fn list(State(state): State<AppState>, request: Request) -> Response {
-    let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    let mut finish = Finish::new(bedrock_wire::new_shared_request_id(), Instant::now());
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
     let shape = Shape::of(&parts);
@@ -125,7 +125,7 @@ async fn list(State(state): State<AppState>, request: Request) -> Response {
 }
 
 async fn one(State(state): State<AppState>, Path(id): Path<String>, request: Request) -> Response {
-    let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    let mut finish = Finish::new(bedrock_wire::new_shared_request_id(), Instant::now());
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
     let shape = Shape::of(&parts);

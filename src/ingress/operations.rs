@@ -199,8 +199,8 @@ type Parts = axum::http::request::Parts;
 
 /// A request's books and the tag its log lines carry.
 pub(crate) fn begin(op: RuntimeOperation) -> (Finish, Tag) {
-    let finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
-    let tag = Tag::new(&finish.request_id, op.label());
+    let finish = Finish::new(bedrock_wire::new_shared_request_id(), Instant::now());
+    let tag = Tag::new(finish.request_id.clone(), op.label());
     (finish, tag)
 }
 

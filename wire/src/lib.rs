@@ -43,6 +43,17 @@ pub mod tokens;
 /// A request id in the format Bedrock uses (a random UUID v4). Not secret, so
 /// a fast non-cryptographic generator is enough.
 pub fn new_request_id() -> String {
+    String::from_utf8_lossy(&request_id_bytes()).into_owned()
+}
+
+/// [`new_request_id`] shared: one allocation, then cloned by reference count
+/// (a request's id goes into its log tag, its access line and its headers).
+pub fn new_shared_request_id() -> std::sync::Arc<str> {
+    let bytes = request_id_bytes();
+    std::sync::Arc::from(std::str::from_utf8(&bytes).unwrap_or_default())
+}
+
+fn request_id_bytes() -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     // 8-4-4-4-12 hex digits; the version nibble is 4 and the variant's top
     // bits are 10 (written as `a`, as before).
@@ -60,7 +71,7 @@ pub fn new_request_id() -> String {
             }
         };
     }
-    out.iter().map(|&b| char::from(b)).collect()
+    out
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ async fn handle(
     purpose: Purpose,
     name: &'static str,
 ) -> Response {
-    let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    let mut finish = Finish::new(bedrock_wire::new_shared_request_id(), Instant::now());
     finish.rate_headers = RateHeaders::Anthropic;
     handled(finish, request, name, error_response, async |f, r| {
         serve(&state, f, r, purpose).await

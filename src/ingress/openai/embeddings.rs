@@ -219,7 +219,7 @@ fn encode(vector: &[f64], encoding: Encoding) -> Value {
 
 /// `POST /v1/embeddings`.
 pub async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
-    let finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    let finish = Finish::new(bedrock_wire::new_shared_request_id(), Instant::now());
     handled(
         finish,
         request,

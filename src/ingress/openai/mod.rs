@@ -105,7 +105,7 @@ fn now_secs() -> u64 {
 }
 
 async fn chat(State(state): State<AppState>, request: Request) -> Response {
-    let finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    let finish = Finish::new(bedrock_wire::new_shared_request_id(), Instant::now());
     handled(
         finish,
         request,

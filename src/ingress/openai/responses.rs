@@ -706,7 +706,7 @@ pub fn response(completion: &Value, echo: &Map<String, Value>, id: &str, created
 
 /// `POST /v1/responses`.
 pub async fn create(State(state): State<AppState>, request: Request) -> Response {
-    let finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    let finish = Finish::new(bedrock_wire::new_shared_request_id(), Instant::now());
     handled(
         finish,
         request,

@@ -38,7 +38,7 @@ where
     F: FnOnce(AppState, Arc<str>, axum::http::request::Parts) -> Fut,
     Fut: std::future::Future<Output = Result<Response, ProxyError>>,
 {
-    let mut finish = Finish::new(bedrock_wire::new_request_id(), Instant::now());
+    let mut finish = Finish::new(bedrock_wire::new_shared_request_id(), Instant::now());
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
     let principal = match receive(&state, &rt, &parts, body, &mut finish).await {
