@@ -13,18 +13,21 @@
 //! so a stream holds them until it ends.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Version};
-use axum::middleware::Next;
 use axum::response::Response;
+use axum::Router;
 use bytes::Bytes;
 use futures_util::FutureExt;
+use std::convert::Infallible;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt;
 
 use crate::budget::{BodyBudget, Reservation};
 use crate::error::ProxyError;
@@ -70,13 +73,40 @@ impl Gate {
     }
 }
 
+/// The API router behind the guard: one service in front of the router,
+/// rather than a middleware layered onto every route (which axum clones and
+/// boxes again for each request).
+#[derive(Clone)]
+pub struct Guard {
+    inner: Router,
+    state: AppState,
+}
+
+impl Guard {
+    pub(super) fn new(inner: Router, state: AppState) -> Guard {
+        Guard { inner, state }
+    }
+}
+
+impl tower::Service<Request> for Guard {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let state = self.state.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(guard(state, request, inner).await) })
+    }
+}
+
 /// Sheds load past `max_concurrent_requests` and during shutdown, and counts
 /// requests in flight; both held until the response body (a stream too) ends.
-pub(super) async fn guard(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+async fn guard(state: AppState, mut request: Request, inner: Router) -> Response {
     // The URI shares the request's bytes: kept for an error's shape, not copied.
     let uri = request.uri().clone();
     let path = uri.path();
@@ -111,7 +141,7 @@ pub(super) async fn guard(
     let in_flight = InFlight::start();
     // A bug that panics in a handler answers this request with an error in its
     // API's shape (and is logged) instead of dropping the connection.
-    let run = AssertUnwindSafe(next.run(request)).catch_unwind();
+    let run = AssertUnwindSafe(inner.oneshot(request)).catch_unwind();
     let outcome = tokio::select! {
         outcome = run => outcome,
         () = state.cut.cancelled() => {
@@ -120,11 +150,12 @@ pub(super) async fn guard(
             let e = ProxyError::overloaded(
                 "The proxy shut down before this request was answered; retry against another replica.",
             );
-            Ok(super::render_error(path, &e, &bedrock_wire::new_request_id()))
+            Ok(Ok(super::render_error(path, &e, &bedrock_wire::new_request_id())))
         }
     };
     let response = match outcome {
-        Ok(response) => response,
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()

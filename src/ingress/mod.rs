@@ -36,7 +36,6 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::middleware;
 use axum::response::Response;
 use axum::Router;
 use bedrock_wire::converse::Summary;
@@ -64,10 +63,12 @@ use crate::state::AppState;
 use crate::telemetry::{self, Trace};
 pub use body::{parse_json, read_body, BodyRules};
 pub use finish::Finish;
+pub use guard::Guard;
 
-/// The API port's router: the ingress adapters behind the load-shedding guard.
-pub fn app(state: AppState) -> Router {
-    Router::new()
+/// The API port's service: the ingress adapters' router behind the
+/// load-shedding guard.
+pub fn app(state: AppState) -> Guard {
+    let router = Router::new()
         .merge(bedrock::routes())
         .merge(operations::routes())
         .merge(bidi::routes())
@@ -76,8 +77,8 @@ pub fn app(state: AppState) -> Router {
         .merge(models::routes())
         .fallback(unknown_path)
         .method_not_allowed_fallback(unknown_path)
-        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
-        .with_state(state)
+        .with_state(state.clone());
+    Guard::new(router, state)
 }
 
 async fn unknown_path(request: Request) -> Response {

@@ -33,7 +33,6 @@
 //! `connection-reset` fault).
 
 use axum::body::Body;
-use axum::Router;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -606,11 +605,39 @@ async fn refuse(mut stream: TcpStream, response: Bytes) {
     }
 }
 
+/// What [`serve`] answers requests with: an axum `Router`, or a service in
+/// front of one (the proxy's load-shedding guard), cloned per request.
+pub trait App:
+    tower::Service<
+        axum::extract::Request,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> App for T where
+    T: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `router` until `shutdown` resolves, then drains open connections for
 /// at most `options.drain`.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    router: impl App,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -734,7 +761,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// aborted at the drain deadline, which the accept loop reports).
 async fn connection(
     stream: TcpStream,
-    router: Router,
+    router: impl App,
     builder: auto::Builder<TokioExecutor>,
     options: Arc<ServeOptions>,
     load: Arc<ServerLoad>,
@@ -809,7 +836,7 @@ async fn connection(
 /// and the response body carries the request's in-flight count (and, on
 /// HTTP/2, its unread body) until it is sent.
 async fn handle(
-    router: Router,
+    router: impl App,
     req: hyper::Request<Incoming>,
     in_flight: InFlight,
     max_header_bytes: usize,
