@@ -121,6 +121,36 @@ struct Walk {
 }
 
 impl Walk {
+    /// Notes every element of a tools list or a system block list (`section`
+    /// 0 or 1), each counted by `tokens` and hashed into `h`: their tokens,
+    /// and whether one is more than a marker (a Converse `cachePoint`
+    /// element only marks). The section's client marker end is the last
+    /// element's.
+    fn section(
+        &mut self,
+        list: &RawValue,
+        section: u8,
+        tokens: fn(&Value) -> u32,
+        h: &mut Sha256,
+        buf: &mut Vec<u8>,
+    ) -> (u32, bool) {
+        let (mut total, mut has) = (0u32, false);
+        let mut i = 0u64;
+        json_body::each_element(list.get(), |raw| {
+            let element = parse(raw);
+            let n = tokens(&element);
+            total = total.saturating_add(n);
+            has |= match self.format {
+                Format::Converse => element.get("cachePoint").is_none(),
+                Format::Anthropic => true,
+            };
+            self.client.ends[usize::from(section)] = self.block(&element, n, section, i);
+            hash_item(&element, h, buf);
+            i += 1;
+        });
+        (total, has)
+    }
+
     /// Notes one block (or tool) of `section` at `place` in cache order,
     /// whose tokens are `tokens`; whether it is a client's marker.
     fn block(&mut self, v: &Value, tokens: u32, section: u8, place: u64) -> bool {
@@ -169,22 +199,13 @@ impl Survey {
                 if !is_array(tools) {
                     hash_other(tools, &mut h, &mut buf);
                 }
-                let mut i = 0u64;
-                json_body::each_element(tools.get(), |raw| {
-                    let tool = parse(raw);
-                    let tokens = match format {
-                        Format::Converse => tokens::converse_tool(&tool),
-                        Format::Anthropic => tokens::anthropic_tool(&tool),
-                    };
-                    prefixes.tools_end = prefixes.tools_end.saturating_add(tokens);
-                    prefixes.has_tools |= match format {
-                        Format::Converse => tool.get("cachePoint").is_none(),
-                        Format::Anthropic => true,
-                    };
-                    walk.client.ends[0] = walk.block(&tool, tokens, 0, i);
-                    hash_item(&tool, &mut h, &mut buf);
-                    i += 1;
-                });
+                let count = match format {
+                    Format::Converse => tokens::converse_tool,
+                    Format::Anthropic => tokens::anthropic_tool,
+                };
+                let (n, has) = walk.section(tools, 0, count, &mut h, &mut buf);
+                prefixes.tools_end = prefixes.tools_end.saturating_add(n);
+                prefixes.has_tools |= has;
                 digests[0] = Some(h.clone().finalize().into());
             }
         }
@@ -212,22 +233,13 @@ impl Survey {
                         }
                     }
                 }
-                let mut i = 0u64;
-                json_body::each_element(system.get(), |raw| {
-                    let block = parse(raw);
-                    let tokens = match format {
-                        Format::Converse => tokens::converse_block(&block),
-                        Format::Anthropic => tokens::anthropic_block(&block),
-                    };
-                    prefixes.system_end = prefixes.system_end.saturating_add(tokens);
-                    prefixes.has_system |= match format {
-                        Format::Converse => block.get("cachePoint").is_none(),
-                        Format::Anthropic => true,
-                    };
-                    walk.client.ends[1] = walk.block(&block, tokens, 1, i);
-                    hash_item(&block, &mut h, &mut buf);
-                    i += 1;
-                });
+                let count = match format {
+                    Format::Converse => tokens::converse_block,
+                    Format::Anthropic => tokens::anthropic_block,
+                };
+                let (n, has) = walk.section(system, 1, count, &mut h, &mut buf);
+                prefixes.system_end = prefixes.system_end.saturating_add(n);
+                prefixes.has_system |= has;
                 digests[1] = Some(h.clone().finalize().into());
             }
         }
