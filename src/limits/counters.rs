@@ -98,6 +98,24 @@ pub(super) enum ChangeRef<'a> {
     },
 }
 
+impl ChangeRef<'_> {
+    /// The change with its key copied (to send to Redis after the response).
+    pub(super) fn owned(self) -> Change {
+        match self {
+            ChangeRef::Bucket { key, limit, amount } => Change::Bucket {
+                key: key.to_owned(),
+                limit,
+                amount,
+            },
+            ChangeRef::Budget { key, nano, ttl_ms } => Change::Budget {
+                key: key.to_owned(),
+                nano,
+                ttl_ms,
+            },
+        }
+    }
+}
+
 impl Change {
     fn borrowed(&self) -> ChangeRef<'_> {
         match self {

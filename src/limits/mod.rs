@@ -953,66 +953,50 @@ impl Held {
                 );
             metrics::spend(&self.tenant, &route, usd_cost);
         }
+        if (delta == 0.0 || taken.tokens.is_empty()) && nano <= 0 {
+            return;
+        }
         // The budgets' windows, each kept a day past its end for late readers.
         let windows = [Period::Day, Period::Month].map(|period| {
             let window = calendar(period, now);
             let ttl_ms = (window.ends_ms as f64 - now).max(0.0) as u64 + 86_400_000;
             (period, window, ttl_ms)
         });
-        if (delta == 0.0 || taken.tokens.is_empty()) && nano <= 0 {
-            return;
-        }
-        if !limiter.counters.is_shared() {
-            // Nothing goes to Redis: settled here with borrowed keys.
-            limiter.counters.settle_local_with(now, |apply| {
-                if delta != 0.0 {
-                    for (key, limit) in &taken.tokens {
-                        apply(ChangeRef::Bucket {
-                            key,
-                            limit: *limit,
-                            amount: delta,
-                        });
-                    }
-                }
-                if nano > 0 {
-                    let mut key = String::with_capacity(64);
-                    for (period, window, ttl_ms) in &windows {
-                        for s in &taken.scopes {
-                            s.write_budget_key(*period, &window.label, &mut key);
-                            apply(ChangeRef::Budget {
-                                key: &key,
-                                nano,
-                                ttl_ms: *ttl_ms,
-                            });
-                        }
-                    }
-                }
-            });
-            return;
-        }
-        let mut changes = Vec::new();
-        if delta != 0.0 {
-            for (key, limit) in &taken.tokens {
-                changes.push(Change::Bucket {
-                    key: key.clone(),
-                    limit: *limit,
-                    amount: delta,
-                });
-            }
-        }
-        if nano > 0 {
-            for (period, window, ttl_ms) in &windows {
-                for s in &taken.scopes {
-                    changes.push(Change::Budget {
-                        key: s.budget_key(*period, &window.label),
-                        nano,
-                        ttl_ms: *ttl_ms,
+        // Every change this answer makes, handed over with its key borrowed
+        // (the budget keys written in turn into one buffer).
+        let changes = |apply: &mut dyn FnMut(ChangeRef<'_>)| {
+            if delta != 0.0 {
+                for (key, limit) in &taken.tokens {
+                    apply(ChangeRef::Bucket {
+                        key,
+                        limit: *limit,
+                        amount: delta,
                     });
                 }
             }
+            if nano > 0 {
+                let mut key = String::with_capacity(64);
+                for (period, window, ttl_ms) in &windows {
+                    for s in &taken.scopes {
+                        s.write_budget_key(*period, &window.label, &mut key);
+                        apply(ChangeRef::Budget {
+                            key: &key,
+                            nano,
+                            ttl_ms: *ttl_ms,
+                        });
+                    }
+                }
+            }
+        };
+        if !limiter.counters.is_shared() {
+            // Nothing goes to Redis: settled here, no key copied.
+            limiter.counters.settle_local_with(now, changes);
+            return;
         }
+        let mut owned = Vec::new();
+        changes(&mut |c| owned.push(c.owned()));
         drop(taken);
-        let Some(changes) = limiter.counters.settle_here(now, changes) else {
+        let Some(changes) = limiter.counters.settle_here(now, owned) else {
             return;
         };
         // Off the response path; bounded by the Redis timeout.
