@@ -263,6 +263,47 @@ async fn silent_idle_and_preface_only_connections_are_closed() {
     s.shutdown().await;
 }
 
+/// The header deadline of a request that starts on a kept-alive connection
+/// holds even when the idle deadline is far later (the watchdog is not woken
+/// per request; it must still not sleep through the sooner deadline).
+#[tokio::test]
+async fn a_stalled_head_after_a_kept_alive_request_is_cut_at_the_header_deadline() {
+    let s = stack_with_server(
+        fast(),
+        "first_byte_timeout = \"120s\"\nidle_timeout = \"120s\"",
+        "",
+        "[limits]\nheader_read_timeout = \"300ms\"\n",
+    )
+    .await;
+    let mut kept = connect(&s).await;
+    for _ in 0..2 {
+        let body = converse_body("hi").to_string();
+        kept.write_all(converse_head(body.len()).as_bytes())
+            .await
+            .unwrap();
+        kept.write_all(body.as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut kept).await.0, 200);
+    }
+    // Idle long enough for the watchdog to have looked at the idle connection.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kept.write_all(b"POST /model/haiku/converse HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    // HANG is far shorter than the idle timeout: only the header deadline closes it.
+    assert_eq!(read_until_closed(&mut kept).await, "");
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "bedrock_proxy_connections_closed_total",
+            &["reason=\"header_timeout\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn connections_over_the_cap_get_a_fast_503() {
     let s = stack_with_server(fast(), "max_connections = 2", "", "").await;

@@ -65,7 +65,16 @@ fn model_path(path: &str) -> Result<(Cow<'_, str>, Cow<'_, str>), ProxyError> {
     Ok((model_id, operation))
 }
 
-async fn handle(State(state): State<AppState>, request: Request) -> Response {
+/// Whether `path` is one of the model operations [`handle`] serves, exactly as
+/// the router would match it (a non-empty model id, one operation segment):
+/// the guard sends such a `POST` here without the router's lookup.
+pub(super) fn is_model_operation(path: &str) -> bool {
+    path.strip_prefix("/model/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(model, op)| !model.is_empty() && Operation::from_name(op).is_some())
+}
+
+pub(super) async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
     let mut finish = Finish::new(bedrock_wire::new_shared_request_id(), started);
     // Read from the URI rather than with `Path<(String, String)>`: two

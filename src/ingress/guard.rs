@@ -14,7 +14,8 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderName, HeaderValue, Version};
+use axum::extract::State;
+use axum::http::{header, HeaderName, HeaderValue, Method, Version};
 use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
@@ -139,12 +140,26 @@ async fn guard(state: AppState, mut request: Request, inner: Router) -> Response
     };
     request.extensions_mut().insert(gate.clone());
     let in_flight = InFlight::start();
+    // The Bedrock model operations, most of the traffic, skip the router's
+    // lookup, path parameters and boxed route future.
+    let direct = request.method() == Method::POST && super::bedrock::is_model_operation(path);
+    let handler_state = state.clone();
+    let serve = async move {
+        if direct {
+            Ok(super::bedrock::handle(State(handler_state), request).await)
+        } else {
+            inner.oneshot(request).await
+        }
+    };
     // A bug that panics in a handler answers this request with an error in its
     // API's shape (and is logged) instead of dropping the connection.
-    let run = AssertUnwindSafe(inner.oneshot(request)).catch_unwind();
+    let run = AssertUnwindSafe(serve).catch_unwind();
+    // Polled only once the cut comes: the token's lock is shared by every request.
+    let cut = bedrock_wire::serve::woken_only(state.cut.cancelled());
     let outcome = tokio::select! {
+        biased;
         outcome = run => outcome,
-        () = state.cut.cancelled() => {
+        () = cut => {
             tracing::warn!(path = %path, "shutdown grace passed before this request was answered");
             metrics::rejected("shutdown_cut");
             let e = ProxyError::overloaded(

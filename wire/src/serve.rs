@@ -34,6 +34,7 @@
 
 use axum::body::Body;
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -185,6 +186,17 @@ pub struct ServeOptions {
     pub events: Arc<dyn ServeEvents>,
 }
 
+impl ServeOptions {
+    /// The shortest of the deadlines a connection with nothing in flight can
+    /// be given: none starts closer than this to the moment it starts.
+    fn shortest_timeout(&self) -> Duration {
+        self.first_byte_timeout
+            .min(self.header_read_timeout)
+            .min(self.idle_timeout)
+            .max(Duration::from_millis(1))
+    }
+}
+
 impl std::fmt::Debug for ServeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServeOptions")
@@ -266,16 +278,23 @@ enum Phase {
     Closing,
 }
 
-/// Requests in flight on the whole server, and a wake-up when that reaches 0.
+/// Requests in flight on the whole server, and, once it drains, a wake-up
+/// when that reaches 0 (before, nobody waits for it: the last request out
+/// does not take `idle`'s lock).
 #[derive(Default)]
 struct ServerLoad {
     active: AtomicUsize,
+    draining: AtomicBool,
     idle: Notify,
 }
 
 /// What a connection's watchdog reads: requests in flight, since when it has
 /// been idle, when bytes arrived since then. Times are milliseconds after the
 /// connection's `base`; `first_read_ms` holds that plus one (0: none yet).
+///
+/// Nothing here wakes the watchdog: it checks on a timer that never fires
+/// later than a deadline could pass ([`watch_over`]), so a request costs the
+/// connection no wake-up and no timer of its own.
 struct Activity {
     base: Instant,
     active: AtomicUsize,
@@ -283,7 +302,6 @@ struct Activity {
     idle_since_ms: AtomicU64,
     first_read_ms: AtomicU64,
     h2: AtomicBool,
-    wake: Notify,
 }
 
 impl Activity {
@@ -295,7 +313,6 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             first_read_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
-            wake: Notify::new(),
         }
     }
 
@@ -308,15 +325,15 @@ impl Activity {
     }
 
     /// Bytes arrived; the first since the connection went idle starts the
-    /// header deadline, so the watchdog is woken to move its deadline.
+    /// header deadline.
     fn read(&self) {
-        if self.first_read_ms.load(Ordering::Relaxed) == 0
-            && self
-                .first_read_ms
-                .compare_exchange(0, self.now_ms() + 1, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.wake.notify_one();
+        if self.first_read_ms.load(Ordering::Relaxed) == 0 {
+            let _ = self.first_read_ms.compare_exchange(
+                0,
+                self.now_ms() + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -370,9 +387,12 @@ impl Drop for InFlight {
         if c.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             c.first_read_ms.store(0, Ordering::Release);
             c.idle_since_ms.store(c.now_ms(), Ordering::Release);
-            c.wake.notify_one();
         }
-        if self.server.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SeqCst here and in `serve`: either this sees `draining`, or the
+        // drain loop sees this request gone.
+        if self.server.active.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.server.draining.load(Ordering::SeqCst)
+        {
             self.server.idle.notify_one();
         }
     }
@@ -723,11 +743,12 @@ pub async fn serve(
         ));
     }
     drop(listener);
+    load.draining.store(true, Ordering::SeqCst);
     let _ = phase_tx.send(Phase::Draining);
     let deadline = tokio::time::sleep(options.drain);
     tokio::pin!(deadline);
     loop {
-        if load.active.load(Ordering::Acquire) == 0 {
+        if load.active.load(Ordering::SeqCst) == 0 {
             let _ = phase_tx.send(Phase::Closing);
         }
         tokio::select! {
@@ -765,7 +786,7 @@ async fn connection(
     builder: auto::Builder<TokioExecutor>,
     options: Arc<ServeOptions>,
     load: Arc<ServerLoad>,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
     _permit: Option<OwnedSemaphorePermit>,
 ) {
     let activity = Arc::new(Activity::new());
@@ -790,9 +811,12 @@ async fn connection(
         ($connection:expr, $close:expr) => {{
             let connection = $connection;
             tokio::pin!(connection);
+            let closed = woken_only($close.notified());
+            tokio::pin!(closed);
             tokio::select! {
+                biased;
                 result = connection.as_mut() => result,
-                () = $close.notified() => {
+                () = closed => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -828,7 +852,7 @@ async fn connection(
             }
         }
     };
-    let why = watch_over(serving, &activity, &close, &options, &mut phase).await;
+    let why = watch_over(serving, &activity, &close, &options, phase).await;
     options.events.connection_closed(why);
 }
 
@@ -882,68 +906,141 @@ async fn handle(
 /// watchdog deadline passes with nothing in flight, or when the server's phase
 /// says so, and dropping it if it has not closed [`CLOSE_GRACE`] after that
 /// with nothing in flight.
+///
+/// The watchdog shares the connection's task, so it must cost nothing on the
+/// task's many wakes while requests come and go:
+/// - its timer is reset only when it fires, never per request. It is set to
+///   the connection's deadline or one [`ServeOptions::shortest_timeout`]
+///   from now, whichever is sooner: every deadline a later request could
+///   start (an idle spell, the first byte of a request) lies at least that far
+///   after the moment it starts, so the timer never fires late, and on firing
+///   early it looks again;
+/// - the phase is polled only once it has changed ([`woken_only`]), not on
+///   every wake (polling a `watch` takes the lock it shares with every
+///   connection).
 async fn watch_over<F, E>(
     serving: F,
     activity: &Activity,
     close: &Notify,
     options: &ServeOptions,
-    phase: &mut watch::Receiver<Phase>,
+    mut phase: watch::Receiver<Phase>,
 ) -> Closed
 where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    tokio::pin!(serving);
-    let mut closing: Option<(Instant, Closed)> = None;
-    loop {
-        let deadline = match closing {
-            Some((at, _)) => Some(at),
-            None => activity.deadline(options).map(|(at, _)| at),
-        };
-        let sleep = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+    // Resolves when the phase says this connection is to close: at once on
+    // HTTP/2 (GOAWAY, its streams finish), at `Closing` on HTTP/1.1, which
+    // stays to answer what arrives while others finish.
+    let told_to_close = woken_only(async move {
+        loop {
+            if phase.changed().await.is_err() {
+                return;
             }
-        };
+            match *phase.borrow_and_update() {
+                Phase::Serving => {}
+                Phase::Draining if !activity.h2.load(Ordering::Relaxed) => {}
+                Phase::Draining | Phase::Closing => return,
+            }
+        }
+    });
+    let check = |now: Instant| match activity.deadline(options) {
+        Some((at, why)) if at <= now => Err(why),
+        Some((at, _)) => Ok(at.min(now + options.shortest_timeout())),
+        None => Ok(now + options.shortest_timeout()),
+    };
+    tokio::pin!(serving, told_to_close);
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut closing: Option<Closed> = None;
+    // Asks the connection to close, and gives it `CLOSE_GRACE` to.
+    let ask = |timer: Pin<&mut tokio::time::Sleep>| {
+        timer.reset(Instant::now() + CLOSE_GRACE);
+        close.notify_one();
+    };
+    loop {
         tokio::select! {
+            biased;
             result = &mut serving => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                return closing.map_or(Closed::Normal, |(_, why)| why);
+                return closing.unwrap_or(Closed::Normal);
             }
-            () = activity.wake.notified() => {}
-            changed = phase.changed(), if closing.is_none() => {
-                let now = match changed {
-                    Ok(()) => *phase.borrow_and_update(),
-                    Err(_) => Phase::Closing,
-                };
-                let close_now = match now {
-                    Phase::Serving => false,
-                    // HTTP/2 says GOAWAY and finishes its streams; HTTP/1.1
-                    // stays to answer what arrives while others finish.
-                    Phase::Draining => activity.h2.load(Ordering::Relaxed),
-                    Phase::Closing => true,
-                };
-                if close_now {
-                    closing = Some((Instant::now() + CLOSE_GRACE, Closed::Normal));
-                    close.notify_one();
-                }
+            () = &mut told_to_close, if closing.is_none() => {
+                closing = Some(Closed::Normal);
+                ask(timer.as_mut());
             }
-            () = sleep => match closing {
-                Some((_, why)) if activity.active.load(Ordering::Acquire) == 0 => return why,
-                Some((_, why)) => closing = Some((Instant::now() + CLOSE_GRACE, why)),
-                None => {
-                    if let Some((at, why)) = activity.deadline(options) {
-                        if at <= Instant::now() {
-                            closing = Some((Instant::now() + CLOSE_GRACE, why));
-                            close.notify_one();
+            () = timer.as_mut() => {
+                let now = Instant::now();
+                match closing {
+                    Some(why) if activity.active.load(Ordering::Acquire) == 0 => return why,
+                    Some(_) => timer.as_mut().reset(now + CLOSE_GRACE),
+                    None => match check(now) {
+                        Ok(next) => timer.as_mut().reset(next),
+                        Err(why) => {
+                            closing = Some(why);
+                            ask(timer.as_mut());
                         }
-                    }
+                    },
                 }
-            },
+            }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled only once its own waker has fired (and on the first
+    /// poll), however often the task holding it is woken for other reasons:
+    /// for a future that takes a lock on every poll (tokio's `Notify` and what
+    /// is built on it: `watch`, cancellation tokens) sharing a busy task.
+    pub struct WokenOnly<F> {
+        #[pin]
+        inner: F,
+        woken: Arc<Woken>,
+    }
+}
+
+/// Whether a [`WokenOnly`]'s future has been woken since it was last polled,
+/// and the task to wake when it is.
+struct Woken {
+    flag: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// Wraps `future` in a [`WokenOnly`].
+pub fn woken_only<F: Future>(future: F) -> WokenOnly<F> {
+    WokenOnly {
+        inner: future,
+        woken: Arc::new(Woken {
+            flag: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }),
+    }
+}
+
+impl<F: Future> Future for WokenOnly<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        this.woken.task.register(cx.waker());
+        if !this.woken.flag.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = std::task::Waker::from(this.woken.clone());
+        this.inner.poll(&mut Context::from_waker(&waker))
     }
 }
 
