@@ -3,7 +3,7 @@
 //! and the model id to send upstream.
 
 use bedrock_wire::catalog::{arn_resource, prompt_router_id};
-use std::collections::HashMap;
+use bedrock_wire::FastMap as HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, RouteConfig};

@@ -8,8 +8,8 @@
 //! Keys are `{prefix}{limits}:...`: one Redis Cluster hash tag, so the
 //! counters a script touches are always in one slot.
 
+use bedrock_wire::FastMap as HashMap;
 use redis::Script;
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use super::bucket::Bucket;
@@ -176,8 +176,8 @@ impl Counters {
     pub(super) fn new(shared: Option<Arc<RedisTier>>) -> Counters {
         Counters {
             shared,
-            local: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::default()),
+            pending: Mutex::new(HashMap::default()),
         }
     }
 

@@ -7,7 +7,7 @@
 //! A breaker is a small state machine behind its own mutex, held only for a few
 //! instructions and never across an await. Breakers outlive config reloads.
 
-use std::collections::HashMap;
+use bedrock_wire::FastMap as HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::time::Instant;
 

@@ -5,8 +5,8 @@
 //! One catalog serves the whole proxy; `config/models.toml` is compiled in and
 //! `[catalog] file` replaces it.
 
+use crate::FastMap as HashMap;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::converse::Usage;
@@ -383,7 +383,7 @@ pub struct ModelIds<M> {
 impl<M> Default for ModelIds<M> {
     fn default() -> Self {
         ModelIds {
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
         }
     }
 }

@@ -40,6 +40,13 @@ pub mod sse;
 pub mod tier;
 pub mod tokens;
 
+/// A hash map with a fast seeded hasher (foldhash), for the maps every
+/// request looks up (routes, the catalog, breakers, limit counters): SipHash,
+/// std's default, costs more than the lookup around it. Keys come from the
+/// config or are bounded by it; the per-process seed keeps the table's
+/// layout unpredictable all the same.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A request id in the format Bedrock uses (a random UUID v4). Not secret, so
 /// a fast non-cryptographic generator is enough.
 pub fn new_request_id() -> String {
