@@ -146,7 +146,9 @@ async fn guard(state: AppState, mut request: Request, inner: Router) -> Response
     let handler_state = state.clone();
     let serve = async move {
         if direct {
-            Ok(super::bedrock::handle(State(handler_state), request).await)
+            // Boxed: moved as it is, the handler's state would be copied
+            // with this future (into the select, the unwind catcher, the box).
+            Ok(Box::pin(super::bedrock::handle(State(handler_state), request)).await)
         } else {
             inner.oneshot(request).await
         }

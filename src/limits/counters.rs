@@ -197,10 +197,12 @@ impl Counters {
         let Some(redis) = &self.shared else {
             return (self.admit_local(now, checks), Source::Local);
         };
-        match self.admit_shared(redis, now, checks).await {
+        // The Redis round trips are boxed: their state would otherwise be
+        // carried (and copied) by every request's future, Redis or not.
+        match Box::pin(self.admit_shared(redis, now, checks)).await {
             Some(found) => {
                 self.mirror(now, checks, &found);
-                self.flush_pending(redis, now).await;
+                Box::pin(self.flush_pending(redis, now)).await;
                 (found, Source::Shared)
             }
             None if take_on_fallback => (self.admit_local(now, checks), Source::Fallback),
@@ -330,7 +332,7 @@ impl Counters {
     /// keeping budget spend to add to Redis when it is back.
     pub(super) async fn settle(&self, now: f64, changes: Vec<Change>) {
         if let Some(changes) = self.settle_here(now, changes) {
-            self.settle_redis(now, changes).await;
+            Box::pin(self.settle_redis(now, changes)).await;
         }
     }
 

@@ -605,7 +605,12 @@ async fn attempt(
 ) -> Result<Answer, ProxyError> {
     let upstream = &target.upstream;
     if upstream.config.kind.speaks_chat() {
-        return super::chat::attempt(target, op, prepared, first_byte, deadline, route).await;
+        // Boxed: the translating attempt's state is twice the Bedrock one's,
+        // and every future above this one would carry (and copy) it.
+        return Box::pin(super::chat::attempt(
+            target, op, prepared, first_byte, deadline, route,
+        ))
+        .await;
     }
     let sent = Instant::now();
     let response = upstream
