@@ -370,6 +370,9 @@ impl Upstream {
                 ProxyError::validation(format!("cannot build the upstream request: {e}"))
             })?;
         let h = request.headers_mut();
+        // Room for the client's, the operation's and the signature's headers
+        // at once, rather than growing (rehashing) the map as they come.
+        h.reserve(headers.len() + 8);
         for (name, value) in headers {
             h.insert(name.clone(), value.clone());
         }
@@ -620,7 +623,9 @@ pub async fn read_body(
 
 /// Response headers passed from the upstream to the client.
 pub fn passed_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
+    // Sized for what the proxy adds to an answer (its `x-proxy-*`, rate-limit
+    // and request-id headers) as well: the map is not grown per response.
+    let mut out = HeaderMap::with_capacity(32);
     for (name, value) in upstream {
         let n = name.as_str();
         if n == "content-type" || n == "x-amzn-requestid" || n.starts_with("x-amzn-bedrock-") {
