@@ -43,6 +43,13 @@ pub const FORWARDED: [&str; 9] = [
     "x-amzn-bedrock-request-metadata",
 ];
 
+/// The model id and operation segments of a `/model/{model_id}/{operation}`
+/// path, as sent (still percent-encoded).
+fn segments(path: &str) -> Option<(&str, &str)> {
+    path.strip_prefix("/model/")
+        .and_then(|rest| rest.split_once('/'))
+}
+
 /// The model id and operation of a `/model/{model_id}/{operation}` path,
 /// percent-decoded as axum's `Path` would, without allocating when nothing
 /// is escaped (a plain model id).
@@ -52,10 +59,7 @@ fn model_path(path: &str) -> Result<(Cow<'_, str>, Cow<'_, str>), ProxyError> {
             "The request path is invalid: {what} is not valid percent-encoded UTF-8."
         ))
     };
-    let (model_id, operation) = path
-        .strip_prefix("/model/")
-        .and_then(|rest| rest.split_once('/'))
-        .ok_or_else(|| invalid("the path"))?;
+    let (model_id, operation) = segments(path).ok_or_else(|| invalid("the path"))?;
     let model_id = percent_decode_str(model_id)
         .decode_utf8()
         .map_err(|_| invalid("the model id"))?;
@@ -69,8 +73,7 @@ fn model_path(path: &str) -> Result<(Cow<'_, str>, Cow<'_, str>), ProxyError> {
 /// the router would match it (a non-empty model id, one operation segment):
 /// the guard sends such a `POST` here without the router's lookup.
 pub(super) fn is_model_operation(path: &str) -> bool {
-    path.strip_prefix("/model/")
-        .and_then(|rest| rest.split_once('/'))
+    segments(path)
         .is_some_and(|(model, op)| !model.is_empty() && Operation::from_name(op).is_some())
 }
 
