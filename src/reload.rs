@@ -59,6 +59,10 @@ pub async fn reload(state: &AppState, path: &Path) -> Result<String, ReloadError
             ),
             ("admin.listen", old.admin.listen != config.admin.listen),
             (
+                "server.workers",
+                old.server.workers != config.server.workers,
+            ),
+            (
                 "limits.max_concurrent_requests",
                 old.limits.max_concurrent_requests != config.limits.max_concurrent_requests,
             ),

@@ -15,6 +15,7 @@
 
 use bedrock_sim::SimHandle;
 use bedrock_wire::serve::{serve, AcceptError, Closed, ServeEvents, ServeOptions};
+use bedrock_wire::workers::Workers;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub enum StartError {
     Tls(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error("starting {count} connection runtimes (server.workers): {error}")]
+    Workers { count: usize, error: std::io::Error },
     #[error("binding the {what} listener {addr}: {error}")]
     Bind {
         what: &'static str,
@@ -75,6 +78,9 @@ pub struct ProxyHandle {
     tasks: Vec<JoinHandle<()>>,
     grace: Duration,
     simulator: Option<SimHandle>,
+    /// The connection runtimes; they stop when this, the last owner, drops
+    /// after the background tasks, so nothing a request started outlives them.
+    workers: Option<Arc<Workers>>,
 }
 
 /// Time connections get, after in-flight work is cut at the grace deadline, to
@@ -148,6 +154,7 @@ impl ProxyHandle {
         if let Some(sim) = self.simulator.take() {
             sim.shutdown().await;
         }
+        self.workers.take();
     }
 
     /// Runs until the stop token is cancelled, then shuts down.
@@ -183,6 +190,13 @@ pub async fn start(
         }
         None => None,
     };
+    let workers = match config.server.workers {
+        0 => None,
+        count => Some(Arc::new(
+            Workers::start(count, "bedrock-worker")
+                .map_err(|error| StartError::Workers { count, error })?,
+        )),
+    };
     let c = &config.server.connections;
     let api_options = ServeOptions {
         first_byte_timeout: c.first_byte_timeout,
@@ -195,6 +209,7 @@ pub async fn start(
         drain: grace + CUT_FLUSH,
         tls: tls.clone(),
         events: Arc::new(ApiEvents),
+        workers: workers.clone(),
     };
     let admin_token = config.admin.token_sha256;
     let config_connections = config.server.connections.max_connections;
@@ -262,6 +277,7 @@ pub async fn start(
         tasks,
         grace,
         simulator,
+        workers,
     })
 }
 

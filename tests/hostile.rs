@@ -112,8 +112,22 @@ async fn a_stalled_body_gets_408_and_holds_no_request_slot() {
         .await
         .unwrap();
     stalled.write_all(b"{").await.unwrap();
-    // The one request slot is not the stalled upload's: another tenant's
-    // request is served while it hangs.
+    // The stalled upload is in (its connection may be on another thread)...
+    let mut in_flight = 0.0;
+    for _ in 0..500 {
+        in_flight = metric(
+            &s.proxy.state.metrics_text(),
+            "bedrock_proxy_in_flight_requests",
+            &[],
+        );
+        if in_flight >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(in_flight, 1.0, "the stalled upload is being read");
+    // ...and the one request slot is not its: another tenant's request is
+    // served while it hangs.
     let served = post_b(
         &s.op_url("haiku", "converse"),
         converse_body("hi").to_string(),
@@ -332,6 +346,94 @@ async fn connections_over_the_cap_get_a_fast_503() {
     let m = s.proxy.state.metrics_text();
     assert!(metric(&m, "bedrock_proxy_connections_refused_total", &[]) >= 1.0);
     s.shutdown().await;
+}
+
+// --- Connection runtimes ---
+
+#[tokio::test]
+async fn every_connection_runtime_setting_serves_concurrent_connections_and_streams() {
+    // 0: the shared work-stealing runtime; 1: a single worker takes every
+    // connection; 3: more workers than a CI machine's cores (they share
+    // upstream pools).
+    for workers in [0, 1, 3] {
+        let s = stack_with_server(fast(), &format!("workers = {workers}"), "", "").await;
+        let calls = (0..6).map(|i| {
+            // A client each, so each call has a connection of its own.
+            let client = sdk_client(&s.url());
+            async move {
+                client
+                    .converse()
+                    .model_id(HAIKU)
+                    .messages(
+                        Message::builder()
+                            .role(ConversationRole::User)
+                            .content(ContentBlock::Text(format!("question {i}")))
+                            .build()
+                            .unwrap(),
+                    )
+                    .send()
+                    .await
+            }
+        });
+        for (i, answer) in futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let answer = answer.unwrap_or_else(|e| panic!("workers = {workers}, call {i}: {e:?}"));
+            let text = answer
+                .output()
+                .and_then(|o| o.as_message().ok())
+                .and_then(|m| m.content().first())
+                .and_then(|c| c.as_text().ok())
+                .cloned()
+                .unwrap_or_default();
+            assert!(!text.is_empty(), "workers = {workers}, call {i}");
+        }
+        let mut stream = sdk_client(&s.url())
+            .converse_stream()
+            .model_id(HAIKU)
+            .messages(
+                Message::builder()
+                    .role(ConversationRole::User)
+                    .content(ContentBlock::Text("a stream".into()))
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("workers = {workers}: {e:?}"))
+            .stream;
+        let mut text = String::new();
+        let mut stopped = false;
+        while let Some(event) = stream.recv().await.unwrap() {
+            match event {
+                ConverseStreamOutput::ContentBlockDelta(d) => {
+                    if let Some(Ok(t)) = d.delta().map(|d| d.as_text()) {
+                        text.push_str(t);
+                    }
+                }
+                ConverseStreamOutput::MessageStop(_) => stopped = true,
+                _ => {}
+            }
+        }
+        assert!(stopped && !text.is_empty(), "workers = {workers}: {text:?}");
+        // The clients are gone; their connections close and are counted so.
+        let mut open = f64::NAN;
+        for _ in 0..500 {
+            open = metric(
+                &s.proxy.state.metrics_text(),
+                "bedrock_proxy_connections",
+                &[],
+            );
+            if open == 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(open, 0.0, "workers = {workers}: open connections");
+        s.shutdown().await;
+    }
 }
 
 // --- HTTP/2 answers like HTTP/1.1 ---

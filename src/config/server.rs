@@ -38,6 +38,10 @@ pub struct ServerConfig {
     pub operations_upstream: Option<String>,
     /// What bounds each connection.
     pub connections: Connections,
+    /// Connection runtimes: connections are spread over this many
+    /// single-threaded runtimes, one per thread, each running its connections'
+    /// requests start to end (0: all run on the shared work-stealing runtime).
+    pub workers: usize,
 }
 
 /// The bounds on each client connection: how many, how long each phase may
@@ -88,6 +92,7 @@ impl Default for ServerConfig {
             sigv4_regions: None,
             operations_upstream: None,
             connections: Connections::default(),
+            workers: bedrock_wire::workers::cores(),
         }
     }
 }
@@ -117,6 +122,25 @@ pub(super) struct RawServer {
     h2_keep_alive_interval: Option<String>,
     h2_keep_alive_timeout: Option<String>,
     max_header_bytes: Option<usize>,
+    /// `"auto"` or a count.
+    workers: Option<toml::Value>,
+}
+
+/// The most connection runtimes `server.workers` may ask for.
+const MAX_WORKERS: usize = 1024;
+
+fn workers(raw: Option<toml::Value>, default: usize, e: &mut Vec<String>) -> usize {
+    match raw {
+        None => default,
+        Some(toml::Value::String(name)) if name == "auto" => bedrock_wire::workers::cores(),
+        Some(toml::Value::Integer(n)) if (0..=MAX_WORKERS as i64).contains(&n) => n as usize,
+        Some(other) => {
+            e.push(format!(
+                "server.workers: {other} is not \"auto\" (one per core) or a count from 0 (the shared runtime) to {MAX_WORKERS}"
+            ));
+            default
+        }
+    }
 }
 
 /// The connection keys of `[server]`, read apart from the listener's.
@@ -188,6 +212,7 @@ pub(super) fn validate(raw: RawServer, e: &mut Vec<String>) -> ServerConfig {
         sigv4_regions,
         operations_upstream: raw.operations_upstream,
         connections: connections(raw_connections, e),
+        workers: workers(raw.workers, d.workers, e),
     }
 }
 

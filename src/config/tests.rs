@@ -867,6 +867,30 @@ fn connection_bounds_have_safe_defaults_and_are_read() {
 }
 
 #[test]
+fn connection_runtimes_default_to_one_per_core_and_take_auto_or_a_count() {
+    let cores = bedrock_wire::workers::cores();
+    let workers = |lines: &str| Config::parse(&with_server(lines)).map(|c| c.server.workers);
+    assert_eq!(Config::parse(MINIMAL).unwrap().server.workers, cores);
+    assert_eq!(workers("workers = \"auto\"").unwrap(), cores);
+    assert_eq!(workers("workers = 3").unwrap(), 3);
+    assert_eq!(workers("workers = 0").unwrap(), 0, "0: the shared runtime");
+    for (value, shown) in [
+        ("-1", "-1"),
+        ("5000", "5000"),
+        ("\"all\"", "\"all\""),
+        ("1.5", "1.5"),
+    ] {
+        let e = errors(&with_server(&format!("workers = {value}"))).join("\n");
+        assert!(
+            e.contains(&format!(
+                "server.workers: {shown} is not \"auto\" (one per core) or a count from 0"
+            )),
+            "{value}: {e}"
+        );
+    }
+}
+
+#[test]
 fn the_body_budget_holds_at_least_one_largest_body() {
     let c = Config::parse(MINIMAL).unwrap();
     assert_eq!(c.limits.max_inflight_body_bytes, 256 * 1024 * 1024);

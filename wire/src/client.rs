@@ -116,6 +116,11 @@ where
     B: http_body::Body + Send + 'static + Unpin,
     B::Data: Send,
 {
+    client_on(options, connector(options))
+}
+
+/// The TCP and TLS connector `options` describe.
+fn connector(options: &ClientOptions) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(options.connect_timeout));
     http.set_nodelay(true);
@@ -128,11 +133,23 @@ where
             hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
         })
         .https_or_http();
-    let https = match options.version {
+    match options.version {
         HttpVersion::Auto => builder.enable_all_versions().wrap_connector(http),
         HttpVersion::Http1 => builder.enable_http1().wrap_connector(http),
         HttpVersion::Http2 => builder.enable_http2().wrap_connector(http),
-    };
+    }
+}
+
+/// A pooled client over `connector` (which clients may share: its TLS config
+/// is built once).
+fn client_on<B>(
+    options: &ClientOptions,
+    connector: HttpsConnector<HttpConnector>,
+) -> StreamingClient<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+{
     let mut client = Client::builder(TokioExecutor::new());
     client
         .timer(TokioTimer::new())
@@ -147,15 +164,23 @@ where
             .http2_keep_alive_while_idle(options.http2_keep_alive_interval.is_some())
             .http2_adaptive_window(options.http2_adaptive_window);
     }
-    client.build(https)
+    client.build(connector)
 }
 
 /// Several clients with requests spread over them in turn. Over HTTP/2 a
 /// client multiplexes every request to a host on one connection, whose flow
 /// control and single TCP stream then serialize a loaded upstream; `n` clients
 /// give `n` connections. (Over HTTP/1.1 they split one pool `n` ways.)
+///
+/// Each connection runtime ([`crate::workers`]) has clients of its own, so a
+/// request's upstream connection runs on the request's thread: a pooled
+/// connection is a task on the runtime that opened it, and one opened by
+/// another worker would cost a thread hand-off each way.
 pub struct Spread<B> {
+    /// `per_worker` clients for each of `workers` runtimes, worker by worker.
     clients: Box<[StreamingClient<B>]>,
+    per_worker: usize,
+    workers: usize,
     next: AtomicUsize,
 }
 
@@ -165,25 +190,36 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// `connections` clients (at least one) built by `options`.
+    /// `connections` clients (at least one) built by `options`, for each
+    /// connection runtime the process may run ([`crate::workers::cores`]).
     pub fn new(options: &ClientOptions, connections: usize) -> Spread<B> {
+        let per_worker = connections.max(1);
+        let workers = crate::workers::cores();
+        let connector = connector(options);
         Spread {
-            clients: (0..connections.max(1))
-                .map(|_| client_with(options))
+            clients: (0..per_worker * workers)
+                .map(|_| client_on(options, connector.clone()))
                 .collect(),
+            per_worker,
+            workers,
             next: AtomicUsize::new(0),
         }
     }
 
-    /// Sends `request` on the next client in turn.
+    /// Sends `request` on the calling worker's next client in turn (the first
+    /// worker's off the workers).
     pub fn request(&self, request: Request<B>) -> ResponseFuture {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        self.clients[i].request(request)
+        let worker = crate::workers::current().map_or(0, |w| w % self.workers);
+        let i = match self.per_worker {
+            1 => 0,
+            n => self.next.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        self.clients[worker * self.per_worker + i].request(request)
     }
 
-    /// How many clients requests are spread over.
+    /// How many clients each worker's requests are spread over.
     pub fn len(&self) -> usize {
-        self.clients.len()
+        self.per_worker
     }
 
     /// Never: a spread has at least one client.

@@ -39,6 +39,7 @@ pub mod sigv4;
 pub mod sse;
 pub mod tier;
 pub mod tokens;
+pub mod workers;
 
 /// A hash map with a fast seeded hasher (foldhash), for the maps every
 /// request looks up (routes, the catalog, breakers, limit counters): SipHash,

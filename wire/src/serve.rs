@@ -57,6 +57,8 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::workers::Workers;
+
 /// Marks a response whose connection must be dropped instead of answered.
 #[derive(Debug, Clone, Copy)]
 pub struct ResetConnection;
@@ -184,6 +186,9 @@ pub struct ServeOptions {
     pub tls: Option<Arc<ServerConfig>>,
     /// Where connection events go (metrics).
     pub events: Arc<dyn ServeEvents>,
+    /// Runtimes to serve connections on, each on the next in turn (`None`:
+    /// the runtime `serve` runs on).
+    pub workers: Option<Arc<Workers>>,
 }
 
 impl ServeOptions {
@@ -209,6 +214,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("max_connections", &self.max_connections)
             .field("drain", &self.drain)
             .field("tls", &self.tls.is_some())
+            .field("workers", &self.workers.as_ref().map(|w| w.len()))
             .finish_non_exhaustive()
     }
 }
@@ -226,6 +232,7 @@ impl Default for ServeOptions {
             drain: Duration::from_secs(30),
             tls: None,
             events: Arc::new(NoEvents),
+            workers: None,
         }
     }
 }
@@ -474,11 +481,30 @@ impl http_body::Body for Retained {
 }
 
 /// The accepted socket, noting when bytes arrive (and whether the first ones
-/// are an HTTP/2 preface) for the watchdog.
+/// are an HTTP/2 preface) for the watchdog. Dropped with bytes the client is
+/// still sending, it lingers ([`linger`]).
 struct Watched {
-    inner: TcpStream,
+    /// `None` only once dropped.
+    inner: Option<TcpStream>,
     activity: Arc<Activity>,
     sniffed: bool,
+}
+
+impl Watched {
+    fn new(stream: TcpStream, activity: Arc<Activity>) -> Watched {
+        Watched {
+            inner: Some(stream),
+            activity,
+            sniffed: false,
+        }
+    }
+
+    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match self.inner.as_mut() {
+            Some(stream) => Ok(Pin::new(stream)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -488,7 +514,7 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let polled = self.stream()?.poll_read(cx, buf);
         let got = &buf.filled()[before..];
         if !got.is_empty() {
             if !self.sniffed {
@@ -509,15 +535,15 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.stream()?.poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.stream()?.poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.stream()?.poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -525,12 +551,70 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.stream()?.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner
+            .as_ref()
+            .is_some_and(TcpStream::is_write_vectored)
     }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let Some(stream) = self.inner.take() else {
+            return;
+        };
+        // Without a syscall unless the socket was last seen readable.
+        let mut probe = [0u8; 1];
+        if matches!(stream.try_read(&mut probe), Ok(n) if n > 0) {
+            linger(stream);
+        }
+    }
+}
+
+/// How long a closing connection keeps reading what its client still sends,
+/// in all and without a byte.
+const LINGER_TIME: Duration = Duration::from_secs(10);
+const LINGER_IDLE: Duration = Duration::from_secs(2);
+
+/// Connections lingering at once, process-wide; past this, they close at once.
+const MAX_LINGERING: usize = 256;
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+/// Closes a connection whose client is still sending (an answer that came
+/// before the whole request body, such as a 400 for a body over the size
+/// limit, or a 408): its write side at once, so the client sees the answer
+/// end, and the socket after reading and dropping what the client sends, for
+/// at most [`LINGER_TIME`] and [`LINGER_IDLE`] without a byte. Closed with
+/// unread bytes, the socket would answer with a reset, and a client still
+/// writing its body (most do, before they read) gets a broken pipe, and with
+/// it loses the answer waiting in its receive buffer. nginx's
+/// `lingering_close`, for the same reason.
+fn linger(mut stream: TcpStream) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
+        LINGERING.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    runtime.spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let _ = stream.shutdown().await;
+        let deadline = Instant::now() + LINGER_TIME;
+        let mut sink = vec![0u8; 16 * 1024];
+        loop {
+            let wait = deadline.min(Instant::now() + LINGER_IDLE);
+            match tokio::time::timeout_at(wait, stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+        drop(stream);
+        LINGERING.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// The size of a request head as HTTP/2 counts it (RFC 9113 §6.5.2: each field
@@ -731,16 +815,36 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        options.events.connection_opened();
-        connections.spawn(connection(
-            stream,
-            router.clone(),
-            builder.clone(),
-            options.clone(),
-            load.clone(),
-            phase_rx.clone(),
-            permit,
-        ));
+        let served = {
+            let (router, builder, options) = (router.clone(), builder.clone(), options.clone());
+            let (load, phase) = (load.clone(), phase_rx.clone());
+            move |stream| connection(stream, router, builder, options, load, phase, permit)
+        };
+        match &options.workers {
+            None => {
+                options.events.connection_opened();
+                connections.spawn(served(stream));
+            }
+            // The socket moves to the worker's own I/O driver.
+            Some(workers) => match stream.into_std() {
+                Ok(stream) => {
+                    let events = options.events.clone();
+                    connections.spawn_on(
+                        async move {
+                            match TcpStream::from_std(stream) {
+                                Ok(stream) => {
+                                    events.connection_opened();
+                                    served(stream).await;
+                                }
+                                Err(e) => tracing::warn!(error = %e, "a worker could not take a connection"),
+                            }
+                        },
+                        workers.next(),
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "could not hand a connection to a worker"),
+            },
+        }
     }
     drop(listener);
     load.draining.store(true, Ordering::SeqCst);
@@ -791,11 +895,7 @@ async fn connection(
 ) {
     let activity = Arc::new(Activity::new());
     let close = Arc::new(Notify::new());
-    let io = Watched {
-        inner: stream,
-        activity: activity.clone(),
-        sniffed: false,
-    };
+    let io = Watched::new(stream, activity.clone());
     let service = {
         let activity = activity.clone();
         let max_header_bytes = options.max_header_bytes;
