@@ -147,6 +147,11 @@ impl ProxyHandle {
             let _ = api.await;
         }
         cutter.abort();
+        // The writes the last requests left behind (cache stores, limits
+        // settlements), bounded: each is bounded by the Redis timeout.
+        if let Some(redis) = &self.state.redis {
+            redis.finish_detached(CUT_FLUSH).await;
+        }
         self.background.cancel();
         for task in self.tasks.drain(..) {
             let _ = task.await;

@@ -52,6 +52,12 @@ pub struct RedisTier {
     /// Itself, for the probe task it starts when it goes down.
     me: Weak<RedisTier>,
     stop: CancellationToken,
+    /// The runtime the tier started on (the main one): its probe and the
+    /// writes requests leave behind run there, not on the connection runtime
+    /// of the request that started them, which stops first at shutdown.
+    home: tokio::runtime::Handle,
+    /// Writes requests left behind, waited for at shutdown.
+    detached: tokio_util::task::TaskTracker,
 }
 
 async fn connect(config: &RedisConfig) -> redis::RedisResult<Conn> {
@@ -89,6 +95,8 @@ impl RedisTier {
             down: AtomicBool::new(false),
             me: me.clone(),
             stop: stop.clone(),
+            home: tokio::runtime::Handle::current(),
+            detached: tokio_util::task::TaskTracker::new(),
         });
         crate::metrics::redis_up(false);
         let t = tier.clone();
@@ -116,6 +124,27 @@ impl RedisTier {
             }
         });
         tier
+    }
+
+    /// Runs `write` (a call a request leaves behind: a cache store, a limits
+    /// settlement) in the background, on the tier's own runtime; shutdown
+    /// waits for it ([`RedisTier::finish_detached`]).
+    pub fn spawn(&self, write: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.home.spawn(self.detached.track_future(write));
+    }
+
+    /// Waits, at most `within`, for the writes [`RedisTier::spawn`] started.
+    pub async fn finish_detached(&self, within: Duration) {
+        self.detached.close();
+        if tokio::time::timeout(within, self.detached.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.detached.len(),
+                "shutdown: shared-cache writes still running were dropped"
+            );
+        }
     }
 
     /// Counts an error; logs at most one warning every 10 seconds.
@@ -173,7 +202,7 @@ impl RedisTier {
                 "shared cache failing; skipping it until a probe succeeds"
             );
             if let Some(me) = self.me.upgrade() {
-                tokio::spawn(me.probe());
+                self.home.spawn(me.probe());
             }
         }
     }
@@ -510,4 +539,45 @@ pub fn glob_escape(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[tokio::test]
+    async fn shutdown_waits_for_the_writes_requests_left_behind_and_runs_them_at_home() {
+        let stop = CancellationToken::new();
+        let tier = RedisTier::start(
+            RedisConfig {
+                // Never connects; the writes below do not call Redis.
+                urls: vec!["redis://127.0.0.1:1".into()],
+                ..RedisConfig::default()
+            },
+            stop.clone(),
+        );
+        let home = std::thread::current().id();
+        let done = Arc::new(AtomicBool::new(false));
+        // Left behind by a request on a connection runtime, which then stops.
+        let worker = bedrock_wire::workers::Workers::start(1, "test-request").unwrap();
+        let (t, d) = (tier.clone(), done.clone());
+        let (ran_on, ran) = tokio::sync::oneshot::channel();
+        worker.next().spawn(async move {
+            t.spawn(async move {
+                let _ = ran_on.send(std::thread::current().id());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                d.store(true, Ordering::SeqCst);
+            });
+        });
+        assert_eq!(
+            ran.await.unwrap(),
+            home,
+            "the write runs on the tier's runtime"
+        );
+        drop(worker);
+        tier.finish_detached(Duration::from_secs(5)).await;
+        assert!(done.load(Ordering::SeqCst), "shutdown waited for the write");
+        stop.cancel();
+    }
 }

@@ -56,6 +56,9 @@ pub struct Shared {
     /// listener serves.
     pub(crate) simulator: Option<bedrock_sim::Simulator>,
     pub(crate) embedded_url: Option<String>,
+    /// The shared tier (`[cache.redis]`), whose background writes shutdown
+    /// waits for.
+    pub(crate) redis: Option<Arc<RedisTier>>,
 }
 
 /// A cheap handle on [`Shared`].
@@ -85,6 +88,7 @@ impl AppState {
             .redis
             .clone()
             .map(|r| RedisTier::start(r, stop));
+        let tier = redis.clone();
         let limiter = Limiter::new(runtime.config.limits.clock, redis.clone());
         let responses = Arc::new(ResponseStore::new(&runtime.config.responses, redis.clone()));
         let pipeline = Arc::new(Pipeline {
@@ -114,6 +118,7 @@ impl AppState {
             readiness: RwLock::new(Readiness::default()),
             simulator,
             embedded_url,
+            redis: tier,
         }))
     }
 

@@ -164,7 +164,8 @@ impl ResponseCache {
             let redis_key = Self::redis_key(&l2, namespace, &entry.route, &key);
             let encoded = entry.encode();
             let ttl = entry.ttl;
-            tokio::spawn(async move { l2.set(&redis_key, &encoded, ttl).await });
+            let tier = l2.clone();
+            tier.spawn(async move { l2.set(&redis_key, &encoded, ttl).await });
         }
         self.l1.insert(key, entry).await;
     }

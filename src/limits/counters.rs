@@ -483,6 +483,11 @@ impl Counters {
     pub(super) fn is_shared(&self) -> bool {
         self.shared.is_some()
     }
+
+    /// The shared tier, when the counters live in Redis.
+    pub(super) fn shared(&self) -> Option<&Arc<RedisTier>> {
+        self.shared.as_ref()
+    }
 }
 
 fn bucket(cell: Option<&Cell>) -> Bucket {

@@ -1000,8 +1000,8 @@ impl Held {
             return;
         };
         // Off the response path; bounded by the Redis timeout.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { limiter.counters.settle_redis(now, changes).await });
+        if let Some(tier) = limiter.counters.shared().cloned() {
+            tier.spawn(async move { limiter.counters.settle_redis(now, changes).await });
         }
     }
 }

@@ -214,6 +214,11 @@ impl PrefixRegistry {
 
     /// Applies `update` to a ledger (in Redis when it answers, else here) and
     /// returns the ledger as it is now.
+    /// The shared tier the ledger also lives in, if any.
+    pub fn shared(&self) -> Option<&Arc<RedisTier>> {
+        self.redis.as_ref()
+    }
+
     pub async fn update(&self, key: &LedgerKey, update: &Update, window: Duration) -> Fields {
         let local = self.local(key);
         if let Some(redis) = &self.redis {

@@ -271,11 +271,16 @@ impl UsageSink for Settlement {
         }
         let registry = self.registry.clone();
         let window = self.window;
-        tokio::spawn(async move {
+        let write = async move {
             for (key, update) in updates {
                 registry.update(&key, &update, window).await;
             }
-        });
+        };
+        match self.registry.shared() {
+            Some(tier) => tier.spawn(write),
+            // In memory only: nothing outlives the process to wait for.
+            None => drop(tokio::spawn(write)),
+        }
     }
 }
 

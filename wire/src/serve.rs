@@ -596,12 +596,13 @@ fn linger(mut stream: TcpStream) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
-        LINGERING.fetch_sub(1, Ordering::Relaxed);
+    let Some(slot) = LingerSlot::take() else {
         return;
-    }
+    };
+    // Dropped unrun (its runtime is shutting down), the task gives its slot back too.
     runtime.spawn(async move {
         use tokio::io::AsyncReadExt;
+        let _slot = slot;
         let _ = stream.shutdown().await;
         let deadline = Instant::now() + LINGER_TIME;
         let mut sink = vec![0u8; 16 * 1024];
@@ -612,9 +613,26 @@ fn linger(mut stream: TcpStream) {
                 _ => break,
             }
         }
-        drop(stream);
-        LINGERING.fetch_sub(1, Ordering::Relaxed);
     });
+}
+
+/// One of the [`MAX_LINGERING`] places, given back when dropped.
+struct LingerSlot;
+
+impl LingerSlot {
+    fn take() -> Option<LingerSlot> {
+        if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
+            LINGERING.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(LingerSlot)
+    }
+}
+
+impl Drop for LingerSlot {
+    fn drop(&mut self) {
+        LINGERING.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The size of a request head as HTTP/2 counts it (RFC 9113 §6.5.2: each field
@@ -820,9 +838,9 @@ pub async fn serve(
             let (load, phase) = (load.clone(), phase_rx.clone());
             move |stream| connection(stream, router, builder, options, load, phase, permit)
         };
+        options.events.connection_opened();
         match &options.workers {
             None => {
-                options.events.connection_opened();
                 connections.spawn(served(stream));
             }
             // The socket moves to the worker's own I/O driver.
@@ -832,17 +850,20 @@ pub async fn serve(
                     connections.spawn_on(
                         async move {
                             match TcpStream::from_std(stream) {
-                                Ok(stream) => {
-                                    events.connection_opened();
-                                    served(stream).await;
+                                Ok(stream) => served(stream).await,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "a worker could not take a connection");
+                                    events.connection_closed(Closed::Normal);
                                 }
-                                Err(e) => tracing::warn!(error = %e, "a worker could not take a connection"),
                             }
                         },
                         workers.next(),
                     );
                 }
-                Err(e) => tracing::warn!(error = %e, "could not hand a connection to a worker"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not hand a connection to a worker");
+                    options.events.connection_closed(Closed::Normal);
+                }
             },
         }
     }

@@ -48,15 +48,26 @@ impl Workers {
         let mut handles = Vec::with_capacity(count.max(1));
         let mut stops = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            handles.push(runtime.handle().clone());
             let (stop, stopped) = oneshot::channel::<()>();
+            let (started, handle) = std::sync::mpsc::sync_channel(1);
+            // The runtime is built, run and dropped on its own thread: never
+            // dropped where blocking is not allowed, even when the thread
+            // cannot start.
             std::thread::Builder::new()
                 .name(format!("{name}-{index}"))
                 .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                    };
                     INDEX.with(|i| i.set(Some(index)));
+                    let _ = started.send(Ok(runtime.handle().clone()));
                     runtime.block_on(async {
                         // Ends when the sender is sent to or dropped.
                         let _ = stopped.await;
@@ -65,6 +76,10 @@ impl Workers {
                     // pool's reaper) ends with the runtime; nothing blocks it.
                     runtime.shutdown_background();
                 })?;
+            let handle = handle.recv().map_err(|_| {
+                io::Error::other("a worker thread ended before its runtime started")
+            })??;
+            handles.push(handle);
             stops.push(stop);
         }
         Ok(Workers {
