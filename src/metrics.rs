@@ -275,6 +275,9 @@ pub struct RouteMetrics {
     service_tier: Memo<[&'static str; 2], metrics::Counter, 6>,
     /// By (upstream kind, basis).
     cost: Memo<[&'static str; 2], metrics::Gauge, 4>,
+    /// Tokens cache hits saved, input and output.
+    saved_tokens: [OnceLock<metrics::Counter>; 2],
+    saved_usd: OnceLock<metrics::Gauge>,
 }
 
 /// The metrics every attempt on one target of a route updates (attempts by
@@ -391,6 +394,8 @@ impl RouteMetrics {
             output_speed: Memo::default(),
             service_tier: Memo::default(),
             cost: Memo::default(),
+            saved_tokens: Default::default(),
+            saved_usd: OnceLock::new(),
         }
     }
 
@@ -422,6 +427,34 @@ impl RouteMetrics {
                 metrics::histogram!(REQUEST_DURATION, "route" => self.label.clone(), "operation" => op.name())
             })
             .record(elapsed.as_secs_f64());
+    }
+
+    /// What a cache hit saved: the tokens the original answer billed and,
+    /// when its price is known, the dollars.
+    pub fn cache_saved(&self, usage: &Usage, usd: f64) {
+        for (i, (kind, n)) in [
+            (
+                "input",
+                usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens,
+            ),
+            ("output", usage.output_tokens),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if n > 0 {
+                self.saved_tokens[i]
+                    .get_or_init(|| {
+                        metrics::counter!(CACHE_TOKENS_SAVED, "route" => self.label.clone(), "kind" => kind)
+                    })
+                    .increment(n);
+            }
+        }
+        if usd > 0.0 {
+            self.saved_usd
+                .get_or_init(|| metrics::gauge!(CACHE_USD_SAVED, "route" => self.label.clone()))
+                .increment(usd);
+        }
     }
 
     /// Tokens an upstream answer billed.
@@ -637,25 +670,6 @@ pub fn cache_size(entries: u64, bytes: u64) {
 /// A failed Redis call (`connect`, `get`, `set`, `scan`, `del`, `decode`).
 pub fn redis_error(operation: &'static str) {
     metrics::counter!(CACHE_REDIS_ERRORS, "operation" => operation).increment(1);
-}
-
-/// Tokens and dollars a cache hit saved (the original answer's usage and price).
-pub fn cache_saved(route: &SharedString, usage: &Usage, usd: f64) {
-    for (kind, n) in [
-        (
-            "input",
-            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens,
-        ),
-        ("output", usage.output_tokens),
-    ] {
-        if n > 0 {
-            metrics::counter!(CACHE_TOKENS_SAVED, "route" => route.clone(), "kind" => kind)
-                .increment(n);
-        }
-    }
-    if usd > 0.0 {
-        metrics::gauge!(CACHE_USD_SAVED, "route" => route.clone()).increment(usd);
-    }
 }
 
 pub const PROMPT_CACHE_POINTS: &str = "bedrock_proxy_prompt_cache_points_injected_total";

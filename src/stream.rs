@@ -122,6 +122,10 @@ pub fn frames(
 
 /// Replays stored frames: all at once, or `paced` at their original offsets.
 pub fn replay(frames: Vec<(RelayedFrame, Duration)>, paced: bool) -> FrameStream {
+    if !paced {
+        // As fast as the client reads: every frame is ready.
+        return Box::pin(stream::iter(frames.into_iter().map(|(frame, _)| Ok(frame))));
+    }
     let start = Instant::now();
     Box::pin(
         stream::iter(frames).then(move |(frame, offset)| async move {
@@ -143,11 +147,14 @@ pub fn prepend(first: RelayedFrame, rest: FrameStream) -> FrameStream {
 /// cancelled (shutdown's grace has passed): the client's stream then ends with
 /// an exception frame or error event, and the books call it [`StreamEnd::Cut`].
 pub fn until_cut(frames: FrameStream, cut: tokio_util::sync::CancellationToken) -> FrameStream {
+    // Polled only once the cut comes: the token takes a lock on every poll,
+    // and this one would be polled for every frame.
+    let cut = Box::pin(bedrock_wire::serve::woken_only(cut.cancelled_owned()));
     Box::pin(stream::unfold(Some((frames, cut)), |state| async move {
-        let (mut frames, cut) = state?;
+        let (mut frames, mut cut) = state?;
         tokio::select! {
             biased;
-            () = cut.cancelled() => {
+            () = &mut cut => {
                 let e = ProxyError::new(
                     ErrorKind::Unavailable,
                     Side::Internal,

@@ -360,7 +360,7 @@ impl Finish {
                 .invoked(summary)
                 .or_else(|| self.model.clone())
                 .map_or(0.0, |m| self.price_at(&m, summary).cost(usage));
-            metrics::cache_saved(route.label(), usage, usd);
+            route.cache_saved(usage, usd);
         } else {
             route.tokens(usage);
             let held = self.started.elapsed();
