@@ -8,10 +8,8 @@
 mod common;
 
 use aws_sdk_bedrockruntime::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_bedrockruntime::types::{
-    ContentBlock, ConversationRole, ConverseStreamOutput, InferenceConfiguration, Message,
-};
-use bedrock_sim::testing::{raw, sdk_client, sdk_client_signed, TEST_ACCESS_KEY};
+use aws_sdk_bedrockruntime::types::{ConverseStreamOutput, InferenceConfiguration};
+use bedrock_sim::testing::{raw, sdk_client, sdk_client_signed, user_text, TEST_ACCESS_KEY};
 use bedrock_sim::SimConfig;
 use bytes::Bytes;
 use common::*;
@@ -364,13 +362,7 @@ async fn every_connection_runtime_setting_serves_concurrent_connections_and_stre
                 client
                     .converse()
                     .model_id(HAIKU)
-                    .messages(
-                        Message::builder()
-                            .role(ConversationRole::User)
-                            .content(ContentBlock::Text(format!("question {i}")))
-                            .build()
-                            .unwrap(),
-                    )
+                    .messages(user_text(&format!("question {i}")))
                     .send()
                     .await
             }
@@ -393,13 +385,7 @@ async fn every_connection_runtime_setting_serves_concurrent_connections_and_stre
         let mut stream = sdk_client(&s.url())
             .converse_stream()
             .model_id(HAIKU)
-            .messages(
-                Message::builder()
-                    .role(ConversationRole::User)
-                    .content(ContentBlock::Text("a stream".into()))
-                    .build()
-                    .unwrap(),
-            )
+            .messages(user_text("a stream"))
             .send()
             .await
             .unwrap_or_else(|e| panic!("workers = {workers}: {e:?}"))
@@ -837,13 +823,7 @@ async fn shutdown_says_503_on_readyz_and_kept_alive_connections_and_ends_cut_str
     let mut stream = client
         .converse_stream()
         .model_id(HAIKU)
-        .messages(
-            Message::builder()
-                .role(ConversationRole::User)
-                .content(ContentBlock::Text("Tell me a long story.".into()))
-                .build()
-                .unwrap(),
-        )
+        .messages(user_text("Tell me a long story."))
         .inference_config(InferenceConfiguration::builder().max_tokens(4000).build())
         .send()
         .await

@@ -581,7 +581,7 @@ const LINGER_IDLE: Duration = Duration::from_secs(2);
 
 /// Connections lingering at once, process-wide; past this, they close at once.
 const MAX_LINGERING: usize = 256;
-static LINGERING: AtomicUsize = AtomicUsize::new(0);
+static LINGERING: Semaphore = Semaphore::const_new(MAX_LINGERING);
 
 /// Closes a connection whose client is still sending (an answer that came
 /// before the whole request body, such as a 400 for a body over the size
@@ -596,42 +596,30 @@ fn linger(mut stream: TcpStream) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let Some(slot) = LingerSlot::take() else {
+    let Ok(slot) = LINGERING.try_acquire() else {
         return;
     };
     // Dropped unrun (its runtime is shutting down), the task gives its slot back too.
     runtime.spawn(async move {
-        use tokio::io::AsyncReadExt;
         let _slot = slot;
         let _ = stream.shutdown().await;
-        let deadline = Instant::now() + LINGER_TIME;
-        let mut sink = vec![0u8; 16 * 1024];
-        loop {
-            let wait = deadline.min(Instant::now() + LINGER_IDLE);
-            match tokio::time::timeout_at(wait, stream.read(&mut sink)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => break,
-            }
-        }
+        discard_until_closed(&mut stream, LINGER_TIME, LINGER_IDLE).await;
     });
 }
 
-/// One of the [`MAX_LINGERING`] places, given back when dropped.
-struct LingerSlot;
-
-impl LingerSlot {
-    fn take() -> Option<LingerSlot> {
-        if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
-            LINGERING.fetch_sub(1, Ordering::Relaxed);
-            return None;
+/// Reads and drops what the client sends until it closes, for at most `total`
+/// and `idle` without a byte: a close with unread bytes would reset the
+/// connection before the client has read the answer sent before it.
+async fn discard_until_closed(stream: &mut TcpStream, total: Duration, idle: Duration) {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + total;
+    let mut sink = [0u8; 16 * 1024];
+    loop {
+        let wait = deadline.min(Instant::now() + idle);
+        match tokio::time::timeout_at(wait, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break,
         }
-        Some(LingerSlot)
-    }
-}
-
-impl Drop for LingerSlot {
-    fn drop(&mut self) {
-        LINGERING.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -708,22 +696,14 @@ const MAX_LINGERING_REFUSALS: usize = 256;
 /// closes it, reading what the client sent for a moment first so the close
 /// does not reset the connection before the answer is read.
 async fn refuse(mut stream: TcpStream, response: Bytes) {
-    use tokio::io::AsyncReadExt;
     let written = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(&response).await?;
         stream.shutdown().await
     })
     .await;
     if matches!(written, Ok(Ok(()))) {
-        let mut sink = [0u8; 4096];
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            while let Ok(n) = stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
+        let moment = Duration::from_millis(500);
+        discard_until_closed(&mut stream, moment, moment).await;
     }
 }
 

@@ -27,8 +27,8 @@ pub fn current() -> Option<usize> {
     INDEX.with(Cell::get)
 }
 
-/// How many workers [`Workers::per_core`] starts: one per core the process may
-/// run on.
+/// One per core the process may run on: `server.workers = "auto"`, and the
+/// worker slots a [`crate::client::Spread`] keeps clients for.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -87,11 +87,6 @@ impl Workers {
             next: AtomicUsize::new(0),
             _stops: stops.into(),
         })
-    }
-
-    /// One worker per core ([`cores`]).
-    pub fn per_core(name: &str) -> io::Result<Workers> {
-        Workers::start(cores(), name)
     }
 
     /// The next worker in turn, for a new connection.
