@@ -28,6 +28,10 @@ pub enum Answer {
     Stream {
         headers: HeaderMap,
         frames: FrameStream,
+        /// The same frames already back to back, when they are all at hand (a
+        /// cache hit replayed at once): a client that takes Bedrock's frames
+        /// as they are gets them in one write, and `frames` is never read.
+        joined: Option<Bytes>,
     },
 }
 

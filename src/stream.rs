@@ -12,6 +12,7 @@ use base64::Engine;
 use bedrock_wire::converse::{ConverseEvent, Summary, Usage};
 use bedrock_wire::eventstream::{decode, exception_frame, Frame, FrameKind, FrameSplitter};
 use bytes::Bytes;
+use futures_util::future::Either;
 use futures_util::stream::{self, Stream, StreamExt};
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
@@ -137,6 +138,16 @@ pub fn replay(frames: Vec<(RelayedFrame, Duration)>, paced: bool) -> FrameStream
     )
 }
 
+/// [`replay`] of the frames `make` returns, made on the first poll: a stream
+/// whose frames are never read (its answer went out another way) costs
+/// nothing.
+pub fn replay_lazy(
+    make: impl FnOnce() -> Vec<(RelayedFrame, Duration)> + Send + 'static,
+    paced: bool,
+) -> FrameStream {
+    Box::pin(stream::once(async move { replay(make(), paced) }).flatten())
+}
+
 /// A stream with its first frame already read (so the caller knows the
 /// upstream really started answering before committing to it).
 pub fn prepend(first: RelayedFrame, rest: FrameStream) -> FrameStream {
@@ -184,6 +195,11 @@ pub enum StreamEnd {
 pub trait StreamObserver: Send + 'static {
     fn frame(&mut self, frame: &RelayedFrame);
     fn end(&mut self, end: StreamEnd);
+    /// Whether [`StreamObserver::frame`] does anything: frames sent at once
+    /// are not shown to an observer that ignores them.
+    fn reads_frames(&self) -> bool {
+        true
+    }
 }
 
 /// Calls the observer's `end` exactly once, with `ClientGone` if the stream is
@@ -361,19 +377,41 @@ impl<O: StreamObserver> Render for BedrockRender<O> {
 
 /// The client's side of a Bedrock event stream: the upstream's frames byte for
 /// byte; a failure becomes one exception frame and the end of the stream.
+/// Frames already `joined` go out as one chunk, unless the observer reads
+/// each frame.
 pub fn to_bedrock_client(
     frames: FrameStream,
+    joined: Option<Bytes>,
     observer: impl StreamObserver,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-    relay(
-        frames,
-        BedrockRender {
-            ending: Ending {
-                observer,
-                ended: false,
-            },
-        },
-    )
+    let ending = Ending {
+        observer,
+        ended: false,
+    };
+    match joined {
+        Some(all) if !ending.observer.reads_frames() => {
+            drop(frames);
+            Either::Left(at_once(all, ending))
+        }
+        _ => Either::Right(relay(frames, BedrockRender { ending })),
+    }
+}
+
+/// `all` as one chunk; the stream is complete once the client's side has
+/// taken it (asked for what follows), and ends for a client gone before.
+fn at_once<O: StreamObserver>(
+    all: Bytes,
+    ending: Ending<O>,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    stream::unfold((Some(all), ending), |(all, mut ending)| async move {
+        match all {
+            Some(all) => Some((Ok(all), (None, ending))),
+            None => {
+                ending.end(StreamEnd::Complete);
+                None
+            }
+        }
+    })
 }
 
 /// Renders a ConverseStream as another API's server-sent events.
@@ -480,6 +518,11 @@ impl StreamReader {
             known: Some(summary),
             ..StreamReader::default()
         }
+    }
+
+    /// Whether the summary is known already (a replay): frames are not read.
+    pub fn is_known(&self) -> bool {
+        self.known.is_some()
     }
 
     /// The stream ran to its end: a known summary is now what was read (a
@@ -606,6 +649,106 @@ mod tests {
         fn end(&mut self, end: StreamEnd) {
             *self.0.lock().unwrap() = Some(format!("{end:?}"));
         }
+        fn reads_frames(&self) -> bool {
+            false
+        }
+    }
+
+    /// An observer that reads every frame (counts them) and how it ended.
+    struct Counting {
+        frames: Arc<std::sync::atomic::AtomicUsize>,
+        ended: Ended,
+    }
+
+    impl StreamObserver for Counting {
+        fn frame(&mut self, _: &RelayedFrame) {
+            self.frames
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn end(&mut self, end: StreamEnd) {
+            self.ended.end(end);
+        }
+    }
+
+    fn joined(frames: &[RelayedFrame]) -> Bytes {
+        frames
+            .iter()
+            .flat_map(|f| f.raw.to_vec())
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    #[tokio::test]
+    async fn joined_frames_go_out_in_one_write_and_the_frames_are_never_made() {
+        let frames: Vec<_> = (0..40).map(frame).collect();
+        let all = joined(&frames);
+        let made = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let upstream = replay_lazy(
+            {
+                let made = made.clone();
+                move || {
+                    made.store(true, std::sync::atomic::Ordering::Relaxed);
+                    frames.into_iter().map(|f| (f, Duration::ZERO)).collect()
+                }
+            },
+            false,
+        );
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let mut client = Box::pin(to_bedrock_client(
+            upstream,
+            Some(all.clone()),
+            Ended(ended.clone()),
+        ));
+        let first = client.next().await.unwrap().unwrap();
+        assert_eq!(first, all, "every frame, in order, in one chunk");
+        assert_eq!(
+            *ended.lock().unwrap(),
+            None,
+            "not complete before the client's side took the chunk"
+        );
+        assert!(client.next().await.is_none());
+        assert_eq!(ended.lock().unwrap().as_deref(), Some("Complete"));
+        assert!(!made.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_before_the_joined_chunk_is_taken_is_not_complete() {
+        let frames: Vec<_> = (0..3).map(frame).collect();
+        let all = joined(&frames);
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let mut client = Box::pin(to_bedrock_client(
+            replay(vec![], false),
+            Some(all),
+            Ended(ended.clone()),
+        ));
+        client.next().await.unwrap().unwrap();
+        drop(client);
+        assert_eq!(ended.lock().unwrap().as_deref(), Some("ClientGone"));
+    }
+
+    #[tokio::test]
+    async fn an_observer_that_reads_frames_gets_each_of_them_even_when_they_come_joined() {
+        let frames: Vec<_> = (0..5).map(frame).collect();
+        let all = joined(&frames);
+        let expected = all.clone();
+        let upstream = replay_lazy(
+            move || frames.into_iter().map(|f| (f, Duration::ZERO)).collect(),
+            false,
+        );
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let observer = Counting {
+            frames: seen.clone(),
+            ended: Ended(ended.clone()),
+        };
+        let chunks: Vec<Bytes> = to_bedrock_client(upstream, Some(all), observer)
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        let sent: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+        assert_eq!(sent, expected.to_vec());
+        assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 5);
+        assert_eq!(ended.lock().unwrap().as_deref(), Some("Complete"));
     }
 
     #[test]
@@ -639,7 +782,7 @@ mod tests {
             false,
         );
         let ended = Arc::new(std::sync::Mutex::new(None));
-        let chunks: Vec<Bytes> = to_bedrock_client(upstream, Ended(ended.clone()))
+        let chunks: Vec<Bytes> = to_bedrock_client(upstream, None, Ended(ended.clone()))
             .map(|c| c.unwrap())
             .collect()
             .await;
@@ -656,7 +799,7 @@ mod tests {
             rx.recv().await.map(|item| (item, rx))
         }));
         let ended = Arc::new(std::sync::Mutex::new(None));
-        let mut client = Box::pin(to_bedrock_client(upstream, Ended(ended.clone())));
+        let mut client = Box::pin(to_bedrock_client(upstream, None, Ended(ended.clone())));
         for i in 0..3 {
             tx.send(Ok(frame(i))).unwrap();
             let chunk = tokio::time::timeout(Duration::from_secs(1), client.next())

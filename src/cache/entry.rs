@@ -25,10 +25,13 @@ pub enum Content {
     /// A Converse answer: its events, each event's offset from the first (ms),
     /// and the assembled JSON body. `frames` are the events encoded once as
     /// event-stream frames, replayed by every streamed hit as they are; each
-    /// event's payload is a slice of its frame.
+    /// event's payload is a slice of its frame. `joined` is every frame back
+    /// to back (once compacted, each frame is a slice of it): what a hit
+    /// replayed at once to a Bedrock client sends as one chunk.
     Converse {
         events: Vec<ConverseEvent>,
         frames: Vec<Bytes>,
+        joined: Bytes,
         offsets_ms: Vec<u32>,
         body: Bytes,
     },
@@ -38,28 +41,33 @@ pub enum Content {
         body: Bytes,
     },
     /// An InvokeModelWithResponseStream answer: headers and chunk payloads,
-    /// each a slice of its `chunk` frame in `frames` (encoded once, as above).
+    /// each a slice of its `chunk` frame in `frames` (encoded once, and
+    /// joined, as above).
     InvokeStream {
         headers: Vec<(String, Bytes)>,
         chunks: Vec<Bytes>,
         frames: Vec<Bytes>,
+        joined: Bytes,
         offsets_ms: Vec<u32>,
     },
 }
 
 impl Content {
-    /// A Converse answer's content, its frames encoded (once, here).
+    /// A Converse answer's content, its frames encoded (once, here); joined
+    /// when compacted.
     fn converse(events: Vec<ConverseEvent>, offsets_ms: Vec<u32>, body: Bytes) -> Content {
         let frames = events.iter().map(ConverseEvent::to_frame).collect();
         Content::Converse {
             events,
             frames,
+            joined: Bytes::new(),
             offsets_ms,
             body,
         }
     }
 
-    /// A stream of InvokeModel chunks, their frames encoded (once, here).
+    /// A stream of InvokeModel chunks, their frames encoded (once, here);
+    /// joined when compacted.
     fn invoke_stream(
         headers: Vec<(String, Bytes)>,
         chunks: Vec<Bytes>,
@@ -73,6 +81,7 @@ impl Content {
             headers,
             chunks,
             frames,
+            joined: Bytes::new(),
             offsets_ms,
         }
     }
@@ -83,7 +92,8 @@ impl Content {
     /// answer would keep a whole buffer alive, and an answer's dozens of small
     /// event payloads would each be an allocation of their own, fragmenting
     /// the heap as entries come and go. Payloads are not copied apart: each is
-    /// the slice of its frame that holds it.
+    /// the slice of its frame that holds it, and the frames lie back to back,
+    /// so `joined` is one slice too.
     fn compacted(self) -> Content {
         match self {
             Content::Converse {
@@ -91,8 +101,9 @@ impl Content {
                 frames,
                 offsets_ms,
                 body,
+                ..
             } => {
-                let (body, frames) = pack(body, frames);
+                let (body, frames, joined) = pack(body, frames);
                 let events = events
                     .into_iter()
                     .zip(&frames)
@@ -104,6 +115,7 @@ impl Content {
                 Content::Converse {
                     events,
                     frames,
+                    joined,
                     offsets_ms,
                     body,
                 }
@@ -117,8 +129,9 @@ impl Content {
                 chunks,
                 frames,
                 offsets_ms,
+                ..
             } => {
-                let frames = pack(Bytes::new(), frames).1;
+                let (_, frames, joined) = pack(Bytes::new(), frames);
                 let chunks = chunks
                     .into_iter()
                     .zip(&frames)
@@ -128,6 +141,7 @@ impl Content {
                     headers,
                     chunks,
                     frames,
+                    joined,
                     offsets_ms,
                 }
             }
@@ -135,8 +149,9 @@ impl Content {
     }
 }
 
-/// Copies `first` and `parts` into one allocation and returns slices of it.
-fn pack(first: Bytes, parts: Vec<Bytes>) -> (Bytes, Vec<Bytes>) {
+/// Copies `first` and `parts` into one allocation and returns slices of it:
+/// `first`, each part, and all the parts together.
+fn pack(first: Bytes, parts: Vec<Bytes>) -> (Bytes, Vec<Bytes>, Bytes) {
     let total = first.len() + parts.iter().map(Bytes::len).sum::<usize>();
     let mut buffer = bytes::BytesMut::with_capacity(total);
     buffer.extend_from_slice(&first);
@@ -153,7 +168,11 @@ fn pack(first: Bytes, parts: Vec<Bytes>) -> (Bytes, Vec<Bytes>) {
             slice
         })
         .collect();
-    (buffer.slice(..first.len()), parts)
+    (
+        buffer.slice(..first.len()),
+        parts,
+        buffer.slice(first.len()..),
+    )
 }
 
 /// The payload of an encoded event-stream frame, as a slice of it: after the
@@ -401,6 +420,28 @@ impl Entry {
         }
     }
 
+    /// Every frame of a streamed answer back to back, as one buffer (shared,
+    /// not copied): what a hit replayed at once sends a Bedrock client.
+    pub fn joined_frames(&self) -> Option<Bytes> {
+        match &self.content {
+            Content::Converse { frames, joined, .. }
+            | Content::InvokeStream { frames, joined, .. } => {
+                (!frames.is_empty() && !joined.is_empty()).then(|| joined.clone())
+            }
+            Content::Invoke { .. } => None,
+        }
+    }
+
+    /// Whether the entry holds a stream's frames (a streamed hit can replay it).
+    pub fn has_frames(&self) -> bool {
+        match &self.content {
+            Content::Converse { frames, .. } | Content::InvokeStream { frames, .. } => {
+                !frames.is_empty()
+            }
+            Content::Invoke { .. } => false,
+        }
+    }
+
     /// The frames a streamed hit replays, each with its original offset: the
     /// frames encoded when the entry was made, shared, not encoded again.
     pub fn frames(&self) -> Vec<(RelayedFrame, Duration)> {
@@ -576,6 +617,7 @@ impl Entry {
                 Content::Converse {
                     events,
                     frames,
+                    joined: Bytes::new(),
                     offsets_ms,
                     body: r.bytes()?,
                 }
@@ -603,11 +645,15 @@ impl Entry {
                     headers,
                     chunks,
                     frames,
+                    joined: Bytes::new(),
                     offsets_ms,
                 }
             }
             _ => return Err(EntryError::Corrupt("unknown content kind")),
         };
+        // In one buffer of its own, the frames joined (the value read from
+        // Redis holds them apart, between their offsets).
+        let content = content.compacted();
         Ok(Entry {
             created_ms,
             ttl,
@@ -920,5 +966,50 @@ mod tests {
         }
         assert!(e.weight() as usize > e.body().unwrap().len());
         assert_eq!(e.summary.usage.unwrap().total_tokens, 18);
+        // A replay at once sends the same bytes, joined, also after a trip
+        // through the shared tier (whose value holds the frames apart).
+        let all: Vec<u8> = frames.iter().flat_map(|(f, _)| f.raw.to_vec()).collect();
+        assert_eq!(e.joined_frames().unwrap(), all);
+        let back = Entry::decode(&e.encode()).unwrap();
+        assert_eq!(back.joined_frames().unwrap(), all);
+        assert!(converse_entry().has_frames());
+    }
+
+    #[test]
+    fn an_invoke_stream_entry_joins_its_chunk_frames_and_a_whole_invoke_has_none() {
+        let chunks = vec![
+            Bytes::from_static(b"{\"bytes\":\"e30=\"}"),
+            Bytes::from_static(b"{\"bytes\":\"e319\"}"),
+        ];
+        let e = Entry::from_invoke_stream(
+            Arc::from("t"),
+            Arc::from("r"),
+            "m",
+            Duration::from_secs(5),
+            &HeaderMap::new(),
+            chunks.clone(),
+            vec![0, 3],
+            Summary::default(),
+        );
+        let all: Vec<u8> = chunks
+            .iter()
+            .flat_map(|c| event_frame("chunk", c.clone()).to_vec())
+            .collect();
+        assert_eq!(e.joined_frames().unwrap(), all);
+        assert_eq!(
+            Entry::decode(&e.encode()).unwrap().joined_frames().unwrap(),
+            all
+        );
+        let whole = Entry::from_invoke(
+            Arc::from("t"),
+            Arc::from("r"),
+            "m",
+            Duration::from_secs(5),
+            &HeaderMap::new(),
+            Bytes::from_static(b"{}"),
+            Summary::default(),
+        );
+        assert!(!whole.has_frames());
+        assert_eq!(whole.joined_frames(), None);
     }
 }

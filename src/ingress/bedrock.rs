@@ -183,6 +183,7 @@ async fn serve(
         Answer::Stream {
             mut headers,
             frames,
+            joined,
         } => {
             let tier = headers
                 .get(LATENCY_HEADER)
@@ -190,8 +191,9 @@ async fn serve(
                 .and_then(LatencyTier::parse);
             finish.headers(&mut headers, tier);
             let observer = finish.stream_observer();
-            let mut response =
-                Response::new(Body::from_stream(to_bedrock_client(frames, observer)));
+            let mut response = Response::new(Body::from_stream(to_bedrock_client(
+                frames, joined, observer,
+            )));
             *response.status_mut() = StatusCode::OK;
             *response.headers_mut() = headers;
             response

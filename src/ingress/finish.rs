@@ -494,6 +494,10 @@ impl StreamObserver for FinishStream {
         self.transcript.read(&frame.frame);
     }
 
+    fn reads_frames(&self) -> bool {
+        !self.reader.is_known() || self.transcript.text().is_some()
+    }
+
     fn end(&mut self, end: StreamEnd) {
         let route = self.finish.route_metrics.clone();
         let outcome = match &end {

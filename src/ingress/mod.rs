@@ -354,9 +354,14 @@ pub async fn run(
     // A stream still running when shutdown's grace passes ends with an
     // exception frame (or error event) rather than a cut connection.
     result.map(|answer| match answer {
-        Answer::Stream { headers, frames } => Answer::Stream {
+        Answer::Stream {
+            headers,
+            frames,
+            joined,
+        } => Answer::Stream {
             headers,
             frames: crate::stream::until_cut(frames, state.cut.clone()),
+            joined,
         },
         whole => whole,
     })

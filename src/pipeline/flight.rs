@@ -154,6 +154,7 @@ impl Flight {
                         answer: Answer::Stream {
                             headers,
                             frames: self.frames(rx),
+                            joined: None,
                         },
                         record,
                     }

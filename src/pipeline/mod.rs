@@ -195,16 +195,19 @@ fn cacheable(call: &Call, rt: &Runtime, directives: &Directives) -> Option<Cache
     })
 }
 
-/// An answer from a stored entry, as a body or a stream.
-fn from_entry(entry: &Entry, op: Operation, replay: Replay) -> Option<Answer> {
+/// An answer from a stored entry, as a body or a stream. A stream replayed at
+/// once also comes joined; its frames are made only if they are read.
+fn from_entry(entry: &Arc<Entry>, op: Operation, replay: Replay) -> Option<Answer> {
     if op.is_stream() {
-        let frames = entry.frames();
-        if frames.is_empty() {
+        if !entry.has_frames() {
             return None;
         }
+        let paced = replay == Replay::Paced;
+        let stored = entry.clone();
         Some(Answer::Stream {
             headers: entry.headers(true),
-            frames: stream::replay(frames, replay == Replay::Paced),
+            frames: stream::replay_lazy(move || stored.frames(), paced),
+            joined: if paced { None } else { entry.joined_frames() },
         })
     } else {
         Some(Answer::Whole {
@@ -428,6 +431,7 @@ async fn fly(
         Ok(Answer::Stream {
             headers,
             mut frames,
+            ..
         }) => {
             flight.start(Head::Stream {
                 headers: headers.clone(),

@@ -360,9 +360,14 @@ impl<A: Attempt> Chain<'_, A> {
         }
         // The attempt's span ends with it; a stream's, when the stream ends.
         let result = match result {
-            Ok(Answer::Stream { headers, frames }) if span.is_on() => Ok(Answer::Stream {
+            Ok(Answer::Stream {
+                headers,
+                frames,
+                joined,
+            }) if span.is_on() => Ok(Answer::Stream {
                 headers,
                 frames: Box::pin(span.follow(frames)),
+                joined,
             }),
             Ok(answer) => {
                 span.ok();
@@ -676,6 +681,7 @@ async fn attempt(
         return Ok(Answer::Stream {
             headers,
             frames: stream::prepend(first, frames),
+            joined: None,
         });
     }
 

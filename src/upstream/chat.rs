@@ -148,6 +148,7 @@ pub async fn attempt(
     Ok(Answer::Stream {
         headers,
         frames: relay::prepend(first, frames),
+        joined: None,
     })
 }
 
