@@ -270,7 +270,7 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn skip_ws(&mut self) {
         while self
             .text
@@ -291,7 +291,7 @@ impl Reader<'_> {
     }
 
     /// A string token, unescaped.
-    fn string(&mut self) -> Option<std::borrow::Cow<'_, str>> {
+    fn string(&mut self) -> Option<std::borrow::Cow<'a, str>> {
         self.eat(b'"')?;
         let start = self.at;
         let mut escaped = false;
@@ -332,7 +332,7 @@ impl Reader<'_> {
             return None;
         }
         match self.peek()? {
-            b'{' => self.object(pos, markers, skip, out, depth),
+            b'{' => self.object(pos, markers, skip, out, depth).map(drop),
             b'[' => self.array(pos, markers, skip, out, depth),
             b'"' => {
                 let s = self.string()?;
@@ -389,21 +389,22 @@ impl Reader<'_> {
             out.push(b']');
             return Some(());
         }
-        let mut item = Vec::new();
         loop {
-            item.clear();
+            // Each item is written in place; a marker is taken back out.
+            let before = out.len();
+            if !first {
+                out.push(b',');
+            }
             let is_marker = if drop_markers && self.peek()? == b'{' {
-                self.object_checking_marker(item_pos, markers, skip, &mut item, depth + 1)?
+                self.object(item_pos, markers, skip, out, depth + 1)?
             } else {
-                self.value(item_pos, markers, skip, &mut item, depth + 1)?;
+                self.value(item_pos, markers, skip, out, depth + 1)?;
                 false
             };
-            if !is_marker {
-                if !first {
-                    out.push(b',');
-                }
+            if is_marker {
+                out.truncate(before);
+            } else {
                 first = false;
-                out.extend_from_slice(&item);
             }
             match self.peek()? {
                 b',' => self.at += 1,
@@ -418,21 +419,10 @@ impl Reader<'_> {
         Some(())
     }
 
-    /// An object; returns whether it is a Converse `cachePoint` marker.
-    fn object_checking_marker(
-        &mut self,
-        pos: Pos,
-        markers: Markers,
-        skip: &[&str],
-        out: &mut Vec<u8>,
-        depth: usize,
-    ) -> Option<bool> {
-        let members = self.members(pos, markers, skip, depth)?;
-        let marker = members.iter().any(|(k, _)| k == "cachePoint");
-        write_members(members, out);
-        Some(marker)
-    }
-
+    /// An object, its kept members sorted by key; returns whether it is a
+    /// Converse `cachePoint` marker (has that key). Members are written in
+    /// place as they are read; only an object whose keys come out of order
+    /// (or repeat) is then rewritten, once, in order.
     fn object(
         &mut self,
         pos: Pos,
@@ -440,40 +430,46 @@ impl Reader<'_> {
         skip: &[&str],
         out: &mut Vec<u8>,
         depth: usize,
-    ) -> Option<()> {
-        let members = self.members(pos, markers, skip, depth)?;
-        write_members(members, out);
-        Some(())
-    }
-
-    /// An object's members, kept ones only, each value already canonical.
-    fn members(
-        &mut self,
-        pos: Pos,
-        markers: Markers,
-        skip: &[&str],
-        depth: usize,
-    ) -> Option<Vec<(String, Vec<u8>)>> {
+    ) -> Option<bool> {
         self.eat(b'{')?;
-        let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+        out.push(b'{');
         if self.peek()? == b'}' {
             self.at += 1;
-            return Some(members);
+            out.push(b'}');
+            return Some(false);
         }
+        let body = out.len();
+        // Each kept member: its key and where `"key":value` lies in `out`.
+        let mut members: Vec<(std::borrow::Cow<'a, str>, usize, usize)> = Vec::new();
+        let mut in_order = true;
         loop {
-            let key = self.string()?.into_owned();
+            let key = self.string()?;
             self.eat(b':')?;
-            let dropped = (pos == Pos::Top && skip.contains(&key.as_str()))
+            let dropped = (pos == Pos::Top && skip.contains(&key.as_ref()))
                 || (pos == Pos::MarkerElement
                     && markers == Markers::Anthropic
                     && key == "cache_control");
-            let mut value = Vec::new();
+            let before = out.len();
+            if !members.is_empty() {
+                out.push(b',');
+            }
+            let start = out.len();
+            write_string(&key, out);
+            out.push(b':');
             let child = child_pos(pos, &key, markers);
-            self.value(child, markers, skip, &mut value, depth + 1)?;
-            if !dropped {
+            self.value(child, markers, skip, out, depth + 1)?;
+            if dropped {
+                out.truncate(before);
+            } else {
                 // A repeated key: the last one counts, as serde_json reads it.
-                members.retain(|(k, _)| *k != key);
-                members.push((key, value));
+                if let Some(i) = members.iter().position(|(k, _, _)| *k == key) {
+                    members.remove(i);
+                    in_order = false;
+                }
+                if members.last().is_some_and(|(last, _, _)| *last > key) {
+                    in_order = false;
+                }
+                members.push((key, start, out.len()));
             }
             match self.peek()? {
                 b',' => self.at += 1,
@@ -484,22 +480,20 @@ impl Reader<'_> {
                 _ => return None,
             }
         }
-        Some(members)
-    }
-}
-
-fn write_members(mut members: Vec<(String, Vec<u8>)>, out: &mut Vec<u8>) {
-    members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    out.push(b'{');
-    for (i, (key, value)) in members.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+        let marker = members.iter().any(|(k, _, _)| k == "cachePoint");
+        if !in_order {
+            let written = out.split_off(body);
+            members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (i, (_, start, end)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&written[start - body..end - body]);
+            }
         }
-        write_string(key, out);
-        out.push(b':');
-        out.extend_from_slice(value);
+        out.push(b'}');
+        Some(marker)
     }
-    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -616,6 +610,37 @@ mod tests {
         }
         assert!(request_bytes_from_text(b"{\"a\":1", Markers::Keep, &[]).is_none());
         assert!(request_bytes_from_text(b"{\"a\":1} x", Markers::Keep, &[]).is_none());
+    }
+
+    #[test]
+    fn members_out_of_order_repeated_or_left_out_give_the_parsed_values_bytes() {
+        // Unsorted at every level, a repeated key whose last value counts
+        // (also `cachePoint` itself), a left-out member first, in the middle
+        // and last, markers in system, messages and tools.
+        let text = r#"{"performanceConfig":{"latency":"optimized"},"toolConfig":{"tools":[{"toolSpec":{"name":"b","description":"x"}},
+            {"cachePoint":{"type":"default"}},{"cachePoint":1,"cachePoint":{"type":"default"}}],"b":2,"a":1},
+            "system":[{"text":"s","cache_control":{"type":"ephemeral"}},{"cachePoint":{"type":"default"}}],
+            "messages":[{"role":"user","content":[{"text":"y","cache_control":{"type":"ephemeral"},"a":0},{"z":1,"z":2,"a":[3,{"d":1,"c":2}]}]},
+            {"content":[],"role":"assistant","role":"user"}],"serviceTier":"flex","requestMetadata":{"k":"v"},"a":{"y":1,"x":{"q":1,"p":2}}}"#;
+        let parsed: Value = serde_json::from_str(text).unwrap();
+        let skip = ["performanceConfig", "requestMetadata", "serviceTier"];
+        for markers in [Markers::Keep, Markers::Converse, Markers::Anthropic] {
+            assert_eq!(
+                String::from_utf8(
+                    request_bytes_from_text(text.as_bytes(), markers, &skip).unwrap()
+                )
+                .unwrap(),
+                String::from_utf8(request_bytes(&parsed, markers, &skip)).unwrap(),
+                "{markers:?}"
+            );
+        }
+        let converse = request_bytes_from_text(text.as_bytes(), Markers::Converse, &skip).unwrap();
+        let converse = String::from_utf8(converse).unwrap();
+        assert!(!converse.contains("cachePoint"), "{converse}");
+        assert!(
+            converse.starts_with(r#"{"a":{"x":{"p":2,"q":1},"y":1},"messages":"#),
+            "{converse}"
+        );
     }
 
     #[test]

@@ -359,6 +359,19 @@ proptest! {
     }
 
     #[test]
+    fn respelled_text_and_the_value_give_the_same_canonical_bytes(value in json()) {
+        // Members in reverse order: the text reader sorts what it reads.
+        let mut text = String::new();
+        respelled(&value, &mut text);
+        for markers in [Markers::Keep, Markers::Converse, Markers::Anthropic] {
+            prop_assert_eq!(
+                request_bytes_from_text(text.as_bytes(), markers, &["performanceConfig"]).unwrap(),
+                request_bytes(&value, markers, &["performanceConfig"])
+            );
+        }
+    }
+
+    #[test]
     fn equivalent_json_gives_the_same_bytes(value in json()) {
         let mut other = String::new();
         respelled(&value, &mut other);
