@@ -4,9 +4,10 @@
 #   bench/perf/run.sh [SECTION...]
 #
 # Sections: overhead cache memory streams prompt-cache fallback service-tiers soak hostile
-# bigbody limits litellm (default: all but litellm; `litellm` installs LiteLLM into a
-# throwaway venv with bench/litellm/setup.sh the first time; `overhead` installs
-# Debian's nginx-light with apt-get when nginx is missing). Results (tables as
+# bigbody limits litellm instructions (default: all but litellm and instructions;
+# `litellm` installs LiteLLM into a throwaway venv with bench/litellm/setup.sh the
+# first time; `overhead` installs Debian's nginx-light with apt-get when nginx is
+# missing, `instructions` valgrind). Results (tables as
 # printed, and the JSON each run writes) go to target/perf/ (OUT=DIR to
 # change); every server this script starts logs there too and is stopped, by
 # its PID, on exit.
@@ -46,9 +47,9 @@ if [ ${#sections[@]} -eq 0 ]; then
 fi
 for s in "${sections[@]}"; do
     case "$s" in
-        overhead | cache | memory | streams | prompt-cache | fallback | service-tiers | soak | hostile | bigbody | limits | litellm) ;;
+        overhead | cache | memory | streams | prompt-cache | fallback | service-tiers | soak | hostile | bigbody | limits | litellm | instructions) ;;
         *)
-            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback service-tiers soak hostile bigbody limits litellm)" >&2
+            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback service-tiers soak hostile bigbody limits litellm instructions)" >&2
             exit 2
             ;;
     esac
@@ -165,6 +166,18 @@ ensure_nginx() {
     echo "installing nginx-light with apt-get" >&2
     $sudo apt-get install -y nginx-light >"$out/nginx-install.log" 2>&1 || {
         echo "could not install nginx-light; see $out/nginx-install.log" >&2
+        exit 1
+    }
+}
+
+# ensure_valgrind: Debian's valgrind (callgrind), installed when missing.
+ensure_valgrind() {
+    command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && return
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    echo "installing valgrind with apt-get" >&2
+    $sudo apt-get install -y valgrind >"$out/valgrind-install.log" 2>&1 || {
+        echo "could not install valgrind; see $out/valgrind-install.log" >&2
         exit 1
     }
 }
@@ -573,6 +586,82 @@ litellm() {
     stop "$lc"
 }
 
+# instructions_of NAME URL HEALTH LOAD_FLAGS -- COMMAND...: starts COMMAND under
+# callgrind, warms it up, and sets `ir` to the user-space instructions it spends
+# per request over INSTR_REQUESTS requests of `bench load LOAD_FLAGS` at 4
+# connections.
+instructions_of() {
+    local name="$1" url="$2" health="$3" flags="$4"
+    shift 5
+    local n="${INSTR_REQUESTS:-2000}" file="$out/callgrind-$name.out"
+    rm -f "$file" "$file".*
+    start "callgrind-$name" valgrind --tool=callgrind --callgrind-out-file="$file" "$@"
+    local pid=$last_pid
+    for _ in $(seq 1 600); do
+        curl -s -o /dev/null "$health" && break
+        sleep 0.2
+    done
+    # shellcheck disable=SC2086
+    bench load --endpoint "$url" --api-key "$KEY" $flags --concurrency 4 --requests 300 \
+        >/dev/null 2>&1
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    # shellcheck disable=SC2086
+    bench load --endpoint "$url" --api-key "$KEY" $flags --concurrency 4 --requests "$n" \
+        >"$out/callgrind-$name.txt" 2>&1
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    stop "$pid"
+    if ! grep -qE "latency +$n +0 " "$out/callgrind-$name.txt"; then
+        echo "$name: not every request was answered; see $out/callgrind-$name.txt" >&2
+        exit 1
+    fi
+    local dump total
+    dump="$(ls -t "$file".* | head -1)"
+    total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')"
+    ir=$((total / n))
+}
+
+# Instructions per request: deterministic where timings are noisy (a shared
+# VM), so two builds compare to within a fraction of a percent. User space
+# only: the kernel's share (the sockets) is the same for every server here.
+# Under valgrind SHA-256 runs its portable code, not the CPU's SHA
+# instructions, so hashing (SigV4, the cache key, API keys) counts several
+# times what it costs natively.
+instructions() {
+    heading "Instructions per request under callgrind (4 connections, ${INSTR_REQUESTS:-2000} requests after 300)"
+    ensure_valgrind
+    local rows=() ir
+    instructions_of static-whole http://127.0.0.1:18090 http://127.0.0.1:18090/ "" -- \
+        "$bin/bedrock-bench" baseline --static - --listen 127.0.0.1:18090
+    rows+=("static axum server, Converse:$ir")
+    instructions_of static-stream http://127.0.0.1:18090 http://127.0.0.1:18090/ "--stream" -- \
+        "$bin/bedrock-bench" baseline --static - --listen 127.0.0.1:18090
+    rows+=("static axum server, ConverseStream:$ir")
+    instructions_of forward http://127.0.0.1:18091 http://127.0.0.1:18091/ "--unique" -- \
+        "$bin/bedrock-bench" baseline --forward "$FAST_SIM" --listen 127.0.0.1:18091
+    rows+=("bare forwarder, pass-through:$ir")
+    SIM_URL="$FAST_SIM" instructions_of proxy-pass http://127.0.0.1:18080 \
+        http://127.0.0.1:19090/healthz "--unique" -- \
+        "$bin/bedrock-proxy" --config "$perf/overhead.toml"
+    rows+=("bedrock-proxy, pass-through:$ir")
+    SIM_URL="$FAST_SIM" instructions_of proxy-hit http://127.0.0.1:18081 \
+        http://127.0.0.1:19091/healthz "" -- \
+        "$bin/bedrock-proxy" --config "$perf/cache.toml"
+    rows+=("bedrock-proxy, cache hit:$ir")
+    SIM_URL="$FAST_SIM" instructions_of proxy-stream-hit http://127.0.0.1:18081 \
+        http://127.0.0.1:19091/healthz "--stream" -- \
+        "$bin/bedrock-proxy" --config "$perf/cache.toml"
+    rows+=("bedrock-proxy, streamed cache hit:$ir")
+    {
+        printf '%-40s %14s\n' "server, request" "instructions"
+        local row label value
+        for row in "${rows[@]}"; do
+            label="${row%:*}"
+            value="${row##*:}"
+            printf '%-40s %14s\n' "$label" "$value"
+        done
+    } | tee -a "$out/results.txt"
+}
+
 {
     echo "bedrock-proxy performance run, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)"
@@ -592,6 +681,7 @@ for s in "${sections[@]}"; do
         bigbody) bigbody ;;
         limits) limits ;;
         litellm) litellm ;;
+        instructions) instructions ;;
     esac
 done
 echo
