@@ -375,10 +375,17 @@ impl<O: StreamObserver> Render for BedrockRender<O> {
     }
 }
 
+/// The most bytes of `joined` frames sent as one chunk. A longer answer goes
+/// batch by batch as before, so a client that stops reading holds the relay
+/// at a frame boundary, where shutdown's cut can still end it with an
+/// exception frame and the books call it cut, not complete; what one chunk
+/// hands over at once fits in a socket's send buffer.
+const AT_ONCE_MAX_BYTES: usize = 64 * 1024;
+
 /// The client's side of a Bedrock event stream: the upstream's frames byte for
 /// byte; a failure becomes one exception frame and the end of the stream.
-/// Frames already `joined` go out as one chunk, unless the observer reads
-/// each frame.
+/// Frames already `joined` go out as one chunk (up to [`AT_ONCE_MAX_BYTES`]),
+/// unless the observer reads each frame.
 pub fn to_bedrock_client(
     frames: FrameStream,
     joined: Option<Bytes>,
@@ -389,7 +396,7 @@ pub fn to_bedrock_client(
         ended: false,
     };
     match joined {
-        Some(all) if !ending.observer.reads_frames() => {
+        Some(all) if all.len() <= AT_ONCE_MAX_BYTES && !ending.observer.reads_frames() => {
             drop(frames);
             Either::Left(at_once(all, ending))
         }
@@ -712,7 +719,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_gone_before_the_joined_chunk_is_taken_is_not_complete() {
+    async fn a_client_gone_after_the_joined_chunk_but_before_its_end_is_not_complete() {
         let frames: Vec<_> = (0..3).map(frame).collect();
         let all = joined(&frames);
         let ended = Arc::new(std::sync::Mutex::new(None));
@@ -724,6 +731,49 @@ mod tests {
         client.next().await.unwrap().unwrap();
         drop(client);
         assert_eq!(ended.lock().unwrap().as_deref(), Some("ClientGone"));
+    }
+
+    #[tokio::test]
+    async fn a_long_joined_answer_goes_frame_batch_by_batch() {
+        // 300 frames of about 2 KiB: more than one chunk may hand over at once.
+        let big = |i: usize| {
+            let raw = event_frame(
+                "contentBlockDelta",
+                format!(
+                    r#"{{"contentBlockIndex":0,"delta":{{"text":"{}"}}}}"#,
+                    "x".repeat(2000 + i % 7)
+                ),
+            );
+            RelayedFrame {
+                frame: decode(raw.clone()).unwrap(),
+                raw,
+            }
+        };
+        let frames: Vec<_> = (0..300).map(big).collect();
+        let all = joined(&frames);
+        assert!(all.len() > AT_ONCE_MAX_BYTES);
+        let made = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let upstream = replay_lazy(
+            {
+                let made = made.clone();
+                move || {
+                    made.store(true, std::sync::atomic::Ordering::Relaxed);
+                    frames.into_iter().map(|f| (f, Duration::ZERO)).collect()
+                }
+            },
+            false,
+        );
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let chunks: Vec<Bytes> =
+            to_bedrock_client(upstream, Some(all.clone()), Ended(ended.clone()))
+                .map(|c| c.unwrap())
+                .collect()
+                .await;
+        let sent: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+        assert_eq!(sent, all.to_vec(), "every frame, in order, unchanged");
+        assert!(chunks.len() > 1, "one chunk of {} bytes", all.len());
+        assert!(made.load(std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(ended.lock().unwrap().as_deref(), Some("Complete"));
     }
 
     #[tokio::test]

@@ -634,6 +634,21 @@ mod tests {
                 "{markers:?}"
             );
         }
+        // Escaped keys sort by their text (`\u0062` is `b`, after `a`; `\u0041`
+        // is `A`, before both), and a marker first in a list leaves no comma.
+        let escaped = r#"{"\u0062":1,"a":2,"\u0041":3,"messages":[{"content":[{"cachePoint":{"type":"default"}},{"text":"t"}],"role":"user"}]}"#;
+        let reparsed: Value = serde_json::from_str(escaped).unwrap();
+        for markers in [Markers::Keep, Markers::Converse, Markers::Anthropic] {
+            assert_eq!(
+                request_bytes_from_text(escaped.as_bytes(), markers, &[]).unwrap(),
+                request_bytes(&reparsed, markers, &[]),
+                "{markers:?}"
+            );
+        }
+        assert_eq!(
+            from_text(escaped, Markers::Converse),
+            r#"{"A":3,"a":2,"b":1,"messages":[{"content":[{"text":"t"}],"role":"user"}]}"#
+        );
         let converse = request_bytes_from_text(text.as_bytes(), Markers::Converse, &skip).unwrap();
         let converse = String::from_utf8(converse).unwrap();
         assert!(!converse.contains("cachePoint"), "{converse}");

@@ -299,6 +299,38 @@ fn json() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Request-shaped JSON: like [`json`], but member names are often the ones
+/// the canonical form treats specially (the markers and where they are read,
+/// the left-out member), so markers are dropped and members skipped at
+/// random places.
+fn request_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        (-1e12f64..1e12).prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::String),
+    ];
+    let name = prop_oneof![
+        "[a-zA-Z_]{1,8}",
+        Just("messages".to_owned()),
+        Just("content".to_owned()),
+        Just("system".to_owned()),
+        Just("toolConfig".to_owned()),
+        Just("tools".to_owned()),
+        Just("cachePoint".to_owned()),
+        Just("cache_control".to_owned()),
+        Just("performanceConfig".to_owned()),
+    ];
+    leaf.prop_recursive(5, 64, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((name.clone(), inner), 0..6)
+                .prop_map(|members| Value::Object(members.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
 /// The same value written another way: members in reverse order, spaces
 /// around every token, strings with escaped characters, numbers with a
 /// trailing `.0` or an exponent.
@@ -359,7 +391,7 @@ proptest! {
     }
 
     #[test]
-    fn respelled_text_and_the_value_give_the_same_canonical_bytes(value in json()) {
+    fn respelled_text_and_the_value_give_the_same_canonical_bytes(value in request_json()) {
         // Members in reverse order: the text reader sorts what it reads.
         let mut text = String::new();
         respelled(&value, &mut text);
