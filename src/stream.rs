@@ -638,15 +638,20 @@ mod tests {
     use super::*;
     use bedrock_wire::eventstream::event_frame;
 
-    fn frame(i: usize) -> RelayedFrame {
+    /// A text delta frame saying `text`.
+    fn text_frame(text: &str) -> RelayedFrame {
         let raw = event_frame(
             "contentBlockDelta",
-            format!(r#"{{"contentBlockIndex":0,"delta":{{"text":"part {i} "}}}}"#),
+            format!(r#"{{"contentBlockIndex":0,"delta":{{"text":"{text}"}}}}"#),
         );
         RelayedFrame {
             frame: decode(raw.clone()).unwrap(),
             raw,
         }
+    }
+
+    fn frame(i: usize) -> RelayedFrame {
+        text_frame(&format!("part {i} "))
     }
 
     struct Ended(Arc<std::sync::Mutex<Option<String>>>);
@@ -685,21 +690,25 @@ mod tests {
             .into()
     }
 
+    /// A replay at once of `frames` made lazily, and whether they were made.
+    fn lazily(frames: Vec<RelayedFrame>) -> (FrameStream, Arc<std::sync::atomic::AtomicBool>) {
+        let made = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = made.clone();
+        let stream = replay_lazy(
+            move || {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                frames.into_iter().map(|f| (f, Duration::ZERO)).collect()
+            },
+            false,
+        );
+        (stream, made)
+    }
+
     #[tokio::test]
     async fn joined_frames_go_out_in_one_write_and_the_frames_are_never_made() {
         let frames: Vec<_> = (0..40).map(frame).collect();
         let all = joined(&frames);
-        let made = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let upstream = replay_lazy(
-            {
-                let made = made.clone();
-                move || {
-                    made.store(true, std::sync::atomic::Ordering::Relaxed);
-                    frames.into_iter().map(|f| (f, Duration::ZERO)).collect()
-                }
-            },
-            false,
-        );
+        let (upstream, made) = lazily(frames);
         let ended = Arc::new(std::sync::Mutex::new(None));
         let mut client = Box::pin(to_bedrock_client(
             upstream,
@@ -736,33 +745,12 @@ mod tests {
     #[tokio::test]
     async fn a_long_joined_answer_goes_frame_batch_by_batch() {
         // 300 frames of about 2 KiB: more than one chunk may hand over at once.
-        let big = |i: usize| {
-            let raw = event_frame(
-                "contentBlockDelta",
-                format!(
-                    r#"{{"contentBlockIndex":0,"delta":{{"text":"{}"}}}}"#,
-                    "x".repeat(2000 + i % 7)
-                ),
-            );
-            RelayedFrame {
-                frame: decode(raw.clone()).unwrap(),
-                raw,
-            }
-        };
-        let frames: Vec<_> = (0..300).map(big).collect();
+        let frames: Vec<_> = (0..300)
+            .map(|i| text_frame(&"x".repeat(2000 + i % 7)))
+            .collect();
         let all = joined(&frames);
         assert!(all.len() > AT_ONCE_MAX_BYTES);
-        let made = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let upstream = replay_lazy(
-            {
-                let made = made.clone();
-                move || {
-                    made.store(true, std::sync::atomic::Ordering::Relaxed);
-                    frames.into_iter().map(|f| (f, Duration::ZERO)).collect()
-                }
-            },
-            false,
-        );
+        let (upstream, made) = lazily(frames);
         let ended = Arc::new(std::sync::Mutex::new(None));
         let chunks: Vec<Bytes> =
             to_bedrock_client(upstream, Some(all.clone()), Ended(ended.clone()))
@@ -781,10 +769,7 @@ mod tests {
         let frames: Vec<_> = (0..5).map(frame).collect();
         let all = joined(&frames);
         let expected = all.clone();
-        let upstream = replay_lazy(
-            move || frames.into_iter().map(|f| (f, Duration::ZERO)).collect(),
-            false,
-        );
+        let (upstream, _) = lazily(frames);
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ended = Arc::new(std::sync::Mutex::new(None));
         let observer = Counting {

@@ -282,21 +282,7 @@ proptest! {
 
 /// JSON values whose numbers a `Value` holds exactly.
 fn json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        (-1e12f64..1e12).prop_map(Value::from),
-        "\\PC{0,12}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec(("[a-zA-Z_]{1,8}", inner), 0..6)
-                .prop_map(|members| Value::Object(members.into_iter().collect::<Map<_, _>>())),
-        ]
-    })
+    json_named("[a-zA-Z_]{1,8}".boxed(), 4, 48)
 }
 
 /// Request-shaped JSON: like [`json`], but member names are often the ones
@@ -304,13 +290,6 @@ fn json() -> impl Strategy<Value = Value> {
 /// the left-out member), so markers are dropped and members skipped at
 /// random places.
 fn request_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        (-1e12f64..1e12).prop_map(Value::from),
-        "\\PC{0,12}".prop_map(Value::String),
-    ];
     let name = prop_oneof![
         "[a-zA-Z_]{1,8}",
         Just("messages".to_owned()),
@@ -322,7 +301,21 @@ fn request_json() -> impl Strategy<Value = Value> {
         Just("cache_control".to_owned()),
         Just("performanceConfig".to_owned()),
     ];
-    leaf.prop_recursive(5, 64, 6, move |inner| {
+    json_named(name.boxed(), 5, 64)
+}
+
+/// JSON values (numbers a `Value` holds exactly) whose members are named by
+/// `name`, nested at most `depth` levels, about `size` nodes in all.
+fn json_named(name: BoxedStrategy<String>, depth: u32, size: u32) -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-1e12f64..1e12).prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(depth, size, 6, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::vec((name.clone(), inner), 0..6)
