@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use crate::error::ProxyError;
@@ -46,13 +47,40 @@ pub struct JsonBody {
     /// The [`HEAD_MEMBERS`] present, parsed (an object).
     head: Value,
     /// Every top-level member's name and where its text is in `raw`, in order.
-    names: Vec<(String, std::ops::Range<usize>)>,
+    names: Names,
     tree: OnceLock<Value>,
 }
 
 /// The top-level members of an object as their JSON text, in order (a
 /// repeated name appears twice: the last one counts, as in a parsed tree).
-struct Members<'a>(Vec<(String, &'a RawValue)>);
+/// A name is borrowed from the text unless it has escapes.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// A member name, borrowed from the text when it has no escapes (serde's own
+/// `Cow<str>` always copies).
+struct MemberName<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for MemberName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl<'de> Visitor<'de> for Name {
+            type Value = MemberName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
+}
 
 impl<'de> serde::Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -64,8 +92,10 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut members = Vec::new();
-                while let Some((name, value)) = map.next_entry::<String, &'de RawValue>()? {
-                    members.push((name, value));
+                while let Some((name, value)) =
+                    map.next_entry::<MemberName<'de>, &'de RawValue>()?
+                {
+                    members.push((name.0, value));
                 }
                 Ok(Members(members))
             }
@@ -116,27 +146,28 @@ pub fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
 }
 
 /// The checks every JSON body passes before anything reads it: UTF-8, at most
-/// `max_depth` levels of nesting.
-fn check_text(bytes: &[u8], max_depth: usize) -> Result<(), ProxyError> {
-    if let Err(e) = std::str::from_utf8(bytes) {
-        return Err(ProxyError::validation(format!(
+/// `max_depth` levels of nesting. The text, for parsers that then need not
+/// check its UTF-8 again.
+fn check_text(bytes: &[u8], max_depth: usize) -> Result<&str, ProxyError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ProxyError::validation(format!(
             "Malformed input request: the body is not valid UTF-8 (invalid byte at offset {}), please reformat your input and try again.",
             e.valid_up_to()
-        )));
-    }
+        ))
+    })?;
     if nesting_exceeds(bytes, max_depth) {
         return Err(ProxyError::validation(format!(
             "Malformed input request: JSON is nested deeper than this proxy's limit of {max_depth} levels."
         )));
     }
-    Ok(())
+    Ok(text)
 }
 
 /// Parses a JSON request body into a tree: valid UTF-8, nested at most
 /// `max_depth`, an object (for the ingresses that translate every body).
 pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, ProxyError> {
-    check_text(bytes, max_depth)?;
-    let value: Value = serde_json::from_slice(bytes).map_err(malformed)?;
+    let text = check_text(bytes, max_depth)?;
+    let value: Value = serde_json::from_str(text).map_err(malformed)?;
     if !value.is_object() {
         return Err(not_an_object());
     }
@@ -148,18 +179,16 @@ impl JsonBody {
     /// building its tree: the text is read once, its top-level members located
     /// and the head members parsed.
     pub fn parse(raw: Bytes, max_depth: usize) -> Result<JsonBody, ProxyError> {
-        check_text(&raw, max_depth)?;
+        let text = check_text(&raw, max_depth)?;
         if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             // Still a syntax error first, as a tree parse would say.
-            return Err(
-                match serde_json::from_slice::<serde::de::IgnoredAny>(&raw) {
-                    Err(e) => malformed(e),
-                    Ok(_) => not_an_object(),
-                },
-            );
+            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Err(e) => malformed(e),
+                Ok(_) => not_an_object(),
+            });
         }
         let (head, names) = {
-            let members: Members<'_> = serde_json::from_slice(&raw).map_err(malformed)?;
+            let members: Members<'_> = serde_json::from_str(text).map_err(malformed)?;
             head_of(&raw, &members.0)?
         };
         Ok(JsonBody {
@@ -196,7 +225,7 @@ impl JsonBody {
 
     /// Whether the body has a top-level member `name`.
     pub fn has(&self, name: &str) -> bool {
-        self.names.iter().any(|(n, _)| n == name)
+        self.names.iter().any(|(n, _)| n.is(&self.raw, name))
     }
 
     /// The top-level member `name` parsed on its own (borrowed from the tree
@@ -206,7 +235,11 @@ impl JsonBody {
             return tree.get(name).map(std::borrow::Cow::Borrowed);
         }
         // The last of a repeated name counts, as in a tree.
-        let (_, span) = self.names.iter().rev().find(|(n, _)| n == name)?;
+        let (_, span) = self
+            .names
+            .iter()
+            .rev()
+            .find(|(n, _)| n.is(&self.raw, name))?;
         let text = self.raw.get(span.clone())?;
         serde_json::from_slice(text)
             .ok()
@@ -226,7 +259,7 @@ impl JsonBody {
                 .for_each(f);
             return;
         }
-        let Some((_, span)) = self.names.iter().rev().find(|(n, _)| n == name) else {
+        let Some((_, span)) = self.names.iter().rev().find(|(n, _)| n.is(&self.raw, name)) else {
             return;
         };
         let Some(text) = self.raw.get(span.clone()) else {
@@ -258,7 +291,11 @@ impl JsonBody {
     /// The text of the top-level member `name` (the last of a repeated name,
     /// as in a tree), a slice of [`JsonBody::raw`]; never builds the tree.
     pub fn member_text(&self, name: &str) -> Option<&str> {
-        let (_, span) = self.names.iter().rev().find(|(n, _)| n == name)?;
+        let (_, span) = self
+            .names
+            .iter()
+            .rev()
+            .find(|(n, _)| n.is(&self.raw, name))?;
         self.text_at(span.clone())
     }
 
@@ -347,29 +384,64 @@ impl JsonBody {
 
 /// Where a member's text (a slice of `raw`) is in `raw`.
 fn span(raw: &[u8], text: &RawValue) -> std::ops::Range<usize> {
-    let start = (text.get().as_ptr() as usize).saturating_sub(raw.as_ptr() as usize);
-    start..start + text.get().len()
+    span_of_str(raw, text.get())
 }
 
-type Names = Vec<(String, std::ops::Range<usize>)>;
+/// A top-level member's name: where it is in the body's text (a name without
+/// escapes, the common case), or unescaped.
+#[derive(Debug)]
+enum Name {
+    At(std::ops::Range<usize>),
+    Unescaped(Box<str>),
+}
+
+impl Name {
+    // The `Cow` itself is the point: borrowed means a slice of `raw`.
+    #[allow(clippy::ptr_arg)]
+    fn of(raw: &[u8], name: &Cow<'_, str>) -> Name {
+        match name {
+            Cow::Borrowed(text) => Name::At(span_of_str(raw, text)),
+            Cow::Owned(text) => Name::Unescaped(text.as_str().into()),
+        }
+    }
+
+    /// Whether this is `name` (`raw`, the body's text the name was read from).
+    fn is(&self, raw: &[u8], name: &str) -> bool {
+        match self {
+            Name::At(span) => raw.get(span.clone()) == Some(name.as_bytes()),
+            Name::Unescaped(text) => &**text == name,
+        }
+    }
+}
+
+type Names = Vec<(Name, std::ops::Range<usize>)>;
+
+/// Where `text`, a slice of `raw`, is in it.
+fn span_of_str(raw: &[u8], text: &str) -> std::ops::Range<usize> {
+    let start = (text.as_ptr() as usize).saturating_sub(raw.as_ptr() as usize);
+    start..start + text.len()
+}
 
 /// The head and member names of an object's members (`raw`, the object's text).
-fn head_of(raw: &[u8], members: &[(String, &RawValue)]) -> Result<(Value, Names), ProxyError> {
+fn head_of(
+    raw: &[u8],
+    members: &[(Cow<'_, str>, &RawValue)],
+) -> Result<(Value, Names), ProxyError> {
     let mut head = Map::new();
     for (name, raw) in members {
-        if HEAD_MEMBERS.contains(&name.as_str()) {
+        if HEAD_MEMBERS.contains(&name.as_ref()) {
             if raw.get().len() > HEAD_MEMBER_MAX_BYTES {
                 return Err(ProxyError::validation(format!(
                     "Malformed input request: `{name}` is larger than {HEAD_MEMBER_MAX_BYTES} bytes, please reformat your input and try again."
                 )));
             }
             let value: Value = serde_json::from_str(raw.get()).map_err(malformed)?;
-            head.insert(name.clone(), value);
+            head.insert(name.as_ref().to_owned(), value);
         }
     }
     let names = members
         .iter()
-        .map(|(n, v)| (n.clone(), span(raw, v)))
+        .map(|(n, v)| (Name::of(raw, n), span(raw, v)))
         .collect();
     Ok((Value::Object(head), names))
 }
@@ -394,7 +466,7 @@ fn names_in(raw: &[u8]) -> Names {
             members
                 .0
                 .iter()
-                .map(|(n, v)| (n.clone(), span(raw, v)))
+                .map(|(n, v)| (Name::of(raw, n), span(raw, v)))
                 .collect()
         })
         .unwrap_or_default()
@@ -402,7 +474,7 @@ fn names_in(raw: &[u8]) -> Names {
 
 /// The members of the JSON object `text` as their text, in order (a repeated
 /// name appears each time); `None` when `text` is not an object.
-pub fn members(text: &str) -> Option<Vec<(String, &RawValue)>> {
+pub fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
     serde_json::from_str::<Members<'_>>(text).ok().map(|m| m.0)
 }
 
@@ -489,7 +561,7 @@ fn splice(raw: &[u8], old: &Value, new: &Value) -> Bytes {
     out.push(b'{');
     let mut written: Vec<&str> = Vec::new();
     for (name, text) in &members.0 {
-        if removed.contains(&name.as_str()) || written.contains(&name.as_str()) {
+        if removed.contains(&name.as_ref()) || written.contains(&name.as_ref()) {
             continue;
         }
         match set.iter().find(|(n, _)| n == name) {

@@ -876,10 +876,28 @@ pub fn limit_refused(tenant: &std::sync::Arc<str>, scope: &'static str, reason: 
         .increment(1);
 }
 
-/// What an answer cost.
-pub fn spend(tenant: &std::sync::Arc<str>, route: &SharedString, usd: f64) {
-    if usd > 0.0 {
-        metrics::gauge!(SPEND_USD, "tenant" => route_label(tenant), "route" => route.clone())
+/// What answers cost, by tenant and route (`None`: unrouted): each pair's
+/// gauge is made once, for the first pairs seen (see [`Memo`]; later pairs are
+/// looked up in the registry each time, still counted right).
+#[derive(Debug, Default)]
+pub struct SpendGauges(Memo<(Arc<str>, Option<Arc<str>>), metrics::Gauge, 16>);
+
+impl SpendGauges {
+    /// Adds what an answer cost.
+    pub fn add(&self, tenant: &Arc<str>, route: Option<&Arc<str>>, usd: f64) {
+        if usd <= 0.0 {
+            return;
+        }
+        self.0
+            .find(
+                |(t, r)| t == tenant && r.as_ref() == route,
+                || {
+                    let label =
+                        route.map_or_else(|| SharedString::const_str(UNROUTED), route_label);
+                    let gauge = metrics::gauge!(SPEND_USD, "tenant" => route_label(tenant), "route" => label);
+                    ((tenant.clone(), route.cloned()), gauge)
+                },
+            )
             .increment(usd);
     }
 }

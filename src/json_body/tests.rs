@@ -200,3 +200,21 @@ fn a_body_the_proxy_built_locates_its_members_in_its_text() {
     assert_eq!(built.member_text("system"), Some(r#"[{"text":"s"}]"#));
     assert_eq!(built.member_text("messages"), Some("[]"));
 }
+
+#[test]
+fn member_names_are_found_with_and_without_escapes() {
+    // Names kept as spans of the text, and one spelled with escapes (kept
+    // unescaped): each is found by its value, and the last repeat counts.
+    let b = body(
+        r#"{"mess\u0061ges":[1],"system":"a","\u0073ystem":"b","inferenceConfig":{"maxTokens":3}}"#,
+    );
+    assert!(b.has("messages") && b.has("system") && b.has("inferenceConfig"));
+    assert!(!b.has("mess\\u0061ges") && !b.has("messag"));
+    assert_eq!(b.member_text("messages"), Some("[1]"));
+    assert_eq!(b.member_text("system"), Some(r#""b""#));
+    assert_eq!(b.head(), &json!({"inferenceConfig":{"maxTokens":3}}));
+    let spliced = b.edited(|tree| tree["inferenceConfig"]["maxTokens"] = json!(4));
+    let tree: serde_json::Value = serde_json::from_slice(&spliced).unwrap();
+    assert_eq!(tree["inferenceConfig"]["maxTokens"], 4);
+    assert_eq!(tree["messages"], json!([1]));
+}

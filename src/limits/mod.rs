@@ -190,6 +190,7 @@ impl Clock {
 pub struct Limiter {
     counters: Counters,
     clock: Clock,
+    spend: metrics::SpendGauges,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -245,6 +246,7 @@ impl Limiter {
         Arc::new(Limiter {
             counters: Counters::new(shared),
             clock: Clock { manual },
+            spend: metrics::SpendGauges::default(),
         })
     }
 
@@ -947,11 +949,8 @@ impl Held {
                 .scopes
                 .iter()
                 .find(|s| s.kind == ScopeKind::Route)
-                .map_or_else(
-                    || metrics::SharedString::const_str(metrics::UNROUTED),
-                    |s| metrics::route_label(&s.name),
-                );
-            metrics::spend(&self.tenant, &route, usd_cost);
+                .map(|s| &s.name);
+            limiter.spend.add(&self.tenant, route, usd_cost);
         }
         if (delta == 0.0 || taken.tokens.is_empty()) && nano <= 0 {
             return;

@@ -292,7 +292,6 @@ pub fn sign_any<B>(
     service: &str,
     time: SystemTime,
 ) -> Result<String, String> {
-    let uri = request.uri().clone();
     let keys = signing::Keys {
         access_key_id: credentials.access_key_id(),
         secret_access_key: credentials.secret_access_key(),
@@ -302,11 +301,12 @@ pub fn sign_any<B>(
         .headers()
         .iter()
         .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+    let mut hash = [0u8; 64];
     let signed = signing::sign(
         request.method().as_str(),
-        &uri,
+        request.uri(),
         headers,
-        &signing::payload_hash(body),
+        signing::hex_sha256(body, &mut hash),
         keys,
         region,
         service,
