@@ -324,15 +324,46 @@ impl CachedKey {
     }
 }
 
+/// At most `cap` keys; when full, the oldest is replaced.
+struct Recent {
+    keys: Vec<CachedKey>,
+    /// The slot the next key replaces once full.
+    next: usize,
+}
+
+impl Recent {
+    const fn new() -> Recent {
+        Recent {
+            keys: Vec::new(),
+            next: 0,
+        }
+    }
+
+    fn find(&self, secret: &str, date: &str, region: &str, service: &str) -> Option<&CachedKey> {
+        self.keys
+            .iter()
+            .find(|k| k.is(secret, date, region, service))
+    }
+
+    fn put(&mut self, key: CachedKey, cap: usize) {
+        if self.keys.len() < cap {
+            self.keys.push(key);
+        } else {
+            self.keys[self.next] = key;
+            self.next = (self.next + 1) % cap;
+        }
+    }
+}
+
 /// Derived signing keys, bounded; the oldest entry is replaced when full.
 /// Each thread keeps the last few keys it used ([`THREAD_KEYS`]), so signing
 /// and verifying with the same credentials all day takes no lock.
 struct KeyCache {
-    inner: Mutex<(Vec<CachedKey>, usize)>,
+    inner: Mutex<Recent>,
 }
 
 static KEYS: KeyCache = KeyCache {
-    inner: Mutex::new((Vec::new(), 0)),
+    inner: Mutex::new(Recent::new()),
 };
 
 /// How many keys each thread keeps: the upstream's credentials and the few
@@ -340,9 +371,8 @@ static KEYS: KeyCache = KeyCache {
 const THREAD_KEYS: usize = 4;
 
 thread_local! {
-    /// A thread's recent keys and the slot the next one replaces.
-    static RECENT_KEYS: std::cell::RefCell<(Vec<CachedKey>, usize)> =
-        const { std::cell::RefCell::new((Vec::new(), 0)) };
+    /// A thread's recent keys.
+    static RECENT_KEYS: std::cell::RefCell<Recent> = const { std::cell::RefCell::new(Recent::new()) };
 }
 
 impl KeyCache {
@@ -359,18 +389,12 @@ impl KeyCache {
     ) -> [u8; 32] {
         RECENT_KEYS.with(|recent| {
             let mut recent = recent.borrow_mut();
-            let (keys, next) = &mut *recent;
-            if let Some(k) = keys.iter().find(|k| k.is(secret, date, region, service)) {
+            if let Some(k) = recent.find(secret, date, region, service) {
                 return k.mac.sign(message);
             }
             let found = self.get(secret, date, time, region, service);
             let mac = found.mac.sign(message);
-            if keys.len() < THREAD_KEYS {
-                keys.push(found);
-            } else {
-                keys[*next] = found;
-                *next = (*next + 1) % THREAD_KEYS;
-            }
+            recent.put(found, THREAD_KEYS);
             mac
         })
     }
@@ -384,9 +408,8 @@ impl KeyCache {
         region: &str,
         service: &str,
     ) -> CachedKey {
-        let matches = |k: &CachedKey| k.is(secret, date, region, service);
         if let Ok(guard) = self.inner.lock() {
-            if let Some(hit) = guard.0.iter().find(|k| matches(k)) {
+            if let Some(hit) = guard.find(secret, date, region, service) {
                 return hit.clone();
             }
         }
@@ -402,14 +425,8 @@ impl KeyCache {
             mac: Hmac::new(&key),
         };
         if let Ok(mut guard) = self.inner.lock() {
-            let (entries, next) = &mut *guard;
-            if !entries.iter().any(matches) {
-                if entries.len() < KEY_CACHE_SIZE {
-                    entries.push(entry.clone());
-                } else {
-                    entries[*next] = entry.clone();
-                    *next = (*next + 1) % KEY_CACHE_SIZE;
-                }
+            if guard.find(secret, date, region, service).is_none() {
+                guard.put(entry.clone(), KEY_CACHE_SIZE);
             }
         }
         entry
@@ -626,7 +643,7 @@ mod tests {
                 v4::generate_signing_key(&secret, t, "eu-west-1", "bedrock").as_ref()
             );
         }
-        assert!(KEYS.inner.lock().unwrap().0.len() <= KEY_CACHE_SIZE);
+        assert!(KEYS.inner.lock().unwrap().keys.len() <= KEY_CACHE_SIZE);
         assert_eq!(
             KEYS.get("s1", "20240229", t, "us-east-1", "bedrock").key,
             first
