@@ -308,7 +308,7 @@ overhead() {
 
 cache() {
     heading "Cache hits vs a static axum server, 16 connections"
-    start static "$bin/bedrock-bench" baseline --static - --listen 127.0.0.1:18090
+    start static "$bin/bedrock-bench" baseline --copy "$FAST_SIM" --listen 127.0.0.1:18090
     local s=$last_pid
     proxy proxy-cache "$perf/cache.toml" "$FAST_SIM"
     local p=$last_pid
@@ -631,10 +631,10 @@ instructions() {
     ensure_valgrind
     local rows=() ir
     instructions_of static-whole http://127.0.0.1:18090 http://127.0.0.1:18090/ "" -- \
-        "$bin/bedrock-bench" baseline --static - --listen 127.0.0.1:18090
+        "$bin/bedrock-bench" baseline --copy "$FAST_SIM" --listen 127.0.0.1:18090
     rows+=("static axum server, Converse:$ir")
     instructions_of static-stream http://127.0.0.1:18090 http://127.0.0.1:18090/ "--stream" -- \
-        "$bin/bedrock-bench" baseline --static - --listen 127.0.0.1:18090
+        "$bin/bedrock-bench" baseline --copy "$FAST_SIM" --listen 127.0.0.1:18090
     rows+=("static axum server, ConverseStream:$ir")
     instructions_of forward http://127.0.0.1:18091 http://127.0.0.1:18091/ "--unique" -- \
         "$bin/bedrock-bench" baseline --forward "$FAST_SIM" --listen 127.0.0.1:18091

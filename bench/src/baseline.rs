@@ -4,7 +4,9 @@
 //! - [`Baseline::Static`]: an axum server answering every POST with one fixed
 //!   body (and a ConverseStream path with fixed event-stream frames, encoded
 //!   once). A cache hit does at least this much work, so its requests/s are
-//!   the ceiling cache-hit throughput is compared with.
+//!   the ceiling cache-hit throughput is compared with. [`Baseline::copy`]
+//!   takes both answers from the server the proxy caches from, so the static
+//!   server sends the very bytes a cache hit does.
 //! - [`Baseline::Forward`]: the least a reverse proxy can do (hyper in, the body
 //!   read whole, hyper out to the same upstream, the answer streamed back; no
 //!   auth, parsing, logging or metrics). Its added latency is the floor
@@ -25,18 +27,78 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+use crate::client::bedrock_url;
 use crate::error::BenchError;
 
-/// A Converse answer of the size the simulator sends for the load test's prompt.
+/// A built-in Converse answer (a 24-token sentence), for `--static -`. The
+/// simulator's answer to the load test's prompt is longer: `--copy` serves that.
 pub const CONVERSE_ANSWER: &str = r#"{"output":{"message":{"role":"assistant","content":[{"text":"The sea keeps its own slow time, folding light and salt into waves that arrive, retreat and arrive again."}]}},"stopReason":"end_turn","usage":{"inputTokens":14,"outputTokens":24,"totalTokens":38},"metrics":{"latencyMs":212}}"#;
 
 /// Which baseline to serve.
 #[derive(Debug, Clone)]
 pub enum Baseline {
-    /// Every POST answered with this JSON body.
-    Static(Bytes),
+    /// Every POST answered with `body` (JSON), and every path ending in
+    /// `/converse-stream` with `stream` (event-stream frames).
+    Static { body: Bytes, stream: Bytes },
     /// Every request forwarded to this base URL.
     Forward(String),
+}
+
+impl Baseline {
+    /// The built-in answer, [`CONVERSE_ANSWER`], whole and as frames.
+    pub fn builtin() -> Baseline {
+        Baseline::with_body(Bytes::from_static(CONVERSE_ANSWER.as_bytes()))
+    }
+
+    /// `body` for Converse; the built-in frames for ConverseStream.
+    pub fn with_body(body: Bytes) -> Baseline {
+        Baseline::Static {
+            body,
+            stream: static_stream(),
+        }
+    }
+
+    /// The answers `base` (a simulator, Bedrock or a proxy) gives to `request`
+    /// for `model`, asked once each for Converse and ConverseStream with
+    /// `Authorization: Bearer api_key`, to be served byte for byte.
+    pub async fn copy(
+        base: &str,
+        model: &str,
+        request: Bytes,
+        api_key: &str,
+    ) -> Result<Baseline, BenchError> {
+        let client = http_client(Duration::from_secs(5), 1, false);
+        let mut answers = Vec::with_capacity(2);
+        for stream in [false, true] {
+            let url = bedrock_url(base, model, stream);
+            let call = http::Request::post(&url)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {api_key}"))
+                .body(Full::new(request.clone()))
+                .map_err(|e| BenchError::Client(format!("{url}: {e}")))?;
+            let response = client
+                .request(call)
+                .await
+                .map_err(|e| BenchError::Client(format!("{url}: {e}")))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| BenchError::Client(format!("{url}: reading the answer: {e}")))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(BenchError::Client(format!(
+                    "{url} answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                )));
+            }
+            answers.push(body);
+        }
+        let stream = answers.pop().unwrap_or_default();
+        let body = answers.pop().unwrap_or_default();
+        Ok(Baseline::Static { body, stream })
+    }
 }
 
 #[derive(Clone)]
@@ -48,7 +110,7 @@ struct Forward {
 #[derive(Clone)]
 struct Static {
     body: Bytes,
-    /// [`CONVERSE_ANSWER`] as ConverseStream frames, for `/converse-stream`.
+    /// ConverseStream frames, for `/converse-stream`.
     stream: Bytes,
 }
 
@@ -115,10 +177,9 @@ async fn forward(State(f): State<Forward>, request: Request) -> Response {
 /// The router of a baseline.
 pub fn router(baseline: Baseline) -> Router {
     match baseline {
-        Baseline::Static(body) => Router::new().fallback(answer_static).with_state(Static {
-            body,
-            stream: static_stream(),
-        }),
+        Baseline::Static { body, stream } => Router::new()
+            .fallback(answer_static)
+            .with_state(Static { body, stream }),
         Baseline::Forward(base) => Router::new().fallback(forward).with_state(Forward {
             base: Arc::from(base.trim_end_matches('/')),
             client: http_client(Duration::from_secs(5), 256, false),

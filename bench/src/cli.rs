@@ -7,7 +7,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::baseline::{self, Baseline, CONVERSE_ANSWER};
+use crate::baseline::{self, Baseline};
 use crate::client::AuthOptions;
 use crate::error::BenchError;
 use crate::load::{self, Arrival, Format, LoadOptions, Stop};
@@ -164,7 +164,7 @@ pub struct HoldArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("kind").required(true).args(["static_body", "forward"])))]
+#[command(group(ArgGroup::new("kind").required(true).args(["static_body", "copy", "forward"])))]
 pub struct BaselineArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:18090")]
@@ -172,6 +172,23 @@ pub struct BaselineArgs {
     /// Answer every request with this JSON file (`-` for a built-in Converse answer).
     #[arg(long = "static", value_name = "FILE")]
     pub static_body: Option<String>,
+    /// Answer like this server: its Converse and ConverseStream answers to the
+    /// load test's request (--model, --prompt, --max-tokens) are asked once at
+    /// startup and served byte for byte.
+    #[arg(long, value_name = "URL")]
+    pub copy: Option<String>,
+    /// With --copy: the model asked.
+    #[arg(long, default_value = "us.anthropic.claude-3-5-haiku-20241022-v1:0")]
+    pub model: String,
+    /// With --copy: the prompt asked.
+    #[arg(long, default_value = "Write one sentence about the sea.")]
+    pub prompt: String,
+    /// With --copy: the answer's token limit.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+    /// With --copy: the key sent as `Authorization: Bearer KEY`.
+    #[arg(long, value_name = "KEY", default_value = "bedrock-bench")]
+    pub api_key: String,
     /// Forward every request to this base URL, nothing else.
     #[arg(long, value_name = "URL")]
     pub forward: Option<String>,
@@ -367,12 +384,14 @@ pub async fn run(cli: Cli) -> Result<(), BenchError> {
             );
         }
         Command::Baseline(a) => {
-            let baseline = match (a.forward, a.static_body.as_deref()) {
-                (Some(url), _) => Baseline::Forward(url),
-                (None, None | Some("-")) => {
-                    Baseline::Static(bytes::Bytes::from_static(CONVERSE_ANSWER.as_bytes()))
+            let baseline = match (a.forward, a.copy, a.static_body.as_deref()) {
+                (Some(url), _, _) => Baseline::Forward(url),
+                (None, Some(url), _) => {
+                    let request = load::bedrock_body(&a.prompt, a.max_tokens);
+                    Baseline::copy(&url, &a.model, request, &a.api_key).await?
                 }
-                (None, Some(path)) => Baseline::Static(
+                (None, None, None | Some("-")) => Baseline::builtin(),
+                (None, None, Some(path)) => Baseline::with_body(
                     std::fs::read(path)
                         .map_err(|e| BenchError::io(path, e))?
                         .into(),

@@ -132,12 +132,19 @@ struct Plan {
     progress: ProgressBar,
 }
 
+/// The Converse body a load test sends: `prompt` as one user turn,
+/// deterministic (temperature 0) so response caches may answer it.
+pub fn bedrock_body(prompt: &str, max_tokens: u32) -> bytes::Bytes {
+    let body = json!({
+        "messages": [{ "role": "user", "content": [{ "text": prompt }] }],
+        "inferenceConfig": { "maxTokens": max_tokens, "temperature": 0 },
+    });
+    bytes::Bytes::from(body.to_string())
+}
+
 fn request_body(options: &LoadOptions, prompt: &str) -> bytes::Bytes {
     let body = match options.format {
-        Format::Bedrock => json!({
-            "messages": [{ "role": "user", "content": [{ "text": prompt }] }],
-            "inferenceConfig": { "maxTokens": options.max_tokens, "temperature": 0 },
-        }),
+        Format::Bedrock => return bedrock_body(prompt, options.max_tokens),
         Format::Openai => json!({
             "model": options.model,
             "messages": [{ "role": "user", "content": prompt }],

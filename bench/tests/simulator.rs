@@ -239,7 +239,7 @@ async fn baseline(kind: bedrock_bench::baseline::Baseline) -> String {
 #[tokio::test]
 async fn the_static_baseline_answers_like_a_converse_call() {
     use bedrock_bench::baseline::{Baseline, CONVERSE_ANSWER};
-    let url = baseline(Baseline::Static(CONVERSE_ANSWER.into())).await;
+    let url = baseline(Baseline::with_body(CONVERSE_ANSWER.into())).await;
     let report = load::run(load_options(vec![url], false)).await.unwrap();
     let t = &report.targets[0];
     assert_eq!(t.ok, 40, "errors: {:?}", t.errors);
@@ -248,6 +248,67 @@ async fn the_static_baseline_answers_like_a_converse_call() {
         40 * 24,
         "the built-in answer's usage is read"
     );
+}
+
+/// The body of `url`'s answer to a Converse `request`.
+async fn answer_of(url: &str, request: bytes::Bytes) -> bytes::Bytes {
+    use http_body_util::{BodyExt, Full};
+    let client = bedrock_wire::client::http_client(Duration::from_secs(5), 1, false);
+    let call = http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer bench-key")
+        .body(Full::new(request))
+        .unwrap();
+    let response = client.request(call).await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+#[tokio::test]
+async fn a_copied_baseline_sends_the_simulators_answers_byte_for_byte() {
+    use bedrock_bench::baseline::Baseline;
+    use bedrock_bench::client::bedrock_url;
+    let sim = simulator().await;
+    let o = load_options(vec![], false);
+    let request = load::bedrock_body(&o.prompt, o.max_tokens);
+    let copied = Baseline::copy(&sim.url(), &o.model, request.clone(), "bench-key")
+        .await
+        .unwrap();
+    let url = baseline(copied).await;
+    for stream in [false, true] {
+        let original = answer_of(&bedrock_url(&sim.url(), &o.model, stream), request.clone()).await;
+        let copy = answer_of(&bedrock_url(&url, &o.model, stream), request.clone()).await;
+        assert!(!original.is_empty());
+        assert_eq!(copy, original, "stream: {stream}");
+    }
+    // A load test reads the same usage from the copy as from the simulator.
+    let direct = load::run(load_options(vec![sim.url()], true))
+        .await
+        .unwrap();
+    assert_eq!(direct.targets[0].ok, 40, "{:?}", direct.targets[0].errors);
+    let from_copy = load::run(load_options(vec![url], true)).await.unwrap();
+    assert_eq!(
+        from_copy.targets[0].ok, 40,
+        "{:?}",
+        from_copy.targets[0].errors
+    );
+    assert_eq!(
+        from_copy.targets[0].output_tokens,
+        direct.targets[0].output_tokens
+    );
+}
+
+#[tokio::test]
+async fn copying_from_a_server_that_refuses_is_an_error_naming_it() {
+    use bedrock_bench::baseline::Baseline;
+    let sim = simulator().await;
+    let refused = Baseline::copy(&sim.url(), "no.such-model", "{}".into(), "k").await;
+    let message = refused.expect_err("an error").to_string();
+    assert!(
+        message.contains("/model/no.such-model/converse"),
+        "{message}"
+    );
+    assert!(message.contains("answered 4"), "{message}");
 }
 
 #[tokio::test]
