@@ -11,8 +11,7 @@
 //! how an attempt on an `openai` or `sagemaker` target reads its answer, [`chat`]'s.
 
 use aws_config::BehaviorVersion;
-use aws_credential_types::provider::error::CredentialsError;
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use bedrock_wire::client::{model_path, sign_any, Spread};
@@ -31,10 +30,12 @@ use tokio::time::Instant;
 pub mod breaker;
 pub mod chain;
 pub mod chat;
+pub mod credentials;
 
 use crate::config::{Timeouts, UpstreamConfig, UpstreamKind};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::support::Memo;
+use credentials::CachedCredentials;
 
 /// Why an upstream could not be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +53,7 @@ const SIMULATOR_ACCESS_KEY: &str = "AKIDBEDROCKPROXY";
 
 enum Signer {
     SigV4 {
-        credentials: SharedCredentialsProvider,
+        credentials: CachedCredentials,
         region: String,
         /// The signing name: `bedrock`, or `sagemaker`.
         service: &'static str,
@@ -65,13 +66,13 @@ enum Signer {
 /// The key pair the embedded simulator is signed with, as `service`.
 fn simulator_signer(region: &str, service: &'static str) -> Signer {
     Signer::SigV4 {
-        credentials: SharedCredentialsProvider::new(Credentials::new(
+        credentials: CachedCredentials::new(SharedCredentialsProvider::new(Credentials::new(
             SIMULATOR_ACCESS_KEY,
             "bedrock-proxy-simulator",
             None,
             None,
             "bedrock-proxy",
-        )),
+        ))),
         region: region.to_owned(),
         service,
     }
@@ -89,7 +90,7 @@ async fn aws_signer(config: &UpstreamConfig, service: &'static str) -> Result<Si
         .credentials_provider()
         .ok_or_else(|| BuildError::NoCredentialsProvider(config.name.clone()))?;
     Ok(Signer::SigV4 {
-        credentials,
+        credentials: CachedCredentials::new(credentials),
         region: config.region.clone(),
         service,
     })
@@ -227,13 +228,12 @@ impl Upstream {
         self.config.timeouts
     }
 
-    /// Resolves credentials once, to tell whether the upstream can be called.
-    pub async fn check_credentials(&self) -> Result<(), CredentialsError> {
+    /// Resolves credentials once, to tell whether the upstream can be called
+    /// (and to have them cached for the first request).
+    pub async fn check_credentials(&self) -> Result<(), String> {
         match &self.signer {
             Signer::Bearer(_) | Signer::Unsigned => Ok(()),
-            Signer::SigV4 { credentials, .. } => {
-                credentials.provide_credentials().await.map(|_| ())
-            }
+            Signer::SigV4 { credentials, .. } => credentials.get().await.map(|_| ()),
         }
     }
 
@@ -537,22 +537,19 @@ impl Upstream {
 
     async fn credentials(
         &self,
-        credentials: &SharedCredentialsProvider,
+        credentials: &CachedCredentials,
     ) -> Result<Credentials, ProxyError> {
-        credentials
-            .provide_credentials()
-            .await
-            .map_err(|e| ProxyError {
-                retryable: false,
-                ..ProxyError::new(
-                    ErrorKind::Unavailable,
-                    Side::Internal,
-                    format!(
-                        "the proxy has no AWS credentials for upstream {}: {e}",
-                        self.name
-                    ),
-                )
-            })
+        credentials.get().await.map_err(|e| ProxyError {
+            retryable: false,
+            ..ProxyError::new(
+                ErrorKind::Unavailable,
+                Side::Internal,
+                format!(
+                    "the proxy has no AWS credentials for upstream {}: {e}",
+                    self.name
+                ),
+            )
+        })
     }
 
     async fn authorize(
@@ -571,20 +568,7 @@ impl Upstream {
                 region,
                 service,
             } => {
-                let creds = credentials
-                    .provide_credentials()
-                    .await
-                    .map_err(|e| ProxyError {
-                        retryable: false,
-                        ..ProxyError::new(
-                            ErrorKind::Unavailable,
-                            Side::Internal,
-                            format!(
-                                "the proxy has no AWS credentials for upstream {}: {e}",
-                                self.name
-                            ),
-                        )
-                    })?;
+                let creds = self.credentials(credentials).await?;
                 sign_any(request, body, creds, region, service, SystemTime::now())
                     .map(|_| ())
                     .map_err(|e| ProxyError::internal(format!("signing the upstream request: {e}")))
