@@ -112,24 +112,38 @@ async fn credentials_without_an_expiry_are_asked_for_again_after_fifteen_minutes
     assert_eq!(p.calls(), 2);
 }
 
-#[tokio::test]
-async fn callers_that_find_the_cache_empty_together_share_one_load() {
+/// `n` calls to a cache whose provider answers `answer` after 50 ms, all
+/// started before any finishes; their results and the provider's call count.
+async fn together(
+    n: usize,
+    answer: Result<Option<Duration>, &'static str>,
+) -> (Vec<Result<Credentials, String>>, usize) {
     let p = Arc::new(Scripted {
-        answers: Mutex::new(vec![Ok(Some(HOUR))]),
+        answers: Mutex::new(vec![answer]),
         delay: Duration::from_millis(50),
         ..Scripted::default()
     });
     let c = Arc::new(cache(&p));
-    let calls = (0..16).map(|_| {
-        let c = c.clone();
-        tokio::spawn(async move { c.get_at(base()).await })
-    });
-    // Spawned all at once (the iterator is lazy), then awaited.
-    let calls: Vec<_> = calls.collect();
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get_at(base()).await })
+        })
+        .collect();
+    let mut results = Vec::new();
     for call in calls {
-        assert_eq!(call.await.unwrap().unwrap().access_key_id(), "AKID0");
+        results.push(call.await.unwrap());
     }
-    assert_eq!(p.calls(), 1);
+    (results, p.calls())
+}
+
+#[tokio::test]
+async fn callers_that_find_the_cache_empty_together_share_one_load() {
+    let (results, calls) = together(16, Ok(Some(HOUR))).await;
+    for r in results {
+        assert_eq!(r.unwrap().access_key_id(), "AKID0");
+    }
+    assert_eq!(calls, 1);
 }
 
 #[tokio::test]
@@ -191,21 +205,10 @@ async fn a_provider_that_hangs_fails_after_the_load_timeout() {
 
 #[tokio::test]
 async fn callers_waiting_on_a_failed_load_share_its_error_instead_of_queueing_loads() {
-    let p = Arc::new(Scripted {
-        answers: Mutex::new(vec![Err("container endpoint refused")]),
-        delay: Duration::from_millis(50),
-        ..Scripted::default()
-    });
-    let c = Arc::new(cache(&p));
-    let calls = (0..8).map(|_| {
-        let c = c.clone();
-        tokio::spawn(async move { c.get_at(base()).await })
-    });
-    // Spawned all at once (the iterator is lazy), then awaited.
-    let calls: Vec<_> = calls.collect();
-    for call in calls {
-        let error = call.await.unwrap().unwrap_err();
+    let (results, calls) = together(8, Err("container endpoint refused")).await;
+    for r in results {
+        let error = r.unwrap_err();
         assert!(error.contains("container endpoint refused"), "{error}");
     }
-    assert_eq!(p.calls(), 1, "one load, its failure shared");
+    assert_eq!(calls, 1, "one load, its failure shared");
 }
