@@ -153,6 +153,7 @@ async fn upstream_versions(upstream_extra: &str) -> Vec<&'static str> {
             credentials: vec![bedrock_sim::config::StaticCredential {
                 access_key_id: "AKIDBEDROCKPROXY".into(),
                 secret_access_key: "bedrock-proxy-simulator".into(),
+                session_token: None,
             }],
             ..SimConfig::default()
         },

@@ -63,6 +63,7 @@ async fn signed_stack() -> Stack {
             credentials: vec![StaticCredential {
                 access_key_id: "AKIDBEDROCKPROXY".into(),
                 secret_access_key: "bedrock-proxy-simulator".into(),
+                session_token: None,
             }],
             ..SimConfig::default()
         },
@@ -425,6 +426,7 @@ async fn the_upload_travels_over_h2c_when_the_upstream_is_configured_for_http2()
         credentials: vec![StaticCredential {
             access_key_id: "AKIDBEDROCKPROXY".into(),
             secret_access_key: "bedrock-proxy-simulator".into(),
+            session_token: None,
         }],
         ..SimConfig::default()
     })

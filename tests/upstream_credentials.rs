@@ -2,9 +2,8 @@
 //! container credentials endpoint ECS and EKS Pod Identity serve): the
 //! `bedrock-proxy` binary, `aws-config`'s default chain finding the endpoint
 //! through `AWS_CONTAINER_CREDENTIALS_FULL_URI`, and a simulator that accepts
-//! only those credentials (session token included). The credentials are loaded
-//! once and every request is signed with them; the endpoint is not asked again
-//! per request.
+//! only the role's key, secret and session token, as AWS would. The
+//! credentials are loaded once; the endpoint is not asked again per request.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod common;
@@ -101,6 +100,7 @@ async fn role_credentials_are_loaded_once_and_sign_every_request() {
         credentials: vec![StaticCredential {
             access_key_id: ROLE_KEY.into(),
             secret_access_key: ROLE_SECRET.into(),
+            session_token: Some(ROLE_TOKEN.into()),
         }],
         ..SimConfig::default()
     })
@@ -124,7 +124,7 @@ async fn role_credentials_are_loaded_once_and_sign_every_request() {
     let stats = sim.sim.state().stats.snapshot();
     assert_eq!(
         stats["by_operation"]["converse"], 12,
-        "each request reached the simulator, signed with the role's credentials: {stats}"
+        "each request reached the simulator, signed with the role's credentials and token: {stats}"
     );
     assert_eq!(
         calls.load(Ordering::SeqCst),

@@ -88,6 +88,14 @@ pub fn sigv4_identity(
             .iter()
             .find(|c| c.access_key_id == auth.access_key_id)
             .ok_or_else(SimError::unrecognized_client)?;
+        if let Some(token) = &cred.session_token {
+            let sent = headers
+                .get("x-amz-security-token")
+                .and_then(|v| v.to_str().ok());
+            if sent != Some(token.as_str()) {
+                return Err(SimError::unrecognized_client());
+            }
+        }
         if auth.region != config.region {
             return Err(SimError::invalid_signature(format!(
                 "Credential should be scoped to a valid region, not '{}'.",

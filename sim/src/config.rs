@@ -15,6 +15,10 @@ use crate::selfhosted::{self, SelfHostedModel};
 pub struct StaticCredential {
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// Temporary credentials (a role's): every request signed with this key
+    /// must carry this `x-amz-security-token`, as AWS requires.
+    #[serde(default)]
+    pub session_token: Option<String>,
 }
 
 /// Everything that shapes the simulated Bedrock.

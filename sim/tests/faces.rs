@@ -573,6 +573,7 @@ fn checked_config() -> SimConfig {
         credentials: vec![StaticCredential {
             access_key_id: TEST_ACCESS_KEY.into(),
             secret_access_key: TEST_SECRET.into(),
+            session_token: None,
         }],
         ..SimConfig::default()
     }

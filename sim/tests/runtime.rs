@@ -1276,6 +1276,7 @@ async fn signed_requests_verify_for_streamed_uploads_and_get_requests() {
         credentials: vec![StaticCredential {
             access_key_id: TEST_ACCESS_KEY.into(),
             secret_access_key: TEST_SECRET.into(),
+            session_token: None,
         }],
         ..SimConfig::default()
     })

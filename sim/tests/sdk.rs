@@ -499,47 +499,95 @@ async fn transport_level_errors_are_bedrock_shaped() {
     assert_eq!(ok.status.as_u16(), 200, "a bearer token is accepted");
 }
 
-#[tokio::test]
-async fn signatures_are_verified_when_keys_are_configured() {
-    let sim = spawn(SimConfig {
+/// A one-word Converse call, as the signature tests send it.
+async fn hi(
+    client: &aws_sdk_bedrockruntime::Client,
+) -> Result<
+    aws_sdk_bedrockruntime::operation::converse::ConverseOutput,
+    aws_sdk_bedrockruntime::error::SdkError<
+        aws_sdk_bedrockruntime::operation::converse::ConverseError,
+    >,
+> {
+    client
+        .converse()
+        .model_id(HAIKU)
+        .messages(user_text("hi"))
+        .send()
+        .await
+}
+
+/// A simulator that verifies signatures against one key (with `token`, a
+/// role's temporary credentials).
+async fn spawn_verifying(key: &str, secret: &str, token: Option<&str>) -> bedrock_sim::SimHandle {
+    spawn(SimConfig {
         time_scale: 0.0,
         credentials: vec![bedrock_sim::config::StaticCredential {
-            access_key_id: "AKIDGOOD".into(),
-            secret_access_key: "good-secret".into(),
+            access_key_id: key.into(),
+            secret_access_key: secret.into(),
+            session_token: token.map(str::to_owned),
         }],
         ..SimConfig::default()
     })
-    .await;
-    let ok = sdk_client_signed(&sim.url(), "AKIDGOOD", "good-secret")
-        .converse()
-        .model_id(HAIKU)
-        .messages(user_text("hi"))
-        .send()
-        .await;
+    .await
+}
+
+/// Asserts that `client`'s call is refused: 403 with error `code`.
+async fn assert_refused(client: &aws_sdk_bedrockruntime::Client, code: &str) {
+    let error = hi(client).await.unwrap_err();
+    assert_eq!(error.raw_response().unwrap().status().as_u16(), 403);
+    assert_eq!(error.into_service_error().code(), Some(code));
+}
+
+#[tokio::test]
+async fn signatures_are_verified_when_keys_are_configured() {
+    let sim = spawn_verifying("AKIDGOOD", "good-secret", None).await;
+    let ok = hi(&sdk_client_signed(&sim.url(), "AKIDGOOD", "good-secret")).await;
     assert!(ok.is_ok(), "{ok:?}");
-    let wrong = sdk_client_signed(&sim.url(), "AKIDGOOD", "bad-secret")
-        .converse()
-        .model_id(HAIKU)
-        .messages(user_text("hi"))
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(wrong.raw_response().unwrap().status().as_u16(), 403);
-    assert_eq!(
-        wrong.into_service_error().code(),
-        Some("InvalidSignatureException")
-    );
-    let unknown = sdk_client_signed(&sim.url(), "AKIDOTHER", "x")
-        .converse()
-        .model_id(HAIKU)
-        .messages(user_text("hi"))
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(
-        unknown.into_service_error().code(),
-        Some("UnrecognizedClientException")
-    );
+    assert_refused(
+        &sdk_client_signed(&sim.url(), "AKIDGOOD", "bad-secret"),
+        "InvalidSignatureException",
+    )
+    .await;
+    assert_refused(
+        &sdk_client_signed(&sim.url(), "AKIDOTHER", "x"),
+        "UnrecognizedClientException",
+    )
+    .await;
+}
+
+/// A client signing with temporary credentials: `token` as the session token.
+fn sdk_client_with_token(endpoint: &str, token: &str) -> aws_sdk_bedrockruntime::Client {
+    let config = aws_sdk_bedrockruntime::Config::builder()
+        .behavior_version(aws_sdk_bedrockruntime::config::BehaviorVersion::latest())
+        .region(aws_sdk_bedrockruntime::config::Region::new("us-east-2"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_bedrockruntime::config::Credentials::new(
+            "ASIAROLE",
+            "role-secret",
+            Some(token.to_owned()),
+            None,
+            "test",
+        ))
+        .build();
+    aws_sdk_bedrockruntime::Client::from_conf(config)
+}
+
+#[tokio::test]
+async fn temporary_credentials_need_their_session_token() {
+    let sim = spawn_verifying("ASIAROLE", "role-secret", Some("the-role-token")).await;
+    let ok = hi(&sdk_client_with_token(&sim.url(), "the-role-token")).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    assert_refused(
+        &sdk_client_with_token(&sim.url(), "another-token"),
+        "UnrecognizedClientException",
+    )
+    .await;
+    // Signed with the key and secret but no token at all.
+    assert_refused(
+        &sdk_client_signed(&sim.url(), "ASIAROLE", "role-secret"),
+        "UnrecognizedClientException",
+    )
+    .await;
 }
 
 /// A ~3,000-token system prompt with a cachePoint after it.

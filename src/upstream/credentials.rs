@@ -9,7 +9,8 @@
 //!
 //! - One load at a time: callers that find the cache stale while another loads
 //!   wait for that load and take its result, success or failure, instead of
-//!   queueing loads of their own behind it.
+//!   queueing loads of their own behind it. The load runs in a task of its
+//!   own, so a caller that goes away does not cancel it.
 //! - Credentials are reloaded [`REFRESH_BEFORE`] their expiry. If the reload
 //!   fails while they are still valid, they keep being used (with a warning)
 //!   and the next reload is tried [`RETRY_AFTER`] later, so an unreachable
@@ -46,11 +47,39 @@ struct Held {
     generation: u64,
 }
 
-/// A credentials provider with a cache in front (see the module's doc).
-pub struct CachedCredentials {
+impl Held {
+    /// The credentials, if they need no reload at `now` (and so have not expired).
+    fn fresh(&self, now: SystemTime) -> Option<Credentials> {
+        if now < self.reload_at {
+            self.usable(now)
+        } else {
+            None
+        }
+    }
+
+    /// The credentials, if they have not expired at `now`.
+    fn usable(&self, now: SystemTime) -> Option<Credentials> {
+        match self.expires_at {
+            Some(at) if now >= at => None,
+            _ => self.credentials.clone(),
+        }
+    }
+}
+
+/// The time credentials are judged by (tests move it).
+type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+struct Inner {
     provider: SharedCredentialsProvider,
     held: ArcSwapOption<Held>,
-    loading: tokio::sync::Mutex<()>,
+    /// Held by the one load under way (by its task, not its caller).
+    loading: Arc<tokio::sync::Mutex<()>>,
+    clock: Clock,
+}
+
+/// A credentials provider with a cache in front (see the module's doc).
+pub struct CachedCredentials {
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for CachedCredentials {
@@ -61,56 +90,70 @@ impl std::fmt::Debug for CachedCredentials {
 
 impl CachedCredentials {
     pub fn new(provider: SharedCredentialsProvider) -> CachedCredentials {
+        CachedCredentials::with_clock(provider, Arc::new(SystemTime::now))
+    }
+
+    fn with_clock(provider: SharedCredentialsProvider, clock: Clock) -> CachedCredentials {
         CachedCredentials {
-            provider,
-            held: ArcSwapOption::empty(),
-            loading: tokio::sync::Mutex::new(()),
+            inner: Arc::new(Inner {
+                provider,
+                held: ArcSwapOption::empty(),
+                loading: Arc::new(tokio::sync::Mutex::new(())),
+                clock,
+            }),
         }
     }
 
     /// Credentials to sign with now; the error is the provider's, with its causes.
     pub async fn get(&self) -> Result<Credentials, String> {
-        self.get_at(SystemTime::now()).await
-    }
-
-    /// The cached credentials if they need no reload at `now`.
-    fn fresh(&self, now: SystemTime) -> Option<Credentials> {
-        let held = self.held.load();
-        let held = held.as_ref()?;
-        if now < held.reload_at {
-            held.credentials.clone()
-        } else {
-            None
-        }
-    }
-
-    fn generation(&self) -> u64 {
-        self.held.load().as_ref().map_or(0, |h| h.generation)
-    }
-
-    /// [`CachedCredentials::get`] as of `now` (tests move the clock).
-    pub async fn get_at(&self, now: SystemTime) -> Result<Credentials, String> {
-        if let Some(credentials) = self.fresh(now) {
+        let inner = &self.inner;
+        let snapshot = inner.held.load_full();
+        if let Some(credentials) = snapshot.as_deref().and_then(|h| h.fresh((inner.clock)())) {
             return Ok(credentials);
         }
-        let seen = self.generation();
-        let _loading = self.loading.lock().await;
-        if let Some(credentials) = self.fresh(now) {
-            return Ok(credentials);
-        }
-        let previous = self.held.load_full();
-        if let Some(previous) = previous.as_ref().filter(|h| h.generation != seen) {
-            // A load finished while this call waited: share its outcome.
-            match (usable(previous, now), &previous.failure) {
-                (Some(credentials), _) => return Ok(credentials),
-                (None, Some(failure)) => return Err(failure.clone()),
-                (None, None) => {}
+        // From the same snapshot as the check above, so a load that ends in
+        // between counts as one this call waited on.
+        let seen = snapshot.as_ref().map_or(0, |h| h.generation);
+        let guard = inner.loading.clone().lock_owned().await;
+        let previous = inner.held.load_full();
+        if let Some(held) = previous.as_deref() {
+            let now = (inner.clock)();
+            if let Some(credentials) = held.fresh(now) {
+                return Ok(credentials);
+            }
+            if held.generation != seen {
+                // A load finished while this call waited: share its outcome.
+                if let Some(credentials) = held.usable(now) {
+                    return Ok(credentials);
+                }
+                if let Some(failure) = &held.failure {
+                    return Err(failure.clone());
+                }
             }
         }
+        // The load runs in a task of its own, holding the lock: a caller that
+        // goes away (a client gone, a hedge's losing attempt) does not throw
+        // it away, and whoever waits gets its outcome.
+        let load = tokio::spawn({
+            let inner = inner.clone();
+            async move { inner.load(previous, guard).await }
+        });
+        load.await
+            .unwrap_or_else(|e| Err(format!("loading AWS credentials failed: {e}")))
+    }
+}
+
+impl Inner {
+    /// Asks the provider and records the outcome over `previous`.
+    async fn load(
+        &self,
+        previous: Option<Arc<Held>>,
+        _loading: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<Credentials, String> {
         let generation = previous.as_ref().map_or(0, |h| h.generation) + 1;
-        let error = match tokio::time::timeout(LOAD_TIMEOUT, self.provider.provide_credentials())
-            .await
-        {
+        let loaded = tokio::time::timeout(LOAD_TIMEOUT, self.provider.provide_credentials()).await;
+        let now = (self.clock)();
+        let error = match loaded {
             Ok(Ok(credentials)) => {
                 let expires_at = credentials.expiry();
                 let reload_at = match expires_at {
@@ -129,7 +172,8 @@ impl CachedCredentials {
             Ok(Err(e)) => DisplayErrorContext(&e).to_string(),
             Err(_) => format!("the credentials provider did not answer within {LOAD_TIMEOUT:?}"),
         };
-        let kept = previous.as_ref().and_then(|p| usable(p, now));
+        let kept = previous.as_deref().and_then(|p| p.usable(now));
+        let expires_at = previous.as_ref().and_then(|p| p.expires_at);
         if kept.is_some() {
             tracing::warn!(
                 error = %error,
@@ -137,23 +181,21 @@ impl CachedCredentials {
                 "reloading AWS credentials failed; signing with the current ones until they expire"
             );
         }
+        // The next try: after RETRY_AFTER, and never past the expiry of the
+        // credentials kept.
+        let retry = now + RETRY_AFTER;
+        let reload_at = match (&kept, expires_at) {
+            (Some(_), Some(at)) => retry.min(at),
+            _ => retry,
+        };
         self.held.store(Some(Arc::new(Held {
             credentials: kept.clone(),
-            reload_at: now + RETRY_AFTER,
-            expires_at: previous.as_ref().and_then(|p| p.expires_at),
+            reload_at,
+            expires_at,
             failure: Some(error.clone()),
             generation,
         })));
         kept.ok_or(error)
-    }
-}
-
-/// `held`'s credentials if they have not expired at `now`.
-fn usable(held: &Held, now: SystemTime) -> Option<Credentials> {
-    let credentials = held.credentials.clone()?;
-    match held.expires_at {
-        Some(at) if now >= at => None,
-        _ => Some(credentials),
     }
 }
 
