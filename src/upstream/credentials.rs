@@ -107,13 +107,17 @@ impl CachedCredentials {
     /// Credentials to sign with now; the error is the provider's, with its causes.
     pub async fn get(&self) -> Result<Credentials, String> {
         let inner = &self.inner;
-        let snapshot = inner.held.load_full();
-        if let Some(credentials) = snapshot.as_deref().and_then(|h| h.fresh((inner.clock)())) {
-            return Ok(credentials);
-        }
-        // From the same snapshot as the check above, so a load that ends in
-        // between counts as one this call waited on.
-        let seen = snapshot.as_ref().map_or(0, |h| h.generation);
+        let seen = {
+            // A guard, not a clone of the Arc: the common case costs no
+            // reference count.
+            let snapshot = inner.held.load();
+            if let Some(credentials) = snapshot.as_deref().and_then(|h| h.fresh((inner.clock)())) {
+                return Ok(credentials);
+            }
+            // From the same snapshot as the check above, so a load that ends
+            // in between counts as one this call waited on.
+            snapshot.as_ref().map_or(0, |h| h.generation)
+        };
         let guard = inner.loading.clone().lock_owned().await;
         let previous = inner.held.load_full();
         if let Some(held) = previous.as_deref() {
