@@ -234,13 +234,7 @@ impl JsonBody {
         if let Some(tree) = self.tree.get() {
             return tree.get(name).map(std::borrow::Cow::Borrowed);
         }
-        // The last of a repeated name counts, as in a tree.
-        let (_, span) = self
-            .names
-            .iter()
-            .rev()
-            .find(|(n, _)| n.is(&self.raw, name))?;
-        let text = self.raw.get(span.clone())?;
+        let text = self.raw.get(self.last_span(name)?)?;
         serde_json::from_slice(text)
             .ok()
             .map(std::borrow::Cow::Owned)
@@ -259,13 +253,7 @@ impl JsonBody {
                 .for_each(f);
             return;
         }
-        let Some((_, span)) = self.names.iter().rev().find(|(n, _)| n.is(&self.raw, name)) else {
-            return;
-        };
-        let Some(text) = self.raw.get(span.clone()) else {
-            return;
-        };
-        let Ok(text) = std::str::from_utf8(text) else {
+        let Some(text) = self.member_text(name) else {
             return;
         };
         each_element(text, |item| {
@@ -284,19 +272,23 @@ impl JsonBody {
     /// Where `text`, a slice of [`JsonBody::raw`] (from [`JsonBody::member_text`]
     /// and what was read from it), is in it.
     pub fn span_of(&self, text: &str) -> std::ops::Range<usize> {
-        let start = (text.as_ptr() as usize).saturating_sub(self.raw.as_ptr() as usize);
-        start..start + text.len()
+        span_of_str(&self.raw, text)
     }
 
     /// The text of the top-level member `name` (the last of a repeated name,
     /// as in a tree), a slice of [`JsonBody::raw`]; never builds the tree.
     pub fn member_text(&self, name: &str) -> Option<&str> {
-        let (_, span) = self
-            .names
+        self.text_at(self.last_span(name)?)
+    }
+
+    /// Where the top-level member `name`'s text is in [`JsonBody::raw`]: the
+    /// last of a repeated name counts, as in a tree.
+    fn last_span(&self, name: &str) -> Option<std::ops::Range<usize>> {
+        self.names
             .iter()
             .rev()
-            .find(|(n, _)| n.is(&self.raw, name))?;
-        self.text_at(span.clone())
+            .find(|(n, _)| n.is(&self.raw, name))
+            .map(|(_, span)| span.clone())
     }
 
     /// The body's text with `edits` (spans of [`JsonBody::raw`], empty to
@@ -439,11 +431,7 @@ fn head_of(
             head.insert(name.as_ref().to_owned(), value);
         }
     }
-    let names = members
-        .iter()
-        .map(|(n, v)| (Name::of(raw, n), span(raw, v)))
-        .collect();
-    Ok((Value::Object(head), names))
+    Ok((Value::Object(head), names_of(raw, members)))
 }
 
 fn head_of_tree(tree: &Value) -> Value {
@@ -462,14 +450,16 @@ fn head_of_tree(tree: &Value) -> Value {
 /// does not read as an object).
 fn names_in(raw: &[u8]) -> Names {
     serde_json::from_slice::<Members<'_>>(raw)
-        .map(|members| {
-            members
-                .0
-                .iter()
-                .map(|(n, v)| (Name::of(raw, n), span(raw, v)))
-                .collect()
-        })
+        .map(|members| names_of(raw, &members.0))
         .unwrap_or_default()
+}
+
+/// The names and spans of `members`, read from object text `raw`.
+fn names_of(raw: &[u8], members: &[(Cow<'_, str>, &RawValue)]) -> Names {
+    members
+        .iter()
+        .map(|(n, v)| (Name::of(raw, n), span(raw, v)))
+        .collect()
 }
 
 /// The members of the JSON object `text` as their text, in order (a repeated
