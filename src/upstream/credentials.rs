@@ -185,16 +185,11 @@ impl Inner {
                 "reloading AWS credentials failed; signing with the current ones until they expire"
             );
         }
-        // The next try: after RETRY_AFTER, and never past the expiry of the
-        // credentials kept.
-        let retry = now + RETRY_AFTER;
-        let reload_at = match (&kept, expires_at) {
-            (Some(_), Some(at)) => retry.min(at),
-            _ => retry,
-        };
+        // Tried again after RETRY_AFTER; the credentials kept serve until
+        // then, never past their expiry (`Held::fresh`).
         self.held.store(Some(Arc::new(Held {
             credentials: kept.clone(),
-            reload_at,
+            reload_at: now + RETRY_AFTER,
             expires_at,
             failure: Some(error.clone()),
             generation,
