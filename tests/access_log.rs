@@ -10,8 +10,8 @@ use bedrock_sim::testing::{raw, sdk_client, user_text};
 use common::*;
 use std::collections::HashSet;
 use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncReadExt;
+use tokio::process::Child;
 
 /// The proxy binary with the harness's config plus `[logging]` keys, its API
 /// and admin URLs once it printed `ready`.
@@ -27,29 +27,11 @@ async fn spawn_proxy(
     );
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bedrock-proxy"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut api, mut admin) = (String::new(), String::new());
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if let Some(url) = line.strip_prefix("bedrock-proxy listening on ") {
-            api = url.to_owned();
-        } else if let Some(url) = line.strip_prefix("admin listening on ") {
-            admin = url.to_owned();
-        } else if line == "ready" {
-            break;
-        }
-    }
-    assert!(!api.is_empty() && !admin.is_empty(), "the proxy started");
-    // Keep stdout drained: the test is about stderr.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, api, admin)
+    // Stderr is what the tests read.
+    run_proxy_binary(&path, |c| {
+        c.stderr(Stdio::piped());
+    })
+    .await
 }
 
 fn access_lines(stderr: &str) -> Vec<&str> {

@@ -17,8 +17,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const ROLE_KEY: &str = "ASIAPROXYROLE";
 const ROLE_SECRET: &str = "role-secret-from-the-container-endpoint";
@@ -64,32 +63,17 @@ async fn spawn_proxy(dir: &tempfile::TempDir, sim_url: &str, creds_url: &str) ->
     std::fs::write(&path, text).unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bedrock-proxy"))
-        .arg("--config")
-        .arg(&path)
+    let (child, api, _admin) = run_proxy_binary(&path, |c| {
         // No keys, profiles or metadata service: the container endpoint only.
-        .env_clear()
-        .env("HOME", &home)
-        .env("AWS_CONFIG_FILE", home.join("config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("credentials"))
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", creds_url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut api = String::new();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if let Some(url) = line.strip_prefix("bedrock-proxy listening on ") {
-            api = url.to_owned();
-        } else if line == "ready" {
-            break;
-        }
-    }
-    assert!(!api.is_empty(), "the proxy started");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        c.env_clear()
+            .env("HOME", &home)
+            .env("AWS_CONFIG_FILE", home.join("config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", home.join("credentials"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", creds_url)
+            .stderr(Stdio::inherit());
+    })
+    .await;
     (child, api)
 }
 

@@ -398,3 +398,35 @@ impl RedisCluster {
         )
     }
 }
+
+/// The `bedrock-proxy` binary with config file `path` (`configure` adds its
+/// environment and stderr), started: its API and admin URLs once it printed
+/// `ready`. Its stdout is drained from then on; it is killed when dropped.
+pub async fn run_proxy_binary(
+    path: &std::path::Path,
+    configure: impl FnOnce(&mut tokio::process::Command),
+) -> (tokio::process::Child, String, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_bedrock-proxy"));
+    command.arg("--config").arg(path);
+    configure(&mut command);
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut api, mut admin) = (String::new(), String::new());
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if let Some(url) = line.strip_prefix("bedrock-proxy listening on ") {
+            api = url.to_owned();
+        } else if let Some(url) = line.strip_prefix("admin listening on ") {
+            admin = url.to_owned();
+        } else if line == "ready" {
+            break;
+        }
+    }
+    assert!(!api.is_empty() && !admin.is_empty(), "the proxy started");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, api, admin)
+}
