@@ -67,9 +67,9 @@ impl Baseline {
         request: Bytes,
         api_key: &str,
     ) -> Result<Baseline, BenchError> {
-        let client = http_client(Duration::from_secs(5), 1, false);
-        let mut answers = Vec::with_capacity(2);
-        for stream in [false, true] {
+        let client = &http_client(Duration::from_secs(5), 1, false);
+        let request = &request;
+        let ask = |stream: bool| async move {
             let url = bedrock_url(base, model, stream);
             let call = http::Request::post(&url)
                 .header("content-type", "application/json")
@@ -93,11 +93,12 @@ impl Baseline {
                     String::from_utf8_lossy(&body)
                 )));
             }
-            answers.push(body);
-        }
-        let stream = answers.pop().unwrap_or_default();
-        let body = answers.pop().unwrap_or_default();
-        Ok(Baseline::Static { body, stream })
+            Ok(body)
+        };
+        Ok(Baseline::Static {
+            body: ask(false).await?,
+            stream: ask(true).await?,
+        })
     }
 }
 
