@@ -1,7 +1,9 @@
 //! A JSON request body, parsed only as far as the stages that read it need:
 //! validated once (UTF-8, nesting, syntax, an object), its few small top-level
-//! members that every request may read ([`HEAD_MEMBERS`]: tiers, temperature,
-//! guardrail) kept parsed, and the whole tree built only when a stage asks for
+//! members that stages may read ([`HEAD_MEMBERS`]: tiers, temperature,
+//! guardrail) parsed when the first stage reads one ([`JsonBody::head`], or
+//! [`JsonBody::head_member`], which parses nothing for a member the body does
+//! not have), and the whole tree built only when a stage asks for
 //! it ([`JsonBody::tree`]: translation, traces that capture content), then
 //! shared by every stage of the call. Stages that walk a long member (token
 //! estimates, prompt-cache planning) read it element by element from the text
@@ -21,8 +23,8 @@ use std::sync::OnceLock;
 
 use crate::error::ProxyError;
 
-/// The top-level members kept parsed in the head: the ones stages read on every
-/// request, all small in any request Bedrock accepts.
+/// The top-level members of the head: the ones stages read without the rest
+/// of the body, all small in any request Bedrock accepts.
 pub const HEAD_MEMBERS: &[&str] = &[
     // Converse
     "performanceConfig",
@@ -44,8 +46,10 @@ pub const HEAD_MEMBER_MAX_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct JsonBody {
     raw: Bytes,
-    /// The [`HEAD_MEMBERS`] present, parsed (an object).
-    head: Value,
+    /// The [`HEAD_MEMBERS`] present, parsed (an object) when a stage first
+    /// reads the head: a pass-through call that asks for no member present
+    /// builds no `Value` at all.
+    head: OnceLock<Value>,
     /// Every top-level member's name and where its text is in `raw`, in order.
     names: Names,
     tree: OnceLock<Value>,
@@ -117,6 +121,16 @@ fn not_an_object() -> ProxyError {
 /// Whether JSON text nests arrays and objects deeper than `max` (strings and
 /// escapes are skipped, so brackets inside strings do not count).
 pub fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
+    // Text with no more opening brackets than `max` cannot nest deeper, inside
+    // strings or not: counting them is a branch-free loop the compiler
+    // vectorizes, where the walk below goes byte by byte. Most bodies stop here.
+    let opening = bytes
+        .iter()
+        .map(|&b| usize::from(b == b'{' || b == b'['))
+        .sum::<usize>();
+    if opening <= max {
+        return false;
+    }
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
@@ -176,8 +190,8 @@ pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, ProxyError> {
 
 impl JsonBody {
     /// Validates a body as [`parse_json`] does, with the same messages, without
-    /// building its tree: the text is read once, its top-level members located
-    /// and the head members parsed.
+    /// building its tree: the text is read once and its top-level members
+    /// located (the head members' sizes checked; they are parsed on first use).
     pub fn parse(raw: Bytes, max_depth: usize) -> Result<JsonBody, ProxyError> {
         let text = check_text(&raw, max_depth)?;
         if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -187,13 +201,14 @@ impl JsonBody {
                 Ok(_) => not_an_object(),
             });
         }
-        let (head, names) = {
+        let names = {
             let members: Members<'_> = serde_json::from_str(text).map_err(malformed)?;
-            head_of(&raw, &members.0)?
+            check_head_sizes(&members.0)?;
+            names_of(&raw, &members.0)
         };
         Ok(JsonBody {
             raw,
-            head,
+            head: OnceLock::new(),
             names,
             tree: OnceLock::new(),
         })
@@ -202,7 +217,7 @@ impl JsonBody {
     /// A body the proxy built (a translation): its text and tree, both kept.
     pub fn from_value(tree: Value) -> JsonBody {
         let raw = Bytes::from(tree.to_string());
-        let head = head_of_tree(&tree);
+        let head = OnceLock::from(head_of_tree(&tree));
         let names = names_in(&raw);
         JsonBody {
             raw,
@@ -217,10 +232,38 @@ impl JsonBody {
         &self.raw
     }
 
-    /// The head: an object of the [`HEAD_MEMBERS`] the body has. Any other
-    /// member is read from [`JsonBody::tree`].
+    /// The head: an object of the [`HEAD_MEMBERS`] the body has, parsed on
+    /// first use. Any other member is read from [`JsonBody::tree`].
+    ///
+    /// The body's syntax was checked when it was read, so a member fails to
+    /// parse only for a number out of `f64`'s range; such a member is left
+    /// out, and the upstream refuses the body as it came.
     pub fn head(&self) -> &Value {
-        &self.head
+        self.head.get_or_init(|| {
+            let mut head = Map::new();
+            for (name, span) in &self.names {
+                let Some(name) = name.head_member(&self.raw) else {
+                    continue;
+                };
+                let Some(text) = self.raw.get(span.clone()) else {
+                    continue;
+                };
+                if let Ok(value) = serde_json::from_slice::<Value>(text) {
+                    head.insert(name.to_owned(), value);
+                }
+            }
+            Value::Object(head)
+        })
+    }
+
+    /// The head member `name` (one of [`HEAD_MEMBERS`]), `None` when the body
+    /// has none: asking for a member the body does not have parses nothing.
+    pub fn head_member(&self, name: &str) -> Option<&Value> {
+        debug_assert!(HEAD_MEMBERS.contains(&name), "{name} is not a head member");
+        if self.tree.get().is_none() && self.head.get().is_none() && !self.has(name) {
+            return None;
+        }
+        self.head().get(name)
     }
 
     /// Whether the body has a top-level member `name`.
@@ -313,12 +356,13 @@ impl JsonBody {
             from = span.end;
         }
         out.extend_from_slice(self.raw.get(from..).unwrap_or_default());
-        let mut head = self.head.clone();
+        let old = self.head();
+        let mut head = old.clone();
         edit(&mut head);
-        if head == self.head {
+        if head == *old {
             return Bytes::from(out);
         }
-        splice(&out, &self.head, &head)
+        splice(&out, old, &head)
     }
 
     /// The whole body parsed, built on first use and shared after.
@@ -338,38 +382,40 @@ impl JsonBody {
     /// members only (it is given the head): the members it changed are
     /// spliced into the text, every other member goes out as it came.
     pub fn edited(&self, edit: impl FnOnce(&mut Value)) -> Bytes {
-        let mut head = self.head.clone();
+        let old = self.head();
+        let mut head = old.clone();
         edit(&mut head);
-        if head == self.head {
+        if head == *old {
             return self.raw.clone();
         }
         match self.tree.get() {
             Some(tree) => {
                 let mut tree = tree.clone();
-                apply_head(&mut tree, &self.head, &head);
+                apply_head(&mut tree, old, &head);
                 Bytes::from(tree.to_string())
             }
-            None => splice(&self.raw, &self.head, &head),
+            None => splice(&self.raw, old, &head),
         }
     }
 
     /// [`JsonBody::edited`], kept: the body becomes the edited one.
     pub fn edit(&mut self, edit: impl FnOnce(&mut Value)) {
-        let mut head = self.head.clone();
+        let old = self.head().clone();
+        let mut head = old.clone();
         edit(&mut head);
-        if head == self.head {
+        if head == old {
             return;
         }
         if let Some(tree) = self.tree.get_mut() {
-            apply_head(tree, &self.head, &head);
+            apply_head(tree, &old, &head);
             self.raw = Bytes::from(tree.to_string());
-            self.head = head_of_tree(tree);
+            self.head = OnceLock::from(head_of_tree(tree));
             self.names = names_in(&self.raw);
         } else {
-            let raw = splice(&self.raw, &self.head, &head);
+            let raw = splice(&self.raw, &old, &head);
             self.names = names_in(&raw);
             self.raw = raw;
-            self.head = head;
+            self.head = OnceLock::from(head);
         }
     }
 }
@@ -397,6 +443,11 @@ impl Name {
         }
     }
 
+    /// The [`HEAD_MEMBERS`] entry this name is, if it is one.
+    fn head_member(&self, raw: &[u8]) -> Option<&'static str> {
+        HEAD_MEMBERS.iter().copied().find(|m| self.is(raw, m))
+    }
+
     /// Whether this is `name` (`raw`, the body's text the name was read from).
     fn is(&self, raw: &[u8], name: &str) -> bool {
         match self {
@@ -414,24 +465,17 @@ fn span_of_str(raw: &[u8], text: &str) -> std::ops::Range<usize> {
     start..start + text.len()
 }
 
-/// The head and member names of an object's members (`raw`, the object's text).
-fn head_of(
-    raw: &[u8],
-    members: &[(Cow<'_, str>, &RawValue)],
-) -> Result<(Value, Names), ProxyError> {
-    let mut head = Map::new();
+/// Refuses a head member larger than [`HEAD_MEMBER_MAX_BYTES`] (Bedrock
+/// would refuse it too) before anything parses it.
+fn check_head_sizes(members: &[(Cow<'_, str>, &RawValue)]) -> Result<(), ProxyError> {
     for (name, raw) in members {
-        if HEAD_MEMBERS.contains(&name.as_ref()) {
-            if raw.get().len() > HEAD_MEMBER_MAX_BYTES {
-                return Err(ProxyError::validation(format!(
-                    "Malformed input request: `{name}` is larger than {HEAD_MEMBER_MAX_BYTES} bytes, please reformat your input and try again."
-                )));
-            }
-            let value: Value = serde_json::from_str(raw.get()).map_err(malformed)?;
-            head.insert(name.as_ref().to_owned(), value);
+        if raw.get().len() > HEAD_MEMBER_MAX_BYTES && HEAD_MEMBERS.contains(&name.as_ref()) {
+            return Err(ProxyError::validation(format!(
+                "Malformed input request: `{name}` is larger than {HEAD_MEMBER_MAX_BYTES} bytes, please reformat your input and try again."
+            )));
         }
     }
-    Ok((Value::Object(head), names_of(raw, members)))
+    Ok(())
 }
 
 fn head_of_tree(tree: &Value) -> Value {

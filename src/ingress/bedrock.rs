@@ -146,7 +146,7 @@ async fn serve(
         &principal,
         op,
         &parts.headers,
-        json.as_ref().map(JsonBody::head),
+        json.as_ref().and_then(|j| j.head_member("guardrailConfig")),
     )?;
     let forward = match op {
         Operation::Invoke | Operation::InvokeStream => FORWARDED

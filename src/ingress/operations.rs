@@ -418,18 +418,19 @@ impl TenantTag {
 }
 
 /// InvokeModel's guardrail headers and Converse's `guardrailConfig` name a
-/// guardrail: the key must be allowed it. `json` is the body or its head.
+/// guardrail: the key must be allowed it. `guardrail_config` is the body's
+/// `guardrailConfig` member.
 pub(crate) fn admit_model_guardrail(
     principal: &Principal,
     op: bedrock_wire::operation::Operation,
     headers: &HeaderMap,
-    json: Option<&Value>,
+    guardrail_config: Option<&Value>,
 ) -> Result<(), ProxyError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (id, version) = match header("x-amzn-bedrock-guardrailidentifier") {
         Some(id) => (Some(id), header("x-amzn-bedrock-guardrailversion")),
         None => {
-            let config = json.map(|j| &j["guardrailConfig"]);
+            let config = guardrail_config;
             (
                 config.and_then(|c| c["guardrailIdentifier"].as_str()),
                 config.and_then(|c| c["guardrailVersion"].as_str()),

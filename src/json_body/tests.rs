@@ -13,6 +13,9 @@ fn nesting_is_counted_outside_strings_only() {
     assert!(!nesting_exceeds(br#"{"a":[{"b":1}]}"#, 3));
     assert!(nesting_exceeds(br#"{"a":[{"b":[1]}]}"#, 3));
     assert!(!nesting_exceeds(br#"{"a":"[[[[[[[[\"[[["}"#, 1));
+    // More opening brackets than the limit, side by side: not deeper.
+    assert!(!nesting_exceeds(br#"{"a":[[],[],[],[]]}"#, 3));
+    assert!(nesting_exceeds(br#"{"a":[[],[],[],[]]}"#, 2));
     let deep = "[".repeat(5000) + &"]".repeat(5000);
     assert!(nesting_exceeds(deep.as_bytes(), 64));
 }
@@ -75,6 +78,40 @@ fn the_head_holds_the_small_members_and_the_tree_waits() {
     assert!(!b.has_tree(), "nothing asked for the tree yet");
     assert_eq!(b.tree()["messages"][0]["content"][0]["text"], "hi");
     assert!(b.has_tree());
+}
+
+#[test]
+fn a_head_member_the_body_lacks_parses_nothing() {
+    let b = body(
+        r#"{"messages":[],"inferenceConfig":{"maxTokens":5},
+            "performanceConfig":{"latency":"optimized"}}"#,
+    );
+    // A pass-through call asks for the members it acts on; absent ones cost
+    // a look at the names, and the head is not built.
+    assert_eq!(b.head_member("serviceTier"), None);
+    assert_eq!(b.head_member("guardrailConfig"), None);
+    assert!(b.head.get().is_none(), "no head member was read yet");
+    // A present one builds the head, once, with every head member in it.
+    assert_eq!(
+        b.head_member("performanceConfig"),
+        Some(&json!({"latency":"optimized"}))
+    );
+    assert_eq!(b.head()["inferenceConfig"]["maxTokens"], 5);
+    assert_eq!(b.head_member("serviceTier"), None);
+    // A repeated member: the last one counts, as in a tree.
+    let twice = body(r#"{"serviceTier":{"type":"flex"},"serviceTier":{"type":"priority"}}"#);
+    assert_eq!(
+        twice.head_member("serviceTier"),
+        Some(&json!({"type":"priority"}))
+    );
+    assert_eq!(
+        twice.head_member("serviceTier"),
+        twice.tree().get("serviceTier")
+    );
+    // A number no f64 holds leaves its member out of the head; the body goes
+    // out as sent and the upstream refuses it.
+    let huge = body(r#"{"messages":[],"temperature":1e400,"anthropic_version":"v"}"#);
+    assert_eq!(huge.head(), &json!({"anthropic_version":"v"}));
 }
 
 #[test]

@@ -98,7 +98,9 @@ pub(crate) fn estimate_body(
             }
             j.for_each_element("system", |block| input += tokens::converse_block(block));
             j.for_each_element("messages", |m| input += tokens::converse_message(m));
-            let asked = j.head()["inferenceConfig"]["maxTokens"].as_u64();
+            let asked = j
+                .head_member("inferenceConfig")
+                .and_then(|c| c["maxTokens"].as_u64());
             Estimate {
                 input: u64::from(input),
                 output: if embedding {

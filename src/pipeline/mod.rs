@@ -68,6 +68,12 @@ impl Call {
         self.json.as_ref().map(JsonBody::head)
     }
 
+    /// One head member (see [`JsonBody::head_member`]): nothing is parsed
+    /// when the body does not have it.
+    pub fn head_member(&self, name: &str) -> Option<&Value> {
+        self.json.as_ref().and_then(|j| j.head_member(name))
+    }
+
     /// The JSON body parsed whole: built by the first stage that asks, shared
     /// by the others. Stages that read only head members use [`Call::head`].
     pub fn tree(&self) -> Option<&Value> {
@@ -79,9 +85,9 @@ impl Call {
     /// Bedrock does not have, which the upstream will refuse).
     pub fn requested_tier(&self) -> Option<LatencyTier> {
         let from_body = self
-            .head()
+            .head_member("performanceConfig")
             .filter(|_| matches!(self.op, Operation::Converse | Operation::ConverseStream))
-            .and_then(|j| j["performanceConfig"]["latency"].as_str());
+            .and_then(|c| c["latency"].as_str());
         from_body
             .or_else(|| {
                 self.forward
@@ -97,9 +103,9 @@ impl Call {
     /// Bedrock does not have (which the upstream will refuse).
     pub fn requested_service_tier(&self) -> Option<ServiceTier> {
         let from_body = self
-            .head()
+            .head_member("serviceTier")
             .filter(|_| matches!(self.op, Operation::Converse | Operation::ConverseStream))
-            .and_then(|j| j["serviceTier"]["type"].as_str());
+            .and_then(|t| t["type"].as_str());
         from_body
             .or_else(|| {
                 self.forward
