@@ -431,7 +431,15 @@ fn text(line: &AccessLine, out: &mut Vec<u8>) {
         out.extend_from_slice(int.format(value).as_bytes());
     }
     field(out, "duration_ms");
-    {
+    if line.duration_ms.is_finite() {
+        // The shortest text that reads back as the same number, as `{:?}`
+        // writes it, without the formatting machinery.
+        out.extend_from_slice(
+            ryu::Buffer::new()
+                .format_finite(line.duration_ms)
+                .as_bytes(),
+        );
+    } else {
         use std::io::Write as _;
         let _ = write!(out, "{:?}", line.duration_ms);
     }

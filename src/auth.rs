@@ -18,8 +18,9 @@
 use axum::http::HeaderMap;
 use bedrock_wire::eventstream::EnvelopeVerifier;
 use bedrock_wire::sigv4;
+use bedrock_wire::FastMap;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -140,8 +141,10 @@ impl Principal {
 #[derive(Debug)]
 pub(crate) struct Auth {
     mode: AuthMode,
-    api_keys: HashMap<[u8; 32], Arc<Principal>>,
-    access_keys: HashMap<String, (String, Arc<Principal>)>,
+    // Built from the config; a request only looks up (the digest of its key,
+    // or the access key id it names), so no request can crowd a bucket.
+    api_keys: FastMap<[u8; 32], Arc<Principal>>,
+    access_keys: FastMap<String, (String, Arc<Principal>)>,
     anonymous: Arc<Principal>,
     /// The regions a SigV4 credential scope may name.
     regions: BTreeSet<String>,
@@ -191,8 +194,8 @@ fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
 
 impl Auth {
     pub(crate) fn new(config: &Config) -> Auth {
-        let mut api_keys = HashMap::new();
-        let mut access_keys = HashMap::new();
+        let mut api_keys = FastMap::default();
+        let mut access_keys = FastMap::default();
         let tenant_quota = |name: &str| {
             config
                 .tenants

@@ -245,4 +245,19 @@ proptest::proptest! {
         debug_str(&mut out, &s);
         proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), format!("{s:?}"));
     }
+
+    /// Durations are written as `{:?}` writes them (the layout tracing used),
+    /// from a microsecond to a day and as any bit pattern of an f64.
+    #[test]
+    fn durations_read_as_debug_formatting_writes_them(
+        ms in proptest::prop_oneof![0.001f64..86_400_000.0, proptest::num::f64::ANY],
+    ) {
+        let mut access = line("r");
+        access.duration_ms = ms;
+        let mut out = Vec::new();
+        text(&access, &mut out);
+        let written = String::from_utf8(out).unwrap();
+        let wanted = format!(" duration_ms={ms:?}");
+        proptest::prop_assert!(written.contains(&wanted), "{written} lacks {wanted}");
+    }
 }

@@ -32,7 +32,7 @@ pub mod chain;
 pub mod chat;
 pub mod credentials;
 
-use crate::config::{Timeouts, UpstreamConfig, UpstreamKind};
+use crate::config::{HttpProtocol, Timeouts, UpstreamConfig, UpstreamKind};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::support::Memo;
 use credentials::CachedCredentials;
@@ -109,6 +109,9 @@ pub struct Upstream {
     signer: Signer,
     /// `headers` of the config, ready to send.
     extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The `Host` header of a request that surely goes over HTTP/1.1 (see
+    /// [`http1_host`]).
+    host: Option<HeaderValue>,
     /// The server refused `stream_options` once; streams go without it since.
     refuses_stream_options: AtomicBool,
     /// Request URIs by operation and model ([`Upstream::uri`]).
@@ -206,6 +209,7 @@ impl Upstream {
             .collect();
         let options = config.connections.client_options(config.timeouts.connect);
         let spread = config.connections.spread();
+        let host = http1_host(&base, config.connections.http);
         Ok(Upstream {
             name: Arc::from(config.name.as_str()),
             config: config.clone(),
@@ -214,6 +218,7 @@ impl Upstream {
             stream_client: Spread::new(&options, spread),
             signer,
             extra_headers,
+            host,
             refuses_stream_options: AtomicBool::new(false),
             uris: Memo::default(),
         })
@@ -348,6 +353,9 @@ impl Upstream {
         }
         for (name, value) in &self.extra_headers {
             h.insert(name.clone(), value.clone());
+        }
+        if let Some(host) = &self.host {
+            h.entry(header::HOST).or_insert_with(|| host.clone());
         }
     }
 
@@ -577,6 +585,33 @@ impl Upstream {
     }
 }
 
+/// The `Host` header of requests to `base` when they surely go over HTTP/1.1
+/// (`http1`, or `auto` on plain `http`, where no ALPN can choose HTTP/2), as
+/// the HTTP client would add it: the host, and the port unless it is the
+/// scheme's default. Made once per upstream, it spares the client formatting
+/// `host:port` into a new string for every request. `None` where HTTP/2 may
+/// carry the request (its authority goes as `:authority`, not `Host`).
+fn http1_host(base: &str, http: HttpProtocol) -> Option<HeaderValue> {
+    let uri: Uri = base.parse().ok()?;
+    let secure = uri.scheme_str() == Some("https");
+    let http1 = match http {
+        HttpProtocol::Http1 => true,
+        HttpProtocol::Auto => uri.scheme_str() == Some("http"),
+        HttpProtocol::Http2 => false,
+    };
+    if !http1 {
+        return None;
+    }
+    let host = uri.host()?;
+    let value = match uri.port_u16() {
+        Some(443) if secure => host.to_owned(),
+        Some(80) if !secure => host.to_owned(),
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
 /// A SageMaker target's model: `ENDPOINT`, or `ENDPOINT/INFERENCE-COMPONENT`
 /// for an endpoint that hosts several (endpoint names have no `/`).
 pub fn split_endpoint(model: &str) -> (&str, Option<&str>) {
@@ -656,3 +691,6 @@ impl Upstreams {
         self.by_name.values()
     }
 }
+
+#[cfg(test)]
+mod tests;
