@@ -388,18 +388,17 @@ impl Counters {
                 Cell::Spent { expires_ms, .. } => *expires_ms > now,
             });
         }
-        changes(&mut |c| match c {
-            ChangeRef::Bucket { key, limit, amount } => {
-                let b = Cell::Bucket(bucket(cells.get(key)).add(limit, amount, now));
-                put(&mut cells, key, b);
-            }
-            ChangeRef::Budget { key, nano, ttl_ms } => {
-                let total = spent(cells.get(key), now) + nano;
-                let cell = Cell::Spent {
-                    nano: total,
-                    expires_ms: now + ttl_ms as f64,
-                };
-                put(&mut cells, key, cell);
+        // One lookup per change: the cell is updated where it is, and its key
+        // copied only the first time it is seen.
+        changes(&mut |c| {
+            let key = match c {
+                ChangeRef::Bucket { key, .. } | ChangeRef::Budget { key, .. } => key,
+            };
+            match cells.get_mut(key) {
+                Some(slot) => *slot = c.applied(Some(slot), now),
+                None => {
+                    cells.insert(key.to_owned(), c.applied(None, now));
+                }
             }
         });
     }
@@ -497,12 +496,17 @@ fn bucket(cell: Option<&Cell>) -> Bucket {
     }
 }
 
-/// Sets `key`'s cell, copying the key only the first time it is seen.
-fn put(cells: &mut HashMap<String, Cell>, key: &str, cell: Cell) {
-    match cells.get_mut(key) {
-        Some(slot) => *slot = cell,
-        None => {
-            cells.insert(key.to_owned(), cell);
+impl ChangeRef<'_> {
+    /// The cell after this change, from the one before (`None`: new).
+    fn applied(&self, cell: Option<&Cell>, now: f64) -> Cell {
+        match *self {
+            ChangeRef::Bucket { limit, amount, .. } => {
+                Cell::Bucket(bucket(cell).add(limit, amount, now))
+            }
+            ChangeRef::Budget { nano, ttl_ms, .. } => Cell::Spent {
+                nano: spent(cell, now) + nano,
+                expires_ms: now + ttl_ms as f64,
+            },
         }
     }
 }
