@@ -278,6 +278,10 @@ pub struct RouteMetrics {
     /// Tokens cache hits saved, input and output.
     saved_tokens: [OnceLock<metrics::Counter>; 2],
     saved_usd: OnceLock<metrics::Gauge>,
+    /// Response header values of the names the route's answers carry (its
+    /// own, its upstreams' and models'), made once per name. Found by the
+    /// `Arc` holding the name: a reloaded config's names are new entries.
+    header_values: Memo<std::sync::Arc<str>, Option<http::HeaderValue>, 8>,
 }
 
 /// The metrics every attempt on one target of a route updates (attempts by
@@ -396,7 +400,17 @@ impl RouteMetrics {
             cost: Memo::default(),
             saved_tokens: Default::default(),
             saved_usd: OnceLock::new(),
+            header_values: Memo::default(),
         }
+    }
+
+    /// `name` (the route's, or an upstream's or model's from its config) as
+    /// a header value, made the first time; `None` when it cannot be one.
+    pub fn header_value(&self, name: &std::sync::Arc<str>) -> Option<http::HeaderValue> {
+        self.header_values.find(
+            |k| std::sync::Arc::ptr_eq(k, name),
+            || (name.clone(), http::HeaderValue::from_str(name).ok()),
+        )
     }
 
     /// The handles of requests no route claimed.
@@ -926,6 +940,29 @@ pub fn target_skipped(route: &SharedString, target: &Arc<str>, reason: &'static 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_are_made_once_per_name_and_stay_right_past_the_slots() {
+        use std::sync::Arc;
+        let route = RouteMetrics::new(&Arc::from("haiku"));
+        let name: Arc<str> = Arc::from("haiku");
+        let first = route.header_value(&name).unwrap();
+        assert_eq!(first, "haiku");
+        // Found again by its Arc: the same bytes, not a copy.
+        let again = route.header_value(&name).unwrap();
+        assert_eq!(again.as_bytes().as_ptr(), first.as_bytes().as_ptr());
+        // More names than slots (a reload's, a cache entry's): each still
+        // gets its own value, and a name no header can carry gets none.
+        for i in 0..20 {
+            let other: Arc<str> = Arc::from(format!("model-{i}"));
+            assert_eq!(
+                route.header_value(&other).unwrap(),
+                format!("model-{i}").as_str()
+            );
+        }
+        assert_eq!(route.header_value(&Arc::from("bad\nname")), None);
+        assert_eq!(route.header_value(&name).unwrap(), "haiku");
+    }
 
     #[test]
     fn route_handles_count_the_series_the_labels_named() {

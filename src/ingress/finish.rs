@@ -186,8 +186,15 @@ impl Finish {
                 .and_then(|i| DIGITS.get(i))
                 .map_or_else(|| HeaderValue::from(n), |d| HeaderValue::from_static(d))
         }
+        // The route's names are made into values once (see
+        // `RouteMetrics::header_value`); the request id is new every time.
+        let named = |headers: &mut HeaderMap, name: HeaderName, value: &Arc<str>| {
+            if let Some(v) = self.route_metrics.header_value(value) {
+                headers.insert(name, v);
+            }
+        };
         if let Some(route) = &self.route {
-            set(headers, ROUTE, route);
+            named(headers, ROUTE, route);
         }
         let record = &self.record;
         headers.insert(ATTEMPTS, count(record.attempts.into()));
@@ -210,8 +217,8 @@ impl Finish {
             }
         }
         if let Some(served) = &record.served_by {
-            set(headers, UPSTREAM, &served.upstream);
-            set(headers, SERVED_MODEL, &served.model);
+            named(headers, UPSTREAM, &served.upstream);
+            named(headers, SERVED_MODEL, &served.model);
         }
         if self.close_connection {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
