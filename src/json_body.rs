@@ -245,10 +245,10 @@ impl JsonBody {
                 let Some(name) = name.head_member(&self.raw) else {
                     continue;
                 };
-                let Some(text) = self.raw.get(span.clone()) else {
+                let Some(text) = self.text_at(span.clone()) else {
                     continue;
                 };
-                if let Ok(value) = serde_json::from_slice::<Value>(text) {
+                if let Ok(value) = serde_json::from_str::<Value>(text) {
                     head.insert(name.to_owned(), value);
                 }
             }
@@ -277,10 +277,8 @@ impl JsonBody {
         if let Some(tree) = self.tree.get() {
             return tree.get(name).map(std::borrow::Cow::Borrowed);
         }
-        let text = self.raw.get(self.last_span(name)?)?;
-        serde_json::from_slice(text)
-            .ok()
-            .map(std::borrow::Cow::Owned)
+        let text = self.text_at(self.last_span(name)?)?;
+        serde_json::from_str(text).ok().map(std::borrow::Cow::Owned)
     }
 
     /// Calls `f` with each element of the top-level array `name`, parsed one
@@ -369,7 +367,8 @@ impl JsonBody {
     pub fn tree(&self) -> &Value {
         self.tree.get_or_init(|| {
             // The text was read as an object when this was made.
-            serde_json::from_slice(&self.raw).unwrap_or_else(|_| Value::Object(Map::new()))
+            bedrock_wire::converse::read_json(&self.raw)
+                .unwrap_or_else(|_| Value::Object(Map::new()))
         })
     }
 

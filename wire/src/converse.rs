@@ -17,6 +17,17 @@ use crate::eventstream::{event_frame, Frame, FrameKind};
 use crate::operation::Operation;
 use crate::tier::{LatencyTier, ServiceTier, LATENCY_HEADER, SERVICE_TIER_HEADER};
 
+/// `serde_json::from_slice`, with text that is valid UTF-8 (all JSON Bedrock
+/// sends) read as a `&str`: the text is checked once, by the standard
+/// library's ASCII fast path, where a slice reader checks every string it
+/// parses on its own. Bytes that are not UTF-8 go to `from_slice` as before.
+pub fn read_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    }
+}
+
 /// The event types of the ConverseStream union (its exceptions aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -280,12 +291,12 @@ impl Summary {
     pub fn observe(&mut self, event: &ConverseEvent) {
         match event.kind {
             EventKind::MessageStop => {
-                if let Ok(tail) = serde_json::from_slice::<Tail>(&event.payload) {
+                if let Ok(tail) = read_json::<Tail>(&event.payload) {
                     self.stop_reason = tail.stop_reason;
                 }
             }
             EventKind::Metadata => {
-                if let Ok(tail) = serde_json::from_slice::<Tail>(&event.payload) {
+                if let Ok(tail) = read_json::<Tail>(&event.payload) {
                     self.read_tail(tail);
                 }
             }
@@ -297,9 +308,7 @@ impl Summary {
     /// whole document (the content is skipped, not allocated); an unreadable
     /// body gives an empty summary.
     pub fn of_response_bytes(body: &[u8]) -> Summary {
-        serde_json::from_slice(body)
-            .map(Summary::from_tail)
-            .unwrap_or_default()
+        read_json(body).map(Summary::from_tail).unwrap_or_default()
     }
 
     fn from_tail(mut tail: Tail) -> Summary {
@@ -362,7 +371,7 @@ impl Summary {
                     #[serde(rename = "amazon-bedrock-trace")]
                     trace: Option<TailTrace>,
                 }
-                let parsed = serde_json::from_slice::<Stop>(body).ok();
+                let parsed = read_json::<Stop>(body).ok();
                 let one_hour = parsed
                     .as_ref()
                     .and_then(|v| v.usage.as_ref())
@@ -734,6 +743,29 @@ pub fn split(body: &Value) -> Result<Vec<ConverseEvent>, AssembleError> {
 mod tests {
     use super::*;
     use crate::eventstream::decode;
+
+    #[test]
+    fn a_summary_reads_the_same_from_text_and_from_bytes_that_are_not_utf8() {
+        let text = [
+            br#"{"output":{"message":{"content":[{"text":"caf\u00e9 "#.as_slice(),
+            b"\xc3\xa9",
+            br#""}]}},"stopReason":"end_turn","usage":{"inputTokens":3,"outputTokens":4,"totalTokens":7}}"#,
+        ]
+        .concat();
+        let summary = Summary::of_response_bytes(&text);
+        assert_eq!(summary.stop_reason.as_deref(), Some("end_turn"));
+        assert_eq!(summary.usage.as_ref().map(|u| u.output_tokens), Some(4));
+        // A byte that is not UTF-8 in text serde skips: read as from_slice
+        // reads it, the usage still found.
+        let mut bytes = text.clone();
+        let at = bytes.iter().position(|&b| b == 0xc3).unwrap();
+        bytes[at] = 0xff;
+        assert!(std::str::from_utf8(&bytes).is_err());
+        assert_eq!(Summary::of_response_bytes(&bytes), summary);
+        // Text that is not JSON is an error either way.
+        assert!(read_json::<Value>(b"{oops").is_err());
+        assert!(read_json::<Value>(b"{\"a\":\"\xff\"}").is_err());
+    }
 
     fn sample_body() -> Value {
         json!({

@@ -256,9 +256,7 @@ pub fn signature(
         service,
         string_to_sign.as_bytes(),
     );
-    let mut hex = [0u8; 64];
-    let _ = hex::encode_to_slice(mac, &mut hex);
-    String::from_utf8_lossy(&hex).into_owned()
+    hex::encode(mac)
 }
 
 /// HMAC-SHA256 (RFC 2104) with one key, its padded key blocks hashed once:
