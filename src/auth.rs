@@ -15,7 +15,7 @@
 //! request cannot carry another body. An unknown access key and a wrong
 //! signature get the same answer.
 
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderName};
 use bedrock_wire::eventstream::EnvelopeVerifier;
 use bedrock_wire::sigv4;
 use bedrock_wire::FastMap;
@@ -253,7 +253,11 @@ impl Auth {
         if self.mode == AuthMode::None {
             return Ok(Admission::Caller(self.anonymous.clone()));
         }
-        let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+        // Header names as constants: a `&str` name is parsed on every lookup.
+        const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         let api_key = match authorization {
             Some(v) if v.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("AWS4-")) => {
                 return self.access_key(v, headers)
@@ -261,7 +265,7 @@ impl Auth {
             Some(v) => strip_scheme(v, "Bearer").map(str::trim),
             None => None,
         }
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+        .or_else(|| headers.get(X_API_KEY).and_then(|v| v.to_str().ok()));
         let Some(key) = api_key.filter(|k| !k.is_empty()) else {
             return Err(ProxyError::unauthenticated(MISSING));
         };
@@ -311,8 +315,9 @@ impl Auth {
                 accepted.join(", ")
             )));
         }
+        const CONTENT_SHA256: HeaderName = HeaderName::from_static("x-amz-content-sha256");
         let unsigned = headers
-            .get("x-amz-content-sha256")
+            .get(CONTENT_SHA256)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"UNSIGNED-PAYLOAD"));
         if unsigned && !self.tls {
             return Err(ProxyError::unauthenticated(

@@ -133,7 +133,8 @@ pub fn plan(
 pub fn from_request_header(
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<ServiceTier>, ProxyError> {
-    let Some(value) = headers.get(REQUEST_HEADER) else {
+    const NAME: axum::http::HeaderName = axum::http::HeaderName::from_static(REQUEST_HEADER);
+    let Some(value) = headers.get(NAME) else {
         return Ok(None);
     };
     value

@@ -131,7 +131,7 @@ async fn serve(
     let limits = &rt.config.limits;
     let content_type = parts
         .headers
-        .get("content-type")
+        .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let declared_json = content_type.is_none_or(|ct| ct.contains("json"));
     let looks_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');

@@ -35,7 +35,7 @@ pub(crate) mod shape;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use axum::Router;
 use bedrock_wire::converse::Summary;
@@ -141,7 +141,7 @@ pub async fn receive_for(
             // hyper does not read a body nobody asked for: on HTTP/1.1 the
             // connection cannot carry another request after this answer.
             finish.close_connection = parts.version <= axum::http::Version::HTTP_11
-                && (parts.headers.contains_key("transfer-encoding")
+                && (parts.headers.contains_key(header::TRANSFER_ENCODING)
                     || parts
                         .headers
                         .get("content-length")
@@ -173,10 +173,10 @@ pub async fn receive_for(
 /// signed travels as the `:authority` pseudo-header, so it is put back.
 pub(crate) fn signed_headers(parts: &Parts) -> std::borrow::Cow<'_, HeaderMap> {
     match parts.uri.authority() {
-        Some(authority) if !parts.headers.contains_key("host") => {
+        Some(authority) if !parts.headers.contains_key(header::HOST) => {
             let mut headers = parts.headers.clone();
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                headers.insert("host", host);
+                headers.insert(header::HOST, host);
             }
             std::borrow::Cow::Owned(headers)
         }

@@ -426,9 +426,11 @@ pub(crate) fn admit_model_guardrail(
     headers: &HeaderMap,
     guardrail_config: Option<&Value>,
 ) -> Result<(), ProxyError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (id, version) = match header("x-amzn-bedrock-guardrailidentifier") {
-        Some(id) => (Some(id), header("x-amzn-bedrock-guardrailversion")),
+    const ID: HeaderName = HeaderName::from_static("x-amzn-bedrock-guardrailidentifier");
+    const VERSION: HeaderName = HeaderName::from_static("x-amzn-bedrock-guardrailversion");
+    let header = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let (id, version) = match header(ID) {
+        Some(id) => (Some(id), header(VERSION)),
         None => {
             let config = guardrail_config;
             (

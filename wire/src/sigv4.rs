@@ -192,8 +192,9 @@ fn verify_signed(
     body: Option<&[u8]>,
     now: SystemTime,
 ) -> Result<(), VerifyError> {
+    const X_AMZ_DATE: http::HeaderName = http::HeaderName::from_static("x-amz-date");
     let date_header = headers
-        .get("x-amz-date")
+        .get(X_AMZ_DATE)
         .and_then(|v| v.to_str().ok())
         .ok_or(VerifyError::BadDate)?;
     let time = parse_amz_date(date_header).ok_or(VerifyError::BadDate)?;
