@@ -307,12 +307,18 @@ impl Finish {
     /// Records the tier that served an upstream answer with its TTFT and output
     /// speed (streams: tokens over the time after the first byte; whole answers:
     /// tokens over the whole request, AWS's definition).
-    fn served(&self, route: &metrics::RouteMetrics, summary: &Summary, streamed: bool) {
+    fn served(
+        &self,
+        route: &metrics::RouteMetrics,
+        summary: &Summary,
+        streamed: bool,
+        ended: Instant,
+    ) {
         if self.record.cache.is_hit() || self.record.attempts == 0 {
             return;
         }
         let tier = self.tier(summary.latency_tier).name();
-        let (ttft, tps) = self.speed(summary, streamed);
+        let (ttft, tps) = self.speed(summary, streamed, ended);
         route.served(tier, self.tier_requested().name(), ttft, tps);
         let requested = self
             .wanted_service_tier
@@ -332,18 +338,20 @@ impl Finish {
         }
     }
 
-    /// An upstream answer's TTFT and output speed (see [`Finish::served`]).
+    /// An upstream answer's TTFT and output speed (see [`Finish::served`]),
+    /// for an answer that ended at `ended`.
     fn speed(
         &self,
         summary: &Summary,
         streamed: bool,
+        ended: Instant,
     ) -> (Option<std::time::Duration>, Option<f64>) {
         let ttft = self.answered_at.map(|t| t.duration_since(self.started));
         let output = summary.usage.map_or(0, |u| u.output_tokens) as f64;
         let span = if streamed {
-            self.answered_at.map(|t| t.elapsed())
+            self.answered_at.map(|t| ended.saturating_duration_since(t))
         } else {
-            Some(self.started.elapsed())
+            Some(ended.saturating_duration_since(self.started))
         };
         let tps = span
             .filter(|d| !d.is_zero() && output > 0.0)
@@ -359,8 +367,9 @@ impl Finish {
     }
 
     /// Counts what an answer cost: billed tokens for upstream answers, tokens
-    /// and dollars saved for cache hits (at the original answer's price).
-    fn account(&self, route: &metrics::RouteMetrics, summary: &Summary) {
+    /// and dollars saved for cache hits (at the original answer's price), for
+    /// a request that ended at `ended`.
+    fn account(&self, route: &metrics::RouteMetrics, summary: &Summary, ended: Instant) {
         let Some(usage) = &summary.usage else { return };
         if self.record.cache.is_hit() {
             let usd = self
@@ -370,7 +379,7 @@ impl Finish {
             route.cache_saved(usage, usd);
         } else {
             route.tokens(usage);
-            let held = self.started.elapsed();
+            let held = ended.saturating_duration_since(self.started);
             let price = match &self.pricing {
                 Pricing::Tokens(m) => Some(self.price_at(m, summary)),
                 Pricing::Router => self.invoked(summary).map(|m| self.price_at(&m, summary)),
@@ -407,13 +416,15 @@ impl Finish {
     }
 
     /// Hands the access line to the log writer, which formats it on its own
-    /// thread; here only values the request holds are copied.
+    /// thread; here only values the request holds are copied. `ended`: when
+    /// the request ended.
     fn log(
         &self,
         status: u16,
         outcome: &'static str,
         summary: Option<&Summary>,
         error: Option<&ProxyError>,
+        ended: Instant,
     ) {
         if !access_log::enabled() {
             return;
@@ -443,7 +454,7 @@ impl Finish {
                 output_tokens: usage.output_tokens,
                 cache_read_tokens: usage.cache_read_input_tokens,
                 cache_write_tokens: usage.cache_write_input_tokens,
-                duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+                duration_ms: ended.saturating_duration_since(self.started).as_secs_f64() * 1000.0,
                 error: error.map(ToString::to_string),
             }
         });
@@ -451,13 +462,15 @@ impl Finish {
 
     /// A whole answer was sent.
     pub fn whole(&self, summary: &Summary) {
+        // One clock read for every measure of the request's end.
+        let ended = Instant::now();
         self.settle(summary.usage.as_ref(), summary);
         let route = &self.route_metrics;
-        self.account(route, summary);
+        self.account(route, summary, ended);
         self.settle_prompt_cache(summary);
-        self.served(route, summary, false);
-        route.request_done(self.op, 200, self.started.elapsed());
-        self.log(200, "ok", Some(summary), None);
+        self.served(route, summary, false, ended);
+        route.request_done(self.op, 200, ended.saturating_duration_since(self.started));
+        self.log(200, "ok", Some(summary), None, ended);
         self.report(&report::Ending::answered(summary));
     }
 
@@ -468,9 +481,13 @@ impl Finish {
         if self.route.is_none() {
             metrics::rejected(e.kind.label());
         }
-        self.route_metrics
-            .request_done(self.op, status, self.started.elapsed());
-        self.log(status, e.kind.label(), None, Some(e));
+        let ended = Instant::now();
+        self.route_metrics.request_done(
+            self.op,
+            status,
+            ended.saturating_duration_since(self.started),
+        );
+        self.log(status, e.kind.label(), None, Some(e), ended);
         self.report(&report::Ending::failed(e));
     }
 
@@ -522,17 +539,20 @@ impl StreamObserver for FinishStream {
         if matches!(end, StreamEnd::Complete) {
             self.reader.finished();
         }
+        let ended = Instant::now();
         let summary = &self.reader.summary;
         self.finish.settle(summary.usage.as_ref(), summary);
-        self.finish.account(&route, &self.reader.summary);
+        self.finish.account(&route, &self.reader.summary, ended);
         if matches!(end, StreamEnd::Complete) {
             self.finish.settle_prompt_cache(&self.reader.summary);
-            self.finish.served(&route, &self.reader.summary, true);
+            self.finish
+                .served(&route, &self.reader.summary, true, ended);
         }
         route.stream_ended(outcome);
-        route.request_done(self.finish.op, 200, self.finish.started.elapsed());
+        let took = ended.saturating_duration_since(self.finish.started);
+        route.request_done(self.finish.op, 200, took);
         self.finish
-            .log(200, outcome, Some(&self.reader.summary), None);
+            .log(200, outcome, Some(&self.reader.summary), None, ended);
         let summary = &self.reader.summary;
         if let Some(text) = self.transcript.text() {
             let reason = summary.stop_reason.as_deref();

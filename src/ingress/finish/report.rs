@@ -72,7 +72,9 @@ impl Finish {
         let usage = end.summary.and_then(|s| s.usage.as_ref());
         let upstream_answer = record.attempts > 0 && !record.cache.is_hit();
         let (ttft, tps) = match end.summary {
-            Some(summary) if upstream_answer && end.complete => self.speed(summary, end.streamed),
+            Some(summary) if upstream_answer && end.complete => {
+                self.speed(summary, end.streamed, tokio::time::Instant::now())
+            }
             _ => (None, None),
         };
         let price = self
