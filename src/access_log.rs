@@ -371,13 +371,23 @@ fn format_line(line: &AccessLine, format: LogFormat, clock: &mut Timestamps, out
     }
 }
 
+/// Bytes a debug string writes as they are: printable ASCII but `"` and `\`.
+const PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        plain[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    plain
+};
+
 /// Writes `s` as a Rust debug string (quoted, escaped), as tracing's
 /// formatter writes `&str` fields, so a tenant name cannot break a line. Plain
 /// printable ASCII, which nearly every value is, is copied as it is.
 fn debug_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
+    if s.bytes().all(|b| PLAIN[usize::from(b)]) {
+        out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -389,48 +399,46 @@ fn debug_str(out: &mut Vec<u8>, s: &str) {
 
 fn text(line: &AccessLine, out: &mut Vec<u8>) {
     let mut int = itoa::Buffer::new();
-    let field = |out: &mut Vec<u8>, name: &str| {
-        out.push(b' ');
-        out.extend_from_slice(name.as_bytes());
-        out.push(b'=');
-    };
+    // Room for a typical line at once, rather than growing field by field.
+    out.reserve(512);
     out.extend_from_slice(b"  INFO access: request_id=");
     out.extend_from_slice(line.request_id.as_bytes());
-    for (name, value) in [("tenant", dash(&line.tenant)), ("route", dash(&line.route))] {
-        field(out, name);
-        debug_str(out, value);
-    }
-    field(out, "operation");
+    // Each field's ` name=` is one literal: one copy, not three.
+    out.extend_from_slice(b" tenant=");
+    debug_str(out, dash(&line.tenant));
+    out.extend_from_slice(b" route=");
+    debug_str(out, dash(&line.route));
+    out.extend_from_slice(b" operation=");
     debug_str(out, line.operation);
-    field(out, "status");
+    out.extend_from_slice(b" status=");
     out.extend_from_slice(int.format(line.status).as_bytes());
-    for (name, value) in [("cache", line.cache), ("outcome", line.outcome)] {
-        field(out, name);
-        debug_str(out, value);
-    }
-    field(out, "attempts");
+    out.extend_from_slice(b" cache=");
+    debug_str(out, line.cache);
+    out.extend_from_slice(b" outcome=");
+    debug_str(out, line.outcome);
+    out.extend_from_slice(b" attempts=");
     out.extend_from_slice(int.format(line.attempts).as_bytes());
     for (name, value) in [
-        ("target", dash(&line.target)),
-        ("upstream", dash(&line.upstream)),
-        ("served_model", dash(&line.served_model)),
-        ("tier", line.tier.unwrap_or("-")),
-        ("service_tier", line.service_tier.unwrap_or("-")),
-        ("invoked_model", dash(&line.invoked_model)),
+        (&b" target="[..], dash(&line.target)),
+        (b" upstream=", dash(&line.upstream)),
+        (b" served_model=", dash(&line.served_model)),
+        (b" tier=", line.tier.unwrap_or("-")),
+        (b" service_tier=", line.service_tier.unwrap_or("-")),
+        (b" invoked_model=", dash(&line.invoked_model)),
     ] {
-        field(out, name);
+        out.extend_from_slice(name);
         debug_str(out, value);
     }
     for (name, value) in [
-        ("input_tokens", line.input_tokens),
-        ("output_tokens", line.output_tokens),
-        ("cache_read_tokens", line.cache_read_tokens),
-        ("cache_write_tokens", line.cache_write_tokens),
+        (&b" input_tokens="[..], line.input_tokens),
+        (b" output_tokens=", line.output_tokens),
+        (b" cache_read_tokens=", line.cache_read_tokens),
+        (b" cache_write_tokens=", line.cache_write_tokens),
     ] {
-        field(out, name);
+        out.extend_from_slice(name);
         out.extend_from_slice(int.format(value).as_bytes());
     }
-    field(out, "duration_ms");
+    out.extend_from_slice(b" duration_ms=");
     if line.duration_ms.is_finite() {
         // The shortest text that reads back as the same number, as `{:?}`
         // writes it, without the formatting machinery.
@@ -444,7 +452,7 @@ fn text(line: &AccessLine, out: &mut Vec<u8>) {
         let _ = write!(out, "{:?}", line.duration_ms);
     }
     if let Some(e) = &line.error {
-        field(out, "error");
+        out.extend_from_slice(b" error=");
         debug_str(out, e);
     }
     out.push(b'\n');
