@@ -312,16 +312,19 @@ pub fn sign_any<B>(
         service,
         time,
     )?;
-    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| format!("signing: {e}"));
-    let amz_date = value(&signed.amz_date)?;
-    let authorization = value(&signed.authorization)?;
-    let token = signed.security_token.as_deref().map(value).transpose()?;
+    // The signer's strings become the values without another copy.
+    let value = |s: String| HeaderValue::try_from(s).map_err(|e| format!("signing: {e}"));
+    const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
+    const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
+    let amz_date = value(signed.amz_date)?;
+    let authorization = value(signed.authorization)?;
+    let token = signed.security_token.map(value).transpose()?;
     let headers = request.headers_mut();
-    headers.insert(HeaderName::from_static("x-amz-date"), amz_date);
+    headers.insert(X_AMZ_DATE, amz_date);
     headers.insert(http::header::AUTHORIZATION, authorization);
     if let Some(mut token) = token {
         token.set_sensitive(true);
-        headers.insert(HeaderName::from_static("x-amz-security-token"), token);
+        headers.insert(X_AMZ_SECURITY_TOKEN, token);
     }
     Ok(signed.signature)
 }
