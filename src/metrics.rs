@@ -279,8 +279,8 @@ pub struct RouteMetrics {
     saved_tokens: [OnceLock<metrics::Counter>; 2],
     saved_usd: OnceLock<metrics::Gauge>,
     /// Response header values of the names the route's answers carry (its
-    /// own, its upstreams' and models'), made once per name. Found by the
-    /// `Arc` holding the name: a reloaded config's names are new entries.
+    /// own, its upstreams' and models'), made once per name (a route answers
+    /// with a few): found by the name's text, the `Arc` holding it first.
     header_values: Memo<std::sync::Arc<str>, Option<http::HeaderValue>, 8>,
 }
 
@@ -408,7 +408,7 @@ impl RouteMetrics {
     /// a header value, made the first time; `None` when it cannot be one.
     pub fn header_value(&self, name: &std::sync::Arc<str>) -> Option<http::HeaderValue> {
         self.header_values.find(
-            |k| std::sync::Arc::ptr_eq(k, name),
+            |k| std::sync::Arc::ptr_eq(k, name) || **k == **name,
             || (name.clone(), http::HeaderValue::from_str(name).ok()),
         )
     }
@@ -948,9 +948,12 @@ mod tests {
         let name: Arc<str> = Arc::from("haiku");
         let first = route.header_value(&name).unwrap();
         assert_eq!(first, "haiku");
-        // Found again by its Arc: the same bytes, not a copy.
+        // Found again, by its Arc or by its text in another (a model named
+        // per request): the same bytes, not a copy.
         let again = route.header_value(&name).unwrap();
         assert_eq!(again.as_bytes().as_ptr(), first.as_bytes().as_ptr());
+        let same_text = route.header_value(&Arc::from("haiku")).unwrap();
+        assert_eq!(same_text.as_bytes().as_ptr(), first.as_bytes().as_ptr());
         // More names than slots (a reload's, a cache entry's): each still
         // gets its own value, and a name no header can carry gets none.
         for i in 0..20 {

@@ -330,33 +330,32 @@ impl Limiter {
         } else {
             Vec::new()
         };
-        let held = Held {
-            limiter: self.clone(),
-            tenant: caller.tenant.clone(),
-            taken: Mutex::new(Taken {
-                scopes: scopes.clone(),
-                requests: taken_requests,
-                requests_counted: verified,
-                ..Taken::default()
-            }),
-            settled: AtomicBool::new(false),
-        };
-        let ticket = |view: RateView| Ticket {
+        // The scopes go to the ticket (moved, not copied, when nothing is
+        // checked now) to settle what the answer used.
+        let ticket = |view: RateView, scopes: Vec<Scope>| Ticket {
             view,
-            held: Some(Arc::new(held)),
+            held: Some(Arc::new(Held {
+                limiter: self.clone(),
+                tenant: caller.tenant.clone(),
+                taken: Mutex::new(Taken {
+                    scopes,
+                    requests: taken_requests,
+                    requests_counted: verified,
+                    ..Taken::default()
+                }),
+                settled: AtomicBool::new(false),
+            })),
         };
         if plan.checks.is_empty() {
-            return Ok(ticket(RateView::default()));
+            return Ok(ticket(RateView::default(), scopes));
         }
         let (view, refused) = self
             .run(limits, now, &plan, &scopes, caller.tenant, None)
             .await;
         match refused {
-            Some(error) => {
-                // Nothing was taken: the ticket must not give anything back.
-                Err(Refusal { error, view })
-            }
-            None => Ok(ticket(view)),
+            // Nothing was taken: no ticket, nothing to give back.
+            Some(error) => Err(Refusal { error, view }),
+            None => Ok(ticket(view, scopes)),
         }
     }
 
@@ -376,7 +375,10 @@ impl Limiter {
             return Ok(());
         };
         let now = self.clock.now_ms();
-        let (scopes, new_from, counted_before) = {
+        // The plan is made under the ticket's own lock (no other request
+        // takes it); its scopes are copied out only when there is a check to
+        // run, across an await.
+        let (plan, estimated, scopes) = {
             let mut taken = lock(&held.taken);
             let counted_before = taken.requests_counted;
             let new_from = if taken.scopes.iter().any(|s| s.kind == ScopeKind::Route) {
@@ -389,41 +391,42 @@ impl Limiter {
                 });
                 taken.scopes.len() - 1
             };
-            (taken.scopes.clone(), new_from, counted_before)
+            let scopes = &taken.scopes;
+            let mut plan = Plan::default();
+            for (i, s) in scopes.iter().enumerate() {
+                let new = i >= new_from;
+                if let Some(limit) = s
+                    .rate_limit(Rate::Requests)
+                    .filter(|_| new || !counted_before)
+                {
+                    plan.push(
+                        i,
+                        Measure::Rate(Rate::Requests),
+                        bucket_check(s, Rate::Requests, CheckOp::Take, limit, 1.0),
+                    );
+                }
+                if new {
+                    push_budgets(&mut plan, i, s, now);
+                }
+            }
+            let mut estimate = Some(estimate);
+            let mut estimated = None;
+            for (i, s) in scopes.iter().enumerate() {
+                if let Some(limit) = s.rate_limit(Rate::Tokens) {
+                    let e = *estimated
+                        .get_or_insert_with(|| estimate.take().map(|f| f()).unwrap_or_default());
+                    plan.push(
+                        i,
+                        Measure::Rate(Rate::Tokens),
+                        bucket_check(s, Rate::Tokens, CheckOp::Take, limit, e.total() as f64),
+                    );
+                }
+            }
+            if plan.checks.is_empty() {
+                return Ok(());
+            }
+            (plan, estimated, taken.scopes.clone())
         };
-        let mut plan = Plan::default();
-        for (i, s) in scopes.iter().enumerate() {
-            let new = i >= new_from;
-            if let Some(limit) = s
-                .rate_limit(Rate::Requests)
-                .filter(|_| new || !counted_before)
-            {
-                plan.push(
-                    i,
-                    Measure::Rate(Rate::Requests),
-                    bucket_check(s, Rate::Requests, CheckOp::Take, limit, 1.0),
-                );
-            }
-            if new {
-                push_budgets(&mut plan, i, s, now);
-            }
-        }
-        let mut estimate = Some(estimate);
-        let mut estimated = None;
-        for (i, s) in scopes.iter().enumerate() {
-            if let Some(limit) = s.rate_limit(Rate::Tokens) {
-                let e = *estimated
-                    .get_or_insert_with(|| estimate.take().map(|f| f()).unwrap_or_default());
-                plan.push(
-                    i,
-                    Measure::Rate(Rate::Tokens),
-                    bucket_check(s, Rate::Tokens, CheckOp::Take, limit, e.total() as f64),
-                );
-            }
-        }
-        if plan.checks.is_empty() {
-            return Ok(());
-        }
         let (view, refused) = self
             .run(limits, now, &plan, &scopes, &held.tenant, estimated)
             .await;
