@@ -15,6 +15,7 @@ use percent_encoding::percent_decode_str;
 use std::borrow::Cow;
 use tokio::time::Instant;
 
+use super::guard::Gate;
 use super::{failed, receive_for, route, run, start_trace, Finish};
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError, Side};
@@ -78,6 +79,16 @@ pub(super) fn is_model_operation(path: &str) -> bool {
 }
 
 pub(super) async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    let gate = request.extensions().get::<Gate>().cloned();
+    handle_gated(state, request, gate).await
+}
+
+/// [`handle`] with the guard's gate (see [`super::guard`]) given directly.
+pub(super) async fn handle_gated(
+    state: AppState,
+    request: Request,
+    gate: Option<Gate>,
+) -> Response {
     let started = Instant::now();
     let mut finish = Finish::new(bedrock_wire::new_shared_request_id(), started);
     // Read from the URI rather than with `Path<(String, String)>`: two
@@ -89,7 +100,8 @@ pub(super) async fn handle(State(state): State<AppState>, request: Request) -> R
                 finish.op = op;
                 start_trace(&mut finish, request.headers(), op.name());
                 let tag = Tag::new(finish.request_id.clone(), op.name());
-                log_tag::scope(tag, serve(&state, &mut finish, op, &model_id, request)).await
+                let served = serve(&state, &mut finish, op, &model_id, request, gate.as_ref());
+                log_tag::scope(tag, served).await
             }
             None => Err(ProxyError::new(
                 ErrorKind::NotFound,
@@ -113,14 +125,23 @@ async fn serve(
     op: Operation,
     model_id: &str,
     request: Request,
+    gate: Option<&Gate>,
 ) -> Result<Response, ProxyError> {
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
     // The path names the model, so the route's limits are decided from the
     // headers too (an unknown model is reported after authentication).
     let path_route = rt.routes.resolve(model_id).ok().map(|r| r.route);
-    let (body, principal) =
-        receive_for(state, &rt, &parts, body, path_route.as_deref(), finish).await?;
+    let (body, principal) = receive_for(
+        state,
+        &rt,
+        &parts,
+        body,
+        path_route.as_deref(),
+        gate,
+        finish,
+    )
+    .await?;
     let routed = route(&rt, &principal, model_id, finish)?;
 
     // InvokeModel bodies are model-native. A body declared JSON must parse; the

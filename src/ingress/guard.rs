@@ -14,7 +14,6 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue, Method, Version};
 use axum::response::Response;
 use axum::Router;
@@ -42,8 +41,9 @@ struct Held {
     body: Option<Reservation>,
 }
 
-/// The guard's hand in a request's extensions: the ingress reads the body
-/// against [`Gate::budget`] and then takes its concurrency slot with
+/// The guard's hand in a request (given to the Bedrock handler directly, to
+/// the router's handlers in the request's extensions): the ingress reads the
+/// body against [`Gate::budget`] and then takes its concurrency slot with
 /// [`Gate::admit`]; the guard keeps both with the response.
 #[derive(Clone)]
 pub struct Gate {
@@ -107,7 +107,7 @@ impl tower::Service<Request> for Guard {
 
 /// Sheds load past `max_concurrent_requests` and during shutdown, and counts
 /// requests in flight; both held until the response body (a stream too) ends.
-async fn guard(state: AppState, mut request: Request, inner: Router) -> Response {
+async fn guard(state: AppState, request: Request, inner: Router) -> Response {
     // The URI shares the request's bytes: kept for an error's shape, not copied.
     let uri = request.uri().clone();
     let path = uri.path();
@@ -138,18 +138,28 @@ async fn guard(state: AppState, mut request: Request, inner: Router) -> Response
         budget: state.bodies.clone(),
         held: Arc::default(),
     };
-    request.extensions_mut().insert(gate.clone());
     let in_flight = InFlight::start();
     // The Bedrock model operations, most of the traffic, skip the router's
     // lookup, path parameters and boxed route future.
     let direct = request.method() == Method::POST && super::bedrock::is_model_operation(path);
     let handler_state = state.clone();
+    let gate_in = gate.clone();
     let serve = async move {
         if direct {
             // Boxed: moved as it is, the handler's state would be copied
             // with this future (into the select, the unwind catcher, the box).
-            Ok(Box::pin(super::bedrock::handle(State(handler_state), request)).await)
+            // The gate is handed over as it is, not through the request's
+            // extensions (a map allocated for it).
+            Ok(Box::pin(super::bedrock::handle_gated(
+                handler_state,
+                request,
+                Some(gate_in),
+            ))
+            .await)
         } else {
+            // Handlers behind the router find the gate in the extensions.
+            let mut request = request;
+            request.extensions_mut().insert(gate_in);
             inner.oneshot(request).await
         }
     };

@@ -107,7 +107,8 @@ pub async fn receive(
     body: Body,
     finish: &mut Finish,
 ) -> Result<(Bytes, Arc<Principal>), ProxyError> {
-    receive_for(state, rt, parts, body, None, finish).await
+    let gate = parts.extensions.get::<guard::Gate>();
+    receive_for(state, rt, parts, body, None, gate, finish).await
 }
 
 /// [`receive`] for a request whose route the path names (the Bedrock paths),
@@ -118,6 +119,7 @@ pub async fn receive_for(
     parts: &Parts,
     body: Body,
     route: Option<&crate::route::Route>,
+    gate: Option<&guard::Gate>,
     finish: &mut Finish,
 ) -> Result<(Bytes, Arc<Principal>), ProxyError> {
     // The headers are checked first, so that a caller without a valid key, or
@@ -149,7 +151,6 @@ pub async fn receive_for(
             return Err(error);
         }
     }
-    let gate = parts.extensions.get::<guard::Gate>();
     let rules = BodyRules {
         limits: &rt.config.limits,
         connections: &rt.config.server.connections,
