@@ -15,7 +15,7 @@ use percent_encoding::percent_decode_str;
 use std::borrow::Cow;
 use tokio::time::Instant;
 
-use super::guard::Gate;
+use super::gate::Gate;
 use super::{failed, receive_for, route, run, start_trace, Finish};
 use crate::answer::Answer;
 use crate::error::{ErrorKind, ProxyError, Side};

@@ -24,55 +24,13 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
-use crate::budget::{BodyBudget, Reservation};
+use super::gate::{Gate, Held};
 use crate::error::ProxyError;
 use crate::metrics::{self, InFlight};
 use crate::state::AppState;
-
-/// What a request holds until its response is done.
-#[derive(Default)]
-struct Held {
-    permit: Option<OwnedSemaphorePermit>,
-    body: Option<Reservation>,
-}
-
-/// The guard's hand in a request (given to the Bedrock handler directly, to
-/// the router's handlers in the request's extensions): the ingress reads the
-/// body against [`Gate::budget`] and then takes its concurrency slot with
-/// [`Gate::admit`]; the guard keeps both with the response.
-#[derive(Clone)]
-pub struct Gate {
-    concurrency: Arc<Semaphore>,
-    budget: BodyBudget,
-    held: Arc<Mutex<Held>>,
-}
-
-impl Gate {
-    /// The budget of body bytes in flight.
-    pub fn budget(&self) -> &BodyBudget {
-        &self.budget
-    }
-
-    /// Takes a concurrency slot for the request whose body (holding `body` of
-    /// the budget) is in; a 503 when every slot is taken.
-    pub fn admit(&self, body: Option<Reservation>) -> Result<(), ProxyError> {
-        let Ok(permit) = self.concurrency.clone().try_acquire_owned() else {
-            metrics::rejected("overloaded");
-            return Err(ProxyError::overloaded(
-                "The proxy is at its concurrent request limit; retry shortly.",
-            ));
-        };
-        let mut held = crate::support::lock(&self.held);
-        held.permit = Some(permit);
-        held.body = body;
-        Ok(())
-    }
-}
 
 /// The API router behind the guard: one service in front of the router,
 /// rather than a middleware layered onto every route (which axum clones and
@@ -133,11 +91,7 @@ async fn guard(state: AppState, request: Request, inner: Router) -> Response {
             ProxyError::overloaded("The proxy is at its concurrent request limit; retry shortly.");
         return super::render_error(path, &e, &bedrock_wire::new_request_id());
     }
-    let gate = Gate {
-        concurrency: state.concurrency.clone(),
-        budget: state.bodies.clone(),
-        held: Arc::default(),
-    };
+    let gate = Gate::new(state.concurrency.clone(), state.bodies.clone());
     let in_flight = InFlight::start();
     // The Bedrock model operations, most of the traffic, skip the router's
     // lookup, path parameters and boxed route future.
@@ -215,7 +169,7 @@ async fn guard(state: AppState, request: Request, inner: Router) -> Response {
         .headers
         .entry(header::SERVER)
         .or_insert(HeaderValue::from_static("bedrock-proxy"));
-    let held = std::mem::take(&mut *crate::support::lock(&gate.held));
+    let held = gate.take_held();
     let body = Guarded {
         inner: body,
         _held: held,

@@ -24,6 +24,7 @@ pub mod bidi;
 pub mod body;
 pub mod converse;
 pub mod finish;
+mod gate;
 #[cfg(test)]
 pub(crate) mod golden;
 mod guard;
@@ -107,7 +108,7 @@ pub async fn receive(
     body: Body,
     finish: &mut Finish,
 ) -> Result<(Bytes, Arc<Principal>), ProxyError> {
-    let gate = parts.extensions.get::<guard::Gate>();
+    let gate = parts.extensions.get::<gate::Gate>();
     receive_for(state, rt, parts, body, None, gate, finish).await
 }
 
@@ -119,7 +120,7 @@ pub async fn receive_for(
     parts: &Parts,
     body: Body,
     route: Option<&crate::route::Route>,
-    gate: Option<&guard::Gate>,
+    gate: Option<&gate::Gate>,
     finish: &mut Finish,
 ) -> Result<(Bytes, Arc<Principal>), ProxyError> {
     // The headers are checked first, so that a caller without a valid key, or
@@ -154,7 +155,7 @@ pub async fn receive_for(
     let rules = BodyRules {
         limits: &rt.config.limits,
         connections: &rt.config.server.connections,
-        budget: gate.map(guard::Gate::budget),
+        budget: gate.map(gate::Gate::budget),
     };
     let (body, reservation) = read_body(body, &parts.headers, &rules).await?;
     let principal = admission.caller(

@@ -281,7 +281,7 @@ async fn receive(
 ) -> Result<(Arc<Runtime>, Parts, Bytes, Arc<Principal>), ProxyError> {
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
-    let gate = parts.extensions.get::<super::guard::Gate>();
+    let gate = parts.extensions.get::<super::gate::Gate>();
     let (body, principal) = receive_for(state, &rt, &parts, body, None, gate, finish).await?;
     Ok((rt, parts, body, principal))
 }
