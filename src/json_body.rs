@@ -108,6 +108,51 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
     }
 }
 
+/// Reads a JSON value as a tree parse does (numbers as numbers, strings
+/// unescaped), refusing what it would refuse (a number out of `f64`'s range, a
+/// lone surrogate escape), without building anything: the check a head member
+/// passes when the body is read, so that parsing it later cannot fail.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Check;
+        impl<'de> Visitor<'de> for Check {
+            type Value = Checked;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_unit<E>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+                while map.next_entry::<Checked, Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+        }
+        deserializer.deserialize_any(Check)
+    }
+}
+
 fn malformed(e: impl std::fmt::Display) -> ProxyError {
     ProxyError::validation(format!(
         "Malformed input request: {e}, please reformat your input and try again."
@@ -191,7 +236,8 @@ pub fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, ProxyError> {
 impl JsonBody {
     /// Validates a body as [`parse_json`] does, with the same messages, without
     /// building its tree: the text is read once and its top-level members
-    /// located (the head members' sizes checked; they are parsed on first use).
+    /// located (the head members checked as a tree parse would read them;
+    /// they are parsed on first use).
     pub fn parse(raw: Bytes, max_depth: usize) -> Result<JsonBody, ProxyError> {
         let text = check_text(&raw, max_depth)?;
         if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -203,7 +249,7 @@ impl JsonBody {
         }
         let names = {
             let members: Members<'_> = serde_json::from_str(text).map_err(malformed)?;
-            check_head_sizes(&members.0)?;
+            check_head(&members.0)?;
             names_of(&raw, &members.0)
         };
         Ok(JsonBody {
@@ -235,9 +281,8 @@ impl JsonBody {
     /// The head: an object of the [`HEAD_MEMBERS`] the body has, parsed on
     /// first use. Any other member is read from [`JsonBody::tree`].
     ///
-    /// The body's syntax was checked when it was read, so a member fails to
-    /// parse only for a number out of `f64`'s range; such a member is left
-    /// out, and the upstream refuses the body as it came.
+    /// Each head member was checked as a tree parse reads it when the body
+    /// was read ([`check_head`]), so none fails to parse here.
     pub fn head(&self) -> &Value {
         self.head.get_or_init(|| {
             let mut head = Map::new();
@@ -464,15 +509,23 @@ fn span_of_str(raw: &[u8], text: &str) -> std::ops::Range<usize> {
     start..start + text.len()
 }
 
-/// Refuses a head member larger than [`HEAD_MEMBER_MAX_BYTES`] (Bedrock
-/// would refuse it too) before anything parses it.
-fn check_head_sizes(members: &[(Cow<'_, str>, &RawValue)]) -> Result<(), ProxyError> {
+/// Checks the head members when the body is read, with the messages a tree
+/// parse gives: one larger than [`HEAD_MEMBER_MAX_BYTES`] (Bedrock would
+/// refuse it too) before anything reads it, and each read as a tree parse
+/// reads it ([`Checked`]: a number out of range, a lone surrogate), so that
+/// building the head later cannot fail and no stage (the guardrail check
+/// among them) sees a member the body has as missing.
+fn check_head(members: &[(Cow<'_, str>, &RawValue)]) -> Result<(), ProxyError> {
     for (name, raw) in members {
-        if raw.get().len() > HEAD_MEMBER_MAX_BYTES && HEAD_MEMBERS.contains(&name.as_ref()) {
+        if !HEAD_MEMBERS.contains(&name.as_ref()) {
+            continue;
+        }
+        if raw.get().len() > HEAD_MEMBER_MAX_BYTES {
             return Err(ProxyError::validation(format!(
                 "Malformed input request: `{name}` is larger than {HEAD_MEMBER_MAX_BYTES} bytes, please reformat your input and try again."
             )));
         }
+        serde_json::from_str::<Checked>(raw.get()).map_err(malformed)?;
     }
     Ok(())
 }

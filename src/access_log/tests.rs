@@ -250,7 +250,12 @@ proptest::proptest! {
     /// from a microsecond to a day and as any bit pattern of an f64.
     #[test]
     fn durations_read_as_debug_formatting_writes_them(
-        ms in proptest::prop_oneof![0.001f64..86_400_000.0, proptest::num::f64::ANY],
+        ms in proptest::prop_oneof![
+            0.001f64..86_400_000.0,
+            0.0f64..0.001,
+            1e15f64..1e17,
+            proptest::num::f64::ANY,
+        ],
     ) {
         let mut access = line("r");
         access.duration_ms = ms;

@@ -108,10 +108,35 @@ fn a_head_member_the_body_lacks_parses_nothing() {
         twice.head_member("serviceTier"),
         twice.tree().get("serviceTier")
     );
-    // A number no f64 holds leaves its member out of the head; the body goes
-    // out as sent and the upstream refuses it.
-    let huge = body(r#"{"messages":[],"temperature":1e400,"anthropic_version":"v"}"#);
-    assert_eq!(huge.head(), &json!({"anthropic_version":"v"}));
+}
+
+#[test]
+fn a_head_member_a_tree_parse_refuses_is_refused_when_the_body_is_read() {
+    // What the syntax pass lets through but a tree parse refuses (a number no
+    // f64 holds, a lone surrogate) is refused at once, as the tree parse
+    // would: the head, built later, never lacks a member the body has (a
+    // guardrail the key may not use cannot hide behind a bad field).
+    for text in [
+        r#"{"messages":[],"temperature":1e400}"#,
+        r#"{"messages":[],"inferenceConfig":{"maxTokens":5,"x":1e400}}"#,
+        r#"{"messages":[],"guardrailConfig":{"guardrailIdentifier":"B","x":"\ud800"}}"#,
+        r#"{"guardrailConfig":{"guardrailIdentifier":"A"},"guardrailConfig":{"guardrailIdentifier":"B","x":"\ud800"}}"#,
+    ] {
+        let lazy = JsonBody::parse(Bytes::from(text.to_owned()), 64).unwrap_err();
+        let tree = parse_json(text.as_bytes(), 64).unwrap_err();
+        assert!(
+            lazy.message.starts_with("Malformed input request"),
+            "{}",
+            lazy.message
+        );
+        assert!(
+            tree.message.starts_with("Malformed input request"),
+            "{}",
+            tree.message
+        );
+    }
+    // The same bytes outside the head are the tree's business, as before.
+    assert!(JsonBody::parse(Bytes::from_static(br#"{"messages":[],"x":1e400}"#), 64).is_ok());
 }
 
 #[test]
