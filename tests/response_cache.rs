@@ -665,10 +665,11 @@ async fn two_proxies_share_entries_through_redis_and_survive_its_loss() {
 async fn a_failed_leader_does_not_poison_its_followers() {
     let s = cached_stack().await;
     // The first upstream call is throttled, slowly enough that every other
-    // request has joined it before it fails.
+    // request has joined it before it fails (a second: on a loaded machine a
+    // request arriving after 300 ms started a flight of its own).
     s.sim.sim.state().faults.add(FaultRule {
         times: Some(1),
-        ms: Some(300),
+        ms: Some(1000),
         ..FaultRule::new(FaultKind::Throttle)
     });
     let url = s.op_url("haiku", "converse");
