@@ -33,11 +33,29 @@ pub fn sdk_client_signed(
     access_key: &str,
     secret: &str,
 ) -> aws_sdk_bedrockruntime::Client {
+    sdk_client_with_session(endpoint, access_key, secret, None)
+}
+
+/// [`sdk_client_signed`] with temporary credentials: `session_token` is
+/// sent as `x-amz-security-token`, as the SDKs send a role's.
+pub fn sdk_client_with_session(
+    endpoint: &str,
+    access_key: &str,
+    secret: &str,
+    session_token: Option<&str>,
+) -> aws_sdk_bedrockruntime::Client {
+    let credentials = Credentials::new(
+        access_key,
+        secret,
+        session_token.map(str::to_owned),
+        None,
+        "test",
+    );
     let config = aws_sdk_bedrockruntime::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-2"))
         .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(access_key, secret, None, None, "test"))
+        .credentials_provider(credentials)
         .retry_config(aws_sdk_bedrockruntime::config::retry::RetryConfig::disabled())
         .timeout_config(
             aws_sdk_bedrockruntime::config::timeout::TimeoutConfig::builder()

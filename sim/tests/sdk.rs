@@ -13,7 +13,8 @@ use aws_sdk_bedrockruntime::types::{
 };
 use aws_smithy_types::Document;
 use bedrock_sim::testing::{
-    post_json, raw, sdk_client, sdk_client_signed, spawn, spawn_fast, user_text,
+    post_json, raw, sdk_client, sdk_client_signed, sdk_client_with_session, spawn, spawn_fast,
+    user_text,
 };
 use bedrock_sim::{FaultKind, FaultRule, SimConfig};
 use std::collections::HashMap;
@@ -555,33 +556,14 @@ async fn signatures_are_verified_when_keys_are_configured() {
     .await;
 }
 
-/// A client signing with temporary credentials: `token` as the session token.
-fn sdk_client_with_token(endpoint: &str, token: &str) -> aws_sdk_bedrockruntime::Client {
-    let config = aws_sdk_bedrockruntime::Config::builder()
-        .behavior_version(aws_sdk_bedrockruntime::config::BehaviorVersion::latest())
-        .region(aws_sdk_bedrockruntime::config::Region::new("us-east-2"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_bedrockruntime::config::Credentials::new(
-            "ASIAROLE",
-            "role-secret",
-            Some(token.to_owned()),
-            None,
-            "test",
-        ))
-        .build();
-    aws_sdk_bedrockruntime::Client::from_conf(config)
-}
-
 #[tokio::test]
 async fn temporary_credentials_need_their_session_token() {
     let sim = spawn_verifying("ASIAROLE", "role-secret", Some("the-role-token")).await;
-    let ok = hi(&sdk_client_with_token(&sim.url(), "the-role-token")).await;
+    let with_token =
+        |token| sdk_client_with_session(&sim.url(), "ASIAROLE", "role-secret", Some(token));
+    let ok = hi(&with_token("the-role-token")).await;
     assert!(ok.is_ok(), "{ok:?}");
-    assert_refused(
-        &sdk_client_with_token(&sim.url(), "another-token"),
-        "UnrecognizedClientException",
-    )
-    .await;
+    assert_refused(&with_token("another-token"), "UnrecognizedClientException").await;
     // Signed with the key and secret but no token at all.
     assert_refused(
         &sdk_client_signed(&sim.url(), "ASIAROLE", "role-secret"),
