@@ -305,7 +305,7 @@ impl JsonBody {
     /// has none: asking for a member the body does not have parses nothing.
     pub fn head_member(&self, name: &str) -> Option<&Value> {
         debug_assert!(HEAD_MEMBERS.contains(&name), "{name} is not a head member");
-        if self.tree.get().is_none() && self.head.get().is_none() && !self.has(name) {
+        if self.head.get().is_none() && !self.has(name) {
             return None;
         }
         self.head().get(name)

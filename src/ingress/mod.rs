@@ -147,7 +147,7 @@ pub async fn receive_for(
                 && (parts.headers.contains_key(header::TRANSFER_ENCODING)
                     || parts
                         .headers
-                        .get("content-length")
+                        .get(header::CONTENT_LENGTH)
                         .is_some_and(|v| v.as_bytes() != b"0"));
             return Err(error);
         }

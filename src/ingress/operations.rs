@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use super::{parse_json, receive_for, route, Finish};
+use super::{parse_json, route, Finish};
 use crate::answer::ServedBy;
 use crate::auth::Principal;
 use crate::config::ANONYMOUS_TENANT;
@@ -281,8 +281,7 @@ async fn receive(
 ) -> Result<(Arc<Runtime>, Parts, Bytes, Arc<Principal>), ProxyError> {
     let rt = state.runtime();
     let (parts, body) = request.into_parts();
-    let gate = parts.extensions.get::<super::gate::Gate>();
-    let (body, principal) = receive_for(state, &rt, &parts, body, None, gate, finish).await?;
+    let (body, principal) = super::receive(state, &rt, &parts, body, finish).await?;
     Ok((rt, parts, body, principal))
 }
 
