@@ -439,18 +439,9 @@ fn text(line: &AccessLine, out: &mut Vec<u8>) {
         out.extend_from_slice(int.format(value).as_bytes());
     }
     out.extend_from_slice(b" duration_ms=");
-    let ms = line.duration_ms;
-    // `{:?}` writes an exponent below 1e-4 (ryu only below 1e-5) and from
-    // 1e16 (as ryu does): ryu takes the range between, every real duration.
-    if ms.is_finite() && (ms == 0.0 || (1e-4..1e16).contains(&ms.abs())) {
-        // The shortest text that reads back as the same number, as `{:?}`
-        // writes it, without the formatting machinery.
-        out.extend_from_slice(
-            ryu::Buffer::new()
-                .format_finite(line.duration_ms)
-                .as_bytes(),
-        );
-    } else {
+    {
+        // `{:?}` itself: ryu, tried here, breaks exact ties the other way
+        // (564214.5766601562 where `{:?}` writes ...563).
         use std::io::Write as _;
         let _ = write!(out, "{:?}", line.duration_ms);
     }

@@ -237,6 +237,21 @@ fn timestamps_follow_the_clock_across_seconds_and_days() {
     }
 }
 
+#[test]
+fn a_duration_at_a_tie_reads_as_debug_formatting_writes_it() {
+    // A value halfway between two 17-digit texts: `{:?}` rounds it up, where
+    // ryu (tried for this line once) wrote 564214.5766601562.
+    let mut access = line("r");
+    access.duration_ms = 1_155_511_453.0 / 2048.0;
+    let mut out = Vec::new();
+    text(&access, &mut out);
+    let written = String::from_utf8(out).unwrap();
+    assert!(
+        written.contains(" duration_ms=564214.5766601563"),
+        "{written}"
+    );
+}
+
 proptest::proptest! {
     /// The fast path for plain values writes what `{:?}` writes.
     #[test]
@@ -247,13 +262,15 @@ proptest::proptest! {
     }
 
     /// Durations are written as `{:?}` writes them (the layout tracing used),
-    /// from a microsecond to a day and as any bit pattern of an f64.
+    /// from a microsecond to a day, around the exponent boundaries, at ties
+    /// (dyadic values, where ryu and `{:?}` differ) and as any f64.
     #[test]
     fn durations_read_as_debug_formatting_writes_them(
         ms in proptest::prop_oneof![
             0.001f64..86_400_000.0,
             0.0f64..0.001,
             1e15f64..1e17,
+            proptest::strategy::Strategy::prop_map(0u64..1 << 40, |k| k as f64 / 2048.0),
             proptest::num::f64::ANY,
         ],
     ) {
