@@ -272,34 +272,55 @@ overhead() {
             --unique --concurrency "$c" --requests 20000 --out "$out/overhead-stream-c$c"
     done
 
-    # CPU per request: each server's utime + stime over one interleaved run in
-    # which each of the four serves exactly (40,000 + 100 warmup) / 4 requests.
-    heading "CPU per pass-through request (8 connections, one interleaved run, 10,025 requests each)"
-    local before_n before_f before_p before_q
-    before_n=$(proc_ticks "$n")
-    before_f=$(proc_ticks "$f")
-    before_p=$(proc_ticks "$p")
-    before_q=$(proc_ticks "$q")
-    bench load --compare http://127.0.0.1:18092 http://127.0.0.1:18091 http://127.0.0.1:18080 \
-        http://127.0.0.1:18082 --api-key "$KEY" --unique --concurrency 8 --requests 40000 \
-        --warmup 100 --out "$out/overhead-cpu" >"$out/overhead-cpu.txt" 2>&1
-    local hz each=10025 nginx_us="" row label pid before after us
+    # CPU per request: each server's utime + stime over an interleaved run in
+    # which each of the four serves exactly (40,000 + 100 warmup) / 4
+    # requests. One such run moves by several percent with what else the two
+    # cores are doing (the forwarder's own number by up to a third between
+    # runs), so the step repeats it and reports every round and the median.
+    local rounds=${CPU_ROUNDS:-3}
+    heading "CPU per pass-through request (8 connections, $rounds interleaved rounds, 10,025 requests each per round)"
+    local hz each=10025 r row label pid before after us i
     hz=$(getconf CLK_TCK)
-    {
-        printf '%-32s %12s %9s\n' "server" "CPU us/req" "vs nginx"
-        for row in "nginx:$n:$before_n" "bare forwarder:$f:$before_f" \
-            "bedrock-proxy (access log on):$p:$before_p" \
-            "bedrock-proxy (access log off):$q:$before_q"; do
-            IFS=: read -r label pid before <<<"$row"
-            after=$(proc_ticks "$pid")
-            us=$(awk -v d="$((after - before))" -v hz="$hz" -v n="$each" \
+    local labels=("nginx" "bare forwarder" "bedrock-proxy (access log on)" "bedrock-proxy (access log off)")
+    local pids=("$n" "$f" "$p" "$q")
+    local -a samples=()
+    for ((r = 1; r <= rounds; r++)); do
+        local -a before=()
+        for i in 0 1 2 3; do before[i]=$(proc_ticks "${pids[i]}"); done
+        bench load --compare http://127.0.0.1:18092 http://127.0.0.1:18091 http://127.0.0.1:18080 \
+            http://127.0.0.1:18082 --api-key "$KEY" --unique --concurrency 8 --requests 40000 \
+            --warmup 100 --out "$out/overhead-cpu-r$r" >"$out/overhead-cpu-r$r.txt" 2>&1
+        row="$r"
+        for i in 0 1 2 3; do
+            after=$(proc_ticks "${pids[i]}")
+            us=$(awk -v d="$((after - before[i]))" -v hz="$hz" -v n="$each" \
                 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')
-            [ -z "$nginx_us" ] && nginx_us=$us
-            printf '%-32s %12s %9s\n' "$label" "$us" \
-                "$(awk -v a="$us" -v b="$nginx_us" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')"
+            row="$row $us"
         done
-        grep -E '^errors' "$out/overhead-cpu.txt" || true
-    } | tee -a "$out/results.txt"
+        samples+=("$row")
+        grep -E '^errors' "$out/overhead-cpu-r$r.txt" | sed "s/^/round $r: /" | tee -a "$out/results.txt" || true
+    done
+    # One row per round (µs per request; the proxy as a multiple of the
+    # forwarder), then each column's median, and the median of the rounds'
+    # proxy/forwarder ratios.
+    printf '%s\n' "${samples[@]}" | awk -v names="$(IFS=';'; echo "${labels[*]}")" '
+        function median(a, k,   i, j, t) {
+            for (i = 2; i <= k; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+            return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
+        }
+        {
+            k++
+            for (c = 2; c <= 5; c++) v[c, k] = $c
+            on[k] = $4 / $3; off[k] = $5 / $3
+            printf "round %d: nginx %s, forwarder %s, proxy %s (log off %s) us/req: proxy %.2fx the forwarder (log off %.2fx), %.2fx nginx\n", $1, $2, $3, $4, $5, on[k], off[k], $4 / $2
+        }
+        END {
+            split(names, name, ";")
+            printf "%-32s %18s %9s\n", "server", "CPU us/req median", "vs nginx"
+            for (c = 2; c <= 5; c++) { for (i = 1; i <= k; i++) col[i] = v[c, i]; m[c] = median(col, k) }
+            for (c = 2; c <= 5; c++) printf "%-32s %18.1f %8.2fx\n", name[c - 1], m[c], m[c] / m[2]
+            printf "proxy vs bare forwarder, median of %d rounds: %.2fx (log off %.2fx)\n", k, median(on, k), median(off, k)
+        }' | tee -a "$out/results.txt"
     stop "$p"
     stop "$q"
     stop "$f"
