@@ -414,13 +414,11 @@ impl RouteMetrics {
     }
 
     /// The handles of requests no route claimed.
-    pub fn unrouted() -> std::sync::Arc<RouteMetrics> {
+    pub fn unrouted_ref() -> &'static std::sync::Arc<RouteMetrics> {
         static UNROUTED_METRICS: OnceLock<std::sync::Arc<RouteMetrics>> = OnceLock::new();
-        UNROUTED_METRICS
-            .get_or_init(|| {
-                std::sync::Arc::new(RouteMetrics::labelled(SharedString::const_str(UNROUTED)))
-            })
-            .clone()
+        UNROUTED_METRICS.get_or_init(|| {
+            std::sync::Arc::new(RouteMetrics::labelled(SharedString::const_str(UNROUTED)))
+        })
     }
 
     /// The route label, for the metrics without a handle here.
@@ -983,7 +981,7 @@ mod tests {
             });
             route.cache_request("hit", "l2");
             route.stream_ended("client_gone");
-            RouteMetrics::unrouted().request_done(Operation::Invoke, 403, Duration::ZERO);
+            RouteMetrics::unrouted_ref().request_done(Operation::Invoke, 403, Duration::ZERO);
         });
         let text = handle.render();
         for line in [

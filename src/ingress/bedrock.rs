@@ -80,12 +80,12 @@ pub(super) fn is_model_operation(path: &str) -> bool {
 
 pub(super) async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let gate = request.extensions().get::<Gate>().cloned();
-    handle_gated(state, request, gate).await
+    handle_gated(&state, request, gate).await
 }
 
 /// [`handle`] with the guard's gate (see [`super::guard`]) given directly.
 pub(super) async fn handle_gated(
-    state: AppState,
+    state: &AppState,
     request: Request,
     gate: Option<Gate>,
 ) -> Response {
@@ -100,7 +100,7 @@ pub(super) async fn handle_gated(
                 finish.op = op;
                 start_trace(&mut finish, request.headers(), op.name());
                 let tag = Tag::new(finish.request_id.clone(), op.name());
-                let served = serve(&state, &mut finish, op, &model_id, request, gate.as_ref());
+                let served = serve(state, &mut finish, op, &model_id, request, gate.as_ref());
                 log_tag::scope(tag, served).await
             }
             None => Err(ProxyError::new(

@@ -33,8 +33,8 @@ pub struct Finish {
     pub started: Instant,
     pub op: Operation,
     pub route: Option<Arc<str>>,
-    /// The route's metric handles (the `unrouted` ones until routed).
-    pub route_metrics: Arc<metrics::RouteMetrics>,
+    /// The route's metric handles, once routed (see [`Finish::route_metrics`]).
+    pub routed_metrics: Option<Arc<metrics::RouteMetrics>>,
     pub tenant: Option<Arc<str>>,
     /// The latency tier the client's request asked for.
     pub requested_tier: Option<LatencyTier>,
@@ -125,13 +125,21 @@ impl Pricing {
 }
 
 impl Finish {
+    /// The route's metric handles (the `unrouted` ones until routed; those
+    /// are borrowed, not counted: every request would touch one shared count).
+    pub fn route_metrics(&self) -> &Arc<metrics::RouteMetrics> {
+        self.routed_metrics
+            .as_ref()
+            .unwrap_or_else(|| metrics::RouteMetrics::unrouted_ref())
+    }
+
     pub fn new(request_id: Arc<str>, started: Instant) -> Finish {
         Finish {
             request_id,
             started,
             op: Operation::Converse,
             route: None,
-            route_metrics: metrics::RouteMetrics::unrouted(),
+            routed_metrics: None,
             tenant: None,
             requested_tier: None,
             record: Record::default(),
@@ -189,7 +197,7 @@ impl Finish {
         // The route's names are made into values once (see
         // `RouteMetrics::header_value`); the request id is new every time.
         let named = |headers: &mut HeaderMap, name: HeaderName, value: &Arc<str>| {
-            if let Some(v) = self.route_metrics.header_value(value) {
+            if let Some(v) = self.route_metrics().header_value(value) {
                 headers.insert(name, v);
             }
         };
@@ -465,7 +473,7 @@ impl Finish {
         // One clock read for every measure of the request's end.
         let ended = Instant::now();
         self.settle(summary.usage.as_ref(), summary);
-        let route = &self.route_metrics;
+        let route = self.route_metrics();
         self.account(route, summary, ended);
         self.settle_prompt_cache(summary);
         self.served(route, summary, false, ended);
@@ -482,7 +490,7 @@ impl Finish {
             metrics::rejected(e.kind.label());
         }
         let ended = Instant::now();
-        self.route_metrics.request_done(
+        self.route_metrics().request_done(
             self.op,
             status,
             ended.saturating_duration_since(self.started),
@@ -523,7 +531,7 @@ impl StreamObserver for FinishStream {
     }
 
     fn end(&mut self, end: StreamEnd) {
-        let route = self.finish.route_metrics.clone();
+        let route = self.finish.route_metrics().clone();
         let outcome = match &end {
             StreamEnd::Complete => "complete",
             StreamEnd::Failed(_) => "upstream_error",

@@ -58,14 +58,24 @@ impl tower::Service<Request> for Guard {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let state = self.state.clone();
-        let inner = self.inner.clone();
+        // The Bedrock model operations, most of the traffic, skip the router's
+        // lookup, path parameters and boxed route future (and the router is
+        // not even cloned for them).
+        let inner = if request.method() == Method::POST
+            && super::bedrock::is_model_operation(request.uri().path())
+        {
+            None
+        } else {
+            Some(self.inner.clone())
+        };
         Box::pin(async move { Ok(guard(state, request, inner).await) })
     }
 }
 
 /// Sheds load past `max_concurrent_requests` and during shutdown, and counts
 /// requests in flight; both held until the response body (a stream too) ends.
-async fn guard(state: AppState, request: Request, inner: Router) -> Response {
+/// `inner` is `None` for a Bedrock model operation, served without the router.
+async fn guard(state: AppState, request: Request, inner: Option<Router>) -> Response {
     // The URI shares the request's bytes: kept for an error's shape, not copied.
     let uri = request.uri().clone();
     let path = uri.path();
@@ -93,28 +103,27 @@ async fn guard(state: AppState, request: Request, inner: Router) -> Response {
     }
     let gate = Gate::new(state.concurrency.clone(), state.bodies.clone());
     let in_flight = InFlight::start();
-    // The Bedrock model operations, most of the traffic, skip the router's
-    // lookup, path parameters and boxed route future.
-    let direct = request.method() == Method::POST && super::bedrock::is_model_operation(path);
-    let handler_state = state.clone();
     let gate_in = gate.clone();
+    // Borrowed, not cloned: the handler runs inside this future.
+    let handler_state = &state;
     let serve = async move {
-        if direct {
+        match inner {
             // Boxed: moved as it is, the handler's state would be copied
             // with this future (into the select, the unwind catcher, the box).
             // The gate is handed over as it is, not through the request's
             // extensions (a map allocated for it).
-            Ok(Box::pin(super::bedrock::handle_gated(
+            None => Ok(Box::pin(super::bedrock::handle_gated(
                 handler_state,
                 request,
                 Some(gate_in),
             ))
-            .await)
-        } else {
-            // Handlers behind the router find the gate in the extensions.
-            let mut request = request;
-            request.extensions_mut().insert(gate_in);
-            inner.oneshot(request).await
+            .await),
+            Some(inner) => {
+                // Handlers behind the router find the gate in the extensions.
+                let mut request = request;
+                request.extensions_mut().insert(gate_in);
+                inner.oneshot(request).await
+            }
         }
     };
     // A bug that panics in a handler answers this request with an error in its

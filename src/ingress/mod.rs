@@ -196,7 +196,7 @@ pub fn route(
 ) -> Result<Routed, ProxyError> {
     let routed = rt.routes.resolve(model_id)?;
     finish.route = Some(routed.route.name.clone());
-    finish.route_metrics = routed.route.metrics.clone();
+    finish.routed_metrics = Some(routed.route.metrics.clone());
     principal.admit(&routed.route.name)?;
     finish.model = rt
         .catalog

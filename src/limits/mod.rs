@@ -921,7 +921,8 @@ impl Held {
         if self.settled.swap(true, Ordering::SeqCst) {
             return;
         }
-        let limiter = self.limiter.clone();
+        // Borrowed: cloned only for the Redis settlement spawned below.
+        let limiter = &self.limiter;
         let now = limiter.clock.now_ms();
         let taken = lock(&self.taken);
         let estimate = taken.estimate;
@@ -1003,6 +1004,7 @@ impl Held {
         };
         // Off the response path; bounded by the Redis timeout.
         if let Some(tier) = limiter.counters.shared().cloned() {
+            let limiter = limiter.clone();
             tier.spawn(async move { limiter.counters.settle_redis(now, changes).await });
         }
     }

@@ -91,7 +91,10 @@ pub fn targets(
             ))
         })
     };
-    let primary = Target {
+    let mut all = Vec::with_capacity(1 + route.fallbacks.len());
+    // Built in place: each `Arc` in a target is a shared count that both
+    // cores touch, so the primary is not built once more to be copied.
+    all.push(Target {
         label: route.primary_label.clone(),
         metrics: route.primary_metrics.clone(),
         upstream: lookup(&config.upstream)?,
@@ -99,12 +102,11 @@ pub fn targets(
         latency: config.resilience.latency,
         service_tier: config.resilience.service_tier,
         other_model: false,
-    };
-    let mut all = Vec::with_capacity(1 + route.fallbacks.len());
-    all.push(primary.clone());
+    });
     for (f, shared) in config.resilience.fallback.iter().zip(&route.fallbacks) {
+        let primary = &all[0];
         let model = &shared.model;
-        all.push(Target {
+        let fallback = Target {
             label: shared.label.clone(),
             metrics: shared.metrics.clone(),
             upstream: match &f.upstream {
@@ -115,7 +117,8 @@ pub fn targets(
             latency: f.latency.unwrap_or(primary.latency),
             service_tier: f.service_tier.unwrap_or(primary.service_tier),
             other_model: model.as_deref().is_some_and(|m| m != &**primary_model),
-        });
+        };
+        all.push(fallback);
     }
     Ok(all)
 }

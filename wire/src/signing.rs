@@ -256,7 +256,11 @@ pub fn signature(
         service,
         string_to_sign.as_bytes(),
     );
-    hex::encode(mac)
+    // Into a buffer, then one copy: `hex::encode` pushes its 64 digits one
+    // `char` at a time.
+    let mut hex = [0u8; 64];
+    let _ = hex::encode_to_slice(mac, &mut hex);
+    std::str::from_utf8(&hex).unwrap_or_default().to_owned()
 }
 
 /// HMAC-SHA256 (RFC 2104) with one key, its padded key blocks hashed once:
