@@ -4,10 +4,11 @@
 #   bench/perf/run.sh [SECTION...]
 #
 # Sections: overhead cache memory streams prompt-cache fallback service-tiers soak hostile
-# bigbody limits litellm instructions (default: all but litellm and instructions;
-# `litellm` installs LiteLLM into a throwaway venv with bench/litellm/setup.sh the
-# first time; `overhead` installs Debian's nginx-light with apt-get when nginx is
-# missing, `instructions` valgrind). Results (tables as
+# bigbody limits litellm instructions cpu-profile (default: all but litellm,
+# instructions and cpu-profile; `litellm` installs LiteLLM into a throwaway venv
+# with bench/litellm/setup.sh the first time; `overhead` installs Debian's
+# nginx-light with apt-get when nginx is missing, `instructions` valgrind,
+# `cpu-profile` Linux perf). Results (tables as
 # printed, and the JSON each run writes) go to target/perf/ (OUT=DIR to
 # change); every server this script starts logs there too and is stopped, by
 # its PID, on exit.
@@ -47,9 +48,9 @@ if [ ${#sections[@]} -eq 0 ]; then
 fi
 for s in "${sections[@]}"; do
     case "$s" in
-        overhead | cache | memory | streams | prompt-cache | fallback | service-tiers | soak | hostile | bigbody | limits | litellm | instructions) ;;
+        overhead | cache | memory | streams | prompt-cache | fallback | service-tiers | soak | hostile | bigbody | limits | litellm | instructions | cpu-profile) ;;
         *)
-            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback service-tiers soak hostile bigbody limits litellm instructions)" >&2
+            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback service-tiers soak hostile bigbody limits litellm instructions cpu-profile)" >&2
             exit 2
             ;;
     esac
@@ -683,6 +684,77 @@ instructions() {
     } | tee -a "$out/results.txt"
 }
 
+# ensure_perf: Linux perf (Debian's linux-perf), installed when missing.
+ensure_perf() {
+    command -v perf >/dev/null && perf --version >/dev/null 2>&1 && return
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    echo "installing perf with apt-get" >&2
+    $sudo apt-get install -y linux-perf >"$out/perf-install.log" 2>&1 || {
+        echo "could not install perf; see $out/perf-install.log" >&2
+        exit 1
+    }
+}
+
+# profile_us DATA REQUESTS: `µs-per-request<TAB>function` for each function of
+# a `perf record -e cpu-clock:u` file (the event counts nanoseconds). Functions
+# of one name (generic instances) are summed, and so are the allocators' own
+# (the proxy links jemalloc, the forwarder glibc's malloc).
+profile_us() {
+    local total
+    total=$(perf report -i "$1" --stdio 2>/dev/null | awk '/Event count/ && !t { t = $NF } END { print t }')
+    perf report -i "$1" --no-children --sort symbol --stdio -g none 2>/dev/null |
+        awk -v total="$total" -v n="$2" '/^ +[0-9.]+%/ {
+            pct = $1; sub("%", "", pct); $1 = ""; $2 = ""
+            sym = substr($0, 3); sub(/ +- +- *$/, "", sym)
+            if (sym ~ /^(_rjem_|je_|_int_(malloc|free|realloc)$|(__libc_|__GI___libc_)?(malloc|free|cfree|realloc|calloc)$|malloc_consolidate|tcache_)/)
+                sym = "[allocator: malloc and free]"
+            us[substr(sym, 1, 100)] += pct / 100 * total / 1000 / n
+        }
+        END { for (s in us) printf "%.3f\t%s\n", us[s], s }'
+}
+
+# cpu_profile: where the proxy's user CPU per pass-through request goes beyond
+# the bare forwarder's. Both are sampled (perf, user time only) through one
+# interleaved run in which each serves 20,000 requests; each function's
+# samples become µs per request, listed by the difference, largest first.
+cpu_profile() {
+    local n=20000
+    heading "User CPU per pass-through request by function, bare forwarder vs bedrock-proxy (8 connections, one interleaved run, $n requests each)"
+    ensure_perf
+    proxy proxy-profile "$perf/overhead.toml" "$FAST_SIM"
+    local p=$last_pid
+    start forward-profile "$bin/bedrock-bench" baseline --forward "$FAST_SIM" --listen 127.0.0.1:18091
+    local f=$last_pid
+    wait_for http://127.0.0.1:19090/healthz
+    wait_for http://127.0.0.1:18091/
+    local targets=(http://127.0.0.1:18091 http://127.0.0.1:18080)
+    bench load --compare "${targets[@]}" --api-key "$KEY" --unique --concurrency 8 \
+        --requests 2000 >/dev/null 2>&1
+    perf record -e cpu-clock:u -F 4999 -p "$f" -o "$out/profile-forward.data" \
+        >"$out/perf-forward.log" 2>&1 &
+    local rf=$!
+    perf record -e cpu-clock:u -F 4999 -p "$p" -o "$out/profile-proxy.data" \
+        >"$out/perf-proxy.log" 2>&1 &
+    local rp=$!
+    sleep 1
+    bench load --compare "${targets[@]}" --api-key "$KEY" --unique --concurrency 8 \
+        --requests $((2 * n)) --warmup 0 >"$out/profile-load.txt" 2>&1
+    kill -INT "$rf" "$rp"
+    wait "$rf" "$rp" 2>/dev/null || true
+    stop "$p"
+    stop "$f"
+    profile_us "$out/profile-forward.data" "$n" | LC_ALL=C sort -t$'\t' -k2 >"$out/profile-forward.us"
+    profile_us "$out/profile-proxy.data" "$n" | LC_ALL=C sort -t$'\t' -k2 >"$out/profile-proxy.us"
+    {
+        awk -F'\t' '{ s += $1 } END { printf "user CPU us/req: bare forwarder %.1f, ", s }' "$out/profile-forward.us"
+        awk -F'\t' '{ s += $1 } END { printf "bedrock-proxy %.1f\n", s }' "$out/profile-proxy.us"
+        printf '%9s %9s %9s  %s\n' "proxy-fwd" "forwarder" "proxy" "function (self time, us per request)"
+        LC_ALL=C join -t$'\t' -1 2 -2 2 -a 1 -a 2 -e 0 -o 0,1.1,2.1 "$out/profile-forward.us" "$out/profile-proxy.us" |
+            awk -F'\t' '{ printf "%9.3f %9.3f %9.3f  %s\n", $3 - $2, $2, $3, $1 }' | sort -rn | head -"${PROFILE_ROWS:-40}"
+    } | tee -a "$out/results.txt"
+}
+
 {
     echo "bedrock-proxy performance run, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)"
@@ -703,6 +775,7 @@ for s in "${sections[@]}"; do
         limits) limits ;;
         litellm) litellm ;;
         instructions) instructions ;;
+        cpu-profile) cpu_profile ;;
     esac
 done
 echo
