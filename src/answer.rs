@@ -131,7 +131,9 @@ pub struct Record {
     pub settle: Option<Settle>,
     /// A streamed cache hit's stored summary (usage, stop reason, tiers):
     /// what reading its frames again would find, so they are not read.
-    pub stored_summary: Option<Summary>,
+    /// Boxed: a record is moved through every stage of a request, and most
+    /// requests have none (it would be half the record's size).
+    pub stored_summary: Option<Box<Summary>>,
 }
 
 /// The upstream and model that answered.

@@ -504,7 +504,7 @@ impl Finish {
         FinishStream {
             finish: self.clone(),
             reader: match &self.record.stored_summary {
-                Some(summary) => StreamReader::known(summary.clone()),
+                Some(summary) => StreamReader::known((**summary).clone()),
                 None => StreamReader::default(),
             },
             transcript: Transcript::for_trace(&self.trace),

@@ -266,7 +266,7 @@ pub async fn run(
                 // headers report the tier that served the stored answer.
                 record.service_tier_sent = entry.summary.service_tier;
                 if call.op.is_stream() {
-                    record.stored_summary = Some(entry.summary.clone());
+                    record.stored_summary = Some(Box::new(entry.summary.clone()));
                 }
                 cache.count(record.cache);
                 route_metrics.cache_request("hit", tier.label());
