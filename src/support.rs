@@ -63,6 +63,17 @@ impl Clock {
     }
 }
 
+/// `Box::pin(make())`, with the box allocated before the future is made: a
+/// future is as large as its largest state (kilobytes for a request's), and
+/// `Box::pin` of a future already made copies every byte of it into the new
+/// box, where a future made after the allocation can be written in place
+/// (only its arguments).
+#[inline(always)]
+pub fn boxed<F>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    let slot = Box::new_uninit();
+    Box::into_pin(Box::write(slot, make()))
+}
+
 // A panic while a lock is held poisons it. Every lock here guards state that
 // each critical section leaves consistent (a counter, a map insert, a small
 // state machine step), so the data is still good: take it and go on rather

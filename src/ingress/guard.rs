@@ -68,7 +68,7 @@ impl tower::Service<Request> for Guard {
         } else {
             Some(self.inner.clone())
         };
-        Box::pin(async move { Ok(guard(state, request, inner).await) })
+        crate::support::boxed(|| async move { Ok(guard(state, request, inner).await) })
     }
 }
 
@@ -112,11 +112,9 @@ async fn guard(state: AppState, request: Request, inner: Option<Router>) -> Resp
             // with this future (into the select, the unwind catcher, the box).
             // The gate is handed over as it is, not through the request's
             // extensions (a map allocated for it).
-            None => Ok(Box::pin(super::bedrock::handle_gated(
-                handler_state,
-                request,
-                Some(gate_in),
-            ))
+            None => Ok(crate::support::boxed(|| {
+                super::bedrock::handle_gated(handler_state, request, Some(gate_in))
+            })
             .await),
             Some(inner) => {
                 // Handlers behind the router find the gate in the extensions.

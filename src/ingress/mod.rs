@@ -325,13 +325,9 @@ pub async fn run(
     let mut record = Record::default();
     // Boxed: the pipeline's state is most of a request's future, which axum
     // and tower move (copy) several times before it first runs.
-    let result = Box::pin(pipeline::run(
-        &state.pipeline,
-        rt,
-        call,
-        &directives,
-        &mut record,
-    ))
+    let result = crate::support::boxed(|| {
+        pipeline::run(&state.pipeline, rt, call, &directives, &mut record)
+    })
     .await;
     finish.pricing = finish::Pricing::of(rt, &record);
     finish.record(record);
