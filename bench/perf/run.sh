@@ -159,28 +159,32 @@ rss_mb() {
     awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
 }
 
-# ensure_nginx: Debian's nginx-light, installed when no nginx is on the PATH.
-ensure_nginx() {
-    command -v nginx >/dev/null && return
+# apt_install PACKAGE: installs a Debian package (with sudo when not root),
+# its output in $out/PACKAGE-install.log; stops the run when that fails.
+apt_install() {
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo=sudo
-    echo "installing nginx-light with apt-get" >&2
-    $sudo apt-get install -y nginx-light >"$out/nginx-install.log" 2>&1 || {
-        echo "could not install nginx-light; see $out/nginx-install.log" >&2
+    echo "installing $1 with apt-get" >&2
+    $sudo apt-get install -y "$1" >"$out/$1-install.log" 2>&1 || {
+        echo "could not install $1; see $out/$1-install.log" >&2
         exit 1
     }
 }
 
+# ensure_nginx: Debian's nginx-light, installed when no nginx is on the PATH.
+ensure_nginx() {
+    command -v nginx >/dev/null || apt_install nginx-light
+}
+
 # ensure_valgrind: Debian's valgrind (callgrind), installed when missing.
 ensure_valgrind() {
-    command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && return
-    local sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo=sudo
-    echo "installing valgrind with apt-get" >&2
-    $sudo apt-get install -y valgrind >"$out/valgrind-install.log" 2>&1 || {
-        echo "could not install valgrind; see $out/valgrind-install.log" >&2
-        exit 1
-    }
+    command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
+        apt_install valgrind
+}
+
+# ensure_perf: Linux perf (Debian's linux-perf), installed when missing.
+ensure_perf() {
+    command -v perf >/dev/null && perf --version >/dev/null 2>&1 || apt_install linux-perf
 }
 
 # start_nginx NAME PORT UPSTREAM: nginx as a plain reverse proxy on 127.0.0.1:PORT
@@ -280,7 +284,7 @@ overhead() {
     # runs), so the step repeats it and reports every round and the median.
     local rounds=${CPU_ROUNDS:-3}
     heading "CPU per pass-through request (8 connections, $rounds interleaved rounds, 10,025 requests each per round)"
-    local hz each=10025 r row label pid before after us i
+    local hz each=10025 r row after us i
     hz=$(getconf CLK_TCK)
     local labels=("nginx" "bare forwarder" "bedrock-proxy (access log on)" "bedrock-proxy (access log off)")
     local pids=("$n" "$f" "$p" "$q")
@@ -682,18 +686,6 @@ instructions() {
             printf '%-40s %14s\n' "$label" "$value"
         done
     } | tee -a "$out/results.txt"
-}
-
-# ensure_perf: Linux perf (Debian's linux-perf), installed when missing.
-ensure_perf() {
-    command -v perf >/dev/null && perf --version >/dev/null 2>&1 && return
-    local sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo=sudo
-    echo "installing perf with apt-get" >&2
-    $sudo apt-get install -y linux-perf >"$out/perf-install.log" 2>&1 || {
-        echo "could not install perf; see $out/perf-install.log" >&2
-        exit 1
-    }
 }
 
 # profile_us DATA REQUESTS: `µs-per-request<TAB>function` for each function of

@@ -259,8 +259,7 @@ pub fn signature(
     // Into a buffer, then one copy: `hex::encode` pushes its 64 digits one
     // `char` at a time.
     let mut hex = [0u8; 64];
-    let _ = hex::encode_to_slice(mac, &mut hex);
-    std::str::from_utf8(&hex).unwrap_or_default().to_owned()
+    hex32(&mac, &mut hex).to_owned()
 }
 
 /// HMAC-SHA256 (RFC 2104) with one key, its padded key blocks hashed once:
@@ -567,8 +566,13 @@ pub fn payload_hash(body: &[u8]) -> String {
 
 /// The hex SHA-256 of `bytes`, written into `out`.
 pub fn hex_sha256<'a>(bytes: &[u8], out: &'a mut [u8; 64]) -> &'a str {
+    hex32(&Sha256::digest(bytes).into(), out)
+}
+
+/// The 64 lower-case hex digits of a 32-byte digest, written into `out`.
+fn hex32<'a>(digest: &[u8; 32], out: &'a mut [u8; 64]) -> &'a str {
     // Cannot fail: 32 bytes make exactly 64 hex digits.
-    let _ = hex::encode_to_slice(Sha256::digest(bytes), out);
+    let _ = hex::encode_to_slice(digest, out);
     std::str::from_utf8(out).unwrap_or_default()
 }
 
