@@ -4,11 +4,12 @@
 #   bench/perf/run.sh [SECTION...]
 #
 # Sections: overhead cache memory streams prompt-cache fallback service-tiers soak hostile
-# bigbody limits litellm instructions cpu-profile (default: all but litellm,
-# instructions and cpu-profile; `litellm` installs LiteLLM into a throwaway venv
+# bigbody limits litellm instructions cpu-profile hot-text (default: all but
+# litellm, instructions, cpu-profile and hot-text, which rewrites
+# link/hot-text.ld; `litellm` installs LiteLLM into a throwaway venv
 # with bench/litellm/setup.sh the first time; `overhead` installs Debian's
 # nginx-light with apt-get when nginx is missing, `instructions` valgrind,
-# `cpu-profile` Linux perf). Results (tables as
+# `cpu-profile` and `hot-text` Linux perf). Results (tables as
 # printed, and the JSON each run writes) go to target/perf/ (OUT=DIR to
 # change); every server this script starts logs there too and is stopped, by
 # its PID, on exit.
@@ -48,9 +49,9 @@ if [ ${#sections[@]} -eq 0 ]; then
 fi
 for s in "${sections[@]}"; do
     case "$s" in
-        overhead | cache | memory | streams | prompt-cache | fallback | service-tiers | soak | hostile | bigbody | limits | litellm | instructions | cpu-profile) ;;
+        overhead | cache | memory | streams | prompt-cache | fallback | service-tiers | soak | hostile | bigbody | limits | litellm | instructions | cpu-profile | hot-text) ;;
         *)
-            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback service-tiers soak hostile bigbody limits litellm instructions cpu-profile)" >&2
+            echo "unknown section: $s (overhead cache memory streams prompt-cache fallback service-tiers soak hostile bigbody limits litellm instructions cpu-profile hot-text)" >&2
             exit 2
             ;;
     esac
@@ -747,6 +748,55 @@ cpu_profile() {
     } | tee -a "$out/results.txt"
 }
 
+# hot_text: rewrites link/hot-text.ld, the proxy's functions that a
+# pass-through request runs (sampled by perf over 20,000 unique requests at 8
+# connections), hottest first. build.rs links them ahead of the rest of the
+# proxy's code, so the request path's code shares pages and cache lines
+# instead of being spread over the 16 MB of code. Names are the symbols without
+# their hash (`17h*`), so the list holds across builds whose hashes differ
+# (features, the lock file); a function it no longer names is linked where it
+# would be anyway. Rebuild after rewriting it.
+hot_text() {
+    local n=20000 file="$root/link/hot-text.ld"
+    heading "The pass-through path's functions, hottest first, into link/hot-text.ld ($n requests at 8 connections)"
+    ensure_perf
+    proxy proxy-hot-text "$perf/overhead.toml" "$FAST_SIM"
+    local p=$last_pid
+    wait_for http://127.0.0.1:19090/healthz
+    bench load --endpoint http://127.0.0.1:18080 --api-key "$KEY" --unique --concurrency 8 \
+        --requests 2000 >/dev/null 2>&1
+    perf record -e cpu-clock:u -F 4999 -p "$p" -o "$out/hot-text.data" >"$out/perf-hot-text.log" 2>&1 &
+    local rp=$!
+    sleep 1
+    bench load --endpoint http://127.0.0.1:18080 --api-key "$KEY" --unique --concurrency 8 \
+        --requests "$n" --warmup 0 >"$out/hot-text-load.txt" 2>&1
+    kill -INT "$rp"
+    wait "$rp" 2>/dev/null || true
+    stop "$p"
+    local symbols names
+    symbols=$(perf report -i "$out/hot-text.data" --no-demangle --no-children --sort dso,symbol \
+        --stdio -g none 2>/dev/null |
+        awk '/^ +[0-9.]+%/ && $2 == "bedrock-proxy" && $3 == "[.]" { print $4 }')
+    # The sampled symbols as they are (this build's instances, packed tight),
+    # then each name with any hash (other builds' instances, and the rest of a
+    # generic's instances after the hot ones).
+    names=$(printf '%s\n%s\n' "$symbols" "$(printf '%s\n' "$symbols" | sed 's/17h[0-9a-f]\{16\}E$/17h*/')" |
+        awk 'NF && !seen[$0]++')
+    {
+        echo "/* The proxy's pass-through path, hottest function first: linked ahead of"
+        echo "   the rest of its code by build.rs. Written by bench/perf/run.sh hot-text"
+        echo "   ($(git rev-parse --short HEAD 2>/dev/null || echo unknown)); see docs/PERFORMANCE.md. */"
+        echo "SECTIONS"
+        echo "{"
+        echo "  .text.hot : {"
+        printf '%s\n' "$names" | sed 's/^/    *(.text./; s/$/)/'
+        echo "  }"
+        echo "}"
+        echo "INSERT BEFORE .text;"
+    } >"$file"
+    echo "$(printf '%s\n' "$names" | wc -l) functions written to $file" | tee -a "$out/results.txt"
+}
+
 {
     echo "bedrock-proxy performance run, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)"
@@ -768,6 +818,7 @@ for s in "${sections[@]}"; do
         litellm) litellm ;;
         instructions) instructions ;;
         cpu-profile) cpu_profile ;;
+        hot-text) hot_text ;;
     esac
 done
 echo
