@@ -707,6 +707,14 @@ profile_us() {
         END { for (s in us) printf "%.3f\t%s\n", us[s], s }'
 }
 
+# sample PID NAME: records PID's user CPU with perf (cpu-clock, 4999 Hz) into
+# $out/NAME.data, in the background; the recorder's PID is last_sampler (stop
+# it with SIGINT).
+sample() {
+    perf record -e cpu-clock:u -F 4999 -p "$1" -o "$out/$2.data" >"$out/perf-$2.log" 2>&1 &
+    last_sampler=$!
+}
+
 # cpu_profile: where the proxy's user CPU per pass-through request goes beyond
 # the bare forwarder's. Both are sampled (perf, user time only) through one
 # interleaved run in which each serves 20,000 requests; each function's
@@ -724,12 +732,10 @@ cpu_profile() {
     local targets=(http://127.0.0.1:18091 http://127.0.0.1:18080)
     bench load --compare "${targets[@]}" --api-key "$KEY" --unique --concurrency 8 \
         --requests 2000 >/dev/null 2>&1
-    perf record -e cpu-clock:u -F 4999 -p "$f" -o "$out/profile-forward.data" \
-        >"$out/perf-forward.log" 2>&1 &
-    local rf=$!
-    perf record -e cpu-clock:u -F 4999 -p "$p" -o "$out/profile-proxy.data" \
-        >"$out/perf-proxy.log" 2>&1 &
-    local rp=$!
+    sample "$f" profile-forward
+    local rf=$last_sampler
+    sample "$p" profile-proxy
+    local rp=$last_sampler
     sleep 1
     bench load --compare "${targets[@]}" --api-key "$KEY" --unique --concurrency 8 \
         --requests $((2 * n)) --warmup 0 >"$out/profile-load.txt" 2>&1
@@ -752,10 +758,11 @@ cpu_profile() {
 # pass-through request runs (sampled by perf over 20,000 unique requests at 8
 # connections), hottest first. build.rs links them ahead of the rest of the
 # proxy's code, so the request path's code shares pages and cache lines
-# instead of being spread over the 16 MB of code. Names are the symbols without
-# their hash (`17h*`), so the list holds across builds whose hashes differ
-# (features, the lock file); a function it no longer names is linked where it
-# would be anyway. Rebuild after rewriting it.
+# instead of being spread over the 16 MB of code. Each function is named as
+# sampled (this build's instances, packed tight), then without its hash
+# (`17h*`), so the list holds across builds whose hashes differ (features, the
+# lock file); a function it no longer names is linked where it would be
+# anyway. Rebuild after rewriting it.
 hot_text() {
     local n=20000 file="$root/link/hot-text.ld"
     heading "The pass-through path's functions, hottest first, into link/hot-text.ld ($n requests at 8 connections)"
@@ -765,8 +772,8 @@ hot_text() {
     wait_for http://127.0.0.1:19090/healthz
     bench load --endpoint http://127.0.0.1:18080 --api-key "$KEY" --unique --concurrency 8 \
         --requests 2000 >/dev/null 2>&1
-    perf record -e cpu-clock:u -F 4999 -p "$p" -o "$out/hot-text.data" >"$out/perf-hot-text.log" 2>&1 &
-    local rp=$!
+    sample "$p" hot-text
+    local rp=$last_sampler
     sleep 1
     bench load --endpoint http://127.0.0.1:18080 --api-key "$KEY" --unique --concurrency 8 \
         --requests "$n" --warmup 0 >"$out/hot-text-load.txt" 2>&1
@@ -794,7 +801,8 @@ hot_text() {
         echo "}"
         echo "INSERT BEFORE .text;"
     } >"$file"
-    echo "$(printf '%s\n' "$names" | wc -l) functions written to $file" | tee -a "$out/results.txt"
+    echo "$(printf '%s\n' "$symbols" | wc -l) sampled functions ($(printf '%s\n' "$names" | wc -l) names) written to $file" |
+        tee -a "$out/results.txt"
 }
 
 {
